@@ -1,0 +1,28 @@
+//! # musicfs-core
+//!
+//! The whole of MusicFS's decision making, as a deterministic state machine
+//! in the style of `quinn-proto`: the io-shell (or the simulator) feeds it
+//! inputs stamped with the current [`Time`] and drains the outputs it queues.
+//! Nothing in this crate touches a file, a socket, a clock, a thread or a
+//! random number generator of its own; that is what lets `sim/` replay any
+//! run from a seed.
+//!
+//! - [`tags`], [`layout`], [`naming`]: from a file's tags to a valid, stable name.
+//! - [`tree`]: the virtual `Artist/Album/NN - Title.ext` tree and its inodes.
+//! - [`chunk`], [`manifest`]: content-defined chunking and per-file chunk maps.
+//! - [`engine`]: the state machine that answers FUSE requests, plans reads,
+//!   fills the cache and decides evictions.
+
+pub mod chunk;
+pub mod ids;
+pub mod layout;
+pub mod manifest;
+pub mod naming;
+pub mod tags;
+pub mod time;
+
+pub use chunk::{ChunkId, Chunker};
+pub use ids::{Ino, OriginId, OriginPath};
+pub use manifest::{Extent, FileVersion, Manifest};
+pub use tags::TrackTags;
+pub use time::Time;

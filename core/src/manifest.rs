@@ -1,0 +1,188 @@
+//! A file's chunk map: which chunk holds which byte range of one version.
+//!
+//! A manifest is filled in runs: a read at the start of a file chunks it from
+//! offset 0, a seek into the middle starts a second run there, and runs stop
+//! where they meet. Extents therefore tile a *subset* of the file without
+//! overlapping; gaps are the bytes nobody has needed yet.
+
+use crate::chunk::ChunkId;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+/// Which version of an origin file a manifest describes. A manifest is only
+/// valid while the origin still reports the same version.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FileVersion {
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// An origin-specific change token (an S3 ETag, a local inode/ctime pair).
+    pub token: Option<String>,
+}
+
+/// One chunk placed in a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Extent {
+    /// Length in bytes.
+    pub len: u32,
+    /// Content id of those bytes.
+    pub id: ChunkId,
+}
+
+/// Why an extent was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExtentError {
+    /// Empty extent, or one past the end of the file.
+    OutOfBounds,
+    /// It overlaps an extent already in the manifest.
+    Overlaps,
+}
+
+/// The chunk map of one version of one file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The version these extents were cut from.
+    pub version: FileVersion,
+    extents: BTreeMap<u64, Extent>,
+}
+
+impl Manifest {
+    /// An empty manifest for `version`.
+    pub fn new(version: FileVersion) -> Manifest {
+        Manifest {
+            version,
+            extents: BTreeMap::new(),
+        }
+    }
+
+    /// The file's size.
+    pub fn size(&self) -> u64 {
+        self.version.size
+    }
+
+    /// Adds an extent at `offset`. Extents never overlap and never pass EOF.
+    pub fn insert(&mut self, offset: u64, extent: Extent) -> Result<(), ExtentError> {
+        let end = offset.saturating_add(u64::from(extent.len));
+        if extent.len == 0 || end > self.version.size {
+            return Err(ExtentError::OutOfBounds);
+        }
+        if let Some((&prev, e)) = self.extents.range(..=offset).next_back()
+            && prev + u64::from(e.len) > offset
+        {
+            return Err(ExtentError::Overlaps);
+        }
+        if let Some((&next, _)) = self.extents.range(offset..).next()
+            && next < end
+        {
+            return Err(ExtentError::Overlaps);
+        }
+        self.extents.insert(offset, extent);
+        Ok(())
+    }
+
+    /// All extents, in file order, with their offsets.
+    pub fn extents(&self) -> impl Iterator<Item = (u64, Extent)> + '_ {
+        self.extents.iter().map(|(&o, &e)| (o, e))
+    }
+
+    /// Number of extents.
+    pub fn len(&self) -> usize {
+        self.extents.len()
+    }
+
+    /// True when no byte is mapped.
+    pub fn is_empty(&self) -> bool {
+        self.extents.is_empty()
+    }
+
+    /// True when every byte of the file is mapped.
+    pub fn is_complete(&self) -> bool {
+        self.first_gap(0, self.size()).is_none()
+    }
+
+    /// The extents that intersect `range`, in order, with their offsets.
+    pub fn overlapping(&self, range: Range<u64>) -> impl Iterator<Item = (u64, Extent)> + '_ {
+        let first = self
+            .extents
+            .range(..=range.start)
+            .next_back()
+            .filter(|(o, e)| **o + u64::from(e.len) > range.start)
+            .map(|(o, _)| *o)
+            .unwrap_or(range.start);
+        self.extents.range(first..range.end).map(|(&o, &e)| (o, e))
+    }
+
+    /// The first unmapped byte range inside `start..end`, if any.
+    pub fn first_gap(&self, start: u64, end: u64) -> Option<Range<u64>> {
+        let end = end.min(self.size());
+        let mut pos = start;
+        for (o, e) in self.overlapping(start..end) {
+            if o > pos {
+                return Some(pos..o.min(end));
+            }
+            pos = pos.max(o + u64::from(e.len));
+        }
+        (pos < end).then_some(pos..end)
+    }
+
+    /// Where the next mapped extent at or after `offset` starts (EOF if none).
+    pub fn next_mapped_start(&self, offset: u64) -> u64 {
+        self.extents
+            .range(offset..)
+            .next()
+            .map(|(&o, _)| o)
+            .unwrap_or(self.size())
+    }
+
+    /// Forgets every extent (the file changed at its origin).
+    pub fn reset(&mut self, version: FileVersion) {
+        self.version = version;
+        self.extents.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(len: u32) -> Extent {
+        Extent {
+            len,
+            id: ChunkId(u128::from(len)),
+        }
+    }
+
+    fn manifest(size: u64) -> Manifest {
+        Manifest::new(FileVersion {
+            size,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn gaps_and_overlaps() {
+        let mut m = manifest(100);
+        assert_eq!(m.first_gap(0, 100), Some(0..100));
+        m.insert(10, ext(10)).unwrap();
+        m.insert(40, ext(20)).unwrap();
+        assert_eq!(m.insert(15, ext(10)), Err(ExtentError::Overlaps));
+        assert_eq!(m.insert(5, ext(6)), Err(ExtentError::Overlaps));
+        assert_eq!(m.insert(95, ext(6)), Err(ExtentError::OutOfBounds));
+        assert_eq!(m.insert(20, ext(0)), Err(ExtentError::OutOfBounds));
+        assert_eq!(m.first_gap(0, 100), Some(0..10));
+        assert_eq!(m.first_gap(12, 100), Some(20..40));
+        assert_eq!(m.first_gap(12, 30), Some(20..30));
+        assert_eq!(m.first_gap(41, 55), None);
+        assert_eq!(m.first_gap(41, 100), Some(60..100));
+        assert_eq!(m.next_mapped_start(21), 40);
+        assert_eq!(m.next_mapped_start(61), 100);
+        let got: Vec<u64> = m.overlapping(15..45).map(|(o, _)| o).collect();
+        assert_eq!(got, vec![10, 40]);
+        m.insert(0, ext(10)).unwrap();
+        m.insert(20, ext(20)).unwrap();
+        m.insert(60, ext(40)).unwrap();
+        assert!(m.is_complete());
+    }
+}

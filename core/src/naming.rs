@@ -1,0 +1,1 @@
+//! Naming: see the helper.
