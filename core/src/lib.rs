@@ -13,6 +13,7 @@
 //! - [`engine`]: the state machine that answers FUSE requests, plans reads,
 //!   fills the cache and decides evictions.
 
+pub mod catalog;
 pub mod chunk;
 pub mod ids;
 pub mod layout;
@@ -21,6 +22,7 @@ pub mod naming;
 pub mod tags;
 pub mod time;
 
+pub use catalog::{CatalogEntry, FileKind, SourceFile};
 pub use chunk::{ChunkId, Chunker};
 pub use ids::{Ino, OriginId, OriginPath};
 pub use manifest::{Extent, FileVersion, Manifest};
