@@ -56,7 +56,14 @@ pub fn is_audio_name(name: &[u8]) -> bool {
 /// `cover`, `folder`, `front`, `album`, `albumart` or `albumartsmall`, as
 /// jpg, jpeg, png, gif or webp, in any case.
 pub fn is_cover_name(name: &[u8]) -> bool {
-    const STEMS: &[&str] = &["cover", "folder", "front", "album", "albumart", "albumartsmall"];
+    const STEMS: &[&str] = &[
+        "cover",
+        "folder",
+        "front",
+        "album",
+        "albumart",
+        "albumartsmall",
+    ];
     const EXTS: &[&str] = &["jpg", "jpeg", "png", "gif", "webp"];
     let Ok(name) = std::str::from_utf8(name) else {
         return false;

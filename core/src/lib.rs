@@ -15,16 +15,20 @@
 
 pub mod catalog;
 pub mod chunk;
+pub mod engine;
+pub mod fs;
 pub mod ids;
 pub mod layout;
 pub mod manifest;
 pub mod naming;
 pub mod tags;
 pub mod time;
+pub mod tree;
 
 pub use catalog::{CatalogEntry, FileKind, SourceFile};
 pub use chunk::{ChunkId, Chunker};
 pub use ids::{Ino, OriginId, OriginPath};
+pub use layout::{Layout, LayoutError, TrackView};
 pub use manifest::{Extent, FileVersion, Manifest};
 pub use tags::TrackTags;
 pub use time::Time;

@@ -1,0 +1,156 @@
+//! Executes a [`Fetch`] plan over the bytes an origin returns.
+//!
+//! The io-shell streams origin bytes into a [`Cutter`], which cuts them into
+//! chunks exactly as the plan says (content-defined cuts, forced at the hard
+//! end; or the known cuts of a verify, each checked against its id). The
+//! simulator uses the same type, so both run the code that decides chunk
+//! boundaries.
+
+use super::types::{Fetch, FetchPlan};
+use crate::chunk::{ChunkId, Chunker};
+use crate::manifest::Extent;
+
+/// One chunk cut from the stream, with its bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CutChunk {
+    /// Offset in the file.
+    pub offset: u64,
+    /// Content id.
+    pub id: ChunkId,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+impl CutChunk {
+    /// The chunk as a manifest extent.
+    pub fn extent(&self) -> Extent {
+        Extent {
+            len: u32::try_from(self.data.len()).unwrap_or(u32::MAX),
+            id: self.id,
+        }
+    }
+}
+
+/// Why the stream does not fit the plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutError {
+    /// A verified chunk hashed to another id: the file changed.
+    Mismatch,
+    /// The origin ended before the bytes the plan needs.
+    ShortRead,
+}
+
+/// Cuts one fetch's byte stream into chunks.
+#[derive(Debug)]
+pub struct Cutter {
+    plan: FetchPlan,
+    chunker: Chunker,
+    /// File offset of `buf[0]`.
+    pos: u64,
+    /// The next verify extent to match.
+    verify_idx: usize,
+    buf: Vec<u8>,
+    done: bool,
+}
+
+impl Cutter {
+    /// A cutter for `fetch`, expecting bytes from `fetch.start`.
+    pub fn new(fetch: &Fetch) -> Cutter {
+        Cutter {
+            plan: fetch.plan.clone(),
+            chunker: Chunker::new(),
+            pos: fetch.start,
+            verify_idx: 0,
+            buf: Vec::new(),
+            done: false,
+        }
+    }
+
+    /// The file offset of the next byte the cutter wants.
+    pub fn next_offset(&self) -> u64 {
+        self.pos + self.buf.len() as u64
+    }
+
+    /// True once every chunk of the plan has been cut.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// Feeds the next bytes of the stream; `end_of_input` says no more will
+    /// come (the fetch's read range, or the file, ended). Returns the chunks
+    /// now complete, in order.
+    pub fn push(&mut self, data: &[u8], end_of_input: bool) -> Result<Vec<CutChunk>, CutError> {
+        if self.done {
+            return Ok(Vec::new());
+        }
+        self.buf.extend_from_slice(data);
+        let mut out = Vec::new();
+        match self.plan.clone() {
+            FetchPlan::Chunk { soft_end, hard_end } => {
+                self.cut_content(soft_end, hard_end, end_of_input, &mut out)?
+            }
+            FetchPlan::Verify { extents } => self.cut_known(&extents, &mut out)?,
+        }
+        if !self.done && end_of_input {
+            return Err(CutError::ShortRead);
+        }
+        Ok(out)
+    }
+
+    fn cut_content(
+        &mut self,
+        soft_end: u64,
+        hard_end: u64,
+        end_of_input: bool,
+        out: &mut Vec<CutChunk>,
+    ) -> Result<(), CutError> {
+        loop {
+            if self.pos >= soft_end || self.pos >= hard_end {
+                self.done = true;
+                return Ok(());
+            }
+            let room = usize::try_from(hard_end - self.pos).unwrap_or(usize::MAX);
+            let avail = self.buf.len().min(room);
+            // At the hard end the stream is, for chunking, at its end.
+            let eof = avail == room || end_of_input;
+            let Some(len) = self.chunker.next_cut(&self.buf[..avail], eof) else {
+                return Ok(());
+            };
+            out.push(self.take(len));
+        }
+    }
+
+    fn cut_known(
+        &mut self,
+        extents: &[(u64, Extent)],
+        out: &mut Vec<CutChunk>,
+    ) -> Result<(), CutError> {
+        while let Some(&(offset, extent)) = extents.get(self.verify_idx) {
+            debug_assert_eq!(offset, self.pos);
+            let len = extent.len as usize;
+            if self.buf.len() < len {
+                return Ok(());
+            }
+            let chunk = self.take(len);
+            if chunk.id != extent.id {
+                return Err(CutError::Mismatch);
+            }
+            out.push(chunk);
+            self.verify_idx += 1;
+        }
+        self.done = true;
+        Ok(())
+    }
+
+    fn take(&mut self, len: usize) -> CutChunk {
+        let rest = self.buf.split_off(len);
+        let data = std::mem::replace(&mut self.buf, rest);
+        let chunk = CutChunk {
+            offset: self.pos,
+            id: ChunkId::of(&data),
+            data,
+        };
+        self.pos += len as u64;
+        chunk
+    }
+}

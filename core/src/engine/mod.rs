@@ -1,0 +1,1053 @@
+//! The engine: the state machine between FUSE, the cache and the origins.
+//!
+//! The io-shell calls the engine with events (a read arrived, a fetch made
+//! progress, a timer fired), each stamped with `now`, and then drains
+//! [`Engine::poll_output`] and re-arms its timer from [`Engine::poll_timeout`].
+//! Metadata operations (lookup, getattr, readdir) answer directly: they need
+//! no I/O. A read is planned here: served from cached chunks, or parked
+//! while fetches fill the cache, or passed straight through to the origin
+//! when the cache disk has failed; and it is answered with EIO if its
+//! deadline passes first, so no reader ever hangs.
+
+mod cache;
+mod cutter;
+mod types;
+
+pub use cache::{ChunkCache, ChunkMeta};
+pub use cutter::{CutChunk, CutError, Cutter};
+pub use types::*;
+
+use crate::catalog::SourceFile;
+use crate::chunk::ChunkId;
+use crate::fs::{Attr, DirEntry, Errno, NodeKind};
+use crate::ids::Ino;
+use crate::manifest::{Extent, Manifest};
+use crate::time::Time;
+use crate::tree::{self, TreeDiff, VirtualTree};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+/// Tunables. Every wait and every retry has a bound.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A read not answered by then gets EIO.
+    pub read_timeout: Duration,
+    /// A fetch that reports no progress for this long is given up on.
+    pub fetch_stall_timeout: Duration,
+    /// Consecutive failed fetches of one file before its readers get EIO.
+    pub fetch_retries_max: u32,
+    /// First pause after a failed fetch; doubles per failure.
+    pub retry_backoff_base: Duration,
+    /// Longest pause between retries.
+    pub retry_backoff_max: Duration,
+    /// Cache size limit in bytes.
+    pub cache_capacity_bytes: u64,
+    /// Eviction starts above this share of the limit.
+    pub evict_start_pct: u8,
+    /// Eviction stops at this share of the limit.
+    pub evict_stop_pct: u8,
+    /// Read-ahead of a fresh or seeking reader.
+    pub readahead_min_bytes: u64,
+    /// Read-ahead of a long sequential reader.
+    pub readahead_max_bytes: u64,
+    /// A seek this close to the end of mapped bytes starts its fetch there,
+    /// so chunk boundaries match those of a whole-file cut.
+    pub seek_align_bytes: u64,
+    /// Bytes a single verify fetch restores at most.
+    pub verify_batch_bytes: u64,
+    /// How often to try the cache disk again while in passthrough.
+    pub disk_probe_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            read_timeout: Duration::from_secs(30),
+            fetch_stall_timeout: Duration::from_secs(10),
+            fetch_retries_max: 4,
+            retry_backoff_base: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(5),
+            cache_capacity_bytes: 10 << 30,
+            evict_start_pct: 90,
+            evict_stop_pct: 80,
+            readahead_min_bytes: 1 << 20,
+            readahead_max_bytes: 16 << 20,
+            seek_align_bytes: 2 << 20,
+            verify_batch_bytes: 8 << 20,
+            disk_probe_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Counters for `musicfs status` and the logs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Reads answered with bytes.
+    pub reads_served: u64,
+    /// Reads answered without waiting for an origin.
+    pub reads_hit: u64,
+    /// Reads answered by passthrough.
+    pub reads_passthrough: u64,
+    /// Reads answered with an error.
+    pub reads_failed: u64,
+    /// Fetches started.
+    pub fetches: u64,
+    /// Bytes fetched from origins into the cache.
+    pub fetched_bytes: u64,
+    /// Chunks dropped because their file was missing or corrupt.
+    pub chunks_dropped: u64,
+    /// Chunks evicted.
+    pub chunks_evicted: u64,
+}
+
+/// A read from arrival to reply.
+#[derive(Clone, Debug)]
+struct Read {
+    ino: Ino,
+    offset: u64,
+    end: u64,
+    deadline: Time,
+    /// Whether it has waited for an origin (for the hit ratio).
+    waited: bool,
+}
+
+/// A read handed to the io-shell to answer.
+#[derive(Clone, Debug)]
+struct InService {
+    read: Read,
+    pinned: Vec<ChunkId>,
+    /// Its deadline passed and EIO was sent; only the pins remain to release.
+    timed_out: bool,
+}
+
+#[derive(Clone, Debug)]
+struct FetchState {
+    fetch: Fetch,
+    key: SourceKey,
+    /// Next offset a chunk is expected at.
+    next: u64,
+    last_progress: Time,
+}
+
+impl FetchState {
+    /// The bytes this fetch may still map: no other fetch may start there.
+    fn claim(&self) -> std::ops::Range<u64> {
+        self.next..self.fetch.read_end()
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Backoff {
+    failures: u32,
+    until: Time,
+    /// Whether waiting readers still need a wake-up at `until`.
+    armed: bool,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Readahead {
+    last_end: u64,
+    window: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DiskMode {
+    Normal,
+    Passthrough { next_probe: Time, probing: bool },
+}
+
+/// What a read plan found.
+enum Plan {
+    /// Every byte is cached: reply from these pieces.
+    Ready(Vec<Piece>),
+    /// Bytes are on their way (or will be after a backoff).
+    Wait,
+    /// Read straight from this origin file.
+    Passthrough(SourceFile),
+    /// The read cannot succeed.
+    Fail(Errno),
+}
+
+/// Bounds the read-ahead bookkeeping: it is a hint, not state worth memory.
+const READAHEAD_ENTRIES_MAX: usize = 4096;
+
+/// The MusicFS state machine.
+pub struct Engine {
+    config: Config,
+    tree: VirtualTree,
+    manifests: BTreeMap<SourceKey, Manifest>,
+    dirty_manifests: BTreeSet<SourceKey>,
+    cache: ChunkCache,
+    pending: BTreeMap<ReqId, Read>,
+    in_service: BTreeMap<ReqId, InService>,
+    fetches: BTreeMap<FetchId, FetchState>,
+    backoff: BTreeMap<SourceKey, Backoff>,
+    readahead: BTreeMap<Ino, Readahead>,
+    disk: DiskMode,
+    next_fetch: u64,
+    rng: SplitMix64,
+    outputs: VecDeque<Output>,
+    stats: Stats,
+}
+
+impl Engine {
+    /// An engine over `tree`, with the persisted chunk maps and chunk index.
+    /// `seed` feeds the retry jitter, so a simulation replays exactly.
+    pub fn new(
+        config: Config,
+        tree: VirtualTree,
+        manifests: impl IntoIterator<Item = (SourceKey, Manifest)>,
+        chunks: impl IntoIterator<Item = (ChunkId, u32, u64)>,
+        seed: u64,
+    ) -> Engine {
+        let mut cache = ChunkCache::new(
+            config.cache_capacity_bytes,
+            config.evict_start_pct,
+            config.evict_stop_pct,
+        );
+        for (id, len, last_access) in chunks {
+            cache.load(id, len, last_access);
+        }
+        let mut engine = Engine {
+            config,
+            tree,
+            manifests: manifests.into_iter().collect(),
+            dirty_manifests: BTreeSet::new(),
+            cache,
+            pending: BTreeMap::new(),
+            in_service: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            backoff: BTreeMap::new(),
+            readahead: BTreeMap::new(),
+            disk: DiskMode::Normal,
+            next_fetch: 1,
+            rng: SplitMix64(seed),
+            outputs: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        engine.drop_stale_manifests();
+        engine.evict();
+        engine
+    }
+
+    // ----- metadata: answered at once -------------------------------------
+
+    /// The tree.
+    pub fn tree(&self) -> &VirtualTree {
+        &self.tree
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// FUSE lookup.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, Errno> {
+        let ino = self.tree.lookup(parent, name)?;
+        self.tree.attr(ino).ok_or(Errno::NoEnt)
+    }
+
+    /// FUSE getattr.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
+        self.tree.attr(ino).ok_or(Errno::NoEnt)
+    }
+
+    /// FUSE readdir: up to `limit` entries from `offset`.
+    pub fn readdir(&self, ino: Ino, offset: u64, limit: usize) -> Result<Vec<DirEntry>, Errno> {
+        self.tree.readdir(ino, offset, limit)
+    }
+
+    /// FUSE open: files only, and never for writing.
+    pub fn open(&self, ino: Ino, write: bool) -> Result<(), Errno> {
+        match self.tree.attr(ino) {
+            _ if write => Err(Errno::ReadOnly),
+            Some(a) if a.kind == NodeKind::Dir => Err(Errno::IsDir),
+            Some(_) => Ok(()),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    /// FUSE opendir.
+    pub fn opendir(&self, ino: Ino) -> Result<(), Errno> {
+        match self.tree.attr(ino) {
+            Some(a) if a.kind == NodeKind::Dir => Ok(()),
+            Some(_) => Err(Errno::NotDir),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The chunk index.
+    pub fn cache(&self) -> &ChunkCache {
+        &self.cache
+    }
+
+    /// The chunk map of one origin file, if any.
+    pub fn manifest(&self, key: &SourceKey) -> Option<&Manifest> {
+        self.manifests.get(key)
+    }
+
+    /// Whether reads currently bypass the cache.
+    pub fn in_passthrough(&self) -> bool {
+        matches!(self.disk, DiskMode::Passthrough { .. })
+    }
+
+    /// Reads waiting for bytes or being answered.
+    pub fn reads_in_flight(&self) -> usize {
+        self.pending.len() + self.in_service.len()
+    }
+
+    /// Fetches in flight.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.fetches.len()
+    }
+
+    /// Chunk maps changed since the last call, for the io-shell to persist.
+    pub fn take_dirty_manifests(&mut self) -> Vec<(SourceKey, Manifest)> {
+        let keys = std::mem::take(&mut self.dirty_manifests);
+        keys.into_iter()
+            .filter_map(|k| self.manifests.get(&k).map(|m| (k.clone(), m.clone())))
+            .collect()
+    }
+
+    /// Chunk access times changed since the last call.
+    pub fn take_touched_chunks(&mut self) -> Vec<(ChunkId, u64)> {
+        self.cache.take_touched()
+    }
+
+    /// Replaces the tree with a newer build (after a rescan). Chunk maps of
+    /// files whose version changed are dropped; readers of files that
+    /// changed get EIO rather than a mix of two versions.
+    pub fn replace_tree(&mut self, now: Time, tree: VirtualTree) -> TreeDiff {
+        let diff = tree::diff(&self.tree, &tree);
+        self.tree = tree;
+        self.drop_stale_manifests();
+        self.replan_all(now);
+        diff
+    }
+
+    // ----- reads -----------------------------------------------------------
+
+    /// A FUSE read of `size` bytes at `offset` of `ino`.
+    pub fn read(&mut self, now: Time, req: ReqId, ino: Ino, offset: u64, size: u32) {
+        let Some(file) = self.tree.file(ino) else {
+            let errno = if self.tree.get(ino).is_some() {
+                Errno::IsDir
+            } else {
+                Errno::NoEnt
+            };
+            self.fail_read(req, errno);
+            return;
+        };
+        let end = offset.saturating_add(u64::from(size)).min(file.size);
+        let read = Read {
+            ino,
+            offset: offset.min(end),
+            end,
+            deadline: now + self.config.read_timeout,
+            waited: false,
+        };
+        if read.offset < read.end {
+            self.note_access_pattern(ino, read.offset, read.end);
+        }
+        self.pending.insert(req, read);
+        self.plan_read(now, req);
+    }
+
+    /// The io-shell has answered a `Serve` or `Passthrough`, or could not
+    /// answer a `Serve` because of `faults` (chunks missing, corrupt or
+    /// unreadable): then the bad chunks are dropped and the read is planned
+    /// again, so it is served from a fresh, verified fetch.
+    pub fn read_finished(&mut self, now: Time, req: ReqId, faults: &[(ChunkId, ChunkFault)]) {
+        let Some(service) = self.in_service.remove(&req) else {
+            return;
+        };
+        for id in &service.pinned {
+            self.cache.unpin(*id);
+        }
+        for &(id, fault) in faults {
+            self.drop_chunk(now, id, fault);
+        }
+        if !faults.is_empty() && !service.timed_out {
+            self.pending.insert(req, service.read);
+            self.plan_read(now, req);
+        }
+        self.evict();
+    }
+
+    /// Decides what to do with one pending read.
+    fn plan_read(&mut self, now: Time, req: ReqId) {
+        let Some(read) = self.pending.get(&req).cloned() else {
+            return;
+        };
+        match self.plan(now, &read) {
+            Plan::Ready(pieces) => {
+                self.pending.remove(&req);
+                self.stats.reads_served += 1;
+                if !read.waited {
+                    self.stats.reads_hit += 1;
+                }
+                let mut pinned = Vec::with_capacity(pieces.len());
+                for p in &pieces {
+                    self.cache.pin(p.id);
+                    self.cache.touch(p.id);
+                    pinned.push(p.id);
+                }
+                self.in_service.insert(
+                    req,
+                    InService {
+                        read: read.clone(),
+                        pinned,
+                        timed_out: false,
+                    },
+                );
+                self.outputs.push_back(Output::Serve { req, pieces });
+                if read.offset < read.end {
+                    self.prefetch(now, read.ino, read.end);
+                }
+            }
+            Plan::Passthrough(source) => {
+                self.pending.remove(&req);
+                self.stats.reads_passthrough += 1;
+                let len = u32::try_from(read.end - read.offset).unwrap_or(u32::MAX);
+                self.in_service.insert(
+                    req,
+                    InService {
+                        read: read.clone(),
+                        pinned: Vec::new(),
+                        timed_out: false,
+                    },
+                );
+                self.outputs.push_back(Output::Passthrough {
+                    req,
+                    source,
+                    offset: read.offset,
+                    len,
+                });
+            }
+            Plan::Wait => {
+                if let Some(r) = self.pending.get_mut(&req) {
+                    r.waited = true;
+                }
+            }
+            Plan::Fail(errno) => {
+                self.pending.remove(&req);
+                self.fail_read(req, errno);
+            }
+        }
+    }
+
+    fn plan(&mut self, now: Time, read: &Read) -> Plan {
+        let Some(file) = self.tree.file(read.ino) else {
+            return Plan::Fail(Errno::Io);
+        };
+        if read.offset >= read.end {
+            return Plan::Ready(Vec::new());
+        }
+        let sources = file.sources.clone();
+        // Any source whose chunk map covers the range with cached chunks will
+        // do: cached music plays whatever the origins are doing.
+        for src in &sources {
+            if let Some(pieces) = self.cached_pieces(&key_of(src), read.offset, read.end) {
+                return Plan::Ready(pieces);
+            }
+        }
+        let Some(src) = self.pick_source(now, &sources) else {
+            return match self.earliest_retry(&sources) {
+                Some(_) => Plan::Wait,
+                None => Plan::Fail(Errno::Io),
+            };
+        };
+        if self.in_passthrough() {
+            return Plan::Passthrough(src);
+        }
+        self.ensure_fetching(now, read.ino, &src, read.offset, read.end);
+        Plan::Wait
+    }
+
+    /// The pieces for `offset..end` if every byte is mapped and cached.
+    fn cached_pieces(&self, key: &SourceKey, offset: u64, end: u64) -> Option<Vec<Piece>> {
+        let manifest = self.manifests.get(key)?;
+        let mut pieces = Vec::new();
+        let mut pos = offset;
+        for (o, e) in manifest.overlapping(offset..end) {
+            if o > pos || !self.cache.contains(e.id) {
+                return None;
+            }
+            let from = pos - o;
+            let take = (o + u64::from(e.len)).min(end) - pos;
+            pieces.push(Piece {
+                id: e.id,
+                chunk_len: e.len,
+                from: u32::try_from(from).ok()?,
+                len: u32::try_from(take).ok()?,
+            });
+            pos += take;
+        }
+        (pos >= end).then_some(pieces)
+    }
+
+    /// The first source, in priority order, not pausing after a failure.
+    /// A source that failed too often is tried again once its (longest)
+    /// pause is over, by whichever read comes next.
+    fn pick_source(&self, now: Time, sources: &[SourceFile]) -> Option<SourceFile> {
+        sources
+            .iter()
+            .find(|s| self.backoff.get(&key_of(s)).is_none_or(|b| b.until <= now))
+            .cloned()
+    }
+
+    /// When a backed-off source may be tried again, if any may.
+    fn earliest_retry(&self, sources: &[SourceFile]) -> Option<Time> {
+        sources
+            .iter()
+            .filter_map(|s| self.backoff.get(&key_of(s)))
+            .filter(|b| b.failures < self.config.fetch_retries_max)
+            .map(|b| b.until)
+            .min()
+    }
+
+    /// Makes sure fetches are under way for every byte of `offset..end` of
+    /// `src` that is not cached.
+    fn ensure_fetching(&mut self, now: Time, ino: Ino, src: &SourceFile, offset: u64, end: u64) {
+        let key = key_of(src);
+        let window = self
+            .readahead
+            .get(&ino)
+            .map_or(self.config.readahead_min_bytes, |r| r.window);
+        let manifest = self
+            .manifests
+            .entry(key.clone())
+            .or_insert_with(|| Manifest::new(src.version.clone()));
+        let manifest = manifest.clone();
+        let mut pos = offset;
+        // Walk the range: each stretch is mapped-and-cached (skip), claimed by
+        // a fetch in flight (wait), mapped-but-absent (verify) or unmapped
+        // (chunk). Bounded by the number of extents in the read.
+        while pos < end {
+            if let Some(claim_end) = self.claimed_until(&key, pos) {
+                pos = claim_end;
+                continue;
+            }
+            match manifest.overlapping(pos..pos + 1).next() {
+                Some((o, e)) if self.cache.contains(e.id) => pos = o + u64::from(e.len),
+                Some((o, _)) => pos = self.start_verify(now, src, &manifest, o),
+                None => pos = self.start_chunking(now, src, &manifest, pos, end, window),
+            }
+        }
+    }
+
+    /// If a fetch in flight will map `pos`, where its claim ends.
+    fn claimed_until(&self, key: &SourceKey, pos: u64) -> Option<u64> {
+        self.fetches
+            .values()
+            .filter(|f| &f.key == key)
+            .map(FetchState::claim)
+            .find(|c| c.contains(&pos))
+            .map(|c| c.end)
+    }
+
+    /// The start of the first claim after `pos`, if any.
+    fn next_claim_start(&self, key: &SourceKey, pos: u64) -> Option<u64> {
+        self.fetches
+            .values()
+            .filter(|f| &f.key == key)
+            .map(|f| f.claim().start)
+            .filter(|&s| s > pos)
+            .min()
+    }
+
+    /// Starts a verify fetch for the run of absent extents from `offset`.
+    /// Returns where the run ends (always past `offset`).
+    fn start_verify(&mut self, now: Time, src: &SourceFile, m: &Manifest, offset: u64) -> u64 {
+        let key = key_of(src);
+        let limit = offset.saturating_add(self.config.verify_batch_bytes);
+        let mut extents: Vec<(u64, Extent)> = Vec::new();
+        let mut pos = offset;
+        for (o, e) in m.overlapping(offset..m.size()) {
+            let contiguous = o == pos;
+            if !contiguous || self.cache.contains(e.id) || o >= limit {
+                break;
+            }
+            if self.claimed_until(&key, o).is_some() {
+                break;
+            }
+            extents.push((o, e));
+            pos = o + u64::from(e.len);
+        }
+        let Some(&(first_offset, _)) = extents.first() else {
+            // A claim covers `offset` (callers check first); step past it.
+            let first_len = m
+                .overlapping(offset..offset + 1)
+                .next()
+                .map_or(1, |(_, e)| e.len);
+            return offset + u64::from(first_len);
+        };
+        debug_assert_eq!(first_offset, offset);
+        let fetch = Fetch {
+            id: self.next_fetch_id(),
+            source: src.clone(),
+            start: offset,
+            plan: FetchPlan::Verify { extents },
+            store: true,
+        };
+        self.start_fetch(now, fetch);
+        pos
+    }
+
+    /// Starts a chunking fetch for unmapped bytes at `pos`, wanted up to
+    /// `want_end`. Returns where its claim ends.
+    fn start_chunking(
+        &mut self,
+        now: Time,
+        src: &SourceFile,
+        m: &Manifest,
+        pos: u64,
+        want_end: u64,
+        window: u64,
+    ) -> u64 {
+        let key = key_of(src);
+        // Where the unmapped stretch holding `pos` begins: the end of the
+        // extent before it, or of the file's start.
+        let gap_start = m
+            .overlapping(0..pos)
+            .last()
+            .map_or(0, |(o, e)| o + u64::from(e.len));
+        let claimed_between = self
+            .fetches
+            .values()
+            .any(|f| f.key == key && f.claim().start < pos && f.claim().end > gap_start);
+        // Start at the natural boundary if it is close, so a seek does not
+        // split a chunk a whole-file cut would have made; but never make a
+        // seek far into an uncached file wait for the bytes before it.
+        let start = if !claimed_between && pos - gap_start <= self.config.seek_align_bytes {
+            gap_start
+        } else {
+            pos
+        };
+        let mut hard_end = m.next_mapped_start(start);
+        if let Some(c) = self.next_claim_start(&key, start) {
+            hard_end = hard_end.min(c);
+        }
+        let soft_end = want_end.max(start).saturating_add(window).min(hard_end);
+        let fetch = Fetch {
+            id: self.next_fetch_id(),
+            source: src.clone(),
+            start,
+            plan: FetchPlan::Chunk { soft_end, hard_end },
+            store: true,
+        };
+        let claim_end = fetch.read_end();
+        self.start_fetch(now, fetch);
+        claim_end.max(pos + 1)
+    }
+
+    fn start_fetch(&mut self, now: Time, fetch: Fetch) {
+        self.stats.fetches += 1;
+        let state = FetchState {
+            key: key_of(&fetch.source),
+            next: fetch.start,
+            last_progress: now,
+            fetch: fetch.clone(),
+        };
+        self.fetches.insert(fetch.id, state);
+        self.outputs.push_back(Output::Fetch(fetch));
+    }
+
+    fn next_fetch_id(&mut self) -> FetchId {
+        let id = FetchId(self.next_fetch);
+        self.next_fetch += 1;
+        id
+    }
+
+    /// Keeps a sequential reader's bytes arriving before it asks for them.
+    fn prefetch(&mut self, now: Time, ino: Ino, from: u64) {
+        if self.in_passthrough() {
+            return;
+        }
+        let Some(file) = self.tree.file(ino) else {
+            return;
+        };
+        let window = self
+            .readahead
+            .get(&ino)
+            .map_or(self.config.readahead_min_bytes, |r| r.window);
+        let to = from.saturating_add(window / 2).min(file.size);
+        if from >= to {
+            return;
+        }
+        let sources = file.sources.clone();
+        if let Some(src) = self.pick_source(now, &sources) {
+            self.ensure_fetching(now, ino, &src, from, to);
+        }
+    }
+
+    /// Grows the read-ahead window of sequential readers, resets it on seeks.
+    fn note_access_pattern(&mut self, ino: Ino, offset: u64, end: u64) {
+        if self.readahead.len() >= READAHEAD_ENTRIES_MAX && !self.readahead.contains_key(&ino) {
+            self.readahead.clear();
+        }
+        let min = self.config.readahead_min_bytes;
+        let max = self.config.readahead_max_bytes;
+        let ra = self.readahead.entry(ino).or_insert(Readahead {
+            last_end: 0,
+            window: min,
+        });
+        // The kernel splits and reorders reads a little; "near" is sequential.
+        let near = offset.abs_diff(ra.last_end) <= 256 * 1024;
+        ra.window = if near { (ra.window * 2).min(max) } else { min };
+        ra.last_end = end;
+    }
+
+    // ----- fetch results ---------------------------------------------------
+
+    /// Chunks a fetch produced, in file order.
+    pub fn fetch_progress(&mut self, now: Time, fetch: FetchId, chunks: &[FetchedChunk]) {
+        let Some(state) = self.fetches.get_mut(&fetch) else {
+            return; // cancelled or already failed
+        };
+        state.last_progress = now;
+        let key = state.key.clone();
+        let mut outcome = Ok(());
+        let mut disk_fault = None;
+        for c in chunks {
+            match self.accept_chunk(fetch, &key, c) {
+                Ok(()) => {}
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+            match c.stored {
+                Stored::Yes => self.cache.insert(c.extent.id, c.extent.len),
+                Stored::Skipped => {}
+                Stored::Failed(fault) => disk_fault = disk_fault.or(Some(fault)),
+            }
+        }
+        if let Err(e) = outcome {
+            self.outputs.push_back(Output::CancelFetch(fetch));
+            self.fetch_done(now, fetch, Err(e));
+        } else {
+            self.backoff.remove(&key);
+        }
+        if let Some(fault) = disk_fault {
+            self.enter_passthrough(now, fault);
+        }
+        // Serve whoever can now be served (pinning their chunks) before
+        // evicting, so a small cache never evicts what a reader waits for.
+        self.replan_key(now, &key);
+        self.evict();
+    }
+
+    /// Checks one reported chunk against the fetch's plan and maps it.
+    fn accept_chunk(
+        &mut self,
+        fetch: FetchId,
+        key: &SourceKey,
+        c: &FetchedChunk,
+    ) -> Result<(), FetchError> {
+        let state = self
+            .fetches
+            .get_mut(&fetch)
+            .ok_or(FetchError::Unavailable("fetch vanished".into()))?;
+        if c.offset != state.next {
+            return Err(FetchError::Unavailable(
+                "chunks reported out of order".into(),
+            ));
+        }
+        if let FetchPlan::Verify { extents } = &state.fetch.plan {
+            // The origin must give back exactly the chunks this version was
+            // cut into; anything else means the file changed under us.
+            let expected = extents.iter().find(|(o, _)| *o == c.offset);
+            if expected.map(|(_, e)| *e) != Some(c.extent) {
+                return Err(FetchError::Changed);
+            }
+            state.next = c.offset + u64::from(c.extent.len);
+            self.stats.fetched_bytes += u64::from(c.extent.len);
+            return Ok(());
+        }
+        state.next = c.offset + u64::from(c.extent.len);
+        self.stats.fetched_bytes += u64::from(c.extent.len);
+        let m = self
+            .manifests
+            .get_mut(key)
+            .ok_or(FetchError::Unavailable("chunk map dropped".into()))?;
+        if m.insert(c.offset, c.extent).is_err() {
+            return Err(FetchError::Unavailable(
+                "chunk overlaps mapped bytes".into(),
+            ));
+        }
+        self.dirty_manifests.insert(key.clone());
+        Ok(())
+    }
+
+    /// A fetch ended: all its chunks were reported, or it failed.
+    pub fn fetch_done(&mut self, now: Time, fetch: FetchId, result: Result<(), FetchError>) {
+        let Some(state) = self.fetches.remove(&fetch) else {
+            return;
+        };
+        let key = state.key;
+        match result {
+            Ok(()) => {
+                self.backoff.remove(&key);
+            }
+            Err(FetchError::Changed | FetchError::NotFound) => {
+                // Never mix two versions of a file: forget what we mapped and
+                // fail its readers; the next rescan shows the new version.
+                self.outputs
+                    .push_back(Output::Notice(Notice::SourceChanged(key.clone())));
+                if self.manifests.remove(&key).is_some() {
+                    self.dirty_manifests.insert(key.clone());
+                }
+                self.mark_failed(now, &key, u32::MAX);
+            }
+            Err(FetchError::Unavailable(why)) => {
+                self.outputs
+                    .push_back(Output::Notice(Notice::FetchFailed(key.clone(), why)));
+                self.mark_failed(now, &key, 1);
+            }
+        }
+        self.replan_key(now, &key);
+    }
+
+    fn mark_failed(&mut self, now: Time, key: &SourceKey, weight: u32) {
+        let base = self.config.retry_backoff_base;
+        let max = self.config.retry_backoff_max;
+        let b = self.backoff.entry(key.clone()).or_default();
+        b.failures = b.failures.saturating_add(weight);
+        let exp = base.saturating_mul(1u32 << b.failures.min(16).saturating_sub(1));
+        let pause = exp.min(max);
+        // Full jitter: spread retries of many readers over the pause.
+        let jitter = self
+            .rng
+            .below(u64::try_from(pause.as_nanos()).unwrap_or(u64::MAX) / 2 + 1);
+        b.until = now + pause / 2 + Duration::from_nanos(jitter);
+        b.armed = true;
+    }
+
+    // ----- timers ------------------------------------------------------------
+
+    /// When [`Engine::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let reads = self
+            .pending
+            .values()
+            .chain(
+                self.in_service
+                    .values()
+                    .filter(|s| !s.timed_out)
+                    .map(|s| &s.read),
+            )
+            .map(|r| r.deadline);
+        let stalls = self
+            .fetches
+            .values()
+            .map(|f| f.last_progress + self.config.fetch_stall_timeout);
+        let retries = self.backoff.values().filter(|b| b.armed).map(|b| b.until);
+        let probe = match self.disk {
+            DiskMode::Passthrough {
+                next_probe,
+                probing: false,
+            } => Some(next_probe),
+            _ => None,
+        };
+        reads.chain(stalls).chain(retries).chain(probe).min()
+    }
+
+    /// Fires whatever is due at `now`.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let stalled: Vec<FetchId> = self
+            .fetches
+            .iter()
+            .filter(|(_, f)| f.last_progress + self.config.fetch_stall_timeout <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in stalled {
+            self.outputs.push_back(Output::CancelFetch(id));
+            self.fetch_done(now, id, Err(FetchError::Unavailable("no progress".into())));
+        }
+        if let DiskMode::Passthrough {
+            next_probe,
+            probing: false,
+        } = self.disk
+            && next_probe <= now
+        {
+            self.disk = DiskMode::Passthrough {
+                next_probe,
+                probing: true,
+            };
+            self.outputs.push_back(Output::ProbeDisk);
+        }
+        // Retry after backoff, and time out what waited too long.
+        for b in self.backoff.values_mut() {
+            if b.armed && b.until <= now {
+                b.armed = false;
+            }
+        }
+        self.replan_all(now);
+        let late: Vec<ReqId> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| r.deadline <= now)
+            .map(|(&id, _)| id)
+            .collect();
+        for req in late {
+            if let Some(read) = self.pending.remove(&req) {
+                self.outputs
+                    .push_back(Output::Notice(Notice::ReadTimedOut(read.ino)));
+                self.fail_read(req, Errno::Io);
+            }
+        }
+        let mut late_service = Vec::new();
+        for (&req, s) in self.in_service.iter_mut() {
+            if !s.timed_out && s.read.deadline <= now {
+                s.timed_out = true;
+                late_service.push(req);
+            }
+        }
+        for req in late_service {
+            self.fail_read(req, Errno::Io);
+        }
+    }
+
+    // ----- the cache disk --------------------------------------------------
+
+    /// The result of a [`Output::ProbeDisk`].
+    pub fn disk_probe(&mut self, now: Time, ok: bool) {
+        if !self.in_passthrough() {
+            return;
+        }
+        if ok {
+            self.disk = DiskMode::Normal;
+            self.outputs
+                .push_back(Output::Notice(Notice::PassthroughOff));
+        } else {
+            self.disk = DiskMode::Passthrough {
+                next_probe: now + self.config.disk_probe_interval,
+                probing: false,
+            };
+        }
+    }
+
+    /// The cache disk failed: stop writing to it, send reads straight to
+    /// the origins, and probe it now and then. Running out of descriptors is
+    /// not the disk's fault and passes by itself.
+    fn enter_passthrough(&mut self, now: Time, fault: DiskFault) {
+        if fault == DiskFault::NoDescriptors || self.in_passthrough() {
+            return;
+        }
+        self.disk = DiskMode::Passthrough {
+            next_probe: now + self.config.disk_probe_interval,
+            probing: false,
+        };
+        self.outputs
+            .push_back(Output::Notice(Notice::PassthroughOn(fault)));
+        // Fetches in flight would only fail to store; their readers are
+        // planned again and go through.
+        let ids: Vec<FetchId> = self.fetches.keys().copied().collect();
+        for id in ids {
+            self.fetches.remove(&id);
+            self.outputs.push_back(Output::CancelFetch(id));
+        }
+        self.replan_all(now);
+    }
+
+    fn drop_chunk(&mut self, now: Time, id: ChunkId, fault: ChunkFault) {
+        if self.cache.remove(id) {
+            self.stats.chunks_dropped += 1;
+            self.outputs
+                .push_back(Output::Notice(Notice::ChunkDropped(id, fault)));
+            // Delete the bad file and its index entry as an eviction would.
+            self.outputs.push_back(Output::Evict(vec![id]));
+        }
+        if let ChunkFault::Disk(fault) = fault {
+            self.enter_passthrough(now, fault);
+        }
+    }
+
+    fn evict(&mut self) {
+        let victims = self.cache.evict();
+        if !victims.is_empty() {
+            self.stats.chunks_evicted += victims.len() as u64;
+            self.outputs.push_back(Output::Evict(victims));
+        }
+    }
+
+    // ----- helpers -----------------------------------------------------------
+
+    fn fail_read(&mut self, req: ReqId, errno: Errno) {
+        self.stats.reads_failed += 1;
+        self.outputs.push_back(Output::ReadError { req, errno });
+    }
+
+    fn replan_key(&mut self, now: Time, key: &SourceKey) {
+        let reqs: Vec<ReqId> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| {
+                self.tree
+                    .file(r.ino)
+                    .is_some_and(|f| f.sources.iter().any(|s| &key_of(s) == key))
+            })
+            .map(|(&id, _)| id)
+            .collect();
+        for req in reqs {
+            self.plan_read(now, req);
+        }
+    }
+
+    fn replan_all(&mut self, now: Time) {
+        let reqs: Vec<ReqId> = self.pending.keys().copied().collect();
+        for req in reqs {
+            self.plan_read(now, req);
+        }
+    }
+
+    /// Forgets chunk maps that no longer match their file's version.
+    fn drop_stale_manifests(&mut self) {
+        let mut current: BTreeMap<SourceKey, &crate::manifest::FileVersion> = BTreeMap::new();
+        for (_, f) in self.tree.files() {
+            for s in &f.sources {
+                current.insert(key_of(s), &s.version);
+            }
+        }
+        let stale: Vec<SourceKey> = self
+            .manifests
+            .iter()
+            .filter(|(k, m)| current.get(k).is_none_or(|v| **v != m.version))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in stale {
+            self.manifests.remove(&key);
+            self.dirty_manifests.insert(key);
+        }
+    }
+
+    /// Everything queued for the io-shell, one at a time.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+}
+
+/// A tiny deterministic generator for retry jitter (SplitMix64).
+#[derive(Clone, Debug)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+}

@@ -1,0 +1,426 @@
+//! The engine's read path, driven by an in-memory io-shell: every read must
+//! return exactly the origin's bytes, through fetches, evictions, corrupt
+//! chunks, a failing disk and an unreachable origin.
+
+use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
+use musicfs_core::engine::{
+    ChunkFault, Config, Cutter, DiskFault, Engine, FetchError, FetchId, FetchedChunk, Output,
+    ReqId, Stored,
+};
+use musicfs_core::fs::Errno;
+use musicfs_core::tree::VirtualTree;
+use musicfs_core::{ChunkId, FileVersion, Ino, Layout, OriginId, OriginPath, Time, TrackTags};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+#[derive(Default)]
+struct World {
+    origin: BTreeMap<Vec<u8>, Vec<u8>>,
+    disk: BTreeMap<ChunkId, Vec<u8>>,
+    replies: BTreeMap<ReqId, Result<Vec<u8>, Errno>>,
+    origin_down: bool,
+    disk_full: bool,
+    /// Fetches the origin answers later (to test timeouts and concurrency).
+    held: Vec<musicfs_core::engine::Fetch>,
+    hold_fetches: bool,
+    fetched_bytes: u64,
+}
+
+struct Harness {
+    engine: Engine,
+    world: World,
+    now: Time,
+    next_req: u64,
+}
+
+fn track(path: &str, title: &str, size: u64) -> CatalogEntry {
+    CatalogEntry {
+        source: SourceFile {
+            origin: OriginId(0),
+            path: OriginPath::new(path.as_bytes().to_vec()),
+            version: FileVersion {
+                size,
+                mtime_ns: 1_700_000_000_000_000_000,
+                token: None,
+            },
+        },
+        kind: FileKind::Track(TrackTags {
+            title: Some(title.into()),
+            artist: Some("Artist".into()),
+            album: Some("Album".into()),
+            track: Some(1),
+            ..Default::default()
+        }),
+    }
+}
+
+impl Harness {
+    fn new(files: &[(&str, usize)], config: Config) -> Harness {
+        let mut world = World::default();
+        let catalog: Vec<CatalogEntry> = files
+            .iter()
+            .enumerate()
+            .map(|(i, (name, size))| {
+                let path = format!("{name}.flac");
+                world
+                    .origin
+                    .insert(path.clone().into_bytes(), noise(*size, i as u64 + 1));
+                track(&path, name, *size as u64)
+            })
+            .collect();
+        let (tree, _) = VirtualTree::build(&Layout::default_layout(), &catalog);
+        let engine = Engine::new(config, tree, Vec::new(), Vec::new(), 42);
+        Harness {
+            engine,
+            world,
+            now: Time::ZERO,
+            next_req: 1,
+        }
+    }
+
+    fn ino(&self, title: &str) -> Ino {
+        self.engine
+            .tree()
+            .resolve(&format!("Artist/Album/01 - {title}.flac"))
+            .expect("track in tree")
+    }
+
+    fn origin_bytes(&self, title: &str) -> &[u8] {
+        &self.world.origin[format!("{title}.flac").as_bytes()]
+    }
+
+    fn start_read(&mut self, ino: Ino, offset: u64, size: u32) -> ReqId {
+        let req = ReqId(self.next_req);
+        self.next_req += 1;
+        self.engine.read(self.now, req, ino, offset, size);
+        req
+    }
+
+    fn read(&mut self, title: &str, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        let ino = self.ino(title);
+        let req = self.start_read(ino, offset, size);
+        self.run_until_replied(req)
+    }
+
+    fn run_until_replied(&mut self, req: ReqId) -> Result<Vec<u8>, Errno> {
+        for _ in 0..10_000 {
+            self.pump();
+            if let Some(r) = self.world.replies.remove(&req) {
+                return r;
+            }
+            let next = self
+                .engine
+                .poll_timeout()
+                .expect("a waiting read needs a timer");
+            assert!(next >= self.now, "timer in the past would spin");
+            self.now = next;
+            self.engine.handle_timeout(self.now);
+        }
+        panic!("read never completed");
+    }
+
+    fn pump(&mut self) {
+        while let Some(out) = self.engine.poll_output() {
+            match out {
+                Output::ReadError { req, errno } => {
+                    assert!(self.world.replies.insert(req, Err(errno)).is_none());
+                }
+                Output::Serve { req, pieces } => {
+                    let mut data = Vec::new();
+                    let mut faults = Vec::new();
+                    for p in &pieces {
+                        match self.world.disk.get(&p.id) {
+                            Some(bytes) if p.id.matches(bytes) => data.extend_from_slice(
+                                &bytes[p.from as usize..(p.from + p.len) as usize],
+                            ),
+                            Some(_) => faults.push((p.id, ChunkFault::Corrupt)),
+                            None => faults.push((p.id, ChunkFault::Missing)),
+                        }
+                    }
+                    if faults.is_empty() {
+                        assert!(self.world.replies.insert(req, Ok(data)).is_none());
+                    }
+                    self.engine.read_finished(self.now, req, &faults);
+                }
+                Output::Passthrough {
+                    req,
+                    source,
+                    offset,
+                    len,
+                } => {
+                    let reply = match self.world.origin.get(source.path.as_bytes()) {
+                        Some(bytes) if !self.world.origin_down => {
+                            let end = (offset + u64::from(len)).min(bytes.len() as u64);
+                            Ok(bytes[offset as usize..end as usize].to_vec())
+                        }
+                        _ => Err(Errno::Io),
+                    };
+                    assert!(self.world.replies.insert(req, reply).is_none());
+                    self.engine.read_finished(self.now, req, &[]);
+                }
+                Output::Fetch(fetch) => {
+                    if self.world.hold_fetches {
+                        self.world.held.push(fetch);
+                    } else {
+                        self.run_fetch(fetch);
+                    }
+                }
+                Output::CancelFetch(_) => {}
+                Output::Evict(ids) => {
+                    for id in ids {
+                        self.world.disk.remove(&id);
+                    }
+                }
+                Output::ProbeDisk => {
+                    let ok = !self.world.disk_full;
+                    self.engine.disk_probe(self.now, ok);
+                }
+                Output::Notice(_) => {}
+            }
+        }
+    }
+
+    fn run_fetch(&mut self, fetch: musicfs_core::engine::Fetch) {
+        let id: FetchId = fetch.id;
+        if self.world.origin_down {
+            self.engine
+                .fetch_done(self.now, id, Err(FetchError::Unavailable("down".into())));
+            return;
+        }
+        let Some(bytes) = self.world.origin.get(fetch.source.path.as_bytes()).cloned() else {
+            self.engine
+                .fetch_done(self.now, id, Err(FetchError::NotFound));
+            return;
+        };
+        let mut cutter = Cutter::new(&fetch);
+        let end = fetch.read_end() as usize;
+        let mut pos = fetch.start as usize;
+        // Deliver in uneven pieces, as a network would.
+        while pos < end && !cutter.is_done() {
+            let step = (end - pos).min(100_000);
+            let chunks = cutter
+                .push(&bytes[pos..pos + step], pos + step == end)
+                .expect("plan fits the origin");
+            pos += step;
+            self.world.fetched_bytes += step as u64;
+            let reported: Vec<FetchedChunk> = chunks
+                .iter()
+                .map(|c| {
+                    let stored = if !fetch.store {
+                        Stored::Skipped
+                    } else if self.world.disk_full {
+                        Stored::Failed(DiskFault::NoSpace)
+                    } else {
+                        self.world.disk.insert(c.id, c.data.clone());
+                        Stored::Yes
+                    };
+                    FetchedChunk {
+                        offset: c.offset,
+                        extent: c.extent(),
+                        stored,
+                    }
+                })
+                .collect();
+            self.engine.fetch_progress(self.now, id, &reported);
+        }
+        self.engine.fetch_done(self.now, id, Ok(()));
+    }
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn reads_return_the_origin_bytes_everywhere() {
+    let mut h = Harness::new(
+        &[
+            ("Empty", 0),
+            ("Small", 1000),
+            ("Mid", 300_000),
+            ("Big", 5 * MIB + 7),
+        ],
+        Config::default(),
+    );
+    for title in ["Empty", "Small", "Mid", "Big"] {
+        let want = h.origin_bytes(title).to_vec();
+        for &(off, len) in &[
+            (0u64, 4096u32),
+            (1, 131072),
+            (250_000, 70_000),
+            (5 * MIB as u64, 1 << 20),
+        ] {
+            let got = h.read(title, off, len).unwrap();
+            let s = (off as usize).min(want.len());
+            let e = (off as usize + len as usize).min(want.len());
+            assert_eq!(got, want[s..e], "{title} at {off}+{len}");
+        }
+    }
+    // A whole sequential read, as `cat` would do it.
+    let want = h.origin_bytes("Big").to_vec();
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        got.extend(h.read("Big", got.len() as u64, 128 * 1024).unwrap());
+    }
+    assert_eq!(got, want);
+    assert!(
+        h.read("Big", want.len() as u64, 4096).unwrap().is_empty(),
+        "EOF"
+    );
+    assert_eq!(h.engine.reads_in_flight(), 0);
+    assert_eq!(h.engine.cache().total_pins(), 0, "every pin released");
+}
+
+#[test]
+fn a_seek_into_an_uncached_file_fetches_near_the_seek_not_the_whole_file() {
+    let mut h = Harness::new(&[("Big", 64 * MIB)], Config::default());
+    let want = h.origin_bytes("Big").to_vec();
+    let off = 40 * MIB as u64;
+    let got = h.read("Big", off, 4096).unwrap();
+    assert_eq!(got, want[off as usize..off as usize + 4096]);
+    assert!(
+        h.world.fetched_bytes < 4 * MIB as u64,
+        "fetched {} bytes for one 4 KiB read at 40 MiB",
+        h.world.fetched_bytes
+    );
+    // Then the start of the file, and the seek region again: all correct.
+    assert_eq!(h.read("Big", 0, 65536).unwrap(), want[..65536]);
+    assert_eq!(
+        h.read("Big", off - 10, 20).unwrap(),
+        want[off as usize - 10..off as usize + 10]
+    );
+}
+
+#[test]
+fn a_cached_read_needs_no_origin_and_survives_it_going_down() {
+    let mut h = Harness::new(&[("Song", 2 * MIB)], Config::default());
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(h.read("Song", 0, 2 * MIB as u32).unwrap(), want);
+    h.world.origin_down = true;
+    assert_eq!(h.read("Song", 1000, 5000).unwrap(), want[1000..6000]);
+    assert!(h.engine.stats().reads_hit >= 1);
+}
+
+#[test]
+fn corrupt_and_missing_chunks_are_refetched_and_verified() {
+    let mut h = Harness::new(&[("Song", 3 * MIB)], Config::default());
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(h.read("Song", 0, 3 * MIB as u32).unwrap(), want);
+    let ids: Vec<ChunkId> = h.world.disk.keys().copied().collect();
+    for (i, id) in ids.iter().enumerate() {
+        if i % 2 == 0 {
+            h.world.disk.get_mut(id).unwrap()[7] ^= 0x40;
+        } else if i % 3 == 0 {
+            h.world.disk.remove(id);
+        }
+    }
+    assert_eq!(h.read("Song", 0, 3 * MIB as u32).unwrap(), want);
+    assert!(h.engine.stats().chunks_dropped > 0);
+    assert!(
+        h.world.disk.iter().all(|(id, b)| id.matches(b)),
+        "disk healed"
+    );
+}
+
+#[test]
+fn an_unreachable_origin_gives_eio_within_the_read_timeout() {
+    let config = Config {
+        read_timeout: Duration::from_secs(30),
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("Song", MIB)], config);
+    h.world.origin_down = true;
+    let start = h.now;
+    assert_eq!(h.read("Song", 0, 4096), Err(Errno::Io));
+    assert!(h.now.saturating_since(start) <= Duration::from_secs(30));
+    // Once it is back, reads work again (after the pause).
+    h.world.origin_down = false;
+    h.now += Duration::from_secs(10);
+    h.engine.handle_timeout(h.now);
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(h.read("Song", 0, 4096).unwrap(), want[..4096]);
+}
+
+#[test]
+fn a_silent_origin_gives_eio_at_the_deadline() {
+    let mut h = Harness::new(&[("Song", MIB)], Config::default());
+    h.world.hold_fetches = true;
+    let start = h.now;
+    assert_eq!(h.read("Song", 0, 4096), Err(Errno::Io));
+    let waited = h.now.saturating_since(start);
+    assert!(waited <= Duration::from_secs(30), "waited {waited:?}");
+}
+
+#[test]
+fn eviction_keeps_the_cache_under_its_limit_and_reads_stay_correct() {
+    let config = Config {
+        cache_capacity_bytes: 2 * MIB as u64,
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 3 * MIB), ("B", 3 * MIB)], config);
+    for title in ["A", "B", "A"] {
+        let want = h.origin_bytes(title).to_vec();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            got.extend(h.read(title, got.len() as u64, 256 * 1024).unwrap());
+        }
+        assert_eq!(got, want);
+        assert!(h.engine.cache().bytes() <= 2 * MIB as u64 * 9 / 10);
+        let on_disk: u64 = h.world.disk.values().map(|b| b.len() as u64).sum();
+        assert_eq!(on_disk, h.engine.cache().bytes(), "index matches disk");
+    }
+}
+
+#[test]
+fn a_full_disk_switches_to_passthrough_and_back() {
+    let mut h = Harness::new(&[("Song", 2 * MIB)], Config::default());
+    let want = h.origin_bytes("Song").to_vec();
+    h.world.disk_full = true;
+    assert_eq!(h.read("Song", 0, 100_000).unwrap(), want[..100_000]);
+    assert!(h.engine.in_passthrough());
+    assert_eq!(
+        h.read("Song", MIB as u64, 100_000).unwrap(),
+        want[MIB..MIB + 100_000]
+    );
+    h.world.disk_full = false;
+    h.now += Duration::from_secs(11);
+    h.engine.handle_timeout(h.now);
+    h.pump();
+    assert!(!h.engine.in_passthrough());
+    assert_eq!(h.read("Song", 0, 2 * MIB as u32).unwrap(), want);
+}
+
+#[test]
+fn many_concurrent_readers_all_complete() {
+    let names: Vec<String> = (0..50).map(|i| format!("T{i:02}")).collect();
+    let files: Vec<(&str, usize)> = names.iter().map(|n| (n.as_str(), 400_000)).collect();
+    let mut h = Harness::new(&files, Config::default());
+    h.world.hold_fetches = true;
+    let reqs: Vec<(String, ReqId)> = names
+        .iter()
+        .map(|n| {
+            let ino = h.ino(n);
+            (n.clone(), h.start_read(ino, 1000, 200_000))
+        })
+        .collect();
+    h.pump();
+    h.world.hold_fetches = false;
+    let held = std::mem::take(&mut h.world.held);
+    for f in held.into_iter().rev() {
+        h.run_fetch(f);
+    }
+    for (name, req) in reqs {
+        let want = h.origin_bytes(&name)[1000..201_000].to_vec();
+        assert_eq!(h.run_until_replied(req).unwrap(), want);
+    }
+}
