@@ -307,11 +307,15 @@ impl Engine {
         self.fetches.len()
     }
 
-    /// Chunk maps changed since the last call, for the io-shell to persist.
-    pub fn take_dirty_manifests(&mut self) -> Vec<(SourceKey, Manifest)> {
+    /// Chunk maps changed since the last call, for the io-shell to persist:
+    /// `None` means the map was dropped and its stored copy must go too.
+    pub fn take_dirty_manifests(&mut self) -> Vec<(SourceKey, Option<Manifest>)> {
         let keys = std::mem::take(&mut self.dirty_manifests);
         keys.into_iter()
-            .filter_map(|k| self.manifests.get(&k).map(|m| (k.clone(), m.clone())))
+            .map(|k| {
+                let m = self.manifests.get(&k).cloned();
+                (k, m)
+            })
             .collect()
     }
 
