@@ -1,1 +1,24 @@
-//! The io-shell.
+//! # musicfs (the io-shell)
+//!
+//! Binds the pure [`musicfs_core`] state machine to the world: FUSE (fuser),
+//! the tokio runtime, origins, the on-disk chunk cache (sled and chunk
+//! files), tag reading (lofty), signals and logging. The `musicfs` binary
+//! lives here.
+//!
+//! - [`cli`], [`mount`], [`unmount`]: the command line and the mount's life.
+//! - [`fuse`]: the thin fuser shim.
+//! - [`daemon`]: executes the engine's decisions.
+//! - [`origin`]: where the bytes come from.
+//! - [`scan`], [`tags`]: the catalog of an origin.
+//! - [`store`]: chunk files and the sled database.
+
+pub mod cli;
+pub mod daemon;
+pub mod fuse;
+pub mod logging;
+pub mod mount;
+pub mod origin;
+pub mod scan;
+pub mod store;
+pub mod tags;
+pub mod unmount;

@@ -1,0 +1,138 @@
+//! The command line. Other tools drive it, so its shape is a contract:
+//!
+//! ```text
+//! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
+//!               [--layout FORMAT] [--allow-other] MOUNTPOINT
+//! musicfs unmount MOUNTPOINT
+//! ```
+
+use clap::{Args, Parser, Subcommand};
+use musicfs_core::layout::DEFAULT_LAYOUT;
+use std::path::PathBuf;
+
+const ABOUT: &str = "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
+
+const LONG_ABOUT: &str = "\
+Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.
+
+MusicFS reads the tags of every track in the origins and shows them as one tree \
+that any player, media server or shell can use. Bytes come through a local \
+content-addressed cache, so music keeps playing when an origin is slow or gone.";
+
+const MOUNT_AFTER: &str = "\
+Examples:
+  musicfs mount --origin ~/Music /mnt/music
+  musicfs mount --origin /srv/flac --origin /srv/mp3 --cache-size 50G /mnt/music
+  musicfs mount --origin ~/Music --layout '$genre/$albumartist/$year - $album/$track $title.$ext' /mnt/music
+
+Layout fields: $albumartist $artist $album $track $title $ext $year $genre $disc $format
+($track is zero-padded, and becomes disc-track, e.g. 1-03, on multi-disc albums).
+
+The first mount scans the library (with a progress bar on a terminal) and mounts when the \
+tree is ready; later mounts open the saved tree at once and catch up in the background. \
+Stop with Ctrl-C, SIGTERM, or `musicfs unmount MOUNTPOINT`.";
+
+/// `musicfs`: the command line.
+#[derive(Debug, Parser)]
+#[command(name = "musicfs", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount origins as one tag-organized tree (runs in the foreground).
+    #[command(after_help = MOUNT_AFTER)]
+    Mount(MountArgs),
+    /// Unmount a MusicFS mount; its daemon then exits cleanly.
+    Unmount {
+        /// Where it is mounted.
+        mountpoint: PathBuf,
+    },
+}
+
+/// `musicfs mount`.
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// A folder of music to include (repeat for several origins; earlier ones are preferred).
+    #[arg(long = "origin", value_name = "DIR", required = true)]
+    pub origins: Vec<String>,
+
+    /// Where the chunk cache and the saved tree live [default: $XDG_CACHE_HOME/musicfs, or ~/.cache/musicfs].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Largest size of the chunk cache: 500M, 20G, 1T (powers of 1024).
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
+    pub cache_size: u64,
+
+    /// Path format of the tree.
+    #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LAYOUT)]
+    pub layout: String,
+
+    /// Let other users (and system services like a media server) see the mount.
+    #[arg(long)]
+    pub allow_other: bool,
+
+    /// A read that cannot be answered within this many seconds fails with EIO.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub read_timeout: u64,
+
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Where to mount (an existing, empty directory).
+    pub mountpoint: PathBuf,
+}
+
+/// Parses "500M", "20G", "1.5T", "10GiB", "4096": binary units, as `du` and
+/// `df -h` show sizes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("'{s}' is not a size (try 500M, 20G or 1T)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(format!("'{s}' has an unknown unit (use K, M, G or T)")),
+    };
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("'{s}' is not a usable cache size"));
+    }
+    let bytes = bytes as u64;
+    if bytes < (1 << 20) {
+        return Err(format!("'{s}' is too small for a cache (at least 1M)"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("1T"), Ok(1 << 40));
+        assert_eq!(parse_size("2097152"), Ok(2 << 20));
+        for bad in ["", "G", "12Q", "-5G", "0", "1k", "1e9", "lots"] {
+            assert!(parse_size(bad).is_err(), "{bad} accepted");
+        }
+    }
+}

@@ -1,0 +1,517 @@
+//! The daemon: binds the engine to the world.
+//!
+//! The engine decides; the daemon does. Every call into the engine happens
+//! under one short lock ([`Daemon::with_engine`]); the outputs it queued are
+//! then executed without the lock: replies are sent at once, disk and origin
+//! work is spawned on the tokio runtime. No FUSE thread ever waits for an
+//! origin or the disk, and no code calls `block_on` inside the runtime.
+
+use crate::origin::{Origin, OriginError};
+use crate::store::{ChunkReadError, ChunkStore, Db, StoreError};
+use musicfs_core::engine::{
+    ChunkFault, CutError, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId, FetchedChunk,
+    Notice, Output, Piece, ReqId, Stored,
+};
+use musicfs_core::{ChunkId, Time};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::AbortHandle;
+
+/// Bytes asked of an origin in one request while fetching.
+const FETCH_PIECE_BYTES: usize = 1 << 20;
+/// Verified chunk bytes kept in memory, so consecutive kernel reads through
+/// one chunk do not read and hash it from disk again and again.
+const MEMORY_CACHE_BYTES: u64 = 32 << 20;
+
+/// Where a parked FUSE reply goes: the fuser reply object, or (in tests) a
+/// channel.
+pub trait ReadReply: Send + 'static {
+    /// Answers with bytes.
+    fn data(self: Box<Self>, data: &[u8]);
+    /// Answers with an error.
+    fn error(self: Box<Self>, errno: musicfs_core::fs::Errno);
+}
+
+/// Cache-disk and origin counters beyond the engine's.
+#[derive(Debug, Default)]
+pub struct IoStats {
+    /// Chunk bytes written to the cache disk.
+    pub stored_bytes: AtomicU64,
+    /// Bytes served from the in-memory chunk cache.
+    pub memory_hits: AtomicU64,
+}
+
+/// The running daemon's shared state.
+pub struct Daemon {
+    engine: Mutex<Engine>,
+    replies: Mutex<HashMap<ReqId, Box<dyn ReadReply>>>,
+    next_req: AtomicU64,
+    rt: Handle,
+    origins: Vec<Arc<dyn Origin>>,
+    store: Arc<ChunkStore>,
+    db: Arc<Db>,
+    memory: quick_cache::sync::Cache<ChunkId, Arc<[u8]>, ChunkWeighter>,
+    fetch_tasks: Mutex<HashMap<FetchId, AbortHandle>>,
+    timer: Notify,
+    epoch: Instant,
+    origin_request_timeout: Duration,
+    /// Counters.
+    pub io_stats: IoStats,
+}
+
+#[derive(Clone)]
+struct ChunkWeighter;
+
+impl quick_cache::Weighter<ChunkId, Arc<[u8]>> for ChunkWeighter {
+    fn weight(&self, _key: &ChunkId, val: &Arc<[u8]>) -> u64 {
+        val.len().max(1) as u64
+    }
+}
+
+impl Daemon {
+    /// A daemon around `engine`, doing its I/O on `rt`.
+    pub fn new(
+        engine: Engine,
+        rt: Handle,
+        origins: Vec<Arc<dyn Origin>>,
+        store: Arc<ChunkStore>,
+        db: Arc<Db>,
+    ) -> Arc<Daemon> {
+        let origin_request_timeout = engine.config().fetch_stall_timeout;
+        let memory = quick_cache::sync::Cache::with_weighter(
+            (MEMORY_CACHE_BYTES / (64 << 10)) as usize,
+            MEMORY_CACHE_BYTES,
+            ChunkWeighter,
+        );
+        Arc::new(Daemon {
+            engine: Mutex::new(engine),
+            replies: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(1),
+            rt,
+            origins,
+            store,
+            db,
+            memory,
+            fetch_tasks: Mutex::new(HashMap::new()),
+            timer: Notify::new(),
+            epoch: Instant::now(),
+            origin_request_timeout,
+            io_stats: IoStats::default(),
+        })
+    }
+
+    /// Monotonic time since the daemon started, as the engine counts it.
+    pub fn now(&self) -> Time {
+        Time::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// The instant a [`Time`] stands for.
+    fn instant_of(&self, t: Time) -> Instant {
+        self.epoch + Duration::from_nanos(t.as_nanos())
+    }
+
+    /// Runs `f` on the engine under its lock, then executes what it decided.
+    pub fn with_engine<R>(self: &Arc<Self>, f: impl FnOnce(&mut Engine, Time) -> R) -> R {
+        let (result, outputs) = {
+            let mut engine = self.engine.lock();
+            let now = self.now();
+            let result = f(&mut engine, now);
+            let outputs: Vec<Output> = std::iter::from_fn(|| engine.poll_output()).collect();
+            (result, outputs)
+        };
+        self.execute(outputs);
+        self.timer.notify_one();
+        result
+    }
+
+    /// Reads the engine without changing it.
+    pub fn inspect<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
+        f(&self.engine.lock())
+    }
+
+    /// Starts a FUSE read: parks the reply and lets the engine plan it.
+    pub fn read(self: &Arc<Self>, ino: u64, offset: u64, size: u32, reply: Box<dyn ReadReply>) {
+        let req = ReqId(self.next_req.fetch_add(1, Ordering::Relaxed));
+        self.replies.lock().insert(req, reply);
+        self.with_engine(|e, now| e.read(now, req, musicfs_core::Ino(ino), offset, size));
+    }
+
+    fn take_reply(&self, req: ReqId) -> Option<Box<dyn ReadReply>> {
+        self.replies.lock().remove(&req)
+    }
+
+    fn execute(self: &Arc<Self>, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::ReadError { req, errno } => {
+                    if let Some(reply) = self.take_reply(req) {
+                        reply.error(errno);
+                    }
+                }
+                Output::Serve { req, pieces } => self.serve(req, pieces),
+                Output::Passthrough {
+                    req,
+                    source,
+                    offset,
+                    len,
+                } => {
+                    let d = Arc::clone(self);
+                    self.rt.spawn(async move {
+                        d.passthrough(req, source, offset, len).await;
+                    });
+                }
+                Output::Fetch(fetch) => {
+                    let id = fetch.id;
+                    let d = Arc::clone(self);
+                    let task = self.rt.spawn(async move { d.run_fetch(fetch).await });
+                    self.fetch_tasks.lock().insert(id, task.abort_handle());
+                }
+                Output::CancelFetch(id) => {
+                    if let Some(task) = self.fetch_tasks.lock().remove(&id) {
+                        task.abort();
+                    }
+                }
+                Output::Evict(ids) => {
+                    for id in &ids {
+                        self.memory.remove(id);
+                    }
+                    let (store, db) = (Arc::clone(&self.store), Arc::clone(&self.db));
+                    self.rt.spawn_blocking(move || evict(&store, &db, &ids));
+                }
+                Output::ProbeDisk => {
+                    let d = Arc::clone(self);
+                    self.rt.spawn(async move {
+                        let store = Arc::clone(&d.store);
+                        let ok = tokio::task::spawn_blocking(move || probe_disk(&store))
+                            .await
+                            .unwrap_or(false);
+                        d.with_engine(|e, now| e.disk_probe(now, ok));
+                    });
+                }
+                Output::Notice(notice) => log_notice(&notice),
+            }
+        }
+    }
+
+    /// Answers a read from cached chunks: from memory when every piece is
+    /// there (on the calling thread: no hop, no wait), else from disk on the
+    /// blocking pool.
+    fn serve(self: &Arc<Self>, req: ReqId, pieces: Vec<Piece>) {
+        let cached: Option<Vec<Arc<[u8]>>> =
+            pieces.iter().map(|p| self.memory.get(&p.id)).collect();
+        if let Some(chunks) = cached {
+            let data = assemble(&pieces, &chunks);
+            self.io_stats
+                .memory_hits
+                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            self.finish_serve(req, Ok(data));
+            return;
+        }
+        let d = Arc::clone(self);
+        self.rt.spawn_blocking(move || {
+            let result = d.read_pieces(&pieces);
+            d.finish_serve(req, result);
+        });
+    }
+
+    fn read_pieces(&self, pieces: &[Piece]) -> Result<Vec<u8>, Vec<(ChunkId, ChunkFault)>> {
+        let mut chunks = Vec::with_capacity(pieces.len());
+        let mut faults = Vec::new();
+        for p in pieces {
+            if let Some(c) = self.memory.get(&p.id) {
+                chunks.push(c);
+                continue;
+            }
+            match self.store.get(p.id) {
+                Ok(bytes) if bytes.len() == p.chunk_len as usize => {
+                    let bytes: Arc<[u8]> = bytes.into();
+                    self.memory.insert(p.id, Arc::clone(&bytes));
+                    chunks.push(bytes);
+                }
+                Ok(_) => faults.push((p.id, ChunkFault::Corrupt)),
+                Err(e) => faults.push((p.id, chunk_fault(&e))),
+            }
+        }
+        if faults.is_empty() {
+            Ok(assemble(pieces, &chunks))
+        } else {
+            Err(faults)
+        }
+    }
+
+    fn finish_serve(self: &Arc<Self>, req: ReqId, result: Result<Vec<u8>, Vec<(ChunkId, ChunkFault)>>) {
+        match result {
+            Ok(data) => {
+                if let Some(reply) = self.take_reply(req) {
+                    reply.data(&data);
+                }
+                self.with_engine(|e, now| e.read_finished(now, req, &[]));
+            }
+            Err(faults) => self.with_engine(|e, now| e.read_finished(now, req, &faults)),
+        }
+    }
+
+    async fn passthrough(
+        self: &Arc<Self>,
+        req: ReqId,
+        source: musicfs_core::SourceFile,
+        offset: u64,
+        len: u32,
+    ) {
+        let result = match self.origins.get(usize::from(source.origin.0)) {
+            Some(origin) => {
+                let read = origin.read_at(&source.path, &source.version, offset, len as usize);
+                match tokio::time::timeout(self.origin_request_timeout, read).await {
+                    Ok(r) => r,
+                    Err(_) => Err(OriginError::Unavailable("timed out".into())),
+                }
+            }
+            None => Err(OriginError::Unavailable("no such origin".into())),
+        };
+        if let Some(reply) = self.take_reply(req) {
+            match result {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::debug!(source = %source.path, error = %e, "passthrough read failed");
+                    reply.error(musicfs_core::fs::Errno::Io);
+                }
+            }
+        }
+        self.with_engine(|e, now| e.read_finished(now, req, &[]));
+    }
+
+    /// Streams a fetch's byte range from its origin through a [`Cutter`]
+    /// into the chunk store, reporting each piece's chunks to the engine.
+    async fn run_fetch(self: Arc<Self>, fetch: Fetch) {
+        let id = fetch.id;
+        let result = self.fetch_range(&fetch).await;
+        self.fetch_tasks.lock().remove(&id);
+        self.with_engine(|e, now| e.fetch_done(now, id, result));
+    }
+
+    async fn fetch_range(self: &Arc<Self>, fetch: &Fetch) -> Result<(), FetchError> {
+        let origin = self
+            .origins
+            .get(usize::from(fetch.source.origin.0))
+            .ok_or_else(|| FetchError::Unavailable("no such origin".into()))?;
+        let mut cutter = Cutter::new(fetch);
+        let end = fetch.read_end();
+        let mut pos = fetch.start;
+        while pos < end && !cutter.is_done() {
+            let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(FETCH_PIECE_BYTES);
+            let read = origin.read_at(&fetch.source.path, &fetch.source.version, pos, want);
+            let data = match tokio::time::timeout(self.origin_request_timeout, read).await {
+                Ok(Ok(data)) => data,
+                Ok(Err(OriginError::NotFound)) => return Err(FetchError::NotFound),
+                Ok(Err(OriginError::Changed)) => return Err(FetchError::Changed),
+                Ok(Err(OriginError::Unavailable(why))) => return Err(FetchError::Unavailable(why)),
+                Err(_) => return Err(FetchError::Unavailable("origin read timed out".into())),
+            };
+            if data.len() != want {
+                return Err(FetchError::Changed); // shorter than the version's size
+            }
+            pos += want as u64;
+            let chunks = cutter.push(&data, pos == end).map_err(|e| match e {
+                CutError::Mismatch | CutError::ShortRead => FetchError::Changed,
+            })?;
+            if chunks.is_empty() {
+                continue;
+            }
+            let reported = self.store_chunks(chunks, fetch.store).await;
+            self.with_engine(|e, now| e.fetch_progress(now, fetch.id, &reported));
+        }
+        Ok(())
+    }
+
+    /// Writes chunks to disk (atomically, then indexes them) and keeps them
+    /// in memory for the reads waiting on them.
+    async fn store_chunks(
+        self: &Arc<Self>,
+        chunks: Vec<musicfs_core::engine::CutChunk>,
+        store: bool,
+    ) -> Vec<FetchedChunk> {
+        let d = Arc::clone(self);
+        let work = move || {
+            let mut out = Vec::with_capacity(chunks.len());
+            let mut indexed = Vec::new();
+            for c in chunks {
+                let extent = c.extent();
+                let stored = if store {
+                    match d.store.put(c.id, &c.data) {
+                        Ok(()) => {
+                            indexed.push((c.id, extent.len, 0));
+                            d.io_stats
+                                .stored_bytes
+                                .fetch_add(c.data.len() as u64, Ordering::Relaxed);
+                            Stored::Yes
+                        }
+                        Err(e) => Stored::Failed(disk_fault(&e)),
+                    }
+                } else {
+                    Stored::Skipped
+                };
+                d.memory.insert(c.id, c.data.into());
+                out.push(FetchedChunk {
+                    offset: c.offset,
+                    extent,
+                    stored,
+                });
+            }
+            // The index learns of a chunk only once its file is durable.
+            if let Err(e) = d.db.put_chunks(&indexed) {
+                tracing::warn!(error = %e, "could not index stored chunks");
+                for c in &mut out {
+                    if c.stored == Stored::Yes {
+                        c.stored = Stored::Failed(disk_fault(&e));
+                    }
+                }
+            }
+            out
+        };
+        tokio::task::spawn_blocking(work)
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Runs the engine's timers until the runtime shuts down.
+    pub async fn run_timers(self: Arc<Self>) {
+        loop {
+            let next = self.inspect(|e| e.poll_timeout());
+            match next {
+                Some(t) => {
+                    let at = tokio::time::Instant::from_std(self.instant_of(t));
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(at) => {
+                            self.with_engine(|e, now| e.handle_timeout(now));
+                        }
+                        _ = self.timer.notified() => {}
+                    }
+                }
+                None => self.timer.notified().await,
+            }
+        }
+    }
+
+    /// Writes what the engine changed (chunk maps, access times) to the
+    /// database. Called every second and at shutdown.
+    pub fn persist(self: &Arc<Self>) -> Result<(), StoreError> {
+        let (manifests, touched) =
+            self.with_engine(|e, _| (e.take_dirty_manifests(), e.take_touched_chunks()));
+        for ((origin, path), manifest) in &manifests {
+            match manifest {
+                Some(m) => self.db.put_manifest(*origin, path, m)?,
+                None => self.db.remove_manifest(*origin, path)?,
+            }
+        }
+        self.db.touch_chunks(&touched)?;
+        Ok(())
+    }
+
+    /// Persists every second until the runtime shuts down.
+    pub async fn run_persistence(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let d = Arc::clone(&self);
+            match tokio::task::spawn_blocking(move || d.persist()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not save cache state"),
+                Err(e) => tracing::warn!(error = %e, "cache state task failed"),
+            }
+        }
+    }
+
+    /// Stops every fetch (at shutdown).
+    pub fn cancel_fetches(&self) {
+        for (_, task) in self.fetch_tasks.lock().drain() {
+            task.abort();
+        }
+    }
+
+    /// The database.
+    pub fn db(&self) -> &Arc<Db> {
+        &self.db
+    }
+}
+
+fn assemble(pieces: &[Piece], chunks: &[Arc<[u8]>]) -> Vec<u8> {
+    let total: usize = pieces.iter().map(|p| p.len as usize).sum();
+    let mut out = Vec::with_capacity(total);
+    for (p, c) in pieces.iter().zip(chunks) {
+        let from = p.from as usize;
+        out.extend_from_slice(&c[from..from + p.len as usize]);
+    }
+    out
+}
+
+/// Whether the cache disk takes writes again: stores and deletes a small
+/// chunk through the same atomic path real chunks take.
+fn probe_disk(store: &ChunkStore) -> bool {
+    let data = format!("musicfs disk probe {:?}", Instant::now()).into_bytes();
+    let id = ChunkId::of(&data);
+    let ok = store.put(id, &data).is_ok();
+    let _ = store.remove(id);
+    ok
+}
+
+fn evict(store: &ChunkStore, db: &Db, ids: &[ChunkId]) {
+    // Index first: a crash in between leaves an orphan file (wasted space),
+    // never an index entry for a missing file.
+    if let Err(e) = db.remove_chunks(ids) {
+        tracing::warn!(error = %e, "could not remove evicted chunks from the index");
+    }
+    for &id in ids {
+        if let Err(e) = store.remove(id) {
+            tracing::debug!(chunk = %id, error = %e, "could not delete evicted chunk");
+        }
+    }
+}
+
+fn disk_fault(e: &StoreError) -> DiskFault {
+    if e.is_fd_exhaustion() {
+        DiskFault::NoDescriptors
+    } else {
+        match e.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => DiskFault::NoSpace,
+            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => DiskFault::ReadOnly,
+            _ => DiskFault::Io,
+        }
+    }
+}
+
+fn chunk_fault(e: &ChunkReadError) -> ChunkFault {
+    match e {
+        ChunkReadError::Missing => ChunkFault::Missing,
+        ChunkReadError::Corrupt { .. } => ChunkFault::Corrupt,
+        ChunkReadError::Io(e) => ChunkFault::Disk(disk_fault(e)),
+    }
+}
+
+fn log_notice(notice: &Notice) {
+    match notice {
+        Notice::PassthroughOn(fault) => tracing::error!(
+            ?fault,
+            "cache disk failed: reads now go straight to the origins, nothing is cached"
+        ),
+        Notice::PassthroughOff => tracing::warn!("cache disk works again: caching resumed"),
+        Notice::ChunkDropped(id, fault) => tracing::warn!(
+            chunk = %id, ?fault,
+            "cached chunk was bad and was dropped; its bytes are fetched again from the origin"
+        ),
+        Notice::SourceChanged((origin, path)) => tracing::warn!(
+            %origin, path = %path,
+            "file changed at its origin while being read; it will be rescanned"
+        ),
+        Notice::ReadTimedOut(ino) => {
+            tracing::warn!(ino = ino.0, "read timed out: its bytes could not be had in time")
+        }
+        Notice::FetchFailed((origin, path), why) => {
+            tracing::warn!(%origin, path = %path, why = %why, "fetch failed; retrying later")
+        }
+    }
+}

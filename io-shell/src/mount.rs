@@ -1,0 +1,485 @@
+//! `musicfs mount`: from command-line arguments to a running mount, and a
+//! clean exit.
+//!
+//! Order of events: validate everything (bad arguments are a one-line error
+//! and exit code 2, before anything is touched); open the cache; scan the
+//! origins the cache does not know yet (with a progress bar); build the tree;
+//! mount; serve until a signal or an unmount; then stop fetching, save the
+//! cache state and exit 0.
+
+use crate::cli::MountArgs;
+use crate::daemon::Daemon;
+use crate::fuse::MusicFs;
+use crate::origin::{LocalOrigin, Origin};
+use crate::scan::{self, NoProgress, ScanOptions, ScanProgress, TerminalProgress};
+use crate::store::{ChunkStore, Db};
+use musicfs_core::engine::{Config as EngineConfig, Engine};
+use musicfs_core::tree::{TreeDiff, VirtualTree};
+use musicfs_core::{CatalogEntry, Layout, OriginId};
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A problem with the arguments: reported in one line, exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A failure while running: reported in one line, exit code 1.
+#[derive(Debug)]
+pub struct RunError(pub String);
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error> From<E> for RunError {
+    fn from(e: E) -> RunError {
+        RunError(e.to_string())
+    }
+}
+
+/// One origin, as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OriginSpec {
+    /// A local directory (canonical path).
+    Local(PathBuf),
+}
+
+impl OriginSpec {
+    /// A stable text form, saved in the cache to notice a changed origin list.
+    pub fn key(&self) -> String {
+        match self {
+            OriginSpec::Local(p) => format!("local:{}", p.display()),
+        }
+    }
+}
+
+/// A validated `musicfs mount`.
+#[derive(Clone, Debug)]
+pub struct MountPlan {
+    /// Origins in priority order; the index is the [`OriginId`].
+    pub origins: Vec<OriginSpec>,
+    /// The cache directory (exists and is writable).
+    pub cache_dir: PathBuf,
+    /// Cache limit in bytes.
+    pub cache_size: u64,
+    /// Path layout.
+    pub layout: Layout,
+    /// Let other users see the mount.
+    pub allow_other: bool,
+    /// Read deadline.
+    pub read_timeout: Duration,
+    /// Where to mount.
+    pub mountpoint: PathBuf,
+}
+
+impl MountPlan {
+    /// Checks every argument; nothing is changed on disk except creating the
+    /// cache directory.
+    pub fn from_args(args: &MountArgs) -> Result<MountPlan, UsageError> {
+        let mut origins = Vec::new();
+        for raw in &args.origins {
+            origins.push(parse_origin(raw)?);
+        }
+        if origins.len() > usize::from(u16::MAX) {
+            return Err(UsageError("too many origins".into()));
+        }
+        let layout = Layout::parse(&args.layout)
+            .map_err(|e| UsageError(format!("bad --layout '{}': {e}", args.layout)))?;
+        let mountpoint = check_mountpoint(&args.mountpoint)?;
+        let cache_dir = match &args.cache_dir {
+            Some(dir) => dir.clone(),
+            None => default_cache_dir()?,
+        };
+        check_cache_dir(&cache_dir)?;
+        Ok(MountPlan {
+            origins,
+            cache_dir,
+            cache_size: args.cache_size,
+            layout,
+            allow_other: args.allow_other,
+            read_timeout: Duration::from_secs(args.read_timeout),
+            mountpoint,
+        })
+    }
+}
+
+fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
+    if raw.contains("://") {
+        let scheme = raw.split("://").next().unwrap_or_default();
+        return Err(UsageError(format!(
+            "origin '{raw}': {scheme}:// origins are not supported by this build; give a local directory"
+        )));
+    }
+    let path = Path::new(raw);
+    let meta = std::fs::metadata(path)
+        .map_err(|e| UsageError(format!("origin '{raw}' cannot be used: {}", io_reason(&e))))?;
+    if !meta.is_dir() {
+        return Err(UsageError(format!("origin '{raw}' is not a directory")));
+    }
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| UsageError(format!("origin '{raw}' cannot be resolved: {}", io_reason(&e))))?;
+    Ok(OriginSpec::Local(canonical))
+}
+
+fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
+    let shown = path.display();
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => path
+            .canonicalize()
+            .map_err(|e| UsageError(format!("mountpoint '{shown}' cannot be resolved: {}", io_reason(&e)))),
+        Ok(_) => Err(UsageError(format!("mountpoint '{shown}' is not a directory"))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(UsageError(format!(
+            "mountpoint '{shown}' is a stale mount (its daemon died); run `musicfs unmount {shown}` first"
+        ))),
+        Err(e) => Err(UsageError(format!("mountpoint '{shown}' cannot be used: {}", io_reason(&e)))),
+    }
+}
+
+/// `$XDG_CACHE_HOME/musicfs`, else `~/.cache/musicfs`.
+pub fn default_cache_dir() -> Result<PathBuf, UsageError> {
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("musicfs"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("musicfs")),
+        None => Err(UsageError(
+            "no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME".into(),
+        )),
+    }
+}
+
+fn check_cache_dir(dir: &Path) -> Result<(), UsageError> {
+    let shown = dir.display();
+    std::fs::create_dir_all(dir)
+        .map_err(|e| UsageError(format!("cache dir '{shown}' cannot be created: {}", io_reason(&e))))?;
+    let probe = dir.join(format!(".musicfs-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"ok")
+        .map_err(|e| UsageError(format!("cache dir '{shown}' is not writable: {}", io_reason(&e))))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The catalog as loaded, and which origins must be scanned before mounting.
+struct Catalog {
+    entries: Vec<CatalogEntry>,
+    /// Origins known from an earlier mount (reconciled in the background).
+    known: Vec<OriginId>,
+}
+
+/// Loads the saved catalog, dropping origins whose configuration changed,
+/// and scans the origins the cache has never seen (the first mount).
+fn load_catalog(plan: &MountPlan, db: &Db) -> Result<Catalog, RunError> {
+    let mut entries = db.load_catalog()?;
+    let mut known = Vec::new();
+    for (i, spec) in plan.origins.iter().enumerate() {
+        let id = OriginId(i as u16);
+        let meta_key = format!("origin/{i}");
+        let saved = db.get_meta(&meta_key)?;
+        if saved.as_deref() == Some(spec.key().as_bytes()) {
+            known.push(id);
+            continue;
+        }
+        // New origin, or another origin now has this index: forget what was
+        // saved for this index and scan it.
+        entries.retain(|e| e.source.origin != id);
+        let report = scan_origin(id, spec, true)?;
+        db.replace_catalog_for_origin(id, &report)?;
+        db.set_meta(&meta_key, spec.key().as_bytes())?;
+        entries.extend(report);
+    }
+    let configured = plan.origins.len();
+    entries.retain(|e| usize::from(e.source.origin.0) < configured);
+    db.flush()?;
+    Ok(Catalog { entries, known })
+}
+
+/// Scans one origin; with `progress`, shows a bar on a terminal.
+fn scan_origin(id: OriginId, spec: &OriginSpec, progress: bool) -> Result<Vec<CatalogEntry>, RunError> {
+    let OriginSpec::Local(root) = spec;
+    let bar: Box<dyn ScanProgress> = if progress {
+        Box::new(TerminalProgress::new())
+    } else {
+        Box::new(NoProgress)
+    };
+    if progress {
+        tracing::info!(origin = %root.display(), "scanning a new origin; the mount comes up when it is done");
+    }
+    let report = scan::scan_local(id, root, &ScanOptions::default(), bar.as_ref())
+        .map_err(|e| RunError(format!("cannot scan origin '{}': {e}", root.display())))?;
+    Ok(report.entries)
+}
+
+/// Mounts and serves until unmounted or signalled.
+pub fn run(plan: MountPlan) -> Result<(), RunError> {
+    let started = Instant::now();
+    let store = Arc::new(ChunkStore::open(&plan.cache_dir)?);
+    let opened = Db::open(&plan.cache_dir)?;
+    let db = Arc::new(opened.db);
+    let mut chunk_index = db.load_chunk_index()?;
+    if let Some(what) = &opened.repaired {
+        tracing::warn!(what = %what, "the cache database was damaged and has been rebuilt");
+        chunk_index = rebuild_chunk_index(&store, &db)?;
+    }
+    let catalog = load_catalog(&plan, &db)?;
+    let (tree, report) = VirtualTree::build(&plan.layout, &catalog.entries);
+    tracing::info!(
+        tracks = report.tracks,
+        mirrors = report.mirrors,
+        covers = report.covers,
+        renamed = report.renamed,
+        unreadable = report.unreadable,
+        "tree ready"
+    );
+    let manifests = db
+        .load_manifests()?
+        .into_iter()
+        .map(|(origin, path, m)| ((origin, path), m));
+    let config = EngineConfig {
+        read_timeout: plan.read_timeout,
+        cache_capacity_bytes: plan.cache_size,
+        ..EngineConfig::default()
+    };
+    let engine = Engine::new(config, tree, manifests, chunk_index, seed_from_clock());
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("musicfs-io")
+        .enable_all()
+        .build()?;
+    let origins: Vec<Arc<dyn Origin>> = plan
+        .origins
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| match spec {
+            OriginSpec::Local(root) => {
+                Arc::new(LocalOrigin::new(OriginId(i as u16), root.clone())) as Arc<dyn Origin>
+            }
+        })
+        .collect();
+    let daemon = Daemon::new(engine, runtime.handle().clone(), origins, store, Arc::clone(&db));
+
+    let mut session = fuser::Session::new(
+        MusicFs::new(Arc::clone(&daemon), current_uid(), current_gid()),
+        &plan.mountpoint,
+        &fuse_config(&plan),
+    )
+    .map_err(|e| RunError(format!("cannot mount at '{}': {e}", plan.mountpoint.display())))?;
+    let notifier = session.notifier();
+    let mut unmounter = session.unmount_callable();
+    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
+    let fuse_thread = std::thread::Builder::new()
+        .name("musicfs-fuse".into())
+        .spawn(move || {
+            let result = session.run();
+            let _ = ended_tx.send(());
+            result
+        })?;
+    tracing::info!(
+        mountpoint = %plan.mountpoint.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "mounted"
+    );
+
+    runtime.spawn(Arc::clone(&daemon).run_timers());
+    runtime.spawn(Arc::clone(&daemon).run_persistence());
+    if !catalog.known.is_empty() {
+        let d = Arc::clone(&daemon);
+        let plan = plan.clone();
+        runtime.spawn_blocking(move || reconcile(&d, &plan, &catalog.known, &notifier));
+    }
+
+    let signal = runtime.block_on(wait_for_stop(ended_rx));
+    if let Some(name) = signal {
+        tracing::info!(signal = name, "unmounting");
+        if let Err(e) = unmounter.unmount() {
+            tracing::warn!(error = %e, "unmount failed (busy?); detaching the mount instead");
+            lazy_unmount(&plan.mountpoint);
+        }
+    }
+    match fuse_thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+        Err(_) => tracing::error!("FUSE thread panicked"),
+    }
+    daemon.cancel_fetches();
+    if let Err(e) = daemon.persist() {
+        tracing::warn!(error = %e, "could not save the cache state at exit");
+    }
+    db.flush()?;
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    tracing::info!("unmounted; bye");
+    Ok(())
+}
+
+/// Waits for SIGTERM, SIGINT or the end of the FUSE session (someone ran
+/// `musicfs unmount`). Returns the signal's name, if one came.
+async fn wait_for_stop(ended: tokio::sync::oneshot::Receiver<()>) -> Option<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop with `musicfs unmount`");
+        let _ = ended.await;
+        return None;
+    };
+    tokio::select! {
+        _ = term.recv() => Some("SIGTERM"),
+        _ = int.recv() => Some("SIGINT"),
+        _ = ended => None,
+    }
+}
+
+fn fuse_config(plan: &MountPlan) -> fuser::Config {
+    use fuser::MountOption as O;
+    let fsname = match plan.origins.first() {
+        Some(OriginSpec::Local(p)) => format!("musicfs:{}", p.display()),
+        None => "musicfs".into(),
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        O::FSName(fsname),
+        O::Subtype("musicfs".into()),
+        O::RO,
+        O::NoDev,
+        O::NoSuid,
+        O::NoAtime,
+        O::DefaultPermissions,
+    ];
+    if plan.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(2);
+    config.clone_fd = true;
+    config
+}
+
+/// Later mounts: catch up with what changed in the origins while unmounted,
+/// then swap the tree and tell the kernel what changed.
+fn reconcile(daemon: &Arc<Daemon>, plan: &MountPlan, known: &[OriginId], notifier: &fuser::Notifier) {
+    let started = Instant::now();
+    let mut changed = false;
+    for &id in known {
+        let Some(spec) = plan.origins.get(usize::from(id.0)) else {
+            continue;
+        };
+        let fresh = match scan_origin(id, spec, false) {
+            Ok(entries) => entries,
+            Err(e) => {
+                // An origin that cannot be scanned is unhealthy, never empty:
+                // keep what the saved catalog says.
+                tracing::warn!(%id, error = %e, "could not rescan origin; keeping its saved tracks");
+                continue;
+            }
+        };
+        let db = daemon.db();
+        let mut saved: Vec<CatalogEntry> = match db.load_catalog() {
+            Ok(all) => all.into_iter().filter(|e| e.source.origin == id).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the saved catalog");
+                continue;
+            }
+        };
+        saved.sort_by(|a, b| a.source.path.cmp(&b.source.path));
+        if saved != fresh {
+            changed = true;
+            if let Err(e) = db.replace_catalog_for_origin(id, &fresh) {
+                tracing::warn!(error = %e, "could not save the rescanned catalog");
+            }
+        }
+    }
+    if !changed {
+        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "origins unchanged since last mount");
+        return;
+    }
+    let entries = match daemon.db().load_catalog() {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not reload the catalog");
+            return;
+        }
+    };
+    let (tree, report) = VirtualTree::build(&plan.layout, &entries);
+    let diff = daemon.with_engine(|e, now| e.replace_tree(now, tree));
+    invalidate(notifier, &diff);
+    tracing::info!(
+        tracks = report.tracks,
+        changed_entries = diff.entries.len(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "caught up with changes made while unmounted"
+    );
+}
+
+/// Tells the kernel exactly which entries and inodes changed.
+pub fn invalidate(notifier: &fuser::Notifier, diff: &TreeDiff) {
+    for (parent, name) in &diff.entries {
+        let _ = notifier.inval_entry(fuser::INodeNo(parent.0), OsStr::new(name));
+    }
+    for ino in &diff.inodes {
+        let _ = notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0);
+    }
+}
+
+/// Rebuilds the chunk index from the chunk files after the database was
+/// lost: the files are the truth (each is verified when read).
+fn rebuild_chunk_index(store: &ChunkStore, db: &Db) -> Result<Vec<(musicfs_core::ChunkId, u32, u64)>, RunError> {
+    let found = store.scan()?;
+    let index: Vec<_> = found
+        .into_iter()
+        .filter_map(|(id, len)| u32::try_from(len).ok().map(|len| (id, len, 0)))
+        .collect();
+    db.put_chunks(&index)?;
+    tracing::info!(chunks = index.len(), "chunk index rebuilt from the chunk files");
+    Ok(index)
+}
+
+/// Detaches a busy mount: it disappears now, open files keep working.
+pub fn lazy_unmount(mountpoint: &Path) {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    if rc != 0 {
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mountpoint)
+            .status();
+    }
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+fn current_gid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// Retry jitter only needs to differ between daemons, not be secret.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
