@@ -1,0 +1,391 @@
+//! Chunk files: one file per chunk, named by its content id.
+//!
+//! `<cache_dir>/chunks/<xx>/<32-hex-id>`, where `xx` is [`ChunkId::shard`]
+//! in two hex digits: 256 directories keep each one small (a multi-terabyte
+//! cache holds tens of millions of chunks). Writes go to `chunks/tmp/` first
+//! and are renamed into place, so a chunk file is either absent or complete.
+
+use super::{ChunkReadError, StoreError};
+use musicfs_core::ChunkId;
+use musicfs_core::chunk::CHUNK_MAX_BYTES;
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Names temp files uniquely within this process (the pid covers others).
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The chunk-file half of the cache.
+///
+/// It is `Send + Sync` and holds no open files: every call opens what it
+/// needs, so many threads can read and write chunks at once.
+///
+/// It assumes it is the only user of its cache directory (open the [`super::Db`]
+/// first: sled locks the database, which keeps a second daemon out), because
+/// [`ChunkStore::open`] deletes whatever it finds in the temp directory.
+#[derive(Debug)]
+pub struct ChunkStore {
+    root: PathBuf,
+    tmp: PathBuf,
+}
+
+impl ChunkStore {
+    /// Opens the chunk store under `cache_dir`, creating `chunks/`, its 256
+    /// shard directories and `chunks/tmp/` as needed.
+    ///
+    /// Files left in `chunks/tmp/` are writes a crash interrupted; they were
+    /// never renamed into place, so nothing refers to them and they are
+    /// deleted here.
+    pub fn open(cache_dir: &Path) -> Result<ChunkStore, StoreError> {
+        let root = cache_dir.join("chunks");
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp).map_err(|e| StoreError::io("create directory", &tmp, e))?;
+        for shard in 0..=255u8 {
+            let dir = root.join(format!("{shard:02x}"));
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io("create directory", &dir, e)),
+            }
+        }
+        let store = ChunkStore { root, tmp };
+        store.clear_temp()?;
+        Ok(store)
+    }
+
+    /// Deletes every leftover temp file.
+    fn clear_temp(&self) -> Result<(), StoreError> {
+        let entries =
+            fs::read_dir(&self.tmp).map_err(|e| StoreError::io("list directory", &self.tmp, e))?;
+        let mut removed = 0usize;
+        for entry in entries {
+            let entry = entry.map_err(|e| StoreError::io("list directory", &self.tmp, e))?;
+            let path = entry.path();
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            let res = if is_dir {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            match res {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::io("remove temp file", &path, e)),
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed unfinished chunk writes left by a crash");
+        }
+        Ok(())
+    }
+
+    /// Where the chunk `id` lives (whether or not it is there).
+    pub fn path_of(&self, id: ChunkId) -> PathBuf {
+        self.shard_dir(id).join(id.to_hex())
+    }
+
+    fn shard_dir(&self, id: ChunkId) -> PathBuf {
+        self.root.join(format!("{:02x}", id.shard()))
+    }
+
+    /// Stores `data` as the chunk `id`, atomically and durably.
+    ///
+    /// The bytes go to a fresh temp file in `chunks/tmp/`, which is fsynced
+    /// and then renamed into place, and the shard directory is fsynced so
+    /// the rename survives a power cut. A crash at any point leaves either
+    /// no chunk file or a complete one, never a partial one.
+    ///
+    /// `data` must hash to `id`: storing bytes under the wrong id would serve
+    /// them for another file later, so that is refused with
+    /// [`StoreError::WrongId`] (and is a debug assertion, being a caller bug).
+    /// Chunks longer than [`CHUNK_MAX_BYTES`] are refused the same way.
+    ///
+    /// If a file of the right length is already in place, this does nothing:
+    /// content addressing makes it the same bytes (a damaged file is found
+    /// by [`ChunkStore::get`], and the caller removes it before storing the
+    /// chunk again).
+    ///
+    /// The caller records the chunk in the [`super::Db`] index after this
+    /// returns; a crash in between leaves a file the index does not know,
+    /// which [`ChunkStore::scan`] finds.
+    pub fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        let actual = ChunkId::of(data);
+        debug_assert_eq!(actual, id, "ChunkStore::put: bytes do not match their id");
+        if actual != id {
+            return Err(StoreError::WrongId { id, actual });
+        }
+        if data.len() > CHUNK_MAX_BYTES {
+            return Err(StoreError::TooLarge {
+                id,
+                len: data.len(),
+            });
+        }
+        fail::fail_point!("cas-put-before-write", |arg| Err(StoreError::injected(
+            "cas-put-before-write",
+            arg
+        )));
+
+        let path = self.path_of(id);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => return Ok(()),
+            Ok(_) => {} // wrong length or not a file: replaced below
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("stat chunk", &path, e)),
+        }
+
+        let tmp_path = self.tmp.join(format!(
+            "{}.{}.{}",
+            id.to_hex(),
+            std::process::id(),
+            TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        if let Err(e) = self.write_temp_and_rename(&tmp_path, &path, data) {
+            // Best effort: a leftover would also be removed at the next open.
+            let _ = fs::remove_file(&tmp_path);
+            return Err(e);
+        }
+
+        fail::fail_point!("cas-put-after-write-before-index", |arg| Err(
+            StoreError::injected("cas-put-after-write-before-index", arg)
+        ));
+        Ok(())
+    }
+
+    fn write_temp_and_rename(
+        &self,
+        tmp_path: &Path,
+        path: &Path,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(tmp_path)
+            .map_err(|e| StoreError::io("create temp file", tmp_path, e))?;
+        file.write_all(data)
+            .map_err(|e| StoreError::io("write temp file", tmp_path, e))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("fsync temp file", tmp_path, e))?;
+        drop(file);
+        fs::rename(tmp_path, path)
+            .map_err(|e| StoreError::io("rename chunk into place", path, e))?;
+        let dir = path.parent().unwrap_or(&self.root);
+        fsync_dir(dir)
+    }
+
+    /// Reads the chunk `id` and verifies it against its id.
+    ///
+    /// Returns [`ChunkReadError::Missing`] when there is no file,
+    /// [`ChunkReadError::Corrupt`] when the bytes do not hash to `id` (a
+    /// flipped bit, a truncated file; a file longer than any chunk is
+    /// reported without being read), and [`ChunkReadError::Io`] when the
+    /// file cannot be read (`EIO`, `EMFILE`, ...). Nothing is deleted here:
+    /// what to do about a bad chunk is the caller's decision.
+    pub fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
+        let path = self.path_of(id);
+        let mut file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkReadError::Missing),
+            Err(e) => return Err(ChunkReadError::Io(StoreError::io("open chunk", &path, e))),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| ChunkReadError::Io(StoreError::io("stat chunk", &path, e)))?;
+        let len = meta.len();
+        if !meta.is_file() {
+            return Err(ChunkReadError::Corrupt {
+                len,
+                reason: "not a regular file",
+            });
+        }
+        if len > CHUNK_MAX_BYTES as u64 {
+            return Err(ChunkReadError::Corrupt {
+                len,
+                reason: "longer than any chunk",
+            });
+        }
+        // One byte of slack so a file that grew after the stat is noticed.
+        let mut data = Vec::with_capacity(len as usize + 1);
+        (&mut file)
+            .take(CHUNK_MAX_BYTES as u64 + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| ChunkReadError::Io(StoreError::io("read chunk", &path, e)))?;
+        if !id.matches(&data) {
+            return Err(ChunkReadError::Corrupt {
+                len: data.len() as u64,
+                reason: if data.len() as u64 == len {
+                    "hash mismatch"
+                } else {
+                    "length changed while reading"
+                },
+            });
+        }
+        Ok(data)
+    }
+
+    /// Deletes the chunk `id`. A chunk that is already gone is fine: eviction
+    /// and corruption handling may both get there.
+    pub fn remove(&self, id: ChunkId) -> Result<(), StoreError> {
+        let path = self.path_of(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(StoreError::io("remove chunk", &path, e)),
+        }
+    }
+
+    /// Every chunk file on disk, with its length, in no particular order.
+    ///
+    /// This is how a lost or corrupt index is rebuilt. Only regular files
+    /// whose name is exactly the 32 lower-case hex digits of an id in the
+    /// right shard are listed; the temp directory and anything else are
+    /// skipped. Lengths are not verified here: reads verify.
+    pub fn scan(&self) -> Result<Vec<(ChunkId, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut foreign = 0usize;
+        for shard in 0..=255u8 {
+            let dir = self.root.join(format!("{shard:02x}"));
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(StoreError::io("list directory", &dir, e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|e| StoreError::io("list directory", &dir, e))?;
+                let name = entry.file_name();
+                let id = name.to_str().and_then(ChunkId::from_hex).filter(|id| {
+                    id.shard() == shard && Some(id.to_hex().as_str()) == name.to_str()
+                });
+                let Some(id) = id else {
+                    foreign += 1;
+                    continue;
+                };
+                let meta = match entry.metadata() {
+                    Ok(m) => m,
+                    // Removed since the listing (eviction running alongside).
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(StoreError::io("stat chunk", entry.path(), e)),
+                };
+                if !meta.is_file() {
+                    foreign += 1;
+                    continue;
+                }
+                out.push((id, meta.len()));
+            }
+        }
+        if foreign > 0 {
+            tracing::warn!(
+                foreign,
+                dir = %self.root.display(),
+                "skipped files in the chunk store that are not chunks"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Bytes available to this process on the cache file system (`statvfs`:
+    /// blocks available to unprivileged users times the fragment size).
+    ///
+    /// The caller compares this with its reserve to decide when to stop
+    /// caching and serve from the origins instead.
+    pub fn free_bytes(&self) -> Result<u64, StoreError> {
+        let c_path = CString::new(self.root.as_os_str().as_bytes()).map_err(|_| {
+            StoreError::io(
+                "statvfs",
+                &self.root,
+                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
+            )
+        })?;
+        // SAFETY: `statvfs` is plain old data, so all-zero is a valid value.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c_path` is a valid NUL-terminated string and `st` a valid
+        // out-pointer for the duration of the call.
+        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
+        if rc != 0 {
+            return Err(StoreError::io(
+                "statvfs",
+                &self.root,
+                io::Error::last_os_error(),
+            ));
+        }
+        #[allow(clippy::unnecessary_cast)] // the field widths differ between targets
+        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+}
+
+/// Makes a directory's entries (a rename into it) durable.
+fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    let d = File::open(dir).map_err(|e| StoreError::io("open directory", dir, e))?;
+    d.sync_all()
+        .map_err(|e| StoreError::io("fsync directory", dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_is_shard_then_hex() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let id = ChunkId(0xab00_0000_0000_0000_0000_0000_0000_0001);
+        assert_eq!(
+            store.path_of(id),
+            dir.path()
+                .join("chunks/ab/ab000000000000000000000000000001")
+        );
+        assert!(dir.path().join("chunks/00").is_dir());
+        assert!(dir.path().join("chunks/ff").is_dir());
+        assert!(dir.path().join("chunks/tmp").is_dir());
+    }
+
+    #[test]
+    fn oversized_files_are_corrupt_without_being_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let id = ChunkId::of(b"x");
+        let f = File::create(store.path_of(id)).unwrap();
+        f.set_len(CHUNK_MAX_BYTES as u64 + 1).unwrap();
+        match store.get(id) {
+            Err(ChunkReadError::Corrupt { len, reason }) => {
+                assert_eq!(len, CHUNK_MAX_BYTES as u64 + 1);
+                assert_eq!(reason, "longer than any chunk");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn oversized_puts_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = vec![7u8; CHUNK_MAX_BYTES + 1];
+        let id = ChunkId::of(&data);
+        assert!(matches!(
+            store.put(id, &data),
+            Err(StoreError::TooLarge { .. })
+        ));
+        assert!(!store.path_of(id).exists());
+    }
+
+    #[test]
+    fn put_replaces_a_file_of_the_wrong_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let data = b"the real bytes".to_vec();
+        let id = ChunkId::of(&data);
+        fs::write(store.path_of(id), b"short").unwrap();
+        store.put(id, &data).unwrap();
+        assert_eq!(store.get(id).unwrap(), data);
+    }
+
+    #[test]
+    fn free_bytes_is_plausible() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        assert!(store.free_bytes().unwrap() > 0);
+    }
+}

@@ -1,0 +1,636 @@
+//! The cache's database: catalog, manifests, chunk index and metadata, in
+//! one sled database at `<cache_dir>/db/`.
+//!
+//! Trees and encodings (all integers big-endian, so keys sort numerically):
+//!
+//! | tree        | key                                   | value                                   |
+//! |-------------|---------------------------------------|-----------------------------------------|
+//! | `catalog`   | origin id (u16) ++ origin path bytes  | MessagePack of [`CatalogEntry`]         |
+//! | `manifests` | origin id (u16) ++ origin path bytes  | MessagePack of [`Manifest`]             |
+//! | `chunks`    | [`ChunkId::to_be_bytes`] (16 bytes)   | len (u32) ++ last access (u64): 12 bytes |
+//! | `meta`      | UTF-8 name                            | bytes; `schema_version` is a u32        |
+//!
+//! Everything here can be rebuilt (the chunk index from the chunk files, the
+//! catalog and manifests by rescanning the origins), so a database that does
+//! not open cleanly is moved aside and replaced rather than repaired.
+
+use super::StoreError;
+use musicfs_core::{CatalogEntry, ChunkId, Manifest, OriginId, OriginPath};
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The version of the encodings above. Bump it whenever the encoding of a
+/// stored record changes (including a field added to [`CatalogEntry`] or
+/// [`Manifest`]): a database with another version is set aside at open and
+/// rebuilt, which is cheaper and safer than migrating a cache.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `meta` key holding [`SCHEMA_VERSION`] (4 bytes, big-endian). Written by
+/// [`Db::open`]; do not set it yourself.
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+
+/// `meta` key for the caller's fingerprint of the configured library (for
+/// example the list of origins), so a changed configuration can be noticed
+/// at start and the catalog rescanned. The store does not interpret it.
+pub const META_LIBRARY_FINGERPRINT: &str = "library_fingerprint";
+
+/// sled keeps this much of the database in memory. Small, because the whole
+/// daemon aims at under 100 MB of RSS; the hot data lives in the core's own
+/// structures, the database is mostly written.
+const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
+
+/// How often sled flushes in the background. Anything newer than this may be
+/// lost in a crash, which only costs re-fetching a few chunks.
+const FLUSH_EVERY_MS: u64 = 500;
+
+/// Length of a `chunks` value.
+const CHUNK_VALUE_LEN: usize = 12;
+
+/// The cache's sled database.
+///
+/// `Send + Sync`: share it behind an `Arc`. sled takes an exclusive lock on
+/// the database, so a second daemon on the same cache directory fails to
+/// open it (with an error that is neither a disk failure nor corruption).
+pub struct Db {
+    db: sled::Db,
+    catalog: sled::Tree,
+    manifests: sled::Tree,
+    chunks: sled::Tree,
+    meta: sled::Tree,
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Not the tree sizes: sled counts them by walking every record.
+        f.debug_struct("Db").finish_non_exhaustive()
+    }
+}
+
+/// What [`Db::open`] found.
+#[derive(Debug)]
+pub struct OpenOutcome {
+    /// The open database.
+    pub db: Db,
+    /// `Some(what happened)` when the old database could not be used and was
+    /// moved aside: the new one is empty, so the caller must rebuild the
+    /// chunk index from [`super::ChunkStore::scan`] and rescan the origins.
+    pub repaired: Option<String>,
+}
+
+/// Why a database could not be used as it is.
+enum OpenProblem {
+    /// Corrupt or of another schema: move it aside and start afresh.
+    Unusable(String),
+    /// The disk, the lock, the descriptors: moving anything would not help.
+    Fatal(StoreError),
+}
+
+impl Db {
+    /// Opens the database under `cache_dir`, creating it if needed.
+    ///
+    /// If sled reports corruption (or panics, or refuses the files as of an
+    /// unsupported format), or the database has another [`SCHEMA_VERSION`],
+    /// the whole `db/` directory is renamed to `db.corrupt-<unix-time>/`
+    /// (kept for a post-mortem, never read again), a warning is logged, and
+    /// a fresh empty database is created; `repaired` then says what
+    /// happened. A cache must come back up on its own after a crash or a
+    /// bad disk block, and everything in it can be rebuilt.
+    ///
+    /// Errors that moving the directory would not fix are returned as they
+    /// are: a failing or full disk, descriptor exhaustion, or sled's lock
+    /// held by another process.
+    ///
+    /// The fail point `db-open-corrupt` (feature `failpoints`) forces the
+    /// repair path on a healthy database.
+    pub fn open(cache_dir: &Path) -> Result<OpenOutcome, StoreError> {
+        fs::create_dir_all(cache_dir)
+            .map_err(|e| StoreError::io("create directory", cache_dir, e))?;
+        let dir = cache_dir.join("db");
+
+        let problem = if let Some(msg) = forced_corruption() {
+            msg
+        } else {
+            match Db::open_and_check(&dir) {
+                Ok(db) => return Ok(OpenOutcome { db, repaired: None }),
+                Err(OpenProblem::Fatal(e)) => return Err(e),
+                Err(OpenProblem::Unusable(msg)) => msg,
+            }
+        };
+
+        let aside = move_aside(cache_dir, &dir)?;
+        let what = match &aside {
+            Some(aside) => format!(
+                "cache database unusable ({problem}); moved it to {} and started an empty one",
+                aside.display()
+            ),
+            None => format!("cache database unusable ({problem}); started an empty one"),
+        };
+        tracing::warn!("{what}");
+        match Db::open_and_check(&dir) {
+            Ok(db) => Ok(OpenOutcome {
+                db,
+                repaired: Some(what),
+            }),
+            Err(OpenProblem::Fatal(e)) => Err(e),
+            Err(OpenProblem::Unusable(msg)) => Err(StoreError::db(
+                "open fresh database",
+                sled::Error::Unsupported(msg),
+            )),
+        }
+    }
+
+    /// Opens `dir` with sled and checks the schema version, initialising it
+    /// on a new database.
+    fn open_and_check(dir: &Path) -> Result<Db, OpenProblem> {
+        // sled silently starts empty on a data file it cannot read at all, so
+        // "new" must be decided before it gets to look.
+        let existed = ["db", "conf"]
+            .iter()
+            .any(|f| fs::symlink_metadata(dir.join(f)).is_ok());
+        let config = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_CAPACITY_BYTES)
+            .flush_every_ms(Some(FLUSH_EVERY_MS))
+            .mode(sled::Mode::LowSpace);
+        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
+            Ok(Ok(db)) => db,
+            Ok(Err(e)) => return Err(classify_open_error("open", e)),
+            Err(panic) => return Err(OpenProblem::Unusable(panic_message(&panic))),
+        };
+        let tree = |name: &'static str| {
+            db.open_tree(name)
+                .map_err(|e| classify_open_error("open tree", e))
+        };
+        let db = Db {
+            catalog: tree("catalog")?,
+            manifests: tree("manifests")?,
+            chunks: tree("chunks")?,
+            meta: tree("meta")?,
+            db,
+        };
+        db.check_schema(existed)?;
+        Ok(db)
+    }
+
+    /// Checks the stored schema version. A database without one is only
+    /// accepted (and stamped) if it did not exist before this open: an
+    /// existing one that comes back without it has lost its contents, and
+    /// the caller must be told so it rebuilds the chunk index.
+    fn check_schema(&self, existed: bool) -> Result<(), OpenProblem> {
+        let stored = self
+            .meta
+            .get(META_SCHEMA_VERSION)
+            .map_err(|e| classify_open_error("read schema version", e))?;
+        match stored {
+            Some(v) => match <[u8; 4]>::try_from(v.as_ref()) {
+                Ok(b) if u32::from_be_bytes(b) == SCHEMA_VERSION => Ok(()),
+                Ok(b) => Err(OpenProblem::Unusable(format!(
+                    "schema version {}, expected {SCHEMA_VERSION}",
+                    u32::from_be_bytes(b)
+                ))),
+                Err(_) => Err(OpenProblem::Unusable(format!(
+                    "undecodable schema version ({} bytes)",
+                    v.len()
+                ))),
+            },
+            None => {
+                let empty = self.catalog.is_empty()
+                    && self.manifests.is_empty()
+                    && self.chunks.is_empty()
+                    && self.meta.is_empty();
+                if !empty {
+                    return Err(OpenProblem::Unusable(
+                        "data without a schema version".to_owned(),
+                    ));
+                }
+                if existed {
+                    return Err(OpenProblem::Unusable(
+                        "the existing database came back empty".to_owned(),
+                    ));
+                }
+                self.meta
+                    .insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_be_bytes())
+                    .map_err(|e| classify_open_error("write schema version", e))?;
+                self.db
+                    .flush()
+                    .map_err(|e| classify_open_error("flush", e))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Every catalog entry, in (origin, path) order.
+    ///
+    /// An entry that does not decode (or whose key disagrees with its
+    /// contents) is skipped, counted and logged, not fatal: its file is
+    /// simply found again by the next scan.
+    pub fn load_catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        for item in self.catalog.iter() {
+            let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+            match rmp_serde::from_slice::<CatalogEntry>(&v) {
+                Ok(entry) if *k == entry_key(entry.source.origin, &entry.source.path)[..] => {
+                    out.push(entry)
+                }
+                _ => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "skipped catalog entries that could not be decoded; they will be rescanned"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores catalog entries (inserting or replacing), all at once.
+    pub fn put_catalog(&self, entries: &[CatalogEntry]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for entry in entries {
+            batch.insert(
+                entry_key(entry.source.origin, &entry.source.path),
+                encode("catalog entry", entry)?,
+            );
+        }
+        self.catalog
+            .apply_batch(batch)
+            .map_err(|e| StoreError::db("write catalog", e))
+    }
+
+    /// Makes `entries` the whole catalog of `origin`: entries of that origin
+    /// not in the list are removed, the others inserted or replaced, in one
+    /// atomic batch (a crash leaves the old or the new catalog, not a mix).
+    ///
+    /// Entries in `entries` that belong to another origin are stored too,
+    /// under their own origin.
+    pub fn replace_catalog_for_origin(
+        &self,
+        origin: OriginId,
+        entries: &[CatalogEntry],
+    ) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        let mut keep = HashSet::with_capacity(entries.len());
+        for entry in entries {
+            let key = entry_key(entry.source.origin, &entry.source.path);
+            batch.insert(key.clone(), encode("catalog entry", entry)?);
+            keep.insert(key);
+        }
+        for item in self.catalog.scan_prefix(origin.0.to_be_bytes()) {
+            let (k, _) = item.map_err(|e| StoreError::db("read catalog", e))?;
+            if !keep.contains(k.as_ref()) {
+                batch.remove(k);
+            }
+        }
+        self.catalog
+            .apply_batch(batch)
+            .map_err(|e| StoreError::db("write catalog", e))
+    }
+
+    /// Forgets one catalog entry (the file is gone from its origin). Absent
+    /// is fine.
+    pub fn remove_catalog(&self, origin: OriginId, path: &OriginPath) -> Result<(), StoreError> {
+        self.catalog
+            .remove(entry_key(origin, path))
+            .map(drop)
+            .map_err(|e| StoreError::db("remove catalog entry", e))
+    }
+
+    /// Every manifest with the file it maps, in (origin, path) order.
+    /// Undecodable records are skipped, counted and logged, like in
+    /// [`Db::load_catalog`]: the file is chunked again when read.
+    pub fn load_manifests(&self) -> Result<Vec<(OriginId, OriginPath, Manifest)>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        for item in self.manifests.iter() {
+            let (k, v) = item.map_err(|e| StoreError::db("read manifests", e))?;
+            match (decode_key(&k), rmp_serde::from_slice::<Manifest>(&v)) {
+                (Some((origin, path)), Ok(m)) => out.push((origin, path, m)),
+                _ => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "skipped manifests that could not be decoded; those files will be chunked again"
+            );
+        }
+        Ok(out)
+    }
+
+    /// Stores (or replaces) the manifest of one file.
+    pub fn put_manifest(
+        &self,
+        origin: OriginId,
+        path: &OriginPath,
+        m: &Manifest,
+    ) -> Result<(), StoreError> {
+        self.manifests
+            .insert(entry_key(origin, path), encode("manifest", m)?)
+            .map(drop)
+            .map_err(|e| StoreError::db("write manifest", e))
+    }
+
+    /// Forgets one file's manifest. Absent is fine.
+    pub fn remove_manifest(&self, origin: OriginId, path: &OriginPath) -> Result<(), StoreError> {
+        self.manifests
+            .remove(entry_key(origin, path))
+            .map(drop)
+            .map_err(|e| StoreError::db("remove manifest", e))
+    }
+
+    /// The whole chunk index: `(id, length, last access)` in id order.
+    /// Malformed records are skipped and logged (the chunk file, if any, is
+    /// found again by [`super::ChunkStore::scan`]).
+    pub fn load_chunk_index(&self) -> Result<Vec<(ChunkId, u32, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        for item in self.chunks.iter() {
+            let (k, v) = item.map_err(|e| StoreError::db("read chunk index", e))?;
+            match (ChunkId::from_be_slice(&k), decode_chunk_value(&v)) {
+                (Some(id), Some((len, last))) => out.push((id, len, last)),
+                _ => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(skipped, "skipped malformed chunk index records");
+        }
+        Ok(out)
+    }
+
+    /// Records chunks as present: `(id, length, last access)`, inserted or
+    /// replaced, all at once.
+    pub fn put_chunks(&self, chunks: &[(ChunkId, u32, u64)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for &(id, len, last) in chunks {
+            batch.insert(&id.to_be_bytes(), &encode_chunk_value(len, last));
+        }
+        self.chunks
+            .apply_batch(batch)
+            .map_err(|e| StoreError::db("write chunk index", e))
+    }
+
+    /// Forgets chunks (evicted or found corrupt), all at once. Absent ids are
+    /// fine.
+    pub fn remove_chunks(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(&id.to_be_bytes());
+        }
+        self.chunks
+            .apply_batch(batch)
+            .map_err(|e| StoreError::db("remove from chunk index", e))
+    }
+
+    /// Updates the last access of chunks that are in the index; ids that are
+    /// not (evicted meanwhile) are ignored rather than brought back.
+    ///
+    /// Last access never moves backwards: the stored value becomes the larger
+    /// of the old and the new, so touches applied out of order are harmless.
+    /// Each id is updated atomically on its own (a compare-and-swap), so a
+    /// concurrent [`Db::remove_chunks`] is never undone.
+    pub fn touch_chunks(&self, touched: &[(ChunkId, u64)]) -> Result<(), StoreError> {
+        for &(id, at) in touched {
+            self.chunks
+                .fetch_and_update(id.to_be_bytes(), |old| {
+                    let old = old?;
+                    Some(match decode_chunk_value(old) {
+                        Some((len, last)) => encode_chunk_value(len, last.max(at)).to_vec(),
+                        None => old.to_vec(),
+                    })
+                })
+                .map_err(|e| StoreError::db("touch chunk", e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads a `meta` value (see [`META_LIBRARY_FINGERPRINT`]).
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.meta
+            .get(key)
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| StoreError::db("read meta", e))
+    }
+
+    /// Writes a `meta` value. [`META_SCHEMA_VERSION`] is the store's own.
+    pub fn set_meta(&self, key: &str, v: &[u8]) -> Result<(), StoreError> {
+        self.meta
+            .insert(key, v)
+            .map(drop)
+            .map_err(|e| StoreError::db("write meta", e))
+    }
+
+    /// Makes everything written so far durable (sled otherwise flushes every
+    /// 500 ms in the background). Call it before a clean shutdown and where
+    /// the caller needs a write to survive a crash.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| StoreError::db("flush", e))
+    }
+}
+
+/// The key of a file in `catalog` and `manifests`.
+fn entry_key(origin: OriginId, path: &OriginPath) -> Vec<u8> {
+    let mut key = Vec::with_capacity(2 + path.as_bytes().len());
+    key.extend_from_slice(&origin.0.to_be_bytes());
+    key.extend_from_slice(path.as_bytes());
+    key
+}
+
+fn decode_key(key: &[u8]) -> Option<(OriginId, OriginPath)> {
+    let (origin, path) = key.split_first_chunk::<2>()?;
+    Some((OriginId(u16::from_be_bytes(*origin)), OriginPath::new(path)))
+}
+
+fn encode_chunk_value(len: u32, last_access: u64) -> [u8; CHUNK_VALUE_LEN] {
+    let mut v = [0u8; CHUNK_VALUE_LEN];
+    v[..4].copy_from_slice(&len.to_be_bytes());
+    v[4..].copy_from_slice(&last_access.to_be_bytes());
+    v
+}
+
+fn decode_chunk_value(v: &[u8]) -> Option<(u32, u64)> {
+    let v: &[u8; CHUNK_VALUE_LEN] = v.try_into().ok()?;
+    let (len, last) = v.split_first_chunk::<4>()?;
+    let last: [u8; 8] = last.try_into().ok()?;
+    Some((u32::from_be_bytes(*len), u64::from_be_bytes(last)))
+}
+
+fn encode<T: serde::Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    rmp_serde::to_vec(value).map_err(|e| StoreError::Encode {
+        what,
+        detail: e.to_string(),
+    })
+}
+
+/// Sorts sled's open errors into "set the database aside" and "give up".
+fn classify_open_error(op: &'static str, e: sled::Error) -> OpenProblem {
+    match e {
+        sled::Error::Corruption { at, .. } => OpenProblem::Unusable(match at {
+            Some(at) => format!("sled reports corruption at {at:?}"),
+            None => "sled reports corruption".to_owned(),
+        }),
+        sled::Error::Unsupported(msg) => OpenProblem::Unusable(format!("sled: {msg}")),
+        sled::Error::ReportableBug(msg) => OpenProblem::Unusable(format!("sled bug: {msg}")),
+        sled::Error::Io(ioe)
+            if matches!(
+                ioe.kind(),
+                io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            OpenProblem::Unusable(format!("sled: {ioe}"))
+        }
+        other => OpenProblem::Fatal(StoreError::db(op, other)),
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("sled panicked while opening: {msg}")
+}
+
+/// `Some(reason)` when the `db-open-corrupt` fail point is on.
+fn forced_corruption() -> Option<String> {
+    fail::fail_point!("db-open-corrupt", |_| Some(
+        "forced by fail point db-open-corrupt".to_owned()
+    ));
+    None
+}
+
+/// Renames `<cache_dir>/db` to a fresh `db.corrupt-<unix-time>[-n]`.
+/// Returns where it went, or `None` if there was nothing to move.
+fn move_aside(cache_dir: &Path, dir: &Path) -> Result<Option<PathBuf>, StoreError> {
+    match fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(StoreError::io("stat database", dir, e)),
+        Ok(_) => {}
+    }
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    for n in 0u32.. {
+        let name = if n == 0 {
+            format!("db.corrupt-{secs}")
+        } else {
+            format!("db.corrupt-{secs}-{n}")
+        };
+        let target = cache_dir.join(name);
+        if fs::symlink_metadata(&target).is_ok() {
+            continue;
+        }
+        fs::rename(dir, &target).map_err(|e| StoreError::io("move database aside", dir, e))?;
+        // Best effort: make the rename durable before a new db/ appears.
+        if let Ok(d) = fs::File::open(cache_dir) {
+            let _ = d.sync_all();
+        }
+        return Ok(Some(target));
+    }
+    unreachable!("u32 names ran out")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_round_trip() {
+        let path = OriginPath::new(&b"Artist/\xffalbum/01.flac"[..]);
+        let key = entry_key(OriginId(0x0102), &path);
+        assert_eq!(&key[..2], &[1, 2]);
+        assert_eq!(decode_key(&key), Some((OriginId(0x0102), path)));
+        assert_eq!(decode_key(&[1]), None);
+    }
+
+    #[test]
+    fn chunk_values_round_trip() {
+        let v = encode_chunk_value(65_536, u64::MAX - 3);
+        assert_eq!(decode_chunk_value(&v), Some((65_536, u64::MAX - 3)));
+        assert_eq!(decode_chunk_value(&v[..11]), None);
+    }
+
+    #[test]
+    fn touch_only_updates_existing_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let (a, b) = (ChunkId::of(b"a"), ChunkId::of(b"b"));
+        db.put_chunks(&[(a, 1, 10)]).unwrap();
+        db.touch_chunks(&[(a, 20), (b, 30)]).unwrap();
+        assert_eq!(db.load_chunk_index().unwrap(), vec![(a, 1, 20)]);
+        db.touch_chunks(&[(a, 5)]).unwrap();
+        assert_eq!(db.load_chunk_index().unwrap(), vec![(a, 1, 20)]);
+    }
+
+    #[test]
+    fn undecodable_records_are_skipped_not_fatal() {
+        use musicfs_core::{FileKind, FileVersion, SourceFile};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let good = CatalogEntry {
+            source: SourceFile {
+                origin: OriginId(2),
+                path: OriginPath::new(&b"a/b.flac"[..]),
+                version: FileVersion::default(),
+            },
+            kind: FileKind::Cover,
+        };
+        db.put_catalog(std::slice::from_ref(&good)).unwrap();
+        // Garbage, and a valid entry filed under another file's key.
+        db.catalog
+            .insert(b"\x00\x01garbage", &b"\xc1\xff"[..])
+            .unwrap();
+        db.catalog
+            .insert(
+                entry_key(OriginId(2), &OriginPath::new(&b"elsewhere"[..])),
+                encode("catalog entry", &good).unwrap(),
+            )
+            .unwrap();
+        assert_eq!(db.load_catalog().unwrap(), vec![good]);
+
+        let m = Manifest::new(FileVersion::default());
+        let p = OriginPath::new(&b"m"[..]);
+        db.put_manifest(OriginId(0), &p, &m).unwrap();
+        db.manifests.insert(b"\x00\x00n", &b"\x93"[..]).unwrap();
+        db.manifests.insert(b"x", encode("m", &m).unwrap()).unwrap();
+        assert_eq!(db.load_manifests().unwrap(), vec![(OriginId(0), p, m)]);
+
+        db.put_chunks(&[(ChunkId(9), 1, 2)]).unwrap();
+        db.chunks
+            .insert(ChunkId(10).to_be_bytes(), &[1u8; 5][..])
+            .unwrap();
+        db.chunks.insert(b"short", &[0u8; 12][..]).unwrap();
+        assert_eq!(db.load_chunk_index().unwrap(), vec![(ChunkId(9), 1, 2)]);
+    }
+
+    #[test]
+    fn another_schema_version_is_set_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = Db::open(dir.path()).unwrap().db;
+            db.set_meta(META_SCHEMA_VERSION, &(SCHEMA_VERSION + 1).to_be_bytes())
+                .unwrap();
+            db.put_chunks(&[(ChunkId::of(b"a"), 1, 1)]).unwrap();
+            db.flush().unwrap();
+        }
+        let out = Db::open(dir.path()).unwrap();
+        let msg = out.repaired.expect("should have been repaired");
+        assert!(msg.contains("schema version"), "{msg}");
+        assert!(out.db.load_chunk_index().unwrap().is_empty());
+        assert_eq!(
+            out.db.get_meta(META_SCHEMA_VERSION).unwrap(),
+            Some(SCHEMA_VERSION.to_be_bytes().to_vec())
+        );
+    }
+}

@@ -1,0 +1,408 @@
+//! The on-disk cache store: chunk files plus one sled database.
+//!
+//! A cache directory looks like this:
+//!
+//! ```text
+//! <cache_dir>/
+//!   chunks/00 .. chunks/ff/<32-hex-id>   one file per chunk, named by ChunkId
+//!   chunks/tmp/                          in-progress writes (emptied at open)
+//!   db/                                  sled: catalog, manifests, chunk index, meta
+//!   db.corrupt-<unix-time>/              a database that failed to open, set aside
+//! ```
+//!
+//! The chunk files are the truth about *bytes*: every read is verified
+//! against its content id, so a damaged file is reported, never served. The
+//! database is the truth about *what we know*: the catalog, the manifests and
+//! an index of the chunk files with their last access. The index can always
+//! be rebuilt from [`ChunkStore::scan`], which is why a corrupt database is
+//! moved aside rather than repaired.
+//!
+//! Errors keep the operating system's error code all the way up, because the
+//! caller reacts to *kinds* of failure: a full, read-only or failing cache
+//! disk ([`StoreError::is_disk_failure`]) switches the daemon to serving
+//! straight from the origins ("passthrough"); running out of file descriptors
+//! ([`StoreError::is_fd_exhaustion`]) is transient and must not.
+
+mod chunks;
+mod db;
+
+pub use chunks::ChunkStore;
+pub use db::{Db, META_LIBRARY_FINGERPRINT, META_SCHEMA_VERSION, OpenOutcome, SCHEMA_VERSION};
+
+use musicfs_core::ChunkId;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// A failure of the cache store.
+///
+/// Every variant that stems from the operating system keeps the original
+/// [`io::Error`] (and so its raw `errno`), so callers can tell a full disk
+/// from a missing file from descriptor exhaustion.
+#[derive(Debug)]
+pub enum StoreError {
+    /// A file-system call failed.
+    Io {
+        /// What the store was doing, for the log ("create temp file", ...).
+        op: &'static str,
+        /// The file or directory it was doing it to.
+        path: PathBuf,
+        /// The operating system's error, unchanged.
+        source: io::Error,
+    },
+    /// The sled database failed (its own I/O error, corruption or a bug).
+    Db {
+        /// What the store was doing.
+        op: &'static str,
+        /// sled's error, unchanged.
+        source: sled::Error,
+    },
+    /// A record could not be encoded for the database. (Records that fail to
+    /// *decode* are skipped and logged by the loaders instead.)
+    Encode {
+        /// Which kind of record.
+        what: &'static str,
+        /// The encoder's message.
+        detail: String,
+    },
+    /// [`ChunkStore::put`] was given bytes whose hash is not the id: storing
+    /// them would serve wrong bytes later, so they are refused.
+    WrongId {
+        /// The id the caller claimed.
+        id: ChunkId,
+        /// The id of the bytes actually given.
+        actual: ChunkId,
+    },
+    /// [`ChunkStore::put`] was given more than
+    /// [`musicfs_core::chunk::CHUNK_MAX_BYTES`]: no chunker produces that, so
+    /// it is a caller bug, and the store's readers rely on the bound.
+    TooLarge {
+        /// The refused chunk's id.
+        id: ChunkId,
+        /// Its length.
+        len: usize,
+    },
+    /// A fail point (the `failpoints` feature) injected this error.
+    ///
+    /// The fail point's argument may name an errno (`return(ENOSPC)`), so
+    /// tests can drive the disk-failure paths; without one it is `EIO`.
+    Injected {
+        /// The fail point's name.
+        point: &'static str,
+        /// The error it stands for.
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> StoreError {
+        StoreError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn db(op: &'static str, source: sled::Error) -> StoreError {
+        StoreError::Db { op, source }
+    }
+
+    /// Builds the error a fail point returns. `arg` is the fail point's
+    /// `return(...)` argument: an errno name (`ENOSPC`) or number, or none.
+    #[allow(dead_code)] // only called from fail points, which may be compiled out
+    pub(crate) fn injected(point: &'static str, arg: Option<String>) -> StoreError {
+        let errno = arg
+            .as_deref()
+            .and_then(errno_from_name)
+            .unwrap_or(libc::EIO);
+        StoreError::Injected {
+            point,
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// The underlying operating-system error, if this is one.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            StoreError::Io { source, .. } | StoreError::Injected { source, .. } => Some(source),
+            StoreError::Db {
+                source: sled::Error::Io(e),
+                ..
+            } => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The raw `errno`, if known.
+    ///
+    /// sled copies errors it stores from its background flusher and loses
+    /// the raw code on the way (it keeps the kind and a `Debug` rendering
+    /// that still says `code: N`), so that rendering is read as a fallback.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        let e = self.io_error()?;
+        e.raw_os_error().or_else(|| errno_in_debug(&e.to_string()))
+    }
+
+    /// True when the cache disk itself cannot be used: it is full (`ENOSPC`,
+    /// `EDQUOT`), read-only (`EROFS`), failing (`EIO`), not ours to write
+    /// (`EACCES`, `EPERM`), or the database reports corruption.
+    ///
+    /// The caller then stops caching and serves reads straight from the
+    /// origins ("passthrough") instead of failing them: a cache is an
+    /// optimisation, and a broken one must not take the mount down.
+    pub fn is_disk_failure(&self) -> bool {
+        if let StoreError::Db { source, .. } = self {
+            match source {
+                sled::Error::Corruption { .. } => return true,
+                sled::Error::Io(e) => {
+                    // sled's own lock error is `Other` with a message; a
+                    // second daemon on the same cache is not a disk failure.
+                    if is_lock_error(e) || self.is_fd_exhaustion() {
+                        return false;
+                    }
+                    return true;
+                }
+                _ => return false,
+            }
+        }
+        if let Some(errno) = self.raw_os_error() {
+            return matches!(
+                errno,
+                libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EIO | libc::EACCES | libc::EPERM
+            );
+        }
+        self.io_error().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull
+                    | io::ErrorKind::QuotaExceeded
+                    | io::ErrorKind::ReadOnlyFilesystem
+                    | io::ErrorKind::PermissionDenied
+            )
+        })
+    }
+
+    /// True when the process (`EMFILE`) or the system (`ENFILE`) is out of
+    /// file descriptors.
+    ///
+    /// That is transient and says nothing about the disk, so the caller
+    /// should fail or retry the one request rather than go to passthrough.
+    pub fn is_fd_exhaustion(&self) -> bool {
+        matches!(self.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+    }
+
+    /// True when the database reported corruption while in use. The caller
+    /// can drop the [`Db`] and [`Db::open`] it again, which sets a corrupt
+    /// database aside and starts a fresh one.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Db {
+                source: sled::Error::Corruption { .. },
+                ..
+            }
+        )
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Io { op, path, source } => {
+                write!(f, "cache store: {op} {}: {source}", path.display())
+            }
+            StoreError::Db { op, source } => write!(f, "cache database: {op}: {source}"),
+            StoreError::Encode { what, detail } => {
+                write!(f, "cache database: cannot encode {what}: {detail}")
+            }
+            StoreError::WrongId { id, actual } => write!(
+                f,
+                "cache store: refusing to store bytes with id {actual} under id {id}"
+            ),
+            StoreError::TooLarge { id, len } => {
+                write!(f, "cache store: chunk {id} of {len} bytes is too large")
+            }
+            StoreError::Injected { point, source } => {
+                write!(f, "cache store: fail point {point}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            StoreError::Io { source, .. } | StoreError::Injected { source, .. } => Some(source),
+            StoreError::Db { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Why [`ChunkStore::get`] returned no bytes.
+///
+/// The three cases call for different reactions: a missing chunk is simply
+/// fetched again; a corrupt one must be removed (and its index entry
+/// dropped) before it is fetched again; an I/O error may mean the cache disk
+/// is failing ([`ChunkReadError::is_disk_failure`]).
+#[derive(Debug)]
+pub enum ChunkReadError {
+    /// No file for this id.
+    Missing,
+    /// The file exists but does not hold the bytes the id names. It is left
+    /// in place: the caller decides whether to remove it.
+    Corrupt {
+        /// The file's length on disk.
+        len: u64,
+        /// What was wrong ("hash mismatch", "longer than any chunk", ...).
+        reason: &'static str,
+    },
+    /// The file could not be read.
+    Io(StoreError),
+}
+
+impl ChunkReadError {
+    /// See [`StoreError::is_disk_failure`]. Never true for `Missing` or
+    /// `Corrupt`: one bad file is not a bad disk.
+    pub fn is_disk_failure(&self) -> bool {
+        matches!(self, ChunkReadError::Io(e) if e.is_disk_failure())
+    }
+
+    /// See [`StoreError::is_fd_exhaustion`].
+    pub fn is_fd_exhaustion(&self) -> bool {
+        matches!(self, ChunkReadError::Io(e) if e.is_fd_exhaustion())
+    }
+}
+
+impl fmt::Display for ChunkReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChunkReadError::Missing => f.write_str("chunk not in the cache"),
+            ChunkReadError::Corrupt { len, reason } => {
+                write!(f, "cached chunk is corrupt ({reason}, {len} bytes on disk)")
+            }
+            ChunkReadError::Io(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for ChunkReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChunkReadError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// sled reports a held lock as `ErrorKind::Other` with this message.
+fn is_lock_error(e: &io::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
+/// Finds `code: N` in the `Debug` rendering of an `io::Error` that sled
+/// turned into a message.
+fn errno_in_debug(msg: &str) -> Option<i32> {
+    let rest = &msg[msg.find("code: ")? + "code: ".len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
+}
+
+/// `ENOSPC` → `libc::ENOSPC`, and plain numbers, for fail point arguments.
+#[allow(dead_code)]
+fn errno_from_name(name: &str) -> Option<i32> {
+    let name = name.trim();
+    if let Ok(n) = name.parse() {
+        return Some(n);
+    }
+    Some(match name {
+        "ENOSPC" => libc::ENOSPC,
+        "EDQUOT" => libc::EDQUOT,
+        "EIO" => libc::EIO,
+        "EROFS" => libc::EROFS,
+        "EACCES" => libc::EACCES,
+        "EPERM" => libc::EPERM,
+        "EMFILE" => libc::EMFILE,
+        "ENFILE" => libc::ENFILE,
+        "ENOENT" => libc::ENOENT,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_errnos() {
+        let e = |errno| StoreError::io("test", "/x", io::Error::from_raw_os_error(errno));
+        for errno in [
+            libc::ENOSPC,
+            libc::EDQUOT,
+            libc::EROFS,
+            libc::EIO,
+            libc::EACCES,
+            libc::EPERM,
+        ] {
+            assert!(e(errno).is_disk_failure(), "errno {errno}");
+            assert!(!e(errno).is_fd_exhaustion(), "errno {errno}");
+        }
+        for errno in [libc::EMFILE, libc::ENFILE] {
+            assert!(e(errno).is_fd_exhaustion(), "errno {errno}");
+            assert!(!e(errno).is_disk_failure(), "errno {errno}");
+        }
+        assert!(!e(libc::ENOENT).is_disk_failure());
+        assert!(!e(libc::EINTR).is_fd_exhaustion());
+    }
+
+    #[test]
+    fn classifies_sled_errors_that_lost_their_errno() {
+        // What sled's `Error::clone` makes of an ENOSPC from its flusher.
+        let orig = io::Error::from_raw_os_error(libc::EMFILE);
+        let cloned = io::Error::new(orig.kind(), format!("{orig:?}"));
+        assert_eq!(cloned.raw_os_error(), None);
+        let e = StoreError::db("flush", sled::Error::Io(cloned));
+        assert!(e.is_fd_exhaustion());
+        assert!(!e.is_disk_failure());
+        let e = StoreError::db("flush", sled::Error::Io(io::Error::other("something")));
+        assert!(e.is_disk_failure());
+        let lock = io::Error::other("could not acquire lock on \"db\"");
+        assert!(!StoreError::db("open", sled::Error::Io(lock)).is_disk_failure());
+        let corrupt = StoreError::db("get", sled::Error::Corruption { at: None, bt: () });
+        assert!(corrupt.is_disk_failure() && corrupt.is_corruption());
+    }
+
+    #[test]
+    fn injected_errors_carry_the_named_errno() {
+        let e = StoreError::injected("p", Some("ENOSPC".into()));
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(e.is_disk_failure());
+        let e = StoreError::injected("p", Some("EMFILE".into()));
+        assert!(e.is_fd_exhaustion());
+        let e = StoreError::injected("p", None);
+        assert_eq!(e.raw_os_error(), Some(libc::EIO));
+    }
+
+    #[test]
+    fn read_errors_classify_through() {
+        assert!(!ChunkReadError::Missing.is_disk_failure());
+        assert!(
+            !ChunkReadError::Corrupt {
+                len: 1,
+                reason: "x"
+            }
+            .is_disk_failure()
+        );
+        let io = |errno| {
+            ChunkReadError::Io(StoreError::io(
+                "read",
+                "/x",
+                io::Error::from_raw_os_error(errno),
+            ))
+        };
+        assert!(io(libc::EIO).is_disk_failure());
+        assert!(io(libc::EMFILE).is_fd_exhaustion());
+    }
+}

@@ -1,0 +1,757 @@
+//! The on-disk cache store against a real file system: chunk files, their
+//! verification, crash atomicity (fail points), real disk failures (a tiny
+//! tmpfs for ENOSPC and EROFS), descriptor exhaustion (in a child process),
+//! and the sled database including its corruption recovery.
+//!
+//! Fail points are process-global, so every test here takes [`serial`]
+//! first: a test that switches `cas-put-before-write` on must not make
+//! another test's `put` fail.
+
+use musicfs::store::{ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, StoreError};
+use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
+use musicfs_core::{ChunkId, Extent, FileVersion, Manifest, OriginId, OriginPath, TrackTags};
+use parking_lot::{Mutex, MutexGuard};
+use std::ffi::CString;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock()
+}
+
+/// Deterministic incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn chunk(len: usize, seed: u64) -> (ChunkId, Vec<u8>) {
+    let data = noise(len, seed);
+    (ChunkId::of(&data), data)
+}
+
+fn tmp_entries(cache: &Path) -> Vec<PathBuf> {
+    fs::read_dir(cache.join("chunks/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+// ---------------------------------------------------------------- chunks --
+
+#[test]
+fn put_get_round_trip() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    for (i, len) in [1usize, 16 * 1024, 65_537, 256 * 1024]
+        .into_iter()
+        .enumerate()
+    {
+        let (id, data) = chunk(len, i as u64);
+        store.put(id, &data).unwrap();
+        assert_eq!(store.get(id).unwrap(), data);
+        let path = store.path_of(id);
+        assert_eq!(
+            path,
+            dir.path()
+                .join("chunks")
+                .join(format!("{:02x}", id.shard()))
+                .join(id.to_hex())
+        );
+        assert_eq!(fs::metadata(&path).unwrap().len(), len as u64);
+    }
+    assert!(tmp_entries(dir.path()).is_empty());
+}
+
+#[test]
+fn put_is_idempotent() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, data) = chunk(70_000, 1);
+    store.put(id, &data).unwrap();
+    let ino = fs::metadata(store.path_of(id)).unwrap().ino();
+    store.put(id, &data).unwrap();
+    // The second put found the file in place and did not rewrite it.
+    assert_eq!(fs::metadata(store.path_of(id)).unwrap().ino(), ino);
+    assert_eq!(store.get(id).unwrap(), data);
+    assert_eq!(store.scan().unwrap(), vec![(id, data.len() as u64)]);
+}
+
+#[test]
+fn get_of_an_absent_chunk_is_missing() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, _) = chunk(100, 2);
+    assert!(matches!(store.get(id), Err(ChunkReadError::Missing)));
+}
+
+#[test]
+fn a_flipped_byte_is_corrupt_and_left_in_place() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, data) = chunk(50_000, 3);
+    store.put(id, &data).unwrap();
+    let mut bad = data.clone();
+    bad[12_345] ^= 0x01;
+    fs::write(store.path_of(id), &bad).unwrap();
+    match store.get(id) {
+        Err(ChunkReadError::Corrupt { len, .. }) => assert_eq!(len, data.len() as u64),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // Not deleted: the caller decides.
+    assert!(store.path_of(id).exists());
+    // put does not fix it (same length: deduplicated); remove + put does.
+    store.remove(id).unwrap();
+    store.put(id, &data).unwrap();
+    assert_eq!(store.get(id).unwrap(), data);
+}
+
+#[test]
+fn a_truncated_chunk_is_corrupt() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, data) = chunk(50_000, 4);
+    store.put(id, &data).unwrap();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(store.path_of(id))
+        .unwrap()
+        .set_len(49_999)
+        .unwrap();
+    match store.get(id) {
+        Err(ChunkReadError::Corrupt { len, .. }) => assert_eq!(len, 49_999),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    // A truncated file has the wrong length, so put replaces it.
+    store.put(id, &data).unwrap();
+    assert_eq!(store.get(id).unwrap(), data);
+}
+
+#[test]
+fn remove_deletes_and_tolerates_absence() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, data) = chunk(1000, 5);
+    store.put(id, &data).unwrap();
+    store.remove(id).unwrap();
+    assert!(matches!(store.get(id), Err(ChunkReadError::Missing)));
+    store.remove(id).unwrap();
+}
+
+#[test]
+fn scan_lists_exactly_what_was_put() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let mut want = Vec::new();
+    for seed in 0..40u64 {
+        let (id, data) = chunk(1000 + seed as usize * 37, seed + 100);
+        store.put(id, &data).unwrap();
+        want.push((id, data.len() as u64));
+    }
+    let (gone, _) = chunk(1000, 100);
+    store.remove(gone).unwrap();
+    want.retain(|(id, _)| *id != gone);
+    // Things that are not chunks are not listed.
+    let (other, _) = chunk(10, 999);
+    let shard = dir.path().join(format!("chunks/{:02x}", other.shard()));
+    fs::write(shard.join("README"), b"x").unwrap();
+    fs::write(shard.join(other.to_hex().to_uppercase()), b"x").unwrap();
+    fs::create_dir(shard.join(other.to_hex())).unwrap();
+    // A valid name in the wrong shard.
+    let wrong = dir.path().join(format!(
+        "chunks/{:02x}/{}",
+        other.shard().wrapping_add(1),
+        other.to_hex()
+    ));
+    fs::write(wrong, b"x").unwrap();
+    fs::write(dir.path().join("chunks/tmp/partial"), b"x").unwrap();
+
+    let mut got = store.scan().unwrap();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn temp_leftovers_are_removed_at_open() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, data) = chunk(3000, 6);
+    store.put(id, &data).unwrap();
+    drop(store);
+    // What a crash in the middle of a put leaves behind.
+    fs::write(
+        dir.path()
+            .join("chunks/tmp")
+            .join(format!("{}.1.0", id.to_hex())),
+        &data[..100],
+    )
+    .unwrap();
+    fs::create_dir(dir.path().join("chunks/tmp/strange-dir")).unwrap();
+    fs::write(dir.path().join("chunks/tmp/strange-dir/f"), b"x").unwrap();
+    assert_eq!(tmp_entries(dir.path()).len(), 2);
+
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert!(tmp_entries(dir.path()).is_empty());
+    // Real chunks are untouched.
+    assert_eq!(store.get(id).unwrap(), data);
+}
+
+#[test]
+#[cfg_attr(debug_assertions, should_panic(expected = "do not match their id"))]
+fn bytes_are_never_stored_under_the_wrong_id() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (id, _) = chunk(100, 7);
+    let other = noise(100, 8);
+    // Release builds: a real error. Debug builds: the assertion fires first.
+    let err = store.put(id, &other).unwrap_err();
+    assert!(matches!(err, StoreError::WrongId { .. }), "{err:?}");
+    assert!(!store.path_of(id).exists());
+}
+
+// ----------------------------------------------------------- fail points --
+
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use super::*;
+
+    #[test]
+    fn put_failing_before_the_write_leaves_no_file() {
+        let _g = serial();
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (id, data) = chunk(80_000, 10);
+
+        fail::cfg("cas-put-before-write", "return").unwrap();
+        let err = store.put(id, &data).unwrap_err();
+        assert!(matches!(err, StoreError::Injected { .. }), "{err:?}");
+        assert!(!store.path_of(id).exists());
+        assert!(tmp_entries(dir.path()).is_empty());
+        assert!(matches!(store.get(id), Err(ChunkReadError::Missing)));
+        assert!(store.scan().unwrap().is_empty());
+
+        // The argument names the errno, so callers can test passthrough.
+        fail::cfg("cas-put-before-write", "return(ENOSPC)").unwrap();
+        let err = store.put(id, &data).unwrap_err();
+        assert!(err.is_disk_failure(), "{err:?}");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+
+        fail::remove("cas-put-before-write");
+        store.put(id, &data).unwrap();
+        assert_eq!(store.get(id).unwrap(), data);
+        scenario.teardown();
+    }
+
+    #[test]
+    fn put_failing_after_the_write_leaves_a_complete_file() {
+        let _g = serial();
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (id, data) = chunk(200_000, 11);
+
+        fail::cfg("cas-put-after-write-before-index", "return").unwrap();
+        assert!(store.put(id, &data).is_err());
+        // "Crashed" after the rename: the file is whole and verifies.
+        assert_eq!(
+            fs::metadata(store.path_of(id)).unwrap().len(),
+            data.len() as u64
+        );
+        assert!(tmp_entries(dir.path()).is_empty());
+        fail::remove("cas-put-after-write-before-index");
+        drop(store);
+
+        // After the restart the index is rebuilt from a scan.
+        let store = ChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.scan().unwrap(), vec![(id, data.len() as u64)]);
+        assert_eq!(store.get(id).unwrap(), data);
+        scenario.teardown();
+    }
+
+    #[test]
+    fn db_open_corrupt_forces_a_fresh_database() {
+        let _g = serial();
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let out = Db::open(dir.path()).unwrap();
+            assert!(out.repaired.is_none());
+            out.db.set_meta("k", b"v").unwrap();
+            out.db.flush().unwrap();
+        }
+        fail::cfg("db-open-corrupt", "return").unwrap();
+        let out = Db::open(dir.path()).unwrap();
+        let what = out.repaired.as_deref().expect("fail point forces a repair");
+        assert!(what.contains("db-open-corrupt"), "{what}");
+        assert_eq!(out.db.get_meta("k").unwrap(), None);
+        assert_eq!(corrupt_dirs(dir.path()).len(), 1);
+        drop(out);
+
+        fail::remove("db-open-corrupt");
+        let out = Db::open(dir.path()).unwrap();
+        assert!(out.repaired.is_none());
+        assert_eq!(out.db.get_meta("k").unwrap(), None);
+        scenario.teardown();
+    }
+}
+
+// ---------------------------------------------------- real disk failures --
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped, even if
+/// the test panics.
+struct Tmpfs {
+    path: PathBuf,
+}
+
+impl Tmpfs {
+    fn mount(path: &Path, options: &str) -> Tmpfs {
+        fs::create_dir_all(path).unwrap();
+        let target = CString::new(path.as_os_str().as_bytes()).unwrap();
+        let fstype = CString::new("tmpfs").unwrap();
+        let data = CString::new(options).unwrap();
+        // SAFETY: valid NUL-terminated strings for the duration of the call.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
+        };
+        assert_eq!(
+            rc,
+            0,
+            "mount tmpfs on {} (these tests need root): {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+        Tmpfs {
+            path: path.to_owned(),
+        }
+    }
+
+    fn remount_read_only(&self) {
+        let target = CString::new(self.path.as_os_str().as_bytes()).unwrap();
+        let fstype = CString::new("tmpfs").unwrap();
+        // SAFETY: as above; a null data pointer is allowed.
+        let rc = unsafe {
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_RDONLY,
+                std::ptr::null(),
+            )
+        };
+        assert_eq!(rc, 0, "remount ro: {}", std::io::Error::last_os_error());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) {
+            // SAFETY: valid NUL-terminated string.
+            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+}
+
+#[test]
+fn a_full_then_read_only_disk_is_a_disk_failure() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = Tmpfs::mount(&dir.path().join("cache"), "size=1m");
+    let store = ChunkStore::open(&mnt.path).unwrap();
+    let free_before = store.free_bytes().unwrap();
+    assert!(free_before <= 1024 * 1024, "free {free_before}");
+
+    let mut stored = Vec::new();
+    let mut failure = None;
+    for seed in 0..16 {
+        let (id, data) = chunk(256 * 1024, 200 + seed);
+        match store.put(id, &data) {
+            Ok(()) => stored.push((id, data)),
+            Err(e) => {
+                failure = Some((id, e));
+                break;
+            }
+        }
+    }
+    let (failed_id, err) = failure.expect("a 1 MiB tmpfs must fill up");
+    assert!(err.is_disk_failure(), "{err:?}");
+    assert!(!err.is_fd_exhaustion());
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err:?}");
+    assert!(!stored.is_empty());
+    // No partial chunk, no leftover temp file, earlier chunks intact.
+    assert!(!store.path_of(failed_id).exists());
+    assert!(tmp_entries(&mnt.path).is_empty());
+    for (id, data) in &stored {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    assert!(store.free_bytes().unwrap() < 256 * 1024);
+
+    // Make room, then lose write access altogether.
+    store.remove(stored[0].0).unwrap();
+    mnt.remount_read_only();
+    let (id, data) = chunk(1000, 300);
+    let err = store.put(id, &data).unwrap_err();
+    assert!(err.is_disk_failure(), "{err:?}");
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err:?}");
+    // Reading still works on a read-only cache.
+    assert_eq!(store.get(stored[1].0).unwrap(), stored[1].1);
+    let err = store.remove(stored[1].0).unwrap_err();
+    assert!(err.is_disk_failure(), "{err:?}");
+    drop(mnt);
+}
+
+#[test]
+fn a_database_on_a_read_only_disk_fails_as_a_disk_failure() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = Tmpfs::mount(&dir.path().join("cache"), "size=4m");
+    mnt.remount_read_only();
+    let err = Db::open(&mnt.path).unwrap_err();
+    assert!(err.is_disk_failure(), "{err:?}");
+    drop(mnt);
+}
+
+// ------------------------------------------------- descriptor exhaustion --
+
+const FD_CHILD_ENV: &str = "MUSICFS_STORE_TEST_FD_CHILD";
+const FD_CHILD_OK: &str = "fd-exhaustion-child: all checks passed";
+
+#[test]
+fn running_out_of_descriptors_is_reported_not_a_panic() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "fd_exhaustion_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FD_CHILD_ENV, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(FD_CHILD_OK),
+        "child failed: {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+}
+
+/// Runs only as the child of the test above (it does nothing otherwise):
+/// lowering RLIMIT_NOFILE would hurt every other test in this process.
+#[test]
+fn fd_exhaustion_child() {
+    let Some(dir) = std::env::var_os(FD_CHILD_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = ChunkStore::open(&dir).unwrap();
+    let (id, data) = chunk(40_000, 400);
+    store.put(id, &data).unwrap();
+
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+    lim.rlim_cur = lim.rlim_max.min(64);
+    // SAFETY: valid pointer to an initialised rlimit.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) }, 0);
+
+    let mut hog = Vec::new();
+    loop {
+        match fs::File::open("/dev/null") {
+            Ok(f) => hog.push(f),
+            Err(e) => {
+                assert_eq!(e.raw_os_error(), Some(libc::EMFILE), "{e}");
+                break;
+            }
+        }
+        assert!(hog.len() < 100_000, "RLIMIT_NOFILE had no effect");
+    }
+
+    let err = store.get(id).unwrap_err();
+    assert!(err.is_fd_exhaustion(), "{err:?}");
+    assert!(!err.is_disk_failure(), "{err:?}");
+    let (id2, data2) = chunk(1000, 401);
+    let err = store.put(id2, &data2).unwrap_err();
+    assert!(err.is_fd_exhaustion(), "{err:?}");
+    assert!(!err.is_disk_failure(), "{err:?}");
+
+    drop(hog);
+    assert_eq!(store.get(id).unwrap(), data);
+    store.put(id2, &data2).unwrap();
+    assert_eq!(store.get(id2).unwrap(), data2);
+    println!("{FD_CHILD_OK}");
+}
+
+// -------------------------------------------------------------- database --
+
+fn entry(origin: u16, path: &[u8], kind: FileKind) -> CatalogEntry {
+    CatalogEntry {
+        source: SourceFile {
+            origin: OriginId(origin),
+            path: OriginPath::new(path),
+            version: FileVersion {
+                size: 1234 + path.len() as u64,
+                mtime_ns: -5,
+                token: Some(format!("etag-{}", path.len())),
+            },
+        },
+        kind,
+    }
+}
+
+fn track(title: &str) -> FileKind {
+    FileKind::Track(TrackTags {
+        title: Some(title.to_owned()),
+        artist: Some("Artist".to_owned()),
+        track: Some(3),
+        year: Some(1999),
+        compilation: true,
+        ..TrackTags::default()
+    })
+}
+
+fn manifest(size: u64, seeds: &[u64]) -> Manifest {
+    let mut m = Manifest::new(FileVersion {
+        size,
+        mtime_ns: 42,
+        token: None,
+    });
+    let mut off = 0;
+    for &s in seeds {
+        m.insert(
+            off,
+            Extent {
+                len: 1000,
+                id: ChunkId(u128::MAX - u128::from(s)),
+            },
+        )
+        .unwrap();
+        off += 3000;
+    }
+    m
+}
+
+fn corrupt_dirs(cache: &Path) -> Vec<PathBuf> {
+    fs::read_dir(cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("db.corrupt-"))
+        })
+        .collect()
+}
+
+#[test]
+fn db_round_trips_everything() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Db::open(dir.path()).unwrap();
+    assert!(out.repaired.is_none());
+    let db = out.db;
+
+    let entries = vec![
+        entry(0, b"A/B/01.flac", track("One")),
+        entry(0, b"A/B/cover.jpg", FileKind::Cover),
+        entry(
+            0,
+            b"A/\xff\xfe/x.mp3",
+            FileKind::Unreadable("bad header".into()),
+        ),
+        entry(1, b"A/B/01.flac", track("Other origin")),
+    ];
+    db.put_catalog(&entries).unwrap();
+    let mut want = entries.clone();
+    want.sort_by(|a, b| (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path)));
+    assert_eq!(db.load_catalog().unwrap(), want);
+
+    // Replacing origin 0's catalog drops what it no longer has, keeps origin 1.
+    let new0 = vec![
+        entry(0, b"A/B/01.flac", track("One, retagged")),
+        entry(0, b"C/D/02.ogg", track("Two")),
+    ];
+    db.replace_catalog_for_origin(OriginId(0), &new0).unwrap();
+    let got = db.load_catalog().unwrap();
+    assert_eq!(
+        got,
+        vec![new0[0].clone(), new0[1].clone(), entries[3].clone()]
+    );
+    db.remove_catalog(OriginId(0), &OriginPath::new(&b"C/D/02.ogg"[..]))
+        .unwrap();
+    db.remove_catalog(OriginId(9), &OriginPath::new(&b"nothing"[..]))
+        .unwrap();
+    assert_eq!(
+        db.load_catalog().unwrap(),
+        vec![new0[0].clone(), entries[3].clone()]
+    );
+
+    let p1 = OriginPath::new(&b"A/B/01.flac"[..]);
+    let p2 = OriginPath::new(&b"Z/\x80.wav"[..]);
+    let (m1, m2) = (manifest(10_000, &[1, 2, 3]), manifest(5_000, &[]));
+    db.put_manifest(OriginId(1), &p1, &m1).unwrap();
+    db.put_manifest(OriginId(0), &p2, &m2).unwrap();
+    assert_eq!(
+        db.load_manifests().unwrap(),
+        vec![
+            (OriginId(0), p2.clone(), m2.clone()),
+            (OriginId(1), p1.clone(), m1.clone())
+        ]
+    );
+    db.remove_manifest(OriginId(0), &p2).unwrap();
+    assert_eq!(db.load_manifests().unwrap(), vec![(OriginId(1), p1, m1)]);
+
+    let (a, b, c) = (ChunkId(1), ChunkId(u128::MAX), ChunkId(1 << 100));
+    db.put_chunks(&[(a, 10, 100), (b, 20, 200), (c, 30, u64::MAX)])
+        .unwrap();
+    db.remove_chunks(&[c, ChunkId(77)]).unwrap();
+    db.touch_chunks(&[(a, 150), (c, 999)]).unwrap();
+    assert_eq!(
+        db.load_chunk_index().unwrap(),
+        vec![(a, 10, 150), (b, 20, 200)]
+    );
+
+    assert_eq!(db.get_meta(META_LIBRARY_FINGERPRINT).unwrap(), None);
+    db.set_meta(META_LIBRARY_FINGERPRINT, b"origins: /music")
+        .unwrap();
+    assert_eq!(
+        db.get_meta(META_LIBRARY_FINGERPRINT).unwrap(),
+        Some(b"origins: /music".to_vec())
+    );
+    db.flush().unwrap();
+}
+
+#[test]
+fn db_keeps_its_data_across_a_reopen() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let e = entry(3, b"x/y.flac", track("Kept"));
+    let p = OriginPath::new(&b"x/y.flac"[..]);
+    let m = manifest(9_000, &[5, 6]);
+    {
+        let db = Db::open(dir.path()).unwrap().db;
+        db.put_catalog(std::slice::from_ref(&e)).unwrap();
+        db.put_manifest(OriginId(3), &p, &m).unwrap();
+        db.put_chunks(&[(ChunkId(5), 1000, 7)]).unwrap();
+        db.set_meta("k", b"v").unwrap();
+        db.flush().unwrap();
+    }
+    let out = Db::open(dir.path()).unwrap();
+    assert!(out.repaired.is_none(), "{:?}", out.repaired);
+    assert_eq!(out.db.load_catalog().unwrap(), vec![e]);
+    assert_eq!(out.db.load_manifests().unwrap(), vec![(OriginId(3), p, m)]);
+    assert_eq!(
+        out.db.load_chunk_index().unwrap(),
+        vec![(ChunkId(5), 1000, 7)]
+    );
+    assert_eq!(out.db.get_meta("k").unwrap(), Some(b"v".to_vec()));
+    assert!(corrupt_dirs(dir.path()).is_empty());
+}
+
+#[test]
+fn a_second_open_while_in_use_fails_without_moving_anything() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let first = Db::open(dir.path()).unwrap().db;
+    first.set_meta("k", b"v").unwrap();
+    first.flush().unwrap();
+    let err = Db::open(dir.path()).unwrap_err();
+    assert!(!err.is_disk_failure(), "{err:?}");
+    assert!(corrupt_dirs(dir.path()).is_empty());
+    drop(first);
+    let out = Db::open(dir.path()).unwrap();
+    assert!(out.repaired.is_none());
+    assert_eq!(out.db.get_meta("k").unwrap(), Some(b"v".to_vec()));
+}
+
+fn garbage(len: usize) -> Vec<u8> {
+    noise(len, 0xbad)
+}
+
+fn assert_recovers_from(damage: impl FnOnce(&Path)) {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let db = Db::open(dir.path()).unwrap().db;
+        db.put_catalog(&[entry(0, b"a.flac", track("A"))]).unwrap();
+        db.put_chunks(&[(ChunkId(1), 1, 1)]).unwrap();
+        db.flush().unwrap();
+    }
+    damage(&dir.path().join("db"));
+
+    let out = Db::open(dir.path()).unwrap();
+    let what = out
+        .repaired
+        .clone()
+        .expect("a damaged database is repaired");
+    let aside = corrupt_dirs(dir.path());
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert!(what.contains(&*aside[0].to_string_lossy()), "{what}");
+    // The damaged files were moved, not deleted.
+    assert!(aside[0].join("db").exists());
+
+    // The new database is empty and works.
+    let db = out.db;
+    assert!(db.load_catalog().unwrap().is_empty());
+    assert!(db.load_chunk_index().unwrap().is_empty());
+    db.put_chunks(&[(ChunkId(2), 2, 2)]).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    let out = Db::open(dir.path()).unwrap();
+    assert!(out.repaired.is_none(), "{:?}", out.repaired);
+    assert_eq!(out.db.load_chunk_index().unwrap(), vec![(ChunkId(2), 2, 2)]);
+}
+
+#[test]
+fn a_database_with_garbage_files_is_moved_aside_and_replaced() {
+    let _g = serial();
+    assert_recovers_from(|db| {
+        fs::write(db.join("conf"), garbage(4096)).unwrap();
+        fs::write(db.join("db"), garbage(64 * 1024)).unwrap();
+    });
+}
+
+#[test]
+fn a_database_with_a_garbage_data_file_is_moved_aside_and_replaced() {
+    let _g = serial();
+    // sled opens this one as an empty database; it must not pass as healthy.
+    assert_recovers_from(|db| fs::write(db.join("db"), garbage(64 * 1024)).unwrap());
+}
+
+#[test]
+fn a_database_with_a_garbage_config_is_moved_aside_and_replaced() {
+    let _g = serial();
+    assert_recovers_from(|db| fs::write(db.join("conf"), garbage(100)).unwrap());
+}

@@ -1,0 +1,145 @@
+//! A real `musicfs mount` in a child process.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+/// Whether `path` is a mount point right now (per /proc/self/mounts).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(canonical) = path.canonicalize().or_else(|_| Ok::<_, ()>(path.to_path_buf())) else {
+        return false;
+    };
+    let target = canonical.to_string_lossy().replace(' ', "\\040");
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(target.as_str())))
+        .unwrap_or(false)
+}
+
+/// A running daemon and its mount; unmounted and reaped when dropped.
+pub struct Mounted {
+    /// The daemon.
+    pub child: Option<Child>,
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// Its stderr log.
+    pub log: PathBuf,
+}
+
+/// How to start a mount.
+pub struct MountCommand {
+    cmd: Command,
+    mountpoint: PathBuf,
+    log: PathBuf,
+}
+
+impl MountCommand {
+    /// `musicfs mount --origin ... --cache-dir CACHE MOUNTPOINT` with the
+    /// binary at `bin`; the log goes to `log`.
+    pub fn new(bin: &Path, origins: &[&Path], cache: &Path, mountpoint: &Path, log: &Path) -> MountCommand {
+        let mut cmd = Command::new(bin);
+        cmd.arg("mount");
+        for o in origins {
+            cmd.arg("--origin").arg(o);
+        }
+        cmd.arg("--cache-dir").arg(cache);
+        cmd.env("RUST_LOG", "warn,fuser=error,musicfs=debug");
+        MountCommand {
+            cmd,
+            mountpoint: mountpoint.to_path_buf(),
+            log: log.to_path_buf(),
+        }
+    }
+
+    /// Adds arguments before the mountpoint.
+    pub fn args<I, S>(mut self, args: I) -> MountCommand
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.cmd.args(args);
+        self
+    }
+
+    /// Starts the daemon and waits (up to `timeout`) until it is mounted.
+    pub fn start(mut self, timeout: Duration) -> Mounted {
+        std::fs::create_dir_all(&self.mountpoint).expect("mountpoint dir");
+        let log = std::fs::File::create(&self.log).expect("log file");
+        self.cmd
+            .arg(&self.mountpoint)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let child = self.cmd.spawn().expect("musicfs binary runs");
+        let mut m = Mounted {
+            child: Some(child),
+            mountpoint: self.mountpoint,
+            log: self.log,
+        };
+        let up = crate::wait_for(timeout, || {
+            is_mounted(&m.mountpoint) || m.try_exited().is_some()
+        });
+        assert!(up && is_mounted(&m.mountpoint), "mount did not come up:\n{}", m.log_text());
+        m
+    }
+}
+
+impl Mounted {
+    fn try_exited(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The daemon's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+            unsafe { libc::kill(c.id() as i32, signal) };
+        }
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let mut status = None;
+        crate::wait_for(timeout, || {
+            status = self.try_exited();
+            status.is_some()
+        });
+        if status.is_some() {
+            self.child = None;
+        }
+        status
+    }
+
+    /// SIGTERM, then wait for a clean exit. Returns the exit status.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        let status = self.wait_exit(Duration::from_secs(20));
+        status.unwrap_or_else(|| panic!("daemon did not exit after SIGTERM:\n{}", self.log_text()))
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: as in `signal`.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let done = crate::wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten().is_some());
+            if !done {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if is_mounted(&self.mountpoint) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        }
+    }
+}
