@@ -137,7 +137,7 @@ impl Harness {
                 Output::ReadError { req, errno } => {
                     assert!(self.world.replies.insert(req, Err(errno)).is_none());
                 }
-                Output::Serve { req, pieces } => {
+                Output::Serve { req, pieces, .. } => {
                     let mut data = Vec::new();
                     let mut faults = Vec::new();
                     for p in &pieces {

@@ -153,7 +153,7 @@ impl Daemon {
                         reply.error(errno);
                     }
                 }
-                Output::Serve { req, pieces } => self.serve(req, pieces),
+                Output::Serve { req, pieces, .. } => self.serve(req, pieces),
                 Output::Passthrough {
                     req,
                     source,

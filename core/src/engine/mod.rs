@@ -57,6 +57,25 @@ pub struct Config {
     pub verify_batch_bytes: u64,
     /// How often to try the cache disk again while in passthrough.
     pub disk_probe_interval: Duration,
+    /// Known bugs, planted on purpose so the simulator can prove it finds
+    /// them. Never set outside tests.
+    #[doc(hidden)]
+    pub planted: PlantedBugs,
+}
+
+/// Test-only switches that make the engine wrong in a known way. The
+/// simulator turns each on and must report a broken invariant within a
+/// stated number of seeds; a simulation that cannot is not testing much.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlantedBugs {
+    /// Tell the io-shell it need not check cached chunks against their ids.
+    pub skip_verify: bool,
+    /// Forget to release one pin when a read finishes.
+    pub leak_pin: bool,
+    /// Treat an origin that stopped answering as healthy: no pause, no
+    /// failover, just ask it again.
+    pub stalled_origin_is_healthy: bool,
 }
 
 impl Default for Config {
@@ -75,6 +94,7 @@ impl Default for Config {
             seek_align_bytes: 2 << 20,
             verify_batch_bytes: 8 << 20,
             disk_probe_interval: Duration::from_secs(10),
+            planted: PlantedBugs::default(),
         }
     }
 }
@@ -307,6 +327,30 @@ impl Engine {
         self.fetches.len()
     }
 
+    /// Pins held by reads being answered; must always equal
+    /// `cache().total_pins()` (an invariant the simulator checks).
+    pub fn pins_held_by_reads(&self) -> u64 {
+        self.in_service
+            .values()
+            .map(|s| s.pinned.len() as u64)
+            .sum()
+    }
+
+    /// The requests waiting for bytes or being answered, with their
+    /// deadlines (for liveness checks).
+    pub fn read_deadlines(&self) -> Vec<(ReqId, Time)> {
+        self.pending
+            .iter()
+            .map(|(&r, read)| (r, read.deadline))
+            .chain(
+                self.in_service
+                    .iter()
+                    .filter(|(_, s)| !s.timed_out)
+                    .map(|(&r, s)| (r, s.read.deadline)),
+            )
+            .collect()
+    }
+
     /// Chunk maps changed since the last call, for the io-shell to persist:
     /// `None` means the map was dropped and its stored copy must go too.
     pub fn take_dirty_manifests(&mut self) -> Vec<(SourceKey, Option<Manifest>)> {
@@ -371,7 +415,8 @@ impl Engine {
         let Some(service) = self.in_service.remove(&req) else {
             return;
         };
-        for id in &service.pinned {
+        let leak = usize::from(self.config.planted.leak_pin);
+        for id in service.pinned.iter().skip(leak) {
             self.cache.unpin(*id);
         }
         for &(id, fault) in faults {
@@ -410,7 +455,12 @@ impl Engine {
                         timed_out: false,
                     },
                 );
-                self.outputs.push_back(Output::Serve { req, pieces });
+                let verify = !self.config.planted.skip_verify;
+                self.outputs.push_back(Output::Serve {
+                    req,
+                    pieces,
+                    verify,
+                });
                 if read.offset < read.end {
                     self.prefetch(now, read.ino, read.end);
                 }
@@ -873,6 +923,10 @@ impl Engine {
             .collect();
         for id in stalled {
             self.outputs.push_back(Output::CancelFetch(id));
+            if self.config.planted.stalled_origin_is_healthy {
+                self.fetches.remove(&id);
+                continue;
+            }
             self.fetch_done(now, id, Err(FetchError::Unavailable("no progress".into())));
         }
         if let DiskMode::Passthrough {

@@ -182,6 +182,10 @@ pub enum Output {
         req: ReqId,
         /// The slices, in order.
         pieces: Vec<Piece>,
+        /// Check each chunk against its id before using it. Always true
+        /// (the io-shell checks regardless); false only with a planted bug,
+        /// so the simulator can show it catches unverified reads.
+        verify: bool,
     },
     /// Reply to a read with bytes read straight from the origin (the cache
     /// cannot take them), then report `read_finished`.
