@@ -7,7 +7,7 @@
 //! origin or the disk, and no code calls `block_on` inside the runtime.
 
 use crate::origin::{Origin, OriginError};
-use crate::store::{ChunkReadError, ChunkStore, Db, StoreError};
+use crate::store::{ChunkBackend, ChunkReadError, Db, StoreError};
 use musicfs_core::engine::{
     ChunkFault, CutError, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId, FetchedChunk,
     Notice, Output, Piece, ReqId, Stored,
@@ -53,7 +53,7 @@ pub struct Daemon {
     next_req: AtomicU64,
     rt: Handle,
     origins: Vec<Arc<dyn Origin>>,
-    store: Arc<ChunkStore>,
+    store: Arc<dyn ChunkBackend>,
     db: Arc<Db>,
     memory: quick_cache::sync::Cache<ChunkId, Arc<[u8]>, ChunkWeighter>,
     fetch_tasks: Mutex<HashMap<FetchId, AbortHandle>>,
@@ -79,7 +79,7 @@ impl Daemon {
         engine: Engine,
         rt: Handle,
         origins: Vec<Arc<dyn Origin>>,
-        store: Arc<ChunkStore>,
+        store: Arc<dyn ChunkBackend>,
         db: Arc<Db>,
     ) -> Arc<Daemon> {
         let origin_request_timeout = engine.config().fetch_stall_timeout;
@@ -181,13 +181,13 @@ impl Daemon {
                         self.memory.remove(id);
                     }
                     let (store, db) = (Arc::clone(&self.store), Arc::clone(&self.db));
-                    self.rt.spawn_blocking(move || evict(&store, &db, &ids));
+                    self.rt.spawn_blocking(move || evict(store.as_ref(), &db, &ids));
                 }
                 Output::ProbeDisk => {
                     let d = Arc::clone(self);
                     self.rt.spawn(async move {
                         let store = Arc::clone(&d.store);
-                        let ok = tokio::task::spawn_blocking(move || probe_disk(&store))
+                        let ok = tokio::task::spawn_blocking(move || probe_disk(store.as_ref()))
                             .await
                             .unwrap_or(false);
                         d.with_engine(|e, now| e.disk_probe(now, ok));
@@ -451,7 +451,7 @@ fn assemble(pieces: &[Piece], chunks: &[Arc<[u8]>]) -> Vec<u8> {
 
 /// Whether the cache disk takes writes again: stores and deletes a small
 /// chunk through the same atomic path real chunks take.
-fn probe_disk(store: &ChunkStore) -> bool {
+fn probe_disk(store: &dyn ChunkBackend) -> bool {
     let data = format!("musicfs disk probe {:?}", Instant::now()).into_bytes();
     let id = ChunkId::of(&data);
     let ok = store.put(id, &data).is_ok();
@@ -459,7 +459,7 @@ fn probe_disk(store: &ChunkStore) -> bool {
     ok
 }
 
-fn evict(store: &ChunkStore, db: &Db, ids: &[ChunkId]) {
+fn evict(store: &dyn ChunkBackend, db: &Db, ids: &[ChunkId]) {
     // Index first: a crash in between leaves an orphan file (wasted space),
     // never an index entry for a missing file.
     if let Err(e) = db.remove_chunks(ids) {

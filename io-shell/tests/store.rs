@@ -7,13 +7,12 @@
 //! first: a test that switches `cas-put-before-write` on must not make
 //! another test's `put` fail.
 
+use musicfs_tests::disk::{Tmpfs, noise};
 use musicfs::store::{ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, StoreError};
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::{ChunkId, Extent, FileVersion, Manifest, OriginId, OriginPath, TrackTags};
 use parking_lot::{Mutex, MutexGuard};
-use std::ffi::CString;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -21,19 +20,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock()
-}
-
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn chunk(len: usize, seed: u64) -> (ChunkId, Vec<u8>) {
@@ -319,72 +305,12 @@ mod failpoints {
 
 // ---------------------------------------------------- real disk failures --
 
-/// A tmpfs mounted for one test, unmounted (lazily) when dropped, even if
-/// the test panics.
-struct Tmpfs {
-    path: PathBuf,
-}
-
-impl Tmpfs {
-    fn mount(path: &Path, options: &str) -> Tmpfs {
-        fs::create_dir_all(path).unwrap();
-        let target = CString::new(path.as_os_str().as_bytes()).unwrap();
-        let fstype = CString::new("tmpfs").unwrap();
-        let data = CString::new(options).unwrap();
-        // SAFETY: valid NUL-terminated strings for the duration of the call.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                0,
-                data.as_ptr().cast(),
-            )
-        };
-        assert_eq!(
-            rc,
-            0,
-            "mount tmpfs on {} (these tests need root): {}",
-            path.display(),
-            std::io::Error::last_os_error()
-        );
-        Tmpfs {
-            path: path.to_owned(),
-        }
-    }
-
-    fn remount_read_only(&self) {
-        let target = CString::new(self.path.as_os_str().as_bytes()).unwrap();
-        let fstype = CString::new("tmpfs").unwrap();
-        // SAFETY: as above; a null data pointer is allowed.
-        let rc = unsafe {
-            libc::mount(
-                fstype.as_ptr(),
-                target.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT | libc::MS_RDONLY,
-                std::ptr::null(),
-            )
-        };
-        assert_eq!(rc, 0, "remount ro: {}", std::io::Error::last_os_error());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        if let Ok(target) = CString::new(self.path.as_os_str().as_bytes()) {
-            // SAFETY: valid NUL-terminated string.
-            unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-        }
-    }
-}
-
 #[test]
 fn a_full_then_read_only_disk_is_a_disk_failure() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let mnt = Tmpfs::mount(&dir.path().join("cache"), "size=1m");
-    let store = ChunkStore::open(&mnt.path).unwrap();
+    let store = ChunkStore::open(mnt.path()).unwrap();
     let free_before = store.free_bytes().unwrap();
     assert!(free_before <= 1024 * 1024, "free {free_before}");
 
@@ -407,7 +333,7 @@ fn a_full_then_read_only_disk_is_a_disk_failure() {
     assert!(!stored.is_empty());
     // No partial chunk, no leftover temp file, earlier chunks intact.
     assert!(!store.path_of(failed_id).exists());
-    assert!(tmp_entries(&mnt.path).is_empty());
+    assert!(tmp_entries(mnt.path()).is_empty());
     for (id, data) in &stored {
         assert_eq!(&store.get(*id).unwrap(), data);
     }
@@ -433,7 +359,7 @@ fn a_database_on_a_read_only_disk_fails_as_a_disk_failure() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = Tmpfs::mount(&dir.path().join("cache"), "size=4m");
     mnt.remount_read_only();
-    let err = Db::open(&mnt.path).unwrap_err();
+    let err = Db::open(mnt.path()).unwrap_err();
     assert!(err.is_disk_failure(), "{err:?}");
     drop(mnt);
 }

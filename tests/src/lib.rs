@@ -4,9 +4,14 @@
 //!   SHA-256 (the project's `tests/corpus/make-library.py`).
 //! - [`mount`]: a real `musicfs mount` process on a real FUSE mount, torn
 //!   down cleanly even when a test fails.
+//! - [`faults`]: `FaultyOrigin` (with its `FailMode`s) and `FaultyCasStore`.
+//! - [`fixtures`]: a daemon driven in-process, without FUSE.
 //! - small file helpers ([`sha256_file`], [`wait_for`]).
 
 pub mod corpus;
+pub mod disk;
+pub mod faults;
+pub mod fixtures;
 pub mod mount;
 
 use sha2::{Digest, Sha256};

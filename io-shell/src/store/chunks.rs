@@ -103,10 +103,10 @@ impl ChunkStore {
     /// [`StoreError::WrongId`] (and is a debug assertion, being a caller bug).
     /// Chunks longer than [`CHUNK_MAX_BYTES`] are refused the same way.
     ///
-    /// If a file of the right length is already in place, this does nothing:
-    /// content addressing makes it the same bytes (a damaged file is found
-    /// by [`ChunkStore::get`], and the caller removes it before storing the
-    /// chunk again).
+    /// If a file holding exactly these bytes is already in place, this does
+    /// nothing (content addressing: a duplicate chunk is stored once). A file
+    /// of the right length is read and checked first: a damaged file must
+    /// not survive a fresh copy of its bytes arriving.
     ///
     /// The caller records the chunk in the [`super::Db`] index after this
     /// returns; a crash in between leaves a file the index does not know,
@@ -130,7 +130,11 @@ impl ChunkStore {
 
         let path = self.path_of(id);
         match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => return Ok(()),
+            Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => {
+                if fs::read(&path).is_ok_and(|old| old == data) {
+                    return Ok(());
+                }
+            }
             Ok(_) => {} // wrong length or not a file: replaced below
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(StoreError::io("stat chunk", &path, e)),

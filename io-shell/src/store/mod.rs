@@ -27,6 +27,29 @@ mod chunks;
 mod db;
 
 pub use chunks::ChunkStore;
+
+/// What the daemon needs of a chunk store. [`ChunkStore`] is the real one;
+/// tests wrap it to inject full disks, I/O errors and corruption.
+pub trait ChunkBackend: Send + Sync + 'static {
+    /// Stores a chunk atomically (see [`ChunkStore::put`]).
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError>;
+    /// Reads and verifies a chunk (see [`ChunkStore::get`]).
+    fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError>;
+    /// Deletes a chunk; a missing one is fine.
+    fn remove(&self, id: ChunkId) -> Result<(), StoreError>;
+}
+
+impl ChunkBackend for ChunkStore {
+    fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        ChunkStore::put(self, id, data)
+    }
+    fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
+        ChunkStore::get(self, id)
+    }
+    fn remove(&self, id: ChunkId) -> Result<(), StoreError> {
+        ChunkStore::remove(self, id)
+    }
+}
 pub use db::{Db, META_LIBRARY_FINGERPRINT, META_SCHEMA_VERSION, OpenOutcome, SCHEMA_VERSION};
 
 use musicfs_core::ChunkId;
