@@ -44,7 +44,10 @@ fn cover(origin: u16, path: &str) -> CatalogEntry {
 }
 
 fn paths(tree: &VirtualTree) -> Vec<String> {
-    let mut v: Vec<String> = tree.files().filter_map(|(ino, _)| tree.path_of(ino)).collect();
+    let mut v: Vec<String> = tree
+        .files()
+        .filter_map(|(ino, _)| tree.path_of(ino))
+        .collect();
     v.sort();
     v
 }
@@ -56,18 +59,35 @@ fn build(catalog: &[CatalogEntry]) -> VirtualTree {
 #[test]
 fn tags_decide_the_path_not_folders() {
     let tree = build(&[
-        entry(0, "incoming/x/track-1.flac", 100, tags("Björk", "Homogenic", 3, "Jóga")),
-        entry(0, "old/rips/track-2.mp3", 200, tags("Björk", "Homogenic", 4, "Unravel")),
+        entry(
+            0,
+            "incoming/x/track-1.flac",
+            100,
+            tags("Björk", "Homogenic", 3, "Jóga"),
+        ),
+        entry(
+            0,
+            "old/rips/track-2.mp3",
+            200,
+            tags("Björk", "Homogenic", 4, "Unravel"),
+        ),
     ]);
     assert_eq!(
         paths(&tree),
-        ["Björk/Homogenic/03 - Jóga.flac", "Björk/Homogenic/04 - Unravel.mp3"]
+        [
+            "Björk/Homogenic/03 - Jóga.flac",
+            "Björk/Homogenic/04 - Unravel.mp3"
+        ]
     );
     let ino = tree.resolve("Björk/Homogenic/03 - Jóga.flac").unwrap();
     let attr = tree.attr(ino).unwrap();
     assert_eq!((attr.size, attr.kind), (100, NodeKind::File));
     let album = tree.resolve("Björk/Homogenic").unwrap();
-    assert_eq!(tree.attr(album).unwrap().mtime_ns, 1_200, "dir has newest child's mtime");
+    assert_eq!(
+        tree.attr(album).unwrap().mtime_ns,
+        1_200,
+        "dir has newest child's mtime"
+    );
 }
 
 #[test]
@@ -138,7 +158,13 @@ fn same_track_in_two_origins_is_one_mirrored_entry() {
     assert_eq!(paths(&tree), ["A/B/01 - C (2).flac", "A/B/01 - C.flac"]);
     assert_eq!(report.mirrors, 1);
     let ino = tree.resolve("A/B/01 - C.flac").unwrap();
-    let origins: Vec<u16> = tree.file(ino).unwrap().sources.iter().map(|s| s.origin.0).collect();
+    let origins: Vec<u16> = tree
+        .file(ino)
+        .unwrap()
+        .sources
+        .iter()
+        .map(|s| s.origin.0)
+        .collect();
     assert_eq!(origins, [0, 1]);
 }
 
@@ -185,7 +211,10 @@ fn awkward_tags_still_give_valid_names() {
             }
         }
     }
-    assert!(tree.resolve("AC_DC/Back in Black/01 - Hells Bells.ogg").is_some());
+    assert!(
+        tree.resolve("AC_DC/Back in Black/01 - Hells Bells.ogg")
+            .is_some()
+    );
 }
 
 #[test]
@@ -201,7 +230,10 @@ fn inodes_are_stable_and_diff_names_only_what_changed() {
     let album = new.resolve("B/Two").unwrap();
     assert_eq!(d.entries, vec![(album, "02 - z.flac".to_string())]);
     assert!(d.inodes.contains(&album));
-    assert!(!d.inodes.contains(&new.resolve("A/One").unwrap()), "untouched folder stays cached");
+    assert!(
+        !d.inodes.contains(&new.resolve("A/One").unwrap()),
+        "untouched folder stays cached"
+    );
 }
 
 #[test]

@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
 use std::path::PathBuf;
 
-const ABOUT: &str = "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
+const ABOUT: &str =
+    "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
 
 const LONG_ABOUT: &str = "\
 Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.

@@ -181,7 +181,8 @@ impl Daemon {
                         self.memory.remove(id);
                     }
                     let (store, db) = (Arc::clone(&self.store), Arc::clone(&self.db));
-                    self.rt.spawn_blocking(move || evict(store.as_ref(), &db, &ids));
+                    self.rt
+                        .spawn_blocking(move || evict(store.as_ref(), &db, &ids));
                 }
                 Output::ProbeDisk => {
                     let d = Arc::clone(self);
@@ -244,7 +245,11 @@ impl Daemon {
         }
     }
 
-    fn finish_serve(self: &Arc<Self>, req: ReqId, result: Result<Vec<u8>, Vec<(ChunkId, ChunkFault)>>) {
+    fn finish_serve(
+        self: &Arc<Self>,
+        req: ReqId,
+        result: Result<Vec<u8>, Vec<(ChunkId, ChunkFault)>>,
+    ) {
         match result {
             Ok(data) => {
                 if let Some(reply) = self.take_reply(req) {
@@ -295,6 +300,9 @@ impl Daemon {
     }
 
     async fn fetch_range(self: &Arc<Self>, fetch: &Fetch) -> Result<(), FetchError> {
+        fail::fail_point!("reader-manifest-fetch", |_| Err(FetchError::Unavailable(
+            "injected: reader-manifest-fetch".into()
+        )));
         let origin = self
             .origins
             .get(usize::from(fetch.source.origin.0))
@@ -303,7 +311,9 @@ impl Daemon {
         let end = fetch.read_end();
         let mut pos = fetch.start;
         while pos < end && !cutter.is_done() {
-            let want = usize::try_from(end - pos).unwrap_or(usize::MAX).min(FETCH_PIECE_BYTES);
+            let want = usize::try_from(end - pos)
+                .unwrap_or(usize::MAX)
+                .min(FETCH_PIECE_BYTES);
             let read = origin.read_at(&fetch.source.path, &fetch.source.version, pos, want);
             let data = match tokio::time::timeout(self.origin_request_timeout, read).await {
                 Ok(Ok(data)) => data,
@@ -373,9 +383,7 @@ impl Daemon {
             }
             out
         };
-        tokio::task::spawn_blocking(work)
-            .await
-            .unwrap_or_default()
+        tokio::task::spawn_blocking(work).await.unwrap_or_default()
     }
 
     /// Runs the engine's timers until the runtime shuts down.
@@ -508,7 +516,10 @@ fn log_notice(notice: &Notice) {
             "file changed at its origin while being read; it will be rescanned"
         ),
         Notice::ReadTimedOut(ino) => {
-            tracing::warn!(ino = ino.0, "read timed out: its bytes could not be had in time")
+            tracing::warn!(
+                ino = ino.0,
+                "read timed out: its bytes could not be had in time"
+            )
         }
         Notice::FetchFailed((origin, path), why) => {
             tracing::warn!(%origin, path = %path, why = %why, "fetch failed; retrying later")

@@ -10,8 +10,8 @@ use crate::daemon::{Daemon, ReadReply};
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
-    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request,
 };
 use musicfs_core::Ino;
 use musicfs_core::fs::{Attr, NodeKind};
@@ -182,7 +182,12 @@ impl Filesystem for MusicFs {
         match entries {
             Ok(entries) => {
                 for ent in entries {
-                    if reply.add(INodeNo(ent.ino.0), ent.next_offset, file_type(ent.kind), &ent.name) {
+                    if reply.add(
+                        INodeNo(ent.ino.0),
+                        ent.next_offset,
+                        file_type(ent.kind),
+                        &ent.name,
+                    ) {
                         break;
                     }
                 }
@@ -235,7 +240,16 @@ impl Filesystem for MusicFs {
             (bytes, e.tree().len() as u64)
         });
         const BLOCK: u64 = 4096;
-        reply.statfs(bytes.div_ceil(BLOCK), 0, 0, files, 0, BLOCK as u32, 255, BLOCK as u32);
+        reply.statfs(
+            bytes.div_ceil(BLOCK),
+            0,
+            0,
+            files,
+            0,
+            BLOCK as u32,
+            255,
+            BLOCK as u32,
+        );
     }
 
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
@@ -247,7 +261,14 @@ impl Filesystem for MusicFs {
     }
 
     // xattrs: ENOSYS once, and the kernel stops asking (ls -l asks for every file).
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -290,7 +311,15 @@ impl Filesystem for MusicFs {
         reply.error(Errno::EROFS);
     }
 
-    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -326,7 +355,14 @@ impl Filesystem for MusicFs {
         reply.error(Errno::EROFS);
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         reply.error(Errno::EROFS);
     }
 
@@ -419,11 +455,25 @@ impl Filesystem for MusicFs {
         reply.error(Errno::ENOTTY);
     }
 
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         reply.ok();
     }
 }

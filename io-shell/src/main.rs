@@ -33,6 +33,11 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Mount(args) => {
+            musicfs::logging::init(&args.log_level);
+            musicfs::logging::install_panic_hook();
+            // Fail points (tests only): configured by the FAILPOINTS variable.
+            #[cfg(feature = "failpoints")]
+            let _failpoints = fail::FailScenario::setup();
             let plan = match MountPlan::from_args(&args) {
                 Ok(plan) => plan,
                 Err(e) => {
@@ -40,8 +45,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            musicfs::logging::init(&args.log_level);
-            musicfs::logging::install_panic_hook();
             match mount::run(plan) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -127,24 +127,78 @@ fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
     if !meta.is_dir() {
         return Err(UsageError(format!("origin '{raw}' is not a directory")));
     }
-    let canonical = path
-        .canonicalize()
-        .map_err(|e| UsageError(format!("origin '{raw}' cannot be resolved: {}", io_reason(&e))))?;
+    let canonical = path.canonicalize().map_err(|e| {
+        UsageError(format!(
+            "origin '{raw}' cannot be resolved: {}",
+            io_reason(&e)
+        ))
+    })?;
     Ok(OriginSpec::Local(canonical))
 }
 
 fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
     let shown = path.display();
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => path
-            .canonicalize()
-            .map_err(|e| UsageError(format!("mountpoint '{shown}' cannot be resolved: {}", io_reason(&e)))),
-        Ok(_) => Err(UsageError(format!("mountpoint '{shown}' is not a directory"))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(UsageError(format!(
-            "mountpoint '{shown}' is a stale mount (its daemon died); run `musicfs unmount {shown}` first"
-        ))),
-        Err(e) => Err(UsageError(format!("mountpoint '{shown}' cannot be used: {}", io_reason(&e)))),
+    if let Some(fstype) = fuse_mount_at(path) {
+        // statfs always reaches the daemon (stat may be answered from the
+        // kernel's attribute cache): ENOTCONN means its daemon is dead.
+        match statfs_errno(path) {
+            Some(libc::ENOTCONN) => {
+                tracing::warn!(mountpoint = %shown, "found a stale mount left by a dead daemon; cleaning it up");
+                lazy_unmount(path);
+            }
+            _ => {
+                return Err(UsageError(format!(
+                    "mountpoint '{shown}' is already mounted ({fstype}); unmount it first"
+                )));
+            }
+        }
     }
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => path.canonicalize().map_err(|e| {
+            UsageError(format!(
+                "mountpoint '{shown}' cannot be resolved: {}",
+                io_reason(&e)
+            ))
+        }),
+        Ok(_) => Err(UsageError(format!(
+            "mountpoint '{shown}' is not a directory"
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(UsageError(format!(
+            "mountpoint '{shown}' is a stale mount that could not be cleaned up; run `musicfs unmount {shown}`"
+        ))),
+        Err(e) => Err(UsageError(format!(
+            "mountpoint '{shown}' cannot be used: {}",
+            io_reason(&e)
+        ))),
+    }
+}
+
+/// The file-system type of a FUSE mount at `path`, if there is one.
+fn fuse_mount_at(path: &Path) -> Option<String> {
+    let abs = std::path::absolute(path).ok()?;
+    let target = abs.to_string_lossy().replace(' ', "\\040");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    info.lines().rev().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split(' ').next()?;
+        (left.split(' ').nth(4) == Some(target.as_str()) && fstype.starts_with("fuse"))
+            .then(|| fstype.to_owned())
+    })
+}
+
+/// The errno of statfs(2) on `path`, or None if it succeeds.
+fn statfs_errno(path: &Path) -> Option<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated path and `buf` is large enough
+    // for the struct statfs(2) writes.
+    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
+    (rc != 0).then(|| {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    })
 }
 
 /// `$XDG_CACHE_HOME/musicfs`, else `~/.cache/musicfs`.
@@ -162,11 +216,19 @@ pub fn default_cache_dir() -> Result<PathBuf, UsageError> {
 
 fn check_cache_dir(dir: &Path) -> Result<(), UsageError> {
     let shown = dir.display();
-    std::fs::create_dir_all(dir)
-        .map_err(|e| UsageError(format!("cache dir '{shown}' cannot be created: {}", io_reason(&e))))?;
+    std::fs::create_dir_all(dir).map_err(|e| {
+        UsageError(format!(
+            "cache dir '{shown}' cannot be created: {}",
+            io_reason(&e)
+        ))
+    })?;
     let probe = dir.join(format!(".musicfs-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok")
-        .map_err(|e| UsageError(format!("cache dir '{shown}' is not writable: {}", io_reason(&e))))?;
+    std::fs::write(&probe, b"ok").map_err(|e| {
+        UsageError(format!(
+            "cache dir '{shown}' is not writable: {}",
+            io_reason(&e)
+        ))
+    })?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -189,7 +251,18 @@ struct Catalog {
 /// Loads the saved catalog, dropping origins whose configuration changed,
 /// and scans the origins the cache has never seen (the first mount).
 fn load_catalog(plan: &MountPlan, db: &Db) -> Result<Catalog, RunError> {
-    let mut entries = db.load_catalog()?;
+    let (mut entries, damaged) = db.load_catalog_counted()?;
+    if damaged > 0 {
+        // Damaged records are tracks missing from the tree: rebuild the
+        // catalog from the origins before showing anything.
+        tracing::warn!(
+            damaged,
+            "the saved catalog is damaged; rescanning every origin before mounting"
+        );
+        for i in 0..plan.origins.len() {
+            db.set_meta(&format!("origin/{i}"), b"")?;
+        }
+    }
     let mut known = Vec::new();
     for (i, spec) in plan.origins.iter().enumerate() {
         let id = OriginId(i as u16);
@@ -214,7 +287,11 @@ fn load_catalog(plan: &MountPlan, db: &Db) -> Result<Catalog, RunError> {
 }
 
 /// Scans one origin; with `progress`, shows a bar on a terminal.
-fn scan_origin(id: OriginId, spec: &OriginSpec, progress: bool) -> Result<Vec<CatalogEntry>, RunError> {
+fn scan_origin(
+    id: OriginId,
+    spec: &OriginSpec,
+    progress: bool,
+) -> Result<Vec<CatalogEntry>, RunError> {
     let OriginSpec::Local(root) = spec;
     let bar: Box<dyn ScanProgress> = if progress {
         Box::new(TerminalProgress::new())
@@ -276,14 +353,25 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             }
         })
         .collect();
-    let daemon = Daemon::new(engine, runtime.handle().clone(), origins, store, Arc::clone(&db));
+    let daemon = Daemon::new(
+        engine,
+        runtime.handle().clone(),
+        origins,
+        store,
+        Arc::clone(&db),
+    );
 
     let mut session = fuser::Session::new(
         MusicFs::new(Arc::clone(&daemon), current_uid(), current_gid()),
         &plan.mountpoint,
         &fuse_config(&plan),
     )
-    .map_err(|e| RunError(format!("cannot mount at '{}': {e}", plan.mountpoint.display())))?;
+    .map_err(|e| {
+        RunError(format!(
+            "cannot mount at '{}': {e}",
+            plan.mountpoint.display()
+        ))
+    })?;
     let notifier = session.notifier();
     let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
@@ -335,7 +423,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
 /// `musicfs unmount`). Returns the signal's name, if one came.
 async fn wait_for_stop(ended: tokio::sync::oneshot::Receiver<()>) -> Option<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop with `musicfs unmount`");
         let _ = ended.await;
         return None;
@@ -373,7 +464,12 @@ fn fuse_config(plan: &MountPlan) -> fuser::Config {
 
 /// Later mounts: catch up with what changed in the origins while unmounted,
 /// then swap the tree and tell the kernel what changed.
-fn reconcile(daemon: &Arc<Daemon>, plan: &MountPlan, known: &[OriginId], notifier: &fuser::Notifier) {
+fn reconcile(
+    daemon: &Arc<Daemon>,
+    plan: &MountPlan,
+    known: &[OriginId],
+    notifier: &fuser::Notifier,
+) {
     let started = Instant::now();
     let mut changed = false;
     for &id in known {
@@ -406,7 +502,10 @@ fn reconcile(daemon: &Arc<Daemon>, plan: &MountPlan, known: &[OriginId], notifie
         }
     }
     if !changed {
-        tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "origins unchanged since last mount");
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "origins unchanged since last mount"
+        );
         return;
     }
     let entries = match daemon.db().load_catalog() {
@@ -439,14 +538,20 @@ pub fn invalidate(notifier: &fuser::Notifier, diff: &TreeDiff) {
 
 /// Rebuilds the chunk index from the chunk files after the database was
 /// lost: the files are the truth (each is verified when read).
-fn rebuild_chunk_index(store: &ChunkStore, db: &Db) -> Result<Vec<(musicfs_core::ChunkId, u32, u64)>, RunError> {
+fn rebuild_chunk_index(
+    store: &ChunkStore,
+    db: &Db,
+) -> Result<Vec<(musicfs_core::ChunkId, u32, u64)>, RunError> {
     let found = store.scan()?;
     let index: Vec<_> = found
         .into_iter()
         .filter_map(|(id, len)| u32::try_from(len).ok().map(|len| (id, len, 0)))
         .collect();
     db.put_chunks(&index)?;
-    tracing::info!(chunks = index.len(), "chunk index rebuilt from the chunk files");
+    tracing::info!(
+        chunks = index.len(),
+        "chunk index rebuilt from the chunk files"
+    );
     Ok(index)
 }
 

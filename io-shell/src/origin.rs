@@ -144,9 +144,11 @@ fn read_local(
 /// inode and is caught.
 fn same_version(now: &FileVersion, want: &FileVersion) -> bool {
     let identity = |v: &FileVersion| {
-        v.token
-            .as_deref()
-            .map(|t| t.rsplit_once(':').map_or(t, |(dev_ino, _ctime)| dev_ino).to_owned())
+        v.token.as_deref().map(|t| {
+            t.rsplit_once(':')
+                .map_or(t, |(dev_ino, _ctime)| dev_ino)
+                .to_owned()
+        })
     };
     now.size == want.size && now.mtime_ns == want.mtime_ns && identity(now) == identity(want)
 }

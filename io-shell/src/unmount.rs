@@ -8,7 +8,10 @@ use std::process::Command;
 /// without privileges), falling back to umount(2) when run as root.
 pub fn unmount(mountpoint: &Path) -> Result<(), String> {
     let shown = mountpoint.display();
-    let out = Command::new("fusermount3").arg("-u").arg(mountpoint).output();
+    let out = Command::new("fusermount3")
+        .arg("-u")
+        .arg(mountpoint)
+        .output();
     match out {
         Ok(o) if o.status.success() => return Ok(()),
         Ok(o) => {
@@ -27,7 +30,10 @@ pub fn unmount(mountpoint: &Path) -> Result<(), String> {
     if unsafe { libc::umount2(c.as_ptr(), 0) } == 0 {
         Ok(())
     } else {
-        Err(format!("cannot unmount '{shown}': {}", std::io::Error::last_os_error()))
+        Err(format!(
+            "cannot unmount '{shown}': {}",
+            std::io::Error::last_os_error()
+        ))
     }
 }
 

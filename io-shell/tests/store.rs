@@ -7,10 +7,10 @@
 //! first: a test that switches `cas-put-before-write` on must not make
 //! another test's `put` fail.
 
-use musicfs_tests::disk::{Tmpfs, noise};
 use musicfs::store::{ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, StoreError};
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::{ChunkId, Extent, FileVersion, Manifest, OriginId, OriginPath, TrackTags};
+use musicfs_tests::disk::{Tmpfs, noise};
 use parking_lot::{Mutex, MutexGuard};
 use std::fs;
 use std::os::unix::fs::MetadataExt;

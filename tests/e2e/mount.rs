@@ -23,7 +23,17 @@ fn library() -> &'static (tempfile::TempDir, Library) {
         let dir = tempfile::tempdir().expect("tempdir");
         let lib = Library::generate(
             dir.path(),
-            &["--tracks", "230", "--seed", "5", "--edge-cases", "--big", "1", "--big-mb", "48"],
+            &[
+                "--tracks",
+                "230",
+                "--seed",
+                "5",
+                "--edge-cases",
+                "--big",
+                "1",
+                "--big-mb",
+                "48",
+            ],
         );
         (dir, lib)
     })
@@ -68,7 +78,10 @@ fn hash_all(root: &Path) -> BTreeMap<PathBuf, String> {
 }
 
 fn is_cover(p: &Path) -> bool {
-    let name = p.file_name().map(|n| n.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
     name.ends_with(".png") || name.ends_with(".jpg")
 }
 
@@ -96,7 +109,10 @@ fn every_track_appears_once_byte_identical_under_valid_names() {
     }
     assert_eq!(got, want, "tracks in the mount differ from the origin");
     // Cover art from tidy album folders is shown beside the tracks.
-    assert!(listed.keys().any(|p| is_cover(p)), "no cover art in the tree");
+    assert!(
+        listed.keys().any(|p| is_cover(p)),
+        "no cover art in the tree"
+    );
     // The log counts the files lofty could not read.
     assert!(m.log_text().contains("3 unreadable"), "{}", m.log_text());
     assert!(m.stop().success());
@@ -107,26 +123,51 @@ fn getattr_shows_real_sizes_and_origin_mtimes() {
     let fx = Fixture::new();
     let m = fx.mount();
     let lib = &library().1;
-    let by_hash: HashMap<&str, &str> = lib.tracks().map(|t| (t.sha256.as_str(), t.path.as_str())).collect();
-    for rel in files_under(&m.mountpoint).iter().filter(|p| !is_cover(p)).take(40) {
+    let by_hash: HashMap<&str, &str> = lib
+        .tracks()
+        .map(|t| (t.sha256.as_str(), t.path.as_str()))
+        .collect();
+    for rel in files_under(&m.mountpoint)
+        .iter()
+        .filter(|p| !is_cover(p))
+        .take(40)
+    {
         let meta = std::fs::metadata(m.mountpoint.join(rel)).unwrap();
         let hash = sha256_file(&m.mountpoint.join(rel)).unwrap();
         let origin = std::fs::metadata(lib.root.join(by_hash[hash.as_str()])).unwrap();
         assert_eq!(meta.len(), origin.len());
-        assert_eq!((meta.mtime(), meta.mtime_nsec()), (origin.mtime(), origin.mtime_nsec()));
+        assert_eq!(
+            (meta.mtime(), meta.mtime_nsec()),
+            (origin.mtime(), origin.mtime_nsec())
+        );
         assert_eq!(meta.mode() & 0o777, 0o444);
     }
-    let out = Command::new("stat").args(["-f", "-c", "%b %c %l"]).arg(&m.mountpoint).output().unwrap();
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%b %c %l"])
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "statfs answers");
 }
 
 fn ffprobe(path: &Path) -> serde_json::Value {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "format=duration,format_name:format_tags", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration,format_name:format_tags",
+            "-of",
+            "json",
+        ])
         .arg(path)
         .output()
         .expect("ffprobe must be installed (apt install ffmpeg)");
-    assert!(out.status.success(), "ffprobe {path:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ffprobe {path:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("ffprobe json")
 }
 
@@ -135,15 +176,23 @@ fn ffprobe_through_the_mount_sees_the_same_tags_and_duration() {
     let fx = Fixture::new();
     let m = fx.mount();
     let lib = &library().1;
-    let by_hash: HashMap<&str, &str> = lib.tracks().map(|t| (t.sha256.as_str(), t.path.as_str())).collect();
+    let by_hash: HashMap<&str, &str> = lib
+        .tracks()
+        .map(|t| (t.sha256.as_str(), t.path.as_str()))
+        .collect();
     let mut formats_seen = std::collections::BTreeSet::new();
     for rel in files_under(&m.mountpoint).iter().filter(|p| !is_cover(p)) {
-        let ext = rel.extension().map(|e| e.to_string_lossy().to_string()).unwrap_or_default();
+        let ext = rel
+            .extension()
+            .map(|e| e.to_string_lossy().to_string())
+            .unwrap_or_default();
         if !formats_seen.insert(ext) {
             continue;
         }
         let mounted = m.mountpoint.join(rel);
-        let origin = lib.root.join(by_hash[sha256_file(&mounted).unwrap().as_str()]);
+        let origin = lib
+            .root
+            .join(by_hash[sha256_file(&mounted).unwrap().as_str()]);
         assert_eq!(ffprobe(&mounted), ffprobe(&origin), "{rel:?}");
     }
     for ext in ["flac", "mp3", "ogg", "opus", "m4a"] {
@@ -158,14 +207,26 @@ fn tar_and_cp_of_the_whole_mount_work() {
     let listed = files_under(&m.mountpoint);
     let tar = Command::new("sh")
         .arg("-c")
-        .arg(format!("tar -cf - -C '{}' . | tar -tf - | grep -vc '/$'", m.mountpoint.display()))
+        .arg(format!(
+            "tar -cf - -C '{}' . | tar -tf - | grep -vc '/$'",
+            m.mountpoint.display()
+        ))
         .output()
         .unwrap();
-    assert!(tar.status.success(), "{}", String::from_utf8_lossy(&tar.stderr));
+    assert!(
+        tar.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tar.stderr)
+    );
     let count: usize = String::from_utf8_lossy(&tar.stdout).trim().parse().unwrap();
     assert_eq!(count, listed.len());
     let copy = fx.path("copy");
-    let cp = Command::new("cp").arg("-r").arg(&m.mountpoint).arg(&copy).status().unwrap();
+    let cp = Command::new("cp")
+        .arg("-r")
+        .arg(&m.mountpoint)
+        .arg(&copy)
+        .status()
+        .unwrap();
     assert!(cp.success());
     assert_eq!(hash_all(&copy), hash_all(&m.mountpoint));
 }
@@ -202,7 +263,10 @@ fn two_hundred_concurrent_readers_all_complete() {
             .recv_timeout(Duration::from_secs(120))
             .unwrap_or_else(|_| panic!("a reader hung:\n{}", m.log_text()));
         let hash = r.unwrap_or_else(|e| panic!("{f:?}: {e}"));
-        assert!(want.contains_key(&hash), "{f:?} has bytes of no origin track");
+        assert!(
+            want.contains_key(&hash),
+            "{f:?} has bytes of no origin track"
+        );
     }
 }
 
@@ -211,8 +275,13 @@ fn a_seek_into_a_large_uncached_file_does_not_fetch_the_whole_file() {
     let fx = Fixture::new();
     let m = fx.mount();
     let lib = &library().1;
-    let big = lib.tracks().find(|t| t.path.starts_with("big/")).expect("big file");
-    let mounted = m.mountpoint.join("Big Files/Long Takes/01 - Long Take 1.flac");
+    let big = lib
+        .tracks()
+        .find(|t| t.path.starts_with("big/"))
+        .expect("big file");
+    let mounted = m
+        .mountpoint
+        .join("Big Files/Long Takes/01 - Long Take 1.flac");
     let offset = big.size * 2 / 3;
     assert!(big.size > 24 << 20, "the big file is {} bytes", big.size);
     let mut buf = vec![0u8; 65536];
@@ -226,25 +295,49 @@ fn a_seek_into_a_large_uncached_file_does_not_fetch_the_whole_file() {
         .iter()
         .map(|p| std::fs::metadata(fx.path("cache/chunks").join(p)).map_or(0, |m| m.len()))
         .sum();
-    assert!(cached < 8 << 20, "a 64 KiB read at 2/3 of the file cached {cached} bytes of a {} byte file", big.size);
+    assert!(
+        cached < 8 << 20,
+        "a 64 KiB read at 2/3 of the file cached {cached} bytes of a {} byte file",
+        big.size
+    );
 }
 
 #[test]
 fn every_write_gets_erofs() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let track = files_under(&m.mountpoint).into_iter().find(|p| !is_cover(p)).unwrap();
+    let track = files_under(&m.mountpoint)
+        .into_iter()
+        .find(|p| !is_cover(p))
+        .unwrap();
     let track = m.mountpoint.join(track);
-    let erofs = |r: std::io::Result<()>| assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EROFS));
-    erofs(std::fs::OpenOptions::new().write(true).open(&track).map(drop));
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.err().and_then(|e| e.raw_os_error()), Some(libc::EROFS))
+    };
+    erofs(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&track)
+            .map(drop),
+    );
     erofs(std::fs::write(m.mountpoint.join("new.flac"), b"x"));
     erofs(std::fs::create_dir(m.mountpoint.join("newdir")));
     erofs(std::fs::remove_file(&track));
     erofs(std::fs::rename(&track, m.mountpoint.join("moved.flac")));
-    erofs(std::fs::set_permissions(&track, std::os::unix::fs::PermissionsExt::from_mode(0o777)));
-    erofs(std::os::unix::fs::symlink("/etc/passwd", m.mountpoint.join("link")));
+    erofs(std::fs::set_permissions(
+        &track,
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    ));
+    erofs(std::os::unix::fs::symlink(
+        "/etc/passwd",
+        m.mountpoint.join("link"),
+    ));
     // And nothing changed at the origin.
-    assert!(std::fs::read_dir(&m.mountpoint).unwrap().all(|e| e.unwrap().file_name() != "new.flac"));
+    assert!(
+        std::fs::read_dir(&m.mountpoint)
+            .unwrap()
+            .all(|e| e.unwrap().file_name() != "new.flac")
+    );
 }
 
 #[test]
@@ -257,7 +350,10 @@ fn sigterm_and_sigint_exit_zero_and_leave_no_mount() {
         m.signal(signal);
         let status = m.wait_exit(Duration::from_secs(20)).expect("daemon exits");
         assert_eq!(status.code(), Some(0), "signal {signal}:\n{}", m.log_text());
-        assert!(!is_mounted(&m.mountpoint), "mount left behind after signal {signal}");
+        assert!(
+            !is_mounted(&m.mountpoint),
+            "mount left behind after signal {signal}"
+        );
     }
 }
 
@@ -265,9 +361,19 @@ fn sigterm_and_sigint_exit_zero_and_leave_no_mount() {
 fn unmount_from_another_shell_ends_the_daemon_cleanly() {
     let fx = Fixture::new();
     let mut m = fx.mount();
-    let out = Command::new(BIN).arg("unmount").arg(&m.mountpoint).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let status = m.wait_exit(Duration::from_secs(20)).expect("daemon exits after unmount");
+    let out = Command::new(BIN)
+        .arg("unmount")
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = m
+        .wait_exit(Duration::from_secs(20))
+        .expect("daemon exits after unmount");
     assert_eq!(status.code(), Some(0), "{}", m.log_text());
     assert!(!is_mounted(&m.mountpoint));
 }
@@ -290,7 +396,10 @@ fn a_remount_opens_the_saved_tree_with_the_same_names_and_inodes() {
     let m = fx.mount();
     assert_eq!(inodes(&m.mountpoint), first);
     let log = m.log_text();
-    assert!(!log.contains("scanning a new origin"), "second mount rescanned before mounting:\n{log}");
+    assert!(
+        !log.contains("scanning a new origin"),
+        "second mount rescanned before mounting:\n{log}"
+    );
     // A fresh cache (a fresh scan) gives the same tree too.
     drop(m);
     let other = Fixture::new();
@@ -300,7 +409,10 @@ fn a_remount_opens_the_saved_tree_with_the_same_names_and_inodes() {
 
 fn run_bad(args: &[&str]) -> (Option<i32>, String) {
     let out = Command::new(BIN).args(args).output().unwrap();
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }
 
 #[test]
@@ -317,28 +429,98 @@ fn bad_arguments_give_one_line_and_exit_code_2() {
     let not_creatable = format!("{file}/cache");
     let cases: Vec<Vec<&str>> = vec![
         vec!["mount", &mnt],
-        vec!["mount", "--origin", "/nonexistent/music", "--cache-dir", &cache, &mnt],
+        vec![
+            "mount",
+            "--origin",
+            "/nonexistent/music",
+            "--cache-dir",
+            &cache,
+            &mnt,
+        ],
         vec!["mount", "--origin", &file, "--cache-dir", &cache, &mnt],
-        vec!["mount", "--origin", &lib, "--cache-dir", &cache, "/nonexistent/mnt"],
+        vec![
+            "mount",
+            "--origin",
+            &lib,
+            "--cache-dir",
+            &cache,
+            "/nonexistent/mnt",
+        ],
         vec!["mount", "--origin", &lib, "--cache-dir", &cache, &file],
-        vec!["mount", "--origin", &lib, "--cache-dir", &not_creatable, &mnt],
-        vec!["mount", "--origin", &lib, "--cache-dir", &cache, "--layout", "$artst/$title", &mnt],
-        vec!["mount", "--origin", &lib, "--cache-dir", &cache, "--cache-size", "lots", &mnt],
-        vec!["mount", "--origin", &lib, "--cache-dir", &cache, "--cache-size", "12Q", &mnt],
+        vec![
+            "mount",
+            "--origin",
+            &lib,
+            "--cache-dir",
+            &not_creatable,
+            &mnt,
+        ],
+        vec![
+            "mount",
+            "--origin",
+            &lib,
+            "--cache-dir",
+            &cache,
+            "--layout",
+            "$artst/$title",
+            &mnt,
+        ],
+        vec![
+            "mount",
+            "--origin",
+            &lib,
+            "--cache-dir",
+            &cache,
+            "--cache-size",
+            "lots",
+            &mnt,
+        ],
+        vec![
+            "mount",
+            "--origin",
+            &lib,
+            "--cache-dir",
+            &cache,
+            "--cache-size",
+            "12Q",
+            &mnt,
+        ],
         vec!["mount", "--origin", &lib, "--bogus-flag", &mnt],
         vec!["frobnicate"],
     ];
     for args in cases {
         let (code, stderr) = run_bad(&args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
-        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?} printed:\n{stderr}");
-        assert!(!stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"), "{stderr}");
+        assert_eq!(
+            stderr.trim_end().lines().count(),
+            1,
+            "{args:?} printed:\n{stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+            "{stderr}"
+        );
     }
     assert!(!is_mounted(Path::new(&mnt)));
-    let (code, stderr) = run_bad(&["mount", "--origin", &lib, "--cache-dir", &cache, "--layout", "$artst/$title", &mnt]);
+    let (code, stderr) = run_bad(&[
+        "mount",
+        "--origin",
+        &lib,
+        "--cache-dir",
+        &cache,
+        "--layout",
+        "$artst/$title",
+        &mnt,
+    ]);
     assert_eq!(code, Some(2));
-    assert!(stderr.contains("artst"), "the error names the bad field: {stderr}");
-    let help = Command::new(BIN).args(["mount", "--help"]).output().unwrap();
+    assert!(
+        stderr.contains("artst"),
+        "the error names the bad field: {stderr}"
+    );
+    let help = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .unwrap();
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--cache-size"));
 }

@@ -25,10 +25,24 @@ impl Lib {
     /// A library with one 3 MiB track, plus `extra` more of `extra_bytes`.
     fn new(extra: usize, extra_bytes: usize) -> Lib {
         let dir = tempfile::tempdir().unwrap();
-        write_wav(&dir.path().join("lib/song.wav"), 3 << 20, 1, "Song", "Band", "Record");
+        write_wav(
+            &dir.path().join("lib/song.wav"),
+            3 << 20,
+            1,
+            "Song",
+            "Band",
+            "Record",
+        );
         for i in 0..extra {
             let title = format!("Extra {i:02}");
-            write_wav(&dir.path().join(format!("lib/x{i}.wav")), extra_bytes, 10 + i as u64, &title, "Band", "Extras");
+            write_wav(
+                &dir.path().join(format!("lib/x{i}.wav")),
+                extra_bytes,
+                10 + i as u64,
+                &title,
+                "Band",
+                "Extras",
+            );
         }
         Lib { dir }
     }
@@ -79,7 +93,11 @@ fn test_corrupt_chunk_auto_refetched() {
     let d = TestDaemon::local(&lib.root(), &lib.cache(), config());
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     let dropped = d.daemon.inspect(|e| e.stats().chunks_dropped);
-    assert!(dropped as usize >= files.len(), "{dropped} chunks dropped, {} corrupted", files.len());
+    assert!(
+        dropped as usize >= files.len(),
+        "{dropped} chunks dropped, {} corrupted",
+        files.len()
+    );
     // The cache healed: every chunk file holds the bytes its name says.
     assert!(wait_for(T, || chunk_files(&lib.cache()).iter().all(|f| {
         let id = ChunkId::from_hex(&f.file_name().unwrap().to_string_lossy()).unwrap();
@@ -107,33 +125,68 @@ fn test_missing_chunk_triggers_origin_fetch() {
 fn corrupt_reads_from_a_faulty_store_never_reach_the_reader() {
     let lib = Lib::new(0, 0);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&lib.cache()).unwrap()));
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store.clone(), &lib.cache(), config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store.clone(),
+        &lib.cache(),
+        config(),
+    );
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     d.persist();
     drop(d);
     store.inject_corruption.store(true, Ordering::SeqCst);
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store.clone(), &lib.cache(), config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store.clone(),
+        &lib.cache(),
+        config(),
+    );
     // Every chunk read off the disk is corrupted on the way: the reader still
     // gets exactly the origin's bytes.
-    assert_eq!(d.read(SONG, 1 << 20, 200_000, T).unwrap(), want[1 << 20..(1 << 20) + 200_000]);
+    assert_eq!(
+        d.read(SONG, 1 << 20, 200_000, T).unwrap(),
+        want[1 << 20..(1 << 20) + 200_000]
+    );
 }
 
 #[test]
 fn test_passthrough_mode_when_cache_disk_dead() {
     let lib = Lib::new(0, 0);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&lib.cache()).unwrap()));
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store.clone(), &lib.cache(), config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store.clone(),
+        &lib.cache(),
+        config(),
+    );
     let want = lib.bytes("song.wav");
     store.inject_enospc.store(true, Ordering::SeqCst);
     assert_eq!(d.read(SONG, 0, 100_000, T).unwrap(), want[..100_000]);
-    assert!(d.daemon.inspect(|e| e.in_passthrough()), "a full disk switches to passthrough");
+    assert!(
+        d.daemon.inspect(|e| e.in_passthrough()),
+        "a full disk switches to passthrough"
+    );
     let before = chunk_files(&lib.cache()).len();
-    assert_eq!(d.read_all(SONG, T).unwrap(), want, "passthrough serves the origin's bytes");
-    assert_eq!(chunk_files(&lib.cache()).len(), before, "nothing is cached while the disk is full");
+    assert_eq!(
+        d.read_all(SONG, T).unwrap(),
+        want,
+        "passthrough serves the origin's bytes"
+    );
+    assert_eq!(
+        chunk_files(&lib.cache()).len(),
+        before,
+        "nothing is cached while the disk is full"
+    );
     // The disk recovers: the probe notices and caching resumes.
     store.inject_enospc.store(false, Ordering::SeqCst);
-    assert!(wait_for(T, || !d.daemon.inspect(|e| e.in_passthrough())), "back from passthrough");
+    assert!(
+        wait_for(T, || !d.daemon.inspect(|e| e.in_passthrough())),
+        "back from passthrough"
+    );
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     assert!(chunk_files(&lib.cache()).len() > before, "caching resumed");
 }
@@ -142,15 +195,30 @@ fn test_passthrough_mode_when_cache_disk_dead() {
 fn unreadable_cache_disk_falls_back_to_the_origin() {
     let lib = Lib::new(0, 0);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&lib.cache()).unwrap()));
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store.clone(), &lib.cache(), config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store.clone(),
+        &lib.cache(),
+        config(),
+    );
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     d.persist();
     drop(d);
     store.inject_eio_on_read.store(true, Ordering::SeqCst);
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store.clone(), &lib.cache(), config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store.clone(),
+        &lib.cache(),
+        config(),
+    );
     assert_eq!(d.read(SONG, 5000, 100_000, T).unwrap(), want[5000..105_000]);
-    assert!(d.daemon.inspect(|e| e.in_passthrough()), "EIO on the cache disk means passthrough");
+    assert!(
+        d.daemon.inspect(|e| e.in_passthrough()),
+        "EIO on the cache disk means passthrough"
+    );
 }
 
 #[test]
@@ -161,10 +229,19 @@ fn test_cas_put_handles_enospc() {
     let db_dir = lib.dir.path().join("dbcache");
     let disk = Tmpfs::mount(&lib.cache(), "size=1m");
     let store = Arc::new(ChunkStore::open(disk.path()).unwrap());
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store, &db_dir, config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store,
+        &db_dir,
+        config(),
+    );
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
-    assert!(d.daemon.inspect(|e| e.in_passthrough()), "ENOSPC switched to passthrough");
+    assert!(
+        d.daemon.inspect(|e| e.in_passthrough()),
+        "ENOSPC switched to passthrough"
+    );
     // More room: the probe puts it back to normal.
     disk.remount("size=64m", false);
     assert!(wait_for(T, || !d.daemon.inspect(|e| e.in_passthrough())));
@@ -177,7 +254,13 @@ fn a_read_only_cache_disk_is_passthrough_until_writable() {
     let db_dir = lib.dir.path().join("dbcache");
     let disk = Tmpfs::mount(&lib.cache(), "size=64m");
     let store = Arc::new(ChunkStore::open(disk.path()).unwrap());
-    let d = TestDaemon::start(&scan(&lib.root()), vec![local_origin(&lib.root())], store, &db_dir, config());
+    let d = TestDaemon::start(
+        &scan(&lib.root()),
+        vec![local_origin(&lib.root())],
+        store,
+        &db_dir,
+        config(),
+    );
     disk.remount_read_only();
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
@@ -191,24 +274,49 @@ fn test_eviction_triggers_at_watermark() {
     // Ten 600 KB tracks through a 2 MiB cache.
     let lib = Lib::new(10, 600_000);
     let capacity = 2u64 << 20;
-    let d = TestDaemon::local(&lib.root(), &lib.cache(), Config {
-        cache_capacity_bytes: capacity,
-        ..config()
-    });
+    let d = TestDaemon::local(
+        &lib.root(),
+        &lib.cache(),
+        Config {
+            cache_capacity_bytes: capacity,
+            ..config()
+        },
+    );
     for i in 0..10 {
         let path = format!("Band/Extras/00 - Extra {i:02}.wav");
-        assert_eq!(d.read_all(&path, T).unwrap(), lib.bytes(&format!("x{i}.wav")), "{path}");
+        assert_eq!(
+            d.read_all(&path, T).unwrap(),
+            lib.bytes(&format!("x{i}.wav")),
+            "{path}"
+        );
         let cached = d.daemon.inspect(|e| e.cache().bytes());
-        assert!(cached <= capacity * 9 / 10, "cache holds {cached} bytes over its start watermark");
+        assert!(
+            cached <= capacity * 9 / 10,
+            "cache holds {cached} bytes over its start watermark"
+        );
     }
     // Eviction deletes the files in the background; the disk follows.
-    let on_disk = || chunk_files(&lib.cache()).iter().map(|f| std::fs::metadata(f).map_or(0, |m| m.len())).sum::<u64>();
-    assert!(wait_for(T, || on_disk() <= capacity), "{} bytes on disk", on_disk());
+    let on_disk = || {
+        chunk_files(&lib.cache())
+            .iter()
+            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+            .sum::<u64>()
+    };
+    assert!(
+        wait_for(T, || on_disk() <= capacity),
+        "{} bytes on disk",
+        on_disk()
+    );
     assert!(d.daemon.inspect(|e| e.stats().chunks_evicted) > 0);
     // The index agrees with the disk after a restart.
     d.persist();
     drop(d);
     let db = Db::open(&lib.cache()).unwrap().db;
-    let indexed: u64 = db.load_chunk_index().unwrap().iter().map(|c| u64::from(c.1)).sum();
+    let indexed: u64 = db
+        .load_chunk_index()
+        .unwrap()
+        .iter()
+        .map(|c| u64::from(c.1))
+        .sum();
     assert!(indexed <= capacity, "index lists {indexed} bytes");
 }

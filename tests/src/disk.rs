@@ -23,7 +23,13 @@ impl Tmpfs {
         let data = CString::new(options).expect("options without NUL");
         // SAFETY: valid NUL-terminated strings for the duration of the call.
         let rc = unsafe {
-            libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, data.as_ptr().cast())
+            libc::mount(
+                fstype.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                data.as_ptr().cast(),
+            )
         };
         assert_eq!(
             rc,
@@ -48,9 +54,20 @@ impl Tmpfs {
         let flags = libc::MS_REMOUNT | if read_only { libc::MS_RDONLY } else { 0 };
         // SAFETY: as in `mount`; a null source is allowed for a remount.
         let rc = unsafe {
-            libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags, data.as_ptr().cast())
+            libc::mount(
+                std::ptr::null(),
+                target.as_ptr(),
+                std::ptr::null(),
+                flags,
+                data.as_ptr().cast(),
+            )
         };
-        assert_eq!(rc, 0, "remount {options}: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            rc,
+            0,
+            "remount {options}: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Remounts read-only.

@@ -75,7 +75,7 @@ impl Origin for FaultyOrigin {
             let fail = |why: &str| Err(OriginError::Unavailable(format!("injected: {why}")));
             match mode {
                 FailMode::Healthy => self.inner.read_at(path, version, offset, len).await,
-                FailMode::FailEveryNth(k) if k > 0 && n % k == 0 => fail("every nth"),
+                FailMode::FailEveryNth(k) if k > 0 && n.is_multiple_of(k) => fail("every nth"),
                 FailMode::FailEveryNth(_) => self.inner.read_at(path, version, offset, len).await,
                 FailMode::FailAfterN(k) if n > k => fail("after n"),
                 FailMode::FailAfterN(_) => self.inner.read_at(path, version, offset, len).await,

@@ -72,15 +72,31 @@ impl TestDaemon {
             .enable_all()
             .build()
             .expect("runtime");
-        let daemon = Daemon::new(engine, runtime.handle().clone(), origins, store, Arc::clone(&db));
+        let daemon = Daemon::new(
+            engine,
+            runtime.handle().clone(),
+            origins,
+            store,
+            Arc::clone(&db),
+        );
         runtime.spawn(Arc::clone(&daemon).run_timers());
-        TestDaemon { daemon, runtime, db }
+        TestDaemon {
+            daemon,
+            runtime,
+            db,
+        }
     }
 
     /// Starts a daemon over a local library with a real store in `cache_dir`.
     pub fn local(root: &Path, cache_dir: &Path, config: Config) -> TestDaemon {
         let store = Arc::new(ChunkStore::open(cache_dir).expect("store"));
-        TestDaemon::start(&scan(root), vec![local_origin(root)], store, cache_dir, config)
+        TestDaemon::start(
+            &scan(root),
+            vec![local_origin(root)],
+            store,
+            cache_dir,
+            config,
+        )
     }
 
     /// The inode of a virtual path.
@@ -101,10 +117,17 @@ impl TestDaemon {
     }
 
     /// Reads `len` bytes at `offset` of `path`; waits at most `timeout`.
-    pub fn read(&self, path: &str, offset: u64, len: u32, timeout: Duration) -> Result<Vec<u8>, Errno> {
+    pub fn read(
+        &self,
+        path: &str,
+        offset: u64,
+        len: u32,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, Errno> {
         let ino = self.ino(path);
         let (tx, rx) = mpsc::channel();
-        self.daemon.read(ino.0, offset, len, Box::new(ChannelReply(tx)));
+        self.daemon
+            .read(ino.0, offset, len, Box::new(ChannelReply(tx)));
         rx.recv_timeout(timeout)
             .unwrap_or_else(|_| panic!("read of {path} got no reply within {timeout:?}"))
     }

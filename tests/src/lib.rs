@@ -57,9 +57,7 @@ pub fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
             let p = e.path();
             match e.file_type() {
                 Ok(t) if t.is_dir() => stack.push(p),
-                Ok(t) if t.is_file() => {
-                    out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf())
-                }
+                Ok(t) if t.is_file() => out.push(p.strip_prefix(root).unwrap_or(&p).to_path_buf()),
                 _ => {}
             }
         }

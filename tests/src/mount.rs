@@ -6,12 +6,18 @@ use std::time::Duration;
 
 /// Whether `path` is a mount point right now (per /proc/self/mounts).
 pub fn is_mounted(path: &Path) -> bool {
-    let Ok(canonical) = path.canonicalize().or_else(|_| Ok::<_, ()>(path.to_path_buf())) else {
+    let Ok(canonical) = path
+        .canonicalize()
+        .or_else(|_| Ok::<_, ()>(path.to_path_buf()))
+    else {
         return false;
     };
     let target = canonical.to_string_lossy().replace(' ', "\\040");
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split(' ').nth(1) == Some(target.as_str())))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split(' ').nth(1) == Some(target.as_str()))
+        })
         .unwrap_or(false)
 }
 
@@ -35,7 +41,13 @@ pub struct MountCommand {
 impl MountCommand {
     /// `musicfs mount --origin ... --cache-dir CACHE MOUNTPOINT` with the
     /// binary at `bin`; the log goes to `log`.
-    pub fn new(bin: &Path, origins: &[&Path], cache: &Path, mountpoint: &Path, log: &Path) -> MountCommand {
+    pub fn new(
+        bin: &Path,
+        origins: &[&Path],
+        cache: &Path,
+        mountpoint: &Path,
+        log: &Path,
+    ) -> MountCommand {
         let mut cmd = Command::new(bin);
         cmd.arg("mount");
         for o in origins {
@@ -48,6 +60,12 @@ impl MountCommand {
             mountpoint: mountpoint.to_path_buf(),
             log: log.to_path_buf(),
         }
+    }
+
+    /// Sets an environment variable of the daemon.
+    pub fn env(mut self, key: &str, value: &str) -> MountCommand {
+        self.cmd.env(key, value);
+        self
     }
 
     /// Adds arguments before the mountpoint.
@@ -75,17 +93,23 @@ impl MountCommand {
             mountpoint: self.mountpoint,
             log: self.log,
         };
-        let up = crate::wait_for(timeout, || {
-            is_mounted(&m.mountpoint) || m.try_exited().is_some()
-        });
-        assert!(up && is_mounted(&m.mountpoint), "mount did not come up:\n{}", m.log_text());
+        // Wait for the daemon to say it mounted: a stale mount left by a
+        // killed daemon is in the mount table too, and the kernel reuses
+        // mount ids, so the table alone cannot tell them apart.
+        let is_new = |m: &Mounted| {
+            m.log_text().contains(" mounted mountpoint=") && is_mounted(&m.mountpoint)
+        };
+        let up = crate::wait_for(timeout, || is_new(&m) || m.try_exited().is_some());
+        assert!(up && is_new(&m), "mount did not come up:\n{}", m.log_text());
         m
     }
 }
 
 impl Mounted {
     fn try_exited(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// The daemon's log so far.
@@ -132,14 +156,19 @@ impl Drop for Mounted {
         if let Some(mut c) = self.child.take() {
             // SAFETY: as in `signal`.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let done = crate::wait_for(Duration::from_secs(10), || c.try_wait().ok().flatten().is_some());
+            let done = crate::wait_for(Duration::from_secs(10), || {
+                c.try_wait().ok().flatten().is_some()
+            });
             if !done {
                 let _ = c.kill();
                 let _ = c.wait();
             }
         }
         if is_mounted(&self.mountpoint) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(&self.mountpoint)
+                .status();
         }
     }
 }

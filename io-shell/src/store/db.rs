@@ -230,6 +230,13 @@ impl Db {
     /// contents) is skipped, counted and logged, not fatal: its file is
     /// simply found again by the next scan.
     pub fn load_catalog(&self) -> Result<Vec<CatalogEntry>, StoreError> {
+        self.load_catalog_counted().map(|(entries, _)| entries)
+    }
+
+    /// Like [`Db::load_catalog`], also returning how many records were
+    /// damaged: a caller that sees any rescans before trusting the catalog
+    /// (a damaged record is a track missing from the tree).
+    pub fn load_catalog_counted(&self) -> Result<(Vec<CatalogEntry>, usize), StoreError> {
         let mut out = Vec::new();
         let mut skipped = 0usize;
         for item in self.catalog.iter() {
@@ -247,7 +254,7 @@ impl Db {
                 "skipped catalog entries that could not be decoded; they will be rescanned"
             );
         }
-        Ok(out)
+        Ok((out, skipped))
     }
 
     /// Stores catalog entries (inserting or replacing), all at once.

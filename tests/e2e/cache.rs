@@ -1,0 +1,298 @@
+//! End to end: the cache never serves a wrong byte and survives crashes,
+//! corruption and a failing disk, through real mounts of the real binary.
+
+use musicfs_tests::disk::Tmpfs;
+use musicfs_tests::fixtures::write_wav;
+use musicfs_tests::mount::{MountCommand, Mounted, is_mounted};
+use musicfs_tests::{files_under, sha256_bytes, sha256_file, wait_for};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_musicfs");
+const UP: Duration = Duration::from_secs(60);
+
+/// A library of `n` WAV tracks of 1-4 MiB, and the SHA-256 of each by its
+/// virtual path.
+struct Setup {
+    dir: tempfile::TempDir,
+    want: BTreeMap<PathBuf, String>,
+}
+
+impl Setup {
+    fn new(n: usize) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let mut want = BTreeMap::new();
+        for i in 0..n {
+            let path = dir.path().join(format!("lib/disc/t{i:02}.wav"));
+            let title = format!("Track {i:02}");
+            write_wav(
+                &path,
+                (1 << 20) + (i % 4) * (1 << 20) + i * 1000,
+                i as u64 + 3,
+                &title,
+                "Band",
+                "Album",
+            );
+            want.insert(
+                PathBuf::from(format!("Band/Album/00 - {title}.wav")),
+                sha256_file(&path).unwrap(),
+            );
+        }
+        Setup { dir, want }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn command(&self) -> MountCommand {
+        MountCommand::new(
+            Path::new(BIN),
+            &[&self.path("lib")],
+            &self.path("cache"),
+            &self.path("mnt"),
+            &self.path("log"),
+        )
+    }
+    fn mount(&self) -> Mounted {
+        self.command().start(UP)
+    }
+    fn check_all(&self, m: &Mounted) {
+        for (rel, hash) in &self.want {
+            let got = sha256_file(&m.mountpoint.join(rel))
+                .unwrap_or_else(|e| panic!("{rel:?}: {e}\n{}", m.log_text()));
+            assert_eq!(&got, hash, "{rel:?} differs from its origin");
+        }
+    }
+    fn chunk_files(&self) -> Vec<PathBuf> {
+        let root = self.path("cache/chunks");
+        files_under(&root)
+            .into_iter()
+            .filter(|p| !p.starts_with("tmp"))
+            .map(|p| root.join(p))
+            .collect()
+    }
+}
+
+#[test]
+fn flipped_bytes_in_half_the_chunk_files_never_reach_a_reader() {
+    let s = Setup::new(12);
+    let m = s.mount();
+    s.check_all(&m);
+    assert!(m.stop().success());
+    let files = s.chunk_files();
+    assert!(files.len() > 100, "{} chunk files", files.len());
+    for f in files.iter().step_by(2) {
+        let mut b = std::fs::read(f).unwrap();
+        let at = b.len() / 3;
+        b[at] ^= 0x01;
+        std::fs::write(f, b).unwrap();
+    }
+    let m = s.mount();
+    s.check_all(&m);
+    let log = m.log_text();
+    assert!(
+        log.contains("cached chunk was bad and was dropped"),
+        "{log}"
+    );
+}
+
+#[test]
+fn kill_9_mid_read_twenty_times_then_every_remount_serves_correct_bytes() {
+    let s = Setup::new(8);
+    for round in 0..20 {
+        let mut m = s.mount();
+        // Readers in the background, killed under them.
+        let root = m.mountpoint.clone();
+        let readers: Vec<_> = s
+            .want
+            .keys()
+            .map(|rel| {
+                let p = root.join(rel);
+                std::thread::spawn(move || {
+                    let _ = std::fs::read(p);
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(5 + (round * 7) % 40));
+        m.signal(libc::SIGKILL);
+        m.wait_exit(Duration::from_secs(10)).expect("killed");
+        for r in readers {
+            let _ = r.join(); // they end with ENOTCONN; never hang
+        }
+        // The next mount cleans the stale mount up by itself.
+        let m = s.mount();
+        s.check_all(&m);
+        assert!(m.stop().success(), "round {round}");
+    }
+}
+
+#[test]
+fn descriptor_exhaustion_gives_errors_not_a_crash_and_passes() {
+    let s = Setup::new(16);
+    let m = s.mount();
+    // Leave the daemon almost no descriptors while 16 readers hit it.
+    let pid = m.pid().to_string();
+    let used = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = used.to_string(); // not one descriptor to spare
+    // Only the soft limit: it can be raised again without privileges.
+    let st = Command::new("prlimit")
+        .args(["--pid", &pid, &format!("--nofile={limit}:")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let root = m.mountpoint.clone();
+    let results: Vec<std::io::Result<Vec<u8>>> = s
+        .want
+        .keys()
+        .map(|rel| {
+            let p = root.join(rel);
+            std::thread::spawn(move || std::fs::read(p))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    for (r, (rel, hash)) in results.iter().zip(&s.want) {
+        if let Ok(bytes) = r {
+            assert_eq!(
+                &sha256_bytes(bytes),
+                hash,
+                "{rel:?}: wrong bytes under fd pressure"
+            );
+        }
+    }
+    assert!(failed > 0, "with {limit} descriptors some reads must fail");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "daemon died:\n{}",
+        m.log_text()
+    );
+    // Descriptors come back: everything reads again.
+    let st = Command::new("prlimit")
+        .args(["--pid", &pid, "--nofile=4096:"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    std::thread::sleep(Duration::from_secs(6)); // the failed fetches' pauses pass
+    s.check_all(&m);
+    assert!(!m.log_text().contains("panic"), "{}", m.log_text());
+    assert!(m.stop().success());
+}
+
+#[test]
+fn test_sled_corruption_triggers_repair() {
+    let s = Setup::new(6);
+    let m = s.mount();
+    s.check_all(&m);
+    assert!(m.stop().success());
+    for entry in std::fs::read_dir(s.path("cache/db")).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_file() {
+            std::fs::write(&p, vec![0xA5; 4096]).unwrap();
+        }
+    }
+    let m = s.mount();
+    let log = m.log_text();
+    assert!(
+        log.contains("the cache database was damaged and has been rebuilt"),
+        "{log}"
+    );
+    assert!(
+        log.contains("chunk index rebuilt from the chunk files"),
+        "{log}"
+    );
+    assert!(std::fs::read_dir(s.path("cache")).unwrap().any(|e| {
+        e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("db.corrupt-")
+    }));
+    s.check_all(&m);
+}
+
+#[test]
+fn test_metadata_corruption_triggers_rescan() {
+    let s = Setup::new(6);
+    let m = s.mount();
+    assert!(m.stop().success());
+    {
+        // Damage the catalog records themselves (the sled files stay valid).
+        let db = sled::open(s.path("cache/db")).unwrap();
+        let catalog = db.open_tree("catalog").unwrap();
+        let keys: Vec<_> = catalog.iter().keys().map(|k| k.unwrap()).collect();
+        for k in keys.iter().step_by(2) {
+            catalog.insert(k, &b"\xc1garbage"[..]).unwrap();
+        }
+        db.flush().unwrap();
+    }
+    let m = s.mount();
+    let log = m.log_text();
+    assert!(log.contains("the saved catalog is damaged"), "{log}");
+    let listed: Vec<PathBuf> = files_under(&m.mountpoint);
+    assert_eq!(
+        listed,
+        s.want.keys().cloned().collect::<Vec<_>>(),
+        "every track is back before the mount is up"
+    );
+    s.check_all(&m);
+}
+
+#[test]
+fn a_full_cache_disk_is_logged_once_and_passes_through_until_it_has_room() {
+    let s = Setup::new(10);
+    std::fs::create_dir_all(s.path("cache")).unwrap();
+    let disk = Tmpfs::mount(&s.path("cache"), "size=3m");
+    let m = s.mount();
+    s.check_all(&m);
+    let log = m.log_text();
+    assert_eq!(
+        log.matches("cache disk failed").count(),
+        1,
+        "logged once per change:\n{log}"
+    );
+    disk.remount("size=256m", false);
+    assert!(wait_for(Duration::from_secs(30), || m
+        .log_text()
+        .contains("cache disk works again")));
+    s.check_all(&m);
+    assert_eq!(m.log_text().matches("cache disk works again").count(), 1);
+    drop(m);
+    assert!(!is_mounted(&s.path("mnt")));
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_crash_between_chunk_write_and_index_loses_nothing() {
+    // Every chunk lands on disk but the index never hears of it.
+    let s = Setup::new(4);
+    let m = s
+        .command()
+        .env("FAILPOINTS", "cas-put-after-write-before-index=return")
+        .start(UP);
+    s.check_all(&m);
+    assert!(m.stop().success());
+    let m = s.mount();
+    s.check_all(&m);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn failing_fetches_and_db_open_are_survived() {
+    let s = Setup::new(3);
+    let m = s
+        .command()
+        .env("FAILPOINTS", "reader-manifest-fetch=50%return")
+        .start(UP);
+    s.check_all(&m);
+    assert!(m.stop().success());
+    let m = s
+        .command()
+        .env("FAILPOINTS", "db-open-corrupt=return")
+        .start(UP);
+    assert!(m.log_text().contains("damaged"), "{}", m.log_text());
+    s.check_all(&m);
+}
