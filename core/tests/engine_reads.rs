@@ -4,8 +4,8 @@
 
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::{
-    ChunkFault, Config, Cutter, DiskFault, Engine, FetchError, FetchId, FetchedChunk, Output,
-    ReqId, Stored,
+    ChunkFault, Config, Cutter, DiskFault, Engine, FetchError, FetchId, FetchedChunk, Health,
+    Output, ReqId, Stored,
 };
 use musicfs_core::fs::Errno;
 use musicfs_core::tree::VirtualTree;
@@ -27,15 +27,18 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 #[derive(Default)]
 struct World {
-    origin: BTreeMap<Vec<u8>, Vec<u8>>,
+    /// Files by (origin, path).
+    origin: BTreeMap<(u16, Vec<u8>), Vec<u8>>,
+    /// Origins that are down.
+    down: std::collections::BTreeSet<u16>,
     disk: BTreeMap<ChunkId, Vec<u8>>,
     replies: BTreeMap<ReqId, Result<Vec<u8>, Errno>>,
-    origin_down: bool,
     disk_full: bool,
     /// Fetches the origin answers later (to test timeouts and concurrency).
     held: Vec<musicfs_core::engine::Fetch>,
     hold_fetches: bool,
     fetched_bytes: u64,
+    fetches_by_origin: [u64; 4],
 }
 
 struct Harness {
@@ -45,10 +48,10 @@ struct Harness {
     next_req: u64,
 }
 
-fn track(path: &str, title: &str, size: u64) -> CatalogEntry {
+fn track(origin: u16, path: &str, title: &str, size: u64) -> CatalogEntry {
     CatalogEntry {
         source: SourceFile {
-            origin: OriginId(0),
+            origin: OriginId(origin),
             path: OriginPath::new(path.as_bytes().to_vec()),
             version: FileVersion {
                 size,
@@ -68,18 +71,23 @@ fn track(path: &str, title: &str, size: u64) -> CatalogEntry {
 
 impl Harness {
     fn new(files: &[(&str, usize)], config: Config) -> Harness {
+        Harness::with_origins(files, 1, config)
+    }
+
+    /// Every file in each of `origins` origins (mirrors of each other).
+    fn with_origins(files: &[(&str, usize)], origins: u16, config: Config) -> Harness {
         let mut world = World::default();
-        let catalog: Vec<CatalogEntry> = files
-            .iter()
-            .enumerate()
-            .map(|(i, (name, size))| {
+        let mut catalog = Vec::new();
+        for origin in 0..origins {
+            for (i, (name, size)) in files.iter().enumerate() {
                 let path = format!("{name}.flac");
-                world
-                    .origin
-                    .insert(path.clone().into_bytes(), noise(*size, i as u64 + 1));
-                track(&path, name, *size as u64)
-            })
-            .collect();
+                world.origin.insert(
+                    (origin, path.clone().into_bytes()),
+                    noise(*size, i as u64 + 1),
+                );
+                catalog.push(track(origin, &path, name, *size as u64));
+            }
+        }
         let (tree, _) = VirtualTree::build(&Layout::default_layout(), &catalog);
         let engine = Engine::new(config, tree, Vec::new(), Vec::new(), 42);
         Harness {
@@ -98,7 +106,15 @@ impl Harness {
     }
 
     fn origin_bytes(&self, title: &str) -> &[u8] {
-        &self.world.origin[format!("{title}.flac").as_bytes()]
+        &self.world.origin[&(0, format!("{title}.flac").into_bytes())]
+    }
+
+    fn set_down(&mut self, origin: u16, down: bool) {
+        if down {
+            self.world.down.insert(origin);
+        } else {
+            self.world.down.remove(&origin);
+        }
     }
 
     fn start_read(&mut self, ino: Ino, offset: u64, size: u32) -> ReqId {
@@ -160,8 +176,9 @@ impl Harness {
                     offset,
                     len,
                 } => {
-                    let reply = match self.world.origin.get(source.path.as_bytes()) {
-                        Some(bytes) if !self.world.origin_down => {
+                    let key = (source.origin.0, source.path.as_bytes().to_vec());
+                    let reply = match self.world.origin.get(&key) {
+                        Some(bytes) if !self.world.down.contains(&source.origin.0) => {
                             let end = (offset + u64::from(len)).min(bytes.len() as u64);
                             Ok(bytes[offset as usize..end as usize].to_vec())
                         }
@@ -187,6 +204,15 @@ impl Harness {
                     let ok = !self.world.disk_full;
                     self.engine.disk_probe(self.now, ok);
                 }
+                Output::CheckOrigin { origin, check } => {
+                    let result = if self.world.down.contains(&origin.0) {
+                        Err("down".to_string())
+                    } else {
+                        Ok(())
+                    };
+                    self.engine
+                        .health_check_done(self.now, origin, check, result);
+                }
                 Output::Notice(_) => {}
             }
         }
@@ -194,12 +220,14 @@ impl Harness {
 
     fn run_fetch(&mut self, fetch: musicfs_core::engine::Fetch) {
         let id: FetchId = fetch.id;
-        if self.world.origin_down {
+        self.world.fetches_by_origin[usize::from(fetch.source.origin.0)] += 1;
+        if self.world.down.contains(&fetch.source.origin.0) {
             self.engine
                 .fetch_done(self.now, id, Err(FetchError::Unavailable("down".into())));
             return;
         }
-        let Some(bytes) = self.world.origin.get(fetch.source.path.as_bytes()).cloned() else {
+        let key = (fetch.source.origin.0, fetch.source.path.as_bytes().to_vec());
+        let Some(bytes) = self.world.origin.get(&key).cloned() else {
             self.engine
                 .fetch_done(self.now, id, Err(FetchError::NotFound));
             return;
@@ -306,7 +334,7 @@ fn a_cached_read_needs_no_origin_and_survives_it_going_down() {
     let mut h = Harness::new(&[("Song", 2 * MIB)], Config::default());
     let want = h.origin_bytes("Song").to_vec();
     assert_eq!(h.read("Song", 0, 2 * MIB as u32).unwrap(), want);
-    h.world.origin_down = true;
+    h.set_down(0, true);
     assert_eq!(h.read("Song", 1000, 5000).unwrap(), want[1000..6000]);
     assert!(h.engine.stats().reads_hit >= 1);
 }
@@ -339,14 +367,15 @@ fn an_unreachable_origin_gives_eio_within_the_read_timeout() {
         ..Config::default()
     };
     let mut h = Harness::new(&[("Song", MIB)], config);
-    h.world.origin_down = true;
+    h.set_down(0, true);
     let start = h.now;
     assert_eq!(h.read("Song", 0, 4096), Err(Errno::Io));
     assert!(h.now.saturating_since(start) <= Duration::from_secs(30));
     // Once it is back, reads work again (after the pause).
-    h.world.origin_down = false;
+    h.set_down(0, false);
     h.now += Duration::from_secs(10);
     h.engine.handle_timeout(h.now);
+    h.pump();
     let want = h.origin_bytes("Song").to_vec();
     assert_eq!(h.read("Song", 0, 4096).unwrap(), want[..4096]);
 }
@@ -423,4 +452,96 @@ fn many_concurrent_readers_all_complete() {
         let want = h.origin_bytes(&name)[1000..201_000].to_vec();
         assert_eq!(h.run_until_replied(req).unwrap(), want);
     }
+}
+
+#[test]
+fn test_failover_on_primary_death() {
+    let mut h = Harness::with_origins(&[("Song", 3 * MIB)], 2, Config::default());
+    let ino = h.ino("Song");
+    let sources = h.engine.tree().file(ino).unwrap().sources.len();
+    assert_eq!(sources, 2, "one entry, two mirrors");
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(h.read("Song", 0, 65536).unwrap(), want[..65536]);
+    assert_eq!(
+        h.world.fetches_by_origin[1], 0,
+        "the primary serves while it is healthy"
+    );
+    h.set_down(0, true);
+    let start = h.now;
+    let got = h.read("Song", 65536, 3 * MIB as u32).unwrap();
+    assert_eq!(got, want[65536..]);
+    assert!(h.world.fetches_by_origin[1] > 0, "the mirror took over");
+    assert!(
+        h.now.saturating_since(start) < Duration::from_secs(5),
+        "failover is quick"
+    );
+}
+
+#[test]
+fn test_all_origins_dead_returns_cached() {
+    let mut h = Harness::with_origins(
+        &[("Cached", 2 * MIB), ("Cold", 2 * MIB)],
+        2,
+        Config::default(),
+    );
+    let want = h.origin_bytes("Cached").to_vec();
+    assert_eq!(h.read("Cached", 0, 2 * MIB as u32).unwrap(), want);
+    h.set_down(0, true);
+    h.set_down(1, true);
+    let start = h.now;
+    assert_eq!(h.read("Cold", 0, 4096), Err(Errno::Io), "uncached: EIO");
+    assert!(
+        h.now.saturating_since(start) <= Duration::from_secs(30),
+        "within the read timeout"
+    );
+    assert_eq!(
+        h.read("Cached", 1000, 100_000).unwrap(),
+        want[1000..101_000],
+        "cached music plays"
+    );
+    let healths: Vec<Health> = h
+        .engine
+        .origin_statuses()
+        .iter()
+        .map(|s| s.health)
+        .collect();
+    assert!(healths.iter().all(|&s| s != Health::Healthy), "{healths:?}");
+    // Their tracks stay in the tree.
+    assert!(
+        h.engine
+            .tree()
+            .resolve("Artist/Album/01 - Cold.flac")
+            .is_some()
+    );
+}
+
+#[test]
+fn test_origin_recovery_resumes_routing() {
+    let mut h = Harness::with_origins(&[("A", MIB), ("B", MIB)], 2, Config::default());
+    h.set_down(0, true);
+    let want = h.origin_bytes("A").to_vec();
+    // Reads go to the mirror while the primary is down...
+    for _ in 0..4 {
+        assert_eq!(h.read("A", 0, MIB as u32).unwrap(), want);
+        h.now += Duration::from_secs(1);
+    }
+    assert_ne!(h.engine.origin_statuses()[0].health, Health::Healthy);
+    // ...and back to the primary once its health checks pass again.
+    h.set_down(0, false);
+    for _ in 0..200 {
+        h.now += Duration::from_secs(5);
+        h.engine.handle_timeout(h.now);
+        h.pump();
+        if h.engine.origin_statuses()[0].health == Health::Healthy {
+            break;
+        }
+    }
+    assert_eq!(h.engine.origin_statuses()[0].health, Health::Healthy);
+    let before = h.world.fetches_by_origin[0];
+    let want_b = h.origin_bytes("B").to_vec();
+    assert_eq!(h.read("B", 0, MIB as u32).unwrap(), want_b);
+    assert!(
+        h.world.fetches_by_origin[0] > before,
+        "routing resumed on the primary"
+    );
 }

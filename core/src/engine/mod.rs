@@ -11,16 +11,18 @@
 
 mod cache;
 mod cutter;
+mod health;
 mod types;
 
 pub use cache::{ChunkCache, ChunkMeta};
 pub use cutter::{CutChunk, CutError, Cutter};
+pub use health::{CheckId, Health, HealthConfig, HealthTable, OriginStatus};
 pub use types::*;
 
 use crate::catalog::SourceFile;
 use crate::chunk::ChunkId;
 use crate::fs::{Attr, DirEntry, Errno, NodeKind};
-use crate::ids::Ino;
+use crate::ids::{Ino, OriginId};
 use crate::manifest::{Extent, Manifest};
 use crate::time::Time;
 use crate::tree::{self, TreeDiff, VirtualTree};
@@ -57,6 +59,8 @@ pub struct Config {
     pub verify_batch_bytes: u64,
     /// How often to try the cache disk again while in passthrough.
     pub disk_probe_interval: Duration,
+    /// Origin health checks.
+    pub health: HealthConfig,
     /// Known bugs, planted on purpose so the simulator can prove it finds
     /// them. Never set outside tests.
     #[doc(hidden)]
@@ -94,6 +98,7 @@ impl Default for Config {
             seek_align_bytes: 2 << 20,
             verify_batch_bytes: 8 << 20,
             disk_probe_interval: Duration::from_secs(10),
+            health: HealthConfig::default(),
             planted: PlantedBugs::default(),
         }
     }
@@ -204,6 +209,7 @@ pub struct Engine {
     backoff: BTreeMap<SourceKey, Backoff>,
     readahead: BTreeMap<Ino, Readahead>,
     disk: DiskMode,
+    health: HealthTable,
     next_fetch: u64,
     rng: SplitMix64,
     outputs: VecDeque<Output>,
@@ -228,8 +234,10 @@ impl Engine {
         for (id, len, last_access) in chunks {
             cache.load(id, len, last_access);
         }
+        let health = HealthTable::new(config.health.clone());
         let mut engine = Engine {
             config,
+            health,
             tree,
             manifests: manifests.into_iter().collect(),
             dirty_manifests: BTreeSet::new(),
@@ -246,8 +254,59 @@ impl Engine {
             stats: Stats::default(),
         };
         engine.drop_stale_manifests();
+        engine.track_tree_origins(Time::ZERO);
         engine.evict();
         engine
+    }
+
+    /// Starts watching the health of an origin (origins of the tree are
+    /// watched automatically; this is for origins that hold no track yet).
+    pub fn track_origin(&mut self, now: Time, origin: OriginId) {
+        self.health.track(origin, now);
+    }
+
+    fn track_tree_origins(&mut self, now: Time) {
+        let origins: BTreeSet<OriginId> = self
+            .tree
+            .files()
+            .flat_map(|(_, f)| f.sources.iter().map(|s| s.origin))
+            .collect();
+        for origin in origins {
+            self.health.track(origin, now);
+        }
+    }
+
+    /// Each origin's health, for `musicfs status` and the logs.
+    pub fn origin_statuses(&self) -> Vec<OriginStatus> {
+        self.health.statuses()
+    }
+
+    /// The result of an [`Output::CheckOrigin`].
+    pub fn health_check_done(
+        &mut self,
+        now: Time,
+        origin: OriginId,
+        check: CheckId,
+        result: Result<(), String>,
+    ) {
+        let t = self.health.check_done(
+            now,
+            origin,
+            check,
+            result.as_ref().map(|_| ()).map_err(String::as_str),
+        );
+        self.note_health(now, t);
+    }
+
+    fn note_health(&mut self, now: Time, transition: Option<health::Transition>) {
+        if let Some((origin, from, to)) = transition {
+            self.outputs
+                .push_back(Output::Notice(Notice::OriginHealth(origin, from, to)));
+            // A recovered origin may serve reads that were waiting.
+            if to < from {
+                self.replan_all(now);
+            }
+        }
     }
 
     // ----- metadata: answered at once -------------------------------------
@@ -375,6 +434,7 @@ impl Engine {
         let diff = tree::diff(&self.tree, &tree);
         self.tree = tree;
         self.drop_stale_manifests();
+        self.track_tree_origins(now);
         self.replan_all(now);
         diff
     }
@@ -512,9 +572,25 @@ impl Engine {
             }
         }
         let Some(src) = self.pick_source(now, &sources) else {
-            return match self.earliest_retry(&sources) {
-                Some(_) => Plan::Wait,
-                None => Plan::Fail(Errno::Io),
+            // Every origin holding the file is down (offline mode), or all
+            // gave up on it: uncached bytes cannot be had.
+            // Unless a reader-prompted check of an unhealthy origin may show it back.
+            let reachable = sources
+                .iter()
+                .any(|s| self.health.health(s.origin) != Health::Unhealthy);
+            if reachable && self.earliest_retry(&sources).is_some() {
+                return Plan::Wait;
+            }
+            let mut checking = false;
+            for s in &sources {
+                if self.health.health(s.origin) == Health::Unhealthy {
+                    checking |= self.health.check_on_demand(now, s.origin);
+                }
+            }
+            return if checking {
+                Plan::Wait
+            } else {
+                Plan::Fail(Errno::Io)
             };
         };
         if self.in_passthrough() {
@@ -549,11 +625,20 @@ impl Engine {
     /// The first source, in priority order, not pausing after a failure.
     /// A source that failed too often is tried again once its (longest)
     /// pause is over, by whichever read comes next.
+    ///
+    /// Healthy origins come first, then degraded ones, each in priority
+    /// order; unhealthy origins are not asked at all (their health checks
+    /// bring them back).
     fn pick_source(&self, now: Time, sources: &[SourceFile]) -> Option<SourceFile> {
-        sources
-            .iter()
-            .find(|s| self.backoff.get(&key_of(s)).is_none_or(|b| b.until <= now))
-            .cloned()
+        [Health::Healthy, Health::Degraded]
+            .into_iter()
+            .find_map(|wanted| {
+                sources
+                    .iter()
+                    .filter(|s| self.health.health(s.origin) == wanted)
+                    .find(|s| self.backoff.get(&key_of(s)).is_none_or(|b| b.until <= now))
+                    .cloned()
+            })
     }
 
     /// When a backed-off source may be tried again, if any may.
@@ -788,6 +873,8 @@ impl Engine {
             self.fetch_done(now, fetch, Err(e));
         } else {
             self.backoff.remove(&key);
+            let t = self.health.record(now, key.0, Ok(()));
+            self.note_health(now, t);
         }
         if let Some(fault) = disk_fault {
             self.enter_passthrough(now, fault);
@@ -861,9 +948,11 @@ impl Engine {
                 self.mark_failed(now, &key, u32::MAX);
             }
             Err(FetchError::Unavailable(why)) => {
+                let t = self.health.record(now, key.0, Err(&why));
                 self.outputs
                     .push_back(Output::Notice(Notice::FetchFailed(key.clone(), why)));
                 self.mark_failed(now, &key, 1);
+                self.note_health(now, t);
             }
         }
         self.replan_key(now, &key);
@@ -903,6 +992,7 @@ impl Engine {
             .values()
             .map(|f| f.last_progress + self.config.fetch_stall_timeout);
         let retries = self.backoff.values().filter(|b| b.armed).map(|b| b.until);
+        let health = self.health.next_timer();
         let probe = match self.disk {
             DiskMode::Passthrough {
                 next_probe,
@@ -910,11 +1000,23 @@ impl Engine {
             } => Some(next_probe),
             _ => None,
         };
-        reads.chain(stalls).chain(retries).chain(probe).min()
+        reads
+            .chain(stalls)
+            .chain(retries)
+            .chain(probe)
+            .chain(health)
+            .min()
     }
 
     /// Fires whatever is due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
+        for t in self.health.expire(now) {
+            self.note_health(now, Some(t));
+        }
+        for (origin, check) in self.health.due_checks(now) {
+            self.outputs
+                .push_back(Output::CheckOrigin { origin, check });
+        }
         let stalled: Vec<FetchId> = self
             .fetches
             .iter()

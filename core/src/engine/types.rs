@@ -162,6 +162,8 @@ pub enum Notice {
     ReadTimedOut(Ino),
     /// An origin file could not be fetched; retrying after a pause.
     FetchFailed(SourceKey, String),
+    /// An origin's health changed (from, to).
+    OriginHealth(OriginId, super::Health, super::Health),
 }
 
 /// Everything the engine asks of the io-shell.
@@ -207,6 +209,15 @@ pub enum Output {
     Evict(Vec<ChunkId>),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
+    /// Check that an origin answers (cheaply: stat its root, list one key)
+    /// and report `health_check_done`. Checks of different origins run in
+    /// parallel; the engine times each out by itself.
+    CheckOrigin {
+        /// The origin.
+        origin: OriginId,
+        /// The check, to report against.
+        check: super::CheckId,
+    },
     /// Worth a log line.
     Notice(Notice),
 }
