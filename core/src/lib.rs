@@ -21,6 +21,7 @@ pub mod ids;
 pub mod layout;
 pub mod manifest;
 pub mod naming;
+pub mod sync;
 pub mod tags;
 pub mod time;
 pub mod tree;

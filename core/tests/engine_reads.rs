@@ -545,3 +545,22 @@ fn test_origin_recovery_resumes_routing() {
         "routing resumed on the primary"
     );
 }
+
+#[test]
+fn shutdown_refuses_new_reads_and_aborts_what_is_left() {
+    let mut h = Harness::new(&[("Song", MIB)], Config::default());
+    h.world.hold_fetches = true;
+    let ino = h.ino("Song");
+    let stuck = h.start_read(ino, 0, 4096);
+    h.pump();
+    h.engine.begin_shutdown();
+    let late = h.start_read(ino, 0, 4096);
+    h.pump();
+    assert_eq!(h.world.replies.remove(&late), Some(Err(Errno::Io)), "no new work");
+    assert!(!h.world.replies.contains_key(&stuck), "in-flight reads may still finish");
+    h.engine.abort_all();
+    h.pump();
+    assert_eq!(h.world.replies.remove(&stuck), Some(Err(Errno::Io)));
+    assert_eq!(h.engine.reads_in_flight(), 0);
+    assert_eq!(h.engine.fetches_in_flight(), 0);
+}

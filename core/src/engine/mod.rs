@@ -209,6 +209,8 @@ pub struct Engine {
     backoff: BTreeMap<SourceKey, Backoff>,
     readahead: BTreeMap<Ino, Readahead>,
     disk: DiskMode,
+    /// Shutting down: no new reads, no new fetches.
+    draining: bool,
     health: HealthTable,
     next_fetch: u64,
     rng: SplitMix64,
@@ -237,6 +239,7 @@ impl Engine {
         let health = HealthTable::new(config.health.clone());
         let mut engine = Engine {
             config,
+            draining: false,
             health,
             tree,
             manifests: manifests.into_iter().collect(),
@@ -427,6 +430,19 @@ impl Engine {
         self.cache.take_touched()
     }
 
+    /// Files that moved inside their origin keep their chunk maps: call this
+    /// before [`Engine::replace_tree`] with the tree that shows the new paths.
+    /// A map whose version does not match the moved file's is dropped then.
+    pub fn move_sources(&mut self, moves: &[(SourceKey, SourceKey)]) {
+        for (old, new) in moves {
+            if let Some(m) = self.manifests.remove(old) {
+                self.manifests.insert(new.clone(), m);
+                self.dirty_manifests.insert(old.clone());
+                self.dirty_manifests.insert(new.clone());
+            }
+        }
+    }
+
     /// Replaces the tree with a newer build (after a rescan). Chunk maps of
     /// files whose version changed are dropped; readers of files that
     /// changed get EIO rather than a mix of two versions.
@@ -441,8 +457,48 @@ impl Engine {
 
     // ----- reads -----------------------------------------------------------
 
+    /// Starts a graceful shutdown: reads arriving from now on get EIO, reads
+    /// in flight go on (the caller waits for [`Engine::reads_in_flight`] to
+    /// reach zero, up to its drain timeout, then calls [`Engine::abort_all`]).
+    pub fn begin_shutdown(&mut self) {
+        self.draining = true;
+    }
+
+    /// Ends every read still waiting with EIO and cancels every fetch: the
+    /// drain timeout passed. Pinned chunks are released as the io-shell
+    /// reports the reads it was answering.
+    pub fn abort_all(&mut self) {
+        self.draining = true;
+        let reqs: Vec<ReqId> = self.pending.keys().copied().collect();
+        for req in reqs {
+            self.pending.remove(&req);
+            self.fail_read(req, Errno::Io);
+        }
+        let late: Vec<ReqId> = self
+            .in_service
+            .iter()
+            .filter(|(_, s)| !s.timed_out)
+            .map(|(&r, _)| r)
+            .collect();
+        for req in late {
+            if let Some(s) = self.in_service.get_mut(&req) {
+                s.timed_out = true;
+            }
+            self.fail_read(req, Errno::Io);
+        }
+        let fetches: Vec<FetchId> = self.fetches.keys().copied().collect();
+        for id in fetches {
+            self.fetches.remove(&id);
+            self.outputs.push_back(Output::CancelFetch(id));
+        }
+    }
+
     /// A FUSE read of `size` bytes at `offset` of `ino`.
     pub fn read(&mut self, now: Time, req: ReqId, ino: Ino, offset: u64, size: u32) {
+        if self.draining {
+            self.fail_read(req, Errno::Io);
+            return;
+        }
         let Some(file) = self.tree.file(ino) else {
             let errno = if self.tree.get(ino).is_some() {
                 Errno::IsDir
@@ -806,7 +862,7 @@ impl Engine {
 
     /// Keeps a sequential reader's bytes arriving before it asks for them.
     fn prefetch(&mut self, now: Time, ino: Ino, from: u64) {
-        if self.in_passthrough() {
+        if self.in_passthrough() || self.draining {
             return;
         }
         let Some(file) = self.tree.file(ino) else {
