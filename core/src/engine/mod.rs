@@ -431,14 +431,20 @@ impl Engine {
     }
 
     /// Files that moved inside their origin keep their chunk maps: call this
-    /// before [`Engine::replace_tree`] with the tree that shows the new paths.
-    /// A map whose version does not match the moved file's is dropped then.
-    pub fn move_sources(&mut self, moves: &[(SourceKey, SourceKey)]) {
+    /// before [`Engine::replace_tree`] with the new tree. The sync matched
+    /// old and new by identity; the map is kept only if size and mtime agree
+    /// (the bytes are the same), under the new path and version.
+    pub fn move_sources(&mut self, moves: &[(SourceKey, SourceFile)]) {
         for (old, new) in moves {
-            if let Some(m) = self.manifests.remove(old) {
-                self.manifests.insert(new.clone(), m);
-                self.dirty_manifests.insert(old.clone());
-                self.dirty_manifests.insert(new.clone());
+            let Some(mut m) = self.manifests.remove(old) else {
+                continue;
+            };
+            self.dirty_manifests.insert(old.clone());
+            if m.version.size == new.version.size && m.version.mtime_ns == new.version.mtime_ns {
+                m.version = new.version.clone();
+                let key = key_of(new);
+                self.manifests.insert(key.clone(), m);
+                self.dirty_manifests.insert(key);
             }
         }
     }
