@@ -143,7 +143,13 @@ fn resolve_moves(origin: OriginId, gone: &[&CatalogEntry], new: &[&Listed], plan
     for l in new {
         let candidate = identity(&l.version)
             .and_then(|id| by_identity.get_mut(&id))
-            .and_then(|v| if v.is_empty() { None } else { Some(v.remove(0)) });
+            .and_then(|v| {
+                if v.is_empty() {
+                    None
+                } else {
+                    Some(v.remove(0))
+                }
+            });
         match candidate {
             Some(old) => {
                 moved_from.insert(old.source.path.clone());
@@ -170,7 +176,11 @@ fn resolve_moves(origin: OriginId, gone: &[&CatalogEntry], new: &[&Listed], plan
 /// The catalog after a sync: `catalog` with `plan`'s removals and moves and
 /// the entries read in `read` (for files of `plan.reread`; a file that could
 /// not be read at all is simply left out and found again next time).
-pub fn apply(catalog: &[CatalogEntry], plan: &SyncPlan, read: &[CatalogEntry]) -> Vec<CatalogEntry> {
+pub fn apply(
+    catalog: &[CatalogEntry],
+    plan: &SyncPlan,
+    read: &[CatalogEntry],
+) -> Vec<CatalogEntry> {
     let Some(origin) = plan.origin else {
         return catalog.to_vec();
     };
@@ -237,10 +247,10 @@ mod tests {
         let mut moved_c = v(30, 3);
         moved_c.token = Some("1:3:9999".into()); // a rename changes ctime only
         let listing = vec![
-            listed("a.flac", v(10, 1)),       // unchanged
-            listed("b.flac", v(21, 2)),       // retagged
-            listed("new/c.flac", moved_c),    // moved
-            listed("e.flac", v(50, 5)),       // added
+            listed("a.flac", v(10, 1)),    // unchanged
+            listed("b.flac", v(21, 2)),    // retagged
+            listed("new/c.flac", moved_c), // moved
+            listed("e.flac", v(50, 5)),    // added
         ];
         let plan = plan_full(OriginId(0), &catalog, &listing);
         let names = |v: &[Listed]| v.iter().map(|l| l.path.to_string()).collect::<Vec<_>>();
@@ -249,12 +259,22 @@ mod tests {
         assert_eq!(plan.moved.len(), 1);
         assert_eq!(plan.moved[0].0.to_string(), "old/c.flac");
         assert_eq!(plan.unchanged, 1);
-        let read = vec![entry("b.flac", v(21, 2), "B2"), entry("e.flac", v(50, 5), "E")];
+        let read = vec![
+            entry("b.flac", v(21, 2), "B2"),
+            entry("e.flac", v(50, 5), "E"),
+        ];
         let after = apply(&catalog, &plan, &read);
         let paths: Vec<String> = after.iter().map(|e| e.source.path.to_string()).collect();
         assert_eq!(paths, ["a.flac", "b.flac", "e.flac", "new/c.flac"]);
-        let c = after.iter().find(|e| e.source.path.to_string() == "new/c.flac").unwrap();
-        assert_eq!(c.kind, entry("x", v(1, 1), "C").kind, "a move keeps the tags read before");
+        let c = after
+            .iter()
+            .find(|e| e.source.path.to_string() == "new/c.flac")
+            .unwrap();
+        assert_eq!(
+            c.kind,
+            entry("x", v(1, 1), "C").kind,
+            "a move keeps the tags read before"
+        );
         // Planning again after applying finds nothing to do: applied batches
         // are the checkpoint.
         assert!(plan_full(OriginId(0), &after, &listing).is_empty());
@@ -263,11 +283,28 @@ mod tests {
     #[test]
     fn an_interrupted_sync_resumes_without_duplicates_or_gaps() {
         let catalog: Vec<CatalogEntry> = Vec::new();
-        let listing: Vec<Listed> = (0..10).map(|i| listed(&format!("{i}.mp3"), v(i, i))).collect();
+        let listing: Vec<Listed> = (0..10)
+            .map(|i| listed(&format!("{i}.mp3"), v(i, i)))
+            .collect();
         let plan = plan_full(OriginId(0), &catalog, &listing);
         // Only the first batch of 4 gets done before a crash.
-        let first: Vec<CatalogEntry> = plan.batches(4).next().unwrap().iter().map(|l| entry(&l.path.to_string(), l.version.clone(), "t")).collect();
-        let saved = apply(&catalog, &SyncPlan { reread: vec![], removed: vec![], moved: vec![], ..plan.clone() }, &first);
+        let first: Vec<CatalogEntry> = plan
+            .batches(4)
+            .next()
+            .unwrap()
+            .iter()
+            .map(|l| entry(&l.path.to_string(), l.version.clone(), "t"))
+            .collect();
+        let saved = apply(
+            &catalog,
+            &SyncPlan {
+                reread: vec![],
+                removed: vec![],
+                moved: vec![],
+                ..plan.clone()
+            },
+            &first,
+        );
         let resumed = plan_full(OriginId(0), &saved, &listing);
         let again: BTreeSet<String> = resumed.reread.iter().map(|l| l.path.to_string()).collect();
         let done: BTreeSet<String> = first.iter().map(|e| e.source.path.to_string()).collect();

@@ -96,6 +96,8 @@ pub struct BuildReport {
 pub struct VirtualTree {
     nodes: BTreeMap<Ino, Node>,
     files: usize,
+    /// Which file each origin file backs.
+    by_source: BTreeMap<(OriginId, crate::ids::OriginPath), Ino>,
 }
 
 impl Default for VirtualTree {
@@ -117,7 +119,11 @@ impl VirtualTree {
                 body: Body::Dir(DirNode::default()),
             },
         );
-        VirtualTree { nodes, files: 0 }
+        VirtualTree {
+            nodes,
+            files: 0,
+            by_source: BTreeMap::new(),
+        }
     }
 
     /// Builds the tree for `catalog` under `layout`.
@@ -159,6 +165,22 @@ impl VirtualTree {
             Body::File(f) => Some((ino, f)),
             Body::Dir(_) => None,
         })
+    }
+
+    /// The file an origin file backs, and that source as the tree knows it
+    /// (its version is the one the tree shows).
+    pub fn find_source(
+        &self,
+        origin: OriginId,
+        path: &crate::ids::OriginPath,
+    ) -> Option<(Ino, &SourceFile)> {
+        let ino = *self.by_source.get(&(origin, path.clone()))?;
+        let file = self.file(ino)?;
+        let src = file
+            .sources
+            .iter()
+            .find(|s| s.origin == origin && &s.path == path)?;
+        Some((ino, src))
     }
 
     /// The child of `parent` called `name`.
@@ -672,7 +694,23 @@ impl<'a> Builder<'a> {
                 d.subdirs = count;
             }
         }
-        VirtualTree { nodes, files }
+        let by_source = nodes
+            .iter()
+            .filter_map(|(&ino, n)| match &n.body {
+                Body::File(f) => Some((ino, f)),
+                Body::Dir(_) => None,
+            })
+            .flat_map(|(ino, f)| {
+                f.sources
+                    .iter()
+                    .map(move |s| ((s.origin, s.path.clone()), ino))
+            })
+            .collect();
+        VirtualTree {
+            nodes,
+            files,
+            by_source,
+        }
     }
 }
 

@@ -556,8 +556,15 @@ fn shutdown_refuses_new_reads_and_aborts_what_is_left() {
     h.engine.begin_shutdown();
     let late = h.start_read(ino, 0, 4096);
     h.pump();
-    assert_eq!(h.world.replies.remove(&late), Some(Err(Errno::Io)), "no new work");
-    assert!(!h.world.replies.contains_key(&stuck), "in-flight reads may still finish");
+    assert_eq!(
+        h.world.replies.remove(&late),
+        Some(Err(Errno::Io)),
+        "no new work"
+    );
+    assert!(
+        !h.world.replies.contains_key(&stuck),
+        "in-flight reads may still finish"
+    );
     h.engine.abort_all();
     h.pump();
     assert_eq!(h.world.replies.remove(&stuck), Some(Err(Errno::Io)));

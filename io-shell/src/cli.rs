@@ -3,11 +3,14 @@
 //! ```text
 //! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
 //!               [--layout FORMAT] [--allow-other] MOUNTPOINT
+//! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
 //! musicfs unmount MOUNTPOINT
+//! musicfs status [MOUNTPOINT] [--json]
 //! ```
 
 use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 const ABOUT: &str =
@@ -25,6 +28,7 @@ Examples:
   musicfs mount --origin ~/Music /mnt/music
   musicfs mount --origin /srv/flac --origin /srv/mp3 --cache-size 50G /mnt/music
   musicfs mount --origin ~/Music --layout '$genre/$albumartist/$year - $album/$track $title.$ext' /mnt/music
+  musicfs mount --config /etc/musicfs/musicfs.toml
 
 Layout fields: $albumartist $artist $album $track $title $ext $year $genre $disc $format
 ($track is zero-padded, and becomes disc-track, e.g. 1-03, on multi-disc albums).
@@ -53,13 +57,23 @@ pub enum Command {
         /// Where it is mounted.
         mountpoint: PathBuf,
     },
+    /// Show a running mount's origins and their health, cache use and hit
+    /// ratio, scan progress and background tasks (all mounts if none is named).
+    Status {
+        /// The mount to ask (default: every running MusicFS mount).
+        mountpoint: Option<PathBuf>,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `musicfs mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
     /// A folder of music to include (repeat for several origins; earlier ones are preferred).
-    #[arg(long = "origin", value_name = "DIR", required = true)]
+    /// At least one is needed, here or in --config; any given here replace the file's.
+    #[arg(long = "origin", value_name = "DIR")]
     pub origins: Vec<String>,
 
     /// Where the chunk cache and the saved tree live [default: $XDG_CACHE_HOME/musicfs, or ~/.cache/musicfs].
@@ -86,8 +100,18 @@ pub struct MountArgs {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Where to mount (an existing, empty directory).
-    pub mountpoint: PathBuf,
+    /// Read settings from this TOML file; options given on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Where to mount (an existing, empty directory); needed here or in --config.
+    pub mountpoint: Option<PathBuf>,
+
+    /// Clap ids of the options given on the command line, filled in by
+    /// [`crate::config::parse_command_line`]: an option left at its default
+    /// must not override the --config file.
+    #[arg(skip)]
+    pub given: BTreeSet<String>,
 }
 
 /// Parses "500M", "20G", "1.5T", "10GiB", "4096": binary units, as `du` and

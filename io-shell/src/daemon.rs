@@ -60,6 +60,7 @@ pub struct Daemon {
     timer: Notify,
     epoch: Instant,
     origin_request_timeout: Duration,
+    health_check_timeout: Duration,
     /// Counters.
     pub io_stats: IoStats,
 }
@@ -83,6 +84,7 @@ impl Daemon {
         db: Arc<Db>,
     ) -> Arc<Daemon> {
         let origin_request_timeout = engine.config().fetch_stall_timeout;
+        let health_check_timeout = engine.config().health.check_timeout;
         let memory = quick_cache::sync::Cache::with_weighter(
             (MEMORY_CACHE_BYTES / (64 << 10)) as usize,
             MEMORY_CACHE_BYTES,
@@ -101,6 +103,7 @@ impl Daemon {
             timer: Notify::new(),
             epoch: Instant::now(),
             origin_request_timeout,
+            health_check_timeout,
             io_stats: IoStats::default(),
         })
     }
@@ -192,6 +195,14 @@ impl Daemon {
                             .await
                             .unwrap_or(false);
                         d.with_engine(|e, now| e.disk_probe(now, ok));
+                    });
+                }
+                Output::CheckOrigin { origin, check } => {
+                    let d = Arc::clone(self);
+                    // Each check is its own task: a hung origin delays only itself.
+                    self.rt.spawn(async move {
+                        let result = d.check_origin(origin).await;
+                        d.with_engine(|e, now| e.health_check_done(now, origin, check, result));
                     });
                 }
                 Output::Notice(notice) => log_notice(&notice),
@@ -290,6 +301,18 @@ impl Daemon {
         self.with_engine(|e, now| e.read_finished(now, req, &[]));
     }
 
+    /// Checks that an origin answers, within the health check timeout.
+    async fn check_origin(&self, origin: musicfs_core::OriginId) -> Result<(), String> {
+        let Some(o) = self.origins.get(usize::from(origin.0)) else {
+            return Err("no such origin".into());
+        };
+        let timeout = self.health_check_timeout;
+        match tokio::time::timeout(timeout, o.check()).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     /// Streams a fetch's byte range from its origin through a [`Cutter`]
     /// into the chunk store, reporting each piece's chunks to the engine.
     async fn run_fetch(self: Arc<Self>, fetch: Fetch) {
@@ -314,7 +337,12 @@ impl Daemon {
             let want = usize::try_from(end - pos)
                 .unwrap_or(usize::MAX)
                 .min(FETCH_PIECE_BYTES);
-            let read = origin.read_at(&fetch.source.path, &fetch.source.version, pos, want);
+            let read = async {
+                injected_delay("origin-read-delay").await;
+                origin
+                    .read_at(&fetch.source.path, &fetch.source.version, pos, want)
+                    .await
+            };
             let data = match tokio::time::timeout(self.origin_request_timeout, read).await {
                 Ok(Ok(data)) => data,
                 Ok(Err(OriginError::NotFound)) => return Err(FetchError::NotFound),
@@ -447,6 +475,18 @@ impl Daemon {
     }
 }
 
+/// A slow origin, for tests: the fail point `name` set to `return(MS)`
+/// delays by MS milliseconds without blocking a runtime thread. Compiles to
+/// nothing without the `failpoints` feature.
+async fn injected_delay(name: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Some(Some(ms)) = fail::eval(name, |arg| arg.and_then(|a| a.parse::<u64>().ok())) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = name;
+}
+
 fn assemble(pieces: &[Piece], chunks: &[Arc<[u8]>]) -> Vec<u8> {
     let total: usize = pieces.iter().map(|p| p.len as usize).sum();
     let mut out = Vec::with_capacity(total);
@@ -521,6 +561,18 @@ fn log_notice(notice: &Notice) {
                 "read timed out: its bytes could not be had in time"
             )
         }
+        Notice::OriginHealth(origin, from, to) => match to {
+            musicfs_core::engine::Health::Healthy => {
+                tracing::info!(%origin, %from, %to, "origin is healthy again; fetching from it")
+            }
+            musicfs_core::engine::Health::Degraded => {
+                tracing::warn!(%origin, %from, %to, "origin is failing; checking it more often")
+            }
+            musicfs_core::engine::Health::Unhealthy => tracing::error!(
+                %origin, %from, %to,
+                "origin is down: its tracks stay, cached ones play, uncached reads fail with EIO"
+            ),
+        },
         Notice::FetchFailed((origin, path), why) => {
             tracing::warn!(%origin, path = %path, why = %why, "fetch failed; retrying later")
         }

@@ -235,6 +235,8 @@ impl Filesystem for MusicFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // A wedged FUSE loop, for the watchdog test.
+        fail::fail_point!("fuse-statfs-hang");
         let (bytes, files) = self.daemon.inspect(|e| {
             let bytes: u64 = e.tree().files().map(|(_, f)| f.size).sum();
             (bytes, e.tree().len() as u64)

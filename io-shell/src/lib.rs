@@ -6,19 +6,26 @@
 //! lives here.
 //!
 //! - [`cli`], [`mount`], [`unmount`]: the command line and the mount's life.
+//! - [`config`]: `musicfs mount --config FILE` (TOML settings under the command line).
 //! - [`fuse`]: the thin fuser shim.
 //! - [`daemon`]: executes the engine's decisions.
 //! - [`origin`]: where the bytes come from.
 //! - [`scan`], [`tags`]: the catalog of an origin.
 //! - [`store`]: chunk files and the sled database.
+//! - [`search`]: the full-text index of the tags (tantivy).
 
 pub mod cli;
+pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod fuse;
 pub mod logging;
 pub mod mount;
+pub mod notify;
 pub mod origin;
 pub mod scan;
+pub mod search;
 pub mod store;
+pub mod supervisor;
 pub mod tags;
 pub mod unmount;

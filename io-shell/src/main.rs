@@ -1,8 +1,7 @@
 //! `musicfs`: mount a music collection as one clean, tag-organized tree.
 
-use clap::Parser;
 use clap::error::ErrorKind;
-use musicfs::cli::{Cli, Command};
+use musicfs::cli::Command;
 use musicfs::mount::{self, MountPlan};
 use std::process::ExitCode;
 
@@ -12,7 +11,17 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // The watchdog's probe (see notify::start_watchdog): statfs and exit.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
+    if args.len() == 3 && args[1] == musicfs::notify::PROBE_ARG {
+        let answers = musicfs::notify::fuse_answers(std::path::Path::new(&args[2]));
+        return if answers {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    let cli = match musicfs::config::parse_command_line() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -33,6 +42,14 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Mount(args) => {
+            // The --config file, under the command line: its errors are usage errors.
+            let args = match musicfs::config::resolve(args) {
+                Ok(args) => args,
+                Err(e) => {
+                    eprintln!("musicfs: {e}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
             musicfs::logging::init(&args.log_level);
             musicfs::logging::install_panic_hook();
             // Fail points (tests only): configured by the FAILPOINTS variable.
@@ -61,5 +78,46 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_FAILURE)
             }
         },
+        Command::Status { mountpoint, json } => status(mountpoint.as_deref(), json),
     }
+}
+
+/// `musicfs status`: asks one running daemon, or every one.
+fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
+    use musicfs::control;
+    let sockets = match mountpoint {
+        Some(m) => vec![control::socket_path(m)],
+        None => control::all_sockets(),
+    };
+    if sockets.is_empty() {
+        eprintln!("musicfs: no running MusicFS mount found");
+        return ExitCode::from(EXIT_FAILURE);
+    }
+    let request = serde_json::json!({"cmd": "status"});
+    let mut docs = Vec::new();
+    for socket in &sockets {
+        match control::request(socket, &request) {
+            Ok(doc) => docs.push(doc),
+            // A socket left by a killed daemon: not an error when listing all.
+            Err(_) if mountpoint.is_none() => {}
+            Err(e) => {
+                let shown = mountpoint.map_or_else(String::new, |m| m.display().to_string());
+                eprintln!("musicfs: no daemon answers for '{shown}': {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        }
+    }
+    if json {
+        let out = if mountpoint.is_some() && docs.len() == 1 {
+            docs.remove(0)
+        } else {
+            serde_json::Value::Array(docs)
+        };
+        println!("{out:#}");
+    } else {
+        for doc in &docs {
+            print!("{}", control::render_status(doc));
+        }
+    }
+    ExitCode::SUCCESS
 }

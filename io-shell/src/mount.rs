@@ -8,11 +8,14 @@
 //! cache state and exit 0.
 
 use crate::cli::MountArgs;
+use crate::control::{self, Control, ScanState};
 use crate::daemon::Daemon;
 use crate::fuse::MusicFs;
+use crate::notify;
 use crate::origin::{LocalOrigin, Origin};
 use crate::scan::{self, NoProgress, ScanOptions, ScanProgress, TerminalProgress};
 use crate::store::{ChunkStore, Db};
+use crate::supervisor::{RestartPolicy, Supervisor};
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::tree::{TreeDiff, VirtualTree};
 use musicfs_core::{CatalogEntry, Layout, OriginId};
@@ -20,6 +23,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// A problem with the arguments: reported in one line, exit code 2.
@@ -56,6 +60,13 @@ pub enum OriginSpec {
 }
 
 impl OriginSpec {
+    /// For logs and `musicfs status`.
+    pub fn describe(&self) -> String {
+        match self {
+            OriginSpec::Local(p) => format!("local {}", p.display()),
+        }
+    }
+
     /// A stable text form, saved in the cache to notice a changed origin list.
     pub fn key(&self) -> String {
         match self {
@@ -87,6 +98,17 @@ impl MountPlan {
     /// Checks every argument; nothing is changed on disk except creating the
     /// cache directory.
     pub fn from_args(args: &MountArgs) -> Result<MountPlan, UsageError> {
+        // Both may come from a --config file, so clap cannot require them.
+        if args.origins.is_empty() {
+            return Err(UsageError(
+                "no origin: give --origin DIR, or origins in the --config file".into(),
+            ));
+        }
+        let Some(mountpoint) = &args.mountpoint else {
+            return Err(UsageError(
+                "no mountpoint: give MOUNTPOINT, or mountpoint in the --config file".into(),
+            ));
+        };
         let mut origins = Vec::new();
         for raw in &args.origins {
             origins.push(parse_origin(raw)?);
@@ -96,7 +118,7 @@ impl MountPlan {
         }
         let layout = Layout::parse(&args.layout)
             .map_err(|e| UsageError(format!("bad --layout '{}': {e}", args.layout)))?;
-        let mountpoint = check_mountpoint(&args.mountpoint)?;
+        let mountpoint = check_mountpoint(mountpoint)?;
         let cache_dir = match &args.cache_dir {
             Some(dir) => dir.clone(),
             None => default_cache_dir()?,
@@ -250,7 +272,7 @@ struct Catalog {
 
 /// Loads the saved catalog, dropping origins whose configuration changed,
 /// and scans the origins the cache has never seen (the first mount).
-fn load_catalog(plan: &MountPlan, db: &Db) -> Result<Catalog, RunError> {
+fn load_catalog(plan: &MountPlan, db: &Db, scan: &Arc<ScanState>) -> Result<Catalog, RunError> {
     let (mut entries, damaged) = db.load_catalog_counted()?;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
@@ -275,7 +297,7 @@ fn load_catalog(plan: &MountPlan, db: &Db) -> Result<Catalog, RunError> {
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        let report = scan_origin(id, spec, true)?;
+        let report = scan_origin(id, spec, Some(scan))?;
         db.replace_catalog_for_origin(id, &report)?;
         db.set_meta(&meta_key, spec.key().as_bytes())?;
         entries.extend(report);
@@ -286,29 +308,108 @@ fn load_catalog(plan: &MountPlan, db: &Db) -> Result<Catalog, RunError> {
     Ok(Catalog { entries, known })
 }
 
-/// Scans one origin; with `progress`, shows a bar on a terminal.
+/// Scan progress for a first scan: the terminal bar, `musicfs status`, and
+/// systemd (STATUS= lines, and EXTEND_TIMEOUT_USEC so a long first scan is
+/// not taken for a hung start).
+struct FirstScanProgress {
+    bar: TerminalProgress,
+    state: Arc<ScanState>,
+    last_notice: parking_lot::Mutex<Instant>,
+}
+
+impl FirstScanProgress {
+    const NOTICE_EVERY: Duration = Duration::from_secs(2);
+
+    fn new(state: Arc<ScanState>) -> FirstScanProgress {
+        FirstScanProgress {
+            bar: TerminalProgress::new(),
+            state,
+            // The first progress is told at once, then every NOTICE_EVERY.
+            last_notice: parking_lot::Mutex::new(
+                Instant::now()
+                    .checked_sub(Self::NOTICE_EVERY)
+                    .unwrap_or_else(Instant::now),
+            ),
+        }
+    }
+
+    fn tell_systemd(&self) {
+        let mut last = self.last_notice.lock();
+        if last.elapsed() < Self::NOTICE_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        let done = self.state.scanned.load(Ordering::Relaxed);
+        let seen = self.state.seen.load(Ordering::Relaxed);
+        notify::status(&format!("first scan: {done} of {seen} files"));
+        notify::extend_timeout(Self::NOTICE_EVERY * 5);
+    }
+}
+
+impl ScanProgress for FirstScanProgress {
+    fn discovered(&self, n: u64) {
+        self.bar.discovered(n);
+        self.state.seen.fetch_add(n, Ordering::Relaxed);
+        self.tell_systemd();
+    }
+    fn scanned(&self, n: u64) {
+        self.bar.scanned(n);
+        self.state.scanned.fetch_add(n, Ordering::Relaxed);
+        self.tell_systemd();
+    }
+    fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+/// Scans one origin; with `state`, reports progress (bar, status, systemd).
 fn scan_origin(
     id: OriginId,
     spec: &OriginSpec,
-    progress: bool,
+    state: Option<&Arc<ScanState>>,
 ) -> Result<Vec<CatalogEntry>, RunError> {
     let OriginSpec::Local(root) = spec;
-    let bar: Box<dyn ScanProgress> = if progress {
-        Box::new(TerminalProgress::new())
-    } else {
-        Box::new(NoProgress)
+    let progress: Box<dyn ScanProgress> = match state {
+        Some(state) => {
+            *state.what.lock() = root.display().to_string();
+            tracing::info!(origin = %root.display(), "scanning a new origin; the mount comes up when it is done");
+            Box::new(FirstScanProgress::new(Arc::clone(state)))
+        }
+        None => Box::new(NoProgress),
     };
-    if progress {
-        tracing::info!(origin = %root.display(), "scanning a new origin; the mount comes up when it is done");
+    let report = scan::scan_local(id, root, &ScanOptions::default(), progress.as_ref());
+    if let Some(state) = state {
+        state.what.lock().clear();
     }
-    let report = scan::scan_local(id, root, &ScanOptions::default(), bar.as_ref())
-        .map_err(|e| RunError(format!("cannot scan origin '{}': {e}", root.display())))?;
+    let report =
+        report.map_err(|e| RunError(format!("cannot scan origin '{}': {e}", root.display())))?;
     Ok(report.entries)
 }
+
+/// How long a graceful shutdown waits for reads in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Exit code of a shutdown cut short by a second signal.
+pub const EXIT_FORCED: i32 = 130;
 
 /// Mounts and serves until unmounted or signalled.
 pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let started = Instant::now();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("musicfs-io")
+        .enable_all()
+        .build()?;
+    let mut signals = Signals::install(&runtime, &plan.mountpoint);
+    let descriptions = plan.origins.iter().map(OriginSpec::describe).collect();
+    let control = Control::new(&plan.mountpoint, descriptions);
+    let _socket = match control::serve(Arc::clone(&control), runtime.handle()) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket; `musicfs status` will not see this mount");
+            None
+        }
+    };
     let store = Arc::new(ChunkStore::open(&plan.cache_dir)?);
     let opened = Db::open(&plan.cache_dir)?;
     let db = Arc::new(opened.db);
@@ -317,7 +418,8 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         tracing::warn!(what = %what, "the cache database was damaged and has been rebuilt");
         chunk_index = rebuild_chunk_index(&store, &db)?;
     }
-    let catalog = load_catalog(&plan, &db)?;
+    control.set_phase("scanning");
+    let catalog = load_catalog(&plan, &db, &control.scan)?;
     let (tree, report) = VirtualTree::build(&plan.layout, &catalog.entries);
     tracing::info!(
         tracks = report.tracks,
@@ -336,13 +438,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         cache_capacity_bytes: plan.cache_size,
         ..EngineConfig::default()
     };
-    let engine = Engine::new(config, tree, manifests, chunk_index, seed_from_clock());
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("musicfs-io")
-        .enable_all()
-        .build()?;
+    let mut engine = Engine::new(config, tree, manifests, chunk_index, seed_from_clock());
+    for i in 0..plan.origins.len() {
+        engine.track_origin(musicfs_core::Time::ZERO, OriginId(i as u16));
+    }
     let origins: Vec<Arc<dyn Origin>> = plan
         .origins
         .iter()
@@ -360,6 +459,12 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         store,
         Arc::clone(&db),
     );
+    let _ = control.daemon.set(Arc::clone(&daemon));
+    let supervisor = Arc::new(Supervisor::new(
+        runtime.handle().clone(),
+        RestartPolicy::default(),
+    ));
+    let _ = control.supervisor.set(Arc::clone(&supervisor));
 
     let mut session = fuser::Session::new(
         MusicFs::new(Arc::clone(&daemon), current_uid(), current_gid()),
@@ -372,7 +477,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             plan.mountpoint.display()
         ))
     })?;
-    let notifier = session.notifier();
+    let notifier = Arc::new(session.notifier());
     let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let fuse_thread = std::thread::Builder::new()
@@ -387,53 +492,188 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "mounted"
     );
-
-    runtime.spawn(Arc::clone(&daemon).run_timers());
-    runtime.spawn(Arc::clone(&daemon).run_persistence());
-    if !catalog.known.is_empty() {
-        let d = Arc::clone(&daemon);
-        let plan = plan.clone();
-        runtime.spawn_blocking(move || reconcile(&d, &plan, &catalog.known, &notifier));
+    spawn_background(&supervisor, &daemon, &plan, catalog.known, &notifier);
+    control.set_phase("serving");
+    notify::ready(&format!(
+        "serving {} tracks at {}",
+        report.tracks,
+        plan.mountpoint.display()
+    ));
+    let watchdog = notify::start_watchdog(&plan.mountpoint);
+    if let Some(s) = &signals {
+        s.mounted.store(true, Ordering::SeqCst);
     }
 
-    let signal = runtime.block_on(wait_for_stop(ended_rx));
+    let signal = runtime.block_on(wait_for_stop(signals.as_mut(), ended_rx));
+    // Graceful shutdown, in order: no new work; background tasks stopped;
+    // reads in flight drained (bounded: a slow origin ends in EIO, never a
+    // hang); state flushed; unmounted.
+    notify::stopping();
+    control.set_phase("stopping");
     if let Some(name) = signal {
-        tracing::info!(signal = name, "unmounting");
-        if let Err(e) = unmounter.unmount() {
-            tracing::warn!(error = %e, "unmount failed (busy?); detaching the mount instead");
-            lazy_unmount(&plan.mountpoint);
-        }
+        tracing::info!(
+            signal = name,
+            "shutting down (a second signal exits at once)"
+        );
+    }
+    daemon.with_engine(|e, _| e.begin_shutdown());
+    supervisor.stop_all();
+    if !runtime.block_on(drain(&daemon, DRAIN_TIMEOUT)) {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "reads still in flight after the drain timeout get EIO");
+    }
+    daemon.with_engine(|e, _| e.abort_all());
+    daemon.cancel_fetches();
+    if let Err(e) = daemon.persist() {
+        tracing::warn!(error = %e, "could not save the cache state at exit");
+    }
+    db.flush()?;
+    if signal.is_some()
+        && let Err(e) = unmounter.unmount()
+    {
+        tracing::warn!(error = %e, "unmount failed (busy?); detaching the mount instead");
+        lazy_unmount(&plan.mountpoint);
     }
     match fuse_thread.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
         Err(_) => tracing::error!("FUSE thread panicked"),
     }
-    daemon.cancel_fetches();
-    if let Err(e) = daemon.persist() {
-        tracing::warn!(error = %e, "could not save the cache state at exit");
+    if let Some(stop) = watchdog {
+        stop.store(true, Ordering::Relaxed);
     }
-    db.flush()?;
     runtime.shutdown_timeout(Duration::from_secs(2));
     tracing::info!("unmounted; bye");
     Ok(())
 }
 
-/// Waits for SIGTERM, SIGINT or the end of the FUSE session (someone ran
+/// The daemon's background tasks, under the supervisor.
+fn spawn_background(
+    supervisor: &Supervisor,
+    daemon: &Arc<Daemon>,
+    plan: &MountPlan,
+    known: Vec<OriginId>,
+    notifier: &Arc<fuser::Notifier>,
+) {
+    let d = Arc::clone(daemon);
+    supervisor.spawn(
+        "timers",
+        true,
+        Arc::new(move || {
+            let d = Arc::clone(&d);
+            Box::pin(async move {
+                d.run_timers().await;
+                Err("timer loop ended".to_string())
+            })
+        }),
+    );
+    let d = Arc::clone(daemon);
+    supervisor.spawn(
+        "persistence",
+        true,
+        Arc::new(move || {
+            let d = Arc::clone(&d);
+            Box::pin(async move {
+                d.run_persistence().await;
+                Err("persistence loop ended".to_string())
+            })
+        }),
+    );
+    if known.is_empty() {
+        return;
+    }
+    let (d, plan, notifier) = (Arc::clone(daemon), plan.clone(), Arc::clone(notifier));
+    supervisor.spawn(
+        "reconcile",
+        false,
+        Arc::new(move || {
+            let (d, plan, notifier, known) = (
+                Arc::clone(&d),
+                plan.clone(),
+                Arc::clone(&notifier),
+                known.clone(),
+            );
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || reconcile(&d, &plan, &known, &notifier))
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        }),
+    );
+}
+
+/// Waits until no read is in flight, or `timeout`. True if drained.
+async fn drain(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while daemon.inspect(|e| e.reads_in_flight()) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Signals, from the very start of `run`: before the mount is up a signal
+/// ends the process at once (nothing is mounted; the catalog is written in
+/// atomic batches, so an interrupted first scan loses only its progress);
+/// after, the first signal starts the graceful shutdown and a second one
+/// detaches the mount and exits at once.
+struct Signals {
+    first: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
+    mounted: Arc<AtomicBool>,
+}
+
+impl Signals {
+    fn install(runtime: &tokio::runtime::Runtime, mountpoint: &Path) -> Option<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = runtime.enter();
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers; stop with `musicfs unmount`");
+            return None;
+        };
+        let (tx, first) = tokio::sync::mpsc::unbounded_channel();
+        let mounted = Arc::new(AtomicBool::new(false));
+        let (is_mounted, mountpoint) = (Arc::clone(&mounted), mountpoint.to_path_buf());
+        runtime.spawn(async move {
+            let mut count = 0u32;
+            loop {
+                let name = tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                };
+                count += 1;
+                if !is_mounted.load(Ordering::SeqCst) {
+                    tracing::warn!(signal = name, "stopped before the mount was up");
+                    std::process::exit(0);
+                }
+                if count == 1 {
+                    let _ = tx.send(name);
+                } else {
+                    tracing::warn!("second signal: exiting now");
+                    lazy_unmount(&mountpoint);
+                    std::process::exit(EXIT_FORCED);
+                }
+            }
+        });
+        Some(Signals { first, mounted })
+    }
+}
+
+/// Waits for the first signal or the end of the FUSE session (someone ran
 /// `musicfs unmount`). Returns the signal's name, if one came.
-async fn wait_for_stop(ended: tokio::sync::oneshot::Receiver<()>) -> Option<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with `musicfs unmount`");
+async fn wait_for_stop(
+    signals: Option<&mut Signals>,
+    ended: tokio::sync::oneshot::Receiver<()>,
+) -> Option<&'static str> {
+    let Some(signals) = signals else {
         let _ = ended.await;
         return None;
     };
     tokio::select! {
-        _ = term.recv() => Some("SIGTERM"),
-        _ = int.recv() => Some("SIGINT"),
+        name = signals.first.recv() => name,
         _ = ended => None,
     }
 }
@@ -476,7 +716,7 @@ fn reconcile(
         let Some(spec) = plan.origins.get(usize::from(id.0)) else {
             continue;
         };
-        let fresh = match scan_origin(id, spec, false) {
+        let fresh = match scan_origin(id, spec, None) {
             Ok(entries) => entries,
             Err(e) => {
                 // An origin that cannot be scanned is unhealthy, never empty:

@@ -85,6 +85,12 @@ pub struct ScanReport {
     pub errors: Vec<String>,
     /// Wall time of the whole scan.
     pub elapsed: Duration,
+    /// Bytes fetched from the origin to read tags (remote scans; zero for
+    /// local scans, which read through the page cache).
+    pub bytes_fetched: u64,
+    /// Requests made to the origin to read tags (remote scans; zero for
+    /// local scans).
+    pub fetch_requests: u64,
 }
 
 /// Hears how far a scan is, to show progress; called from worker threads.
@@ -318,11 +324,11 @@ fn classify_name(name: &[u8]) -> Option<NameClass> {
 /// another `.`. Tool state is `.git`, `._x.flac`, `.Trash-1000`; album
 /// titles that open with an ellipsis (`...And Justice for All`, `...Baby
 /// One More Time`) are music and must not vanish with them.
-fn is_hidden(name: &[u8]) -> bool {
+pub(crate) fn is_hidden(name: &[u8]) -> bool {
     name.first() == Some(&b'.') && name.get(1) != Some(&b'.')
 }
 
-fn validate_rel(rel: &[u8]) -> io::Result<()> {
+pub(crate) fn validate_rel(rel: &[u8]) -> io::Result<()> {
     let bad = rel.is_empty()
         || rel
             .split(|&b| b == b'/')

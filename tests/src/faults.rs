@@ -62,6 +62,23 @@ impl Origin for FaultyOrigin {
         format!("faulty {}", self.inner.describe())
     }
 
+    fn check(&self) -> BoxFuture<'_, Result<(), OriginError>> {
+        let mode = self.mode.lock().clone();
+        Box::pin(async move {
+            match mode {
+                FailMode::Healthy | FailMode::PartialRead { .. } | FailMode::FailEveryNth(_) => {
+                    self.inner.check().await
+                }
+                FailMode::FailAfterN(k) if self.calls() < k => self.inner.check().await,
+                FailMode::TimeoutMs(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    self.inner.check().await
+                }
+                _ => Err(OriginError::Unavailable("injected: check failed".into())),
+            }
+        })
+    }
+
     fn read_at<'a>(
         &'a self,
         path: &'a OriginPath,

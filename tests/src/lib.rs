@@ -6,6 +6,9 @@
 //!   down cleanly even when a test fails.
 //! - [`faults`]: `FaultyOrigin` (with its `FailMode`s) and `FaultyCasStore`.
 //! - [`fixtures`]: a daemon driven in-process, without FUSE.
+//! - [`servers`]: real S3 (moto) and SFTP (sshd) servers on loopback;
+//!   [`proxy`]: a TCP fault proxy to put between them and a client.
+//! - [`search`]: a synthetic library of search documents.
 //! - small file helpers ([`sha256_file`], [`wait_for`]).
 
 pub mod corpus;
@@ -13,6 +16,9 @@ pub mod disk;
 pub mod faults;
 pub mod fixtures;
 pub mod mount;
+pub mod proxy;
+pub mod search;
+pub mod servers;
 
 use sha2::{Digest, Sha256};
 use std::path::Path;

@@ -21,6 +21,30 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Aborts the kernel's FUSE connection of the mount at `path` (fusectl),
+/// failing every request waiting on it.
+pub fn abort_fuse_connection(path: &Path) {
+    let conns = Path::new("/sys/fs/fuse/connections");
+    if std::fs::read_dir(conns).map_or(true, |mut d| d.next().is_none()) {
+        let _ = Command::new("mount")
+            .args(["-t", "fusectl", "none"])
+            .arg(conns)
+            .status();
+    }
+    let target = path.to_string_lossy().replace(' ', "\\040");
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for line in info
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
+    {
+        if let Some(minor) = line.split(' ').nth(2).and_then(|d| d.split(':').nth(1)) {
+            let _ = std::fs::write(conns.join(minor).join("abort"), b"1");
+        }
+    }
+}
+
 /// A running daemon and its mount; unmounted and reaped when dropped.
 pub struct Mounted {
     /// The daemon.
@@ -80,7 +104,15 @@ impl MountCommand {
 
     /// Starts the daemon and waits (up to `timeout`) until it is mounted.
     pub fn start(mut self, timeout: Duration) -> Mounted {
-        std::fs::create_dir_all(&self.mountpoint).expect("mountpoint dir");
+        // A stale mount (its daemon was killed) is there but cannot be
+        // stat'ed: creating it says EEXIST, which is fine.
+        if let Err(e) = std::fs::create_dir_all(&self.mountpoint) {
+            assert_eq!(
+                e.kind(),
+                std::io::ErrorKind::AlreadyExists,
+                "mountpoint dir: {e}"
+            );
+        }
         let log = std::fs::File::create(&self.log).expect("log file");
         self.cmd
             .arg(&self.mountpoint)
@@ -161,7 +193,15 @@ impl Drop for Mounted {
             });
             if !done {
                 let _ = c.kill();
-                let _ = c.wait();
+                let reaped = crate::wait_for(Duration::from_secs(10), || {
+                    c.try_wait().ok().flatten().is_some()
+                });
+                if !reaped {
+                    // A thread stuck on this very mount keeps a killed
+                    // daemon alive: abort its FUSE connection.
+                    abort_fuse_connection(&self.mountpoint);
+                    let _ = c.wait();
+                }
             }
         }
         if is_mounted(&self.mountpoint) {

@@ -45,8 +45,11 @@ pub enum CutError {
 pub struct Cutter {
     plan: FetchPlan,
     chunker: Chunker,
-    /// File offset of `buf[0]`.
+    /// File offset of `buf[head]`.
     pos: u64,
+    /// Bytes of `buf` already cut (compacted away once per push, not per
+    /// chunk, so each byte is copied a bounded number of times).
+    head: usize,
     /// The next verify extent to match.
     verify_idx: usize,
     buf: Vec<u8>,
@@ -60,6 +63,7 @@ impl Cutter {
             plan: fetch.plan.clone(),
             chunker: Chunker::new(),
             pos: fetch.start,
+            head: 0,
             verify_idx: 0,
             buf: Vec::new(),
             done: false,
@@ -68,7 +72,7 @@ impl Cutter {
 
     /// The file offset of the next byte the cutter wants.
     pub fn next_offset(&self) -> u64 {
-        self.pos + self.buf.len() as u64
+        self.pos + (self.buf.len() - self.head) as u64
     }
 
     /// True once every chunk of the plan has been cut.
@@ -91,6 +95,8 @@ impl Cutter {
             }
             FetchPlan::Verify { extents } => self.cut_known(&extents, &mut out)?,
         }
+        self.buf.drain(..self.head);
+        self.head = 0;
         if !self.done && end_of_input {
             return Err(CutError::ShortRead);
         }
@@ -110,10 +116,11 @@ impl Cutter {
                 return Ok(());
             }
             let room = usize::try_from(hard_end - self.pos).unwrap_or(usize::MAX);
-            let avail = self.buf.len().min(room);
+            let avail = (self.buf.len() - self.head).min(room);
             // At the hard end the stream is, for chunking, at its end.
             let eof = avail == room || end_of_input;
-            let Some(len) = self.chunker.next_cut(&self.buf[..avail], eof) else {
+            let window = &self.buf[self.head..self.head + avail];
+            let Some(len) = self.chunker.next_cut(window, eof) else {
                 return Ok(());
             };
             out.push(self.take(len));
@@ -128,7 +135,7 @@ impl Cutter {
         while let Some(&(offset, extent)) = extents.get(self.verify_idx) {
             debug_assert_eq!(offset, self.pos);
             let len = extent.len as usize;
-            if self.buf.len() < len {
+            if self.buf.len() - self.head < len {
                 return Ok(());
             }
             let chunk = self.take(len);
@@ -143,8 +150,8 @@ impl Cutter {
     }
 
     fn take(&mut self, len: usize) -> CutChunk {
-        let rest = self.buf.split_off(len);
-        let data = std::mem::replace(&mut self.buf, rest);
+        let data = self.buf[self.head..self.head + len].to_vec();
+        self.head += len;
         let chunk = CutChunk {
             offset: self.pos,
             id: ChunkId::of(&data),

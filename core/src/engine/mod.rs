@@ -143,6 +143,8 @@ struct InService {
     pinned: Vec<ChunkId>,
     /// Its deadline passed and EIO was sent; only the pins remain to release.
     timed_out: bool,
+    /// Its file changed while it was in service: never planned again.
+    stale: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -454,6 +456,38 @@ impl Engine {
     /// changed get EIO rather than a mix of two versions.
     pub fn replace_tree(&mut self, now: Time, tree: VirtualTree) -> TreeDiff {
         let diff = tree::diff(&self.tree, &tree);
+        // Readers waiting on a file whose bytes changed get EIO: their range
+        // was computed from the old version, and no reply may mix versions.
+        let changed: Vec<ReqId> = self
+            .pending
+            .iter()
+            .filter(|(_, r)| file_changed(&self.tree, &tree, r.ino))
+            .map(|(&req, _)| req)
+            .collect();
+        for req in changed {
+            self.pending.remove(&req);
+            self.fail_read(req, Errno::Io);
+        }
+        // Readers being answered finish from the version they started on;
+        // if that answer fails, they are not planned again on the new one.
+        for s in self.in_service.values_mut() {
+            s.stale |= file_changed(&self.tree, &tree, s.read.ino);
+        }
+        // A pause earned by an old version says nothing about the new one.
+        let versions: BTreeMap<SourceKey, &crate::manifest::FileVersion> = tree
+            .files()
+            .flat_map(|(_, f)| f.sources.iter().map(|s| (key_of(s), &s.version)))
+            .collect();
+        let old_versions: BTreeMap<SourceKey, crate::manifest::FileVersion> = self
+            .tree
+            .files()
+            .flat_map(|(_, f)| f.sources.iter().map(|s| (key_of(s), s.version.clone())))
+            .collect();
+        self.backoff.retain(|k, _| {
+            versions
+                .get(k)
+                .is_some_and(|v| old_versions.get(k) == Some(*v))
+        });
         self.tree = tree;
         self.drop_stale_manifests();
         self.track_tree_origins(now);
@@ -545,8 +579,12 @@ impl Engine {
             self.drop_chunk(now, id, fault);
         }
         if !faults.is_empty() && !service.timed_out {
-            self.pending.insert(req, service.read);
-            self.plan_read(now, req);
+            if service.stale {
+                self.fail_read(req, Errno::Io);
+            } else {
+                self.pending.insert(req, service.read);
+                self.plan_read(now, req);
+            }
         }
         self.evict();
     }
@@ -575,6 +613,7 @@ impl Engine {
                         read: read.clone(),
                         pinned,
                         timed_out: false,
+                        stale: false,
                     },
                 );
                 let verify = !self.config.planted.skip_verify;
@@ -597,6 +636,7 @@ impl Engine {
                         read: read.clone(),
                         pinned: Vec::new(),
                         timed_out: false,
+                        stale: false,
                     },
                 );
                 self.outputs.push_back(Output::Passthrough {
@@ -622,6 +662,11 @@ impl Engine {
         let Some(file) = self.tree.file(read.ino) else {
             return Plan::Fail(Errno::Io);
         };
+        if read.end > file.size {
+            // The file shrank under the read (defence in depth: replace_tree
+            // fails such reads): never plan past EOF.
+            return Plan::Fail(Errno::Io);
+        }
         if read.offset >= read.end {
             return Plan::Ready(Vec::new());
         }
@@ -995,6 +1040,16 @@ impl Engine {
             return;
         };
         let key = state.key;
+        let current = self
+            .tree
+            .find_source(key.0, &key.1)
+            .is_some_and(|(_, s)| s.version == state.fetch.source.version);
+        if !current && !matches!(result, Err(FetchError::Unavailable(_))) {
+            // A fetch of a version the tree no longer shows: its outcome
+            // says nothing about the file as it is now.
+            self.replan_key(now, &key);
+            return;
+        }
         match result {
             Ok(()) => {
                 self.backoff.remove(&key);
@@ -1181,6 +1236,11 @@ impl Engine {
 
     fn drop_chunk(&mut self, now: Time, id: ChunkId, fault: ChunkFault) {
         if self.cache.remove(id) {
+            // Other replies pinned it too: their pins went with it, so they
+            // must not release a pin on a fresh copy of the chunk later.
+            for s in self.in_service.values_mut() {
+                s.pinned.retain(|p| *p != id);
+            }
             self.stats.chunks_dropped += 1;
             self.outputs
                 .push_back(Output::Notice(Notice::ChunkDropped(id, fault)));
@@ -1254,6 +1314,15 @@ impl Engine {
     pub fn poll_output(&mut self) -> Option<Output> {
         self.outputs.pop_front()
     }
+}
+
+/// Whether the bytes of file `ino` differ between two trees (gone, or
+/// another size or other sources).
+fn file_changed(old: &VirtualTree, new: &VirtualTree, ino: Ino) -> bool {
+    !matches!(
+        (old.file(ino), new.file(ino)),
+        (Some(a), Some(b)) if a.size == b.size && a.sources == b.sources
+    )
 }
 
 /// A tiny deterministic generator for retry jitter (SplitMix64).

@@ -4,6 +4,29 @@
 //! that the file is still the version the catalog knows: a range of another
 //! version must never be mixed into a cached file. The io-shell holds one
 //! per `--origin`, indexed by [`OriginId`].
+//!
+//! Kinds of origin:
+//!
+//! - [`LocalOrigin`]: a directory, scanned by [`crate::scan::scan_local`].
+//! - [`S3Origin`] (`s3://bucket/prefix`) and [`SftpOrigin`]
+//!   (`sftp://user@host:port/path`): remote origins. They also implement
+//!   [`RemoteOrigin`] (listing and stat), and are scanned by
+//!   [`scan_remote`], which reads tags through ranged reads of each file's
+//!   head (and tail where the format keeps tags there) instead of
+//!   downloading whole files. [`parse_remote_url`] turns an origin URL into
+//!   a [`RemoteSpec`].
+//!
+//! Why OpenDAL for S3 and the openssh crates for SFTP, rather than one crate
+//! for both, is explained in [`s3`] and [`sftp`]: in short, OpenDAL's S3
+//! service is exactly what is needed, while its SFTP service (itself a thin
+//! wrapper over the same openssh crates) creates directories on the server,
+//! panics on non-UTF-8 file names and cannot be pointed at a known_hosts
+//! file; so SFTP uses those crates directly.
+//!
+//! Every network call of a remote origin is bounded by [`RemoteLimits`]:
+//! a connect timeout, a per-request timeout, a cap on requests in flight
+//! and on the request rate, and a small number of retries for idempotent
+//! metadata requests.
 
 use crate::scan;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
@@ -15,6 +38,19 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+
+pub mod limits;
+pub mod ranged;
+pub mod remote_scan;
+pub mod s3;
+pub mod sftp;
+pub mod spec;
+
+pub use limits::RemoteLimits;
+pub use remote_scan::{RemoteScanOptions, scan_remote, scan_remote_blocking};
+pub use s3::{S3Config, S3Credentials, S3Origin, Secret};
+pub use sftp::{SftpConfig, SftpOrigin};
+pub use spec::{RemoteSpec, is_remote_url, parse_remote_url, redact_url};
 
 /// A boxed future, as origin methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -58,11 +94,62 @@ pub trait Origin: Send + Sync + 'static {
         len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, OriginError>>;
 
+    /// Checks cheaply that the origin answers (a local directory can be
+    /// listed, a bucket listed, a server's root stat'ed). The caller bounds
+    /// the time it waits.
+    fn check(&self) -> BoxFuture<'_, Result<(), OriginError>>;
+
     /// The local directory, for origins that are one (scanned and watched
     /// directly rather than through ranged reads).
     fn local_root(&self) -> Option<&Path> {
         None
     }
+}
+
+/// A file found by listing a remote origin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteFile {
+    /// Path relative to the origin's root, `/`-separated, raw bytes.
+    pub path: OriginPath,
+    /// Its version as the listing reported it: for S3 size, last-modified
+    /// (whole seconds) and ETag; for SFTP size and mtime (SFTP has whole
+    /// seconds only, and no inode or change token).
+    pub version: FileVersion,
+}
+
+/// One page of a listing, as [`RemoteOrigin::list`] hands them out.
+#[derive(Clone, Debug, Default)]
+pub struct ListPage {
+    /// Regular files (and, on SFTP, links to regular files) in this page.
+    /// Hidden entries (a path component starting with `.` but not `..`) are
+    /// left out, as the local scanner leaves them out.
+    pub files: Vec<RemoteFile>,
+    /// Problems below the root that did not stop the listing (an SFTP
+    /// directory that cannot be read, an S3 key that is not a valid path).
+    pub errors: Vec<String>,
+}
+
+/// An origin on another machine: it can list itself and stat one file, so
+/// it is scanned by [`scan_remote`] rather than walked as a directory.
+pub trait RemoteOrigin: Origin {
+    /// The current version of one file (`NotFound` if it is gone).
+    fn stat<'a>(&'a self, path: &'a OriginPath) -> BoxFuture<'a, Result<FileVersion, OriginError>>;
+
+    /// Lists every file under the root, handing out pages as they arrive
+    /// (S3: ListObjectsV2 pages of 1000 keys; SFTP: one directory at a
+    /// time), so that tag reading can start before a big bucket is listed.
+    ///
+    /// Fails only when the root itself cannot be listed (unreachable
+    /// server, missing bucket or directory, refused credentials); pages
+    /// already handed out are then incomplete and must not be taken for the
+    /// whole origin.
+    fn list<'a>(
+        &'a self,
+        sink: &'a mut (dyn FnMut(ListPage) + Send),
+    ) -> BoxFuture<'a, Result<(), OriginError>>;
+
+    /// The bounds this origin keeps to (timeouts, concurrency, rate).
+    fn limits(&self) -> &RemoteLimits;
 }
 
 /// A directory on a local (or locally mounted) file system.
@@ -103,6 +190,20 @@ impl Origin for LocalOrigin {
             tokio::task::spawn_blocking(move || read_local(&full, &version, offset, len))
                 .await
                 .map_err(|e| OriginError::Unavailable(format!("read task failed: {e}")))?
+        })
+    }
+
+    fn check(&self) -> BoxFuture<'_, Result<(), OriginError>> {
+        let root = self.root.clone();
+        Box::pin(async move {
+            // Reading the directory (not just stat: a dead NFS server can
+            // answer stat from its cache) on the blocking pool.
+            tokio::task::spawn_blocking(move || match std::fs::read_dir(&root) {
+                Ok(mut entries) => entries.next().transpose().map(drop).map_err(classify),
+                Err(e) => Err(classify(e)),
+            })
+            .await
+            .map_err(|e| OriginError::Unavailable(format!("check task failed: {e}")))?
         })
     }
 

@@ -1,0 +1,630 @@
+//! `musicfs mount --config FILE`: the mount's settings in a TOML file, so a
+//! systemd unit (dist/musicfs.service) or an admin keeps them in /etc.
+//!
+//! Every command-line option has a key (dist/musicfs.toml shows them all):
+//!
+//! ```toml
+//! origins = ["/srv/flac", { url = "sftp://nas/music", name = "nas", priority = 1 }]
+//! mountpoint = "/mnt/music"
+//! cache_dir = "/var/cache/musicfs"
+//! cache_size = "20G"          # or a number of bytes
+//! layout = "$albumartist/$album/$track - $title.$ext"
+//! allow_other = true
+//! read_timeout = 30           # seconds
+//! log_level = "info"
+//! ```
+//!
+//! Rules, chosen so that a config never surprises:
+//!
+//! - Options given on the command line win over the file. `--origin` replaces
+//!   the file's whole origin list rather than adding to it: a merged list
+//!   would make origin priorities depend on two places at once.
+//!   `--allow-other` can only turn sharing on.
+//! - A key the program does not know is an error, never ignored: a typo
+//!   (`cache_sise`) would otherwise silently fall back to a default.
+//! - Every value is checked here, with the file and the line in the message:
+//!   one line on stderr and exit code 2, like any other usage error.
+//! - Relative paths are relative to the file's folder, not to wherever the
+//!   daemon was started (systemd starts it in `/`).
+//! - Origins are preferred in list order; a table's `priority` reorders them
+//!   (lower first, 0 when absent, ties keep list order).
+
+use crate::cli::{Cli, Command, MountArgs, parse_size};
+use crate::mount::UsageError;
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches};
+use musicfs_core::Layout;
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+/// The log levels `--log-level` understands.
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// Parses the process's command line like `Cli::try_parse`, and also records
+/// which `mount` options were given on it (in [`MountArgs::given`]), so that
+/// [`resolve`] can tell `--cache-size 10G` from the 10G default.
+pub fn parse_command_line() -> Result<Cli, clap::Error> {
+    parse_command_line_from(std::env::args_os())
+}
+
+/// [`parse_command_line`] for a given argument list (the first item is the
+/// program name).
+pub fn parse_command_line_from<I, T>(args: I) -> Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let mut matches = Cli::command().try_get_matches_from(args)?;
+    let given: BTreeSet<String> = match matches.subcommand() {
+        Some(("mount", sub)) => sub
+            .ids()
+            .filter(|id| sub.value_source(id.as_str()) == Some(ValueSource::CommandLine))
+            .map(|id| id.as_str().to_owned())
+            .collect(),
+        _ => BTreeSet::new(),
+    };
+    let mut cli =
+        Cli::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Cli::command()))?;
+    if let Command::Mount(args) = &mut cli.command {
+        args.given = given;
+    }
+    Ok(cli)
+}
+
+/// The final `musicfs mount` arguments: the `--config` file (if any) under
+/// the options given on the command line. Errors are usage errors.
+pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
+    let Some(path) = args.config.clone() else {
+        return Ok(args);
+    };
+    let file = load(&path)?;
+    let base = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let given = |id: &str| args.given.contains(id);
+    if args.origins.is_empty()
+        && let Some(origins) = file.origins
+    {
+        args.origins = origins
+            .into_iter()
+            .map(|o| {
+                if o.contains("://") {
+                    o
+                } else {
+                    base.join(o).to_string_lossy().into_owned()
+                }
+            })
+            .collect();
+    }
+    if args.mountpoint.is_none() {
+        args.mountpoint = file.mountpoint.map(|p| base.join(p));
+    }
+    if args.cache_dir.is_none() {
+        args.cache_dir = file.cache_dir.map(|p| base.join(p));
+    }
+    if let Some(size) = file.cache_size.filter(|_| !given("cache_size")) {
+        args.cache_size = size;
+    }
+    if let Some(layout) = file.layout.filter(|_| !given("layout")) {
+        args.layout = layout;
+    }
+    args.allow_other |= file.allow_other.unwrap_or(false);
+    if let Some(secs) = file.read_timeout.filter(|_| !given("read_timeout")) {
+        args.read_timeout = secs;
+    }
+    if let Some(level) = file.log_level.filter(|_| !given("log_level")) {
+        args.log_level = level;
+    }
+    Ok(args)
+}
+
+/// A config file's settings, checked. Paths are as written (relative ones
+/// are joined to the file's folder by [`resolve`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FileConfig {
+    /// Origin paths or URLs, most preferred first.
+    pub origins: Option<Vec<String>>,
+    /// Where to mount.
+    pub mountpoint: Option<PathBuf>,
+    /// Cache directory.
+    pub cache_dir: Option<PathBuf>,
+    /// Cache limit in bytes.
+    pub cache_size: Option<u64>,
+    /// Path layout (already known to parse).
+    pub layout: Option<String>,
+    /// Let other users see the mount.
+    pub allow_other: Option<bool>,
+    /// Read deadline in seconds.
+    pub read_timeout: Option<u64>,
+    /// Log level (one of [`LOG_LEVELS`]).
+    pub log_level: Option<String>,
+}
+
+/// Reads and checks a config file.
+pub fn load(path: &Path) -> Result<FileConfig, UsageError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            _ => e.to_string(),
+        };
+        UsageError(format!(
+            "cannot read config file '{}': {why}",
+            path.display()
+        ))
+    })?;
+    parse(&text).map_err(|e| e.in_file(path, &text))
+}
+
+/// A config error: a message and, when known, where in the text.
+#[derive(Debug)]
+pub struct ConfigError {
+    message: String,
+    span: Option<Range<usize>>,
+}
+
+impl ConfigError {
+    /// The one-line usage error naming `path` and the line.
+    fn in_file(self, path: &Path, text: &str) -> UsageError {
+        // Messages from toml may span lines; a usage error is one line.
+        let message = self
+            .message
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let message = message.replace("unknown field", "unknown key");
+        match self.span {
+            Some(span) => {
+                let at = span.start.min(text.len());
+                let line = text[..at].matches('\n').count() + 1;
+                // Type errors name the value, not the key: show the line.
+                let shown: String = text.lines().nth(line - 1).unwrap_or("").trim().into();
+                let shown = match shown.char_indices().nth(60) {
+                    Some((cut, _)) => format!("{}...", &shown[..cut]),
+                    None => shown,
+                };
+                UsageError(format!(
+                    "config file '{}' line {line} ({shown}): {message}",
+                    path.display()
+                ))
+            }
+            None => UsageError(format!("config file '{}': {message}", path.display())),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Parses and checks config text.
+pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+        message: e.message().to_owned(),
+        span: e.span(),
+    })?;
+    let origins = match raw.origins {
+        Some(list) => Some(order_origins(list)?),
+        None => None,
+    };
+    Ok(FileConfig {
+        origins,
+        mountpoint: raw.mountpoint.map(|p| p.0),
+        cache_dir: raw.cache_dir.map(|p| p.0),
+        cache_size: raw.cache_size.map(|s| s.0),
+        layout: raw.layout.map(|l| l.0),
+        allow_other: raw.allow_other,
+        read_timeout: raw.read_timeout.map(|t| t.0),
+        log_level: raw.log_level.map(|l| l.0),
+    })
+}
+
+/// Checks origin names and sorts by priority (stable: ties keep list order).
+fn order_origins(list: Vec<Spanned<OriginEntry>>) -> Result<Vec<String>, ConfigError> {
+    let mut names = BTreeSet::new();
+    for entry in &list {
+        if let Some(name) = &entry.get_ref().name
+            && !names.insert(name.clone())
+        {
+            return Err(ConfigError {
+                message: format!("two origins are named '{name}'"),
+                span: Some(entry.span()),
+            });
+        }
+    }
+    let mut entries: Vec<OriginEntry> = list.into_iter().map(Spanned::into_inner).collect();
+    entries.sort_by_key(|e| e.priority.unwrap_or(0));
+    Ok(entries.into_iter().map(|e| e.url).collect())
+}
+
+/// The file as written; each value type checks itself while deserializing,
+/// so that its errors carry the value's span (and so its line).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    origins: Option<Vec<Spanned<OriginEntry>>>,
+    mountpoint: Option<NonEmptyPath>,
+    cache_dir: Option<NonEmptyPath>,
+    cache_size: Option<CacheSize>,
+    layout: Option<LayoutText>,
+    allow_other: Option<bool>,
+    read_timeout: Option<ReadTimeout>,
+    log_level: Option<LogLevel>,
+}
+
+/// One origin: `"/srv/music"` or `{ url = "...", name = "...", priority = N }`.
+#[derive(Debug)]
+struct OriginEntry {
+    url: String,
+    name: Option<String>,
+    priority: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OriginTable {
+    url: String,
+    name: Option<String>,
+    priority: Option<i64>,
+}
+
+impl<'de> Deserialize<'de> for OriginEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<OriginEntry, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = OriginEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "an origin: a path or URL string, or a table { url = \"...\", name = \"...\", priority = N }",
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<OriginEntry, E> {
+                Ok(OriginEntry {
+                    url: origin_url(s)?,
+                    name: None,
+                    priority: None,
+                })
+            }
+            // A hand-written visitor rather than an untagged enum: the table's
+            // own errors (`ulr = ...`, a missing url) reach the user intact.
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OriginEntry, A::Error> {
+                let t = OriginTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                if t.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+                    return Err(de::Error::custom("an origin's name cannot be empty"));
+                }
+                Ok(OriginEntry {
+                    url: origin_url(&t.url)?,
+                    name: t.name,
+                    priority: t.priority,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn origin_url<E: de::Error>(s: &str) -> Result<String, E> {
+    if s.trim().is_empty() {
+        return Err(E::custom("an origin cannot be empty"));
+    }
+    Ok(s.to_owned())
+}
+
+#[derive(Debug)]
+struct NonEmptyPath(PathBuf);
+
+impl<'de> Deserialize<'de> for NonEmptyPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<NonEmptyPath, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(de::Error::custom("a path cannot be empty"));
+        }
+        Ok(NonEmptyPath(PathBuf::from(s)))
+    }
+}
+
+/// `"20G"` (as `--cache-size` takes it) or a number of bytes.
+#[derive(Debug)]
+struct CacheSize(u64);
+
+impl<'de> Deserialize<'de> for CacheSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<CacheSize, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = CacheSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size like \"20G\" or a number of bytes")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<CacheSize, E> {
+                parse_size(s).map(CacheSize).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<CacheSize, E> {
+                self.visit_str(&n.to_string())
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<CacheSize, E> {
+                self.visit_str(&n.to_string())
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Seconds, in the range `--read-timeout` accepts.
+#[derive(Debug)]
+struct ReadTimeout(u64);
+
+impl<'de> Deserialize<'de> for ReadTimeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ReadTimeout, D::Error> {
+        let secs = i64::deserialize(d)?;
+        match u64::try_from(secs) {
+            Ok(s) if (1..=3600).contains(&s) => Ok(ReadTimeout(s)),
+            _ => Err(de::Error::custom(format!(
+                "read_timeout {secs} is out of range (1 to 3600 seconds)"
+            ))),
+        }
+    }
+}
+
+/// A layout that parses.
+#[derive(Debug)]
+struct LayoutText(String);
+
+impl<'de> Deserialize<'de> for LayoutText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LayoutText, D::Error> {
+        let s = String::deserialize(d)?;
+        Layout::parse(&s).map_err(|e| de::Error::custom(format!("bad layout '{s}': {e}")))?;
+        Ok(LayoutText(s))
+    }
+}
+
+/// One of [`LOG_LEVELS`] (any case).
+#[derive(Debug)]
+struct LogLevel(String);
+
+impl<'de> Deserialize<'de> for LogLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LogLevel, D::Error> {
+        let s = String::deserialize(d)?.to_ascii_lowercase();
+        if !LOG_LEVELS.contains(&s.as_str()) {
+            return Err(de::Error::custom(format!(
+                "unknown log_level '{s}' (use {})",
+                LOG_LEVELS.join(", ")
+            )));
+        }
+        Ok(LogLevel(s))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mount::MountPlan;
+
+    fn cli(args: &[&str]) -> MountArgs {
+        let argv = std::iter::once("musicfs").chain(args.iter().copied());
+        match parse_command_line_from(argv).expect("parses").command {
+            Command::Mount(m) => m,
+            other => panic!("not a mount: {other:?}"),
+        }
+    }
+
+    /// Writes `text` as dir/musicfs.toml and resolves `args` + `--config` it.
+    fn with_file(text: &str, args: &[&str]) -> (tempfile::TempDir, Result<MountArgs, String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("musicfs.toml");
+        std::fs::write(&path, text).unwrap();
+        let path = path.to_str().unwrap().to_owned();
+        let mut all = vec!["mount", "--config", path.as_str()];
+        all.extend_from_slice(args);
+        let resolved = resolve(cli(&all)).map_err(|e| e.0);
+        (dir, resolved)
+    }
+
+    fn err(text: &str) -> String {
+        match with_file(text, &[]).1 {
+            Ok(args) => panic!("accepted:\n{text}\nas {args:?}"),
+            Err(e) => {
+                assert_eq!(e.lines().count(), 1, "one line: {e}");
+                assert!(e.contains("musicfs.toml"), "names the file: {e}");
+                e
+            }
+        }
+    }
+
+    const FULL: &str = r#"
+# every key
+origins = [
+  "/srv/flac",
+  { url = "sftp://nas/music", name = "nas", priority = -1 },
+  { url = "relative/mp3", priority = 5 },
+  "s3://bucket/prefix",
+]
+mountpoint = "/mnt/music"
+cache_dir = "cache"
+cache_size = "20G"
+layout = "$genre/$artist/$title.$ext"
+allow_other = true
+read_timeout = 12
+log_level = "DEBUG"
+"#;
+
+    #[test]
+    fn every_key_is_read() {
+        let (dir, args) = with_file(FULL, &[]);
+        let args = args.unwrap();
+        let base = dir.path();
+        assert_eq!(
+            args.origins,
+            vec![
+                "sftp://nas/music".to_owned(),
+                "/srv/flac".to_owned(),
+                "s3://bucket/prefix".to_owned(),
+                base.join("relative/mp3").to_string_lossy().into_owned(),
+            ],
+            "priority first, ties in list order, URLs untouched, relative paths from the file"
+        );
+        assert_eq!(args.mountpoint, Some(PathBuf::from("/mnt/music")));
+        assert_eq!(args.cache_dir, Some(base.join("cache")));
+        assert_eq!(args.cache_size, 20 << 30);
+        assert_eq!(args.layout, "$genre/$artist/$title.$ext");
+        assert!(args.allow_other);
+        assert_eq!(args.read_timeout, 12);
+        assert_eq!(args.log_level, "debug");
+    }
+
+    #[test]
+    fn sizes_as_strings_or_bytes() {
+        assert_eq!(
+            parse("cache_size = 2097152").unwrap().cache_size,
+            Some(2 << 20)
+        );
+        assert_eq!(
+            parse("cache_size = \"1.5G\"").unwrap().cache_size,
+            Some(3 << 29)
+        );
+        assert_eq!(parse("").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn the_command_line_overrides_the_file() {
+        let (_dir, args) = with_file(
+            FULL,
+            &[
+                "--origin",
+                "/cli/music",
+                "--cache-dir",
+                "/cli/cache",
+                // The default values, given explicitly: they still win.
+                "--cache-size",
+                "10G",
+                "--layout",
+                "$albumartist/$album/$track - $title.$ext",
+                "--read-timeout",
+                "30",
+                "--log-level",
+                "info",
+                "/cli/mnt",
+            ],
+        );
+        let args = args.unwrap();
+        assert_eq!(
+            args.origins,
+            vec!["/cli/music".to_owned()],
+            "replaced, not added"
+        );
+        assert_eq!(args.mountpoint, Some(PathBuf::from("/cli/mnt")));
+        assert_eq!(args.cache_dir, Some(PathBuf::from("/cli/cache")));
+        assert_eq!(args.cache_size, 10 << 30);
+        assert_eq!(args.layout, "$albumartist/$album/$track - $title.$ext");
+        assert_eq!(args.read_timeout, 30);
+        assert_eq!(args.log_level, "info");
+        assert!(args.allow_other, "--allow-other cannot be turned off");
+    }
+
+    #[test]
+    fn defaults_do_not_override_the_file() {
+        let (_dir, args) = with_file("cache_size = \"20G\"\nread_timeout = 5", &[]);
+        let args = args.unwrap();
+        assert_eq!(args.cache_size, 20 << 30);
+        assert_eq!(args.read_timeout, 5);
+        assert_eq!(args.log_level, "info");
+        assert!(!args.allow_other);
+        assert!(args.origins.is_empty() && args.mountpoint.is_none());
+    }
+
+    #[test]
+    fn no_config_changes_nothing() {
+        let args = resolve(cli(&["mount", "--origin", "/a", "/mnt"])).unwrap();
+        assert_eq!(args.origins, vec!["/a".to_owned()]);
+        assert_eq!(args.cache_size, 10 << 30);
+        assert!(args.given.contains("origins") && args.given.contains("mountpoint"));
+        assert!(!args.given.contains("cache_size") && !args.given.contains("log_level"));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_line() {
+        let e = err("mountpoint = \"/mnt\"\n\ncache_sise = \"20G\"\n");
+        assert!(e.contains("line 3") && e.contains("cache_sise"), "{e}");
+        assert!(e.contains("unknown key"), "{e}");
+        let e = err("origins = [\n  \"/a\",\n  { ulr = \"/b\" },\n]\n");
+        assert!(e.contains("line 3") && e.contains("ulr"), "{e}");
+        let e = err("[origins]\nurl = \"/a\"\n");
+        assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        for (text, why) in [
+            ("cache_size = \"lots\"", "lots"),
+            ("cache_size = \"12Q\"", "unknown unit"),
+            ("cache_size = \"1k\"", "too small"),
+            ("cache_size = 1000", "too small"),
+            ("cache_size = -5", "-5"),
+            ("cache_size = 1.5", "a size like"),
+            ("cache_size = true", "a size like"),
+        ] {
+            let e = err(&format!("\n{text}\n"));
+            assert!(e.contains("line 2") && e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_types_and_values_are_errors() {
+        for (text, why) in [
+            ("mountpoint = 5", "mountpoint"),
+            ("mountpoint = \"\"", "empty"),
+            ("allow_other = \"yes\"", "allow_other"),
+            ("origins = \"/a\"", "origins"),
+            ("origins = [1]", "an origin"),
+            ("origins = [\"\"]", "empty"),
+            ("origins = [{ name = \"x\" }]", "url"),
+            (
+                "origins = [{ url = \"/a\", priority = \"high\" }]",
+                "priority",
+            ),
+            (
+                "origins = [{ url = \"/a\", name = \"n\" }, { url = \"/b\", name = \"n\" }]",
+                "named 'n'",
+            ),
+            ("read_timeout = \"30\"", "read_timeout"),
+            ("read_timeout = 0", "out of range"),
+            ("read_timeout = 3601", "out of range"),
+            ("layout = \"$artst/$title\"", "artst"),
+            ("log_level = \"verbose\"", "verbose"),
+            ("cache_dir = [\"/a\"]", "cache_dir"),
+        ] {
+            let e = err(&format!("# comment\n{text}\n"));
+            assert!(e.contains("line 2") && e.contains(why), "{text}: {e}");
+        }
+        let e = err("origins = [\"/a\"\n");
+        assert!(e.contains("line"), "syntax errors have a line too: {e}");
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        let e = resolve(cli(&["mount", "--config", "/nonexistent/musicfs.toml"])).unwrap_err();
+        assert!(
+            e.0.contains("/nonexistent/musicfs.toml") && e.0.contains("no such file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn origin_and_mountpoint_are_still_required() {
+        let e = MountPlan::from_args(&cli(&["mount", "/mnt"])).unwrap_err();
+        assert!(e.0.contains("origin"), "{e}");
+        let e = MountPlan::from_args(&cli(&["mount", "--origin", "/a"])).unwrap_err();
+        assert!(e.0.contains("mountpoint"), "{e}");
+        let (_dir, args) = with_file("mountpoint = \"/mnt\"", &[]);
+        let e = MountPlan::from_args(&args.unwrap()).unwrap_err();
+        assert!(e.0.contains("origin"), "{e}");
+    }
+}

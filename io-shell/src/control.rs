@@ -1,0 +1,346 @@
+//! The control socket: `musicfs status` (and friends) ask a running daemon.
+//!
+//! One Unix socket per mount, in the runtime directory
+//! (`$XDG_RUNTIME_DIR/musicfs`, `/run/musicfs` for root, else
+//! `/tmp/musicfs-$UID`), named after a hash of the mountpoint. A request is
+//! one line of JSON (`{"cmd":"status"}`), the answer one JSON document. The
+//! socket is up from the start, so a long first scan can be watched.
+//! Nothing secret is ever in an answer: origins describe themselves
+//! without credentials.
+
+use crate::daemon::Daemon;
+use crate::supervisor::{Supervisor, TaskState};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+/// Longest request line accepted.
+const REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// A client that says nothing for this long is dropped.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Progress of a scan, shared with the progress bar and systemd.
+#[derive(Debug, Default)]
+pub struct ScanState {
+    /// Files found so far.
+    pub seen: AtomicU64,
+    /// Files read so far.
+    pub scanned: AtomicU64,
+    /// What is being scanned ("" when idle).
+    pub what: Mutex<String>,
+}
+
+/// Everything `musicfs status` reports.
+pub struct Control {
+    started: Instant,
+    mountpoint: PathBuf,
+    origins: Vec<String>,
+    /// Scan progress.
+    pub scan: Arc<ScanState>,
+    /// The daemon, once the tree is built.
+    pub daemon: OnceLock<Arc<Daemon>>,
+    /// The supervisor of background tasks.
+    pub supervisor: OnceLock<Arc<Supervisor>>,
+    /// "scanning", "serving", "stopping".
+    pub phase: Mutex<&'static str>,
+}
+
+impl Control {
+    /// Control state for the mount at `mountpoint` with these origins.
+    pub fn new(mountpoint: &Path, origins: Vec<String>) -> Arc<Control> {
+        Arc::new(Control {
+            started: Instant::now(),
+            mountpoint: mountpoint.to_path_buf(),
+            origins,
+            scan: Arc::new(ScanState::default()),
+            daemon: OnceLock::new(),
+            supervisor: OnceLock::new(),
+            phase: Mutex::new("starting"),
+        })
+    }
+
+    /// Sets the phase.
+    pub fn set_phase(&self, phase: &'static str) {
+        *self.phase.lock() = phase;
+    }
+
+    /// The status document.
+    pub fn status(&self) -> Value {
+        let scan = json!({
+            "what": self.scan.what.lock().clone(),
+            "files_seen": self.scan.seen.load(Ordering::Relaxed),
+            "files_scanned": self.scan.scanned.load(Ordering::Relaxed),
+        });
+        let mut doc = json!({
+            "mountpoint": self.mountpoint.display().to_string(),
+            "pid": std::process::id(),
+            "uptime_secs": self.started.elapsed().as_secs(),
+            "phase": *self.phase.lock(),
+            "scan": scan,
+        });
+        let health: Vec<(u16, String, u32, Option<String>)> = self
+            .daemon
+            .get()
+            .map(|d| {
+                d.inspect(|e| {
+                    e.origin_statuses()
+                        .into_iter()
+                        .map(|s| {
+                            (
+                                s.origin.0,
+                                s.health.to_string(),
+                                s.consecutive_failures,
+                                s.last_error,
+                            )
+                        })
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        doc["origins"] = self
+            .origins
+            .iter()
+            .enumerate()
+            .map(|(i, describe)| {
+                let h = health.iter().find(|h| usize::from(h.0) == i);
+                json!({
+                    "id": i,
+                    "origin": describe,
+                    "health": h.map_or("unknown".to_string(), |h| h.1.clone()),
+                    "consecutive_failures": h.map_or(0, |h| h.2),
+                    "last_error": h.and_then(|h| h.3.clone()),
+                })
+            })
+            .collect();
+        if let Some(d) = self.daemon.get() {
+            doc["cache"] = d.inspect(|e| {
+                let s = e.stats();
+                let answered = s.reads_served + s.reads_passthrough;
+                json!({
+                    "bytes": e.cache().bytes(),
+                    "capacity_bytes": e.cache().capacity_bytes(),
+                    "chunks": e.cache().len(),
+                    "hit_ratio": if answered == 0 { Value::Null } else { json!(s.reads_hit as f64 / answered as f64) },
+                    "passthrough": e.in_passthrough(),
+                    "reads_served": s.reads_served,
+                    "reads_failed": s.reads_failed,
+                    "reads_passthrough": s.reads_passthrough,
+                    "fetched_bytes": s.fetched_bytes,
+                    "chunks_dropped": s.chunks_dropped,
+                    "chunks_evicted": s.chunks_evicted,
+                    "reads_in_flight": e.reads_in_flight(),
+                    "fetches_in_flight": e.fetches_in_flight(),
+                    "tracks": e.tree().file_count(),
+                })
+            });
+        }
+        if let Some(sup) = self.supervisor.get() {
+            doc["tasks"] = sup
+                .statuses()
+                .into_iter()
+                .map(|t| {
+                    let (state, error) = match t.state {
+                        TaskState::Running => ("running", None),
+                        TaskState::Restarting { error } => ("restarting", Some(error)),
+                        TaskState::Failed { error } => ("failed", Some(error)),
+                        TaskState::Finished => ("finished", None),
+                        TaskState::Stopped => ("stopped", None),
+                    };
+                    json!({"name": t.name, "critical": t.critical, "state": state, "restarts": t.restarts, "error": error})
+                })
+                .collect();
+        }
+        doc
+    }
+
+    fn answer(&self, request: &str) -> Value {
+        let cmd = serde_json::from_str::<Value>(request)
+            .ok()
+            .and_then(|v| v.get("cmd").and_then(Value::as_str).map(str::to_owned));
+        match cmd.as_deref() {
+            Some("status") => self.status(),
+            Some(other) => json!({"error": format!("unknown command '{other}'")}),
+            None => json!({"error": "a request is one line of JSON: {\"cmd\":\"status\"}"}),
+        }
+    }
+}
+
+/// Where control sockets live.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("musicfs");
+    }
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        PathBuf::from("/run/musicfs")
+    } else {
+        PathBuf::from(format!("/tmp/musicfs-{uid}"))
+    }
+}
+
+/// The control socket of the mount at `mountpoint`.
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    let canonical = mountpoint
+        .canonicalize()
+        .unwrap_or_else(|_| mountpoint.to_path_buf());
+    let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_os_str().as_encoded_bytes());
+    runtime_dir().join(format!("{hash:016x}.sock"))
+}
+
+/// Serves the control socket until the runtime stops; removes it on drop of
+/// the returned guard.
+pub fn serve(control: Arc<Control>, rt: &tokio::runtime::Handle) -> std::io::Result<SocketGuard> {
+    let path = socket_path(&control.mountpoint);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let _ = std::fs::remove_file(&path); // a leftover from a killed daemon
+    let listener = {
+        let _guard = rt.enter();
+        tokio::net::UnixListener::bind(&path)?
+    };
+    rt.spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let control = Arc::clone(&control);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut line = String::new();
+                let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
+                let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+                if matches!(got, Ok(Ok(n)) if n > 0) {
+                    let answer = control.answer(line.trim());
+                    let mut text = answer.to_string();
+                    text.push('\n');
+                    let _ = write.write_all(text.as_bytes()).await;
+                }
+            });
+        }
+    });
+    Ok(SocketGuard { path })
+}
+
+use tokio::io::AsyncReadExt as _;
+
+/// Removes the control socket when dropped.
+pub struct SocketGuard {
+    path: PathBuf,
+}
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Sends one request to the daemon listening at `socket`.
+pub fn request(socket: &Path, cmd: &Value) -> std::io::Result<Value> {
+    use std::io::{BufRead, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = cmd.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer)?;
+    serde_json::from_str(&answer)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// Every control socket in the runtime directory.
+pub fn all_sockets() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(runtime_dir())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// `musicfs status` as text.
+pub fn render_status(doc: &Value) -> String {
+    let mut out = String::new();
+    let s = |v: &Value| {
+        v.as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+    };
+    out.push_str(&format!(
+        "{}  (pid {}, {}, up {}s)\n",
+        s(&doc["mountpoint"]),
+        doc["pid"],
+        s(&doc["phase"]),
+        doc["uptime_secs"]
+    ));
+    let scan = &doc["scan"];
+    if scan["what"].as_str().is_some_and(|w| !w.is_empty()) {
+        out.push_str(&format!(
+            "  scanning {}: {} of {} files\n",
+            s(&scan["what"]),
+            scan["files_scanned"],
+            scan["files_seen"]
+        ));
+    }
+    out.push_str("  origins:\n");
+    for o in doc["origins"].as_array().into_iter().flatten() {
+        let err = o["last_error"]
+            .as_str()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "    [{}] {:<10} {}{}\n",
+            o["id"],
+            s(&o["health"]),
+            s(&o["origin"]),
+            err
+        ));
+    }
+    let c = &doc["cache"];
+    if c.is_object() {
+        let mib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+        let ratio = c["hit_ratio"]
+            .as_f64()
+            .map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0));
+        out.push_str(&format!(
+            "  cache: {:.1} of {:.0} MiB, {} chunks, hit ratio {}{}\n",
+            mib(&c["bytes"]),
+            mib(&c["capacity_bytes"]),
+            c["chunks"],
+            ratio,
+            if c["passthrough"].as_bool() == Some(true) {
+                ", PASSTHROUGH (cache disk failing)"
+            } else {
+                ""
+            }
+        ));
+        out.push_str(&format!(
+            "  tracks: {}; reads in flight {}, fetches {}; failed reads {}\n",
+            c["tracks"], c["reads_in_flight"], c["fetches_in_flight"], c["reads_failed"]
+        ));
+    }
+    if let Some(tasks) = doc["tasks"].as_array() {
+        out.push_str("  tasks:");
+        for t in tasks {
+            out.push_str(&format!(" {}={}", s(&t["name"]), s(&t["state"])));
+            if t["restarts"].as_u64().unwrap_or(0) > 0 {
+                out.push_str(&format!("(restarted {}x)", t["restarts"]));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,455 @@
+//! Scanning a remote origin into catalog entries, through ranged reads.
+//!
+//! The listing ([`RemoteOrigin::list`]) gives every file with its version
+//! (S3: size, last-modified and ETag; SFTP: size and mtime), page by page.
+//! Cover art needs nothing more. Audio files are read with lofty through a
+//! [`RangedReader`]: the first block (and, for MP3, AAC, WavPack, APE and
+//! Musepack, whose tags may sit at the end, the last few KiB) is fetched up
+//! front, and lofty pulls in whatever else it needs block by block, so a
+//! file's tags cost one or two requests and tens of KiB instead of the
+//! whole file. [`ScanReport::bytes_fetched`] and
+//! [`ScanReport::fetch_requests`] say how much that was.
+//!
+//! Up to [`RemoteScanOptions::concurrency`] files are read at once (each
+//! one's parsing on a blocking thread), and tag reading starts while the
+//! listing is still paging through a big bucket. The origin's own
+//! [`RemoteLimits`](super::RemoteLimits) bound every request and the
+//! request rate.
+//!
+//! Every read carries the listed version, so tags always describe exactly
+//! the version put in the catalog; a file that changes mid-scan is stat'ed
+//! again and re-read. A file that still cannot be read after a few
+//! attempts fails the scan (beyond [`RemoteScanOptions::max_failed_files`]):
+//! an origin that cannot be scanned is unhealthy, and a catalog missing
+//! tracks that are really there would make them vanish from the tree.
+
+use super::ranged::{RangedOptions, RangedReader, ReadFailure};
+use super::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
+use crate::scan::{self, ScanProgress, ScanReport};
+use crate::tags;
+use musicfs_core::{CatalogEntry, FileKind, OriginId, SourceFile, catalog};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::runtime::Handle;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+/// How a remote scan runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteScanOptions {
+    /// Files whose tags are read at once. Each waits mostly on the network,
+    /// so this is well above the core count; the origin's
+    /// `max_in_flight` still caps its requests.
+    pub concurrency: usize,
+    /// How each file is fetched (block size, tail size, budget).
+    pub ranged: RangedOptions,
+    /// Attempts per file when reads fail or the file changes under the scan.
+    pub file_attempts: u32,
+    /// Files that may still fail after their attempts (listed as
+    /// unreadable) before the whole scan fails.
+    pub max_failed_files: usize,
+    /// How many problem messages [`ScanReport::errors`] keeps.
+    pub max_errors: usize,
+}
+
+impl Default for RemoteScanOptions {
+    fn default() -> RemoteScanOptions {
+        RemoteScanOptions {
+            concurrency: 16,
+            ranged: RangedOptions::default(),
+            file_attempts: 3,
+            max_failed_files: 0,
+            max_errors: 1000,
+        }
+    }
+}
+
+/// Scans a remote origin: lists it, reads every audio file's tags through
+/// ranged reads, and returns the sorted catalog entries with counts and
+/// the bytes fetched.
+///
+/// Fails when the origin cannot be listed, or when more than
+/// `max_failed_files` files cannot be read: the caller must then keep what
+/// it knew of this origin rather than take it for empty.
+pub async fn scan_remote(
+    origin_id: OriginId,
+    origin: Arc<dyn RemoteOrigin>,
+    opts: &RemoteScanOptions,
+    progress: &dyn ScanProgress,
+) -> Result<ScanReport, OriginError> {
+    let result = scan_inner(origin_id, origin, opts, progress).await;
+    progress.finish();
+    result
+}
+
+/// [`scan_remote`] for synchronous callers: runs it on `rt` and waits.
+///
+/// Must not be called from async code (a runtime worker thread): use it
+/// from the main thread or a `spawn_blocking` task.
+pub fn scan_remote_blocking(
+    rt: &Handle,
+    origin_id: OriginId,
+    origin: Arc<dyn RemoteOrigin>,
+    opts: &RemoteScanOptions,
+    progress: &dyn ScanProgress,
+) -> Result<ScanReport, OriginError> {
+    rt.block_on(scan_remote(origin_id, origin, opts, progress))
+}
+
+/// What reading one audio file came to.
+struct Outcome {
+    entry: Option<CatalogEntry>,
+    error: Option<String>,
+    /// Could not be read after every attempt (counts towards
+    /// `max_failed_files`).
+    failed: bool,
+    bytes: u64,
+    requests: u64,
+}
+
+/// Aborts the listing task if the scan is dropped or fails.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn scan_inner(
+    origin_id: OriginId,
+    origin: Arc<dyn RemoteOrigin>,
+    opts: &RemoteScanOptions,
+    progress: &dyn ScanProgress,
+) -> Result<ScanReport, OriginError> {
+    let started = Instant::now();
+    let description = origin.describe();
+    let (tx, mut pages) = mpsc::unbounded_channel::<ListPage>();
+    let lister = {
+        let origin = Arc::clone(&origin);
+        tokio::spawn(async move {
+            let mut send = move |page: ListPage| {
+                let _ = tx.send(page);
+            };
+            origin.list(&mut send).await
+        })
+    };
+    let _abort_lister = AbortOnDrop(lister.abort_handle());
+
+    let opts = Arc::new(opts.clone());
+    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks: JoinSet<Outcome> = JoinSet::new();
+    let mut report = ScanReport::default();
+    let mut errors = Capped::new(opts.max_errors);
+    let mut entries = Vec::new();
+    let mut failed = 0usize;
+    let mut listed = 0usize;
+
+    let mut collect = |outcome: Outcome,
+                       report: &mut ScanReport,
+                       errors: &mut Capped,
+                       entries: &mut Vec<CatalogEntry>|
+     -> Result<(), OriginError> {
+        report.bytes_fetched += outcome.bytes;
+        report.fetch_requests += outcome.requests;
+        if let Some(message) = outcome.error {
+            errors.push(message);
+        }
+        if outcome.failed {
+            failed += 1;
+            if failed > opts.max_failed_files {
+                return Err(OriginError::Unavailable(format!(
+                    "{failed} files could not be read from {description}: {}",
+                    errors.last().unwrap_or("no detail")
+                )));
+            }
+        }
+        if let Some(entry) = outcome.entry {
+            match entry.kind {
+                FileKind::Track(_) => report.tracks += 1,
+                FileKind::Cover => report.covers += 1,
+                FileKind::Unreadable(_) => report.unreadable += 1,
+            }
+            entries.push(entry);
+        }
+        progress.scanned(1);
+        Ok(())
+    };
+
+    while let Some(page) = pages.recv().await {
+        for message in page.errors {
+            tracing::warn!(origin = %description, "scan: {message}");
+            errors.push(message);
+        }
+        let mut audio = Vec::new();
+        for file in page.files {
+            listed += 1;
+            let name = file
+                .path
+                .as_bytes()
+                .rsplit(|&b| b == b'/')
+                .next()
+                .unwrap_or_default();
+            if file
+                .path
+                .as_bytes()
+                .split(|&b| b == b'/')
+                .any(scan::is_hidden)
+            {
+                continue;
+            }
+            if catalog::is_audio_name(name) {
+                audio.push(file);
+            } else if catalog::is_cover_name(name) {
+                report.covers += 1;
+                entries.push(CatalogEntry {
+                    source: source(origin_id, &file),
+                    kind: FileKind::Cover,
+                });
+            } else {
+                report.skipped_other += 1;
+            }
+        }
+        progress.discovered(audio.len() as u64);
+        for file in audio {
+            let permit = Arc::clone(&permits)
+                .acquire_owned()
+                .await
+                .map_err(|_| OriginError::Unavailable("scan cancelled".into()))?;
+            let origin = Arc::clone(&origin);
+            let opts = Arc::clone(&opts);
+            tasks.spawn(async move {
+                let outcome = read_file(origin_id, origin, file, &opts).await;
+                drop(permit);
+                outcome
+            });
+            while let Some(done) = tasks.try_join_next() {
+                collect(joined(done), &mut report, &mut errors, &mut entries)?;
+            }
+        }
+    }
+    match lister.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(e),
+        Err(e) => {
+            return Err(OriginError::Unavailable(format!(
+                "listing task failed: {e}"
+            )));
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        collect(joined(done), &mut report, &mut errors, &mut entries)?;
+    }
+
+    entries.sort_unstable_by(|a, b| a.source.path.cmp(&b.source.path));
+    report.entries = entries;
+    report.errors = errors.finish();
+    report.elapsed = started.elapsed();
+    let secs = report.elapsed.as_secs_f64();
+    let read = report.tracks + report.unreadable;
+    tracing::info!(
+        "scanned {listed} files of {description} in {secs:.2} s ({rate:.0} files/s): {} tracks, {} covers, {} unreadable; {} KiB fetched for tags ({:.1} KiB and {:.2} requests per audio file)",
+        report.tracks,
+        report.covers,
+        report.unreadable,
+        report.bytes_fetched / 1024,
+        report.bytes_fetched as f64 / 1024.0 / read.max(1) as f64,
+        report.fetch_requests as f64 / read.max(1) as f64,
+        rate = if secs > 0.0 {
+            listed as f64 / secs
+        } else {
+            0.0
+        },
+    );
+    if listed == 0 {
+        tracing::warn!(origin = %description, "the origin lists no files: check the bucket, prefix or path");
+    }
+    Ok(report)
+}
+
+fn joined(done: Result<Outcome, tokio::task::JoinError>) -> Outcome {
+    done.unwrap_or_else(|e| Outcome {
+        entry: None,
+        error: Some(format!("tag reading task failed: {e}")),
+        failed: true,
+        bytes: 0,
+        requests: 0,
+    })
+}
+
+fn source(origin: OriginId, file: &RemoteFile) -> SourceFile {
+    SourceFile {
+        origin,
+        path: file.path.clone(),
+        version: file.version.clone(),
+    }
+}
+
+/// Whether tags or data lofty needs may sit at the end of the file: ID3v1,
+/// APE and Lyrics3 footers on MP3 and ADTS, APE tags on WavPack, Monkey's
+/// Audio and Musepack. Their tail is fetched up front with the head.
+fn wants_tail(ext: &str) -> bool {
+    matches!(ext, "mp3" | "aac" | "wv" | "ape" | "mpc")
+}
+
+/// Reads one audio file's tags, retrying when the file changes under the
+/// scan or the origin fails.
+async fn read_file(
+    origin_id: OriginId,
+    origin: Arc<dyn RemoteOrigin>,
+    mut file: RemoteFile,
+    opts: &RemoteScanOptions,
+) -> Outcome {
+    let shown = file.path.to_string();
+    let ext = file.path.extension_lower();
+    let mut outcome = Outcome {
+        entry: None,
+        error: None,
+        failed: false,
+        bytes: 0,
+        requests: 0,
+    };
+    let attempts = opts.file_attempts.max(1);
+    let mut pause = Duration::from_millis(250);
+    let mut last_failure = String::new();
+    for attempt in 1..=attempts {
+        if file.version.size == 0 {
+            outcome.entry = Some(CatalogEntry {
+                source: source(origin_id, &file),
+                kind: FileKind::Unreadable("empty file".into()),
+            });
+            return outcome;
+        }
+        let mut reader = RangedReader::new(
+            Arc::clone(&origin) as Arc<dyn Origin>,
+            file.path.clone(),
+            file.version.clone(),
+            Handle::current(),
+            opts.ranged.clone(),
+        );
+        reader.prefetch(wants_tail(&ext)).await;
+        let ext_owned = ext.clone();
+        let parsed = tokio::task::spawn_blocking(move || {
+            let result = if reader.failure().is_some() {
+                None
+            } else {
+                Some(tags::read_tags_from(&mut reader, &ext_owned))
+            };
+            (result, reader)
+        })
+        .await;
+        let (result, mut reader) = match parsed {
+            Ok(pair) => pair,
+            Err(e) => {
+                last_failure = format!("tag reading task failed: {e}");
+                break;
+            }
+        };
+        let stats = reader.stats();
+        outcome.bytes += stats.bytes;
+        outcome.requests += stats.requests;
+        match reader.take_failure() {
+            None => {
+                let kind = match result {
+                    Some(Ok(tags)) => FileKind::Track(tags),
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            "unreadable audio file {shown} at {}: {e}",
+                            origin.describe()
+                        );
+                        FileKind::Unreadable(e.to_string())
+                    }
+                    None => FileKind::Unreadable("not read".into()),
+                };
+                outcome.entry = Some(CatalogEntry {
+                    source: source(origin_id, &file),
+                    kind,
+                });
+                return outcome;
+            }
+            Some(ReadFailure::OverBudget(_)) => {
+                let reason = ReadFailure::OverBudget(opts.ranged.max_bytes).to_string();
+                tracing::warn!(
+                    "unreadable audio file {shown} at {}: {reason}",
+                    origin.describe()
+                );
+                outcome.entry = Some(CatalogEntry {
+                    source: source(origin_id, &file),
+                    kind: FileKind::Unreadable(reason),
+                });
+                return outcome;
+            }
+            Some(ReadFailure::Origin(OriginError::NotFound)) => {
+                outcome.error = Some(format!("{shown}: vanished during the scan"));
+                return outcome;
+            }
+            Some(ReadFailure::Origin(OriginError::Changed)) => {
+                // Changed since the listing: read the new version.
+                last_failure = "changed during the scan".into();
+                match origin.stat(&file.path).await {
+                    Ok(version) => file.version = version,
+                    Err(OriginError::NotFound) => {
+                        outcome.error = Some(format!("{shown}: vanished during the scan"));
+                        return outcome;
+                    }
+                    Err(e) => last_failure = e.to_string(),
+                }
+            }
+            Some(ReadFailure::Origin(OriginError::Unavailable(why))) => {
+                last_failure = why;
+                if attempt < attempts {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+    }
+    tracing::warn!(
+        "scan: {shown} at {}: could not be read: {last_failure}",
+        origin.describe()
+    );
+    outcome.error = Some(format!("{shown}: could not be read: {last_failure}"));
+    outcome.failed = true;
+    outcome.entry = Some(CatalogEntry {
+        source: source(origin_id, &file),
+        kind: FileKind::Unreadable(format!("could not be read from the origin: {last_failure}")),
+    });
+    outcome
+}
+
+/// Problem messages, capped, with a count of the rest.
+struct Capped {
+    cap: usize,
+    kept: Vec<String>,
+    dropped: usize,
+}
+
+impl Capped {
+    fn new(cap: usize) -> Capped {
+        Capped {
+            cap,
+            kept: Vec::new(),
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, message: String) {
+        if self.kept.len() < self.cap {
+            self.kept.push(message);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    fn last(&self) -> Option<&str> {
+        self.kept.last().map(String::as_str)
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        if self.dropped > 0 {
+            self.kept
+                .push(format!("... and {} more errors", self.dropped));
+        }
+        self.kept
+    }
+}

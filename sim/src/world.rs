@@ -1,0 +1,523 @@
+//! The world of one seed and its discrete-event loop.
+//!
+//! The loop owns the clock. Three things can happen next, and it always runs
+//! the earliest: an event from its queue (a client waking, a disk operation
+//! completing, a fault starting, a rescan, a crash...), the engine's own
+//! timer ([`Engine::poll_timeout`]), or a tick of the turmoil network when
+//! something is on the wire. After each it drains the engine's outputs
+//! through the simulated io-shell ([`crate::shell`]) and checks the
+//! invariants ([`crate::invariants`]). Time jumps straight to the next thing
+//! that happens, so a simulated minute costs what happens in it.
+//!
+//! A run has three phases: chaos (clients and faults), heal (faults stop;
+//! reads already started may still fail), and verify (every file is read
+//! whole and every read must succeed, and the tree must equal the one the
+//! origins' real contents give).
+
+use crate::client::Client;
+use crate::disk::Disk;
+use crate::faults::{Fault, FaultLog};
+use crate::invariants::Violation;
+use crate::net::Net;
+use crate::origin::{Library, VersionKey, version_key};
+use crate::shell::Shell;
+use crate::swarm::{Stream, Swarm, stream};
+use crate::trace::{Ev, Trace};
+use musicfs_core::catalog::CatalogEntry;
+use musicfs_core::engine::{CutChunk, Engine, FetchId, Piece, ReqId};
+use musicfs_core::tree::VirtualTree;
+use musicfs_core::{Ino, Layout, SourceFile, Time};
+use rand::Rng;
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+/// Events the loop can schedule.
+#[derive(Debug)]
+pub(crate) enum Event {
+    ClientWake(usize, u32),
+    /// A fetch's chunks have been written (or failed to be).
+    StoreDone {
+        life: u32,
+        fetch: FetchId,
+        chunks: Vec<CutChunk>,
+        store: bool,
+    },
+    /// A serve's chunks have been read from disk.
+    ServeDone {
+        life: u32,
+        req: ReqId,
+        pieces: Vec<Piece>,
+        verify: bool,
+    },
+    /// A passthrough's origin request took too long.
+    PassTimeout {
+        life: u32,
+        req: ReqId,
+    },
+    /// A disk probe finished.
+    ProbeDone {
+        life: u32,
+    },
+    /// A health check took too long.
+    CheckTimeout {
+        life: u32,
+        op: u64,
+    },
+    /// A slow origin's answer is due.
+    NetWake(u64),
+    /// The daemon writes dirty chunk maps and access times (every second).
+    Persist,
+    /// The database flushes (every 500 ms).
+    DbFlush,
+    /// A lying disk's write-back flush.
+    DiskFlush,
+    Rescan,
+    Fault(Fault),
+    Restart,
+    Heal,
+    Verify,
+}
+
+/// One FUSE read from request to reply, and what it may return.
+#[derive(Clone, Debug)]
+pub(crate) struct ReadRecord {
+    pub client: usize,
+    pub ino: Ino,
+    pub offset: u64,
+    pub size: u32,
+    pub start: Time,
+    /// Every origin version the tree showed for the inode during the read.
+    pub versions: Vec<SourceFile>,
+    /// The sources the tree showed when the read started.
+    pub first_sources: Vec<SourceFile>,
+    pub tree_changed: bool,
+    pub passthrough_seen: bool,
+    pub jumped: Duration,
+}
+
+/// The run of one seed.
+pub struct World {
+    pub(crate) seed: u64,
+    pub(crate) swarm: Swarm,
+    pub(crate) now: Time,
+    queue: BTreeMap<(Time, u64), Event>,
+    seq: u64,
+    pub(crate) engine: Option<Engine>,
+    pub(crate) layout: Layout,
+    pub(crate) lib: Library,
+    pub(crate) net: Net,
+    pub(crate) disk: Disk,
+    pub(crate) shell: Shell,
+    /// The daemon's incarnation: events an earlier one scheduled are
+    /// ignored (a crash forgets its disk writes and timers in flight).
+    pub(crate) life: u32,
+    pub(crate) clients: Vec<Client>,
+    /// FUSE reads the kernel still waits for.
+    pub(crate) reads: BTreeMap<ReqId, ReadRecord>,
+    pub(crate) next_req: u64,
+    /// When each kind of fault was last in force.
+    pub(crate) log: FaultLog,
+    pub(crate) trace: Trace,
+    pub(crate) rng_clients: Stream,
+    pub(crate) rng_disk: Stream,
+    pub(crate) rng_faults: Stream,
+    rng_engine: Stream,
+    pub(crate) phase: Phase,
+    pub(crate) stats: RunStats,
+    pub(crate) violation: Option<Violation>,
+    /// Since when the engine's tree has shown each origin version it shows.
+    pub(crate) shown_since: BTreeMap<VersionKey, Time>,
+    /// The instant of the last engine wake-up, and how many came at it.
+    timer_repeat: (Time, u32),
+}
+
+/// Where a run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Chaos,
+    Heal,
+    Verify,
+    Done,
+}
+
+/// Counts for the summary line.
+#[derive(Clone, Debug, Default)]
+pub struct RunStats {
+    /// FUSE reads issued.
+    pub reads: u64,
+    /// Reads answered with bytes.
+    pub reads_ok: u64,
+    /// Reads answered with an error.
+    pub reads_err: u64,
+    /// EIO answers the liveness rule judged.
+    pub eio_judged: u64,
+    /// Crashes.
+    pub crashes: u64,
+    /// Rescans.
+    pub rescans: u64,
+    /// Loop iterations.
+    pub steps: u64,
+    /// turmoil ticks.
+    pub net_ticks: u64,
+}
+
+/// A runaway loop is a bug of its own; stop and say so.
+const STEPS_MAX: u64 = 500_000;
+/// Wake-ups the engine may ask for at one instant.
+const TIMER_REPEATS_MAX: u32 = 20;
+
+impl World {
+    /// The world of `seed`, ready to run.
+    pub fn new(seed: u64, swarm: Swarm, live_trace: bool) -> World {
+        let lib = Library::generate(seed, &swarm);
+        let latency = Duration::from_millis(swarm.latency_max_ms);
+        let net = Net::new(stream(seed, "turmoil").random(), latency, &lib.origins);
+        let mut w = World {
+            seed,
+            now: Time::ZERO,
+            queue: BTreeMap::new(),
+            seq: 0,
+            engine: None,
+            layout: Layout::default_layout(),
+            lib,
+            net,
+            disk: Disk::new(swarm.lying_disk),
+            shell: Shell::default(),
+            life: 0,
+            clients: Vec::new(),
+            reads: BTreeMap::new(),
+            next_req: 1,
+            log: FaultLog {
+                origin_on: vec![0; usize::from(swarm.origins)],
+                origin_last_end: vec![None; usize::from(swarm.origins)],
+                ..FaultLog::default()
+            },
+            trace: Trace::new(live_trace),
+            rng_clients: stream(seed, "clients"),
+            rng_disk: stream(seed, "disk"),
+            rng_faults: stream(seed, "faults"),
+            rng_engine: stream(seed, "engine"),
+            phase: Phase::Chaos,
+            stats: RunStats::default(),
+            violation: None,
+            shown_since: BTreeMap::new(),
+            timer_repeat: (Time::ZERO, 0),
+            swarm,
+        };
+        w.disk.catalog = w.scan();
+        w.start_engine();
+        w.clients = Client::population(&w.swarm, &mut w.rng_clients);
+        for i in 0..w.clients.len() {
+            let t = Duration::from_millis(w.rng_clients.random_range(0..200));
+            w.wake_client(i, t);
+        }
+        w.schedule(Duration::from_secs(1), Event::Persist);
+        w.schedule(Duration::from_millis(500), Event::DbFlush);
+        w.schedule(Duration::from_millis(1_500), Event::DiskFlush);
+        w.schedule(Duration::from_millis(w.swarm.rescan_ms), Event::Rescan);
+        w.plan_faults();
+        w.schedule(Duration::from_millis(w.swarm.chaos_ms), Event::Heal);
+        w
+    }
+
+    /// Queues `ev` to happen `after` from now.
+    pub(crate) fn schedule(&mut self, after: Duration, ev: Event) {
+        self.seq += 1;
+        self.queue.insert((self.now + after, self.seq), ev);
+    }
+
+    pub(crate) fn push(&mut self, ev: Ev) {
+        self.trace.push(self.now, ev);
+    }
+
+    /// Runs to the end. Returns the first broken invariant, if any.
+    pub fn run(&mut self) -> Option<Violation> {
+        while self.phase != Phase::Done && self.violation.is_none() {
+            self.stats.steps += 1;
+            if self.stats.steps > STEPS_MAX {
+                return Some(Violation::new("runaway", "the run never ended"));
+            }
+            self.step_once();
+            self.pump();
+            if self.violation.is_none() {
+                self.check_step();
+            }
+        }
+        self.stats.net_ticks = self.net.steps();
+        self.violation.take()
+    }
+
+    fn step_once(&mut self) {
+        let ev_at = self.queue.first_key_value().map(|(k, _)| k.0);
+        let timer_at = self.engine.as_ref().and_then(Engine::poll_timeout);
+        let net_at = self.net.next_step(self.now);
+        let Some(at) = [timer_at, ev_at, net_at].into_iter().flatten().min() else {
+            self.violation = Some(Violation::new(
+                "liveness",
+                "nothing left to happen before the run ended",
+            ));
+            return;
+        };
+        self.now = self.now.max(at);
+        if timer_at == Some(at) {
+            self.engine_timer();
+        } else if ev_at == Some(at) {
+            if let Some((_, ev)) = self.queue.pop_first() {
+                self.dispatch(ev);
+            }
+        } else {
+            let (done, wakes) = self.net.step();
+            for (id, delay) in wakes {
+                self.schedule(delay, Event::NetWake(id));
+            }
+            for (op, result) in done {
+                self.on_net_done(op, result);
+            }
+        }
+    }
+
+    fn engine_timer(&mut self) {
+        let now = self.now;
+        // Work planned inside `handle_timeout` (an on-demand health check)
+        // may be due at once, so one more wake-up at the same instant is
+        // fine; many in a row are a spin that would burn a core.
+        if self.timer_repeat.0 == now {
+            self.timer_repeat.1 += 1;
+            if self.timer_repeat.1 > TIMER_REPEATS_MAX {
+                let v = Violation::new(
+                    "timer",
+                    format!("the engine asks to be woken at {now:?} again and again"),
+                );
+                self.violation = Some(v);
+                return;
+            }
+        } else {
+            self.timer_repeat = (now, 0);
+        }
+        if let Some(e) = self.engine.as_mut() {
+            e.handle_timeout(now);
+        }
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        match ev {
+            Event::ClientWake(i, epoch) => self.client_wake(i, epoch),
+            Event::StoreDone {
+                life,
+                fetch,
+                chunks,
+                store,
+            } if life == self.life => self.store_done(fetch, chunks, store),
+            Event::ServeDone {
+                life,
+                req,
+                pieces,
+                verify,
+            } if life == self.life => self.serve_done(req, &pieces, verify),
+            Event::PassTimeout { life, req } if life == self.life => self.pass_timeout(req),
+            Event::ProbeDone { life } if life == self.life => self.probe_done(),
+            Event::CheckTimeout { life, op } if life == self.life => self.check_timeout(op),
+            Event::StoreDone { .. }
+            | Event::ServeDone { .. }
+            | Event::PassTimeout { .. }
+            | Event::ProbeDone { .. }
+            | Event::CheckTimeout { .. } => {} // work of a daemon that crashed
+            Event::NetWake(id) => self.net.wake(id),
+            Event::Persist => {
+                self.persist();
+                if self.phase != Phase::Done {
+                    self.schedule(Duration::from_secs(1), Event::Persist);
+                }
+            }
+            Event::DbFlush => {
+                if self.engine.is_some() {
+                    self.disk.flush_db();
+                }
+                self.schedule(Duration::from_millis(500), Event::DbFlush);
+            }
+            Event::DiskFlush => {
+                self.disk.flush_disk();
+                let t = Duration::from_millis(self.rng_disk.random_range(200..4_000));
+                self.schedule(t, Event::DiskFlush);
+            }
+            Event::Rescan => {
+                self.rescan();
+                let t = Duration::from_millis(self.swarm.rescan_ms);
+                self.schedule(t, Event::Rescan);
+            }
+            Event::Fault(f) => self.fault(f),
+            Event::Restart => self.restart(),
+            Event::Heal => self.heal(),
+            Event::Verify => self.start_verify(),
+        }
+    }
+
+    /// What a scan finds: each reachable origin's files; for an origin it
+    /// cannot reach (cut off, or stalled so the scan times out), what the
+    /// last scan found there (an unreachable origin never loses its tracks).
+    pub(crate) fn scan(&self) -> Vec<CatalogEntry> {
+        let mut out = Vec::new();
+        for o in &self.lib.origins {
+            let o = o.borrow();
+            if !self.net.is_reachable(o.id) {
+                out.extend(
+                    self.disk
+                        .catalog
+                        .iter()
+                        .filter(|e| e.source.origin == o.id)
+                        .cloned(),
+                );
+            } else {
+                out.extend(o.catalog());
+            }
+        }
+        out
+    }
+
+    pub(crate) fn start_engine(&mut self) {
+        let (tree, _) = VirtualTree::build(&self.layout, &self.disk.catalog);
+        let (manifests, chunks) = self.disk.persisted();
+        let (nm, nc) = (manifests.len(), chunks.len());
+        let config = self.swarm.engine_config();
+        let engine = Engine::new(config, tree, manifests, chunks, self.rng_engine.random());
+        self.engine = Some(engine);
+        if self.life > 0 {
+            self.push(Ev::Restart {
+                chunks: nc,
+                manifests: nm,
+            });
+        }
+        self.note_shown();
+        self.check_tree(None);
+        self.check_restart();
+    }
+
+    /// Keeps, for every version the tree shows, when it started showing it.
+    fn note_shown(&mut self) {
+        let Some(e) = self.engine.as_ref() else {
+            return;
+        };
+        let mut shown = BTreeMap::new();
+        for (_, f) in e.tree().files() {
+            for s in &f.sources {
+                let k = version_key(s);
+                let since = self.shown_since.get(&k).copied().unwrap_or(self.now);
+                shown.insert(k, since);
+            }
+        }
+        self.shown_since = shown;
+    }
+
+    fn rescan(&mut self) {
+        if self.engine.is_none() || self.phase == Phase::Done {
+            return;
+        }
+        self.stats.rescans += 1;
+        let catalog = self.scan();
+        self.disk.catalog = catalog;
+        let (tree, _) = VirtualTree::build(&self.layout, &self.disk.catalog);
+        let now = self.now;
+        let Some(e) = self.engine.as_mut() else {
+            return;
+        };
+        let old = e.tree().clone();
+        let diff = e.replace_tree(now, tree);
+        let files = e.tree().file_count();
+        self.push(Ev::Rescan {
+            files,
+            changed: diff.inodes.len() + diff.entries.len(),
+        });
+        self.note_tree_change();
+        self.note_shown();
+        self.check_tree(Some(&old));
+    }
+
+    /// Gives every read in flight the versions the new tree shows for its
+    /// inode: the engine may now serve those.
+    fn note_tree_change(&mut self) {
+        let Some(e) = self.engine.as_ref() else {
+            return;
+        };
+        let tree = e.tree();
+        for r in self.reads.values_mut() {
+            let now_sources = tree
+                .file(r.ino)
+                .map(|f| f.sources.clone())
+                .unwrap_or_default();
+            if now_sources != r.first_sources {
+                r.tree_changed = true;
+            }
+            for s in now_sources {
+                if !r.versions.contains(&s) {
+                    r.versions.push(s);
+                }
+            }
+        }
+    }
+
+    fn persist(&mut self) {
+        let Some(e) = self.engine.as_mut() else {
+            return;
+        };
+        for (key, m) in e.take_dirty_manifests() {
+            match m {
+                Some(m) => self.disk.manifests.put(key, m),
+                None => self.disk.manifests.remove(key),
+            }
+        }
+        let touched = e.take_touched_chunks();
+        self.disk.touch(&touched);
+    }
+
+    fn start_verify(&mut self) {
+        // One sync round after the heal: every origin is reachable, so the
+        // tree must now be exactly the one the origins' contents give.
+        self.rescan();
+        self.phase = Phase::Verify;
+        self.push(Ev::Phase("verify"));
+        self.check_converged();
+        let files: Vec<_> = self
+            .engine
+            .as_ref()
+            .map(|e| e.tree().files().map(|(ino, _)| ino).collect())
+            .unwrap_or_default();
+        // Generous: every file could wait a whole read timeout for a fetch.
+        let config = self.swarm.engine_config();
+        let bound = config.read_timeout * (files.len() as u32 + 2) + Duration::from_secs(60);
+        let i = self.clients.len();
+        self.clients.push(Client::verifier(files, self.now + bound));
+        self.wake_client(i, Duration::ZERO);
+    }
+
+    /// The verifier read everything: final checks, then stop.
+    pub(crate) fn finish(&mut self) {
+        self.check_final();
+        self.phase = Phase::Done;
+        self.push(Ev::Phase("done"));
+    }
+
+    /// The trace so far.
+    pub fn trace(&self) -> &Trace {
+        &self.trace
+    }
+
+    /// The swarm options.
+    pub fn swarm(&self) -> &Swarm {
+        &self.swarm
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &RunStats {
+        &self.stats
+    }
+
+    /// The seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Chunks ever put in a set, for restart checks.
+    pub(crate) fn damaged(&self) -> &BTreeSet<musicfs_core::ChunkId> {
+        &self.disk.damaged
+    }
+}

@@ -1,0 +1,354 @@
+//! End to end: running for months under systemd. Signals, ordered shutdown
+//! with reads in flight, the read timeout, stale mounts, sd_notify against a
+//! real notify socket, `musicfs status`, and a panic under a lock.
+
+use musicfs_tests::fixtures::{TestDaemon, write_wav};
+use musicfs_tests::mount::{MountCommand, Mounted, is_mounted};
+use musicfs_tests::sha256_file;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_musicfs");
+const UP: Duration = Duration::from_secs(60);
+const SONG: &str = "Band/Album/00 - Song.wav";
+
+struct Setup {
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        write_wav(
+            &dir.path().join("lib/song.wav"),
+            4 << 20,
+            9,
+            "Song",
+            "Band",
+            "Album",
+        );
+        write_wav(
+            &dir.path().join("lib/other.wav"),
+            1 << 20,
+            8,
+            "Other",
+            "Band",
+            "Album",
+        );
+        Setup { dir }
+    }
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+    fn command(&self) -> MountCommand {
+        MountCommand::new(
+            Path::new(BIN),
+            &[&self.path("lib")],
+            &self.path("cache"),
+            &self.path("mnt"),
+            &self.path("log"),
+        )
+    }
+    fn mount(&self) -> Mounted {
+        self.command().start(UP)
+    }
+}
+
+#[test]
+fn test_sigterm_triggers_shutdown() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert_eq!(status.code(), Some(0));
+    assert!(!is_mounted(&s.path("mnt")));
+}
+
+#[test]
+fn test_sigint_triggers_shutdown() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    m.signal(libc::SIGINT);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(20)).expect("exits").code(),
+        Some(0)
+    );
+    assert!(!is_mounted(&s.path("mnt")));
+}
+
+#[test]
+fn test_stale_mount_detected_on_startup() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    m.signal(libc::SIGKILL);
+    m.wait_exit(Duration::from_secs(10)).expect("killed");
+    assert!(
+        is_mounted(&s.path("mnt")),
+        "kill -9 leaves the mount behind"
+    );
+    let err = std::fs::read_dir(s.path("mnt"))
+        .err()
+        .and_then(|e| e.raw_os_error());
+    assert_eq!(
+        err,
+        Some(libc::ENOTCONN),
+        "Transport endpoint is not connected"
+    );
+    let m = s.mount();
+    assert!(m.log_text().contains("stale mount"), "{}", m.log_text());
+    assert_eq!(
+        sha256_file(&m.mountpoint.join(SONG)).unwrap(),
+        sha256_file(&s.path("lib/song.wav")).unwrap()
+    );
+}
+
+#[test]
+fn a_second_mount_on_a_live_mountpoint_is_refused() {
+    let s = Setup::new();
+    let _m = s.mount();
+    let out = Command::new(BIN)
+        .args(["mount", "--origin"])
+        .arg(s.path("lib"))
+        .arg("--cache-dir")
+        .arg(s.path("cache2"))
+        .arg(s.path("mnt"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already mounted"));
+}
+
+#[test]
+fn test_sd_notify_ready_status_watchdog_and_stopping() {
+    let s = Setup::new();
+    let socket_path = s.path("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let m = s
+        .command()
+        .env("NOTIFY_SOCKET", socket_path.to_str().unwrap())
+        .env("WATCHDOG_USEC", "1000000")
+        .start(UP);
+    let mut messages = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = socket.recv(&mut buf) {
+            messages.push(String::from_utf8_lossy(&buf[..n]).to_string());
+        }
+        if messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3 {
+            break;
+        }
+    }
+    let all = messages.join("\n");
+    assert!(
+        all.contains("STATUS=first scan"),
+        "scan progress reported:\n{all}"
+    );
+    assert!(all.contains("EXTEND_TIMEOUT_USEC="), "{all}");
+    assert!(all.contains("READY=1"), "{all}");
+    let ready_at = messages.iter().position(|m| m.contains("READY=1")).unwrap();
+    let first_ping = messages
+        .iter()
+        .position(|m| m.contains("WATCHDOG=1"))
+        .expect("watchdog pings");
+    assert!(first_ping > ready_at, "no ping before the mount is up");
+    assert!(
+        messages.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
+        "{all}"
+    );
+    assert!(m.log_text().contains("systemd watchdog enabled"));
+    let status = m.stop();
+    assert!(status.success());
+    let mut rest = String::new();
+    while let Ok(n) = socket.recv(&mut buf) {
+        rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(rest.contains("STOPPING=1"), "{rest}");
+}
+
+#[test]
+fn test_status_reports_origins_cache_and_tasks() {
+    let s = Setup::new();
+    let m = s.mount();
+    let _ = std::fs::read(m.mountpoint.join(SONG)).unwrap();
+    let out = Command::new(BIN)
+        .args(["status", "--json"])
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["phase"], "serving");
+    assert_eq!(doc["origins"][0]["health"], "healthy");
+    assert!(doc["cache"]["bytes"].as_u64().unwrap() > 0);
+    assert!(doc["cache"]["reads_served"].as_u64().unwrap() > 0);
+    let tasks: Vec<&str> = doc["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        tasks.contains(&"timers") && tasks.contains(&"persistence"),
+        "{tasks:?}"
+    );
+    let text = Command::new(BIN)
+        .arg("status")
+        .arg(&m.mountpoint)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("origins:") && text.contains("healthy") && text.contains("hit ratio"),
+        "{text}"
+    );
+    // With no mountpoint it lists every running mount.
+    let all = Command::new(BIN).arg("status").output().unwrap();
+    assert!(String::from_utf8_lossy(&all.stdout).contains(&m.mountpoint.display().to_string()));
+}
+
+#[test]
+fn test_parking_lot_lock_survives_a_panic_and_operations_keep_answering() {
+    let s = Setup::new();
+    let d = TestDaemon::local(&s.path("lib"), &s.path("cache"), Default::default());
+    let daemon = d.daemon.clone();
+    let panicked = std::thread::spawn(move || {
+        daemon.with_engine(|_, _| panic!("panic while holding the engine lock"));
+    })
+    .join();
+    assert!(panicked.is_err(), "the panic happened");
+    let want = std::fs::read(s.path("lib/song.wav")).unwrap();
+    assert_eq!(
+        d.read_all(SONG, Duration::from_secs(20)).unwrap(),
+        want,
+        "the lock is not poisoned"
+    );
+}
+
+#[cfg(feature = "failpoints")]
+mod slow_origin {
+    use super::*;
+    use musicfs_tests::wait_for;
+
+    /// Reads a file in a thread; the receiver gets the result.
+    fn read_in_background(path: PathBuf) -> std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read(path));
+        });
+        rx
+    }
+
+    #[test]
+    fn test_shutdown_with_inflight_reads() {
+        let s = Setup::new();
+        let mut m = s
+            .command()
+            .env("FAILPOINTS", "origin-read-delay=return(60000)")
+            .start(UP);
+        let reader = read_in_background(m.mountpoint.join(SONG));
+        std::thread::sleep(Duration::from_millis(500));
+        let t = Instant::now();
+        m.signal(libc::SIGTERM);
+        let status = m
+            .wait_exit(Duration::from_secs(30))
+            .expect("exits despite a stuck read");
+        assert_eq!(status.code(), Some(0), "{}", m.log_text());
+        assert!(
+            t.elapsed() < Duration::from_secs(25),
+            "bounded by the drain timeout"
+        );
+        let result = reader
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the reader is not left hanging");
+        assert!(result.is_err(), "the slow read ends in an error");
+        assert!(m.log_text().contains("drain timeout"), "{}", m.log_text());
+        assert!(!is_mounted(&s.path("mnt")));
+    }
+
+    #[test]
+    fn test_double_signal_forces_immediate_exit() {
+        let s = Setup::new();
+        let mut m = s
+            .command()
+            .env("FAILPOINTS", "origin-read-delay=return(60000)")
+            .start(UP);
+        let _reader = read_in_background(m.mountpoint.join(SONG));
+        std::thread::sleep(Duration::from_millis(500));
+        m.signal(libc::SIGTERM);
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        m.signal(libc::SIGTERM);
+        let status = m.wait_exit(Duration::from_secs(10)).expect("exits at once");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            t.elapsed()
+        );
+        assert_eq!(status.code(), Some(130), "{}", m.log_text());
+        assert!(m.log_text().contains("second signal"));
+        assert!(wait_for(Duration::from_secs(5), || !is_mounted(
+            &s.path("mnt")
+        )));
+    }
+
+    #[test]
+    fn fuse_read_timeout_gives_eio_not_a_hang() {
+        let s = Setup::new();
+        let m = s
+            .command()
+            .env("FAILPOINTS", "origin-read-delay=return(60000)")
+            .args(["--read-timeout", "2"])
+            .start(UP);
+        let t = Instant::now();
+        let result = read_in_background(m.mountpoint.join(SONG))
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a read never hangs");
+        assert_eq!(result.err().and_then(|e| e.raw_os_error()), Some(libc::EIO));
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "EIO near the 2 s read timeout, took {:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn the_watchdog_stops_pinging_when_the_fuse_loop_hangs() {
+        let s = Setup::new();
+        let socket_path = s.path("notify.sock");
+        let socket = UnixDatagram::bind(&socket_path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let m = s
+            .command()
+            .env("NOTIFY_SOCKET", socket_path.to_str().unwrap())
+            .env("WATCHDOG_USEC", "1000000")
+            .env("FAILPOINTS", "fuse-statfs-hang=sleep(30000)")
+            .start(UP);
+        let mut buf = [0u8; 4096];
+        let mut pings = 0;
+        let deadline = Instant::now() + Duration::from_secs(4);
+        while Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                pings += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
+            }
+        }
+        assert_eq!(pings, 0, "no ping while statfs cannot be answered");
+        assert!(
+            m.log_text().contains("FUSE loop is not answering"),
+            "{}",
+            m.log_text()
+        );
+        drop(m);
+    }
+}
