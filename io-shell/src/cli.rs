@@ -6,6 +6,7 @@
 //! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
 //! musicfs unmount MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
+//! musicfs rescan [MOUNTPOINT]
 //! ```
 
 use clap::{Args, Parser, Subcommand};
@@ -56,6 +57,12 @@ pub enum Command {
     Unmount {
         /// Where it is mounted.
         mountpoint: PathBuf,
+    },
+    /// Look for changes in a running mount's origins now (new, retagged,
+    /// moved and deleted files) instead of waiting for the watcher.
+    Rescan {
+        /// The mount (default: every running MusicFS mount).
+        mountpoint: Option<PathBuf>,
     },
     /// Show a running mount's origins and their health, cache use and hit
     /// ratio, scan progress and background tasks (all mounts if none is named).

@@ -45,6 +45,8 @@ pub struct Control {
     pub daemon: OnceLock<Arc<Daemon>>,
     /// The supervisor of background tasks.
     pub supervisor: OnceLock<Arc<Supervisor>>,
+    /// Syncs origins (`musicfs rescan`).
+    pub syncer: OnceLock<Arc<crate::sync::Syncer>>,
     /// "scanning", "serving", "stopping".
     pub phase: Mutex<&'static str>,
 }
@@ -59,6 +61,7 @@ impl Control {
             scan: Arc::new(ScanState::default()),
             daemon: OnceLock::new(),
             supervisor: OnceLock::new(),
+            syncer: OnceLock::new(),
             phase: Mutex::new("starting"),
         })
     }
@@ -157,12 +160,27 @@ impl Control {
         doc
     }
 
-    fn answer(&self, request: &str) -> Value {
+    /// Syncs every origin now (blocking: called on the blocking pool).
+    fn rescan(&self) -> Value {
+        let Some(syncer) = self.syncer.get() else {
+            return json!({"error": "not mounted yet"});
+        };
+        let origins: Vec<Value> = (0..syncer.origins())
+            .map(|i| match syncer.sync_origin(musicfs_core::OriginId(i as u16)) {
+                Ok(r) => json!({"id": i, "read": r.reread, "removed": r.removed, "moved": r.moved, "unchanged": r.unchanged}),
+                Err(e) => json!({"id": i, "error": e}),
+            })
+            .collect();
+        json!({ "rescan": origins })
+    }
+
+    fn answer(self: &Arc<Self>, request: &str) -> Value {
         let cmd = serde_json::from_str::<Value>(request)
             .ok()
             .and_then(|v| v.get("cmd").and_then(Value::as_str).map(str::to_owned));
         match cmd.as_deref() {
             Some("status") => self.status(),
+            Some("rescan") => self.rescan(),
             Some(other) => json!({"error": format!("unknown command '{other}'")}),
             None => json!({"error": "a request is one line of JSON: {\"cmd\":\"status\"}"}),
         }
@@ -218,7 +236,10 @@ pub fn serve(control: Arc<Control>, rt: &tokio::runtime::Handle) -> std::io::Res
                 let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
                 let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
                 if matches!(got, Ok(Ok(n)) if n > 0) {
-                    let answer = control.answer(line.trim());
+                    let c = Arc::clone(&control);
+                    let answer = tokio::task::spawn_blocking(move || c.answer(line.trim()))
+                        .await
+                        .unwrap_or_else(|e| json!({"error": e.to_string()}));
                     let mut text = answer.to_string();
                     text.push('\n');
                     let _ = write.write_all(text.as_bytes()).await;
@@ -242,11 +263,12 @@ impl Drop for SocketGuard {
     }
 }
 
-/// Sends one request to the daemon listening at `socket`.
-pub fn request(socket: &Path, cmd: &Value) -> std::io::Result<Value> {
+/// Sends one request to the daemon listening at `socket` and waits up to
+/// `timeout` for the answer.
+pub fn request(socket: &Path, cmd: &Value, timeout: Duration) -> std::io::Result<Value> {
     use std::io::{BufRead, Write};
     let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.set_read_timeout(Some(timeout))?;
     stream.set_write_timeout(Some(Duration::from_secs(10)))?;
     let mut line = cmd.to_string();
     line.push('\n');

@@ -11,10 +11,10 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_FAILURE: u8 = 1;
 
 fn main() -> ExitCode {
-    // The watchdog's probe (see notify::start_watchdog): statfs and exit.
+    // The watchdog's probe (see systemd::start_watchdog): statfs and exit.
     let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
-    if args.len() == 3 && args[1] == musicfs::notify::PROBE_ARG {
-        let answers = musicfs::notify::fuse_answers(std::path::Path::new(&args[2]));
+    if args.len() == 3 && args[1] == musicfs::systemd::PROBE_ARG {
+        let answers = musicfs::systemd::fuse_answers(std::path::Path::new(&args[2]));
         return if answers {
             ExitCode::SUCCESS
         } else {
@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Status { mountpoint, json } => status(mountpoint.as_deref(), json),
+        Command::Rescan { mountpoint } => rescan(mountpoint.as_deref()),
     }
 }
 
@@ -96,7 +97,7 @@ fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
     let request = serde_json::json!({"cmd": "status"});
     let mut docs = Vec::new();
     for socket in &sockets {
-        match control::request(socket, &request) {
+        match control::request(socket, &request, std::time::Duration::from_secs(10)) {
             Ok(doc) => docs.push(doc),
             // A socket left by a killed daemon: not an error when listing all.
             Err(_) if mountpoint.is_none() => {}
@@ -118,6 +119,44 @@ fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
         for doc in &docs {
             print!("{}", control::render_status(doc));
         }
+    }
+    ExitCode::SUCCESS
+}
+
+/// `musicfs rescan`: asks daemons to sync their origins now.
+fn rescan(mountpoint: Option<&std::path::Path>) -> ExitCode {
+    use musicfs::control;
+    let sockets = match mountpoint {
+        Some(m) => vec![control::socket_path(m)],
+        None => control::all_sockets(),
+    };
+    let request = serde_json::json!({"cmd": "rescan"});
+    let mut asked = 0;
+    for socket in &sockets {
+        // A rescan of a big, slow origin may take a while.
+        match control::request(socket, &request, std::time::Duration::from_secs(600)) {
+            Ok(answer) => {
+                asked += 1;
+                for o in answer["rescan"].as_array().into_iter().flatten() {
+                    match o["error"].as_str() {
+                        Some(e) => println!("origin {}: {e}", o["id"]),
+                        None => println!(
+                            "origin {}: {} read, {} removed, {} moved, {} unchanged",
+                            o["id"], o["read"], o["removed"], o["moved"], o["unchanged"]
+                        ),
+                    }
+                }
+            }
+            Err(e) if mountpoint.is_some() => {
+                eprintln!("musicfs: no daemon answers: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+            Err(_) => {}
+        }
+    }
+    if asked == 0 {
+        eprintln!("musicfs: no running MusicFS mount found");
+        return ExitCode::from(EXIT_FAILURE);
     }
     ExitCode::SUCCESS
 }

@@ -11,11 +11,13 @@ use crate::cli::MountArgs;
 use crate::control::{self, Control, ScanState};
 use crate::daemon::Daemon;
 use crate::fuse::MusicFs;
-use crate::notify;
 use crate::origin::{LocalOrigin, Origin};
-use crate::scan::{self, NoProgress, ScanOptions, ScanProgress, TerminalProgress};
+use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
 use crate::store::{ChunkStore, Db};
 use crate::supervisor::{RestartPolicy, Supervisor};
+use crate::sync::Syncer;
+use crate::systemd;
+use crate::watch;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::tree::{TreeDiff, VirtualTree};
 use musicfs_core::{CatalogEntry, Layout, OriginId};
@@ -263,16 +265,14 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// The catalog as loaded, and which origins must be scanned before mounting.
-struct Catalog {
-    entries: Vec<CatalogEntry>,
-    /// Origins known from an earlier mount (reconciled in the background).
-    known: Vec<OriginId>,
-}
-
 /// Loads the saved catalog, dropping origins whose configuration changed,
-/// and scans the origins the cache has never seen (the first mount).
-fn load_catalog(plan: &MountPlan, db: &Db, scan: &Arc<ScanState>) -> Result<Catalog, RunError> {
+/// and scans the origins the cache has never seen (the first mount). Known
+/// origins are caught up with in the background by their watchers.
+fn load_catalog(
+    plan: &MountPlan,
+    db: &Db,
+    scan: &Arc<ScanState>,
+) -> Result<Vec<CatalogEntry>, RunError> {
     let (mut entries, damaged) = db.load_catalog_counted()?;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
@@ -285,19 +285,17 @@ fn load_catalog(plan: &MountPlan, db: &Db, scan: &Arc<ScanState>) -> Result<Cata
             db.set_meta(&format!("origin/{i}"), b"")?;
         }
     }
-    let mut known = Vec::new();
     for (i, spec) in plan.origins.iter().enumerate() {
         let id = OriginId(i as u16);
         let meta_key = format!("origin/{i}");
         let saved = db.get_meta(&meta_key)?;
         if saved.as_deref() == Some(spec.key().as_bytes()) {
-            known.push(id);
             continue;
         }
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        let report = scan_origin(id, spec, Some(scan))?;
+        let report = scan_origin(id, spec, scan)?;
         db.replace_catalog_for_origin(id, &report)?;
         db.set_meta(&meta_key, spec.key().as_bytes())?;
         entries.extend(report);
@@ -305,7 +303,7 @@ fn load_catalog(plan: &MountPlan, db: &Db, scan: &Arc<ScanState>) -> Result<Cata
     let configured = plan.origins.len();
     entries.retain(|e| usize::from(e.source.origin.0) < configured);
     db.flush()?;
-    Ok(Catalog { entries, known })
+    Ok(entries)
 }
 
 /// Scan progress for a first scan: the terminal bar, `musicfs status`, and
@@ -341,8 +339,8 @@ impl FirstScanProgress {
         *last = Instant::now();
         let done = self.state.scanned.load(Ordering::Relaxed);
         let seen = self.state.seen.load(Ordering::Relaxed);
-        notify::status(&format!("first scan: {done} of {seen} files"));
-        notify::extend_timeout(Self::NOTICE_EVERY * 5);
+        systemd::status(&format!("first scan: {done} of {seen} files"));
+        systemd::extend_timeout(Self::NOTICE_EVERY * 5);
     }
 }
 
@@ -362,25 +360,18 @@ impl ScanProgress for FirstScanProgress {
     }
 }
 
-/// Scans one origin; with `state`, reports progress (bar, status, systemd).
+/// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
 fn scan_origin(
     id: OriginId,
     spec: &OriginSpec,
-    state: Option<&Arc<ScanState>>,
+    state: &Arc<ScanState>,
 ) -> Result<Vec<CatalogEntry>, RunError> {
     let OriginSpec::Local(root) = spec;
-    let progress: Box<dyn ScanProgress> = match state {
-        Some(state) => {
-            *state.what.lock() = root.display().to_string();
-            tracing::info!(origin = %root.display(), "scanning a new origin; the mount comes up when it is done");
-            Box::new(FirstScanProgress::new(Arc::clone(state)))
-        }
-        None => Box::new(NoProgress),
-    };
-    let report = scan::scan_local(id, root, &ScanOptions::default(), progress.as_ref());
-    if let Some(state) = state {
-        state.what.lock().clear();
-    }
+    *state.what.lock() = root.display().to_string();
+    tracing::info!(origin = %root.display(), "scanning a new origin; the mount comes up when it is done");
+    let progress = FirstScanProgress::new(Arc::clone(state));
+    let report = scan::scan_local(id, root, &ScanOptions::default(), &progress);
+    state.what.lock().clear();
     let report =
         report.map_err(|e| RunError(format!("cannot scan origin '{}': {e}", root.display())))?;
     Ok(report.entries)
@@ -420,7 +411,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     }
     control.set_phase("scanning");
     let catalog = load_catalog(&plan, &db, &control.scan)?;
-    let (tree, report) = VirtualTree::build(&plan.layout, &catalog.entries);
+    let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
     tracing::info!(
         tracks = report.tracks,
         mirrors = report.mirrors,
@@ -465,6 +456,20 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         RestartPolicy::default(),
     ));
     let _ = control.supervisor.set(Arc::clone(&supervisor));
+    let roots = plan
+        .origins
+        .iter()
+        .map(|spec| match spec {
+            OriginSpec::Local(root) => Some(root.clone()),
+        })
+        .collect();
+    let syncer = Arc::new(Syncer::new(
+        Arc::clone(&daemon),
+        Arc::clone(&db),
+        plan.layout.clone(),
+        roots,
+    ));
+    let _ = control.syncer.set(Arc::clone(&syncer));
 
     let mut session = fuser::Session::new(
         MusicFs::new(Arc::clone(&daemon), current_uid(), current_gid()),
@@ -492,14 +497,15 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "mounted"
     );
-    spawn_background(&supervisor, &daemon, &plan, catalog.known, &notifier);
+    let _ = syncer.notifier.set(Arc::clone(&notifier));
+    spawn_background(&supervisor, &daemon, &syncer, &plan);
     control.set_phase("serving");
-    notify::ready(&format!(
+    systemd::ready(&format!(
         "serving {} tracks at {}",
         report.tracks,
         plan.mountpoint.display()
     ));
-    let watchdog = notify::start_watchdog(&plan.mountpoint);
+    let watchdog = systemd::start_watchdog(&plan.mountpoint);
     if let Some(s) = &signals {
         s.mounted.store(true, Ordering::SeqCst);
     }
@@ -508,7 +514,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     // Graceful shutdown, in order: no new work; background tasks stopped;
     // reads in flight drained (bounded: a slow origin ends in EIO, never a
     // hang); state flushed; unmounted.
-    notify::stopping();
+    systemd::stopping();
     control.set_phase("stopping");
     if let Some(name) = signal {
         tracing::info!(
@@ -546,13 +552,14 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The daemon's background tasks, under the supervisor.
+/// The daemon's background tasks, under the supervisor: timers,
+/// persistence, and a watcher per local origin (which first catches up with
+/// changes made while unmounted, by a delta sync).
 fn spawn_background(
     supervisor: &Supervisor,
     daemon: &Arc<Daemon>,
+    syncer: &Arc<Syncer>,
     plan: &MountPlan,
-    known: Vec<OriginId>,
-    notifier: &Arc<fuser::Notifier>,
 ) {
     let d = Arc::clone(daemon);
     supervisor.spawn(
@@ -578,27 +585,15 @@ fn spawn_background(
             })
         }),
     );
-    if known.is_empty() {
-        return;
+    for (i, spec) in plan.origins.iter().enumerate() {
+        let OriginSpec::Local(root) = spec;
+        let (s, root, origin) = (Arc::clone(syncer), root.clone(), OriginId(i as u16));
+        supervisor.spawn(
+            &format!("watch:{i}"),
+            true,
+            Arc::new(move || Box::pin(watch::watch_origin(Arc::clone(&s), origin, root.clone()))),
+        );
     }
-    let (d, plan, notifier) = (Arc::clone(daemon), plan.clone(), Arc::clone(notifier));
-    supervisor.spawn(
-        "reconcile",
-        false,
-        Arc::new(move || {
-            let (d, plan, notifier, known) = (
-                Arc::clone(&d),
-                plan.clone(),
-                Arc::clone(&notifier),
-                known.clone(),
-            );
-            Box::pin(async move {
-                tokio::task::spawn_blocking(move || reconcile(&d, &plan, &known, &notifier))
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        }),
-    );
 }
 
 /// Waits until no read is in flight, or `timeout`. True if drained.
@@ -700,70 +695,6 @@ fn fuse_config(plan: &MountPlan) -> fuser::Config {
     config.n_threads = Some(2);
     config.clone_fd = true;
     config
-}
-
-/// Later mounts: catch up with what changed in the origins while unmounted,
-/// then swap the tree and tell the kernel what changed.
-fn reconcile(
-    daemon: &Arc<Daemon>,
-    plan: &MountPlan,
-    known: &[OriginId],
-    notifier: &fuser::Notifier,
-) {
-    let started = Instant::now();
-    let mut changed = false;
-    for &id in known {
-        let Some(spec) = plan.origins.get(usize::from(id.0)) else {
-            continue;
-        };
-        let fresh = match scan_origin(id, spec, None) {
-            Ok(entries) => entries,
-            Err(e) => {
-                // An origin that cannot be scanned is unhealthy, never empty:
-                // keep what the saved catalog says.
-                tracing::warn!(%id, error = %e, "could not rescan origin; keeping its saved tracks");
-                continue;
-            }
-        };
-        let db = daemon.db();
-        let mut saved: Vec<CatalogEntry> = match db.load_catalog() {
-            Ok(all) => all.into_iter().filter(|e| e.source.origin == id).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "could not read the saved catalog");
-                continue;
-            }
-        };
-        saved.sort_by(|a, b| a.source.path.cmp(&b.source.path));
-        if saved != fresh {
-            changed = true;
-            if let Err(e) = db.replace_catalog_for_origin(id, &fresh) {
-                tracing::warn!(error = %e, "could not save the rescanned catalog");
-            }
-        }
-    }
-    if !changed {
-        tracing::info!(
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "origins unchanged since last mount"
-        );
-        return;
-    }
-    let entries = match daemon.db().load_catalog() {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not reload the catalog");
-            return;
-        }
-    };
-    let (tree, report) = VirtualTree::build(&plan.layout, &entries);
-    let diff = daemon.with_engine(|e, now| e.replace_tree(now, tree));
-    invalidate(notifier, &diff);
-    tracing::info!(
-        tracks = report.tracks,
-        changed_entries = diff.entries.len(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "caught up with changes made while unmounted"
-    );
 }
 
 /// Tells the kernel exactly which entries and inodes changed.

@@ -29,9 +29,11 @@
 
 use crate::tags;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use musicfs_core::sync::Listed;
 use musicfs_core::{
     CatalogEntry, FileKind, FileVersion, OriginId, OriginPath, SourceFile, catalog,
 };
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -670,4 +672,93 @@ mod tests {
         assert_eq!(v1.size, v2.size);
         assert_ne!(v1.token, v2.token);
     }
+}
+
+/// Lists a local origin for a delta sync: every file the scanner would read,
+/// with its version from a `stat`, but no tags read. This is what makes a
+/// later mount's catch-up cheap: only files whose version changed are
+/// opened.
+pub fn list_local(root: &Path) -> io::Result<Vec<Listed>> {
+    drop(std::fs::read_dir(root)?);
+    let mut report = ScanReport::default();
+    let mut errors = ErrorList::new(100);
+    let work = walk(root, &mut report, &mut errors, &NoProgress);
+    Ok(stat_all(root, &work))
+}
+
+/// Lists what is now at `paths` (relative to `root`): a file is stat'ed, a
+/// directory walked (a folder moved in brings its files), a missing path
+/// contributes nothing (the plan removes what the catalog had under it).
+pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Vec<Listed> {
+    let mut work = Vec::new();
+    for rel in paths {
+        if validate_rel(rel.as_bytes()).is_err()
+            || rel.as_bytes().split(|&b| b == b'/').any(is_hidden)
+        {
+            continue;
+        }
+        let full = root.join(OsStr::from_bytes(rel.as_bytes()));
+        match std::fs::symlink_metadata(&full) {
+            Ok(meta) if meta.is_dir() => {
+                let mut report = ScanReport::default();
+                let mut errors = ErrorList::new(100);
+                for mut w in walk(&full, &mut report, &mut errors, &NoProgress) {
+                    let mut joined = rel.as_bytes().to_vec();
+                    joined.push(b'/');
+                    joined.extend_from_slice(&w.rel);
+                    w.rel = joined.into();
+                    work.push(w);
+                }
+            }
+            Ok(_) => {
+                if let Some(class) = classify_name(rel.file_name()) {
+                    work.push(Work {
+                        rel: rel.as_bytes().into(),
+                        class,
+                    });
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    stat_all(root, &work)
+}
+
+fn stat_all(root: &Path, work: &[Work]) -> Vec<Listed> {
+    let mut out: Vec<Listed> = work
+        .iter()
+        .filter_map(|w| {
+            let meta = std::fs::metadata(root.join(OsStr::from_bytes(&w.rel))).ok()?;
+            meta.is_file().then(|| Listed {
+                path: OriginPath::new(&*w.rel),
+                version: file_version(&meta),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
+    out
+}
+
+/// Reads the named files of a local origin (tags for audio), in parallel,
+/// as a scan would. Files that vanished are left out.
+pub fn read_files(
+    origin: OriginId,
+    root: &Path,
+    files: &[Listed],
+    threads: usize,
+) -> Vec<CatalogEntry> {
+    let work: Vec<Work> = files
+        .iter()
+        .filter_map(|l| {
+            classify_name(l.path.file_name()).map(|class| Work {
+                rel: l.path.as_bytes().into(),
+                class,
+            })
+        })
+        .collect();
+    read_all(origin, root, &work, threads, &NoProgress)
+        .into_iter()
+        .filter_map(|o| o.entry)
+        .collect()
 }

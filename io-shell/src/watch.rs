@@ -1,0 +1,121 @@
+//! Live changes of local origins: inotify (through the `notify` crate),
+//! debounced, turned into delta syncs of exactly the paths that changed.
+//!
+//! Bursts are gathered until the origin has been quiet for the debounce
+//! time (a file being copied produces hundreds of events; a retag tool
+//! writes in several steps), bounded by a longest wait so a busy origin is
+//! still synced. A lost event (inotify queue overflow) or a watcher error
+//! means nothing can be trusted: the whole origin is synced.
+
+use crate::sync::Syncer;
+use musicfs_core::{OriginId, OriginPath};
+use notify::{RecursiveMode, Watcher};
+use std::collections::BTreeSet;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Quiet time before a burst of changes is synced.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Longest a burst is gathered before syncing anyway.
+pub const BURST_MAX: Duration = Duration::from_millis(1500);
+
+/// What the watcher callback hands to the sync loop.
+enum Seen {
+    Paths(Vec<PathBuf>),
+    /// Events were lost or the watcher failed: sync everything.
+    Rescan(String),
+}
+
+/// Watches one local origin until the task is stopped; every burst of
+/// changes becomes one sync. Returns an error if the watch cannot be set
+/// up (the supervisor then retries later).
+pub async fn watch_origin(
+    syncer: Arc<Syncer>,
+    origin: OriginId,
+    root: PathBuf,
+) -> Result<(), String> {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let seen = match res {
+            Ok(event) if event.need_rescan() => {
+                Seen::Rescan("the kernel dropped file events".into())
+            }
+            Ok(event) => Seen::Paths(event.paths),
+            Err(e) => Seen::Rescan(format!("watcher error: {e}")),
+        };
+        let _ = tx.send(seen);
+    })
+    .map_err(|e| format!("cannot watch '{}': {e}", root.display()))?;
+    watcher
+        .watch(&root, RecursiveMode::Recursive)
+        .map_err(|e| format!("cannot watch '{}': {e}", root.display()))?;
+    tracing::info!(%origin, root = %root.display(), "watching for changes");
+    // Catch up with what changed before the watch existed.
+    sync_blocking(&syncer, origin, None).await;
+    while let Some(first) = rx.recv().await {
+        let mut paths = BTreeSet::new();
+        let mut rescan = None;
+        absorb(first, &root, &mut paths, &mut rescan);
+        let burst_end = tokio::time::Instant::now() + BURST_MAX;
+        loop {
+            let quiet = tokio::time::sleep(DEBOUNCE);
+            tokio::select! {
+                more = rx.recv() => match more {
+                    Some(seen) => absorb(seen, &root, &mut paths, &mut rescan),
+                    None => return Ok(()),
+                },
+                _ = quiet => break,
+            }
+            if tokio::time::Instant::now() >= burst_end {
+                break;
+            }
+        }
+        match rescan {
+            Some(why) => {
+                tracing::warn!(%origin, %why, "syncing the whole origin");
+                sync_blocking(&syncer, origin, None).await;
+            }
+            None if !paths.is_empty() => sync_blocking(&syncer, origin, Some(paths)).await,
+            None => {}
+        }
+    }
+    Ok(())
+}
+
+fn absorb(seen: Seen, root: &Path, paths: &mut BTreeSet<OriginPath>, rescan: &mut Option<String>) {
+    match seen {
+        Seen::Rescan(why) => *rescan = Some(why),
+        Seen::Paths(list) => {
+            for p in list {
+                if let Ok(rel) = p.strip_prefix(root)
+                    && !rel.as_os_str().is_empty()
+                {
+                    paths.insert(OriginPath::new(rel.as_os_str().as_bytes()));
+                }
+            }
+        }
+    }
+}
+
+async fn sync_blocking(
+    syncer: &Arc<Syncer>,
+    origin: OriginId,
+    paths: Option<BTreeSet<OriginPath>>,
+) {
+    let s = Arc::clone(syncer);
+    let result = tokio::task::spawn_blocking(move || match paths {
+        Some(paths) => s.sync_paths(origin, &paths),
+        None => s.sync_origin(origin),
+    })
+    .await;
+    match result {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(%origin, error = %e, "sync failed; will retry on the next change")
+        }
+        Err(e) => tracing::error!(%origin, error = %e, "sync task failed"),
+    }
+}
