@@ -1,0 +1,198 @@
+//! Delta sync on the real daemon without FUSE: resumable batches (seed 2.5)
+//! and chunk reuse after a retag (NFR-6.4).
+
+use musicfs::sync::{SYNC_BATCH_FILES, Syncer};
+use musicfs_core::engine::Config;
+use musicfs_core::tree::VirtualTree;
+use musicfs_core::{Layout, OriginId};
+use musicfs_tests::files_under;
+use musicfs_tests::fixtures::{TestDaemon, local_origin, scan, write_wav};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
+    Syncer::new(
+        Arc::clone(&d.daemon),
+        Arc::clone(&d.db),
+        Layout::default_layout(),
+        vec![Some(root.to_path_buf())],
+    )
+}
+
+fn cached_bytes(cache: &Path) -> u64 {
+    let chunks = cache.join("chunks");
+    files_under(&chunks)
+        .iter()
+        .filter(|p| !p.starts_with("tmp"))
+        .map(|p| std::fs::metadata(chunks.join(p)).map_or(0, |m| m.len()))
+        .sum()
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn test_sync_resumes_after_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lib");
+    let n = SYNC_BATCH_FILES * 2 + 88;
+    for i in 0..n {
+        write_wav(
+            &root.join(format!("d{}/{i}.wav", i % 7)),
+            6_000,
+            i as u64,
+            &format!("T{i:04}"),
+            "A",
+            "B",
+        );
+    }
+    let store = Arc::new(musicfs::store::ChunkStore::open(&dir.path().join("cache")).unwrap());
+    let d = TestDaemon::start(
+        &[],
+        vec![local_origin(&root)],
+        store,
+        &dir.path().join("cache"),
+        Config::default(),
+    );
+    let s = syncer(&d, &root);
+    let scenario = fail::FailScenario::setup();
+    // The first batch goes through, the sync is cut after the second.
+    fail::cfg("delta-sync-after-batch", "1*off->return").unwrap();
+    let err = s.sync_origin(OriginId(0)).unwrap_err();
+    assert!(err.contains("interrupted"), "{err}");
+    assert_eq!(
+        d.db.load_catalog().unwrap().len(),
+        2 * SYNC_BATCH_FILES,
+        "two batches were saved"
+    );
+    fail::remove("delta-sync-after-batch");
+    let resumed = s.sync_origin(OriginId(0)).unwrap();
+    scenario.teardown();
+    assert_eq!(
+        resumed.reread,
+        n - 2 * SYNC_BATCH_FILES,
+        "only the unfinished files are read again"
+    );
+    let catalog = d.db.load_catalog().unwrap();
+    assert_eq!(catalog.len(), n, "nothing missed, nothing twice");
+    // The tree is the one a fresh scan gives.
+    let fresh = VirtualTree::build(&Layout::default_layout(), &scan(&root)).0;
+    assert_eq!(d.daemon.inspect(|e| e.tree().clone()), fresh);
+}
+
+/// Writes new text tags and a new cover picture into a real audio file.
+fn retag(path: &Path) {
+    use lofty::config::WriteOptions;
+    use lofty::picture::{MimeType, Picture, PictureType};
+    use lofty::prelude::*;
+    let mut tagged = lofty::read_from_path(path).expect("readable");
+    if tagged.primary_tag().is_none() {
+        let kind = tagged.primary_tag_type();
+        tagged.insert_tag(lofty::tag::Tag::new(kind));
+    }
+    let tag = tagged.primary_tag_mut().expect("a tag");
+    tag.set_title("A Brand New Title".into());
+    tag.set_artist("Someone Else Entirely".into());
+    tag.set_album("Remastered Deluxe Edition".into());
+    tag.set_comment("retagged by the chunk reuse test".into());
+    let cover: Vec<u8> = (0..120_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    tag.push_picture(
+        Picture::unchecked(cover)
+            .pic_type(PictureType::CoverFront)
+            .mime_type(MimeType::Png)
+            .build(),
+    );
+    tag.save_to_path(path, WriteOptions::default())
+        .expect("tags written");
+}
+
+fn encode(path: &Path, args: &[&str]) {
+    let status = std::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .args(args)
+        .arg(path)
+        .status()
+        .expect("ffmpeg must be installed (apt install ffmpeg)");
+    assert!(status.success());
+}
+
+#[test]
+fn a_retagged_track_reuses_its_cached_audio_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lib");
+    std::fs::create_dir_all(&root).unwrap();
+    let flac = root.join("long.flac");
+    let mp3 = root.join("long.mp3");
+    encode(
+        &flac,
+        &[
+            "anoisesrc=color=pink:amplitude=0.4:seed=3:duration=240",
+            "-ac",
+            "2",
+            "-c:a",
+            "flac",
+            "-compression_level",
+            "0",
+        ],
+    );
+    encode(
+        &mp3,
+        &[
+            "anoisesrc=color=pink:amplitude=0.4:seed=4:duration=250",
+            "-ac",
+            "2",
+            "-c:a",
+            "libmp3lame",
+            "-b:a",
+            "320k",
+        ],
+    );
+    let cache = dir.path().join("cache");
+    let d = TestDaemon::local(&root, &cache, Config::default());
+    let s = syncer(&d, &root);
+    let mut report = Vec::new();
+    for file in [&flac, &mp3] {
+        let size = std::fs::metadata(file).unwrap().len();
+        let path_of = |d: &TestDaemon| {
+            d.paths()
+                .into_iter()
+                .find(|p| p.ends_with(file.extension().unwrap().to_str().unwrap()))
+                .unwrap()
+        };
+        let before_path = path_of(&d);
+        assert_eq!(
+            d.read_all(&before_path, T).unwrap(),
+            std::fs::read(file).unwrap()
+        );
+        let stored_before = cached_bytes(&cache);
+        let fetched_before = d.daemon.inspect(|e| e.stats().fetched_bytes);
+        retag(file);
+        s.sync_origin(OriginId(0)).unwrap();
+        let after_path = path_of(&d);
+        assert_ne!(before_path, after_path, "the retag moved the track");
+        assert_eq!(
+            d.read_all(&after_path, T).unwrap(),
+            std::fs::read(file).unwrap()
+        );
+        let new_bytes = cached_bytes(&cache) - stored_before;
+        let fetched = d.daemon.inspect(|e| e.stats().fetched_bytes) - fetched_before;
+        let new_size = std::fs::metadata(file).unwrap().len();
+        report.push(format!(
+            "{}: {:.1} MB; after retag {} new bytes cached ({:.2}%), {} bytes fetched to learn it",
+            file.file_name().unwrap().to_string_lossy(),
+            size as f64 / 1e6,
+            new_bytes,
+            100.0 * new_bytes as f64 / new_size as f64,
+            fetched
+        ));
+        assert!(
+            new_bytes * 10 < new_size,
+            "{new_bytes} of {new_size} bytes stored anew after a retag of {}",
+            file.display()
+        );
+    }
+    println!("{}", report.join("\n"));
+}
