@@ -644,7 +644,7 @@ impl<'a> Builder<'a> {
         for &idx in order.iter().skip(1) {
             let mut ino = inode_hash(&paths[idx]);
             while ino < 2 || !taken.insert(ino) {
-                ino = ino.wrapping_add(1);
+                ino = ino.wrapping_add(1) & !INO_RESERVED_BIT;
             }
             inos[idx] = Ino(ino);
         }
@@ -725,7 +725,11 @@ fn is_mirror(existing: &FileNode, new: &FileNode) -> bool {
             .all(|n| existing.sources.iter().all(|e| e.origin != n.origin))
 }
 
+/// Inode numbers of the tree never have this bit: numbers with it are left
+/// to nodes the io-shell makes up (the `.search` folder's).
+pub const INO_RESERVED_BIT: u64 = 1 << 63;
+
 /// The inode number a path asks for: stable across mounts and machines.
 fn inode_hash(path: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(path.as_bytes())
+    xxhash_rust::xxh3::xxh3_64(path.as_bytes()) & !INO_RESERVED_BIT
 }

@@ -7,6 +7,7 @@
 //! musicfs unmount MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
 //! musicfs rescan [MOUNTPOINT]
+//! musicfs search [--cache-dir DIR] [-n N] QUERY...
 //! ```
 
 use clap::{Args, Parser, Subcommand};
@@ -58,6 +59,9 @@ pub enum Command {
         /// Where it is mounted.
         mountpoint: PathBuf,
     },
+    /// Search the library's tags; prints one path per line, best match first.
+    #[command(after_help = crate::search::QUERY_HELP)]
+    Search(SearchArgs),
     /// Look for changes in a running mount's origins now (new, retagged,
     /// moved and deleted files) instead of waiting for the watcher.
     Rescan {
@@ -73,6 +77,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `musicfs search`.
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// The cache directory of the library [default: $XDG_CACHE_HOME/musicfs, or ~/.cache/musicfs].
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// The most results to print.
+    #[arg(long, short = 'n', value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u64).range(1..=crate::search::MAX_LIMIT as u64))]
+    pub limit: u64,
+
+    /// What to look for (see below); several arguments are joined with spaces.
+    /// Put it after -- if it starts with '-' (or write NOT word).
+    #[arg(value_name = "QUERY", required = true, num_args = 1..)]
+    pub query: Vec<String>,
 }
 
 /// `musicfs mount`.

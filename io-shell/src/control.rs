@@ -47,13 +47,17 @@ pub struct Control {
     pub supervisor: OnceLock<Arc<Supervisor>>,
     /// Syncs origins (`musicfs rescan`).
     pub syncer: OnceLock<Arc<crate::sync::Syncer>>,
+    /// The search index, once open.
+    pub search: OnceLock<Arc<OnceLock<Arc<crate::search::live::LiveSearch>>>>,
+    /// The cache directory (a search names the library by it).
+    pub cache_dir: PathBuf,
     /// "scanning", "serving", "stopping".
     pub phase: Mutex<&'static str>,
 }
 
 impl Control {
     /// Control state for the mount at `mountpoint` with these origins.
-    pub fn new(mountpoint: &Path, origins: Vec<String>) -> Arc<Control> {
+    pub fn new(mountpoint: &Path, cache_dir: &Path, origins: Vec<String>) -> Arc<Control> {
         Arc::new(Control {
             started: Instant::now(),
             mountpoint: mountpoint.to_path_buf(),
@@ -62,6 +66,8 @@ impl Control {
             daemon: OnceLock::new(),
             supervisor: OnceLock::new(),
             syncer: OnceLock::new(),
+            search: OnceLock::new(),
+            cache_dir: cache_dir.to_path_buf(),
             phase: Mutex::new("starting"),
         })
     }
@@ -174,11 +180,31 @@ impl Control {
         json!({ "rescan": origins })
     }
 
+    /// A search, if it is for this mount's library and the index is open.
+    fn search(&self, request: &Value) -> Value {
+        let same_library = request["cache_dir"]
+            .as_str()
+            .map(PathBuf::from)
+            .and_then(|d| d.canonicalize().ok())
+            .is_some_and(|d| self.cache_dir.canonicalize().is_ok_and(|c| c == d));
+        let live = self.search.get().and_then(|s| s.get());
+        let (Some(live), true) = (live, same_library) else {
+            return json!({"error": "not this library, or its index is not open yet"});
+        };
+        let query = request["query"].as_str().unwrap_or_default();
+        let limit = request["limit"].as_u64().map_or(50, |l| l as usize);
+        match live.search(query, limit) {
+            Ok(paths) => json!({ "paths": paths }),
+            Err(e @ crate::search::SearchError::BadQuery(_)) => json!({"bad_query": e.to_string()}),
+            Err(e) => json!({"error": e.to_string()}),
+        }
+    }
+
     fn answer(self: &Arc<Self>, request: &str) -> Value {
-        let cmd = serde_json::from_str::<Value>(request)
-            .ok()
-            .and_then(|v| v.get("cmd").and_then(Value::as_str).map(str::to_owned));
+        let parsed = serde_json::from_str::<Value>(request).unwrap_or(Value::Null);
+        let cmd = parsed.get("cmd").and_then(Value::as_str).map(str::to_owned);
         match cmd.as_deref() {
+            Some("search") => self.search(&parsed),
             Some("status") => self.status(),
             Some("rescan") => self.rescan(),
             Some(other) => json!({"error": format!("unknown command '{other}'")}),

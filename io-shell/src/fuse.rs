@@ -7,6 +7,8 @@
 //! what makes a warm `find` or `ls -lR` nearly as fast as on a local disk.
 
 use crate::daemon::{Daemon, ReadReply};
+use crate::search::folder::{self, SearchFolder};
+use crate::search::live::LiveSearch;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
@@ -17,6 +19,7 @@ use musicfs_core::Ino;
 use musicfs_core::fs::{Attr, NodeKind};
 use std::ffi::OsStr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long the kernel may trust an entry or attribute. Changes are pushed
@@ -30,14 +33,50 @@ const READDIR_BATCH: usize = 512;
 /// The filesystem fuser drives.
 pub struct MusicFs {
     daemon: Arc<Daemon>,
+    search: SearchFolder,
     uid: u32,
     gid: u32,
 }
 
+/// Search results change with the library: the kernel may keep them briefly.
+const SEARCH_TTL: Duration = Duration::from_secs(1);
+
 impl MusicFs {
     /// A filesystem over `daemon`, owned by `uid:gid`.
-    pub fn new(daemon: Arc<Daemon>, uid: u32, gid: u32) -> MusicFs {
-        MusicFs { daemon, uid, gid }
+    pub fn new(
+        daemon: Arc<Daemon>,
+        uid: u32,
+        gid: u32,
+        search: Arc<OnceLock<Arc<LiveSearch>>>,
+    ) -> MusicFs {
+        MusicFs {
+            daemon,
+            search: SearchFolder::new(search),
+            uid,
+            gid,
+        }
+    }
+
+    /// Lookup, getattr and readdir of the tree or of the `.search` folder.
+    fn attr_of(&self, ino: u64) -> Result<(Attr, Duration), musicfs_core::fs::Errno> {
+        if folder::owns(ino) {
+            return self.search.getattr(ino).map(|a| (a, SEARCH_TTL));
+        }
+        self.daemon
+            .inspect(|e| e.getattr(Ino(ino)))
+            .map(|a| (a, TTL))
+    }
+
+    fn entries_of(
+        &self,
+        ino: u64,
+        offset: u64,
+    ) -> Result<Vec<musicfs_core::fs::DirEntry>, musicfs_core::fs::Errno> {
+        if folder::owns(ino) {
+            return self.search.readdir(ino, offset);
+        }
+        self.daemon
+            .inspect(|e| e.readdir(Ino(ino), offset, READDIR_BATCH))
     }
 
     fn file_attr(&self, a: &Attr) -> FileAttr {
@@ -118,18 +157,26 @@ impl Filesystem for MusicFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         use std::os::unix::ffi::OsStrExt;
-        let result = self
-            .daemon
-            .inspect(|e| e.lookup(Ino(parent.0), name.as_bytes()));
+        let result = if parent.0 == Ino::ROOT.0 && name.as_bytes() == folder::NAME.as_bytes() {
+            Ok((self.search.root_attr(), SEARCH_TTL))
+        } else if folder::owns(parent.0) {
+            self.search
+                .lookup(parent.0, name.as_bytes())
+                .map(|a| (a, SEARCH_TTL))
+        } else {
+            self.daemon
+                .inspect(|e| e.lookup(Ino(parent.0), name.as_bytes()))
+                .map(|a| (a, TTL))
+        };
         match result {
-            Ok(attr) => reply.entry(&TTL, &self.file_attr(&attr), Generation(0)),
+            Ok((attr, ttl)) => reply.entry(&ttl, &self.file_attr(&attr), Generation(0)),
             Err(e) => reply.error(errno(e)),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.daemon.inspect(|e| e.getattr(Ino(ino.0))) {
-            Ok(attr) => reply.attr(&TTL, &self.file_attr(&attr)),
+        match self.attr_of(ino.0) {
+            Ok((attr, ttl)) => reply.attr(&ttl, &self.file_attr(&attr)),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -159,6 +206,13 @@ impl Filesystem for MusicFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if folder::owns(ino.0) {
+            // Results change: no cached listing for the search folder.
+            return match self.search.getattr(ino.0) {
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(errno(e)),
+            };
+        }
         match self.daemon.inspect(|e| e.opendir(Ino(ino.0))) {
             Ok(()) => reply.opened(
                 FileHandle(0),
@@ -176,10 +230,7 @@ impl Filesystem for MusicFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let entries = self
-            .daemon
-            .inspect(|e| e.readdir(Ino(ino.0), offset, READDIR_BATCH));
-        match entries {
+        match self.entries_of(ino.0, offset) {
             Ok(entries) => {
                 for ent in entries {
                     if reply.add(
@@ -205,22 +256,35 @@ impl Filesystem for MusicFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let entries = self.daemon.inspect(|e| {
-            e.readdir(Ino(ino.0), offset, READDIR_BATCH).map(|list| {
+        let entries = if folder::owns(ino.0) {
+            self.search.readdir(ino.0, offset).map(|list| {
                 list.into_iter()
-                    .filter_map(|ent| e.getattr(ent.ino).ok().map(|a| (ent, a)))
+                    .filter_map(|ent| {
+                        self.search
+                            .getattr(ent.ino.0)
+                            .ok()
+                            .map(|a| (ent, a, SEARCH_TTL))
+                    })
                     .collect::<Vec<_>>()
             })
-        });
+        } else {
+            self.daemon.inspect(|e| {
+                e.readdir(Ino(ino.0), offset, READDIR_BATCH).map(|list| {
+                    list.into_iter()
+                        .filter_map(|ent| e.getattr(ent.ino).ok().map(|a| (ent, a, TTL)))
+                        .collect::<Vec<_>>()
+                })
+            })
+        };
         match entries {
             Ok(entries) => {
-                for (ent, attr) in entries {
+                for (ent, attr, ttl) in entries {
                     let attr = self.file_attr(&attr);
                     let full = reply.add(
                         INodeNo(ent.ino.0),
                         ent.next_offset,
                         &ent.name,
-                        &TTL,
+                        &ttl,
                         &attr,
                         Generation(0),
                     );
@@ -254,8 +318,15 @@ impl Filesystem for MusicFs {
         );
     }
 
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.search.readlink(ino.0) {
+            Ok(target) => reply.data(target.as_bytes()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
     fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
-        match self.daemon.inspect(|e| e.getattr(Ino(ino.0))) {
+        match self.attr_of(ino.0) {
             Ok(_) if mask.contains(AccessFlags::W_OK) => reply.error(Errno::EROFS),
             Ok(_) => reply.ok(),
             Err(e) => reply.error(errno(e)),

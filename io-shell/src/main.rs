@@ -80,6 +80,7 @@ fn main() -> ExitCode {
         },
         Command::Status { mountpoint, json } => status(mountpoint.as_deref(), json),
         Command::Rescan { mountpoint } => rescan(mountpoint.as_deref()),
+        Command::Search(args) => search(args),
     }
 }
 
@@ -159,4 +160,57 @@ fn rescan(mountpoint: Option<&std::path::Path>) -> ExitCode {
         return ExitCode::from(EXIT_FAILURE);
     }
     ExitCode::SUCCESS
+}
+
+/// `musicfs search`: a running daemon of this cache answers if there is
+/// one (it sees changes not yet committed to disk); otherwise the saved
+/// index is read directly (a reader only: safe beside a daemon).
+fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
+    use musicfs::search::{SearchError, search_offline};
+    let query = args.query.join(" ");
+    let cache_dir = match args.cache_dir {
+        Some(dir) => dir,
+        None => match musicfs::mount::default_cache_dir() {
+            Ok(dir) => dir,
+            Err(e) => {
+                eprintln!("musicfs: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        },
+    };
+    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let request = serde_json::json!({"cmd": "search", "query": query, "limit": limit, "cache_dir": cache_dir});
+    for socket in musicfs::control::all_sockets() {
+        let Ok(answer) =
+            musicfs::control::request(&socket, &request, std::time::Duration::from_secs(10))
+        else {
+            continue;
+        };
+        if let Some(paths) = answer["paths"].as_array() {
+            for p in paths.iter().filter_map(|p| p.as_str()) {
+                println!("{p}");
+            }
+            return ExitCode::SUCCESS;
+        }
+        if let Some(e) = answer["bad_query"].as_str() {
+            eprintln!("musicfs: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
+    match search_offline(&cache_dir, &query, limit) {
+        Ok(paths) => {
+            for path in paths {
+                println!("{path}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e @ SearchError::BadQuery(_)) => {
+            eprintln!("musicfs: {e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("musicfs: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }

@@ -13,6 +13,7 @@ use crate::daemon::Daemon;
 use crate::fuse::MusicFs;
 use crate::origin::{LocalOrigin, Origin};
 use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
+use crate::search::live::LiveSearch;
 use crate::store::{ChunkStore, Db};
 use crate::supervisor::{RestartPolicy, Supervisor};
 use crate::sync::Syncer;
@@ -25,6 +26,7 @@ use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -393,7 +395,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         .build()?;
     let mut signals = Signals::install(&runtime, &plan.mountpoint);
     let descriptions = plan.origins.iter().map(OriginSpec::describe).collect();
-    let control = Control::new(&plan.mountpoint, descriptions);
+    let control = Control::new(&plan.mountpoint, &plan.cache_dir, descriptions);
     let _socket = match control::serve(Arc::clone(&control), runtime.handle()) {
         Ok(guard) => Some(guard),
         Err(e) => {
@@ -470,9 +472,28 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         roots,
     ));
     let _ = control.syncer.set(Arc::clone(&syncer));
+    // The search index opens in the background: a rebuild must not delay
+    // the mount. Until it is ready, searches answer from the saved index.
+    let search: Arc<OnceLock<Arc<LiveSearch>>> = Arc::new(OnceLock::new());
+    {
+        let search = Arc::clone(&search);
+        syncer.on_tree_change(Box::new(move |_old, new| {
+            if let Some(live) = search.get()
+                && let Err(e) = live.tree_changed(new)
+            {
+                tracing::warn!(error = %e, "could not update the search index");
+            }
+        }));
+    }
+    let _ = control.search.set(Arc::clone(&search));
 
     let mut session = fuser::Session::new(
-        MusicFs::new(Arc::clone(&daemon), current_uid(), current_gid()),
+        MusicFs::new(
+            Arc::clone(&daemon),
+            current_uid(),
+            current_gid(),
+            Arc::clone(&search),
+        ),
         &plan.mountpoint,
         &fuse_config(&plan),
     )
@@ -499,6 +520,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     );
     let _ = syncer.notifier.set(Arc::clone(&notifier));
     spawn_background(&supervisor, &daemon, &syncer, &plan);
+    open_search(&supervisor, &daemon, &db, &plan.cache_dir, &search);
     control.set_phase("serving");
     systemd::ready(&format!(
         "serving {} tracks at {}",
@@ -531,6 +553,11 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     daemon.cancel_fetches();
     if let Err(e) = daemon.persist() {
         tracing::warn!(error = %e, "could not save the cache state at exit");
+    }
+    if let Some(live) = search.get()
+        && let Err(e) = live.commit()
+    {
+        tracing::warn!(error = %e, "could not save the search index at exit");
     }
     db.flush()?;
     if signal.is_some()
@@ -594,6 +621,44 @@ fn spawn_background(
             Arc::new(move || Box::pin(watch::watch_origin(Arc::clone(&s), origin, root.clone()))),
         );
     }
+}
+
+/// Opens the search index in the background (rebuilding it if needed).
+fn open_search(
+    supervisor: &Supervisor,
+    daemon: &Arc<Daemon>,
+    db: &Arc<Db>,
+    cache_dir: &Path,
+    slot: &Arc<OnceLock<Arc<LiveSearch>>>,
+) {
+    let (d, db, dir, slot) = (
+        Arc::clone(daemon),
+        Arc::clone(db),
+        cache_dir.to_path_buf(),
+        Arc::clone(slot),
+    );
+    supervisor.spawn(
+        "search-index",
+        false,
+        Arc::new(move || {
+            let (d, db, dir, slot) = (
+                Arc::clone(&d),
+                Arc::clone(&db),
+                dir.clone(),
+                Arc::clone(&slot),
+            );
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    let tree = d.inspect(|e| e.tree().clone());
+                    let live = LiveSearch::open(&dir, db, &tree).map_err(|e| e.to_string())?;
+                    let _ = slot.set(live);
+                    Ok(())
+                })
+                .await
+                .map_err(|e| e.to_string())?
+            })
+        }),
+    );
 }
 
 /// Waits until no read is in flight, or `timeout`. True if drained.

@@ -154,10 +154,37 @@ impl TestDaemon {
     }
 }
 
+/// Tags a generated WAV file carries (RIFF INFO).
+#[derive(Clone, Debug, Default)]
+pub struct WavTags<'a> {
+    /// INAM.
+    pub title: &'a str,
+    /// IART.
+    pub artist: &'a str,
+    /// IPRD (the album).
+    pub album: &'a str,
+    /// IGNR.
+    pub genre: Option<&'a str>,
+    /// ICRD.
+    pub year: Option<i32>,
+}
+
 /// Writes a valid WAV file of about `bytes` bytes of seeded noise, with
 /// RIFF INFO tags (title, artist, album), so the scanner files it as
 /// `artist/album/00 - title.wav`. Fast, and needs no ffmpeg.
 pub fn write_wav(path: &Path, bytes: usize, seed: u64, title: &str, artist: &str, album: &str) {
+    let tags = WavTags {
+        title,
+        artist,
+        album,
+        ..WavTags::default()
+    };
+    write_wav_tagged(path, bytes, seed, &tags);
+}
+
+/// [`write_wav`] with more tags.
+pub fn write_wav_tagged(path: &Path, bytes: usize, seed: u64, tags: &WavTags<'_>) {
+    let (title, artist, album) = (tags.title, tags.artist, tags.album);
     fn sub(id: &[u8; 4], text: &str) -> Vec<u8> {
         let mut data = text.as_bytes().to_vec();
         data.push(0);
@@ -173,6 +200,12 @@ pub fn write_wav(path: &Path, bytes: usize, seed: u64, title: &str, artist: &str
     info.extend(sub(b"INAM", title));
     info.extend(sub(b"IART", artist));
     info.extend(sub(b"IPRD", album));
+    if let Some(genre) = tags.genre {
+        info.extend(sub(b"IGNR", genre));
+    }
+    if let Some(year) = tags.year {
+        info.extend(sub(b"ICRD", &year.to_string()));
+    }
     let pcm_len = (bytes.saturating_sub(44 + info.len() + 8) / 4 * 4).max(4);
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let pcm: Vec<u8> = (0..pcm_len)

@@ -178,7 +178,7 @@ mod tests {
             ..RemoteLimits::default()
         };
         let r: Result<(), _> =
-            with_retries(&limits, "read", || std::future::pending::<Result<(), _>>()).await;
+            with_retries(&limits, "read", std::future::pending::<Result<(), _>>).await;
         match r {
             Err(OriginError::Unavailable(why)) => assert!(why.contains("timed out"), "{why}"),
             other => panic!("{other:?}"),

@@ -47,7 +47,9 @@ pub mod sftp;
 pub mod spec;
 
 pub use limits::RemoteLimits;
-pub use remote_scan::{RemoteScanOptions, scan_remote, scan_remote_blocking};
+pub use remote_scan::{
+    RemoteScanOptions, list_remote, scan_remote, scan_remote_blocking, scan_remote_files,
+};
 pub use s3::{S3Config, S3Credentials, S3Origin, Secret};
 pub use sftp::{SftpConfig, SftpOrigin};
 pub use spec::{RemoteSpec, is_remote_url, parse_remote_url, redact_url};

@@ -77,9 +77,50 @@ pub async fn scan_remote(
     opts: &RemoteScanOptions,
     progress: &dyn ScanProgress,
 ) -> Result<ScanReport, OriginError> {
-    let result = scan_inner(origin_id, origin, opts, progress).await;
+    let result = scan_inner(origin_id, origin, None, opts, progress).await;
     progress.finish();
     result
+}
+
+/// Reads the tags of `files` only (new or changed since the last sync),
+/// as [`scan_remote`] reads every file: for a delta sync, after
+/// [`list_remote`] and a comparison of versions with the catalog. The
+/// report's entries are those of `files` (covers included), sorted.
+pub async fn scan_remote_files(
+    origin_id: OriginId,
+    origin: Arc<dyn RemoteOrigin>,
+    files: Vec<RemoteFile>,
+    opts: &RemoteScanOptions,
+    progress: &dyn ScanProgress,
+) -> Result<ScanReport, OriginError> {
+    let result = scan_inner(origin_id, origin, Some(files), opts, progress).await;
+    progress.finish();
+    result
+}
+
+/// Lists a remote origin for a delta sync: every file a scan would read
+/// (audio and cover art, hidden paths left out) with its version, and no
+/// tags read; plus the listing's problem messages. Fails as
+/// [`RemoteOrigin::list`] does: never an empty list for an unreachable
+/// origin.
+pub async fn list_remote(
+    origin: &dyn RemoteOrigin,
+) -> Result<(Vec<RemoteFile>, Vec<String>), OriginError> {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    origin
+        .list(&mut |page: ListPage| {
+            errors.extend(page.errors);
+            files.extend(page.files.into_iter().filter(|f| {
+                let bytes = f.path.as_bytes();
+                let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or_default();
+                !bytes.split(|&b| b == b'/').any(scan::is_hidden)
+                    && (catalog::is_audio_name(name) || catalog::is_cover_name(name))
+            }));
+        })
+        .await?;
+    files.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    Ok((files, errors))
 }
 
 /// [`scan_remote`] for synchronous callers: runs it on `rt` and waits.
@@ -119,6 +160,7 @@ impl Drop for AbortOnDrop {
 async fn scan_inner(
     origin_id: OriginId,
     origin: Arc<dyn RemoteOrigin>,
+    only: Option<Vec<RemoteFile>>,
     opts: &RemoteScanOptions,
     progress: &dyn ScanProgress,
 ) -> Result<ScanReport, OriginError> {
@@ -128,10 +170,22 @@ async fn scan_inner(
     let lister = {
         let origin = Arc::clone(&origin);
         tokio::spawn(async move {
-            let mut send = move |page: ListPage| {
-                let _ = tx.send(page);
-            };
-            origin.list(&mut send).await
+            match only {
+                // Given files: one page, no listing.
+                Some(files) => {
+                    let _ = tx.send(ListPage {
+                        files,
+                        errors: Vec::new(),
+                    });
+                    Ok(())
+                }
+                None => {
+                    let mut send = move |page: ListPage| {
+                        let _ = tx.send(page);
+                    };
+                    origin.list(&mut send).await
+                }
+            }
         })
     };
     let _abort_lister = AbortOnDrop(lister.abort_handle());

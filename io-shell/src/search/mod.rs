@@ -71,6 +71,8 @@
 //! and an idle one costs next to nothing: its big allocations belong to the
 //! segment writer, which only lives from the first change to the commit).
 
+pub mod folder;
+pub mod live;
 mod query;
 mod schema;
 

@@ -1,0 +1,209 @@
+//! The hidden `.search` folder: `ls "/mnt/music/.search/genre:jazz year:>2000"`
+//! lists the matching tracks as symlinks into the tree, so
+//! `mpv /mnt/music/.search/artist:radiohead/*` plays them.
+//!
+//! `.search` is not listed in the root, and listing it shows nothing, so
+//! scanners and `find` never wander into it. Its nodes live in the inode
+//! numbers the tree never uses (top bit set); a query's folder is made when
+//! it is looked up and kept for a while (bounded).
+
+use super::live::LiveSearch;
+use musicfs_core::Ino;
+use musicfs_core::fs::{Attr, DirEntry, Errno, NodeKind};
+use musicfs_core::naming;
+use musicfs_core::tree::INO_RESERVED_BIT;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, OnceLock};
+
+/// The folder's name in the root.
+pub const NAME: &str = ".search";
+/// Its inode.
+pub const ROOT: u64 = INO_RESERVED_BIT | 1;
+/// Results per query folder.
+const RESULTS_MAX: usize = 1000;
+/// Query folders remembered (each holds at most RESULTS_MAX links).
+const QUERIES_MAX: usize = 64;
+
+/// Whether an inode belongs to the search folder.
+pub fn owns(ino: u64) -> bool {
+    ino & INO_RESERVED_BIT != 0
+}
+
+struct QueryDir {
+    /// (name, link inode, link target)
+    entries: Vec<(String, u64, String)>,
+}
+
+#[derive(Default)]
+struct Folders {
+    dirs: BTreeMap<u64, QueryDir>,
+    links: BTreeMap<u64, (u64, usize)>,
+    order: VecDeque<u64>,
+}
+
+/// The `.search` folder of a mount.
+pub struct SearchFolder {
+    live: Arc<OnceLock<Arc<LiveSearch>>>,
+    folders: Mutex<Folders>,
+}
+
+fn reserved(hash: u64) -> u64 {
+    // Never ROOT, never 0 or 1 (after the bit): keep the low bits away from 1.
+    (hash | INO_RESERVED_BIT | 2) & !1
+}
+
+fn dir_attr(ino: u64, entries: usize) -> Attr {
+    Attr {
+        ino: Ino(ino),
+        size: entries as u64,
+        mtime_ns: 0,
+        kind: NodeKind::Dir,
+        nlink: 2,
+    }
+}
+
+impl SearchFolder {
+    /// The folder, answering from `live` once the index is open.
+    pub fn new(live: Arc<OnceLock<Arc<LiveSearch>>>) -> SearchFolder {
+        SearchFolder {
+            live,
+            folders: Mutex::new(Folders::default()),
+        }
+    }
+
+    /// The folder itself.
+    pub fn root_attr(&self) -> Attr {
+        dir_attr(ROOT, 0)
+    }
+
+    /// A name in one of the search folder's directories.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> Result<Attr, Errno> {
+        let name = std::str::from_utf8(name).map_err(|_| Errno::NoEnt)?;
+        if parent == ROOT {
+            return self.query_dir(name);
+        }
+        let folders = self.folders.lock();
+        let dir = folders.dirs.get(&parent).ok_or(Errno::NoEnt)?;
+        let (_, ino, target) = dir
+            .entries
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .ok_or(Errno::NoEnt)?;
+        Ok(link_attr(*ino, target))
+    }
+
+    fn query_dir(&self, query: &str) -> Result<Attr, Errno> {
+        let live = self.live.get().ok_or(Errno::NoEnt)?;
+        let paths = live.search(query, RESULTS_MAX).map_err(|e| {
+            tracing::debug!(%query, error = %e, "search folder query refused");
+            Errno::NoEnt
+        })?;
+        let dir_ino = reserved(xxhash_rust::xxh3::xxh3_64(query.as_bytes()));
+        let mut names = std::collections::BTreeSet::new();
+        let entries: Vec<(String, u64, String)> = paths
+            .iter()
+            .map(|vpath| {
+                let file = vpath.rsplit('/').next().unwrap_or(vpath);
+                let (base, ext) = naming::split_ext(file);
+                let mut name = file.to_owned();
+                let mut n = 2;
+                while !names.insert(name.clone()) {
+                    name = naming::with_collision_suffix(base, ext, n);
+                    n += 1;
+                }
+                let key = format!("{query}\0{vpath}");
+                let ino = reserved(xxhash_rust::xxh3::xxh3_64(key.as_bytes()));
+                (name, ino, format!("../../{vpath}"))
+            })
+            .collect();
+        let attr = dir_attr(dir_ino, entries.len());
+        let mut f = self.folders.lock();
+        if let Some(old) = f.dirs.remove(&dir_ino) {
+            for (_, ino, _) in &old.entries {
+                f.links.remove(ino);
+            }
+            f.order.retain(|d| *d != dir_ino);
+        }
+        for (i, (_, ino, _)) in entries.iter().enumerate() {
+            f.links.insert(*ino, (dir_ino, i));
+        }
+        f.dirs.insert(dir_ino, QueryDir { entries });
+        f.order.push_back(dir_ino);
+        while f.order.len() > QUERIES_MAX {
+            if let Some(gone) = f.order.pop_front()
+                && let Some(d) = f.dirs.remove(&gone)
+            {
+                for (_, ino, _) in &d.entries {
+                    f.links.remove(ino);
+                }
+            }
+        }
+        Ok(attr)
+    }
+
+    /// Attributes of a search node.
+    pub fn getattr(&self, ino: u64) -> Result<Attr, Errno> {
+        if ino == ROOT {
+            return Ok(self.root_attr());
+        }
+        let f = self.folders.lock();
+        if let Some(d) = f.dirs.get(&ino) {
+            return Ok(dir_attr(ino, d.entries.len()));
+        }
+        let (dir, i) = f.links.get(&ino).ok_or(Errno::NoEnt)?;
+        let (_, _, target) = &f.dirs.get(dir).ok_or(Errno::NoEnt)?.entries[*i];
+        Ok(link_attr(ino, target))
+    }
+
+    /// A listing: the folder itself shows nothing; a query folder its links.
+    pub fn readdir(&self, ino: u64, offset: u64) -> Result<Vec<DirEntry>, Errno> {
+        let f = self.folders.lock();
+        let listed: Vec<(String, u64, NodeKind)> = if ino == ROOT {
+            Vec::new()
+        } else {
+            let d = f.dirs.get(&ino).ok_or(Errno::NoEnt)?;
+            d.entries
+                .iter()
+                .map(|(n, i, _)| (n.clone(), *i, NodeKind::Symlink))
+                .collect()
+        };
+        let dots = [
+            (".".to_string(), ino, NodeKind::Dir),
+            (
+                "..".to_string(),
+                if ino == ROOT { 1 } else { ROOT },
+                NodeKind::Dir,
+            ),
+        ];
+        Ok(dots
+            .into_iter()
+            .chain(listed)
+            .enumerate()
+            .skip(usize::try_from(offset).unwrap_or(usize::MAX))
+            .map(|(i, (name, ino, kind))| DirEntry {
+                ino: Ino(ino),
+                next_offset: i as u64 + 1,
+                kind,
+                name,
+            })
+            .collect())
+    }
+
+    /// Where a result link points.
+    pub fn readlink(&self, ino: u64) -> Result<String, Errno> {
+        let f = self.folders.lock();
+        let (dir, i) = f.links.get(&ino).ok_or(Errno::NoEnt)?;
+        Ok(f.dirs.get(dir).ok_or(Errno::NoEnt)?.entries[*i].2.clone())
+    }
+}
+
+fn link_attr(ino: u64, target: &str) -> Attr {
+    Attr {
+        ino: Ino(ino),
+        size: target.len() as u64,
+        mtime_ns: 0,
+        kind: NodeKind::Symlink,
+        nlink: 1,
+    }
+}
