@@ -606,74 +606,6 @@ impl ErrorList {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rel_paths_are_checked() {
-        for bad in [
-            &b""[..],
-            b"/abs.flac",
-            b"a/../b.flac",
-            b"./a.flac",
-            b"a//b.flac",
-            b"a/",
-        ] {
-            assert!(
-                validate_rel(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        for good in [
-            &b"a.flac"[..],
-            b"A/B/01 x.mp3",
-            b"\xff\xfe/x.ogg",
-            b"a/..b/c.flac",
-        ] {
-            assert!(validate_rel(good).is_ok());
-        }
-    }
-
-    #[test]
-    fn hidden_names() {
-        assert!(is_hidden(b".git"));
-        assert!(is_hidden(b"._01.flac"));
-        assert!(is_hidden(b".hidden.flac"));
-        assert!(is_hidden(b"."));
-        assert!(!is_hidden(b"...And Justice for All"));
-        assert!(!is_hidden(b"..."));
-        assert!(!is_hidden(b"Album."));
-        assert!(!is_hidden(b""));
-    }
-
-    #[test]
-    fn error_list_caps_and_counts() {
-        let mut list = ErrorList::new(2);
-        for i in 0..5 {
-            list.push(format!("e{i}"));
-        }
-        let (out, total) = list.finish();
-        assert_eq!(out, vec!["e0", "e1", "... and 3 more errors"]);
-        assert_eq!(total, 5);
-    }
-
-    #[test]
-    fn versions_change_with_the_inode() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
-        std::fs::write(&a, b"same").unwrap();
-        let v1 = file_version(&std::fs::metadata(&a).unwrap());
-        let b = dir.path().join("b");
-        std::fs::write(&b, b"same").unwrap();
-        std::fs::rename(&b, &a).unwrap();
-        let v2 = file_version(&std::fs::metadata(&a).unwrap());
-        assert_eq!(v1.size, v2.size);
-        assert_ne!(v1.token, v2.token);
-    }
-}
-
 /// Lists a local origin for a delta sync: every file the scanner would read,
 /// with its version from a `stat`, but no tags read. This is what makes a
 /// later mount's catch-up cheap: only files whose version changed are
@@ -761,4 +693,72 @@ pub fn read_files(
         .into_iter()
         .filter_map(|o| o.entry)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rel_paths_are_checked() {
+        for bad in [
+            &b""[..],
+            b"/abs.flac",
+            b"a/../b.flac",
+            b"./a.flac",
+            b"a//b.flac",
+            b"a/",
+        ] {
+            assert!(
+                validate_rel(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        for good in [
+            &b"a.flac"[..],
+            b"A/B/01 x.mp3",
+            b"\xff\xfe/x.ogg",
+            b"a/..b/c.flac",
+        ] {
+            assert!(validate_rel(good).is_ok());
+        }
+    }
+
+    #[test]
+    fn hidden_names() {
+        assert!(is_hidden(b".git"));
+        assert!(is_hidden(b"._01.flac"));
+        assert!(is_hidden(b".hidden.flac"));
+        assert!(is_hidden(b"."));
+        assert!(!is_hidden(b"...And Justice for All"));
+        assert!(!is_hidden(b"..."));
+        assert!(!is_hidden(b"Album."));
+        assert!(!is_hidden(b""));
+    }
+
+    #[test]
+    fn error_list_caps_and_counts() {
+        let mut list = ErrorList::new(2);
+        for i in 0..5 {
+            list.push(format!("e{i}"));
+        }
+        let (out, total) = list.finish();
+        assert_eq!(out, vec!["e0", "e1", "... and 3 more errors"]);
+        assert_eq!(total, 5);
+    }
+
+    #[test]
+    fn versions_change_with_the_inode() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a");
+        std::fs::write(&a, b"same").unwrap();
+        let v1 = file_version(&std::fs::metadata(&a).unwrap());
+        let b = dir.path().join("b");
+        std::fs::write(&b, b"same").unwrap();
+        std::fs::rename(&b, &a).unwrap();
+        let v2 = file_version(&std::fs::metadata(&a).unwrap());
+        assert_eq!(v1.size, v2.size);
+        assert_ne!(v1.token, v2.token);
+    }
 }

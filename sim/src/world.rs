@@ -24,7 +24,8 @@ use crate::shell::Shell;
 use crate::swarm::{Stream, Swarm, stream};
 use crate::trace::{Ev, Trace};
 use musicfs_core::catalog::CatalogEntry;
-use musicfs_core::engine::{CutChunk, Engine, FetchId, Piece, ReqId};
+use musicfs_core::engine::{CutChunk, Engine, FetchId, Piece, ReqId, SourceKey};
+use musicfs_core::sync::{self, Listed};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{Ino, Layout, SourceFile, Time};
 use rand::Rng;
@@ -204,7 +205,7 @@ impl World {
             timer_repeat: (Time::ZERO, 0),
             swarm,
         };
-        w.disk.catalog = w.scan();
+        w.disk.catalog = w.scan().0;
         w.start_engine();
         w.clients = Client::population(&w.swarm, &mut w.rng_clients);
         for i in 0..w.clients.len() {
@@ -352,26 +353,47 @@ impl World {
         }
     }
 
-    /// What a scan finds: each reachable origin's files; for an origin it
-    /// cannot reach (cut off, or stalled so the scan times out), what the
-    /// last scan found there (an unreachable origin never loses its tracks).
-    pub(crate) fn scan(&self) -> Vec<CatalogEntry> {
-        let mut out = Vec::new();
+    /// What a sync of every reachable origin makes of the saved catalog,
+    /// decided by the core's sync planning (the io-shell's `Syncer` runs the
+    /// same functions): unchanged files are not read again, moved files keep
+    /// their entries, an unreachable origin keeps its saved entries. Also
+    /// returns the moves, for `Engine::move_sources`.
+    pub(crate) fn scan(&self) -> (Vec<CatalogEntry>, Vec<(SourceKey, SourceFile)>) {
+        let mut catalog = self.disk.catalog.clone();
+        let mut moves = Vec::new();
         for o in &self.lib.origins {
             let o = o.borrow();
             if !self.net.is_reachable(o.id) {
-                out.extend(
-                    self.disk
-                        .catalog
-                        .iter()
-                        .filter(|e| e.source.origin == o.id)
-                        .cloned(),
-                );
-            } else {
-                out.extend(o.catalog());
+                continue;
             }
+            let listing: Vec<Listed> = o
+                .catalog()
+                .into_iter()
+                .map(|e| Listed {
+                    path: e.source.path,
+                    version: e.source.version,
+                })
+                .collect();
+            let plan = sync::plan_full(o.id, &catalog, &listing);
+            // "Reading the tags" of a file is asking the origin what it is.
+            let fresh: BTreeMap<_, _> = o
+                .catalog()
+                .into_iter()
+                .map(|e| (e.source.path.clone(), e))
+                .collect();
+            let read: Vec<CatalogEntry> = plan
+                .reread
+                .iter()
+                .filter_map(|l| fresh.get(&l.path).cloned())
+                .collect();
+            moves.extend(
+                plan.moved
+                    .iter()
+                    .map(|(old, e)| ((o.id, old.clone()), e.source.clone())),
+            );
+            catalog = sync::apply(&catalog, &plan, &read);
         }
-        out
+        (catalog, moves)
     }
 
     pub(crate) fn start_engine(&mut self) {
@@ -413,7 +435,7 @@ impl World {
             return;
         }
         self.stats.rescans += 1;
-        let catalog = self.scan();
+        let (catalog, moves) = self.scan();
         self.disk.catalog = catalog;
         let (tree, _) = VirtualTree::build(&self.layout, &self.disk.catalog);
         let now = self.now;
@@ -421,6 +443,7 @@ impl World {
             return;
         };
         let old = e.tree().clone();
+        e.move_sources(&moves);
         let diff = e.replace_tree(now, tree);
         let files = e.tree().file_count();
         self.push(Ev::Rescan {

@@ -1,12 +1,11 @@
 //! Delta sync on the real daemon without FUSE: resumable batches (seed 2.5)
 //! and chunk reuse after a retag (NFR-6.4).
 
-use musicfs::sync::{SYNC_BATCH_FILES, Syncer};
+use musicfs::sync::Syncer;
 use musicfs_core::engine::Config;
-use musicfs_core::tree::VirtualTree;
 use musicfs_core::{Layout, OriginId};
 use musicfs_tests::files_under;
-use musicfs_tests::fixtures::{TestDaemon, local_origin, scan, write_wav};
+use musicfs_tests::fixtures::TestDaemon;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +33,9 @@ fn cached_bytes(cache: &Path) -> u64 {
 #[cfg(feature = "failpoints")]
 #[test]
 fn test_sync_resumes_after_crash() {
+    use musicfs::sync::SYNC_BATCH_FILES;
+    use musicfs_core::tree::VirtualTree;
+    use musicfs_tests::fixtures::{local_origin, scan, write_wav};
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lib");
     let n = SYNC_BATCH_FILES * 2 + 88;
