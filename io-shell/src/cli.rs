@@ -30,7 +30,10 @@ Examples:
   musicfs mount --origin ~/Music /mnt/music
   musicfs mount --origin /srv/flac --origin /srv/mp3 --cache-size 50G /mnt/music
   musicfs mount --origin ~/Music --layout '$genre/$albumartist/$year - $album/$track $title.$ext' /mnt/music
+  musicfs mount --origin 'sftp://me@nas/srv/music,name=nas' --origin 's3://music/flac?endpoint=http://minio:9000,priority=1' /mnt/music
   musicfs mount --config /etc/musicfs/musicfs.toml
+
+Origins: a local folder; s3://BUCKET/PREFIX (query: endpoint=, region=, path_style=, anonymous=; keys from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or an AWS profile, never the URL); or sftp://USER@HOST:PORT/PATH (query: key=, known_hosts=, ssh_config=; keys from ssh-agent, a key file or ~/.ssh/config; host keys checked against known_hosts). Append ,name=NAME and ,priority=N (lower is preferred; default 0, ties keep the order given). The same track in several origins is one entry, read from the preferred healthy origin.
 
 Layout fields: $albumartist $artist $album $track $title $ext $year $genre $disc $format
 ($track is zero-padded, and becomes disc-track, e.g. 1-03, on multi-disc albums).
@@ -100,9 +103,10 @@ pub struct SearchArgs {
 /// `musicfs mount`.
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// A folder of music to include (repeat for several origins; earlier ones are preferred).
+    /// A folder, s3://bucket/prefix or sftp://user@host/path to include, with optional
+    /// ,name=NAME and ,priority=N (repeat for several origins; earlier ones are preferred).
     /// At least one is needed, here or in --config; any given here replace the file's.
-    #[arg(long = "origin", value_name = "DIR")]
+    #[arg(long = "origin", value_name = "DIR|URL")]
     pub origins: Vec<String>,
 
     /// Where the chunk cache and the saved tree live [default: $XDG_CACHE_HOME/musicfs, or ~/.cache/musicfs].

@@ -243,7 +243,14 @@ fn order_origins(list: Vec<Spanned<OriginEntry>>) -> Result<Vec<String>, ConfigE
     }
     let mut entries: Vec<OriginEntry> = list.into_iter().map(Spanned::into_inner).collect();
     entries.sort_by_key(|e| e.priority.unwrap_or(0));
-    Ok(entries.into_iter().map(|e| e.url).collect())
+    // In `--origin` form: the name rides along; the order is the priority.
+    Ok(entries
+        .into_iter()
+        .map(|e| match e.name {
+            Some(name) => format!("{},name={name}", e.url),
+            None => e.url,
+        })
+        .collect())
 }
 
 /// The file as written; each value type checks itself while deserializing,
@@ -298,8 +305,13 @@ impl<'de> Deserialize<'de> for OriginEntry {
             // own errors (`ulr = ...`, a missing url) reach the user intact.
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<OriginEntry, A::Error> {
                 let t = OriginTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                if t.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
-                    return Err(de::Error::custom("an origin's name cannot be empty"));
+                if t.name
+                    .as_deref()
+                    .is_some_and(|n| n.trim().is_empty() || n.contains([',', '=']))
+                {
+                    return Err(de::Error::custom(
+                        "an origin's name must be non-empty text without ',' or '='",
+                    ));
                 }
                 Ok(OriginEntry {
                     url: origin_url(&t.url)?,
@@ -464,7 +476,7 @@ log_level = "DEBUG"
         assert_eq!(
             args.origins,
             vec![
-                "sftp://nas/music".to_owned(),
+                "sftp://nas/music,name=nas".to_owned(),
                 "/srv/flac".to_owned(),
                 "s3://bucket/prefix".to_owned(),
                 base.join("relative/mp3").to_string_lossy().into_owned(),

@@ -108,6 +108,11 @@ impl Daemon {
         })
     }
 
+    /// The runtime the daemon's I/O runs on.
+    pub fn runtime(&self) -> &Handle {
+        &self.rt
+    }
+
     /// Monotonic time since the daemon started, as the engine counts it.
     pub fn now(&self) -> Time {
         Time::from_nanos(u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX))

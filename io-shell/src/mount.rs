@@ -11,12 +11,15 @@ use crate::cli::MountArgs;
 use crate::control::{self, Control, ScanState};
 use crate::daemon::Daemon;
 use crate::fuse::MusicFs;
-use crate::origin::{LocalOrigin, Origin};
+use crate::origin::{
+    LocalOrigin, Origin, RemoteOrigin, RemoteScanOptions, RemoteSpec, is_remote_url,
+    parse_remote_url, redact_url, scan_remote_blocking,
+};
 use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
 use crate::search::live::LiveSearch;
 use crate::store::{ChunkStore, Db};
 use crate::supervisor::{RestartPolicy, Supervisor};
-use crate::sync::Syncer;
+use crate::sync::{SyncSource, Syncer};
 use crate::systemd;
 use crate::watch;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
@@ -56,25 +59,55 @@ impl<E: std::error::Error> From<E> for RunError {
     }
 }
 
-/// One origin, as configured.
+/// Where an origin's files are.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OriginSpec {
+pub enum OriginKind {
     /// A local directory (canonical path).
     Local(PathBuf),
+    /// An S3 bucket or an SFTP server.
+    Remote(RemoteSpec),
+}
+
+/// One origin, as configured: `--origin WHERE[,name=NAME][,priority=N]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OriginSpec {
+    /// Where its files are.
+    pub kind: OriginKind,
+    /// A short name for logs and `musicfs status`.
+    pub name: Option<String>,
+    /// Lower is preferred; ties keep the order given.
+    pub priority: i64,
 }
 
 impl OriginSpec {
-    /// For logs and `musicfs status`.
-    pub fn describe(&self) -> String {
-        match self {
-            OriginSpec::Local(p) => format!("local {}", p.display()),
+    /// A local directory with no name, at the default priority.
+    pub fn local(root: PathBuf) -> OriginSpec {
+        OriginSpec {
+            kind: OriginKind::Local(root),
+            name: None,
+            priority: 0,
         }
     }
 
-    /// A stable text form, saved in the cache to notice a changed origin list.
+    /// For logs and `musicfs status`; never contains a secret.
+    pub fn describe(&self) -> String {
+        let place = match &self.kind {
+            OriginKind::Local(p) => format!("local {}", p.display()),
+            OriginKind::Remote(r) => r.describe(),
+        };
+        match &self.name {
+            Some(name) => format!("{name} ({place})"),
+            None => place,
+        }
+    }
+
+    /// A stable text form, saved in the cache to notice a changed origin
+    /// list. The name and priority are left out: renaming an origin or
+    /// preferring another does not change its files.
     pub fn key(&self) -> String {
-        match self {
-            OriginSpec::Local(p) => format!("local:{}", p.display()),
+        match &self.kind {
+            OriginKind::Local(p) => format!("local:{}", p.display()),
+            OriginKind::Remote(r) => r.key(),
         }
     }
 }
@@ -117,6 +150,14 @@ impl MountPlan {
         for raw in &args.origins {
             origins.push(parse_origin(raw)?);
         }
+        // Lower priority first; a stable sort keeps the given order on ties.
+        origins.sort_by_key(|o: &OriginSpec| o.priority);
+        let mut names = std::collections::BTreeSet::new();
+        for name in origins.iter().filter_map(|o| o.name.as_deref()) {
+            if !names.insert(name) {
+                return Err(UsageError(format!("two origins are named '{name}'")));
+            }
+        }
         if origins.len() > usize::from(u16::MAX) {
             return Err(UsageError("too many origins".into()));
         }
@@ -140,12 +181,60 @@ impl MountPlan {
     }
 }
 
-fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
-    if raw.contains("://") {
-        let scheme = raw.split("://").next().unwrap_or_default();
-        return Err(UsageError(format!(
-            "origin '{raw}': {scheme}:// origins are not supported by this build; give a local directory"
-        )));
+/// Parses `WHERE[,name=NAME][,priority=N]`: a local directory (which must
+/// exist), or an `s3://` or `sftp://` URL (checked, not contacted). Only
+/// trailing `,name=` and `,priority=` parts are options, so a path with a
+/// comma in it still works.
+pub fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
+    let mut place = raw;
+    let mut name = None;
+    let mut priority = None;
+    while let Some((head, tail)) = place.rsplit_once(',') {
+        if let Some(n) = tail.strip_prefix("name=") {
+            if name.is_some() {
+                return Err(UsageError(format!(
+                    "origin '{}': name given twice",
+                    redact_url(raw)
+                )));
+            }
+            if n.trim().is_empty() || n.contains('=') {
+                return Err(UsageError(format!(
+                    "origin '{}': a name must be non-empty text without ',' or '='",
+                    redact_url(raw)
+                )));
+            }
+            name = Some(n.to_owned());
+        } else if let Some(p) = tail.strip_prefix("priority=") {
+            if priority.is_some() {
+                return Err(UsageError(format!(
+                    "origin '{}': priority given twice",
+                    redact_url(raw)
+                )));
+            }
+            priority = Some(p.parse::<i64>().map_err(|_| {
+                UsageError(format!(
+                    "origin '{}': priority must be a whole number, not '{p}'",
+                    redact_url(raw)
+                ))
+            })?);
+        } else {
+            break;
+        }
+        place = head;
+    }
+    let kind = parse_place(place)?;
+    Ok(OriginSpec {
+        kind,
+        name,
+        priority: priority.unwrap_or(0),
+    })
+}
+
+fn parse_place(raw: &str) -> Result<OriginKind, UsageError> {
+    if is_remote_url(raw) {
+        return parse_remote_url(raw)
+            .map(OriginKind::Remote)
+            .map_err(|e| UsageError(format!("origin '{}': {e}", redact_url(raw))));
     }
     let path = Path::new(raw);
     let meta = std::fs::metadata(path)
@@ -159,7 +248,7 @@ fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
             io_reason(&e)
         ))
     })?;
-    Ok(OriginSpec::Local(canonical))
+    Ok(OriginKind::Local(canonical))
 }
 
 fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
@@ -272,6 +361,8 @@ fn io_reason(e: &std::io::Error) -> String {
 /// origins are caught up with in the background by their watchers.
 fn load_catalog(
     plan: &MountPlan,
+    sources: &[SyncSource],
+    rt: &tokio::runtime::Handle,
     db: &Db,
     scan: &Arc<ScanState>,
 ) -> Result<Vec<CatalogEntry>, RunError> {
@@ -287,7 +378,7 @@ fn load_catalog(
             db.set_meta(&format!("origin/{i}"), b"")?;
         }
     }
-    for (i, spec) in plan.origins.iter().enumerate() {
+    for (i, (spec, source)) in plan.origins.iter().zip(sources).enumerate() {
         let id = OriginId(i as u16);
         let meta_key = format!("origin/{i}");
         let saved = db.get_meta(&meta_key)?;
@@ -297,7 +388,7 @@ fn load_catalog(
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        let report = scan_origin(id, spec, scan)?;
+        let report = scan_origin(id, spec, source, rt, scan)?;
         db.replace_catalog_for_origin(id, &report)?;
         db.set_meta(&meta_key, spec.key().as_bytes())?;
         entries.extend(report);
@@ -363,20 +454,58 @@ impl ScanProgress for FirstScanProgress {
 }
 
 /// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
+///
+/// A remote origin that cannot be scanned now (unreachable, refused) does
+/// not stop the mount: it comes up with the other origins' tracks, and the
+/// origin's poller scans it once it answers (its sync is checkpointed, so
+/// the work is not lost if that is cut short too). A local origin that
+/// cannot be walked is an error: it was checked a moment ago.
 fn scan_origin(
     id: OriginId,
     spec: &OriginSpec,
+    source: &SyncSource,
+    rt: &tokio::runtime::Handle,
     state: &Arc<ScanState>,
 ) -> Result<Vec<CatalogEntry>, RunError> {
-    let OriginSpec::Local(root) = spec;
-    *state.what.lock() = root.display().to_string();
-    tracing::info!(origin = %root.display(), "scanning a new origin; the mount comes up when it is done");
+    let what = spec.describe();
+    *state.what.lock() = what.clone();
+    tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
     let progress = FirstScanProgress::new(Arc::clone(state));
-    let report = scan::scan_local(id, root, &ScanOptions::default(), &progress);
+    let started = Instant::now();
+    let entries = match source {
+        SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
+            .map(|r| r.entries)
+            .map_err(|e| RunError(format!("cannot scan origin '{what}': {e}"))),
+        SyncSource::Remote(remote) => match scan_remote_blocking(
+            rt,
+            id,
+            Arc::clone(remote),
+            &RemoteScanOptions::default(),
+            &progress,
+        ) {
+            Ok(report) => {
+                tracing::info!(
+                    origin = %what,
+                    files = report.entries.len(),
+                    unreadable = report.unreadable,
+                    fetched_bytes = report.bytes_fetched,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "remote origin scanned"
+                );
+                Ok(report.entries)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    origin = %what,
+                    error = %e,
+                    "cannot scan this origin now; mounting without its tracks, which appear once it answers"
+                );
+                Ok(Vec::new())
+            }
+        },
+    };
     state.what.lock().clear();
-    let report =
-        report.map_err(|e| RunError(format!("cannot scan origin '{}': {e}", root.display())))?;
-    Ok(report.entries)
+    entries
 }
 
 /// How long a graceful shutdown waits for reads in flight.
@@ -411,8 +540,27 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         tracing::warn!(what = %what, "the cache database was damaged and has been rebuilt");
         chunk_index = rebuild_chunk_index(&store, &db)?;
     }
+    // Each origin once, shared by the first scan, the reads and the syncs.
+    let mut readers: Vec<Arc<dyn Origin>> = Vec::with_capacity(plan.origins.len());
+    let mut sources: Vec<SyncSource> = Vec::with_capacity(plan.origins.len());
+    for (i, spec) in plan.origins.iter().enumerate() {
+        let id = OriginId(i as u16);
+        match &spec.kind {
+            OriginKind::Local(root) => {
+                readers.push(Arc::new(LocalOrigin::new(id, root.clone())));
+                sources.push(SyncSource::Local(root.clone()));
+            }
+            OriginKind::Remote(remote) => {
+                let opened: Arc<dyn RemoteOrigin> = remote.open(id).map_err(|e| {
+                    RunError(format!("cannot set up origin '{}': {e}", spec.describe()))
+                })?;
+                readers.push(Arc::clone(&opened) as Arc<dyn Origin>);
+                sources.push(SyncSource::Remote(opened));
+            }
+        }
+    }
     control.set_phase("scanning");
-    let catalog = load_catalog(&plan, &db, &control.scan)?;
+    let catalog = load_catalog(&plan, &sources, runtime.handle(), &db, &control.scan)?;
     let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
     tracing::info!(
         tracks = report.tracks,
@@ -435,20 +583,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     for i in 0..plan.origins.len() {
         engine.track_origin(musicfs_core::Time::ZERO, OriginId(i as u16));
     }
-    let origins: Vec<Arc<dyn Origin>> = plan
-        .origins
-        .iter()
-        .enumerate()
-        .map(|(i, spec)| match spec {
-            OriginSpec::Local(root) => {
-                Arc::new(LocalOrigin::new(OriginId(i as u16), root.clone())) as Arc<dyn Origin>
-            }
-        })
-        .collect();
     let daemon = Daemon::new(
         engine,
         runtime.handle().clone(),
-        origins,
+        readers,
         store,
         Arc::clone(&db),
     );
@@ -458,18 +596,11 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         RestartPolicy::default(),
     ));
     let _ = control.supervisor.set(Arc::clone(&supervisor));
-    let roots = plan
-        .origins
-        .iter()
-        .map(|spec| match spec {
-            OriginSpec::Local(root) => Some(root.clone()),
-        })
-        .collect();
     let syncer = Arc::new(Syncer::new(
         Arc::clone(&daemon),
         Arc::clone(&db),
         plan.layout.clone(),
-        roots,
+        sources.clone(),
     ));
     let _ = control.syncer.set(Arc::clone(&syncer));
     // The search index opens in the background: a rebuild must not delay
@@ -519,7 +650,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         "mounted"
     );
     let _ = syncer.notifier.set(Arc::clone(&notifier));
-    spawn_background(&supervisor, &daemon, &syncer, &plan);
+    spawn_background(&supervisor, &daemon, &syncer, &sources);
     open_search(&supervisor, &daemon, &db, &plan.cache_dir, &search);
     control.set_phase("serving");
     systemd::ready(&format!(
@@ -580,13 +711,14 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
 }
 
 /// The daemon's background tasks, under the supervisor: timers,
-/// persistence, and a watcher per local origin (which first catches up with
-/// changes made while unmounted, by a delta sync).
+/// persistence, a watcher per local origin (which first catches up with
+/// changes made while unmounted, by a delta sync) and a poller per remote
+/// origin (a delta sync at once, then every [`watch::REMOTE_POLL`]).
 fn spawn_background(
     supervisor: &Supervisor,
     daemon: &Arc<Daemon>,
     syncer: &Arc<Syncer>,
-    plan: &MountPlan,
+    sources: &[SyncSource],
 ) {
     let d = Arc::clone(daemon);
     supervisor.spawn(
@@ -612,14 +744,25 @@ fn spawn_background(
             })
         }),
     );
-    for (i, spec) in plan.origins.iter().enumerate() {
-        let OriginSpec::Local(root) = spec;
-        let (s, root, origin) = (Arc::clone(syncer), root.clone(), OriginId(i as u16));
-        supervisor.spawn(
-            &format!("watch:{i}"),
-            true,
-            Arc::new(move || Box::pin(watch::watch_origin(Arc::clone(&s), origin, root.clone()))),
-        );
+    for (i, source) in sources.iter().enumerate() {
+        let (s, origin) = (Arc::clone(syncer), OriginId(i as u16));
+        match source {
+            SyncSource::Local(root) => {
+                let root = root.clone();
+                supervisor.spawn(
+                    &format!("watch:{i}"),
+                    true,
+                    Arc::new(move || {
+                        Box::pin(watch::watch_origin(Arc::clone(&s), origin, root.clone()))
+                    }),
+                );
+            }
+            SyncSource::Remote(_) => supervisor.spawn(
+                &format!("poll:{i}"),
+                true,
+                Arc::new(move || Box::pin(watch::poll_origin(Arc::clone(&s), origin))),
+            ),
+        }
     }
 }
 
@@ -740,8 +883,9 @@ async fn wait_for_stop(
 
 fn fuse_config(plan: &MountPlan) -> fuser::Config {
     use fuser::MountOption as O;
-    let fsname = match plan.origins.first() {
-        Some(OriginSpec::Local(p)) => format!("musicfs:{}", p.display()),
+    let fsname = match plan.origins.first().map(|o| &o.kind) {
+        Some(OriginKind::Local(p)) => format!("musicfs:{}", p.display()),
+        Some(OriginKind::Remote(r)) => format!("musicfs:{}", r.key()),
         None => "musicfs".into(),
     };
     let mut config = fuser::Config::default();
@@ -823,4 +967,68 @@ fn seed_from_clock() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origin_options_are_split_off_the_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let odd = dir.path().join("a,b");
+        std::fs::create_dir(&odd).unwrap();
+        let raw = format!("{},name=home,priority=-3", odd.display());
+        let spec = parse_origin(&raw).unwrap();
+        assert_eq!(spec.name.as_deref(), Some("home"));
+        assert_eq!(spec.priority, -3);
+        assert_eq!(
+            spec.kind,
+            OriginKind::Local(odd.canonicalize().unwrap()),
+            "a comma inside the path is part of the path"
+        );
+        let plain = parse_origin(&odd.display().to_string()).unwrap();
+        assert_eq!((plain.name, plain.priority), (None, 0));
+    }
+
+    #[test]
+    fn remote_origins_parse_and_describe_without_secrets() {
+        let spec =
+            parse_origin("s3://music/flac?endpoint=http://127.0.0.1:9000,name=bucket,priority=2")
+                .unwrap();
+        assert!(matches!(spec.kind, OriginKind::Remote(RemoteSpec::S3(_))));
+        assert_eq!(spec.priority, 2);
+        assert!(
+            spec.describe().starts_with("bucket (s3://music/flac"),
+            "{}",
+            spec.describe()
+        );
+        let sftp = parse_origin("sftp://me@nas:2222/srv/music").unwrap();
+        assert!(matches!(sftp.kind, OriginKind::Remote(RemoteSpec::Sftp(_))));
+        assert_ne!(spec.key(), sftp.key());
+        let err = parse_origin("sftp://me:hunter2@nas/srv/music")
+            .unwrap_err()
+            .0;
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = parse_origin("s3://b/p?secret_access_key=hunter2")
+            .unwrap_err()
+            .0;
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn bad_origin_options_are_usage_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        for (raw, says) in [
+            (format!("{d},priority=high"), "whole number"),
+            (format!("{d},name="), "name must be"),
+            (format!("{d},name=a,name=b"), "twice"),
+            ("ftp://host/x".to_owned(), "not supported"),
+            ("s3://".to_owned(), "bucket"),
+        ] {
+            let err = parse_origin(&raw).unwrap_err().0;
+            assert!(err.contains(says), "{raw}: {err}");
+        }
+    }
 }

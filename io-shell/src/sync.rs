@@ -1,8 +1,10 @@
-//! Delta sync of local origins: the io-shell half of the core's
+//! Delta sync of origins: the io-shell half of the core's
 //! [`musicfs_core::sync`] decisions.
 //!
-//! A sync lists what changed (a full `stat`-only walk, or the paths a
-//! watcher named), lets the core plan it, reads tags only of new and changed
+//! A sync lists what changed (a full `stat`-only walk of a local origin, a
+//! listing of a remote one, or the paths a watcher named; versions are
+//! size, mtime and inode locally, size, mtime and ETag remotely), lets the
+//! core plan it, reads tags only of new and changed
 //! files in batches, saves each batch to the catalog (the checkpoint: an
 //! interrupted sync, run again, reads only what it had not finished), then
 //! rebuilds the tree, swaps it into the engine and tells the kernel exactly
@@ -10,9 +12,10 @@
 
 use crate::daemon::Daemon;
 use crate::mount::invalidate;
-use crate::scan;
+use crate::origin::{RemoteFile, RemoteOrigin, RemoteScanOptions, list_remote, scan_remote_files};
+use crate::scan::{self, NoProgress};
 use crate::store::Db;
-use musicfs_core::sync::{self, SyncPlan};
+use musicfs_core::sync::{self, Listed, SyncPlan};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
@@ -39,6 +42,15 @@ pub struct SyncReport {
     pub invalidated: usize,
 }
 
+/// How one origin is synced.
+#[derive(Clone)]
+pub enum SyncSource {
+    /// A local directory: walked and `stat`ed, tags read from disk.
+    Local(PathBuf),
+    /// A remote origin: listed, tags read through ranged reads.
+    Remote(Arc<dyn RemoteOrigin>),
+}
+
 /// Called with the old and new tree after every change (the search index
 /// follows the tree this way).
 pub type TreeListener = Box<dyn Fn(&VirtualTree, &VirtualTree) + Send + Sync>;
@@ -48,8 +60,8 @@ pub struct Syncer {
     daemon: Arc<Daemon>,
     db: Arc<Db>,
     layout: Layout,
-    /// Local roots by origin id (None for remote origins).
-    roots: Vec<Option<PathBuf>>,
+    /// How each origin is synced, by origin id.
+    sources: Vec<SyncSource>,
     /// The kernel, once mounted.
     pub notifier: OnceLock<Arc<fuser::Notifier>>,
     listeners: Mutex<Vec<TreeListener>>,
@@ -63,13 +75,13 @@ impl Syncer {
         daemon: Arc<Daemon>,
         db: Arc<Db>,
         layout: Layout,
-        roots: Vec<Option<PathBuf>>,
+        sources: Vec<SyncSource>,
     ) -> Syncer {
         Syncer {
             daemon,
             db,
             layout,
-            roots,
+            sources,
             notifier: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             one_at_a_time: Mutex::new(()),
@@ -84,20 +96,50 @@ impl Syncer {
 
     /// Number of origins.
     pub fn origins(&self) -> usize {
-        self.roots.len()
+        self.sources.len()
+    }
+
+    /// Whether an origin is remote (synced by polling, not watched).
+    pub fn is_remote(&self, origin: OriginId) -> bool {
+        matches!(
+            self.sources.get(usize::from(origin.0)),
+            Some(SyncSource::Remote(_))
+        )
     }
 
     /// Syncs a whole origin against a fresh listing.
+    ///
+    /// Must not be called on a runtime worker thread (a remote origin's
+    /// listing is waited for): use the blocking pool.
     pub fn sync_origin(&self, origin: OriginId) -> Result<SyncReport, String> {
         let _one = self.one_at_a_time.lock();
-        let root = self.root(origin)?;
-        let listing = scan::list_local(&root).map_err(|e| {
-            // Unreachable is unhealthy, never empty: keep the catalog as it is.
-            format!("cannot list origin '{}': {e}", root.display())
-        })?;
+        let source = self.source(origin)?;
+        // Unreachable is unhealthy, never empty: a failed listing keeps the
+        // catalog as it is.
+        let listing = match &source {
+            SyncSource::Local(root) => scan::list_local(root)
+                .map_err(|e| format!("cannot list origin '{}': {e}", root.display()))?,
+            SyncSource::Remote(remote) => {
+                let (files, problems) = self
+                    .daemon
+                    .runtime()
+                    .block_on(list_remote(remote.as_ref()))
+                    .map_err(|e| format!("cannot list origin '{}': {e}", remote.describe()))?;
+                for problem in problems.iter().take(20) {
+                    tracing::warn!(%origin, %problem, "listing problem");
+                }
+                files
+                    .into_iter()
+                    .map(|f| Listed {
+                        path: f.path,
+                        version: f.version,
+                    })
+                    .collect()
+            }
+        };
         let catalog = self.db.load_catalog().map_err(|e| e.to_string())?;
         let plan = sync::plan_full(origin, &catalog, &listing);
-        self.run(origin, &root, plan)
+        self.run(origin, &source, plan)
     }
 
     /// Syncs only `paths` of an origin (what a watcher saw change).
@@ -107,27 +149,63 @@ impl Syncer {
         paths: &BTreeSet<OriginPath>,
     ) -> Result<SyncReport, String> {
         let _one = self.one_at_a_time.lock();
-        let root = self.root(origin)?;
+        let source = self.source(origin)?;
+        let SyncSource::Local(root) = &source else {
+            return Err(format!("{origin} is remote: sync it whole"));
+        };
         if !root.is_dir() {
             return Err(format!("origin '{}' is not reachable", root.display()));
         }
-        let stats = scan::list_paths(&root, paths);
+        let stats = scan::list_paths(root, paths);
         let catalog = self.db.load_catalog().map_err(|e| e.to_string())?;
         let plan = sync::plan_paths(origin, &catalog, paths, &stats);
-        self.run(origin, &root, plan)
+        self.run(origin, &source, plan)
     }
 
-    fn root(&self, origin: OriginId) -> Result<PathBuf, String> {
-        self.roots
+    fn source(&self, origin: OriginId) -> Result<SyncSource, String> {
+        self.sources
             .get(usize::from(origin.0))
-            .and_then(Clone::clone)
-            .ok_or_else(|| format!("{origin} is not a local origin"))
+            .cloned()
+            .ok_or_else(|| format!("there is no {origin}"))
+    }
+
+    /// Reads the tags of one batch of new or changed files.
+    fn read_batch(
+        &self,
+        origin: OriginId,
+        source: &SyncSource,
+        batch: &[Listed],
+    ) -> Result<Vec<CatalogEntry>, String> {
+        match source {
+            SyncSource::Local(root) => Ok(scan::read_files(origin, root, batch, self.threads)),
+            SyncSource::Remote(remote) => {
+                let files = batch
+                    .iter()
+                    .map(|l| RemoteFile {
+                        path: l.path.clone(),
+                        version: l.version.clone(),
+                    })
+                    .collect();
+                let report = self
+                    .daemon
+                    .runtime()
+                    .block_on(scan_remote_files(
+                        origin,
+                        Arc::clone(remote),
+                        files,
+                        &RemoteScanOptions::default(),
+                        &NoProgress,
+                    ))
+                    .map_err(|e| format!("cannot read tags from '{}': {e}", remote.describe()))?;
+                Ok(report.entries)
+            }
+        }
     }
 
     fn run(
         &self,
         origin: OriginId,
-        root: &std::path::Path,
+        source: &SyncSource,
         plan: SyncPlan,
     ) -> Result<SyncReport, String> {
         let started = Instant::now();
@@ -141,7 +219,7 @@ impl Syncer {
             return Ok(report);
         }
         for batch in plan.batches(SYNC_BATCH_FILES) {
-            let read: Vec<CatalogEntry> = scan::read_files(origin, root, batch, self.threads);
+            let read = self.read_batch(origin, source, batch)?;
             self.db.put_catalog(&read).map_err(|e| e.to_string())?;
             report.reread += batch.len();
             // A crash here (kill -9, or this fail point in tests) leaves the

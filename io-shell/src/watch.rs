@@ -1,4 +1,4 @@
-//! Live changes of local origins: inotify (through the `notify` crate),
+//! Live changes of origins. Local ones: inotify (through the `notify` crate),
 //! debounced, turned into delta syncs of exactly the paths that changed.
 //!
 //! Bursts are gathered until the origin has been quiet for the debounce
@@ -21,6 +21,11 @@ use tokio::sync::mpsc;
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Longest a burst is gathered before syncing anyway.
 pub const BURST_MAX: Duration = Duration::from_millis(1500);
+/// How often a remote origin (which cannot tell us of changes) is listed
+/// again. A listing costs one request per 1000 keys (S3) or one per folder
+/// (SFTP); tags are read only for what changed. `musicfs rescan` syncs at
+/// once.
+pub const REMOTE_POLL: Duration = Duration::from_secs(300);
 
 /// What the watcher callback hands to the sync loop.
 enum Seen {
@@ -78,11 +83,25 @@ pub async fn watch_origin(
                 tracing::warn!(%origin, %why, "syncing the whole origin");
                 sync_blocking(&syncer, origin, None).await;
             }
-            None if !paths.is_empty() => sync_blocking(&syncer, origin, Some(paths)).await,
+            None if !paths.is_empty() => {
+                sync_blocking(&syncer, origin, Some(paths)).await;
+            }
             None => {}
         }
     }
     Ok(())
+}
+
+/// Keeps one remote origin in step by polling: a delta sync at once (catch
+/// up with what changed while unmounted, or scan an origin that could not
+/// be reached at mount), then every [`REMOTE_POLL`]; after a failure, again
+/// sooner. Never returns on its own.
+pub async fn poll_origin(syncer: Arc<Syncer>, origin: OriginId) -> Result<(), String> {
+    const RETRY: Duration = Duration::from_secs(30);
+    loop {
+        let ok = sync_blocking(&syncer, origin, None).await;
+        tokio::time::sleep(if ok { REMOTE_POLL } else { RETRY }).await;
+    }
 }
 
 fn absorb(seen: Seen, root: &Path, paths: &mut BTreeSet<OriginPath>, rescan: &mut Option<String>) {
@@ -104,7 +123,7 @@ async fn sync_blocking(
     syncer: &Arc<Syncer>,
     origin: OriginId,
     paths: Option<BTreeSet<OriginPath>>,
-) {
+) -> bool {
     let s = Arc::clone(syncer);
     let result = tokio::task::spawn_blocking(move || match paths {
         Some(paths) => s.sync_paths(origin, &paths),
@@ -112,10 +131,14 @@ async fn sync_blocking(
     })
     .await;
     match result {
-        Ok(Ok(_)) => {}
+        Ok(Ok(_)) => true,
         Ok(Err(e)) => {
-            tracing::warn!(%origin, error = %e, "sync failed; will retry on the next change")
+            tracing::warn!(%origin, error = %e, "sync failed; will retry later");
+            false
         }
-        Err(e) => tracing::error!(%origin, error = %e, "sync task failed"),
+        Err(e) => {
+            tracing::error!(%origin, error = %e, "sync task failed");
+            false
+        }
     }
 }

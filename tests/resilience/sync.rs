@@ -1,7 +1,7 @@
 //! Delta sync on the real daemon without FUSE: resumable batches (seed 2.5)
 //! and chunk reuse after a retag (NFR-6.4).
 
-use musicfs::sync::Syncer;
+use musicfs::sync::{SyncSource, Syncer};
 use musicfs_core::engine::Config;
 use musicfs_core::{Layout, OriginId};
 use musicfs_tests::files_under;
@@ -17,7 +17,7 @@ fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
         Arc::clone(&d.daemon),
         Arc::clone(&d.db),
         Layout::default_layout(),
-        vec![Some(root.to_path_buf())],
+        vec![SyncSource::Local(root.to_path_buf())],
     )
 }
 

@@ -29,6 +29,56 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Every process descended from `root` (children, their children...), from
+/// /proc: sshd forks a process per connection (in a session of its own),
+/// which killing the listener alone leaves serving.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut parent_of = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces and parens.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parent_of.push((pid, ppid));
+        }
+    }
+    let mut found = vec![root];
+    let mut i = 0;
+    while i < found.len() {
+        let p = found[i];
+        found.extend(parent_of.iter().filter(|(_, pp)| *pp == p).map(|(c, _)| *c));
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// SIGKILLs `child` and everything it started, at once: a server dying,
+/// not shutting down.
+fn kill_tree(child: &mut Child) {
+    // Found before the parent dies: its orphans are handed to init at once.
+    let below = descendants(child.id());
+    let _ = child.kill();
+    for pid in below {
+        // SAFETY: kill(2) with a pid read from /proc and SIGKILL; at worst
+        // the process is already gone (ESRCH).
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = child.wait();
+}
+
 fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
@@ -94,6 +144,11 @@ impl MotoServer {
     /// signatures. Returns the status and body.
     pub fn http(&self, method: &str, path: &str, body: &[u8]) -> Result<(u16, Vec<u8>), String> {
         http(self.port, method, path, body)
+    }
+
+    /// Kills the server (its in-memory buckets die with it).
+    pub fn kill(&mut self) {
+        kill_tree(&mut self.child);
     }
 
     /// Creates a bucket.
@@ -388,6 +443,12 @@ impl Sshd {
         config
     }
 
+    /// Kills the server and every session it serves, as a crash or a
+    /// power cut would: connections drop, new ones are refused.
+    pub fn kill(&mut self) {
+        kill_tree(&mut self.child);
+    }
+
     /// sshd's log so far (for failure messages).
     pub fn log(&self) -> String {
         log_tail(&self.dir.path().join("sshd.log"))
@@ -396,7 +457,7 @@ impl Sshd {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
-        kill(&mut self.child);
+        kill_tree(&mut self.child);
     }
 }
 
