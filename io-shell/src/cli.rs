@@ -129,6 +129,11 @@ pub struct MountArgs {
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
 
+    /// How often remote (S3, SFTP) origins are listed again to find changes; local
+    /// origins are watched and need no polling. `musicfs rescan` looks at once.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub poll_interval: u64,
+
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,

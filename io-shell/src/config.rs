@@ -11,6 +11,7 @@
 //! layout = "$albumartist/$album/$track - $title.$ext"
 //! allow_other = true
 //! read_timeout = 30           # seconds
+//! poll_interval = 300         # seconds between listings of remote origins
 //! log_level = "info"
 //! ```
 //!
@@ -119,6 +120,9 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
     if let Some(secs) = file.read_timeout.filter(|_| !given("read_timeout")) {
         args.read_timeout = secs;
     }
+    if let Some(secs) = file.poll_interval.filter(|_| !given("poll_interval")) {
+        args.poll_interval = secs;
+    }
     if let Some(level) = file.log_level.filter(|_| !given("log_level")) {
         args.log_level = level;
     }
@@ -143,6 +147,8 @@ pub struct FileConfig {
     pub allow_other: Option<bool>,
     /// Read deadline in seconds.
     pub read_timeout: Option<u64>,
+    /// Seconds between listings of remote origins.
+    pub poll_interval: Option<u64>,
     /// Log level (one of [`LOG_LEVELS`]).
     pub log_level: Option<String>,
 }
@@ -224,6 +230,7 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         layout: raw.layout.map(|l| l.0),
         allow_other: raw.allow_other,
         read_timeout: raw.read_timeout.map(|t| t.0),
+        poll_interval: raw.poll_interval.map(|t| t.0),
         log_level: raw.log_level.map(|l| l.0),
     })
 }
@@ -265,6 +272,7 @@ struct RawConfig {
     layout: Option<LayoutText>,
     allow_other: Option<bool>,
     read_timeout: Option<ReadTimeout>,
+    poll_interval: Option<PollInterval>,
     log_level: Option<LogLevel>,
 }
 
@@ -381,6 +389,22 @@ impl<'de> Deserialize<'de> for ReadTimeout {
             Ok(s) if (1..=3600).contains(&s) => Ok(ReadTimeout(s)),
             _ => Err(de::Error::custom(format!(
                 "read_timeout {secs} is out of range (1 to 3600 seconds)"
+            ))),
+        }
+    }
+}
+
+/// Seconds, in the range `--poll-interval` accepts.
+#[derive(Debug)]
+struct PollInterval(u64);
+
+impl<'de> Deserialize<'de> for PollInterval {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PollInterval, D::Error> {
+        let secs = i64::deserialize(d)?;
+        match u64::try_from(secs) {
+            Ok(s) if (10..=86400).contains(&s) => Ok(PollInterval(s)),
+            _ => Err(de::Error::custom(format!(
+                "poll_interval {secs} is out of range (10 to 86400 seconds)"
             ))),
         }
     }
@@ -609,6 +633,7 @@ log_level = "DEBUG"
             ("read_timeout = \"30\"", "read_timeout"),
             ("read_timeout = 0", "out of range"),
             ("read_timeout = 3601", "out of range"),
+            ("poll_interval = 5", "out of range"),
             ("layout = \"$artst/$title\"", "artst"),
             ("log_level = \"verbose\"", "verbose"),
             ("cache_dir = [\"/a\"]", "cache_dir"),

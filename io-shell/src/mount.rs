@@ -127,6 +127,8 @@ pub struct MountPlan {
     pub allow_other: bool,
     /// Read deadline.
     pub read_timeout: Duration,
+    /// Pause between listings of a remote origin.
+    pub poll_interval: Duration,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -176,6 +178,7 @@ impl MountPlan {
             layout,
             allow_other: args.allow_other,
             read_timeout: Duration::from_secs(args.read_timeout),
+            poll_interval: Duration::from_secs(args.poll_interval),
             mountpoint,
         })
     }
@@ -650,7 +653,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         "mounted"
     );
     let _ = syncer.notifier.set(Arc::clone(&notifier));
-    spawn_background(&supervisor, &daemon, &syncer, &sources);
+    spawn_background(&supervisor, &daemon, &syncer, &sources, plan.poll_interval);
     open_search(&supervisor, &daemon, &db, &plan.cache_dir, &search);
     control.set_phase("serving");
     systemd::ready(&format!(
@@ -713,12 +716,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
 /// The daemon's background tasks, under the supervisor: timers,
 /// persistence, a watcher per local origin (which first catches up with
 /// changes made while unmounted, by a delta sync) and a poller per remote
-/// origin (a delta sync at once, then every [`watch::REMOTE_POLL`]).
+/// origin (a delta sync at once, then every `poll_interval`).
 fn spawn_background(
     supervisor: &Supervisor,
     daemon: &Arc<Daemon>,
     syncer: &Arc<Syncer>,
     sources: &[SyncSource],
+    poll_interval: Duration,
 ) {
     let d = Arc::clone(daemon);
     supervisor.spawn(
@@ -760,7 +764,9 @@ fn spawn_background(
             SyncSource::Remote(_) => supervisor.spawn(
                 &format!("poll:{i}"),
                 true,
-                Arc::new(move || Box::pin(watch::poll_origin(Arc::clone(&s), origin))),
+                Arc::new(move || {
+                    Box::pin(watch::poll_origin(Arc::clone(&s), origin, poll_interval))
+                }),
             ),
         }
     }

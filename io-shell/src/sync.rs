@@ -221,7 +221,15 @@ impl Syncer {
         for batch in plan.batches(SYNC_BATCH_FILES) {
             let read = self.read_batch(origin, source, batch)?;
             self.db.put_catalog(&read).map_err(|e| e.to_string())?;
+            // The batch is the checkpoint only once it is on disk.
+            self.db.flush().map_err(|e| e.to_string())?;
             report.reread += batch.len();
+            tracing::debug!(
+                %origin,
+                done = report.reread,
+                of = plan.reread.len(),
+                "sync batch saved"
+            );
             // A crash here (kill -9, or this fail point in tests) leaves the
             // finished batches saved: the next sync skips them.
             fail::fail_point!("delta-sync-after-batch", |_| Err(

@@ -21,11 +21,6 @@ use tokio::sync::mpsc;
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Longest a burst is gathered before syncing anyway.
 pub const BURST_MAX: Duration = Duration::from_millis(1500);
-/// How often a remote origin (which cannot tell us of changes) is listed
-/// again. A listing costs one request per 1000 keys (S3) or one per folder
-/// (SFTP); tags are read only for what changed. `musicfs rescan` syncs at
-/// once.
-pub const REMOTE_POLL: Duration = Duration::from_secs(300);
 
 /// What the watcher callback hands to the sync loop.
 enum Seen {
@@ -94,13 +89,19 @@ pub async fn watch_origin(
 
 /// Keeps one remote origin in step by polling: a delta sync at once (catch
 /// up with what changed while unmounted, or scan an origin that could not
-/// be reached at mount), then every [`REMOTE_POLL`]; after a failure, again
-/// sooner. Never returns on its own.
-pub async fn poll_origin(syncer: Arc<Syncer>, origin: OriginId) -> Result<(), String> {
-    const RETRY: Duration = Duration::from_secs(30);
+/// be reached at mount), then every `interval` (`--poll-interval`: a remote
+/// origin cannot tell us of changes; a listing costs one request per 1000
+/// keys on S3 or one per folder on SFTP, and tags are read only for what
+/// changed); after a failure, again sooner. Never returns on its own.
+pub async fn poll_origin(
+    syncer: Arc<Syncer>,
+    origin: OriginId,
+    interval: Duration,
+) -> Result<(), String> {
+    let retry = interval.min(Duration::from_secs(30));
     loop {
         let ok = sync_blocking(&syncer, origin, None).await;
-        tokio::time::sleep(if ok { REMOTE_POLL } else { RETRY }).await;
+        tokio::time::sleep(if ok { interval } else { retry }).await;
     }
 }
 
