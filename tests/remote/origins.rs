@@ -817,6 +817,68 @@ fn test_origin_connection_drop_triggers_failover() {
         .block_on(sftp.stat(&path))
         .unwrap_or_else(|e| panic!("stat: {e}\n{}", sshd.log()));
     ride_out_faults(&rt, &sftp, &ssh_proxy, &path, &v, &data);
+
+    // And in the daemon: the same track on both servers is one entry, read
+    // from the preferred SFTP server until its connections are reset; then
+    // the reads fail over to S3, and the SFTP origin is marked down.
+    use musicfs_core::engine::{Config, Health};
+    use musicfs_tests::fixtures::TestDaemon;
+    let wav = dir.path().join("mirror/track.wav");
+    write_wav(&wav, 3 << 20, 5, "Mirror", "Band", "Album");
+    let want = std::fs::read(&wav).unwrap();
+    moto.put(BUCKET, "mirror/track.wav", want.clone());
+    let mut config = sshd.sftp_config(&dir.path().join("mirror"), Some(ssh_proxy.port()));
+    config.limits = fast_limits();
+    let primary: Arc<dyn RemoteOrigin> = Arc::new(SftpOrigin::new(OriginId(0), config));
+    let mirror: Arc<dyn RemoteOrigin> = Arc::new(
+        S3Origin::new(OriginId(1), moto.s3_config(BUCKET, "mirror", None)).expect("s3 origin"),
+    );
+    let mut catalog = Vec::new();
+    for (id, o) in [(OriginId(0), &primary), (OriginId(1), &mirror)] {
+        let report = rt
+            .block_on(scan_remote(
+                id,
+                Arc::clone(o),
+                &RemoteScanOptions::default(),
+                &NoProgress,
+            ))
+            .expect("scan");
+        catalog.extend(report.entries);
+    }
+    let cache = dir.path().join("cache");
+    let d = TestDaemon::start(
+        &catalog,
+        vec![
+            Arc::clone(&primary) as Arc<dyn Origin>,
+            Arc::clone(&mirror) as Arc<dyn Origin>,
+        ],
+        Arc::new(musicfs::store::ChunkStore::open(&cache).unwrap()),
+        &cache,
+        Config::default(),
+    );
+    let track = "Band/Album/00 - Mirror.wav";
+    assert_eq!(d.paths(), vec![track.to_owned()], "mirrors are one entry");
+    let before = ssh_proxy.down_bytes();
+    ssh_proxy.set(Fault::Reset);
+    let got = d
+        .read_all(track, Duration::from_secs(60))
+        .expect("read fails over to S3");
+    assert!(got == want, "byte-identical through the failover");
+    assert!(
+        ssh_proxy.down_bytes() - before < (1 << 20),
+        "the bytes did not come from the reset SFTP server"
+    );
+    let health = d.daemon.inspect(|e| {
+        e.origin_statuses()
+            .into_iter()
+            .map(|s| (s.origin, s.health))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        health.contains(&(OriginId(0), Health::Degraded))
+            || health.contains(&(OriginId(0), Health::Unhealthy)),
+        "{health:?}"
+    );
 }
 
 #[test]
