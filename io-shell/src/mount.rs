@@ -65,7 +65,7 @@ pub enum OriginKind {
     /// A local directory (canonical path).
     Local(PathBuf),
     /// An S3 bucket or an SFTP server.
-    Remote(RemoteSpec),
+    Remote(Box<RemoteSpec>),
 }
 
 /// One origin, as configured: `--origin WHERE[,name=NAME][,priority=N]`.
@@ -236,7 +236,7 @@ pub fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
 fn parse_place(raw: &str) -> Result<OriginKind, UsageError> {
     if is_remote_url(raw) {
         return parse_remote_url(raw)
-            .map(OriginKind::Remote)
+            .map(|r| OriginKind::Remote(Box::new(r)))
             .map_err(|e| UsageError(format!("origin '{}': {e}", redact_url(raw))));
     }
     let path = Path::new(raw);
@@ -1002,7 +1002,7 @@ mod tests {
         let spec =
             parse_origin("s3://music/flac?endpoint=http://127.0.0.1:9000,name=bucket,priority=2")
                 .unwrap();
-        assert!(matches!(spec.kind, OriginKind::Remote(RemoteSpec::S3(_))));
+        assert!(matches!(&spec.kind, OriginKind::Remote(r) if matches!(**r, RemoteSpec::S3(_))));
         assert_eq!(spec.priority, 2);
         assert!(
             spec.describe().starts_with("bucket (s3://music/flac"),
@@ -1010,7 +1010,7 @@ mod tests {
             spec.describe()
         );
         let sftp = parse_origin("sftp://me@nas:2222/srv/music").unwrap();
-        assert!(matches!(sftp.kind, OriginKind::Remote(RemoteSpec::Sftp(_))));
+        assert!(matches!(&sftp.kind, OriginKind::Remote(r) if matches!(**r, RemoteSpec::Sftp(_))));
         assert_ne!(spec.key(), sftp.key());
         let err = parse_origin("sftp://me:hunter2@nas/srv/music")
             .unwrap_err()

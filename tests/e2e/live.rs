@@ -163,6 +163,7 @@ fn rescan_on_demand_reports_what_changed() {
 }
 
 /// Every file of the mount with its inode number.
+#[cfg(feature = "failpoints")]
 fn tree_of(mnt: &Path) -> Vec<(PathBuf, u64)> {
     files_under(mnt)
         .into_iter()
