@@ -8,6 +8,7 @@
 
 use crate::origin::{Origin, OriginError};
 use crate::store::{ChunkBackend, ChunkReadError, Db, StoreError};
+use futures::StreamExt;
 use musicfs_core::engine::{
     ChunkFault, CutError, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId, FetchedChunk,
     Notice, Output, Piece, ReqId, Stored,
@@ -24,6 +25,11 @@ use tokio::task::AbortHandle;
 
 /// Bytes asked of an origin in one request while fetching.
 const FETCH_PIECE_BYTES: usize = 1 << 20;
+/// Requests of one fetch in flight together. A remote origin answers each
+/// request after a round trip (and S3 after its first-byte latency): one at
+/// a time, a fetch would spend most of its time waiting. Pieces are still
+/// handed to the chunk cutter in order.
+const FETCH_PIECES_IN_FLIGHT: usize = 4;
 /// Verified chunk bytes kept in memory, so consecutive kernel reads through
 /// one chunk do not read and hash it from disk again and again.
 const MEMORY_CACHE_BYTES: u64 = 32 << 20;
@@ -337,18 +343,35 @@ impl Daemon {
             .ok_or_else(|| FetchError::Unavailable("no such origin".into()))?;
         let mut cutter = Cutter::new(fetch);
         let end = fetch.read_end();
-        let mut pos = fetch.start;
-        while pos < end && !cutter.is_done() {
+        let pieces = std::iter::successors(Some(fetch.start), |&pos| {
+            Some(pos + FETCH_PIECE_BYTES as u64).filter(|&next| next < end)
+        })
+        .filter(|&pos| pos < end)
+        .map(|pos| {
             let want = usize::try_from(end - pos)
                 .unwrap_or(usize::MAX)
                 .min(FETCH_PIECE_BYTES);
-            let read = async {
-                injected_delay("origin-read-delay").await;
-                origin
-                    .read_at(&fetch.source.path, &fetch.source.version, pos, want)
-                    .await
-            };
-            let data = match tokio::time::timeout(self.origin_request_timeout, read).await {
+            (pos, want)
+        });
+        let timeout = self.origin_request_timeout;
+        let mut reads = futures::stream::iter(pieces)
+            .map(|(pos, want)| async move {
+                let read = async {
+                    injected_delay("origin-read-delay").await;
+                    origin
+                        .read_at(&fetch.source.path, &fetch.source.version, pos, want)
+                        .await
+                };
+                (pos, want, tokio::time::timeout(timeout, read).await)
+            })
+            .buffered(FETCH_PIECES_IN_FLIGHT);
+        // Dropping `reads` (an error, or the cutter has all it needs)
+        // cancels the requests still in flight.
+        while let Some((pos, want, result)) = reads.next().await {
+            if cutter.is_done() {
+                break;
+            }
+            let data = match result {
                 Ok(Ok(data)) => data,
                 Ok(Err(OriginError::NotFound)) => return Err(FetchError::NotFound),
                 Ok(Err(OriginError::Changed)) => return Err(FetchError::Changed),
@@ -358,7 +381,7 @@ impl Daemon {
             if data.len() != want {
                 return Err(FetchError::Changed); // shorter than the version's size
             }
-            pos += want as u64;
+            let pos = pos + want as u64;
             let chunks = cutter.push(&data, pos == end).map_err(|e| match e {
                 CutError::Mismatch | CutError::ShortRead => FetchError::Changed,
             })?;

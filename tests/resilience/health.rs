@@ -79,7 +79,11 @@ fn test_local_origin_health_check_has_timeout() {
         "a check that never answers counts as failed: {health:?} after {failures} failures"
     );
     let error = error.unwrap_or_default();
-    assert!(error.contains("no answer within"), "{error}");
+    // The daemon's timer or the engine's (whichever fires first) ends it.
+    assert!(
+        error.contains("no answer within") || error.contains("timed out"),
+        "{error}"
+    );
 
     // Once the file system answers again, the origin recovers.
     let recovered = wait_for(Duration::from_secs(30), || {
