@@ -361,14 +361,17 @@ fn io_reason(e: &std::io::Error) -> String {
 
 /// Loads the saved catalog, dropping origins whose configuration changed,
 /// and scans the origins the cache has never seen (the first mount). Known
-/// origins are caught up with in the background by their watchers.
+/// origins are caught up with in the background by their watchers and
+/// pollers. Also says which origins were scanned just now (their pollers
+/// need not list them again at once).
 fn load_catalog(
     plan: &MountPlan,
     sources: &[SyncSource],
     rt: &tokio::runtime::Handle,
     db: &Db,
     scan: &Arc<ScanState>,
-) -> Result<Vec<CatalogEntry>, RunError> {
+) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
+    let mut scanned_now = vec![false; plan.origins.len()];
     let (mut entries, damaged) = db.load_catalog_counted()?;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
@@ -391,7 +394,15 @@ fn load_catalog(
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        let report = scan_origin(id, spec, source, rt, scan)?;
+        // An origin that cannot be scanned now is saved as known and empty:
+        // its poller's sync reads it whole once it answers.
+        let report = match scan_origin(id, spec, source, rt, scan)? {
+            Some(report) => {
+                scanned_now[i] = true;
+                report
+            }
+            None => Vec::new(),
+        };
         db.replace_catalog_for_origin(id, &report)?;
         db.set_meta(&meta_key, spec.key().as_bytes())?;
         entries.extend(report);
@@ -399,7 +410,7 @@ fn load_catalog(
     let configured = plan.origins.len();
     entries.retain(|e| usize::from(e.source.origin.0) < configured);
     db.flush()?;
-    Ok(entries)
+    Ok((entries, scanned_now))
 }
 
 /// Scan progress for a first scan: the terminal bar, `musicfs status`, and
@@ -459,17 +470,17 @@ impl ScanProgress for FirstScanProgress {
 /// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
 ///
 /// A remote origin that cannot be scanned now (unreachable, refused) does
-/// not stop the mount: it comes up with the other origins' tracks, and the
-/// origin's poller scans it once it answers (its sync is checkpointed, so
-/// the work is not lost if that is cut short too). A local origin that
-/// cannot be walked is an error: it was checked a moment ago.
+/// not stop the mount (`None`): it comes up with the other origins' tracks,
+/// and the origin's poller scans it once it answers (its sync is
+/// checkpointed, so the work is not lost if that is cut short too). A local
+/// origin that cannot be walked is an error: it was checked a moment ago.
 fn scan_origin(
     id: OriginId,
     spec: &OriginSpec,
     source: &SyncSource,
     rt: &tokio::runtime::Handle,
     state: &Arc<ScanState>,
-) -> Result<Vec<CatalogEntry>, RunError> {
+) -> Result<Option<Vec<CatalogEntry>>, RunError> {
     let what = spec.describe();
     *state.what.lock() = what.clone();
     tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
@@ -477,7 +488,7 @@ fn scan_origin(
     let started = Instant::now();
     let entries = match source {
         SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
-            .map(|r| r.entries)
+            .map(|r| Some(r.entries))
             .map_err(|e| RunError(format!("cannot scan origin '{what}': {e}"))),
         SyncSource::Remote(remote) => match scan_remote_blocking(
             rt,
@@ -495,7 +506,7 @@ fn scan_origin(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "remote origin scanned"
                 );
-                Ok(report.entries)
+                Ok(Some(report.entries))
             }
             Err(e) => {
                 tracing::warn!(
@@ -503,7 +514,7 @@ fn scan_origin(
                     error = %e,
                     "cannot scan this origin now; mounting without its tracks, which appear once it answers"
                 );
-                Ok(Vec::new())
+                Ok(None)
             }
         },
     };
@@ -563,7 +574,8 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         }
     }
     control.set_phase("scanning");
-    let catalog = load_catalog(&plan, &sources, runtime.handle(), &db, &control.scan)?;
+    let (catalog, scanned_now) =
+        load_catalog(&plan, &sources, runtime.handle(), &db, &control.scan)?;
     let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
     tracing::info!(
         tracks = report.tracks,
@@ -653,7 +665,14 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         "mounted"
     );
     let _ = syncer.notifier.set(Arc::clone(&notifier));
-    spawn_background(&supervisor, &daemon, &syncer, &sources, plan.poll_interval);
+    spawn_background(
+        &supervisor,
+        &daemon,
+        &syncer,
+        &sources,
+        &scanned_now,
+        plan.poll_interval,
+    );
     open_search(&supervisor, &daemon, &db, &plan.cache_dir, &search);
     control.set_phase("serving");
     systemd::ready(&format!(
@@ -716,12 +735,14 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
 /// The daemon's background tasks, under the supervisor: timers,
 /// persistence, a watcher per local origin (which first catches up with
 /// changes made while unmounted, by a delta sync) and a poller per remote
-/// origin (a delta sync at once, then every `poll_interval`).
+/// origin (a delta sync at once, unless it was scanned just now, then
+/// every `poll_interval`).
 fn spawn_background(
     supervisor: &Supervisor,
     daemon: &Arc<Daemon>,
     syncer: &Arc<Syncer>,
     sources: &[SyncSource],
+    scanned_now: &[bool],
     poll_interval: Duration,
 ) {
     let d = Arc::clone(daemon);
@@ -761,13 +782,24 @@ fn spawn_background(
                     }),
                 );
             }
-            SyncSource::Remote(_) => supervisor.spawn(
-                &format!("poll:{i}"),
-                true,
-                Arc::new(move || {
-                    Box::pin(watch::poll_origin(Arc::clone(&s), origin, poll_interval))
-                }),
-            ),
+            SyncSource::Remote(_) => {
+                let fresh = scanned_now.get(i).copied().unwrap_or(false);
+                // A restart of the task (after a panic) syncs at once.
+                let first = Arc::new(AtomicBool::new(fresh));
+                supervisor.spawn(
+                    &format!("poll:{i}"),
+                    true,
+                    Arc::new(move || {
+                        let skip_first = first.swap(false, Ordering::Relaxed);
+                        Box::pin(watch::poll_origin(
+                            Arc::clone(&s),
+                            origin,
+                            poll_interval,
+                            skip_first,
+                        ))
+                    }),
+                );
+            }
         }
     }
 }

@@ -89,7 +89,8 @@ pub async fn watch_origin(
 
 /// Keeps one remote origin in step by polling: a delta sync at once (catch
 /// up with what changed while unmounted, or scan an origin that could not
-/// be reached at mount), then every `interval` (`--poll-interval`: a remote
+/// be reached at mount) unless `just_scanned`, then every `interval`
+/// (`--poll-interval`: a remote
 /// origin cannot tell us of changes; a listing costs one request per 1000
 /// keys on S3 or one per folder on SFTP, and tags are read only for what
 /// changed); after a failure, again sooner. Never returns on its own.
@@ -97,8 +98,12 @@ pub async fn poll_origin(
     syncer: Arc<Syncer>,
     origin: OriginId,
     interval: Duration,
+    just_scanned: bool,
 ) -> Result<(), String> {
     let retry = interval.min(Duration::from_secs(30));
+    if just_scanned {
+        tokio::time::sleep(interval).await;
+    }
     loop {
         let ok = sync_blocking(&syncer, origin, None).await;
         tokio::time::sleep(if ok { interval } else { retry }).await;

@@ -247,3 +247,76 @@ fn mirrors_on_s3_and_sftp_survive_their_servers_dying() {
     );
     assert!(m.stop().success(), "SIGTERM exits 0 with every origin down");
 }
+
+/// An origin that cannot be reached at the first mount does not stop the
+/// mount: the other origins' tracks are served, and its own appear once it
+/// answers (here on `musicfs rescan`; the poller would get there too).
+#[test]
+fn an_unreachable_remote_origin_at_first_mount_fills_in_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |p: &str| dir.path().join(p);
+    write_wav(
+        &path("local/a.wav"),
+        60_000,
+        1,
+        "Here",
+        "Local Band",
+        "Home",
+    );
+    write_wav(
+        &path("remote/b.wav"),
+        60_000,
+        2,
+        "There",
+        "Far Band",
+        "Away",
+    );
+    let moto = MotoServer::start();
+    moto.create_bucket(BUCKET);
+    moto.upload_dir(BUCKET, "lib", &path("remote"));
+    let proxy = FaultProxy::start(moto.addr());
+    proxy.set(Fault::Reset);
+    let s3_url = format!(
+        "s3://{BUCKET}/lib?endpoint=http://127.0.0.1:{}&region=us-east-1&timeout=2&connect_timeout=2",
+        proxy.port()
+    );
+    let m = MountCommand::new(
+        Path::new(BIN),
+        &[&path("local")],
+        &path("cache"),
+        &path("mnt"),
+        &path("log"),
+    )
+    .args(["--origin", &s3_url])
+    .env("AWS_ACCESS_KEY_ID", "AKIAMUSICFSE2E00001")
+    .env("AWS_SECRET_ACCESS_KEY", SECRET)
+    .start(Duration::from_secs(120));
+    let mnt = m.mountpoint.clone();
+    assert!(mnt.join("Local Band/Home/00 - Here.wav").is_file());
+    assert!(!mnt.join("Far Band").exists());
+    assert!(
+        m.log_text().contains("cannot scan this origin now"),
+        "{}",
+        m.log_text()
+    );
+
+    proxy.heal();
+    let out = Command::new(BIN).arg("rescan").arg(&mnt).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let far = mnt.join("Far Band/Away/00 - There.wav");
+    assert!(
+        wait_for(Duration::from_secs(30), || far.is_file()),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        m.log_text()
+    );
+    assert_eq!(
+        sha256_file(&far).unwrap(),
+        sha256_file(&path("remote/b.wav")).unwrap()
+    );
+    assert!(m.stop().success());
+}
