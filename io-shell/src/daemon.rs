@@ -32,7 +32,7 @@ const FETCH_PIECE_BYTES: usize = 1 << 20;
 const FETCH_PIECES_IN_FLIGHT: usize = 4;
 /// Verified chunk bytes kept in memory, so consecutive kernel reads through
 /// one chunk do not read and hash it from disk again and again.
-const MEMORY_CACHE_BYTES: u64 = 32 << 20;
+const MEMORY_CACHE_BYTES: u64 = 16 << 20;
 
 /// Where a parked FUSE reply goes: the fuser reply object, or (in tests) a
 /// channel.

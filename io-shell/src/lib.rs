@@ -20,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod fuse;
 pub mod logging;
+pub mod memory;
 pub mod mount;
 pub mod origin;
 pub mod scan;

@@ -585,6 +585,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         unreadable = report.unreadable,
         "tree ready"
     );
+    // The tree holds what it needs; the catalog is read from the db again
+    // when a sync needs it.
+    drop(catalog);
+    crate::memory::release_free_memory();
     let manifests = db
         .load_manifests()?
         .into_iter()
@@ -833,6 +837,8 @@ fn open_search(
                     let tree = d.inspect(|e| e.tree().clone());
                     let live = LiveSearch::open(&dir, db, &tree).map_err(|e| e.to_string())?;
                     let _ = slot.set(live);
+                    drop(tree);
+                    crate::memory::release_free_memory();
                     Ok(())
                 })
                 .await

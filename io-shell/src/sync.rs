@@ -12,7 +12,7 @@
 
 use crate::daemon::Daemon;
 use crate::mount::invalidate;
-use crate::origin::{RemoteFile, RemoteOrigin, RemoteScanOptions, list_remote, scan_remote_files};
+use crate::origin::{RemoteOrigin, RemoteScanOptions, list_remote, scan_remote_files};
 use crate::scan::{self, NoProgress};
 use crate::store::Db;
 use musicfs_core::sync::{self, Listed, SyncPlan};
@@ -99,14 +99,6 @@ impl Syncer {
         self.sources.len()
     }
 
-    /// Whether an origin is remote (synced by polling, not watched).
-    pub fn is_remote(&self, origin: OriginId) -> bool {
-        matches!(
-            self.sources.get(usize::from(origin.0)),
-            Some(SyncSource::Remote(_))
-        )
-    }
-
     /// Syncs a whole origin against a fresh listing.
     ///
     /// Must not be called on a runtime worker thread (a remote origin's
@@ -129,17 +121,15 @@ impl Syncer {
                     tracing::warn!(%origin, %problem, "listing problem");
                 }
                 files
-                    .into_iter()
-                    .map(|f| Listed {
-                        path: f.path,
-                        version: f.version,
-                    })
-                    .collect()
             }
         };
         let catalog = self.db.load_catalog().map_err(|e| e.to_string())?;
         let plan = sync::plan_full(origin, &catalog, &listing);
-        self.run(origin, &source, plan)
+        drop((catalog, listing));
+        let report = self.run(origin, &source, plan);
+        // A full sync held the whole catalog and listing for a moment.
+        crate::memory::release_free_memory();
+        report
     }
 
     /// Syncs only `paths` of an origin (what a watcher saw change).
@@ -179,13 +169,7 @@ impl Syncer {
         match source {
             SyncSource::Local(root) => Ok(scan::read_files(origin, root, batch, self.threads)),
             SyncSource::Remote(remote) => {
-                let files = batch
-                    .iter()
-                    .map(|l| RemoteFile {
-                        path: l.path.clone(),
-                        version: l.version.clone(),
-                    })
-                    .collect();
+                let files = batch.to_vec();
                 let report = self
                     .daemon
                     .runtime()

@@ -108,16 +108,12 @@ pub trait Origin: Send + Sync + 'static {
     }
 }
 
-/// A file found by listing a remote origin.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteFile {
-    /// Path relative to the origin's root, `/`-separated, raw bytes.
-    pub path: OriginPath,
-    /// Its version as the listing reported it: for S3 size, last-modified
-    /// (whole seconds) and ETag; for SFTP size and mtime (SFTP has whole
-    /// seconds only, and no inode or change token).
-    pub version: FileVersion,
-}
+/// A file found by listing a remote origin: its path relative to the
+/// origin's root (`/`-separated, raw bytes) and its version as the listing
+/// reported it (S3: size, last-modified in whole seconds and ETag; SFTP:
+/// size and mtime, whole seconds, no inode or change token). The same
+/// record a delta sync plans with.
+pub use musicfs_core::sync::Listed as RemoteFile;
 
 /// One page of a listing, as [`RemoteOrigin::list`] hands them out.
 #[derive(Clone, Debug, Default)]
