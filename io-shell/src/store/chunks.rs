@@ -93,10 +93,11 @@ impl ChunkStore {
 
     /// Stores `data` as the chunk `id`, atomically and durably.
     ///
-    /// The bytes go to a fresh temp file in `chunks/tmp/`, which is fsynced
-    /// and then renamed into place, and the shard directory is fsynced so
-    /// the rename survives a power cut. A crash at any point leaves either
-    /// no chunk file or a complete one, never a partial one.
+    /// The bytes go to a fresh temp file in `chunks/tmp/`, which is flushed
+    /// to disk and then renamed into place, and the rename is flushed so it
+    /// survives a power cut (see [`ChunkStore::put_batch`]). A crash at any
+    /// point leaves either no chunk file or a complete one, never a partial
+    /// one.
     ///
     /// `data` must hash to `id`: storing bytes under the wrong id would serve
     /// them for another file later, so that is refused with
@@ -112,6 +113,91 @@ impl ChunkStore {
     /// returns; a crash in between leaves a file the index does not know,
     /// which [`ChunkStore::scan`] finds.
     pub fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError> {
+        self.put_batch(&[(id, data)]).pop().unwrap_or_else(|| {
+            Err(StoreError::io(
+                "store chunk",
+                &self.root,
+                io::ErrorKind::Other.into(),
+            ))
+        })
+    }
+
+    /// Stores several chunks as [`ChunkStore::put`] does, in the same order
+    /// of steps (temp file, flush, rename, flush; the caller indexes after),
+    /// but with two flushes of the file system (`syncfs`) for the whole
+    /// batch instead of two `fsync`s per chunk: a 179 MB track is some 2,800
+    /// chunks. A crash at any point still leaves either no chunk file or a
+    /// complete one. The results are in the order of `chunks`.
+    pub fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<(), StoreError>> {
+        let staged: Vec<Result<Option<(PathBuf, PathBuf)>, StoreError>> = chunks
+            .iter()
+            .map(|&(id, data)| self.write_temp(id, data))
+            .collect();
+        let flush_failed = |step: &'static str, e: &io::Error| {
+            StoreError::io(step, &self.root, io::Error::from(e.kind()))
+        };
+        let pending = || staged.iter().any(|s| matches!(s, Ok(Some(_))));
+        // The bytes are durable before any file is renamed into place...
+        let synced = if pending() { self.flush() } else { Ok(()) };
+        let mut results: Vec<Result<(), StoreError>> = staged
+            .into_iter()
+            .map(|s| match s {
+                Ok(None) => Ok(()),
+                Ok(Some((tmp, path))) => {
+                    let renamed = match &synced {
+                        Ok(()) => fs::rename(&tmp, &path)
+                            .map_err(|e| StoreError::io("rename chunk into place", &path, e)),
+                        Err(e) => Err(flush_failed("flush chunk files", e)),
+                    };
+                    if renamed.is_err() {
+                        // Best effort: a leftover is also removed at the next open.
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    renamed
+                }
+                Err(e) => Err(e),
+            })
+            .collect();
+        // ...and the renames are durable before the caller indexes them.
+        if synced.is_ok()
+            && results.iter().any(Result::is_ok)
+            && let Err(e) = self.flush()
+        {
+            for r in results.iter_mut().filter(|r| r.is_ok()) {
+                *r = Err(flush_failed("flush chunk folders", &e));
+            }
+        }
+        #[cfg(feature = "failpoints")]
+        for r in results.iter_mut().filter(|r| r.is_ok()) {
+            if let Some(e) = fail::eval("cas-put-after-write-before-index", |arg| {
+                StoreError::injected("cas-put-after-write-before-index", arg)
+            }) {
+                *r = Err(e);
+            }
+        }
+        results
+    }
+
+    /// `syncfs` of the file system holding the store.
+    fn flush(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let dir = File::open(&self.root)?;
+        // SAFETY: syncfs takes a file descriptor we own for the call.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+
+    /// Checks a chunk and writes its bytes to a temp file (not yet durable,
+    /// not yet in place). `None` if a file with exactly these bytes is
+    /// already in place.
+    fn write_temp(
+        &self,
+        id: ChunkId,
+        data: &[u8],
+    ) -> Result<Option<(PathBuf, PathBuf)>, StoreError> {
         let actual = ChunkId::of(data);
         debug_assert_eq!(actual, id, "ChunkStore::put: bytes do not match their id");
         if actual != id {
@@ -132,7 +218,7 @@ impl ChunkStore {
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => {
                 if fs::read(&path).is_ok_and(|old| old == data) {
-                    return Ok(());
+                    return Ok(None);
                 }
             }
             Ok(_) => {} // wrong length or not a file: replaced below
@@ -146,38 +232,22 @@ impl ChunkStore {
             std::process::id(),
             TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
         ));
-        if let Err(e) = self.write_temp_and_rename(&tmp_path, &path, data) {
-            // Best effort: a leftover would also be removed at the next open.
-            let _ = fs::remove_file(&tmp_path);
-            return Err(e);
-        }
-
-        fail::fail_point!("cas-put-after-write-before-index", |arg| Err(
-            StoreError::injected("cas-put-after-write-before-index", arg)
-        ));
-        Ok(())
-    }
-
-    fn write_temp_and_rename(
-        &self,
-        tmp_path: &Path,
-        path: &Path,
-        data: &[u8],
-    ) -> Result<(), StoreError> {
-        let mut file = OpenOptions::new()
+        let written = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(tmp_path)
-            .map_err(|e| StoreError::io("create temp file", tmp_path, e))?;
-        file.write_all(data)
-            .map_err(|e| StoreError::io("write temp file", tmp_path, e))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io("fsync temp file", tmp_path, e))?;
-        drop(file);
-        fs::rename(tmp_path, path)
-            .map_err(|e| StoreError::io("rename chunk into place", path, e))?;
-        let dir = path.parent().unwrap_or(&self.root);
-        fsync_dir(dir)
+            .open(&tmp_path)
+            .map_err(|e| StoreError::io("create temp file", &tmp_path, e))
+            .and_then(|mut file| {
+                file.write_all(data)
+                    .map_err(|e| StoreError::io("write temp file", &tmp_path, e))
+            });
+        match written {
+            Ok(()) => Ok(Some((tmp_path, path))),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp_path);
+                Err(e)
+            }
+        }
     }
 
     /// Reads the chunk `id` and verifies it against its id.
@@ -320,13 +390,6 @@ impl ChunkStore {
     }
 }
 
-/// Makes a directory's entries (a rename into it) durable.
-fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    let d = File::open(dir).map_err(|e| StoreError::io("open directory", dir, e))?;
-    d.sync_all()
-        .map_err(|e| StoreError::io("fsync directory", dir, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,6 +447,35 @@ mod tests {
         fs::write(store.path_of(id), b"short").unwrap();
         store.put(id, &data).unwrap();
         assert_eq!(store.get(id).unwrap(), data);
+    }
+
+    #[test]
+    fn a_batch_stores_each_chunk_and_reports_each_failure_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let mut chunks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        // One is already stored, one is damaged on disk, one is too big.
+        chunks[7] = vec![7; CHUNK_MAX_BYTES + 1];
+        store.put(ChunkId::of(&chunks[3]), &chunks[3]).unwrap();
+        fs::write(store.path_of(ChunkId::of(&chunks[5])), b"rotten").unwrap();
+        let batch: Vec<(ChunkId, &[u8])> =
+            chunks.iter().map(|c| (ChunkId::of(c), &c[..])).collect();
+        let results = store.put_batch(&batch);
+        assert_eq!(results.len(), batch.len());
+        for (i, r) in results.iter().enumerate() {
+            if i == 7 {
+                assert!(matches!(r, Err(StoreError::TooLarge { .. })), "{r:?}");
+            } else {
+                assert!(r.is_ok(), "{i}: {r:?}");
+                assert_eq!(store.get(ChunkId::of(&chunks[i])).unwrap(), chunks[i]);
+            }
+        }
+        assert!(matches!(
+            store.get(ChunkId::of(&chunks[7])),
+            Err(ChunkReadError::Missing)
+        ));
+        // Nothing is left in the temp folder.
+        assert_eq!(fs::read_dir(&store.tmp).unwrap().count(), 0);
     }
 
     #[test]

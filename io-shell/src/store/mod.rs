@@ -33,6 +33,14 @@ pub use chunks::ChunkStore;
 pub trait ChunkBackend: Send + Sync + 'static {
     /// Stores a chunk atomically (see [`ChunkStore::put`]).
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError>;
+    /// Stores several chunks, results in their order (see
+    /// [`ChunkStore::put_batch`]: one flush for the batch).
+    fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<(), StoreError>> {
+        chunks
+            .iter()
+            .map(|&(id, data)| self.put(id, data))
+            .collect()
+    }
     /// Reads and verifies a chunk (see [`ChunkStore::get`]).
     fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError>;
     /// Deletes a chunk; a missing one is fine.
@@ -42,6 +50,9 @@ pub trait ChunkBackend: Send + Sync + 'static {
 impl ChunkBackend for ChunkStore {
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError> {
         ChunkStore::put(self, id, data)
+    }
+    fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<(), StoreError>> {
+        ChunkStore::put_batch(self, chunks)
     }
     fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
         ChunkStore::get(self, id)
