@@ -571,15 +571,16 @@ fn warn_unreadable(path: &Path, reason: &str) {
     tracing::warn!("unreadable audio file {}: {reason}", path.display());
 }
 
-/// Walk errors, capped.
-struct ErrorList {
+/// Problem messages (walk errors, unreadable files), capped, with a count
+/// of the rest.
+pub(crate) struct ErrorList {
     cap: usize,
     kept: Vec<String>,
     dropped: usize,
 }
 
 impl ErrorList {
-    fn new(cap: usize) -> ErrorList {
+    pub(crate) fn new(cap: usize) -> ErrorList {
         ErrorList {
             cap,
             kept: Vec::new(),
@@ -587,7 +588,7 @@ impl ErrorList {
         }
     }
 
-    fn push(&mut self, message: String) {
+    pub(crate) fn push(&mut self, message: String) {
         if self.kept.len() < self.cap {
             self.kept.push(message);
         } else {
@@ -595,8 +596,13 @@ impl ErrorList {
         }
     }
 
+    /// The last message kept.
+    pub(crate) fn last(&self) -> Option<&str> {
+        self.kept.last().map(String::as_str)
+    }
+
     /// The kept messages (plus one counting the dropped ones) and the total.
-    fn finish(mut self) -> (Vec<String>, usize) {
+    pub(crate) fn finish(mut self) -> (Vec<String>, usize) {
         let total = self.kept.len() + self.dropped;
         if self.dropped > 0 {
             self.kept

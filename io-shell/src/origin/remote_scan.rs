@@ -25,7 +25,7 @@
 
 use super::ranged::{RangedOptions, RangedReader, ReadFailure};
 use super::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
-use crate::scan::{self, ScanProgress, ScanReport};
+use crate::scan::{self, ErrorList, ScanProgress, ScanReport};
 use crate::tags;
 use musicfs_core::{CatalogEntry, FileKind, OriginId, SourceFile, catalog};
 use std::sync::Arc;
@@ -194,14 +194,14 @@ async fn scan_inner(
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut tasks: JoinSet<Outcome> = JoinSet::new();
     let mut report = ScanReport::default();
-    let mut errors = Capped::new(opts.max_errors);
+    let mut errors = ErrorList::new(opts.max_errors);
     let mut entries = Vec::new();
     let mut failed = 0usize;
     let mut listed = 0usize;
 
     let mut collect = |outcome: Outcome,
                        report: &mut ScanReport,
-                       errors: &mut Capped,
+                       errors: &mut ErrorList,
                        entries: &mut Vec<CatalogEntry>|
      -> Result<(), OriginError> {
         report.bytes_fetched += outcome.bytes;
@@ -297,7 +297,7 @@ async fn scan_inner(
 
     entries.sort_unstable_by(|a, b| a.source.path.cmp(&b.source.path));
     report.entries = entries;
-    report.errors = errors.finish();
+    report.errors = errors.finish().0;
     report.elapsed = started.elapsed();
     let secs = report.elapsed.as_secs_f64();
     let read = report.tracks + report.unreadable;
@@ -469,41 +469,4 @@ async fn read_file(
         kind: FileKind::Unreadable(format!("could not be read from the origin: {last_failure}")),
     });
     outcome
-}
-
-/// Problem messages, capped, with a count of the rest.
-struct Capped {
-    cap: usize,
-    kept: Vec<String>,
-    dropped: usize,
-}
-
-impl Capped {
-    fn new(cap: usize) -> Capped {
-        Capped {
-            cap,
-            kept: Vec::new(),
-            dropped: 0,
-        }
-    }
-
-    fn push(&mut self, message: String) {
-        if self.kept.len() < self.cap {
-            self.kept.push(message);
-        } else {
-            self.dropped += 1;
-        }
-    }
-
-    fn last(&self) -> Option<&str> {
-        self.kept.last().map(String::as_str)
-    }
-
-    fn finish(mut self) -> Vec<String> {
-        if self.dropped > 0 {
-            self.kept
-                .push(format!("... and {} more errors", self.dropped));
-        }
-        self.kept
-    }
 }
