@@ -2,7 +2,7 @@
 //! chunks, a full or read-only cache disk, and eviction, on the real daemon
 //! (engine, chunk store, database, local origin), without FUSE.
 
-use musicfs::store::{ChunkStore, Db};
+use musicfs::store::{ChunkBackend, ChunkStore, Db};
 use musicfs_core::ChunkId;
 use musicfs_core::engine::Config;
 use musicfs_tests::disk::Tmpfs;
@@ -54,6 +54,17 @@ impl Lib {
     }
     fn bytes(&self, name: &str) -> Vec<u8> {
         std::fs::read(self.root().join(name)).unwrap()
+    }
+    /// A daemon over this library, storing into `store`, its database in
+    /// `db_dir`.
+    fn daemon(&self, store: Arc<dyn ChunkBackend>, db_dir: &Path) -> TestDaemon {
+        TestDaemon::start(
+            &scan(&self.root()),
+            vec![local_origin(&self.root())],
+            store,
+            db_dir,
+            config(),
+        )
     }
 }
 
@@ -125,25 +136,13 @@ fn test_missing_chunk_triggers_origin_fetch() {
 fn corrupt_reads_from_a_faulty_store_never_reach_the_reader() {
     let lib = Lib::new(0, 0);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&lib.cache()).unwrap()));
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store.clone(),
-        &lib.cache(),
-        config(),
-    );
+    let d = lib.daemon(store.clone(), &lib.cache());
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     d.persist();
     drop(d);
     store.inject_corruption.store(true, Ordering::SeqCst);
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store.clone(),
-        &lib.cache(),
-        config(),
-    );
+    let d = lib.daemon(store.clone(), &lib.cache());
     // Every chunk read off the disk is corrupted on the way: the reader still
     // gets exactly the origin's bytes.
     assert_eq!(
@@ -156,13 +155,7 @@ fn corrupt_reads_from_a_faulty_store_never_reach_the_reader() {
 fn test_passthrough_mode_when_cache_disk_dead() {
     let lib = Lib::new(0, 0);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&lib.cache()).unwrap()));
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store.clone(),
-        &lib.cache(),
-        config(),
-    );
+    let d = lib.daemon(store.clone(), &lib.cache());
     let want = lib.bytes("song.wav");
     store.inject_enospc.store(true, Ordering::SeqCst);
     assert_eq!(d.read(SONG, 0, 100_000, T).unwrap(), want[..100_000]);
@@ -195,25 +188,13 @@ fn test_passthrough_mode_when_cache_disk_dead() {
 fn unreadable_cache_disk_falls_back_to_the_origin() {
     let lib = Lib::new(0, 0);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&lib.cache()).unwrap()));
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store.clone(),
-        &lib.cache(),
-        config(),
-    );
+    let d = lib.daemon(store.clone(), &lib.cache());
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     d.persist();
     drop(d);
     store.inject_eio_on_read.store(true, Ordering::SeqCst);
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store.clone(),
-        &lib.cache(),
-        config(),
-    );
+    let d = lib.daemon(store.clone(), &lib.cache());
     assert_eq!(d.read(SONG, 5000, 100_000, T).unwrap(), want[5000..105_000]);
     assert!(
         d.daemon.inspect(|e| e.in_passthrough()),
@@ -229,13 +210,7 @@ fn test_cas_put_handles_enospc() {
     let db_dir = lib.dir.path().join("dbcache");
     let disk = Tmpfs::mount(&lib.cache(), "size=1m");
     let store = Arc::new(ChunkStore::open(disk.path()).unwrap());
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store,
-        &db_dir,
-        config(),
-    );
+    let d = lib.daemon(store, &db_dir);
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     assert!(
@@ -254,13 +229,7 @@ fn a_read_only_cache_disk_is_passthrough_until_writable() {
     let db_dir = lib.dir.path().join("dbcache");
     let disk = Tmpfs::mount(&lib.cache(), "size=64m");
     let store = Arc::new(ChunkStore::open(disk.path()).unwrap());
-    let d = TestDaemon::start(
-        &scan(&lib.root()),
-        vec![local_origin(&lib.root())],
-        store,
-        &db_dir,
-        config(),
-    );
+    let d = lib.daemon(store, &db_dir);
     disk.remount_read_only();
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
