@@ -393,17 +393,7 @@ mod tests {
             (SeekFrom::End(10), 10),
             (SeekFrom::Start(999_990), 100),
         ];
-        for (seek, len) in steps {
-            assert_eq!(r.seek(*seek).unwrap(), cur.seek(*seek).unwrap());
-            let mut a = vec![0; *len];
-            let mut b = vec![0; *len];
-            let na = r.read(&mut a).unwrap();
-            let nb = cur.read(&mut b).unwrap();
-            let n = na.min(nb);
-            assert_eq!(a[..n], b[..n]);
-            cur.seek(SeekFrom::Current(n as i64 - nb as i64)).unwrap();
-            r.seek(SeekFrom::Current(n as i64 - na as i64)).unwrap();
-        }
+        crate::tags::assert_reads_like(&mut r, &mut cur, steps);
         let stats = r.stats();
         let asked = origin.asked.lock().clone();
         assert_eq!(stats.requests as usize, asked.len());
