@@ -43,13 +43,7 @@ impl Setup {
         self.dir.path().join(p)
     }
     fn command(&self) -> MountCommand {
-        MountCommand::new(
-            Path::new(BIN),
-            &[&self.path("lib")],
-            &self.path("cache"),
-            &self.path("mnt"),
-            &self.path("log"),
-        )
+        MountCommand::in_dir(Path::new(BIN), self.dir.path())
     }
     fn mount(&self) -> Mounted {
         self.command().start(UP)

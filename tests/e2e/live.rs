@@ -37,14 +37,7 @@ impl Setup {
         self.dir.path().join("lib").join(p)
     }
     fn command(&self) -> MountCommand {
-        let d = self.dir.path();
-        MountCommand::new(
-            Path::new(BIN),
-            &[&d.join("lib")],
-            &d.join("cache"),
-            &d.join("mnt"),
-            &d.join("log"),
-        )
+        MountCommand::in_dir(Path::new(BIN), self.dir.path())
     }
     fn mount(&self) -> Mounted {
         self.command().start(Duration::from_secs(60))

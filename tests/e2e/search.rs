@@ -79,15 +79,7 @@ impl Setup {
         self.dir.path().join(p)
     }
     fn mount(&self) -> Mounted {
-        let d = self.dir.path();
-        MountCommand::new(
-            Path::new(BIN),
-            &[&d.join("lib")],
-            &d.join("cache"),
-            &d.join("mnt"),
-            &d.join("log"),
-        )
-        .start(Duration::from_secs(60))
+        MountCommand::in_dir(Path::new(BIN), self.dir.path()).start(Duration::from_secs(60))
     }
     fn search(&self, query: &str) -> (Option<i32>, Vec<String>) {
         let out = Command::new(BIN)

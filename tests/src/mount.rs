@@ -86,6 +86,18 @@ impl MountCommand {
         }
     }
 
+    /// The usual layout of a test's folder `dir`: the library in `lib/`,
+    /// the cache in `cache/`, the mountpoint `mnt/` and the log `log`.
+    pub fn in_dir(bin: &Path, dir: &Path) -> MountCommand {
+        MountCommand::new(
+            bin,
+            &[&dir.join("lib")],
+            &dir.join("cache"),
+            &dir.join("mnt"),
+            &dir.join("log"),
+        )
+    }
+
     /// Sets an environment variable of the daemon.
     pub fn env(mut self, key: &str, value: &str) -> MountCommand {
         self.cmd.env(key, value);
