@@ -48,6 +48,20 @@ impl Setup {
     fn mount(&self) -> Mounted {
         self.command().start(UP)
     }
+    /// A notify socket (as systemd's, 200 ms receive timeout) and a mount
+    /// command that talks to it, with a 1 s watchdog.
+    fn under_systemd(&self) -> (UnixDatagram, MountCommand) {
+        let path = self.path("notify.sock");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let command = self
+            .command()
+            .env("NOTIFY_SOCKET", path.to_str().unwrap())
+            .env("WATCHDOG_USEC", "1000000");
+        (socket, command)
+    }
 }
 
 #[test]
@@ -117,16 +131,8 @@ fn a_second_mount_on_a_live_mountpoint_is_refused() {
 #[test]
 fn test_sd_notify_ready_status_watchdog_and_stopping() {
     let s = Setup::new();
-    let socket_path = s.path("notify.sock");
-    let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let m = s
-        .command()
-        .env("NOTIFY_SOCKET", socket_path.to_str().unwrap())
-        .env("WATCHDOG_USEC", "1000000")
-        .start(UP);
+    let (socket, command) = s.under_systemd();
+    let m = command.start(UP);
     let mut messages = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(8);
     let mut buf = [0u8; 4096];
@@ -318,15 +324,8 @@ mod slow_origin {
     #[test]
     fn the_watchdog_stops_pinging_when_the_fuse_loop_hangs() {
         let s = Setup::new();
-        let socket_path = s.path("notify.sock");
-        let socket = UnixDatagram::bind(&socket_path).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-        let m = s
-            .command()
-            .env("NOTIFY_SOCKET", socket_path.to_str().unwrap())
-            .env("WATCHDOG_USEC", "1000000")
+        let (socket, command) = s.under_systemd();
+        let m = command
             .env("FAILPOINTS", "fuse-statfs-hang=sleep(30000)")
             .start(UP);
         let mut buf = [0u8; 4096];
