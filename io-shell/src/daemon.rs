@@ -343,11 +343,7 @@ impl Daemon {
             .ok_or_else(|| FetchError::Unavailable("no such origin".into()))?;
         let mut cutter = Cutter::new(fetch);
         let end = fetch.read_end();
-        let pieces = std::iter::successors(Some(fetch.start), |&pos| {
-            Some(pos + FETCH_PIECE_BYTES as u64).filter(|&next| next < end)
-        })
-        .filter(|&pos| pos < end)
-        .map(|pos| {
+        let pieces = (fetch.start..end).step_by(FETCH_PIECE_BYTES).map(|pos| {
             let want = usize::try_from(end - pos)
                 .unwrap_or(usize::MAX)
                 .min(FETCH_PIECE_BYTES);
