@@ -822,9 +822,12 @@ fn open_search(
         cache_dir.to_path_buf(),
         Arc::clone(slot),
     );
+    // Critical: an index that cannot be opened now (out of descriptors, a
+    // full disk) is tried again with growing pauses; once open, the task
+    // is finished for good.
     supervisor.spawn(
         "search-index",
-        false,
+        true,
         Arc::new(move || {
             let (d, db, dir, slot) = (
                 Arc::clone(&d),

@@ -173,7 +173,9 @@ fn descriptor_exhaustion_gives_errors_not_a_crash_and_passes() {
     assert!(st.success());
     std::thread::sleep(Duration::from_secs(6)); // the failed fetches' pauses pass
     s.check_all(&m);
-    assert!(!m.log_text().contains("panic"), "{}", m.log_text());
+    // The panic hook logs every panic as an ERROR "panic" line (other
+    // errors may quote the word: tantivy's "...or panicked").
+    assert!(!m.log_text().contains(" ERROR panic "), "{}", m.log_text());
     assert!(m.stop().success());
 }
 
