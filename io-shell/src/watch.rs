@@ -39,14 +39,9 @@ pub async fn watch_origin(
 ) -> Result<(), String> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let seen = match res {
-            Ok(event) if event.need_rescan() => {
-                Seen::Rescan("the kernel dropped file events".into())
-            }
-            Ok(event) => Seen::Paths(event.paths),
-            Err(e) => Seen::Rescan(format!("watcher error: {e}")),
-        };
-        let _ = tx.send(seen);
+        if let Some(seen) = classify(res) {
+            let _ = tx.send(seen);
+        }
     })
     .map_err(|e| format!("cannot watch '{}': {e}", root.display()))?;
     watcher
@@ -110,6 +105,31 @@ pub async fn poll_origin(
     }
 }
 
+/// What one watcher event means for the sync loop; `None` for events that
+/// change nothing. notify watches opens too (`IN_OPEN`): without this
+/// filter every read of an origin file, every directory a walk opens (our
+/// own catch-up sync's included) and every player reading the origin
+/// directly would start a sync of that path.
+fn classify(res: notify::Result<notify::Event>) -> Option<Seen> {
+    use notify::EventKind;
+    use notify::event::{AccessKind, AccessMode};
+    match res {
+        Ok(event) if event.need_rescan() => {
+            Some(Seen::Rescan("the kernel dropped file events".into()))
+        }
+        Ok(event) => match event.kind {
+            // A file written and closed is the end of a change; every other
+            // access (open, read, a close after reading) leaves it as it was.
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                Some(Seen::Paths(event.paths))
+            }
+            EventKind::Access(_) => None,
+            _ => Some(Seen::Paths(event.paths)),
+        },
+        Err(e) => Some(Seen::Rescan(format!("watcher error: {e}"))),
+    }
+}
+
 fn absorb(seen: Seen, root: &Path, paths: &mut BTreeSet<OriginPath>, rescan: &mut Option<String>) {
     match seen {
         Seen::Rescan(why) => *rescan = Some(why),
@@ -146,5 +166,81 @@ async fn sync_blocking(
             tracing::error!(%origin, error = %e, "sync task failed");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::sync::mpsc;
+
+    /// Runs `action` under a real inotify watch of `dir` and returns how
+    /// many raw events the kernel delivered and what [`classify`] kept.
+    fn watched(dir: &Path, action: impl FnOnce()) -> (usize, Vec<Seen>) {
+        let (tx, rx) = mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |res| {
+            let _ = tx.send(res);
+        })
+        .expect("inotify watcher");
+        watcher
+            .watch(dir, RecursiveMode::Recursive)
+            .expect("watch the temp dir");
+        action();
+        let mut raw = 0;
+        let mut kept = Vec::new();
+        while let Ok(res) = rx.recv_timeout(Duration::from_millis(300)) {
+            raw += 1;
+            kept.extend(classify(res));
+        }
+        (raw, kept)
+    }
+
+    #[test]
+    fn reading_an_origin_changes_nothing_but_writing_does() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("album")).unwrap();
+        let track = dir.path().join("album/01.flac");
+        std::fs::write(&track, b"fLaC and some audio").unwrap();
+
+        // What a player, a scanner or our own sync walk does.
+        let (raw, kept) = watched(dir.path(), || {
+            let mut bytes = Vec::new();
+            std::fs::File::open(&track)
+                .unwrap()
+                .read_to_end(&mut bytes)
+                .unwrap();
+            for entry in std::fs::read_dir(dir.path().join("album")).unwrap() {
+                entry.unwrap().metadata().unwrap();
+            }
+        });
+        assert!(
+            raw > 0,
+            "the kernel reported the opens (the filter was exercised)"
+        );
+        assert!(
+            kept.is_empty(),
+            "reads must not start a sync: {} kept",
+            kept.len()
+        );
+
+        let (_, kept) = watched(dir.path(), || {
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&track)
+                .unwrap();
+            f.write_all(b" retagged").unwrap();
+        });
+        let named: Vec<PathBuf> = kept
+            .into_iter()
+            .flat_map(|s| match s {
+                Seen::Paths(p) => p,
+                Seen::Rescan(why) => panic!("unexpected rescan: {why}"),
+            })
+            .collect();
+        assert!(
+            named.iter().any(|p| p.ends_with("album/01.flac")),
+            "{named:?}"
+        );
     }
 }
