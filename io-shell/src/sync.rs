@@ -147,7 +147,12 @@ impl Syncer {
             return Err(format!("origin '{}' is not reachable", root.display()));
         }
         let stats = scan::list_paths(root, paths);
-        let catalog = self.db.load_catalog().map_err(|e| e.to_string())?;
+        // Only what is under the named paths: a watcher's sync of one
+        // retagged file must not hold the whole catalog in memory.
+        let catalog = self
+            .db
+            .catalog_under(origin, paths)
+            .map_err(|e| e.to_string())?;
         let plan = sync::plan_paths(origin, &catalog, paths, &stats);
         self.run(origin, &source, plan)
     }

@@ -16,7 +16,7 @@
 
 use super::StoreError;
 use musicfs_core::{CatalogEntry, ChunkId, Manifest, OriginId, OriginPath};
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::fs;
 use std::io;
@@ -241,11 +241,9 @@ impl Db {
         let mut skipped = 0usize;
         for item in self.catalog.iter() {
             let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
-            match rmp_serde::from_slice::<CatalogEntry>(&v) {
-                Ok(entry) if *k == entry_key(entry.source.origin, &entry.source.path)[..] => {
-                    out.push(entry)
-                }
-                _ => skipped += 1,
+            match decode_catalog_entry(&k, &v) {
+                Some(entry) => out.push(entry),
+                None => skipped += 1,
             }
         }
         if skipped > 0 {
@@ -255,6 +253,41 @@ impl Db {
             );
         }
         Ok((out, skipped))
+    }
+
+    /// The catalog entries of `origin` at or under each of `paths` (a file,
+    /// or a folder and everything in it), in (origin, path) order, each
+    /// once. What a sync of a few paths needs, without loading the whole
+    /// catalog. Undecodable records are skipped, like in
+    /// [`Db::load_catalog`].
+    pub fn catalog_under(
+        &self,
+        origin: OriginId,
+        paths: &BTreeSet<OriginPath>,
+    ) -> Result<Vec<CatalogEntry>, StoreError> {
+        let mut found = BTreeMap::new();
+        let mut keep = |k: &[u8], v: &[u8]| {
+            if let Some(entry) = decode_catalog_entry(k, v) {
+                found.insert(k.to_vec(), entry);
+            }
+        };
+        for path in paths {
+            let key = entry_key(origin, path);
+            if let Some(v) = self
+                .catalog
+                .get(&key)
+                .map_err(|e| StoreError::db("read catalog", e))?
+            {
+                keep(&key, &v);
+            }
+            let mut folder = key;
+            folder.push(b'/');
+            for item in self.catalog.scan_prefix(&folder) {
+                let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+                keep(&k, &v);
+            }
+        }
+        Ok(found.into_values().collect())
     }
 
     /// Stores catalog entries (inserting or replacing), all at once.
@@ -452,6 +485,12 @@ fn entry_key(origin: OriginId, path: &OriginPath) -> Vec<u8> {
     key
 }
 
+/// A catalog record, if it decodes and its key agrees with its contents.
+fn decode_catalog_entry(key: &[u8], value: &[u8]) -> Option<CatalogEntry> {
+    let entry = rmp_serde::from_slice::<CatalogEntry>(value).ok()?;
+    (*key == entry_key(entry.source.origin, &entry.source.path)[..]).then_some(entry)
+}
+
 fn decode_key(key: &[u8]) -> Option<(OriginId, OriginPath)> {
     let (origin, path) = key.split_first_chunk::<2>()?;
     Some((OriginId(u16::from_be_bytes(*origin)), OriginPath::new(path)))
@@ -619,6 +658,43 @@ mod tests {
             .unwrap();
         db.chunks.insert(b"short", &[0u8; 12][..]).unwrap();
         assert_eq!(db.load_chunk_index().unwrap(), vec![(ChunkId(9), 1, 2)]);
+    }
+
+    #[test]
+    fn catalog_under_gives_a_file_or_a_folder_and_nothing_beside_it() {
+        use musicfs_core::{FileKind, FileVersion, SourceFile};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let entry = |origin: u16, path: &str| CatalogEntry {
+            source: SourceFile {
+                origin: OriginId(origin),
+                path: OriginPath::new(path.as_bytes()),
+                version: FileVersion::default(),
+            },
+            kind: FileKind::Cover,
+        };
+        let all = [
+            entry(0, "a/1.flac"),
+            entry(0, "a/b/2.flac"),
+            entry(0, "a b/3.flac"),
+            entry(0, "ab/4.flac"),
+            entry(0, "c.flac"),
+            entry(1, "a/1.flac"),
+        ];
+        db.put_catalog(&all).unwrap();
+        let under = |paths: &[&str]| {
+            let set = paths
+                .iter()
+                .map(|p| OriginPath::new(p.as_bytes()))
+                .collect();
+            db.catalog_under(OriginId(0), &set).unwrap()
+        };
+        // A folder brings everything in it, not its namesakes ("a b", "ab")
+        // nor another origin's; nested names give each entry once.
+        assert_eq!(under(&["a"]), vec![all[0].clone(), all[1].clone()]);
+        assert_eq!(under(&["a", "a/b", "a/1.flac"]), under(&["a"]));
+        assert_eq!(under(&["c.flac", "gone"]), vec![all[4].clone()]);
+        assert_eq!(under(&[]), vec![]);
     }
 
     #[test]
