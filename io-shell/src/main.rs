@@ -50,7 +50,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            musicfs::memory::limit_arenas();
+            musicfs::memory::tune_allocator();
             musicfs::logging::init(&args.log_level);
             musicfs::logging::install_panic_hook();
             // Fail points (tests only): configured by the FAILPOINTS variable.

@@ -20,18 +20,39 @@ pub fn release_free_memory() {
     }
 }
 
-/// Caps glibc's malloc arenas at two (unless `MALLOC_ARENA_MAX` says
-/// otherwise): the daemon's threads (scanner, tokio workers, FUSE, the
-/// blocking pool) would each get an arena by default, and memory freed in
-/// one is never reused by another. Two keep malloc contention low on the
-/// scanner's threads. Call before starting any thread.
-pub fn limit_arenas() {
+/// Big blocks (a fetched piece, a read's reply, a large chunk) are
+/// mapped on their own from this size up, and unmapped when freed.
+const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
+
+/// Tunes glibc's malloc for a long-running daemon. Call before starting
+/// any thread.
+///
+/// - Caps the arenas at two (unless `MALLOC_ARENA_MAX` says otherwise):
+///   the daemon's threads (scanner, tokio workers, FUSE, the blocking
+///   pool) would each get an arena by default, and memory freed in one is
+///   never reused by another. Two keep malloc contention low on the
+///   scanner's threads.
+/// - Fixes the mmap threshold at 128 KiB (unless `MALLOC_MMAP_THRESHOLD_`
+///   is set). glibc raises it each time a mapped block is freed, up to
+///   32 MB, after which the reads' 1 MB buffers come from the heap and
+///   stay there: measured on the bench library, reading the three big
+///   files through the mount peaked at 110 MB with the moving threshold
+///   and 95 MB with a fixed one, and read no slower.
+pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt takes two integers; called before other threads
-        // exist, as glibc asks.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
+    {
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            // SAFETY: mallopt takes two integers; called before other
+            // threads exist, as glibc asks.
+            unsafe {
+                libc::mallopt(libc::M_ARENA_MAX, 2);
+            }
+        }
+        if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
+            // SAFETY: as above.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
+            }
         }
     }
 }
