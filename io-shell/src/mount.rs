@@ -627,9 +627,9 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let search: Arc<OnceLock<Arc<LiveSearch>>> = Arc::new(OnceLock::new());
     {
         let search = Arc::clone(&search);
-        syncer.on_tree_change(Box::new(move |_old, new| {
+        syncer.on_tree_change(Box::new(move |new, catalog| {
             if let Some(live) = search.get()
-                && let Err(e) = live.tree_changed(new)
+                && let Err(e) = live.tree_changed(new, catalog)
             {
                 tracing::warn!(error = %e, "could not update the search index");
             }
@@ -677,7 +677,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         &scanned_now,
         plan.poll_interval,
     );
-    open_search(&supervisor, &daemon, &db, &plan.cache_dir, &search);
+    open_search(&supervisor, &syncer, &daemon, &db, &plan.cache_dir, &search);
     control.set_phase("serving");
     systemd::ready(&format!(
         "serving {} tracks at {}",
@@ -811,12 +811,14 @@ fn spawn_background(
 /// Opens the search index in the background (rebuilding it if needed).
 fn open_search(
     supervisor: &Supervisor,
+    syncer: &Arc<Syncer>,
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     cache_dir: &Path,
     slot: &Arc<OnceLock<Arc<LiveSearch>>>,
 ) {
-    let (d, db, dir, slot) = (
+    let (syncer, d, db, dir, slot) = (
+        Arc::clone(syncer),
         Arc::clone(daemon),
         Arc::clone(db),
         cache_dir.to_path_buf(),
@@ -829,7 +831,8 @@ fn open_search(
         "search-index",
         true,
         Arc::new(move || {
-            let (d, db, dir, slot) = (
+            let (syncer, d, db, dir, slot) = (
+                Arc::clone(&syncer),
                 Arc::clone(&d),
                 Arc::clone(&db),
                 dir.clone(),
@@ -837,10 +840,14 @@ fn open_search(
             );
             Box::pin(async move {
                 tokio::task::spawn_blocking(move || {
-                    let tree = d.inspect(|e| e.tree().clone());
-                    let live = LiveSearch::open(&dir, db, &tree).map_err(|e| e.to_string())?;
-                    let _ = slot.set(live);
-                    drop(tree);
+                    // No sync in between: a tree change published while the
+                    // index opens would otherwise be missed by it.
+                    syncer.exclusive(|| {
+                        let tree = d.inspect(|e| e.tree().clone());
+                        let live = LiveSearch::open(&dir, &db, &tree).map_err(|e| e.to_string())?;
+                        let _ = slot.set(live);
+                        Ok::<(), String>(())
+                    })?;
                     crate::memory::release_free_memory();
                     Ok(())
                 })

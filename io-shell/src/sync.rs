@@ -51,9 +51,10 @@ pub enum SyncSource {
     Remote(Arc<dyn RemoteOrigin>),
 }
 
-/// Called with the old and new tree after every change (the search index
-/// follows the tree this way).
-pub type TreeListener = Box<dyn Fn(&VirtualTree, &VirtualTree) + Send + Sync>;
+/// Called after every tree change with the new tree and the catalog it was
+/// built from (the search index follows the tree this way, without
+/// loading the catalog a second time).
+pub type TreeListener = Box<dyn Fn(&VirtualTree, &[CatalogEntry]) + Send + Sync>;
 
 /// Runs syncs for one mount.
 pub struct Syncer {
@@ -92,6 +93,15 @@ impl Syncer {
     /// Registers a function told of every tree change.
     pub fn on_tree_change(&self, listener: TreeListener) {
         self.listeners.lock().push(listener);
+    }
+
+    /// Runs `job` while no sync runs (and no other such job): for work
+    /// that reads the whole tree or catalog and must not miss a change
+    /// published meanwhile (opening the search index). It also keeps two
+    /// whole-catalog jobs from holding their memory at the same time.
+    pub fn exclusive<R>(&self, job: impl FnOnce() -> R) -> R {
+        let _one = self.one_at_a_time.lock();
+        job()
     }
 
     /// Number of origins.
@@ -260,16 +270,15 @@ impl Syncer {
         let entries = self.db.load_catalog().map_err(|e| e.to_string())?;
         let (tree, _) = VirtualTree::build(&self.layout, &entries);
         let new_tree = tree.clone();
-        let (old_tree, diff) = self.daemon.with_engine(|e, now| {
-            let old = e.tree().clone();
+        let diff = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
-            (old, e.replace_tree(now, tree))
+            e.replace_tree(now, tree)
         });
         if let Some(n) = self.notifier.get() {
             invalidate(n, &diff);
         }
         for listener in self.listeners.lock().iter() {
-            listener(&old_tree, &new_tree);
+            listener(&new_tree, &entries);
         }
         Ok(diff.entries.len() + diff.inodes.len())
     }

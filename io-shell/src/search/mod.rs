@@ -83,9 +83,10 @@ use musicfs_core::tree::{FileRole, VirtualTree};
 use musicfs_core::{OriginId, OriginPath, TrackTags};
 use parking_lot::Mutex;
 use schema::{Fields, TextField, VPATH};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::fs;
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -205,20 +206,66 @@ impl DocChanges {
     }
 }
 
-/// Compares two document sets (in any order) by virtual path.
-pub fn diff_docs(old: &[SearchDoc], new: &[SearchDoc]) -> DocChanges {
-    let old: BTreeMap<&str, &SearchDoc> = old.iter().map(|d| (d.vpath.as_str(), d)).collect();
-    let new_map: BTreeMap<&str, &SearchDoc> = new.iter().map(|d| (d.vpath.as_str(), d)).collect();
+/// What a running index remembers of the documents it holds: each
+/// document's virtual path and a digest of its contents. Enough to find
+/// what a tree change altered, at a fraction of the memory of the
+/// documents themselves (a 20,000-track library: about 2 MB instead of
+/// the 10 MB its tags take).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DocDigests(BTreeMap<Box<str>, u64>);
+
+impl DocDigests {
+    /// The digests of `docs` (in any order; one per virtual path).
+    pub fn of(docs: &[SearchDoc]) -> DocDigests {
+        DocDigests(
+            docs.iter()
+                .map(|d| (d.vpath.as_str().into(), digest(d)))
+                .collect(),
+        )
+    }
+
+    /// A stamp of the whole set: the index records the stamp of what it
+    /// last committed, so a restart knows whether it is behind the catalog.
+    pub fn stamp(&self) -> String {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        self.0.hash(&mut h);
+        format!("{:016x}", h.finish())
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn digest(doc: &SearchDoc) -> u64 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    doc.hash(&mut h);
+    h.finish()
+}
+
+/// Compares what the index holds with a new document set (in any order)
+/// by virtual path.
+pub fn diff_docs(old: &DocDigests, new: &[SearchDoc]) -> DocChanges {
+    let new_paths: HashSet<&str> = new.iter().map(|d| d.vpath.as_str()).collect();
+    let mut upsert: Vec<SearchDoc> = new
+        .iter()
+        .filter(|d| old.0.get(d.vpath.as_str()) != Some(&digest(d)))
+        .cloned()
+        .collect();
+    upsert.sort_by(|a, b| a.vpath.cmp(&b.vpath));
     DocChanges {
-        upsert: new_map
-            .iter()
-            .filter(|(k, d)| old.get(*k) != Some(*d))
-            .map(|(_, d)| (*d).clone())
-            .collect(),
+        upsert,
         remove: old
+            .0
             .keys()
-            .filter(|k| !new_map.contains_key(*k))
-            .map(|k| (*k).to_owned())
+            .filter(|k| !new_paths.contains(&k.as_ref()))
+            .map(|k| k.to_string())
             .collect(),
     }
 }
@@ -971,12 +1018,20 @@ mod tests {
         let b = doc("B/y.flac", "B", "y");
         let b2 = doc("B/y.flac", "B", "y (remaster)");
         let c = doc("C/z.flac", "C", "z");
-        let changes = diff_docs(&[a.clone(), b], &[c.clone(), a, b2.clone()]);
-        assert_eq!(changes.upsert, vec![b2, c]);
+        let old = DocDigests::of(&[a.clone(), b]);
+        let changes = diff_docs(&old, &[c.clone(), a.clone(), b2.clone()]);
+        assert_eq!(changes.upsert, vec![b2.clone(), c.clone()]);
         assert!(changes.remove.is_empty());
-        let changes = diff_docs(&[doc("gone", "g", "g")], &[]);
+        let changes = diff_docs(&DocDigests::of(&[doc("gone", "g", "g")]), &[]);
         assert_eq!(changes.remove, vec!["gone".to_owned()]);
-        assert!(diff_docs(&[], &[]).is_empty());
+        assert!(diff_docs(&DocDigests::default(), &[]).is_empty());
+        // The stamp follows the contents, not the order they came in.
+        let (one, two) = (
+            DocDigests::of(&[a.clone(), c.clone()]),
+            DocDigests::of(&[c, a]),
+        );
+        assert_eq!(one.stamp(), two.stamp());
+        assert_ne!(one.stamp(), DocDigests::of(&[b2]).stamp());
     }
 
     #[test]
