@@ -197,3 +197,43 @@ fn the_search_folder_lists_matches_as_symlinks_and_hides_itself() {
     );
     assert!(!mnt.join(".search/artst:x").exists());
 }
+
+#[test]
+fn a_listed_search_folder_shows_new_results_after_the_library_changes() {
+    let s = Setup::new();
+    let m = s.mount();
+    let query = m.mountpoint.join(".search").join("genre:jazz year:>2000");
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&query)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || names().len() == 1),
+        "index ready: {:?}",
+        names()
+    );
+    // The kernel now holds this listing in its cache.
+    assert_eq!(names(), ["00 - Footprints.wav"]);
+    track(
+        &s.path("lib"),
+        "f.wav",
+        "Promise",
+        "Floating Points",
+        "Promises",
+        "Jazz",
+        2021,
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || names().len() == 2),
+        "the cached listing was dropped when the results changed: {:?}",
+        names()
+    );
+    assert_eq!(names(), ["00 - Footprints.wav", "00 - Promise.wav"]);
+}

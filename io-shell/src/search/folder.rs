@@ -33,6 +33,9 @@ pub fn owns(ino: u64) -> bool {
 struct QueryDir {
     /// (name, link inode, link target)
     entries: Vec<(String, u64, String)>,
+    /// The folder's mtime: a digest of its results, so it changes when
+    /// they do, and the kernel drops its cached listing.
+    mtime_ns: i64,
 }
 
 #[derive(Default)]
@@ -53,11 +56,11 @@ fn reserved(hash: u64) -> u64 {
     (hash | INO_RESERVED_BIT | 2) & !1
 }
 
-fn dir_attr(ino: u64, entries: usize) -> Attr {
+fn dir_attr(ino: u64, entries: usize, mtime_ns: i64) -> Attr {
     Attr {
         ino: Ino(ino),
         size: entries as u64,
-        mtime_ns: 0,
+        mtime_ns,
         kind: NodeKind::Dir,
         nlink: 2,
     }
@@ -74,7 +77,7 @@ impl SearchFolder {
 
     /// The folder itself.
     pub fn root_attr(&self) -> Attr {
-        dir_attr(ROOT, 0)
+        dir_attr(ROOT, 0, 0)
     }
 
     /// A name in one of the search folder's directories.
@@ -117,7 +120,17 @@ impl SearchFolder {
                 (name, ino, format!("../../{vpath}"))
             })
             .collect();
-        let attr = dir_attr(dir_ino, entries.len());
+        // Within the first second of 1970: an mtime that says "no date"
+        // and changes with the results.
+        let mut digest = xxhash_rust::xxh3::Xxh3::new();
+        for (name, _, target) in &entries {
+            digest.update(name.as_bytes());
+            digest.update(b"\0");
+            digest.update(target.as_bytes());
+            digest.update(b"\0");
+        }
+        let mtime_ns = (digest.digest() % 1_000_000_000) as i64;
+        let attr = dir_attr(dir_ino, entries.len(), mtime_ns);
         let mut f = self.folders.lock();
         if let Some(old) = f.dirs.remove(&dir_ino) {
             for (_, ino, _) in &old.entries {
@@ -128,7 +141,7 @@ impl SearchFolder {
         for (i, (_, ino, _)) in entries.iter().enumerate() {
             f.links.insert(*ino, (dir_ino, i));
         }
-        f.dirs.insert(dir_ino, QueryDir { entries });
+        f.dirs.insert(dir_ino, QueryDir { entries, mtime_ns });
         f.order.push_back(dir_ino);
         while f.order.len() > QUERIES_MAX {
             if let Some(gone) = f.order.pop_front()
@@ -149,7 +162,7 @@ impl SearchFolder {
         }
         let f = self.folders.lock();
         if let Some(d) = f.dirs.get(&ino) {
-            return Ok(dir_attr(ino, d.entries.len()));
+            return Ok(dir_attr(ino, d.entries.len(), d.mtime_ns));
         }
         let (dir, i) = f.links.get(&ino).ok_or(Errno::NoEnt)?;
         let (_, _, target) = &f.dirs.get(dir).ok_or(Errno::NoEnt)?.entries[*i];
