@@ -4,8 +4,8 @@
 //! offline reader beside a live writer, and a 20,000-track library.
 
 use musicfs::search::{
-    MAX_LIMIT, OpenedIndex, SearchDoc, SearchError, SearchIndex, diff_docs, docs_from_tree,
-    index_dir, search_offline,
+    DocDigests, MAX_LIMIT, OpenedIndex, SearchDoc, SearchError, SearchIndex, diff_docs,
+    docs_from_tree, index_dir, search_offline,
 };
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::{FileVersion, Layout, OriginId, OriginPath, TrackTags};
@@ -756,7 +756,7 @@ fn documents_come_from_the_tree() {
 
     let tmp = tempfile::tempdir().unwrap();
     let idx = open(tmp.path());
-    let changes = diff_docs(&[], &docs);
+    let changes = diff_docs(&DocDigests::default(), &docs);
     for d in &changes.upsert {
         idx.upsert(d).unwrap();
     }
@@ -825,7 +825,7 @@ fn twenty_thousand_tracks() {
     for d in new_docs.iter_mut().take(100) {
         d.title = Some(format!("{} (live)", d.title.as_deref().unwrap()));
     }
-    let changes = diff_docs(&docs, &new_docs);
+    let changes = diff_docs(&DocDigests::of(&docs), &new_docs);
     assert_eq!((changes.upsert.len(), changes.remove.len()), (100, 100));
     for d in &changes.upsert {
         idx.upsert(d).unwrap();

@@ -209,8 +209,8 @@ impl DocChanges {
 /// What a running index remembers of the documents it holds: each
 /// document's virtual path and a digest of its contents. Enough to find
 /// what a tree change altered, at a fraction of the memory of the
-/// documents themselves (a 20,000-track library: about 2 MB instead of
-/// the 10 MB its tags take).
+/// documents themselves (a 20,000-track library: about 2 MB; the
+/// documents' vector alone took 5.8 MB, their strings more).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DocDigests(BTreeMap<Box<str>, u64>);
 
@@ -230,16 +230,6 @@ impl DocDigests {
         let mut h = xxhash_rust::xxh3::Xxh3::new();
         self.0.hash(&mut h);
         format!("{:016x}", h.finish())
-    }
-
-    /// Number of documents.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// True when there are none.
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
