@@ -202,8 +202,10 @@ fn a_kill_9_during_a_large_rescan_resumes_on_the_next_mount() {
     // The next mount resumes after the last saved batch...
     let m = s.mount();
     let all = 3 + added;
+    // The sync logs its summary just after the new tree is published: wait
+    // for both.
     let converged = wait_for(Duration::from_secs(60), || {
-        files_under(&m.mountpoint).len() == all
+        files_under(&m.mountpoint).len() == all && m.log_text().contains("origin changes applied")
     });
     assert!(converged, "{}", m.log_text());
     let log = m.log_text();
