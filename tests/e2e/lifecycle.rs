@@ -3,7 +3,7 @@
 //! real notify socket, `musicfs status`, and a panic under a lock.
 
 use musicfs_tests::fixtures::{TestDaemon, write_wav};
-use musicfs_tests::mount::{MountCommand, Mounted, is_mounted};
+use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
 use musicfs_tests::sha256_file;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -176,17 +176,8 @@ fn test_status_reports_origins_cache_and_tasks() {
     let s = Setup::new();
     let m = s.mount();
     let _ = std::fs::read(m.mountpoint.join(SONG)).unwrap();
-    let out = Command::new(BIN)
-        .args(["status", "--json"])
-        .arg(&m.mountpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["phase"], "serving");
     assert_eq!(doc["origins"][0]["health"], "healthy");
     assert!(doc["cache"]["bytes"].as_u64().unwrap() > 0);

@@ -1,11 +1,10 @@
 //! End to end: the tree follows the origins live (watcher + delta sync).
 
 use musicfs_tests::fixtures::write_wav;
-use musicfs_tests::mount::{MountCommand, Mounted};
+use musicfs_tests::mount::{MountCommand, Mounted, control_ok};
 use musicfs_tests::{files_under, sha256_file, wait_for};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_musicfs");
@@ -136,17 +135,7 @@ fn rescan_on_demand_reports_what_changed() {
     let s = Setup::new();
     let m = s.mount();
     write_wav(&s.lib("extra.wav"), 100_000, 42, "Extra", "Band", "First");
-    let out = Command::new(BIN)
-        .arg("rescan")
-        .arg(&m.mountpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = control_ok(Path::new(BIN), &["rescan"], &m.mountpoint);
     // The watcher may have got there first; either way the track is there.
     assert!(text.contains("origin 0:"), "{text}");
     assert!(wait_for(VISIBLE_WITHIN, || m

@@ -3,7 +3,7 @@
 
 use musicfs_core::naming::is_valid_name;
 use musicfs_tests::corpus::Library;
-use musicfs_tests::mount::{MountCommand, Mounted, is_mounted};
+use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
 use musicfs_tests::{files_under, sha256_file};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::MetadataExt;
@@ -361,16 +361,7 @@ fn sigterm_and_sigint_exit_zero_and_leave_no_mount() {
 fn unmount_from_another_shell_ends_the_daemon_cleanly() {
     let fx = Fixture::new();
     let mut m = fx.mount();
-    let out = Command::new(BIN)
-        .arg("unmount")
-        .arg(&m.mountpoint)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    control_ok(Path::new(BIN), &["unmount"], &m.mountpoint);
     let status = m
         .wait_exit(Duration::from_secs(20))
         .expect("daemon exits after unmount");

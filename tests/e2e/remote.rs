@@ -11,7 +11,7 @@
 
 use musicfs_tests::corpus::Library;
 use musicfs_tests::fixtures::write_wav;
-use musicfs_tests::mount::{MountCommand, Mounted};
+use musicfs_tests::mount::{MountCommand, Mounted, control_ok};
 use musicfs_tests::proxy::{Fault, FaultProxy};
 use musicfs_tests::servers::{MotoServer, Sshd};
 use musicfs_tests::{files_under, sha256_bytes, sha256_file, wait_for};
@@ -38,17 +38,8 @@ fn is_cover(p: &Path) -> bool {
 
 /// `musicfs status --json` of the mount.
 fn status(mountpoint: &Path) -> serde_json::Value {
-    let out = Command::new(BIN)
-        .args(["status", "--json"])
-        .arg(mountpoint)
-        .output()
-        .expect("musicfs status runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
+    let out = control_ok(Path::new(BIN), &["status", "--json"], mountpoint);
+    serde_json::from_str(&out).expect("status is JSON")
 }
 
 fn health(doc: &serde_json::Value, id: usize) -> String {

@@ -21,6 +21,23 @@ pub fn is_mounted(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs `bin ARGS... MOUNTPOINT` (a control command such as `status`,
+/// `rescan` or `unmount`), asserts that it succeeded (showing its stderr if
+/// not) and returns its stdout.
+pub fn control_ok(bin: &Path, args: &[&str], mountpoint: &Path) -> String {
+    let out = Command::new(bin)
+        .args(args)
+        .arg(mountpoint)
+        .output()
+        .expect("the musicfs binary runs");
+    assert!(
+        out.status.success(),
+        "musicfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Aborts the kernel's FUSE connection of the mount at `path` (fusectl),
 /// failing every request waiting on it.
 pub fn abort_fuse_connection(path: &Path) {
