@@ -27,6 +27,7 @@
 //! Paths are kept as raw bytes (`/`-separated, relative to the root), so file
 //! names that are not UTF-8 survive untouched.
 
+use crate::origin::beneath::{self, Purpose};
 use crate::tags;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use musicfs_core::sync::Listed;
@@ -522,22 +523,26 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
         error: None,
     };
 
+    // Every open resolves beneath the root: a link out of it is refused
+    // here (and again at every read), never listed.
     match class {
         NameClass::Cover => {
-            let meta = std::fs::metadata(&path)?;
+            let meta = beneath::stat(root, rel)?;
             if !meta.is_file() {
                 return Ok(skipped);
             }
             Ok(entry(source(file_version(&meta)), FileKind::Cover))
         }
         NameClass::Audio => {
-            let file = match tags::open_nonblocking(&path) {
+            let file = match beneath::open(root, rel, Purpose::Read) {
                 Ok(file) => file,
-                Err(err) if err.kind() == io::ErrorKind::NotFound => return Err(err),
+                Err(err) if err.kind() == io::ErrorKind::NotFound || beneath::is_outside(&err) => {
+                    return Err(err);
+                }
                 Err(err) => {
                     // Permission denied and friends: the file is there, and
                     // a stat usually still works, so list it as unreadable.
-                    let meta = std::fs::metadata(&path)?;
+                    let meta = beneath::stat(root, rel)?;
                     if !meta.is_file() {
                         return Ok(skipped);
                     }
@@ -666,7 +671,7 @@ fn stat_all(root: &Path, work: &[Work]) -> Vec<Listed> {
     let mut out: Vec<Listed> = work
         .iter()
         .filter_map(|w| {
-            let meta = std::fs::metadata(root.join(OsStr::from_bytes(&w.rel))).ok()?;
+            let meta = beneath::stat(root, &w.rel).ok()?;
             meta.is_file().then(|| Listed {
                 path: OriginPath::new(&*w.rel),
                 version: file_version(&meta),

@@ -30,15 +30,14 @@
 
 use crate::scan;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
-use std::ffi::OsStr;
 use std::fmt;
 use std::future::Future;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+pub mod beneath;
 pub mod limits;
 pub mod ranged;
 pub mod remote_scan;
@@ -161,10 +160,6 @@ impl LocalOrigin {
     pub fn new(id: OriginId, root: PathBuf) -> LocalOrigin {
         LocalOrigin { id, root }
     }
-
-    fn full_path(&self, path: &OriginPath) -> PathBuf {
-        self.root.join(OsStr::from_bytes(path.as_bytes()))
-    }
 }
 
 impl Origin for LocalOrigin {
@@ -179,13 +174,14 @@ impl Origin for LocalOrigin {
         offset: u64,
         len: usize,
     ) -> BoxFuture<'a, Result<Vec<u8>, OriginError>> {
-        let full = self.full_path(path);
+        let root = self.root.clone();
+        let path = path.clone();
         let version = version.clone();
         Box::pin(async move {
             // A local read can block for as long as the disk (or a dead NFS
             // server) likes: keep it off the async workers. The caller bounds
             // how long it waits.
-            tokio::task::spawn_blocking(move || read_local(&full, &version, offset, len))
+            tokio::task::spawn_blocking(move || read_local(&root, &path, &version, offset, len))
                 .await
                 .map_err(|e| OriginError::Unavailable(format!("read task failed: {e}")))?
         })
@@ -215,14 +211,16 @@ impl Origin for LocalOrigin {
     }
 }
 
-/// Opens `path`, checks it is still `version`, and reads the range.
+/// Opens `path` beneath `root` (never through a link out of it), checks it
+/// is still `version`, and reads the range.
 fn read_local(
-    path: &Path,
+    root: &Path,
+    path: &OriginPath,
     version: &FileVersion,
     offset: u64,
     len: usize,
 ) -> Result<Vec<u8>, OriginError> {
-    let file = std::fs::File::open(path).map_err(classify)?;
+    let file = beneath::open(root, path.as_bytes(), beneath::Purpose::Read).map_err(classify)?;
     let meta = file.metadata().map_err(classify)?;
     if !same_version(&scan::file_version(&meta), version) {
         return Err(OriginError::Changed);
@@ -272,6 +270,12 @@ fn statfs(path: &Path) -> io::Result<()> {
 }
 
 fn classify(e: io::Error) -> OriginError {
+    // A link out of the root is, for this origin, no file at all; it says
+    // nothing about the origin's health.
+    if beneath::is_outside(&e) {
+        tracing::warn!("refused to read through a link out of a local origin: {e}");
+        return OriginError::NotFound;
+    }
     match e.kind() {
         io::ErrorKind::NotFound => OriginError::NotFound,
         _ => OriginError::Unavailable(e.to_string()),
