@@ -260,35 +260,40 @@ fn a_full_cache_disk_is_logged_once_and_passes_through_until_it_has_room() {
     assert!(!is_mounted(&s.path("mnt")));
 }
 
+/// Tests that configure fail points: `scripts/test` runs only these with
+/// the `failpoints` feature (`-- failpoints::`).
 #[cfg(feature = "failpoints")]
-#[test]
-fn a_crash_between_chunk_write_and_index_loses_nothing() {
-    // Every chunk lands on disk but the index never hears of it.
-    let s = Setup::new(4);
-    let m = s
-        .command()
-        .env("FAILPOINTS", "cas-put-after-write-before-index=return")
-        .start(UP);
-    s.check_all(&m);
-    assert!(m.stop().success());
-    let m = s.mount();
-    s.check_all(&m);
-}
+mod failpoints {
+    use super::*;
 
-#[cfg(feature = "failpoints")]
-#[test]
-fn failing_fetches_and_db_open_are_survived() {
-    let s = Setup::new(3);
-    let m = s
-        .command()
-        .env("FAILPOINTS", "reader-manifest-fetch=50%return")
-        .start(UP);
-    s.check_all(&m);
-    assert!(m.stop().success());
-    let m = s
-        .command()
-        .env("FAILPOINTS", "db-open-corrupt=return")
-        .start(UP);
-    assert!(m.log_text().contains("damaged"), "{}", m.log_text());
-    s.check_all(&m);
+    #[test]
+    fn a_crash_between_chunk_write_and_index_loses_nothing() {
+        // Every chunk lands on disk but the index never hears of it.
+        let s = Setup::new(4);
+        let m = s
+            .command()
+            .env("FAILPOINTS", "cas-put-after-write-before-index=return")
+            .start(UP);
+        s.check_all(&m);
+        assert!(m.stop().success());
+        let m = s.mount();
+        s.check_all(&m);
+    }
+
+    #[test]
+    fn failing_fetches_and_db_open_are_survived() {
+        let s = Setup::new(3);
+        let m = s
+            .command()
+            .env("FAILPOINTS", "reader-manifest-fetch=50%return")
+            .start(UP);
+        s.check_all(&m);
+        assert!(m.stop().success());
+        let m = s
+            .command()
+            .env("FAILPOINTS", "db-open-corrupt=return")
+            .start(UP);
+        assert!(m.log_text().contains("damaged"), "{}", m.log_text());
+        s.check_all(&m);
+    }
 }

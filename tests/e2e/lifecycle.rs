@@ -226,7 +226,7 @@ fn test_parking_lot_lock_survives_a_panic_and_operations_keep_answering() {
 }
 
 #[cfg(feature = "failpoints")]
-mod slow_origin {
+mod failpoints {
     use super::*;
     use musicfs_tests::wait_for;
 

@@ -145,78 +145,85 @@ fn rescan_on_demand_reports_what_changed() {
 }
 
 /// Every file of the mount with its inode number.
-#[cfg(feature = "failpoints")]
-fn tree_of(mnt: &Path) -> Vec<(PathBuf, u64)> {
-    files_under(mnt)
-        .into_iter()
-        .map(|rel| {
-            let ino = std::fs::metadata(mnt.join(&rel)).unwrap().ino();
-            (rel, ino)
-        })
-        .collect()
-}
 
+/// Tests that configure fail points: `scripts/test` runs only these with
+/// the `failpoints` feature (`-- failpoints::`).
 #[cfg(feature = "failpoints")]
-#[test]
-fn a_kill_9_during_a_large_rescan_resumes_on_the_next_mount() {
-    let s = Setup::new();
-    let m = s.mount();
-    assert!(m.stop().success());
-    // A large change while unmounted: the next mount catches up with it in
-    // batches of 256 files, in the background.
-    let added = 900;
-    for i in 0..added {
-        write_wav(
-            &s.lib(&format!("new/{}/{i}.wav", i % 9)),
-            4_000,
-            1000 + i as u64,
-            &format!("New {i:03}"),
-            "Newcomer",
-            &format!("Batch {}", i % 9),
-        );
+mod failpoints {
+    use super::*;
+
+    fn tree_of(mnt: &Path) -> Vec<(PathBuf, u64)> {
+        files_under(mnt)
+            .into_iter()
+            .map(|rel| {
+                let ino = std::fs::metadata(mnt.join(&rel)).unwrap().ino();
+                (rel, ino)
+            })
+            .collect()
     }
-    // Two batches are saved, then the sync stalls: kill -9 it there.
-    let mut m = s
-        .command()
-        .env("FAILPOINTS", "delta-sync-after-batch=1*off->sleep(60000)")
-        .start(Duration::from_secs(60));
-    let saved_two = wait_for(Duration::from_secs(60), || {
-        m.log_text().matches("sync batch saved").count() >= 2
-    });
-    assert!(saved_two, "{}", m.log_text());
-    m.signal(libc::SIGKILL);
-    assert!(m.wait_exit(Duration::from_secs(10)).is_some());
-    drop(m);
 
-    // The next mount resumes after the last saved batch...
-    let m = s.mount();
-    let all = 3 + added;
-    // The sync logs its summary just after the new tree is published: wait
-    // for both.
-    let converged = wait_for(Duration::from_secs(60), || {
-        files_under(&m.mountpoint).len() == all && m.log_text().contains("origin changes applied")
-    });
-    assert!(converged, "{}", m.log_text());
-    let log = m.log_text();
-    let read_again = format!("read={}", added - 2 * 256);
-    assert!(
-        log.lines()
-            .any(|l| l.contains("origin changes applied") && l.contains(&read_again)),
-        "only the {} unfinished files are read again:\n{log}",
-        added - 2 * 256
-    );
-    // ...and ends with the tree a fresh scan gives: same names, same inodes.
-    let resumed = tree_of(&m.mountpoint);
-    assert!(m.stop().success());
-    let d = s.dir.path();
-    let fresh = MountCommand::new(
-        Path::new(BIN),
-        &[&d.join("lib")],
-        &d.join("fresh-cache"),
-        &d.join("fresh-mnt"),
-        &d.join("fresh-log"),
-    )
-    .start(Duration::from_secs(60));
-    assert_eq!(resumed, tree_of(&fresh.mountpoint));
-    assert!(fresh.stop().success());
+    #[test]
+    fn a_kill_9_during_a_large_rescan_resumes_on_the_next_mount() {
+        let s = Setup::new();
+        let m = s.mount();
+        assert!(m.stop().success());
+        // A large change while unmounted: the next mount catches up with it in
+        // batches of 256 files, in the background.
+        let added = 900;
+        for i in 0..added {
+            write_wav(
+                &s.lib(&format!("new/{}/{i}.wav", i % 9)),
+                4_000,
+                1000 + i as u64,
+                &format!("New {i:03}"),
+                "Newcomer",
+                &format!("Batch {}", i % 9),
+            );
+        }
+        // Two batches are saved, then the sync stalls: kill -9 it there.
+        let mut m = s
+            .command()
+            .env("FAILPOINTS", "delta-sync-after-batch=1*off->sleep(60000)")
+            .start(Duration::from_secs(60));
+        let saved_two = wait_for(Duration::from_secs(60), || {
+            m.log_text().matches("sync batch saved").count() >= 2
+        });
+        assert!(saved_two, "{}", m.log_text());
+        m.signal(libc::SIGKILL);
+        assert!(m.wait_exit(Duration::from_secs(10)).is_some());
+        drop(m);
+
+        // The next mount resumes after the last saved batch...
+        let m = s.mount();
+        let all = 3 + added;
+        // The sync logs its summary just after the new tree is published: wait
+        // for both.
+        let converged = wait_for(Duration::from_secs(60), || {
+            files_under(&m.mountpoint).len() == all
+                && m.log_text().contains("origin changes applied")
+        });
+        assert!(converged, "{}", m.log_text());
+        let log = m.log_text();
+        let read_again = format!("read={}", added - 2 * 256);
+        assert!(
+            log.lines()
+                .any(|l| l.contains("origin changes applied") && l.contains(&read_again)),
+            "only the {} unfinished files are read again:\n{log}",
+            added - 2 * 256
+        );
+        // ...and ends with the tree a fresh scan gives: same names, same inodes.
+        let resumed = tree_of(&m.mountpoint);
+        assert!(m.stop().success());
+        let d = s.dir.path();
+        let fresh = MountCommand::new(
+            Path::new(BIN),
+            &[&d.join("lib")],
+            &d.join("fresh-cache"),
+            &d.join("fresh-mnt"),
+            &d.join("fresh-log"),
+        )
+        .start(Duration::from_secs(60));
+        assert_eq!(resumed, tree_of(&fresh.mountpoint));
+        assert!(fresh.stop().success());
+    }
 }

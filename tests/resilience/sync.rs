@@ -30,59 +30,6 @@ fn cached_bytes(cache: &Path) -> u64 {
         .sum()
 }
 
-#[cfg(feature = "failpoints")]
-#[test]
-fn test_sync_resumes_after_crash() {
-    use musicfs::sync::SYNC_BATCH_FILES;
-    use musicfs_core::tree::VirtualTree;
-    use musicfs_tests::fixtures::{local_origin, scan, write_wav};
-    let dir = tempfile::tempdir().unwrap();
-    let root = dir.path().join("lib");
-    let n = SYNC_BATCH_FILES * 2 + 88;
-    for i in 0..n {
-        write_wav(
-            &root.join(format!("d{}/{i}.wav", i % 7)),
-            6_000,
-            i as u64,
-            &format!("T{i:04}"),
-            "A",
-            "B",
-        );
-    }
-    let store = Arc::new(musicfs::store::ChunkStore::open(&dir.path().join("cache")).unwrap());
-    let d = TestDaemon::start(
-        &[],
-        vec![local_origin(&root)],
-        store,
-        &dir.path().join("cache"),
-        Config::default(),
-    );
-    let s = syncer(&d, &root);
-    let scenario = fail::FailScenario::setup();
-    // The first batch goes through, the sync is cut after the second.
-    fail::cfg("delta-sync-after-batch", "1*off->return").unwrap();
-    let err = s.sync_origin(OriginId(0)).unwrap_err();
-    assert!(err.contains("interrupted"), "{err}");
-    assert_eq!(
-        d.db.load_catalog().unwrap().len(),
-        2 * SYNC_BATCH_FILES,
-        "two batches were saved"
-    );
-    fail::remove("delta-sync-after-batch");
-    let resumed = s.sync_origin(OriginId(0)).unwrap();
-    scenario.teardown();
-    assert_eq!(
-        resumed.reread,
-        n - 2 * SYNC_BATCH_FILES,
-        "only the unfinished files are read again"
-    );
-    let catalog = d.db.load_catalog().unwrap();
-    assert_eq!(catalog.len(), n, "nothing missed, nothing twice");
-    // The tree is the one a fresh scan gives.
-    let fresh = VirtualTree::build(&Layout::default_layout(), &scan(&root)).0;
-    assert_eq!(d.daemon.inspect(|e| e.tree().clone()), fresh);
-}
-
 /// Writes new text tags and a new cover picture into a real audio file.
 fn retag(path: &Path) {
     use lofty::config::WriteOptions;
@@ -197,4 +144,63 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
         );
     }
     println!("{}", report.join("\n"));
+}
+
+/// Tests that configure fail points: `scripts/test` runs only these with
+/// the `failpoints` feature (`-- failpoints::`).
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use super::*;
+
+    #[test]
+    fn test_sync_resumes_after_crash() {
+        use musicfs::sync::SYNC_BATCH_FILES;
+        use musicfs_core::tree::VirtualTree;
+        use musicfs_tests::fixtures::{local_origin, scan, write_wav};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("lib");
+        let n = SYNC_BATCH_FILES * 2 + 88;
+        for i in 0..n {
+            write_wav(
+                &root.join(format!("d{}/{i}.wav", i % 7)),
+                6_000,
+                i as u64,
+                &format!("T{i:04}"),
+                "A",
+                "B",
+            );
+        }
+        let store = Arc::new(musicfs::store::ChunkStore::open(&dir.path().join("cache")).unwrap());
+        let d = TestDaemon::start(
+            &[],
+            vec![local_origin(&root)],
+            store,
+            &dir.path().join("cache"),
+            Config::default(),
+        );
+        let s = syncer(&d, &root);
+        let scenario = fail::FailScenario::setup();
+        // The first batch goes through, the sync is cut after the second.
+        fail::cfg("delta-sync-after-batch", "1*off->return").unwrap();
+        let err = s.sync_origin(OriginId(0)).unwrap_err();
+        assert!(err.contains("interrupted"), "{err}");
+        assert_eq!(
+            d.db.load_catalog().unwrap().len(),
+            2 * SYNC_BATCH_FILES,
+            "two batches were saved"
+        );
+        fail::remove("delta-sync-after-batch");
+        let resumed = s.sync_origin(OriginId(0)).unwrap();
+        scenario.teardown();
+        assert_eq!(
+            resumed.reread,
+            n - 2 * SYNC_BATCH_FILES,
+            "only the unfinished files are read again"
+        );
+        let catalog = d.db.load_catalog().unwrap();
+        assert_eq!(catalog.len(), n, "nothing missed, nothing twice");
+        // The tree is the one a fresh scan gives.
+        let fresh = VirtualTree::build(&Layout::default_layout(), &scan(&root)).0;
+        assert_eq!(d.daemon.inspect(|e| e.tree().clone()), fresh);
+    }
 }
