@@ -285,7 +285,7 @@ mod failpoints {
             let out = Db::open(dir.path()).unwrap();
             assert!(out.repaired.is_none());
             out.db.set_meta("k", b"v").unwrap();
-            out.db.flush().unwrap();
+            out.db.close().unwrap();
         }
         fail::cfg("db-open-corrupt", "return").unwrap();
         let out = Db::open(dir.path()).unwrap();
@@ -293,7 +293,7 @@ mod failpoints {
         assert!(what.contains("db-open-corrupt"), "{what}");
         assert_eq!(out.db.get_meta("k").unwrap(), None);
         assert_eq!(corrupt_dirs(dir.path()).len(), 1);
-        drop(out);
+        out.db.close().unwrap();
 
         fail::remove("db-open-corrupt");
         let out = Db::open(dir.path()).unwrap();
@@ -593,7 +593,7 @@ fn db_keeps_its_data_across_a_reopen() {
         db.put_manifest(OriginId(3), &p, &m).unwrap();
         db.put_chunks(&[(ChunkId(5), 1000, 7)]).unwrap();
         db.set_meta("k", b"v").unwrap();
-        db.flush().unwrap();
+        db.close().unwrap();
     }
     let out = Db::open(dir.path()).unwrap();
     assert!(out.repaired.is_none(), "{:?}", out.repaired);
@@ -617,7 +617,7 @@ fn a_second_open_while_in_use_fails_without_moving_anything() {
     let err = Db::open(dir.path()).unwrap_err();
     assert!(!err.is_disk_failure(), "{err:?}");
     assert!(corrupt_dirs(dir.path()).is_empty());
-    drop(first);
+    first.close().unwrap();
     let out = Db::open(dir.path()).unwrap();
     assert!(out.repaired.is_none());
     assert_eq!(out.db.get_meta("k").unwrap(), Some(b"v".to_vec()));
@@ -633,7 +633,7 @@ fn assert_recovers_from(damage: impl FnOnce(&Path)) {
         let db = Db::open(dir.path()).unwrap().db;
         db.put_catalog(&[entry(0, b"a.flac", track("A"))]).unwrap();
         db.put_chunks(&[(ChunkId(1), 1, 1)]).unwrap();
-        db.flush().unwrap();
+        db.close().unwrap();
     }
     damage(&dir.path().join("db"));
 
@@ -653,8 +653,7 @@ fn assert_recovers_from(damage: impl FnOnce(&Path)) {
     assert!(db.load_catalog().unwrap().is_empty());
     assert!(db.load_chunk_index().unwrap().is_empty());
     db.put_chunks(&[(ChunkId(2), 2, 2)]).unwrap();
-    db.flush().unwrap();
-    drop(db);
+    db.close().unwrap();
     let out = Db::open(dir.path()).unwrap();
     assert!(out.repaired.is_none(), "{:?}", out.repaired);
     assert_eq!(out.db.load_chunk_index().unwrap(), vec![(ChunkId(2), 2, 2)]);

@@ -22,7 +22,7 @@ use std::fs;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The version of the encodings above. Bump it whenever the encoding of a
 /// stored record changes (including a field added to [`CatalogEntry`] or
@@ -48,6 +48,13 @@ const CACHE_CAPACITY_BYTES: u64 = 8 * 1024 * 1024;
 /// lost in a crash, which only costs re-fetching a few chunks.
 const FLUSH_EVERY_MS: u64 = 500;
 
+/// How long an open waits for sled's lock on the database. sled releases it
+/// from its own background threads a moment after the last handle of a
+/// database is dropped, so a reopen right after a drop in the same process
+/// can find it still held; a lock held by another process is reported after
+/// this wait.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Records per write when a whole origin's catalog is replaced.
 pub const CATALOG_WRITE_BATCH: usize = 512;
 
@@ -60,6 +67,8 @@ const CHUNK_VALUE_LEN: usize = 12;
 /// the database, so a second daemon on the same cache directory fails to
 /// open it (with an error that is neither a disk failure nor corruption).
 pub struct Db {
+    /// The `db/` directory, for [`Db::close`].
+    dir: PathBuf,
     db: sled::Db,
     catalog: sled::Tree,
     manifests: sled::Tree,
@@ -160,16 +169,23 @@ impl Db {
             .cache_capacity(CACHE_CAPACITY_BYTES)
             .flush_every_ms(Some(FLUSH_EVERY_MS))
             .mode(sled::Mode::LowSpace);
-        let db = match catch_unwind(AssertUnwindSafe(|| config.open())) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(classify_open_error("open", e)),
-            Err(panic) => return Err(OpenProblem::Unusable(panic_message(&panic))),
+        let deadline = Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match catch_unwind(AssertUnwindSafe(|| config.open())) {
+                Ok(Ok(db)) => break db,
+                Ok(Err(e)) if is_lock_error(&e) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(Err(e)) => return Err(classify_open_error("open", e)),
+                Err(panic) => return Err(OpenProblem::Unusable(panic_message(&panic))),
+            }
         };
         let tree = |name: &'static str| {
             db.open_tree(name)
                 .map_err(|e| classify_open_error("open tree", e))
         };
         let db = Db {
+            dir: dir.to_path_buf(),
             catalog: tree("catalog")?,
             manifests: tree("manifests")?,
             chunks: tree("chunks")?,
@@ -487,6 +503,44 @@ impl Db {
             .flush()
             .map(drop)
             .map_err(|e| StoreError::db("flush", e))
+    }
+
+    /// Flushes and closes the database, and returns once sled's lock on it
+    /// is released (at most [`LOCK_WAIT`]), so that the directory can be
+    /// opened again at once. Dropping a `Db` closes it too, but sled lets go
+    /// of its lock from background threads a moment later.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.flush()?;
+        let lock_file = self.dir.join("db");
+        drop(self);
+        let deadline = Instant::now() + LOCK_WAIT;
+        while is_locked(&lock_file) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+/// Whether sled's lock error is what `e` is. sled reports it as a plain I/O
+/// error with only this text to tell it apart.
+fn is_lock_error(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(ioe) if ioe.to_string().contains("could not acquire lock"))
+}
+
+/// Whether some open file description holds sled's exclusive `flock` on
+/// `path` (this process's own count too: flock locks belong to descriptions,
+/// not processes).
+fn is_locked(path: &Path) -> bool {
+    use rustix::fs::{FlockOperation, flock};
+    let Ok(file) = fs::File::open(path) else {
+        return false;
+    };
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            let _ = flock(&file, FlockOperation::Unlock);
+            false
+        }
+        Err(_) => true,
     }
 }
 
