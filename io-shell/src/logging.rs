@@ -1,6 +1,58 @@
 //! Logs go to stderr through tracing (journald picks them up under systemd).
+//!
+//! While a progress bar is on the terminal (the first scan's), log lines are
+//! printed above it: the bar is cleared, the line written and the bar drawn
+//! again ([`indicatif::ProgressBar::suspend`]), so a warning never tears it.
 
+use indicatif::ProgressBar;
+use parking_lot::Mutex;
+use std::io::{self, Write};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// The progress bar on the terminal now, if any.
+static BAR: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Makes log lines go above `bar` until [`clear_progress_bar`].
+pub fn set_progress_bar(bar: &ProgressBar) {
+    *BAR.lock() = Some(bar.clone());
+}
+
+/// The bar is gone: log lines go straight to stderr again.
+pub fn clear_progress_bar() {
+    *BAR.lock() = None;
+}
+
+/// stderr, writing around the progress bar when one is shown.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct StderrAboveBar;
+
+impl<'a> MakeWriter<'a> for StderrAboveBar {
+    type Writer = StderrAboveBar;
+    fn make_writer(&'a self) -> StderrAboveBar {
+        StderrAboveBar
+    }
+}
+
+impl Write for StderrAboveBar {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        // The fmt layer writes each event whole, in one call.
+        let bar = BAR.lock().clone();
+        write_above(bar.as_ref(), &mut io::stderr(), buf)?;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+/// Writes `buf` to `out`, above `bar` if one is shown.
+fn write_above(bar: Option<&ProgressBar>, out: &mut dyn Write, buf: &[u8]) -> io::Result<()> {
+    match bar {
+        Some(bar) if !bar.is_hidden() => bar.suspend(|| out.write_all(buf)),
+        _ => out.write_all(buf),
+    }
+}
 
 /// Installs the subscriber: `RUST_LOG` if set, else `level`.
 pub fn init(level: &str) {
@@ -11,7 +63,7 @@ pub fn init(level: &str) {
         .unwrap_or_else(|| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(StderrAboveBar)
         // Colours only on a terminal: journald and log files get plain text.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
@@ -29,4 +81,125 @@ pub fn install_panic_hook() {
         tracing::error!(thread = name, %info, %backtrace, "panic");
         default(info);
     }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use indicatif::{ProgressDrawTarget, TermLike};
+    use std::sync::Arc;
+
+    /// A terminal screen: lines of text and a cursor row, written by the
+    /// bar (through [`TermLike`]) and by the log (through [`Write`]).
+    #[derive(Debug, Default)]
+    struct Screen {
+        lines: Mutex<(Vec<String>, usize)>,
+    }
+
+    impl Screen {
+        fn put(&self, text: &str) {
+            let mut guard = self.lines.lock();
+            let (lines, row) = &mut *guard;
+            for (i, part) in text.split('\n').enumerate() {
+                if i > 0 {
+                    *row += 1;
+                }
+                if lines.len() <= *row {
+                    lines.resize(*row + 1, String::new());
+                }
+                lines[*row].push_str(part);
+            }
+        }
+        /// The lines, without the padding the bar writes to its width.
+        fn text(&self) -> Vec<String> {
+            let lines = &self.lines.lock().0;
+            lines.iter().map(|l| l.trim_end().to_owned()).collect()
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Term(Arc<Screen>);
+
+    impl TermLike for Term {
+        fn width(&self) -> u16 {
+            80
+        }
+        fn move_cursor_up(&self, n: usize) -> io::Result<()> {
+            let mut g = self.0.lines.lock();
+            g.1 = g.1.saturating_sub(n);
+            Ok(())
+        }
+        fn move_cursor_down(&self, n: usize) -> io::Result<()> {
+            self.0.lines.lock().1 += n;
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> io::Result<()> {
+            self.0.put(s);
+            self.0.put("\n");
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> io::Result<()> {
+            self.0.put(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> io::Result<()> {
+            let mut guard = self.0.lines.lock();
+            let (lines, row) = &mut *guard;
+            if let Some(line) = lines.get_mut(*row) {
+                line.clear();
+            }
+            Ok(())
+        }
+        fn flush(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Write for Term {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.put(&String::from_utf8_lossy(buf));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_go_above_the_progress_bar() {
+        let screen = Arc::new(Screen::default());
+        let term = Term(Arc::clone(&screen));
+        let bar = ProgressBar::with_draw_target(
+            Some(100),
+            ProgressDrawTarget::term_like(Box::new(term.clone())),
+        );
+        bar.set_style(indicatif::ProgressStyle::with_template("scanning {pos}/{len}").unwrap());
+        bar.set_position(10);
+        bar.tick();
+        assert_eq!(screen.text().concat(), "scanning 10/100");
+
+        let mut out = term.clone();
+        write_above(Some(&bar), &mut out, b"WARN unreadable audio file a.flac\n").unwrap();
+        write_above(Some(&bar), &mut out, b"WARN unreadable audio file b.flac\n").unwrap();
+        let lines: Vec<String> = screen
+            .text()
+            .into_iter()
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "WARN unreadable audio file a.flac",
+                "WARN unreadable audio file b.flac",
+                "scanning 10/100"
+            ],
+            "each log line on its own line, the bar below them"
+        );
+    }
 }

@@ -132,9 +132,12 @@ pub struct TerminalProgress {
 }
 
 impl TerminalProgress {
-    /// A bar on stderr, hidden unless stderr is a terminal.
+    /// A bar on stderr, hidden unless stderr is a terminal. Log lines go
+    /// above it while it is shown ([`crate::logging::set_progress_bar`]).
     pub fn new() -> TerminalProgress {
-        TerminalProgress::with_target(ProgressDrawTarget::stderr())
+        let progress = TerminalProgress::with_target(ProgressDrawTarget::stderr());
+        crate::logging::set_progress_bar(&progress.bar);
+        progress
     }
 
     /// A bar drawing to `target` (tests use a hidden one).
@@ -171,6 +174,7 @@ impl ScanProgress for TerminalProgress {
         self.bar.inc(n);
     }
     fn finish(&self) {
+        crate::logging::clear_progress_bar();
         self.bar.finish_and_clear();
     }
 }
