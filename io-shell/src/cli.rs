@@ -7,7 +7,7 @@
 //! musicfs unmount MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
 //! musicfs rescan [MOUNTPOINT]
-//! musicfs search [--cache-dir DIR] [-n N] QUERY...
+//! musicfs search [--mount MOUNTPOINT | --cache-dir DIR] [-n N] QUERY...
 //! ```
 
 use clap::{Args, Parser, Subcommand};
@@ -85,7 +85,17 @@ pub enum Command {
 /// `musicfs search`.
 #[derive(Debug, Args)]
 pub struct SearchArgs {
-    /// The cache directory of the library [default: $XDG_CACHE_HOME/musicfs, or ~/.cache/musicfs].
+    /// Ask the running mount at this mountpoint, and print absolute paths in it
+    /// (paths a player can open).
+    #[arg(
+        long = "mount",
+        value_name = "MOUNTPOINT",
+        conflicts_with = "cache_dir"
+    )]
+    pub mountpoint: Option<PathBuf>,
+
+    /// The cache directory of the library, for a search with no running mount
+    /// (paths relative to the tree) [default: $XDG_CACHE_HOME/musicfs, or ~/.cache/musicfs].
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
 

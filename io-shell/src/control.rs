@@ -182,11 +182,15 @@ impl Control {
 
     /// A search, if it is for this mount's library and the index is open.
     fn search(&self, request: &Value) -> Value {
-        let same_library = request["cache_dir"]
-            .as_str()
-            .map(PathBuf::from)
-            .and_then(|d| d.canonicalize().ok())
-            .is_some_and(|d| self.cache_dir.canonicalize().is_ok_and(|c| c == d));
+        // Asked through this mount's own socket (`search --mount`), or by a
+        // client looking for the daemon of a cache directory.
+        let this_mount = request["mount"].as_bool() == Some(true);
+        let same_library = this_mount
+            || request["cache_dir"]
+                .as_str()
+                .map(PathBuf::from)
+                .and_then(|d| d.canonicalize().ok())
+                .is_some_and(|d| self.cache_dir.canonicalize().is_ok_and(|c| c == d));
         let live = self.search.get().and_then(|s| s.get());
         let (Some(live), true) = (live, same_library) else {
             return json!({"error": "not this library, or its index is not open yet"});
@@ -194,7 +198,7 @@ impl Control {
         let query = request["query"].as_str().unwrap_or_default();
         let limit = request["limit"].as_u64().map_or(50, |l| l as usize);
         match live.search(query, limit) {
-            Ok(paths) => json!({ "paths": paths }),
+            Ok(paths) => json!({ "paths": paths, "mountpoint": self.mountpoint }),
             Err(e @ crate::search::SearchError::BadQuery(_)) => json!({"bad_query": e.to_string()}),
             Err(e) => json!({"error": e.to_string()}),
         }

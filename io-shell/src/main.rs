@@ -169,6 +169,10 @@ fn rescan(mountpoint: Option<&std::path::Path>) -> ExitCode {
 fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
     use musicfs::search::{SearchError, search_offline};
     let query = args.query.join(" ");
+    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    if let Some(mountpoint) = &args.mountpoint {
+        return search_mount(mountpoint, &query, limit);
+    }
     let cache_dir = match args.cache_dir {
         Some(dir) => dir,
         None => match musicfs::mount::default_cache_dir() {
@@ -179,7 +183,6 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
             }
         },
     };
-    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
     let request = serde_json::json!({"cmd": "search", "query": query, "limit": limit, "cache_dir": cache_dir});
     for socket in musicfs::control::all_sockets() {
         let Ok(answer) =
@@ -214,4 +217,38 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// `musicfs search --mount MOUNTPOINT`: asks that mount's daemon and prints
+/// each hit as an absolute path inside the mount.
+fn search_mount(mountpoint: &std::path::Path, query: &str, limit: usize) -> ExitCode {
+    use musicfs::control;
+    let shown = mountpoint.display();
+    let Ok(absolute) = mountpoint.canonicalize() else {
+        eprintln!("musicfs: '{shown}' does not exist");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let request =
+        serde_json::json!({"cmd": "search", "query": query, "limit": limit, "mount": true});
+    let socket = control::socket_path(&absolute);
+    let answer = match control::request(&socket, &request, std::time::Duration::from_secs(10)) {
+        Ok(answer) => answer,
+        Err(e) => {
+            eprintln!("musicfs: no MusicFS mount answers at '{shown}': {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    if let Some(e) = answer["bad_query"].as_str() {
+        eprintln!("musicfs: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let Some(paths) = answer["paths"].as_array() else {
+        let why = answer["error"].as_str().unwrap_or("no answer");
+        eprintln!("musicfs: the mount at '{shown}' cannot search: {why}");
+        return ExitCode::from(EXIT_FAILURE);
+    };
+    for p in paths.iter().filter_map(|p| p.as_str()) {
+        println!("{}", absolute.join(p).display());
+    }
+    ExitCode::SUCCESS
 }

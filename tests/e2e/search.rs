@@ -138,6 +138,32 @@ fn search_by_field_accent_case_and_typo_against_the_daemon_and_offline() {
             == 1),
         "new album searchable"
     );
+    // Asked by mountpoint: absolute paths that open as the tracks.
+    let out = Command::new(BIN)
+        .args(["search", "--mount"])
+        .arg(&m.mountpoint)
+        .arg("artist:bjork")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let paths: Vec<PathBuf> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    assert_eq!(paths.len(), 2, "{paths:?}");
+    let mnt = m.mountpoint.canonicalize().unwrap();
+    for p in &paths {
+        assert!(p.is_absolute() && p.starts_with(&mnt), "{p:?}");
+        assert!(sha256_file(p).is_ok(), "{p:?} opens");
+    }
+    let out = Command::new(BIN)
+        .args(["search", "--mount"])
+        .arg(s.path("lib"))
+        .arg("bjork")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "not a mount: {out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no MusicFS mount answers"));
     drop(m);
     // Offline: the committed index answers with no daemon running.
     let (code, hits) = s.search("genre:jazz year:>2000");
