@@ -249,12 +249,10 @@ fn unit_for_verify(file: &str, dir: &Path, as_name: &str) -> PathBuf {
 
 #[test]
 fn units_pass_systemd_analyze_verify() {
-    if !have("systemd-analyze") {
-        eprintln!(
-            "SKIPPED: no systemd-analyze (scripts/install-deps installs the systemd package)"
-        );
-        return;
-    }
+    assert!(
+        have("systemd-analyze"),
+        "no systemd-analyze (scripts/install-deps installs the systemd package)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let single = unit_for_verify("musicfs.service", dir.path(), "musicfs.service");
     let template = unit_for_verify("musicfs@.service", dir.path(), "musicfs@.service");
@@ -672,10 +670,10 @@ fn helper() -> Command {
 
 #[test]
 fn mount_helper_is_shellcheck_clean() {
-    if !have("shellcheck") {
-        eprintln!("SKIPPED: no shellcheck (scripts/install-deps installs it)");
-        return;
-    }
+    assert!(
+        have("shellcheck"),
+        "no shellcheck (scripts/install-deps installs it)"
+    );
     let out = Command::new("shellcheck")
         .args(["--shell=sh"])
         .arg(dist("mount.musicfs"))
@@ -831,10 +829,11 @@ fn fstab_lines_mount_through_mount_8() {
     // private mount namespace where a read-only overlay adds the helper (and
     // `musicfs`) to /usr/sbin; the namespace, and everything mounted in it,
     // vanish with the script.
-    if !is_root() || !have("unshare") {
-        eprintln!("SKIPPED: needs root and unshare(1)");
-        return;
-    }
+    assert!(is_root(), "the dist tests run as root (scripts/test)");
+    assert!(
+        have("unshare"),
+        "no unshare(1) (util-linux, scripts/install-deps)"
+    );
     let fx = Fixture::new();
     let extra = fx.path("sbin-extra");
     std::fs::create_dir_all(&extra).unwrap();
@@ -888,13 +887,12 @@ hash_and_unmount
         .env("TRACK", TRACK)
         .output()
         .unwrap();
-    if out.status.code() == Some(77) {
-        eprintln!(
-            "SKIPPED: no overlayfs to add the helper to /sbin:\n{}",
-            text(&out)
-        );
-        return;
-    }
+    assert_ne!(
+        out.status.code(),
+        Some(77),
+        "no overlayfs to add the helper to /sbin:\n{}",
+        text(&out)
+    );
     let log = std::fs::read_to_string(fx.path("fstab.log")).unwrap_or_default();
     assert!(
         out.status.success(),
