@@ -262,6 +262,61 @@ fn a_full_cache_disk_is_logged_once_and_passes_through_until_it_has_room() {
 
 /// Tests that configure fail points: `scripts/test` runs only these with
 /// the `failpoints` feature (`-- failpoints::`).
+/// Bytes of the regular files under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    files_under(dir)
+        .iter()
+        .filter_map(|rel| std::fs::metadata(dir.join(rel)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn eviction_keeps_a_64m_cache_within_its_limit_while_1g_is_read() {
+    // 64 tracks of 16 MiB: 1 GiB through a 64 MiB cache.
+    const LIMIT: u64 = 64 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let mut want = BTreeMap::new();
+    for i in 0..64u64 {
+        let path = dir.path().join(format!("lib/big/t{i:02}.wav"));
+        let title = format!("Big {i:02}");
+        write_wav(&path, 16 << 20, 100 + i, &title, "Band", "Big");
+        want.insert(
+            PathBuf::from(format!("Band/Big/00 - {title}.wav")),
+            sha256_file(&path).unwrap(),
+        );
+    }
+    let m = MountCommand::in_dir(Path::new(BIN), dir.path())
+        .args(["--cache-size", "64M"])
+        .start(UP);
+    let chunks = dir.path().join("cache/chunks");
+    let mut most = 0;
+    for (rel, hash) in &want {
+        let got = sha256_file(&m.mountpoint.join(rel))
+            .unwrap_or_else(|e| panic!("{rel:?}: {e}\n{}", m.log_text()));
+        assert_eq!(&got, hash, "{rel:?} differs from its origin");
+        most = most.max(bytes_under(&chunks));
+    }
+    // Eviction runs behind the stores: once reads stop, the chunk files
+    // settle at or below the limit (LRU down to 80% of it past 90%).
+    assert!(
+        wait_for(Duration::from_secs(20), || bytes_under(&chunks) <= LIMIT),
+        "chunk files {} bytes, limit {LIMIT}",
+        bytes_under(&chunks)
+    );
+    let db = bytes_under(&dir.path().join("cache/db"));
+    let index = bytes_under(&dir.path().join("cache/search"));
+    println!(
+        "cache after 1 GiB read with --cache-size 64M: chunks {} MiB (at most {} MiB seen), database {} MiB, search index {} MiB",
+        bytes_under(&chunks) >> 20,
+        most >> 20,
+        db >> 20,
+        index >> 20
+    );
+    assert!(most <= 2 * LIMIT, "chunk files grew to {most} bytes");
+    assert!(m.stop().success());
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
