@@ -335,4 +335,59 @@ mod failpoints {
         );
         drop(m);
     }
+
+    /// A panic in a background task (here a watcher's sync, by the fail
+    /// point's `panic` action) reaches the log through tracing, with its
+    /// message, where it happened, and a backtrace; the mount goes on.
+    #[test]
+    fn test_panic_hook_logs_to_tracing_with_location_and_backtrace() {
+        let s = Setup::new();
+        let m = s
+            .command()
+            .env(
+                "FAILPOINTS",
+                "delta-sync-after-batch=panic(planted panic in a sync)",
+            )
+            .start(UP);
+        // A new file starts the watcher's sync, which panics after its batch.
+        write_wav(&s.path("lib/new.wav"), 100_000, 3, "New", "Band", "Album");
+        assert!(
+            wait_for(Duration::from_secs(20), || m
+                .log_text()
+                .contains("planted panic in a sync")),
+            "no panic logged:\n{}",
+            m.log_text()
+        );
+        // The hook's line may still be being written: wait for its backtrace.
+        assert!(wait_for(Duration::from_secs(5), || m
+            .log_text()
+            .contains("backtrace=")));
+        let log = m.log_text();
+        // The hook's event: message, location (file:line:col), thread, and
+        // a backtrace whose frames name the task that panicked.
+        let at = log
+            .find("ERROR panic")
+            .unwrap_or_else(|| panic!("no ERROR line from the panic hook:\n{log}"));
+        let event = &log[at..];
+        let event = &event[..event.find("\n20").unwrap_or(event.len())];
+        for part in [
+            "thread=",
+            "panicked at ",
+            ".rs:",
+            "planted panic in a sync",
+            "backtrace=",
+            "musicfs::sync",
+        ] {
+            assert!(
+                event.contains(part),
+                "no {part:?} in the hook's event:\n{event}"
+            );
+        }
+        // The mount goes on serving.
+        assert_eq!(
+            sha256_file(&m.mountpoint.join(SONG)).unwrap(),
+            sha256_file(&s.path("lib/song.wav")).unwrap()
+        );
+        assert!(m.stop().success());
+    }
 }
