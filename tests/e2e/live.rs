@@ -144,14 +144,13 @@ fn rescan_on_demand_reports_what_changed() {
         .exists()));
 }
 
-/// Every file of the mount with its inode number.
-
 /// Tests that configure fail points: `scripts/test` runs only these with
 /// the `failpoints` feature (`-- failpoints::`).
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
 
+    /// Every file of the mount with its inode number.
     fn tree_of(mnt: &Path) -> Vec<(PathBuf, u64)> {
         files_under(mnt)
             .into_iter()
