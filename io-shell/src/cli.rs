@@ -4,7 +4,7 @@
 //! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
 //!               [--layout FORMAT] [--allow-other] MOUNTPOINT
 //! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
-//! musicfs unmount MOUNTPOINT
+//! musicfs unmount [--lazy] MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
 //! musicfs rescan [MOUNTPOINT]
 //! musicfs search [--cache-dir DIR] [-n N] QUERY...
@@ -57,10 +57,15 @@ pub enum Command {
     /// Mount origins as one tag-organized tree (runs in the foreground).
     #[command(after_help = MOUNT_AFTER)]
     Mount(MountArgs),
-    /// Unmount a MusicFS mount; its daemon then exits cleanly.
+    /// Unmount a MusicFS mount; its daemon then exits cleanly. Any other
+    /// file system is left alone.
     Unmount {
         /// Where it is mounted.
         mountpoint: PathBuf,
+        /// Detach the mount even while files are open there: it disappears
+        /// now, and its daemon exits once the last one is closed.
+        #[arg(long)]
+        lazy: bool,
     },
     /// Search the library's tags; prints one path per line, best match first.
     #[command(after_help = crate::search::QUERY_HELP)]

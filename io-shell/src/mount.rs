@@ -20,6 +20,7 @@ use crate::search::live::LiveSearch;
 use crate::store::{ChunkStore, Db};
 use crate::supervisor::{RestartPolicy, Supervisor};
 use crate::sync::{SyncSource, Syncer};
+use crate::sys;
 use crate::systemd;
 use crate::watch;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
@@ -293,15 +294,8 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
 
 /// The file-system type of a FUSE mount at `path`, if there is one.
 fn fuse_mount_at(path: &Path) -> Option<String> {
-    let abs = std::path::absolute(path).ok()?;
-    let target = abs.to_string_lossy().replace(' ', "\\040");
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split(' ').next()?;
-        (left.split(' ').nth(4) == Some(target.as_str()) && fstype.starts_with("fuse"))
-            .then(|| fstype.to_owned())
-    })
+    let entry = sys::mount_at(path).ok()??;
+    entry.is_fuse().then_some(entry.fstype)
 }
 
 /// The errno of statfs(2) on `path`, or None if it succeeds.
@@ -991,13 +985,7 @@ fn rebuild_chunk_index(
 
 /// Detaches a busy mount: it disappears now, open files keep working.
 pub fn lazy_unmount(mountpoint: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
+    if sys::umount(mountpoint, sys::Unmount::Lazy).is_err() {
         let _ = std::process::Command::new("fusermount3")
             .args(["-u", "-z"])
             .arg(mountpoint)

@@ -2,6 +2,7 @@
 //! with reads in flight, the read timeout, stale mounts, sd_notify against a
 //! real notify socket, `musicfs status`, and a panic under a lock.
 
+use musicfs_tests::disk::Tmpfs;
 use musicfs_tests::fixtures::{TestDaemon, write_wav};
 use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
 use musicfs_tests::sha256_file;
@@ -223,6 +224,80 @@ fn test_parking_lot_lock_survives_a_panic_and_operations_keep_answering() {
         want,
         "the lock is not poisoned"
     );
+}
+
+/// Runs `musicfs ARGS...`: its exit code and stderr.
+fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn unmount(mountpoint: &Path, lazy: bool) -> (Option<i32>, String) {
+    let mut args = vec![std::ffi::OsStr::new("unmount")];
+    if lazy {
+        args.push(std::ffi::OsStr::new("--lazy"));
+    }
+    args.push(mountpoint.as_os_str());
+    run(&args)
+}
+
+#[test]
+fn unmount_refuses_a_file_system_that_is_not_musicfs() {
+    let s = Setup::new();
+    let tmpfs = Tmpfs::mount(&s.path("tmpfs"), "size=1m");
+    let (code, stderr) = unmount(tmpfs.path(), false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not a MusicFS mount") && stderr.contains("tmpfs"),
+        "says what is mounted there: {stderr}"
+    );
+    assert!(is_mounted(tmpfs.path()), "the tmpfs is still mounted");
+    let (code, stderr) = unmount(tmpfs.path(), true);
+    assert_eq!(code, Some(1), "--lazy does not change that: {stderr}");
+    assert!(is_mounted(tmpfs.path()));
+}
+
+#[test]
+fn unmount_of_a_directory_that_is_no_mountpoint_says_not_mounted() {
+    let s = Setup::new();
+    let (code, stderr) = unmount(&s.path("lib"), false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is not mounted"), "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
+}
+
+#[test]
+fn a_busy_mount_is_refused_with_a_hint_and_detached_with_lazy() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    // A process with its working directory inside, and one with a file open.
+    let mut inside = Command::new("sleep")
+        .arg("60")
+        .current_dir(m.mountpoint.join("Band"))
+        .spawn()
+        .unwrap();
+    let open = std::fs::File::open(m.mountpoint.join(SONG)).unwrap();
+    let (code, stderr) = unmount(&m.mountpoint, false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("busy") && stderr.contains("files open") && stderr.contains("--lazy"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error"), "{stderr}");
+    assert!(is_mounted(&m.mountpoint), "still mounted");
+    let (code, stderr) = unmount(&m.mountpoint, true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!is_mounted(&m.mountpoint), "detached at once");
+    drop(open);
+    let _ = inside.kill();
+    let _ = inside.wait();
+    let status = m
+        .wait_exit(Duration::from_secs(20))
+        .expect("the daemon exits once the last user is gone");
+    assert_eq!(status.code(), Some(0), "{}", m.log_text());
 }
 
 #[cfg(feature = "failpoints")]
