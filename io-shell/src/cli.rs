@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
-//!               [--layout FORMAT] [--allow-other] MOUNTPOINT
+//!               [--layout FORMAT] [--allow-other] [--allow-non-empty] MOUNTPOINT
 //! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
 //! musicfs unmount [--lazy] MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
@@ -130,6 +130,10 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// Mount even on a directory that is not empty (its files are hidden while mounted).
+    #[arg(long)]
+    pub allow_non_empty: bool,
+
     /// A read that cannot be answered within this many seconds fails with EIO.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
@@ -147,7 +151,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Where to mount (an existing, empty directory); needed here or in --config.
+    /// Where to mount (an existing, empty directory, unless --allow-non-empty); needed here or in --config.
     pub mountpoint: Option<PathBuf>,
 
     /// Clap ids of the options given on the command line, filled in by

@@ -126,6 +126,8 @@ pub struct MountPlan {
     pub layout: Layout,
     /// Let other users see the mount.
     pub allow_other: bool,
+    /// Mount on a directory that is not empty.
+    pub allow_non_empty: bool,
     /// Read deadline.
     pub read_timeout: Duration,
     /// Pause between listings of a remote origin.
@@ -166,7 +168,7 @@ impl MountPlan {
         }
         let layout = Layout::parse(&args.layout)
             .map_err(|e| UsageError(format!("bad --layout '{}': {e}", args.layout)))?;
-        let mountpoint = check_mountpoint(mountpoint)?;
+        let mountpoint = check_mountpoint(mountpoint, args.allow_non_empty)?;
         let cache_dir = match &args.cache_dir {
             Some(dir) => dir.clone(),
             None => default_cache_dir()?,
@@ -178,6 +180,7 @@ impl MountPlan {
             cache_size: args.cache_size,
             layout,
             allow_other: args.allow_other,
+            allow_non_empty: args.allow_non_empty,
             read_timeout: Duration::from_secs(args.read_timeout),
             poll_interval: Duration::from_secs(args.poll_interval),
             mountpoint,
@@ -255,7 +258,7 @@ fn parse_place(raw: &str) -> Result<OriginKind, UsageError> {
     Ok(OriginKind::Local(canonical))
 }
 
-fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
+fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<PathBuf, UsageError> {
     let shown = path.display();
     if let Some(fstype) = fuse_mount_at(path) {
         // statfs always reaches the daemon (stat may be answered from the
@@ -272,23 +275,56 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
             }
         }
     }
-    match std::fs::metadata(path) {
+    let canonical = match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => path.canonicalize().map_err(|e| {
             UsageError(format!(
                 "mountpoint '{shown}' cannot be resolved: {}",
                 io_reason(&e)
             ))
-        }),
-        Ok(_) => Err(UsageError(format!(
-            "mountpoint '{shown}' is not a directory"
-        ))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(UsageError(format!(
-            "mountpoint '{shown}' is a stale mount that could not be cleaned up; run `musicfs unmount {shown}`"
-        ))),
-        Err(e) => Err(UsageError(format!(
-            "mountpoint '{shown}' cannot be used: {}",
+        })?,
+        Ok(_) => {
+            return Err(UsageError(format!(
+                "mountpoint '{shown}' is not a directory"
+            )));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(UsageError(format!(
+                "mountpoint '{shown}' is a stale mount that could not be cleaned up; run `musicfs unmount {shown}`"
+            )));
+        }
+        Err(e) => {
+            return Err(UsageError(format!(
+                "mountpoint '{shown}' cannot be used: {}",
+                io_reason(&e)
+            )));
+        }
+    };
+    if !allow_non_empty {
+        check_empty(&canonical, path)?;
+    }
+    Ok(canonical)
+}
+
+/// Refuses a mountpoint with files in it: the mount would hide them.
+fn check_empty(dir: &Path, shown: &Path) -> Result<(), UsageError> {
+    let shown = shown.display();
+    let mut entries = std::fs::read_dir(dir).map_err(|e| {
+        UsageError(format!(
+            "mountpoint '{shown}' cannot be listed: {}",
             io_reason(&e)
-        ))),
+        ))
+    })?;
+    match entries.next() {
+        None => Ok(()),
+        Some(first) => {
+            let example = first
+                .map(|e| format!(" (it holds '{}')", e.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            Err(UsageError(format!(
+                "mountpoint '{shown}' is not empty{example}; the mount would hide its files. \
+                 Use an empty directory, or --allow-non-empty"
+            )))
+        }
     }
 }
 

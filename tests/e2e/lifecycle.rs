@@ -300,6 +300,37 @@ fn a_busy_mount_is_refused_with_a_hint_and_detached_with_lazy() {
     assert_eq!(status.code(), Some(0), "{}", m.log_text());
 }
 
+#[test]
+fn a_mountpoint_with_files_is_refused_unless_allow_non_empty() {
+    let s = Setup::new();
+    std::fs::create_dir_all(s.path("mnt")).unwrap();
+    std::fs::write(s.path("mnt/notes.txt"), b"mine").unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", "--origin"])
+        .arg(s.path("lib"))
+        .arg("--cache-dir")
+        .arg(s.path("cache"))
+        .arg(s.path("mnt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-non-empty"), "{stderr}");
+    assert!(!is_mounted(&s.path("mnt")));
+    let m = s.command().args(["--allow-non-empty"]).start(UP);
+    assert!(m.mountpoint.join(SONG).exists(), "mounted over it");
+    assert!(
+        !m.mountpoint.join("notes.txt").exists(),
+        "its files are hidden"
+    );
+    assert!(m.stop().success());
+    assert_eq!(std::fs::read(s.path("mnt/notes.txt")).unwrap(), b"mine");
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
