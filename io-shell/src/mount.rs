@@ -561,6 +561,9 @@ pub const EXIT_FORCED: i32 = 130;
 /// Mounts and serves until unmounted or signalled.
 pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let started = Instant::now();
+    // Before anything slow: a mount that cannot work fails now, not after
+    // a first scan of many minutes.
+    sys::check_fuse_device(Path::new(sys::FUSE_DEVICE))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("musicfs-io")

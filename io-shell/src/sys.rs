@@ -1,5 +1,6 @@
 //! The few system calls about mounts, in one place: what is mounted where
-//! (`/proc/self/mountinfo`), and umount2(2).
+//! (`/proc/self/mountinfo`), umount2(2), and whether the FUSE device can be
+//! used.
 
 use std::ffi::CString;
 use std::io;
@@ -134,6 +135,52 @@ pub fn umount(path: &Path, how: Unmount) -> io::Result<()> {
     }
 }
 
+/// The FUSE device.
+pub const FUSE_DEVICE: &str = "/dev/fuse";
+
+/// The FUSE device cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FuseDeviceError {
+    /// open(2) failed.
+    #[error(
+        "cannot open the FUSE device {} read-write: {source}; MusicFS needs FUSE \
+         (load the module with `modprobe fuse`, check the device's permissions; \
+         a container needs --device /dev/fuse)",
+        path.display()
+    )]
+    Open {
+        /// The device's path.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// Something else than a character device is there.
+    #[error("{} is not the FUSE device (not a character device)", .0.display())]
+    NotADevice(PathBuf),
+}
+
+/// Checks that the FUSE device at `path` (normally [`FUSE_DEVICE`]) can be
+/// opened read-write, as mounting will: a mount that cannot work should
+/// fail before a long first scan, not after it.
+pub fn check_fuse_device(path: &Path) -> Result<(), FuseDeviceError> {
+    use std::os::unix::fs::FileTypeExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| FuseDeviceError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let is_char_device = file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_char_device());
+    if !is_char_device {
+        return Err(FuseDeviceError::NotADevice(path.to_path_buf()));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,5 +236,28 @@ garbage line
             matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)),
             "{e}"
         );
+    }
+
+    #[test]
+    fn the_fuse_device_check_takes_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("fuse");
+        let e = check_fuse_device(&missing).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot open") && text.contains(&missing.display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("No such file"), "the system's words: {text}");
+        std::fs::write(&missing, b"").unwrap();
+        let e = check_fuse_device(&missing).unwrap_err();
+        assert!(matches!(e, FuseDeviceError::NotADevice(_)), "{e}");
+        let e = check_fuse_device(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, FuseDeviceError::Open { .. }),
+            "a directory: {e}"
+        );
+        // A character device that opens read-write passes.
+        check_fuse_device(Path::new("/dev/null")).unwrap();
     }
 }

@@ -331,6 +331,53 @@ fn a_mountpoint_with_files_is_refused_unless_allow_non_empty() {
     assert_eq!(std::fs::read(s.path("mnt/notes.txt")).unwrap(), b"mine");
 }
 
+/// `musicfs mount --origin ORIGIN --cache-dir CACHE [EXTRA...] MOUNTPOINT`
+/// with the log at info: exit code, stderr, and how long it took.
+fn mount_once(
+    origin: &str,
+    cache: &Path,
+    mountpoint: &Path,
+    extra: &[&str],
+) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["mount", "--origin", origin, "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .arg(mountpoint)
+        .env("RUST_LOG", "info")
+        .env("AWS_ACCESS_KEY_ID", "dummy")
+        .env("AWS_SECRET_ACCESS_KEY", "dummy")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn an_unusable_mountpoint_fails_before_any_scanning() {
+    let s = Setup::new();
+    let lib = s.path("lib");
+    let lib = lib.to_str().unwrap();
+    std::fs::write(s.path("plain-file"), b"x").unwrap();
+    for (mountpoint, says) in [
+        (s.path("plain-file"), "not a directory"),
+        (s.path("no-such-dir"), "no such file or directory"),
+    ] {
+        let (code, stderr, _) = mount_once(lib, &s.path("cache"), &mountpoint, &[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            !stderr.contains("scanning"),
+            "failed only after a scan: {stderr}"
+        );
+    }
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
