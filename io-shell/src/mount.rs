@@ -17,7 +17,7 @@ use crate::origin::{
 };
 use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
 use crate::search::live::LiveSearch;
-use crate::store::{ChunkStore, Db};
+use crate::store::{CacheOwner, ChunkStore, Db};
 use crate::supervisor::{RestartPolicy, Supervisor};
 use crate::sync::{SyncSource, Syncer};
 use crate::sys;
@@ -58,6 +58,23 @@ impl<E: std::error::Error> From<E> for RunError {
     fn from(e: E) -> RunError {
         RunError(e.to_string())
     }
+}
+
+/// The cache directory is in use by another daemon (sled's lock is held).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cache dir '{}' is in use by {}; two mounts cannot share a cache: give this one its own --cache-dir",
+    cache_dir.display(),
+    match owner {
+        Some(o) => format!("another MusicFS mount (pid {}, mounted at {})", o.pid, o.mountpoint.display()),
+        None => "another MusicFS process".to_owned(),
+    }
+)]
+pub struct CacheInUse {
+    /// The cache directory.
+    pub cache_dir: PathBuf,
+    /// Who holds it, if its owner file says so.
+    pub owner: Option<CacheOwner>,
 }
 
 /// Where an origin's files are.
@@ -579,8 +596,23 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             None
         }
     };
+    // The database first: its lock keeps a second daemon out before the
+    // chunk store empties the temp directory (which the first one uses).
+    let opened = Db::open(&plan.cache_dir).map_err(|e| -> RunError {
+        if e.is_locked() {
+            CacheInUse {
+                cache_dir: plan.cache_dir.clone(),
+                owner: CacheOwner::read(&plan.cache_dir),
+            }
+            .into()
+        } else {
+            e.into()
+        }
+    })?;
+    if let Err(e) = CacheOwner::this_process(&plan.mountpoint).write(&plan.cache_dir) {
+        tracing::warn!(error = %e, "cannot write the cache's owner file");
+    }
     let store = Arc::new(ChunkStore::open(&plan.cache_dir)?);
-    let opened = Db::open(&plan.cache_dir)?;
     let db = Arc::new(opened.db);
     let mut chunk_index = db.load_chunk_index()?;
     if let Some(what) = &opened.repaired {
@@ -765,6 +797,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         stop.store(true, Ordering::Relaxed);
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
+    CacheOwner::remove_if_mine(&plan.cache_dir);
     tracing::info!("unmounted; bye");
     Ok(())
 }

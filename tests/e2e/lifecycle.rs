@@ -378,6 +378,43 @@ fn an_unusable_mountpoint_fails_before_any_scanning() {
     }
 }
 
+#[test]
+fn a_cache_dir_in_use_names_the_mount_that_holds_it() {
+    let s = Setup::new();
+    let first = s.mount();
+    std::fs::create_dir_all(s.path("mnt2")).unwrap();
+    let lib = s.path("lib");
+    let (code, stderr, _) = mount_once(
+        lib.to_str().unwrap(),
+        &s.path("cache"),
+        &s.path("mnt2"),
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use by another MusicFS mount"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", first.pid())),
+        "names the pid {}: {stderr}",
+        first.pid()
+    );
+    let mountpoint = first.mountpoint.canonicalize().unwrap();
+    assert!(
+        stderr.contains(&mountpoint.display().to_string()),
+        "names the mountpoint: {stderr}"
+    );
+    assert!(!stderr.contains("WouldBlock"), "{stderr}");
+    assert!(!is_mounted(&s.path("mnt2")));
+    // The first mount is unharmed.
+    assert_eq!(
+        sha256_file(&first.mountpoint.join(SONG)).unwrap(),
+        sha256_file(&s.path("lib/song.wav")).unwrap()
+    );
+    assert!(first.stop().success());
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
