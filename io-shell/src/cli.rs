@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
-//!               [--layout FORMAT] [--allow-other] [--allow-non-empty] MOUNTPOINT
+//!               [--layout FORMAT] [--allow-other] [--allow-non-empty] [--wait-for-origins] MOUNTPOINT
 //! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
 //! musicfs unmount [--lazy] MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
@@ -133,6 +133,11 @@ pub struct MountArgs {
     /// Mount even on a directory that is not empty (its files are hidden while mounted).
     #[arg(long)]
     pub allow_non_empty: bool,
+
+    /// On a first mount, mount (empty) even when no origin answers, and fill in
+    /// once one does; without it, such a mount fails with the origins' errors.
+    #[arg(long)]
+    pub wait_for_origins: bool,
 
     /// A read that cannot be answered within this many seconds fails with EIO.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]

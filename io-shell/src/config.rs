@@ -11,6 +11,7 @@
 //! layout = "$albumartist/$album/$track - $title.$ext"
 //! allow_other = true
 //! allow_non_empty = false    # mount on a directory that is not empty
+//! wait_for_origins = false   # a first mount with no origin answering mounts empty
 //! read_timeout = 30           # seconds
 //! poll_interval = 300         # seconds between listings of remote origins
 //! log_level = "info"
@@ -119,6 +120,7 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
     }
     args.allow_other |= file.allow_other.unwrap_or(false);
     args.allow_non_empty |= file.allow_non_empty.unwrap_or(false);
+    args.wait_for_origins |= file.wait_for_origins.unwrap_or(false);
     if let Some(secs) = file.read_timeout.filter(|_| !given("read_timeout")) {
         args.read_timeout = secs;
     }
@@ -149,6 +151,8 @@ pub struct FileConfig {
     pub allow_other: Option<bool>,
     /// Mount on a directory that is not empty.
     pub allow_non_empty: Option<bool>,
+    /// A first mount with no origin answering mounts empty.
+    pub wait_for_origins: Option<bool>,
     /// Read deadline in seconds.
     pub read_timeout: Option<u64>,
     /// Seconds between listings of remote origins.
@@ -234,6 +238,7 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         layout: raw.layout.map(|l| l.0),
         allow_other: raw.allow_other,
         allow_non_empty: raw.allow_non_empty,
+        wait_for_origins: raw.wait_for_origins,
         read_timeout: raw.read_timeout.map(|t| t.0),
         poll_interval: raw.poll_interval.map(|t| t.0),
         log_level: raw.log_level.map(|l| l.0),
@@ -277,6 +282,7 @@ struct RawConfig {
     layout: Option<LayoutText>,
     allow_other: Option<bool>,
     allow_non_empty: Option<bool>,
+    wait_for_origins: Option<bool>,
     read_timeout: Option<ReadTimeout>,
     poll_interval: Option<PollInterval>,
     log_level: Option<LogLevel>,
@@ -495,6 +501,7 @@ cache_size = "20G"
 layout = "$genre/$artist/$title.$ext"
 allow_other = true
 allow_non_empty = true
+wait_for_origins = true
 read_timeout = 12
 log_level = "DEBUG"
 "#;
@@ -520,6 +527,7 @@ log_level = "DEBUG"
         assert_eq!(args.layout, "$genre/$artist/$title.$ext");
         assert!(args.allow_other);
         assert!(args.allow_non_empty);
+        assert!(args.wait_for_origins);
         assert_eq!(args.read_timeout, 12);
         assert_eq!(args.log_level, "debug");
     }
@@ -581,7 +589,7 @@ log_level = "DEBUG"
         assert_eq!(args.cache_size, 20 << 30);
         assert_eq!(args.read_timeout, 5);
         assert_eq!(args.log_level, "info");
-        assert!(!args.allow_other && !args.allow_non_empty);
+        assert!(!args.allow_other && !args.allow_non_empty && !args.wait_for_origins);
         assert!(args.origins.is_empty() && args.mountpoint.is_none());
     }
 
@@ -628,6 +636,7 @@ log_level = "DEBUG"
             ("mountpoint = \"\"", "empty"),
             ("allow_other = \"yes\"", "allow_other"),
             ("allow_non_empty = 1", "allow_non_empty"),
+            ("wait_for_origins = \"no\"", "wait_for_origins"),
             ("origins = \"/a\"", "origins"),
             ("origins = [1]", "an origin"),
             ("origins = [\"\"]", "empty"),

@@ -56,7 +56,7 @@ impl fmt::Display for RunError {
 
 impl<E: std::error::Error> From<E> for RunError {
     fn from(e: E) -> RunError {
-        RunError(e.to_string())
+        RunError(sys::error_chain(&e))
     }
 }
 
@@ -75,6 +75,18 @@ pub struct CacheInUse {
     pub cache_dir: PathBuf,
     /// Who holds it, if its owner file says so.
     pub owner: Option<CacheOwner>,
+}
+
+/// A first mount (nothing saved) where no origin answered.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no origin answers, and there is no saved tree to mount: {}. \
+     Fix the origins, or use --wait-for-origins to mount now (empty) and fill in once one answers",
+    failures.iter().map(|(what, why)| format!("origin '{what}': {why}")).collect::<Vec<_>>().join("; ")
+)]
+pub struct NoOriginAnswers {
+    /// Each origin and why it could not be scanned.
+    pub failures: Vec<(String, String)>,
 }
 
 /// Where an origin's files are.
@@ -145,6 +157,8 @@ pub struct MountPlan {
     pub allow_other: bool,
     /// Mount on a directory that is not empty.
     pub allow_non_empty: bool,
+    /// A first mount comes up (empty) even when no origin answers.
+    pub wait_for_origins: bool,
     /// Read deadline.
     pub read_timeout: Duration,
     /// Pause between listings of a remote origin.
@@ -198,6 +212,7 @@ impl MountPlan {
             layout,
             allow_other: args.allow_other,
             allow_non_empty: args.allow_non_empty,
+            wait_for_origins: args.wait_for_origins,
             read_timeout: Duration::from_secs(args.read_timeout),
             poll_interval: Duration::from_secs(args.poll_interval),
             mountpoint,
@@ -419,6 +434,8 @@ fn load_catalog(
     scan: &Arc<ScanState>,
 ) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
     let mut scanned_now = vec![false; plan.origins.len()];
+    let mut saved_tree = false;
+    let mut failed: Vec<(OriginId, &OriginSpec, String)> = Vec::new();
     let (mut entries, damaged) = db.load_catalog_counted()?;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
@@ -436,23 +453,47 @@ fn load_catalog(
         let meta_key = format!("origin/{i}");
         let saved = db.get_meta(&meta_key)?;
         if saved.as_deref() == Some(spec.key().as_bytes()) {
+            saved_tree = true;
             continue;
         }
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        // An origin that cannot be scanned now is saved as known and empty:
-        // its poller's sync reads it whole once it answers.
         let report = match scan_origin(id, spec, source, rt, scan)? {
-            Some(report) => {
+            Ok(report) => {
                 scanned_now[i] = true;
                 report
             }
-            None => Vec::new(),
+            Err(e) => {
+                failed.push((id, spec, e));
+                continue;
+            }
         };
         db.replace_catalog_for_origin(id, &report)?;
         db.set_meta(&meta_key, spec.key().as_bytes())?;
         entries.extend(report);
+    }
+    // Nothing saved and nothing answered: an empty mount that says it is
+    // ready would hide the cause. Unless asked to wait for the origins.
+    if !failed.is_empty() && !saved_tree && !scanned_now.contains(&true) && !plan.wait_for_origins {
+        return Err(NoOriginAnswers {
+            failures: failed
+                .into_iter()
+                .map(|(_, spec, why)| (spec.describe(), why))
+                .collect(),
+        }
+        .into());
+    }
+    // An origin that cannot be scanned now is saved as known and empty:
+    // its poller's sync reads it whole once it answers.
+    for (id, spec, why) in failed {
+        tracing::warn!(
+            origin = %spec.describe(),
+            error = %why,
+            "cannot scan this origin now; mounting without its tracks, which appear once it answers"
+        );
+        db.replace_catalog_for_origin(id, &[])?;
+        db.set_meta(&format!("origin/{}", id.0), spec.key().as_bytes())?;
     }
     let configured = plan.origins.len();
     entries.retain(|e| usize::from(e.source.origin.0) < configured);
@@ -516,18 +557,19 @@ impl ScanProgress for FirstScanProgress {
 
 /// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
 ///
-/// A remote origin that cannot be scanned now (unreachable, refused) does
-/// not stop the mount (`None`): it comes up with the other origins' tracks,
-/// and the origin's poller scans it once it answers (its sync is
-/// checkpointed, so the work is not lost if that is cut short too). A local
-/// origin that cannot be walked is an error: it was checked a moment ago.
+/// A remote origin that cannot be scanned now (unreachable, refused) gives
+/// the inner `Err` with every cause: the mount comes up with the other
+/// origins' tracks (or the saved tree), and the origin's poller scans it
+/// once it answers (its sync is checkpointed, so the work is not lost if
+/// that is cut short too). A local origin that cannot be walked is an
+/// error: it was checked a moment ago.
 fn scan_origin(
     id: OriginId,
     spec: &OriginSpec,
     source: &SyncSource,
     rt: &tokio::runtime::Handle,
     state: &Arc<ScanState>,
-) -> Result<Option<Vec<CatalogEntry>>, RunError> {
+) -> Result<Result<Vec<CatalogEntry>, String>, RunError> {
     let what = spec.describe();
     *state.what.lock() = what.clone();
     tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
@@ -535,7 +577,7 @@ fn scan_origin(
     let started = Instant::now();
     let entries = match source {
         SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
-            .map(|r| Some(r.entries))
+            .map(|r| Ok(r.entries))
             .map_err(|e| RunError(format!("cannot scan origin '{what}': {e}"))),
         SyncSource::Remote(remote) => match scan_remote_blocking(
             rt,
@@ -553,16 +595,9 @@ fn scan_origin(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "remote origin scanned"
                 );
-                Ok(Some(report.entries))
+                Ok(Ok(report.entries))
             }
-            Err(e) => {
-                tracing::warn!(
-                    origin = %what,
-                    error = %e,
-                    "cannot scan this origin now; mounting without its tracks, which appear once it answers"
-                );
-                Ok(None)
-            }
+            Err(e) => Ok(Err(sys::error_chain(&e))),
         },
     };
     state.what.lock().clear();

@@ -181,6 +181,23 @@ pub fn check_fuse_device(path: &Path) -> Result<(), FuseDeviceError> {
     Ok(())
 }
 
+/// An error and every cause under it (`std::error::Error::source`), joined
+/// with ": ". A cause whose text is already shown (many errors repeat their
+/// source in their own message) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,5 +276,22 @@ garbage line
         );
         // A character device that opens read-write passes.
         check_fuse_device(Path::new("/dev/null")).unwrap();
+    }
+
+    #[test]
+    fn error_chains_show_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("send http request")]
+        struct Top(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("tcp connect error: {0}")]
+        struct Middle(#[source] io::Error);
+        let e = Top(Middle(io::Error::from_raw_os_error(libc::ECONNREFUSED)));
+        let text = error_chain(&e);
+        assert!(
+            text.starts_with("send http request: tcp connect error: Connection refused"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
     }
 }

@@ -301,6 +301,7 @@ fn example_config_is_valid_and_documents_every_key() {
         "layout",
         "allow_other",
         "allow_non_empty",
+        "wait_for_origins",
         "read_timeout",
         "poll_interval",
         "log_level",

@@ -415,6 +415,59 @@ fn a_cache_dir_in_use_names_the_mount_that_holds_it() {
     assert!(first.stop().success());
 }
 
+#[test]
+fn a_first_mount_with_no_origin_answering_fails_with_the_cause() {
+    let s = Setup::new();
+    std::fs::create_dir_all(s.path("mnt")).unwrap();
+    // A missing local folder: a usage error that says so.
+    let missing = s.path("no-such-lib");
+    let (code, stderr, _) = mount_once(
+        missing.to_str().unwrap(),
+        &s.path("cache"),
+        &s.path("mnt"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no such file or directory"), "{stderr}");
+    // An S3 server that refuses connections.
+    let closed = "s3://bucket/music?endpoint=http://127.0.0.1:1&region=us-east-1";
+    let (code, stderr, took) = mount_once(closed, &s.path("cache"), &s.path("mnt"), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no origin answers") && stderr.contains("Connection refused"),
+        "the whole chain, down to the cause: {stderr}"
+    );
+    assert!(stderr.contains("--wait-for-origins"), "{stderr}");
+    assert!(!stderr.contains("mounted mountpoint="), "{stderr}");
+    assert!(!is_mounted(&s.path("mnt")));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    // Asked to wait, it mounts (empty) and fills in later.
+    let start = |extra: &[&str]| {
+        MountCommand::new(
+            Path::new(BIN),
+            &[],
+            &s.path("cache"),
+            &s.path("mnt"),
+            &s.path("log"),
+        )
+        .args(["--origin", closed])
+        .args(extra)
+        .env("AWS_ACCESS_KEY_ID", "dummy")
+        .env("AWS_SECRET_ACCESS_KEY", "dummy")
+        .start(UP)
+    };
+    let m = start(&["--wait-for-origins"]);
+    assert!(
+        m.log_text().contains("cannot scan this origin now"),
+        "{}",
+        m.log_text()
+    );
+    assert!(m.stop().success());
+    // With a saved tree it mounts as before, flag or not.
+    let m = start(&[]);
+    assert!(m.stop().success());
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
