@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
-//!               [--layout FORMAT] [--allow-other] MOUNTPOINT
+//!               [--layout FORMAT] [--allow-other] [--allow-non-empty] [--wait-for-origins] MOUNTPOINT
 //! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
-//! musicfs unmount MOUNTPOINT
+//! musicfs unmount [--lazy] MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
 //! musicfs rescan [MOUNTPOINT]
 //! musicfs search [--mount MOUNTPOINT | --cache-dir DIR] [-n N] QUERY...
@@ -57,10 +57,15 @@ pub enum Command {
     /// Mount origins as one tag-organized tree (runs in the foreground).
     #[command(after_help = MOUNT_AFTER)]
     Mount(MountArgs),
-    /// Unmount a MusicFS mount; its daemon then exits cleanly.
+    /// Unmount a MusicFS mount; its daemon then exits cleanly. Any other
+    /// file system is left alone.
     Unmount {
         /// Where it is mounted.
         mountpoint: PathBuf,
+        /// Detach the mount even while files are open there: it disappears
+        /// now, and its daemon exits once the last one is closed.
+        #[arg(long)]
+        lazy: bool,
     },
     /// Search the library's tags; prints one path per line, best match first.
     #[command(after_help = crate::search::QUERY_HELP)]
@@ -135,6 +140,15 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
 
+    /// Mount even on a directory that is not empty (its files are hidden while mounted).
+    #[arg(long)]
+    pub allow_non_empty: bool,
+
+    /// On a first mount, mount (empty) even when no origin answers, and fill in
+    /// once one does; without it, such a mount fails with the origins' errors.
+    #[arg(long)]
+    pub wait_for_origins: bool,
+
     /// A read that cannot be answered within this many seconds fails with EIO.
     #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub read_timeout: u64,
@@ -152,7 +166,7 @@ pub struct MountArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Where to mount (an existing, empty directory); needed here or in --config.
+    /// Where to mount (an existing, empty directory, unless --allow-non-empty); needed here or in --config.
     pub mountpoint: Option<PathBuf>,
 
     /// Clap ids of the options given on the command line, filled in by

@@ -10,6 +10,8 @@
 //! cache_size = "20G"          # or a number of bytes
 //! layout = "$albumartist/$album/$track - $title.$ext"
 //! allow_other = true
+//! allow_non_empty = false    # mount on a directory that is not empty
+//! wait_for_origins = false   # a first mount with no origin answering mounts empty
 //! read_timeout = 30           # seconds
 //! poll_interval = 300         # seconds between listings of remote origins
 //! log_level = "info"
@@ -20,7 +22,7 @@
 //! - Options given on the command line win over the file. `--origin` replaces
 //!   the file's whole origin list rather than adding to it: a merged list
 //!   would make origin priorities depend on two places at once.
-//!   `--allow-other` can only turn sharing on.
+//!   `--allow-other` can only turn sharing on (and `--allow-non-empty` its check off).
 //! - A key the program does not know is an error, never ignored: a typo
 //!   (`cache_sise`) would otherwise silently fall back to a default.
 //! - Every value is checked here, with the file and the line in the message:
@@ -117,6 +119,8 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
         args.layout = layout;
     }
     args.allow_other |= file.allow_other.unwrap_or(false);
+    args.allow_non_empty |= file.allow_non_empty.unwrap_or(false);
+    args.wait_for_origins |= file.wait_for_origins.unwrap_or(false);
     if let Some(secs) = file.read_timeout.filter(|_| !given("read_timeout")) {
         args.read_timeout = secs;
     }
@@ -145,6 +149,10 @@ pub struct FileConfig {
     pub layout: Option<String>,
     /// Let other users see the mount.
     pub allow_other: Option<bool>,
+    /// Mount on a directory that is not empty.
+    pub allow_non_empty: Option<bool>,
+    /// A first mount with no origin answering mounts empty.
+    pub wait_for_origins: Option<bool>,
     /// Read deadline in seconds.
     pub read_timeout: Option<u64>,
     /// Seconds between listings of remote origins.
@@ -229,6 +237,8 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         cache_size: raw.cache_size.map(|s| s.0),
         layout: raw.layout.map(|l| l.0),
         allow_other: raw.allow_other,
+        allow_non_empty: raw.allow_non_empty,
+        wait_for_origins: raw.wait_for_origins,
         read_timeout: raw.read_timeout.map(|t| t.0),
         poll_interval: raw.poll_interval.map(|t| t.0),
         log_level: raw.log_level.map(|l| l.0),
@@ -271,6 +281,8 @@ struct RawConfig {
     cache_size: Option<CacheSize>,
     layout: Option<LayoutText>,
     allow_other: Option<bool>,
+    allow_non_empty: Option<bool>,
+    wait_for_origins: Option<bool>,
     read_timeout: Option<ReadTimeout>,
     poll_interval: Option<PollInterval>,
     log_level: Option<LogLevel>,
@@ -488,6 +500,8 @@ cache_dir = "cache"
 cache_size = "20G"
 layout = "$genre/$artist/$title.$ext"
 allow_other = true
+allow_non_empty = true
+wait_for_origins = true
 read_timeout = 12
 log_level = "DEBUG"
 "#;
@@ -512,6 +526,8 @@ log_level = "DEBUG"
         assert_eq!(args.cache_size, 20 << 30);
         assert_eq!(args.layout, "$genre/$artist/$title.$ext");
         assert!(args.allow_other);
+        assert!(args.allow_non_empty);
+        assert!(args.wait_for_origins);
         assert_eq!(args.read_timeout, 12);
         assert_eq!(args.log_level, "debug");
     }
@@ -563,6 +579,7 @@ log_level = "DEBUG"
         assert_eq!(args.read_timeout, 30);
         assert_eq!(args.log_level, "info");
         assert!(args.allow_other, "--allow-other cannot be turned off");
+        assert!(args.allow_non_empty, "nor --allow-non-empty");
     }
 
     #[test]
@@ -572,7 +589,7 @@ log_level = "DEBUG"
         assert_eq!(args.cache_size, 20 << 30);
         assert_eq!(args.read_timeout, 5);
         assert_eq!(args.log_level, "info");
-        assert!(!args.allow_other);
+        assert!(!args.allow_other && !args.allow_non_empty && !args.wait_for_origins);
         assert!(args.origins.is_empty() && args.mountpoint.is_none());
     }
 
@@ -618,6 +635,8 @@ log_level = "DEBUG"
             ("mountpoint = 5", "mountpoint"),
             ("mountpoint = \"\"", "empty"),
             ("allow_other = \"yes\"", "allow_other"),
+            ("allow_non_empty = 1", "allow_non_empty"),
+            ("wait_for_origins = \"no\"", "wait_for_origins"),
             ("origins = \"/a\"", "origins"),
             ("origins = [1]", "an origin"),
             ("origins = [\"\"]", "empty"),

@@ -13,6 +13,7 @@
 //! - [`scan`], [`tags`]: the catalog of an origin.
 //! - [`store`]: chunk files and the sled database.
 //! - [`search`]: the full-text index of the tags (tantivy).
+//! - [`sys`]: the mount table and umount(2).
 
 pub mod cli;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod search;
 pub mod store;
 pub mod supervisor;
 pub mod sync;
+pub mod sys;
 pub mod systemd;
 pub mod tags;
 pub mod unmount;

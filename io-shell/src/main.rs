@@ -72,7 +72,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Unmount { mountpoint } => match musicfs::unmount::unmount(&mountpoint) {
+        Command::Unmount { mountpoint, lazy } => match musicfs::unmount::unmount(&mountpoint, lazy)
+        {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("musicfs: {e}");

@@ -17,9 +17,10 @@ use crate::origin::{
 };
 use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
 use crate::search::live::LiveSearch;
-use crate::store::{ChunkStore, Db};
+use crate::store::{CacheOwner, ChunkStore, Db};
 use crate::supervisor::{RestartPolicy, Supervisor};
 use crate::sync::{SyncSource, Syncer};
+use crate::sys;
 use crate::systemd;
 use crate::watch;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
@@ -55,8 +56,37 @@ impl fmt::Display for RunError {
 
 impl<E: std::error::Error> From<E> for RunError {
     fn from(e: E) -> RunError {
-        RunError(e.to_string())
+        RunError(sys::error_chain(&e))
     }
+}
+
+/// The cache directory is in use by another daemon (sled's lock is held).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cache dir '{}' is in use by {}; two mounts cannot share a cache: give this one its own --cache-dir",
+    cache_dir.display(),
+    match owner {
+        Some(o) => format!("another MusicFS mount (pid {}, mounted at {})", o.pid, o.mountpoint.display()),
+        None => "another MusicFS process".to_owned(),
+    }
+)]
+pub struct CacheInUse {
+    /// The cache directory.
+    pub cache_dir: PathBuf,
+    /// Who holds it, if its owner file says so.
+    pub owner: Option<CacheOwner>,
+}
+
+/// A first mount (nothing saved) where no origin answered.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no origin answers, and there is no saved tree to mount: {}. \
+     Fix the origins, or use --wait-for-origins to mount now (empty) and fill in once one answers",
+    failures.iter().map(|(what, why)| format!("origin '{what}': {why}")).collect::<Vec<_>>().join("; ")
+)]
+pub struct NoOriginAnswers {
+    /// Each origin and why it could not be scanned.
+    pub failures: Vec<(String, String)>,
 }
 
 /// Where an origin's files are.
@@ -125,6 +155,10 @@ pub struct MountPlan {
     pub layout: Layout,
     /// Let other users see the mount.
     pub allow_other: bool,
+    /// Mount on a directory that is not empty.
+    pub allow_non_empty: bool,
+    /// A first mount comes up (empty) even when no origin answers.
+    pub wait_for_origins: bool,
     /// Read deadline.
     pub read_timeout: Duration,
     /// Pause between listings of a remote origin.
@@ -165,7 +199,7 @@ impl MountPlan {
         }
         let layout = Layout::parse(&args.layout)
             .map_err(|e| UsageError(format!("bad --layout '{}': {e}", args.layout)))?;
-        let mountpoint = check_mountpoint(mountpoint)?;
+        let mountpoint = check_mountpoint(mountpoint, args.allow_non_empty)?;
         let cache_dir = match &args.cache_dir {
             Some(dir) => dir.clone(),
             None => default_cache_dir()?,
@@ -177,6 +211,8 @@ impl MountPlan {
             cache_size: args.cache_size,
             layout,
             allow_other: args.allow_other,
+            allow_non_empty: args.allow_non_empty,
+            wait_for_origins: args.wait_for_origins,
             read_timeout: Duration::from_secs(args.read_timeout),
             poll_interval: Duration::from_secs(args.poll_interval),
             mountpoint,
@@ -254,7 +290,7 @@ fn parse_place(raw: &str) -> Result<OriginKind, UsageError> {
     Ok(OriginKind::Local(canonical))
 }
 
-fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
+fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<PathBuf, UsageError> {
     let shown = path.display();
     if let Some(fstype) = fuse_mount_at(path) {
         // statfs always reaches the daemon (stat may be answered from the
@@ -271,37 +307,63 @@ fn check_mountpoint(path: &Path) -> Result<PathBuf, UsageError> {
             }
         }
     }
-    match std::fs::metadata(path) {
+    let canonical = match std::fs::metadata(path) {
         Ok(meta) if meta.is_dir() => path.canonicalize().map_err(|e| {
             UsageError(format!(
                 "mountpoint '{shown}' cannot be resolved: {}",
                 io_reason(&e)
             ))
-        }),
-        Ok(_) => Err(UsageError(format!(
-            "mountpoint '{shown}' is not a directory"
-        ))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(UsageError(format!(
-            "mountpoint '{shown}' is a stale mount that could not be cleaned up; run `musicfs unmount {shown}`"
-        ))),
-        Err(e) => Err(UsageError(format!(
-            "mountpoint '{shown}' cannot be used: {}",
+        })?,
+        Ok(_) => {
+            return Err(UsageError(format!(
+                "mountpoint '{shown}' is not a directory"
+            )));
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(UsageError(format!(
+                "mountpoint '{shown}' is a stale mount that could not be cleaned up; run `musicfs unmount {shown}`"
+            )));
+        }
+        Err(e) => {
+            return Err(UsageError(format!(
+                "mountpoint '{shown}' cannot be used: {}",
+                io_reason(&e)
+            )));
+        }
+    };
+    if !allow_non_empty {
+        check_empty(&canonical, path)?;
+    }
+    Ok(canonical)
+}
+
+/// Refuses a mountpoint with files in it: the mount would hide them.
+fn check_empty(dir: &Path, shown: &Path) -> Result<(), UsageError> {
+    let shown = shown.display();
+    let mut entries = std::fs::read_dir(dir).map_err(|e| {
+        UsageError(format!(
+            "mountpoint '{shown}' cannot be listed: {}",
             io_reason(&e)
-        ))),
+        ))
+    })?;
+    match entries.next() {
+        None => Ok(()),
+        Some(first) => {
+            let example = first
+                .map(|e| format!(" (it holds '{}')", e.file_name().to_string_lossy()))
+                .unwrap_or_default();
+            Err(UsageError(format!(
+                "mountpoint '{shown}' is not empty{example}; the mount would hide its files. \
+                 Use an empty directory, or --allow-non-empty"
+            )))
+        }
     }
 }
 
 /// The file-system type of a FUSE mount at `path`, if there is one.
 fn fuse_mount_at(path: &Path) -> Option<String> {
-    let abs = std::path::absolute(path).ok()?;
-    let target = abs.to_string_lossy().replace(' ', "\\040");
-    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().rev().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let fstype = right.split(' ').next()?;
-        (left.split(' ').nth(4) == Some(target.as_str()) && fstype.starts_with("fuse"))
-            .then(|| fstype.to_owned())
-    })
+    let entry = sys::mount_at(path).ok()??;
+    entry.is_fuse().then_some(entry.fstype)
 }
 
 /// The errno of statfs(2) on `path`, or None if it succeeds.
@@ -372,6 +434,8 @@ fn load_catalog(
     scan: &Arc<ScanState>,
 ) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
     let mut scanned_now = vec![false; plan.origins.len()];
+    let mut saved_tree = false;
+    let mut failed: Vec<(OriginId, &OriginSpec, String)> = Vec::new();
     let (mut entries, damaged) = db.load_catalog_counted()?;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
@@ -389,23 +453,47 @@ fn load_catalog(
         let meta_key = format!("origin/{i}");
         let saved = db.get_meta(&meta_key)?;
         if saved.as_deref() == Some(spec.key().as_bytes()) {
+            saved_tree = true;
             continue;
         }
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        // An origin that cannot be scanned now is saved as known and empty:
-        // its poller's sync reads it whole once it answers.
         let report = match scan_origin(id, spec, source, rt, scan)? {
-            Some(report) => {
+            Ok(report) => {
                 scanned_now[i] = true;
                 report
             }
-            None => Vec::new(),
+            Err(e) => {
+                failed.push((id, spec, e));
+                continue;
+            }
         };
         db.replace_catalog_for_origin(id, &report)?;
         db.set_meta(&meta_key, spec.key().as_bytes())?;
         entries.extend(report);
+    }
+    // Nothing saved and nothing answered: an empty mount that says it is
+    // ready would hide the cause. Unless asked to wait for the origins.
+    if !failed.is_empty() && !saved_tree && !scanned_now.contains(&true) && !plan.wait_for_origins {
+        return Err(NoOriginAnswers {
+            failures: failed
+                .into_iter()
+                .map(|(_, spec, why)| (spec.describe(), why))
+                .collect(),
+        }
+        .into());
+    }
+    // An origin that cannot be scanned now is saved as known and empty:
+    // its poller's sync reads it whole once it answers.
+    for (id, spec, why) in failed {
+        tracing::warn!(
+            origin = %spec.describe(),
+            error = %why,
+            "cannot scan this origin now; mounting without its tracks, which appear once it answers"
+        );
+        db.replace_catalog_for_origin(id, &[])?;
+        db.set_meta(&format!("origin/{}", id.0), spec.key().as_bytes())?;
     }
     let configured = plan.origins.len();
     entries.retain(|e| usize::from(e.source.origin.0) < configured);
@@ -469,18 +557,19 @@ impl ScanProgress for FirstScanProgress {
 
 /// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
 ///
-/// A remote origin that cannot be scanned now (unreachable, refused) does
-/// not stop the mount (`None`): it comes up with the other origins' tracks,
-/// and the origin's poller scans it once it answers (its sync is
-/// checkpointed, so the work is not lost if that is cut short too). A local
-/// origin that cannot be walked is an error: it was checked a moment ago.
+/// A remote origin that cannot be scanned now (unreachable, refused) gives
+/// the inner `Err` with every cause: the mount comes up with the other
+/// origins' tracks (or the saved tree), and the origin's poller scans it
+/// once it answers (its sync is checkpointed, so the work is not lost if
+/// that is cut short too). A local origin that cannot be walked is an
+/// error: it was checked a moment ago.
 fn scan_origin(
     id: OriginId,
     spec: &OriginSpec,
     source: &SyncSource,
     rt: &tokio::runtime::Handle,
     state: &Arc<ScanState>,
-) -> Result<Option<Vec<CatalogEntry>>, RunError> {
+) -> Result<Result<Vec<CatalogEntry>, String>, RunError> {
     let what = spec.describe();
     *state.what.lock() = what.clone();
     tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
@@ -488,7 +577,7 @@ fn scan_origin(
     let started = Instant::now();
     let entries = match source {
         SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
-            .map(|r| Some(r.entries))
+            .map(|r| Ok(r.entries))
             .map_err(|e| RunError(format!("cannot scan origin '{what}': {e}"))),
         SyncSource::Remote(remote) => match scan_remote_blocking(
             rt,
@@ -506,16 +595,9 @@ fn scan_origin(
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "remote origin scanned"
                 );
-                Ok(Some(report.entries))
+                Ok(Ok(report.entries))
             }
-            Err(e) => {
-                tracing::warn!(
-                    origin = %what,
-                    error = %e,
-                    "cannot scan this origin now; mounting without its tracks, which appear once it answers"
-                );
-                Ok(None)
-            }
+            Err(e) => Ok(Err(sys::error_chain(&e))),
         },
     };
     state.what.lock().clear();
@@ -531,6 +613,9 @@ pub const EXIT_FORCED: i32 = 130;
 /// Mounts and serves until unmounted or signalled.
 pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let started = Instant::now();
+    // Before anything slow: a mount that cannot work fails now, not after
+    // a first scan of many minutes.
+    sys::check_fuse_device(Path::new(sys::FUSE_DEVICE))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("musicfs-io")
@@ -546,8 +631,23 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             None
         }
     };
+    // The database first: its lock keeps a second daemon out before the
+    // chunk store empties the temp directory (which the first one uses).
+    let opened = Db::open(&plan.cache_dir).map_err(|e| -> RunError {
+        if e.is_locked() {
+            CacheInUse {
+                cache_dir: plan.cache_dir.clone(),
+                owner: CacheOwner::read(&plan.cache_dir),
+            }
+            .into()
+        } else {
+            e.into()
+        }
+    })?;
+    if let Err(e) = CacheOwner::this_process(&plan.mountpoint).write(&plan.cache_dir) {
+        tracing::warn!(error = %e, "cannot write the cache's owner file");
+    }
     let store = Arc::new(ChunkStore::open(&plan.cache_dir)?);
-    let opened = Db::open(&plan.cache_dir)?;
     let db = Arc::new(opened.db);
     let mut chunk_index = db.load_chunk_index()?;
     if let Some(what) = &opened.repaired {
@@ -732,6 +832,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         stop.store(true, Ordering::Relaxed);
     }
     runtime.shutdown_timeout(Duration::from_secs(2));
+    CacheOwner::remove_if_mine(&plan.cache_dir);
     tracing::info!("unmounted; bye");
     Ok(())
 }
@@ -991,13 +1092,7 @@ fn rebuild_chunk_index(
 
 /// Detaches a busy mount: it disappears now, open files keep working.
 pub fn lazy_unmount(mountpoint: &Path) {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return;
-    };
-    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
-    let rc = unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    if rc != 0 {
+    if sys::umount(mountpoint, sys::Unmount::Lazy).is_err() {
         let _ = std::process::Command::new("fusermount3")
             .args(["-u", "-z"])
             .arg(mountpoint)

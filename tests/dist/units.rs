@@ -298,6 +298,8 @@ fn example_config_is_valid_and_documents_every_key() {
         "cache_size",
         "layout",
         "allow_other",
+        "allow_non_empty",
+        "wait_for_origins",
         "read_timeout",
         "poll_interval",
         "log_level",
@@ -765,6 +767,31 @@ fn mount_helper_reports_errors() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
     assert!(!is_mounted(&fx.mnt()), "-f (fake) mounts nothing");
+
+    // A mountpoint with files in it is refused, unless allow_non_empty.
+    std::fs::create_dir_all(fx.mnt()).unwrap();
+    std::fs::write(fx.mnt().join("keep.txt"), b"mine").unwrap();
+    let out = run(&lib, &format!("{cache},{log}"), &path);
+    assert_eq!(out.status.code(), Some(1), "usage error: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not empty"),
+        "{}",
+        text(&out)
+    );
+    let out = helper()
+        .args(["-f", "-v", &lib])
+        .arg(fx.mnt())
+        .args(["-o", &format!("{cache},allow_non_empty")])
+        .env("PATH", &path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--allow-non-empty"),
+        "{}",
+        text(&out)
+    );
+    std::fs::remove_file(fx.mnt().join("keep.txt")).unwrap();
 
     // The daemon's own errors come back, with mount(8)'s exit codes.
     let out = run(&lib, &format!("{cache},{log},cache_size=lots"), &path);

@@ -2,6 +2,7 @@
 //! with reads in flight, the read timeout, stale mounts, sd_notify against a
 //! real notify socket, `musicfs status`, and a panic under a lock.
 
+use musicfs_tests::disk::Tmpfs;
 use musicfs_tests::fixtures::{TestDaemon, write_wav};
 use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
 use musicfs_tests::sha256_file;
@@ -223,6 +224,248 @@ fn test_parking_lot_lock_survives_a_panic_and_operations_keep_answering() {
         want,
         "the lock is not poisoned"
     );
+}
+
+/// Runs `musicfs ARGS...`: its exit code and stderr.
+fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn unmount(mountpoint: &Path, lazy: bool) -> (Option<i32>, String) {
+    let mut args = vec![std::ffi::OsStr::new("unmount")];
+    if lazy {
+        args.push(std::ffi::OsStr::new("--lazy"));
+    }
+    args.push(mountpoint.as_os_str());
+    run(&args)
+}
+
+#[test]
+fn unmount_refuses_a_file_system_that_is_not_musicfs() {
+    let s = Setup::new();
+    let tmpfs = Tmpfs::mount(&s.path("tmpfs"), "size=1m");
+    let (code, stderr) = unmount(tmpfs.path(), false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("not a MusicFS mount") && stderr.contains("tmpfs"),
+        "says what is mounted there: {stderr}"
+    );
+    assert!(is_mounted(tmpfs.path()), "the tmpfs is still mounted");
+    let (code, stderr) = unmount(tmpfs.path(), true);
+    assert_eq!(code, Some(1), "--lazy does not change that: {stderr}");
+    assert!(is_mounted(tmpfs.path()));
+}
+
+#[test]
+fn unmount_of_a_directory_that_is_no_mountpoint_says_not_mounted() {
+    let s = Setup::new();
+    let (code, stderr) = unmount(&s.path("lib"), false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is not mounted"), "{stderr}");
+    assert!(!stderr.contains("os error"), "{stderr}");
+}
+
+#[test]
+fn a_busy_mount_is_refused_with_a_hint_and_detached_with_lazy() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    // A process with its working directory inside, and one with a file open.
+    let mut inside = Command::new("sleep")
+        .arg("60")
+        .current_dir(m.mountpoint.join("Band"))
+        .spawn()
+        .unwrap();
+    let open = std::fs::File::open(m.mountpoint.join(SONG)).unwrap();
+    let (code, stderr) = unmount(&m.mountpoint, false);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("busy") && stderr.contains("files open") && stderr.contains("--lazy"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("os error"), "{stderr}");
+    assert!(is_mounted(&m.mountpoint), "still mounted");
+    let (code, stderr) = unmount(&m.mountpoint, true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!is_mounted(&m.mountpoint), "detached at once");
+    drop(open);
+    let _ = inside.kill();
+    let _ = inside.wait();
+    let status = m
+        .wait_exit(Duration::from_secs(20))
+        .expect("the daemon exits once the last user is gone");
+    assert_eq!(status.code(), Some(0), "{}", m.log_text());
+}
+
+#[test]
+fn a_mountpoint_with_files_is_refused_unless_allow_non_empty() {
+    let s = Setup::new();
+    std::fs::create_dir_all(s.path("mnt")).unwrap();
+    std::fs::write(s.path("mnt/notes.txt"), b"mine").unwrap();
+    let out = Command::new(BIN)
+        .args(["mount", "--origin"])
+        .arg(s.path("lib"))
+        .arg("--cache-dir")
+        .arg(s.path("cache"))
+        .arg(s.path("mnt"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("not empty") && stderr.contains("notes.txt"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-non-empty"), "{stderr}");
+    assert!(!is_mounted(&s.path("mnt")));
+    let m = s.command().args(["--allow-non-empty"]).start(UP);
+    assert!(m.mountpoint.join(SONG).exists(), "mounted over it");
+    assert!(
+        !m.mountpoint.join("notes.txt").exists(),
+        "its files are hidden"
+    );
+    assert!(m.stop().success());
+    assert_eq!(std::fs::read(s.path("mnt/notes.txt")).unwrap(), b"mine");
+}
+
+/// `musicfs mount --origin ORIGIN --cache-dir CACHE [EXTRA...] MOUNTPOINT`
+/// with the log at info: exit code, stderr, and how long it took.
+fn mount_once(
+    origin: &str,
+    cache: &Path,
+    mountpoint: &Path,
+    extra: &[&str],
+) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["mount", "--origin", origin, "--cache-dir"])
+        .arg(cache)
+        .args(extra)
+        .arg(mountpoint)
+        .env("RUST_LOG", "info")
+        .env("AWS_ACCESS_KEY_ID", "dummy")
+        .env("AWS_SECRET_ACCESS_KEY", "dummy")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn an_unusable_mountpoint_fails_before_any_scanning() {
+    let s = Setup::new();
+    let lib = s.path("lib");
+    let lib = lib.to_str().unwrap();
+    std::fs::write(s.path("plain-file"), b"x").unwrap();
+    for (mountpoint, says) in [
+        (s.path("plain-file"), "not a directory"),
+        (s.path("no-such-dir"), "no such file or directory"),
+    ] {
+        let (code, stderr, _) = mount_once(lib, &s.path("cache"), &mountpoint, &[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(
+            !stderr.contains("scanning"),
+            "failed only after a scan: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_cache_dir_in_use_names_the_mount_that_holds_it() {
+    let s = Setup::new();
+    let first = s.mount();
+    std::fs::create_dir_all(s.path("mnt2")).unwrap();
+    let lib = s.path("lib");
+    let (code, stderr, _) = mount_once(
+        lib.to_str().unwrap(),
+        &s.path("cache"),
+        &s.path("mnt2"),
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in use by another MusicFS mount"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {}", first.pid())),
+        "names the pid {}: {stderr}",
+        first.pid()
+    );
+    let mountpoint = first.mountpoint.canonicalize().unwrap();
+    assert!(
+        stderr.contains(&mountpoint.display().to_string()),
+        "names the mountpoint: {stderr}"
+    );
+    assert!(!stderr.contains("WouldBlock"), "{stderr}");
+    assert!(!is_mounted(&s.path("mnt2")));
+    // The first mount is unharmed.
+    assert_eq!(
+        sha256_file(&first.mountpoint.join(SONG)).unwrap(),
+        sha256_file(&s.path("lib/song.wav")).unwrap()
+    );
+    assert!(first.stop().success());
+}
+
+#[test]
+fn a_first_mount_with_no_origin_answering_fails_with_the_cause() {
+    let s = Setup::new();
+    std::fs::create_dir_all(s.path("mnt")).unwrap();
+    // A missing local folder: a usage error that says so.
+    let missing = s.path("no-such-lib");
+    let (code, stderr, _) = mount_once(
+        missing.to_str().unwrap(),
+        &s.path("cache"),
+        &s.path("mnt"),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("no such file or directory"), "{stderr}");
+    // An S3 server that refuses connections.
+    let closed = "s3://bucket/music?endpoint=http://127.0.0.1:1&region=us-east-1";
+    let (code, stderr, took) = mount_once(closed, &s.path("cache"), &s.path("mnt"), &[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("no origin answers") && stderr.contains("Connection refused"),
+        "the whole chain, down to the cause: {stderr}"
+    );
+    assert!(stderr.contains("--wait-for-origins"), "{stderr}");
+    assert!(!stderr.contains("mounted mountpoint="), "{stderr}");
+    assert!(!is_mounted(&s.path("mnt")));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    // Asked to wait, it mounts (empty) and fills in later.
+    let start = |extra: &[&str]| {
+        MountCommand::new(
+            Path::new(BIN),
+            &[],
+            &s.path("cache"),
+            &s.path("mnt"),
+            &s.path("log"),
+        )
+        .args(["--origin", closed])
+        .args(extra)
+        .env("AWS_ACCESS_KEY_ID", "dummy")
+        .env("AWS_SECRET_ACCESS_KEY", "dummy")
+        .start(UP)
+    };
+    let m = start(&["--wait-for-origins"]);
+    assert!(
+        m.log_text().contains("cannot scan this origin now"),
+        "{}",
+        m.log_text()
+    );
+    assert!(m.stop().success());
+    // With a saved tree it mounts as before, flag or not.
+    let m = start(&[]);
+    assert!(m.stop().success());
 }
 
 #[cfg(feature = "failpoints")]

@@ -565,8 +565,9 @@ fn classify(e: &opendal::Error, what: &str) -> OriginError {
                 message.truncate(cut);
                 message.push('…');
             }
+            // Every cause: the last ones ("Connection refused") say why.
             let source = std::error::Error::source(e)
-                .map(|s| format!(": {s}"))
+                .map(|s| format!(": {}", crate::sys::error_chain(s)))
                 .unwrap_or_default();
             OriginError::Unavailable(format!("s3 {what} failed ({kind}): {message}{source}"))
         }

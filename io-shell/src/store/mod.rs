@@ -25,8 +25,10 @@
 
 mod chunks;
 mod db;
+mod owner;
 
 pub use chunks::ChunkStore;
+pub use owner::{CacheOwner, OWNER_FILE};
 
 /// What the daemon needs of a chunk store. [`ChunkStore`] is the real one;
 /// tests wrap it to inject full disks, I/O errors and corruption.
@@ -216,6 +218,12 @@ impl StoreError {
         })
     }
 
+    /// True when another process holds the database's lock (another daemon
+    /// on the same cache directory).
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Db { source: sled::Error::Io(e), .. } if is_lock_error(e))
+    }
+
     /// True when the process (`EMFILE`) or the system (`ENFILE`) is out of
     /// file descriptors.
     ///
@@ -403,9 +411,15 @@ mod tests {
         let e = StoreError::db("flush", sled::Error::Io(io::Error::other("something")));
         assert!(e.is_disk_failure());
         let lock = io::Error::other("could not acquire lock on \"db\"");
-        assert!(!StoreError::db("open", sled::Error::Io(lock)).is_disk_failure());
+        let locked = StoreError::db("open", sled::Error::Io(lock));
+        assert!(!locked.is_disk_failure() && locked.is_locked());
+        assert!(!corrupt_free_io().is_locked());
         let corrupt = StoreError::db("get", sled::Error::Corruption { at: None, bt: () });
         assert!(corrupt.is_disk_failure() && corrupt.is_corruption());
+    }
+
+    fn corrupt_free_io() -> StoreError {
+        StoreError::db("flush", sled::Error::Io(io::Error::other("something")))
     }
 
     #[test]

@@ -1,0 +1,297 @@
+//! The few system calls about mounts, in one place: what is mounted where
+//! (`/proc/self/mountinfo`), umount2(2), and whether the FUSE device can be
+//! used.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// Where it is mounted (unescaped).
+    pub mount_point: PathBuf,
+    /// The device numbers `major:minor` (FUSE: the connection's number is
+    /// the minor).
+    pub device: String,
+    /// The file-system type: `tmpfs`, `fuse`, `fuse.musicfs`, ...
+    pub fstype: String,
+    /// The mount source, as the file system named it (unescaped).
+    pub source: String,
+}
+
+impl MountEntry {
+    /// Whether MusicFS mounted this: fuser mounts with type `fuse` (or
+    /// `fuse.musicfs` when mount(8) or a later fuser sets the subtype) and a
+    /// source of `musicfs:<first origin>`.
+    pub fn is_musicfs(&self) -> bool {
+        self.fstype == "fuse.musicfs"
+            || (self.fstype == "fuse" && self.source.starts_with("musicfs"))
+    }
+
+    /// Whether this is any FUSE mount.
+    pub fn is_fuse(&self) -> bool {
+        self.fstype == "fuse" || self.fstype.starts_with("fuse.")
+    }
+}
+
+/// Parses the text of a mountinfo file. Lines that do not parse are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut left = left.split(' ');
+            let device = left.nth(2)?;
+            let mount_point = left.nth(1)?;
+            let mut right = right.split(' ');
+            let fstype = right.next()?;
+            let source = right.next().unwrap_or("");
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                device: device.to_owned(),
+                fstype: fstype.to_owned(),
+                source: unescape(source),
+            })
+        })
+        .collect()
+}
+
+/// Undoes the kernel's octal escapes (`\040` for a space, `\011`, `\012`,
+/// `\134`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|d| (b'0'..=b'7').contains(d))
+            && let Ok(s) = std::str::from_utf8(&bytes[i + 1..i + 4])
+            && let Ok(b) = u8::from_str_radix(s, 8)
+        {
+            out.push(b);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `path` as the mount table shows it: absolute, with symbolic links
+/// resolved. A dead FUSE mount cannot be resolved itself (ENOTCONN), so
+/// its parent is resolved instead.
+pub fn mount_table_path(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    match (abs.parent(), abs.file_name()) {
+        (Some(parent), Some(name)) => parent
+            .canonicalize()
+            .map_or_else(|_| abs.clone(), |p| p.join(name)),
+        _ => abs,
+    }
+}
+
+/// The mount at `path` (the top one, if several are stacked there), or
+/// `None` if `path` is not a mount point.
+pub fn mount_at(path: &Path) -> io::Result<Option<MountEntry>> {
+    let target = mount_table_path(path);
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&info)
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == target))
+}
+
+/// How to unmount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unmount {
+    /// Fails with `EBUSY` while anything has files open there.
+    Normal,
+    /// `MNT_DETACH`: the mount disappears now; open files keep working and
+    /// the file system ends when the last one is closed.
+    Lazy,
+}
+
+/// umount2(2) on `path`; the error keeps its errno.
+pub fn umount(path: &Path, how: Unmount) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let flags = match how {
+        Unmount::Normal => 0,
+        Unmount::Lazy => libc::MNT_DETACH,
+    };
+    // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The FUSE device.
+pub const FUSE_DEVICE: &str = "/dev/fuse";
+
+/// The FUSE device cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum FuseDeviceError {
+    /// open(2) failed.
+    #[error(
+        "cannot open the FUSE device {} read-write: {source}; MusicFS needs FUSE \
+         (load the module with `modprobe fuse`, check the device's permissions; \
+         a container needs --device /dev/fuse)",
+        path.display()
+    )]
+    Open {
+        /// The device's path.
+        path: PathBuf,
+        /// The system's error.
+        source: io::Error,
+    },
+    /// Something else than a character device is there.
+    #[error("{} is not the FUSE device (not a character device)", .0.display())]
+    NotADevice(PathBuf),
+}
+
+/// Checks that the FUSE device at `path` (normally [`FUSE_DEVICE`]) can be
+/// opened read-write, as mounting will: a mount that cannot work should
+/// fail before a long first scan, not after it.
+pub fn check_fuse_device(path: &Path) -> Result<(), FuseDeviceError> {
+    use std::os::unix::fs::FileTypeExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|source| FuseDeviceError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let is_char_device = file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_char_device());
+    if !is_char_device {
+        return Err(FuseDeviceError::NotADevice(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// An error and every cause under it (`std::error::Error::source`), joined
+/// with ": ". A cause whose text is already shown (many errors repeat their
+/// source in their own message) is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !text.is_empty() && !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:35 / /tmp/with\\040space rw,relatime shared:20 - tmpfs tmpfs rw,size=1024k
+41 22 0:36 / /mnt/music ro,nosuid,nodev,noatime shared:21 - fuse musicfs:/srv/music ro,user_id=0
+42 22 0:37 / /mnt/other rw shared:22 - fuse.sshfs me@host:/x rw
+43 22 0:38 / /mnt/typed rw - fuse.musicfs musicfs rw
+garbage line
+";
+
+    #[test]
+    fn mountinfo_lines_are_parsed_and_unescaped() {
+        let all = parse_mountinfo(SAMPLE);
+        assert_eq!(all.len(), 5, "{all:?}");
+        assert_eq!(all[1].mount_point, PathBuf::from("/tmp/with space"));
+        assert_eq!(all[1].fstype, "tmpfs");
+        assert_eq!(all[2].device, "0:36");
+        assert_eq!(all[2].source, "musicfs:/srv/music");
+    }
+
+    #[test]
+    fn only_musicfs_mounts_are_musicfs() {
+        let all = parse_mountinfo(SAMPLE);
+        let musicfs: Vec<bool> = all.iter().map(MountEntry::is_musicfs).collect();
+        assert_eq!(musicfs, [false, false, true, false, true]);
+        let fuse: Vec<bool> = all.iter().map(MountEntry::is_fuse).collect();
+        assert_eq!(fuse, [false, false, true, true, true]);
+    }
+
+    #[test]
+    fn escapes_are_undone_and_odd_backslashes_kept() {
+        assert_eq!(unescape("a\\040b\\011c\\134d"), "a b\tc\\d");
+        assert_eq!(unescape("end\\04"), "end\\04");
+        assert_eq!(unescape("\\x41"), "\\x41");
+    }
+
+    #[test]
+    fn the_root_is_a_mount_and_a_plain_directory_is_not() {
+        assert!(mount_at(Path::new("/")).unwrap().is_some());
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(mount_at(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn umount_of_a_plain_directory_says_einval() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = umount(dir.path(), Unmount::Normal).unwrap_err();
+        // EINVAL (not a mount point), or EPERM when not root.
+        assert!(
+            matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_fuse_device_check_takes_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("fuse");
+        let e = check_fuse_device(&missing).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("cannot open") && text.contains(&missing.display().to_string()),
+            "{text}"
+        );
+        assert!(text.contains("No such file"), "the system's words: {text}");
+        std::fs::write(&missing, b"").unwrap();
+        let e = check_fuse_device(&missing).unwrap_err();
+        assert!(matches!(e, FuseDeviceError::NotADevice(_)), "{e}");
+        let e = check_fuse_device(dir.path()).unwrap_err();
+        assert!(
+            matches!(e, FuseDeviceError::Open { .. }),
+            "a directory: {e}"
+        );
+        // A character device that opens read-write passes.
+        check_fuse_device(Path::new("/dev/null")).unwrap();
+    }
+
+    #[test]
+    fn error_chains_show_every_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("send http request")]
+        struct Top(#[source] Middle);
+        #[derive(Debug, thiserror::Error)]
+        #[error("tcp connect error: {0}")]
+        struct Middle(#[source] io::Error);
+        let e = Top(Middle(io::Error::from_raw_os_error(libc::ECONNREFUSED)));
+        let text = error_chain(&e);
+        assert!(
+            text.starts_with("send http request: tcp connect error: Connection refused"),
+            "{text}"
+        );
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+    }
+}
