@@ -607,6 +607,10 @@ fn scan_origin(
 /// How long a graceful shutdown waits for reads in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a shutdown waits for a running sync to reach its next saved
+/// batch (or for the search build to finish).
+const SYNC_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Exit code of a shutdown cut short by a second signal.
 pub const EXIT_FORCED: i32 = 130;
 
@@ -801,22 +805,37 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             "shutting down (a second signal exits at once)"
         );
     }
+    // Each step is logged (`shutdown: ...`), so the order can be checked
+    // from outside (tests/e2e/lifecycle.rs).
     daemon.with_engine(|e, _| e.begin_shutdown());
+    tracing::info!("shutdown: new reads get EIO");
     supervisor.stop_all();
+    // A sync (or the search build) on the blocking pool outlives its
+    // aborted task: wait for it to reach a saved batch, so that nothing
+    // writes the catalog or the index after they are saved below.
+    let quiet = syncer.stop(SYNC_STOP_TIMEOUT);
+    if !quiet {
+        tracing::warn!(timeout = ?SYNC_STOP_TIMEOUT, "a sync or the search build still runs; it is left to finish or to resume at the next mount");
+    }
+    tracing::info!("shutdown: syncs, the watcher and the search build stopped");
     if !runtime.block_on(drain(&daemon, DRAIN_TIMEOUT)) {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "reads still in flight after the drain timeout get EIO");
     }
     daemon.with_engine(|e, _| e.abort_all());
     daemon.cancel_fetches();
+    tracing::info!("shutdown: reads drained");
     if let Err(e) = daemon.persist() {
         tracing::warn!(error = %e, "could not save the cache state at exit");
     }
-    if let Some(live) = search.get()
-        && let Err(e) = live.commit()
-    {
-        tracing::warn!(error = %e, "could not save the search index at exit");
+    tracing::info!("shutdown: cache state saved");
+    if let Some(live) = search.get() {
+        match live.commit() {
+            Ok(()) => tracing::info!("shutdown: search index committed"),
+            Err(e) => tracing::warn!(error = %e, "could not save the search index at exit"),
+        }
     }
     db.flush()?;
+    tracing::info!("shutdown: database flushed");
     if signal.is_some()
         && let Err(e) = unmounter.unmount()
     {
@@ -944,6 +963,9 @@ fn open_search(
                     // No sync in between: a tree change published while the
                     // index opens would otherwise be missed by it.
                     syncer.exclusive(|| {
+                        tracing::debug!("search index: opening");
+                        // Tests: a slow build, to stop the daemon during it.
+                        fail::fail_point!("search-index-open");
                         let tree = d.inspect(|e| e.tree().clone());
                         let live = LiveSearch::open(&dir, &db, &tree).map_err(|e| e.to_string())?;
                         let _ = slot.set(live);

@@ -21,8 +21,9 @@ use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Files whose tags are read between two checkpoints.
 pub const SYNC_BATCH_FILES: usize = 256;
@@ -67,8 +68,14 @@ pub struct Syncer {
     pub notifier: OnceLock<Arc<fuser::Notifier>>,
     listeners: Mutex<Vec<TreeListener>>,
     one_at_a_time: Mutex<()>,
+    /// Set at shutdown: no sync starts, a running one stops at its next
+    /// checkpoint (a saved batch).
+    stopping: AtomicBool,
     threads: usize,
 }
+
+/// Why a sync did not run to its end because the daemon is stopping.
+const STOPPING: &str = "the daemon is shutting down; the sync resumes at the next mount";
 
 impl Syncer {
     /// A syncer for the daemon's origins.
@@ -86,6 +93,7 @@ impl Syncer {
             notifier: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             one_at_a_time: Mutex::new(()),
+            stopping: AtomicBool::new(false),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         }
     }
@@ -104,6 +112,32 @@ impl Syncer {
         job()
     }
 
+    /// Shutdown: no sync starts from now on, and a running one (or a search
+    /// index build, which also runs under the sync lock) is waited for up
+    /// to `wait`; a sync stops at its next saved batch. True when nothing
+    /// runs any more, false when `wait` ran out first.
+    pub fn stop(&self, wait: Duration) -> bool {
+        self.stopping.store(true, Ordering::SeqCst);
+        match self.one_at_a_time.try_lock_for(wait) {
+            // Held for good: nothing that waits for the lock (a search
+            // build queued behind the last sync) starts during shutdown.
+            Some(guard) => {
+                std::mem::forget(guard);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The lock every sync holds, unless the daemon is stopping.
+    fn begin(&self) -> Result<parking_lot::MutexGuard<'_, ()>, String> {
+        let one = self.one_at_a_time.lock();
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(STOPPING.to_owned());
+        }
+        Ok(one)
+    }
+
     /// Number of origins.
     pub fn origins(&self) -> usize {
         self.sources.len()
@@ -114,7 +148,7 @@ impl Syncer {
     /// Must not be called on a runtime worker thread (a remote origin's
     /// listing is waited for): use the blocking pool.
     pub fn sync_origin(&self, origin: OriginId) -> Result<SyncReport, String> {
-        let _one = self.one_at_a_time.lock();
+        let _one = self.begin()?;
         let source = self.source(origin)?;
         // Unreachable is unhealthy, never empty: a failed listing keeps the
         // catalog as it is.
@@ -148,7 +182,7 @@ impl Syncer {
         origin: OriginId,
         paths: &BTreeSet<OriginPath>,
     ) -> Result<SyncReport, String> {
-        let _one = self.one_at_a_time.lock();
+        let _one = self.begin()?;
         let source = self.source(origin)?;
         let SyncSource::Local(root) = &source else {
             return Err(format!("{origin} is remote: sync it whole"));
@@ -234,6 +268,10 @@ impl Syncer {
             fail::fail_point!("delta-sync-after-batch", |_| Err(
                 "sync interrupted (fail point delta-sync-after-batch)".to_string()
             ));
+            if self.stopping.load(Ordering::SeqCst) {
+                tracing::info!(%origin, done = report.reread, of = plan.reread.len(), "sync stopped at a saved batch for shutdown");
+                return Err(STOPPING.to_owned());
+            }
         }
         for path in &plan.removed {
             self.db

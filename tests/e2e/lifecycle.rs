@@ -468,6 +468,72 @@ fn a_first_mount_with_no_origin_answering_fails_with_the_cause() {
     assert!(m.stop().success());
 }
 
+/// Asserts that `steps` appear in `log` in this order (each once at least).
+fn assert_in_order(log: &str, steps: &[&str]) {
+    let mut from = 0;
+    for step in steps {
+        match log[from..].find(step) {
+            Some(at) => from += at + step.len(),
+            None => panic!(
+                "{step:?} missing, or not after {:?}:\n{log}",
+                &steps[..steps.iter().position(|s| s == step).unwrap_or(0)]
+            ),
+        }
+    }
+}
+
+/// The shutdown steps, in the order the daemon takes them.
+const SHUTDOWN_STEPS: [&str; 7] = [
+    "shutdown: new reads get EIO",
+    "shutdown: syncs, the watcher and the search build stopped",
+    "shutdown: reads drained",
+    "shutdown: cache state saved",
+    "shutdown: search index committed",
+    "shutdown: database flushed",
+    "unmounted; bye",
+];
+
+/// `musicfs search --cache-dir CACHE QUERY`, offline (no daemon runs).
+fn offline_search(s: &Setup, query: &str) -> Vec<String> {
+    let out = Command::new(BIN)
+        .args(["search", "--cache-dir"])
+        .arg(s.path("cache"))
+        .arg(query)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn test_shutdown_order_on_sigterm() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    let log_has = |m: &Mounted, what: &str| {
+        musicfs_tests::wait_for(Duration::from_secs(20), || m.log_text().contains(what))
+    };
+    assert!(log_has(&m, "search index built"), "{}", m.log_text());
+    // A change just before the signal: synced, then saved at shutdown.
+    write_wav(&s.path("lib/late.wav"), 100_000, 5, "Late", "Band", "Album");
+    let late = m.mountpoint.join("Band/Album/00 - Late.wav");
+    assert!(musicfs_tests::wait_for(Duration::from_secs(10), || late.exists()));
+    m.signal(libc::SIGTERM);
+    let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(0), "{}", m.log_text());
+    let log = m.log_text();
+    assert_in_order(
+        &log,
+        &[&["shutting down"][..], &SHUTDOWN_STEPS[..]].concat(),
+    );
+    assert!(!is_mounted(&m.mountpoint));
+    // What the daemon's own commit saved: the late track is searchable
+    // offline.
+    assert_eq!(offline_search(&s, "title:late").len(), 1);
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
@@ -632,5 +698,86 @@ mod failpoints {
             sha256_file(&s.path("lib/song.wav")).unwrap()
         );
         assert!(m.stop().success());
+    }
+
+    /// SIGTERM while a sync runs: the sync stops at its next saved batch
+    /// before anything is saved for good, the daemon exits cleanly, and the
+    /// next mount finishes the sync.
+    #[test]
+    fn test_sigterm_during_a_sync_stops_it_at_a_saved_batch() {
+        let s = Setup::new();
+        let mut m = s
+            .command()
+            .env("FAILPOINTS", "delta-sync-after-batch=sleep(3000)")
+            .start(UP);
+        write_wav(&s.path("lib/new.wav"), 100_000, 6, "New", "Band", "Album");
+        assert!(
+            wait_for(Duration::from_secs(20), || m
+                .log_text()
+                .contains("sync batch saved")),
+            "{}",
+            m.log_text()
+        );
+        m.signal(libc::SIGTERM);
+        let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
+        assert_eq!(status.code(), Some(0), "{}", m.log_text());
+        let log = m.log_text();
+        assert_in_order(
+            &log,
+            &[
+                "sync batch saved",
+                "shutting down",
+                "shutdown: new reads get EIO",
+                "sync stopped at a saved batch for shutdown",
+                "shutdown: syncs, the watcher and the search build stopped",
+                "shutdown: database flushed",
+                "unmounted; bye",
+            ],
+        );
+        assert!(!log.contains("origin changes applied"), "{log}");
+        // The next mount resumes the sync: the new track shows.
+        let m = s.mount();
+        let new = m.mountpoint.join("Band/Album/00 - New.wav");
+        assert!(
+            wait_for(Duration::from_secs(20), || new.exists()),
+            "{}",
+            m.log_text()
+        );
+        assert!(m.stop().success());
+    }
+
+    /// SIGTERM while the search index is being built: the shutdown waits
+    /// for the build, then commits it, so a search right after finds the
+    /// library.
+    #[test]
+    fn test_sigterm_during_the_search_build_waits_and_commits_it() {
+        let s = Setup::new();
+        let mut m = s
+            .command()
+            .env("FAILPOINTS", "search-index-open=sleep(2000)")
+            .start(UP);
+        assert!(
+            wait_for(Duration::from_secs(20), || m
+                .log_text()
+                .contains("search index: opening")),
+            "{}",
+            m.log_text()
+        );
+        m.signal(libc::SIGTERM);
+        let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
+        assert_eq!(status.code(), Some(0), "{}", m.log_text());
+        let log = m.log_text();
+        assert_in_order(
+            &log,
+            &[
+                "search index: opening",
+                "shutting down",
+                "search index built",
+                "shutdown: syncs, the watcher and the search build stopped",
+                "shutdown: search index committed",
+                "unmounted; bye",
+            ],
+        );
+        assert_eq!(offline_search(&s, "band").len(), 2);
     }
 }
