@@ -13,6 +13,8 @@
 use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
 use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
 const ABOUT: &str =
@@ -125,13 +127,15 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_other: bool,
 
-    /// A read that cannot be answered within this many seconds fails with EIO.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// A read that cannot be answered within this time fails with EIO: 30s, 2m,
+    /// 1m30s, or a number of seconds (1s to 1h). Kept in whole seconds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_read_timeout)]
     pub read_timeout: u64,
 
-    /// How often remote (S3, SFTP) origins are listed again to find changes; local
-    /// origins are watched and need no polling. `musicfs rescan` looks at once.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    /// How often remote (S3, SFTP) origins are listed again to find changes: 5m, 1h,
+    /// or a number of seconds (10s to 24h); local origins are watched and need no
+    /// polling. `musicfs rescan` looks at once. Kept in whole seconds.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_poll_interval)]
     pub poll_interval: u64,
 
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
@@ -182,9 +186,221 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// The range `--read-timeout` / `read_timeout` accepts, in seconds.
+pub const READ_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
+/// The range `--poll-interval` / `poll_interval` accepts, in seconds.
+pub const POLL_INTERVAL_SECS: RangeInclusive<u64> = 10..=86400;
+
+/// Why a duration was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not something [`parse_duration`] understands.
+    Malformed(String),
+    /// A duration, but outside what the option allows.
+    OutOfRange {
+        /// As written.
+        text: String,
+        /// Allowed, in seconds.
+        range: RangeInclusive<u64>,
+    },
+}
+
+impl fmt::Display for DurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DurationError::Malformed(text) => write!(
+                f,
+                "'{text}' is not a duration (try 30s, 5m, 1h, 1m30s or a number of seconds)"
+            ),
+            DurationError::OutOfRange { text, range } => write!(
+                f,
+                "'{text}' is out of range ({} to {})",
+                Secs(*range.start()),
+                Secs(*range.end())
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
+/// Seconds shown the way they can be written: 90 is "1m30s", 3600 "1h".
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (h, m, s) = (self.0 / 3600, self.0 / 60 % 60, self.0 % 60);
+        if h > 0 {
+            write!(f, "{h}h")?;
+        }
+        if m > 0 {
+            write!(f, "{m}m")?;
+        }
+        if s > 0 || self.0 == 0 {
+            write!(f, "{s}s")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration in whole seconds, as rclone and systemd write them:
+/// `30s`, `5m`, `1h`, `1m30s`, `2h 30m`, `1d`, or a bare number of seconds.
+/// Units: `s`/`sec`/`secs`/`second(s)`, `m`/`min`/`mins`/`minute(s)`,
+/// `h`/`hr`/`hour(s)`, `d`/`day(s)`.
+///
+/// A small hand parser rather than the `humantime` crate: humantime refuses
+/// a bare number (and so every existing `read_timeout = 30`), accepts units
+/// finer than a second that these options cannot keep, and would be a new
+/// dependency for twenty lines.
+pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
+    let malformed = || DurationError::Malformed(text.to_owned());
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(malformed());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| malformed());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(malformed());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| malformed())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let scale = match rest[..unit_len].to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86400,
+            _ => return Err(malformed()),
+        };
+        total = value
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(malformed)?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(total)
+}
+
+/// [`parse_duration`], then a check against `range` (seconds).
+pub fn parse_duration_in(text: &str, range: RangeInclusive<u64>) -> Result<u64, DurationError> {
+    let secs = parse_duration(text)?;
+    if range.contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(DurationError::OutOfRange {
+            text: text.to_owned(),
+            range,
+        })
+    }
+}
+
+/// `--read-timeout`: a duration from 1s to 1h.
+pub fn parse_read_timeout(text: &str) -> Result<u64, DurationError> {
+    parse_duration_in(text, READ_TIMEOUT_SECS)
+}
+
+/// `--poll-interval`: a duration from 10s to 24h.
+pub fn parse_poll_interval(text: &str) -> Result<u64, DurationError> {
+    parse_duration_in(text, POLL_INTERVAL_SECS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        for (text, secs) in [
+            ("30", 30),
+            ("30s", 30),
+            ("5m", 300),
+            ("1h", 3600),
+            ("1m30s", 90),
+            ("1h 2m 3s", 3723),
+            (" 2 min ", 120),
+            ("1d", 86400),
+            ("10S", 10),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_duration(text), Ok(secs), "{text}");
+        }
+        for bad in [
+            "",
+            "s",
+            "1.5m",
+            "-5",
+            "5 fortnights",
+            "m5",
+            "1m30",
+            "30 s x",
+            "1e3",
+            "99999999999999999999",
+            "999999999999999999d",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(DurationError::Malformed(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        let e = parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("'soon'") && e.contains("1m30s"), "{e}");
+    }
+
+    #[test]
+    fn duration_ranges() {
+        assert_eq!(parse_read_timeout("1s"), Ok(1));
+        assert_eq!(parse_read_timeout("1h"), Ok(3600));
+        assert_eq!(parse_poll_interval("10s"), Ok(10));
+        assert_eq!(parse_poll_interval("24h"), Ok(86400));
+        assert_eq!(parse_poll_interval("1d"), Ok(86400));
+        for bad in ["0", "0s", "1h1s", "3601"] {
+            let e = parse_read_timeout(bad).unwrap_err().to_string();
+            assert_eq!(e, format!("'{bad}' is out of range (1s to 1h)"));
+        }
+        for bad in ["9s", "1d1s", "2d"] {
+            let e = parse_poll_interval(bad).unwrap_err().to_string();
+            assert_eq!(e, format!("'{bad}' is out of range (10s to 24h)"));
+        }
+        assert_eq!(Secs(90).to_string(), "1m30s");
+        assert_eq!(Secs(3723).to_string(), "1h2m3s");
+    }
+
+    #[test]
+    fn the_command_line_checks_durations_and_levels() {
+        use clap::Parser as _;
+        let mount = |extra: &[&str]| {
+            let mut argv = vec!["musicfs", "mount", "--origin", "/a"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Mount(m) => (m.read_timeout, m.poll_interval, m.log_level),
+                other => panic!("not a mount: {other:?}"),
+            })
+        };
+        assert_eq!(mount(&[]).unwrap(), (30, 300, "info".to_owned()));
+        assert_eq!(
+            mount(&["--read-timeout", "1m30s", "--poll-interval", "1h"]).unwrap(),
+            (90, 3600, "info".to_owned())
+        );
+        for (args, says) in [
+            (["--read-timeout", "2h"], "out of range (1s to 1h)"),
+            (["--poll-interval", "5s"], "out of range (10s to 24h)"),
+            (["--read-timeout", "soon"], "not a duration"),
+        ] {
+            let e = mount(&args).unwrap_err().to_string();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
 
     #[test]
     fn sizes() {

@@ -10,8 +10,8 @@
 //! cache_size = "20G"          # or a number of bytes
 //! layout = "$albumartist/$album/$track - $title.$ext"
 //! allow_other = true
-//! read_timeout = 30           # seconds
-//! poll_interval = 300         # seconds between listings of remote origins
+//! read_timeout = "30s"        # or 1m30s, or a number of seconds
+//! poll_interval = "5m"        # between listings of remote origins
 //! log_level = "info"
 //! ```
 //!
@@ -30,7 +30,9 @@
 //! - Origins are preferred in list order; a table's `priority` reorders them
 //!   (lower first, 0 when absent, ties keep list order).
 
-use crate::cli::{Cli, Command, MountArgs, parse_size};
+use crate::cli::{
+    Cli, Command, DurationError, MountArgs, parse_poll_interval, parse_read_timeout, parse_size,
+};
 use crate::mount::UsageError;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
@@ -378,35 +380,47 @@ impl<'de> Deserialize<'de> for CacheSize {
     }
 }
 
-/// Seconds, in the range `--read-timeout` accepts.
+/// A duration as `--read-timeout` takes it (`"30s"`, `"1m30s"`) or a number
+/// of seconds, in its range.
 #[derive(Debug)]
 struct ReadTimeout(u64);
 
 impl<'de> Deserialize<'de> for ReadTimeout {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ReadTimeout, D::Error> {
-        let secs = i64::deserialize(d)?;
-        match u64::try_from(secs) {
-            Ok(s) if (1..=3600).contains(&s) => Ok(ReadTimeout(s)),
-            _ => Err(de::Error::custom(format!(
-                "read_timeout {secs} is out of range (1 to 3600 seconds)"
-            ))),
-        }
+        d.deserialize_any(DurationVisitor(parse_read_timeout))
+            .map(ReadTimeout)
     }
 }
 
-/// Seconds, in the range `--poll-interval` accepts.
+/// A duration as `--poll-interval` takes it (`"5m"`, `"1h"`) or a number of
+/// seconds, in its range.
 #[derive(Debug)]
 struct PollInterval(u64);
 
 impl<'de> Deserialize<'de> for PollInterval {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PollInterval, D::Error> {
-        let secs = i64::deserialize(d)?;
-        match u64::try_from(secs) {
-            Ok(s) if (10..=86400).contains(&s) => Ok(PollInterval(s)),
-            _ => Err(de::Error::custom(format!(
-                "poll_interval {secs} is out of range (10 to 86400 seconds)"
-            ))),
-        }
+        d.deserialize_any(DurationVisitor(parse_poll_interval))
+            .map(PollInterval)
+    }
+}
+
+/// A duration string or a whole number of seconds, checked by the same
+/// parser as the command line's.
+struct DurationVisitor(fn(&str) -> Result<u64, DurationError>);
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration like \"30s\", \"5m\", \"1m30s\" or a number of seconds")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
+        (self.0)(s).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+        self.visit_str(&n.to_string())
     }
 }
 
@@ -514,6 +528,26 @@ log_level = "DEBUG"
         assert!(args.allow_other);
         assert_eq!(args.read_timeout, 12);
         assert_eq!(args.log_level, "debug");
+    }
+
+    #[test]
+    fn durations_as_strings_or_seconds() {
+        let read = |text: &str| parse(text).unwrap().read_timeout;
+        let poll = |text: &str| parse(text).unwrap().poll_interval;
+        assert_eq!(read("read_timeout = 30"), Some(30));
+        assert_eq!(read("read_timeout = \"30s\""), Some(30));
+        assert_eq!(read("read_timeout = \"30\""), Some(30));
+        assert_eq!(read("read_timeout = \"1m30s\""), Some(90));
+        assert_eq!(poll("poll_interval = \"5m\""), Some(300));
+        assert_eq!(poll("poll_interval = \"1h\""), Some(3600));
+        assert_eq!(poll("poll_interval = 600"), Some(600));
+        // The same parser as the command line's, which the file's value meets.
+        let (_dir, args) = with_file(
+            "read_timeout = \"1m30s\"\npoll_interval = \"2h\"",
+            &["--poll-interval", "15m"],
+        );
+        let args = args.unwrap();
+        assert_eq!((args.read_timeout, args.poll_interval), (90, 900));
     }
 
     #[test]
@@ -630,10 +664,15 @@ log_level = "DEBUG"
                 "origins = [{ url = \"/a\", name = \"n\" }, { url = \"/b\", name = \"n\" }]",
                 "named 'n'",
             ),
-            ("read_timeout = \"30\"", "read_timeout"),
+            ("read_timeout = \"soon\"", "'soon' is not a duration"),
+            ("read_timeout = 1.5", "a duration like"),
+            ("read_timeout = true", "a duration like"),
             ("read_timeout = 0", "out of range"),
-            ("read_timeout = 3601", "out of range"),
+            ("read_timeout = -5", "'-5' is not a duration"),
+            ("read_timeout = 3601", "out of range (1s to 1h)"),
+            ("read_timeout = \"2h\"", "out of range (1s to 1h)"),
             ("poll_interval = 5", "out of range"),
+            ("poll_interval = \"2d\"", "out of range (10s to 24h)"),
             ("layout = \"$artst/$title\"", "artst"),
             ("log_level = \"verbose\"", "verbose"),
             ("cache_dir = [\"/a\"]", "cache_dir"),

@@ -406,6 +406,45 @@ fn run_bad(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// Runs `musicfs ARGS` that must be refused as a usage error: exit code 2,
+/// one line on stderr containing each of `says`.
+fn assert_usage_error(args: &[&str], says: &[&str]) {
+    let (code, stderr) = run_bad(args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "{args:?}: no {s:?} in {stderr}");
+    }
+}
+
+#[test]
+fn durations_are_checked_on_the_command_line() {
+    // Checked while parsing the command line, before the origin or the
+    // mountpoint are looked at.
+    let base = ["mount", "--origin", "/nonexistent/music"];
+    let mnt = "/nonexistent/mnt".to_owned();
+    for (option, value, says) in [
+        ("--read-timeout", "2h", "'2h' is out of range (1s to 1h)"),
+        ("--read-timeout", "0", "'0' is out of range (1s to 1h)"),
+        ("--read-timeout", "soon", "'soon' is not a duration"),
+        ("--poll-interval", "5s", "'5s' is out of range (10s to 24h)"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([option, value, &mnt]);
+        assert_usage_error(&args, &[option, says]);
+    }
+    let help = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--read-timeout <DURATION>") && help.contains("1m30s"),
+        "{help}"
+    );
+    assert!(help.contains("--poll-interval <DURATION>"), "{help}");
+}
+
 #[test]
 fn bad_arguments_give_one_line_and_exit_code_2() {
     let fx = Fixture::new();
