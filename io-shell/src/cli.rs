@@ -139,7 +139,7 @@ pub struct MountArgs {
     pub poll_interval: u64,
 
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 
     /// Read settings from this TOML file; options given on the command line override it.
@@ -184,6 +184,37 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is too small for a cache (at least 1M)"));
     }
     Ok(bytes)
+}
+
+/// The log levels `--log-level` and the config's `log_level` understand.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A `--log-level` / `log_level` that is not one of [`LOG_LEVELS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLevelError(pub String);
+
+impl fmt::Display for LogLevelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown log level '{}' (use {})",
+            self.0,
+            LOG_LEVELS.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for LogLevelError {}
+
+/// Checks a log level, in any case, and gives it in lower case: the one
+/// check for the command line and the config file.
+pub fn parse_log_level(s: &str) -> Result<String, LogLevelError> {
+    let level = s.trim().to_ascii_lowercase();
+    if LOG_LEVELS.contains(&level.as_str()) {
+        Ok(level)
+    } else {
+        Err(LogLevelError(s.to_owned()))
+    }
 }
 
 /// The range `--read-timeout` / `read_timeout` accepts, in seconds.
@@ -377,6 +408,17 @@ mod tests {
     }
 
     #[test]
+    fn log_levels() {
+        assert_eq!(parse_log_level("DEBUG"), Ok("debug".to_owned()));
+        assert_eq!(parse_log_level("warn"), Ok("warn".to_owned()));
+        let e = parse_log_level("loud").unwrap_err().to_string();
+        assert!(
+            e.contains("'loud'") && e.contains("error, warn, info"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_command_line_checks_durations_and_levels() {
         use clap::Parser as _;
         let mount = |extra: &[&str]| {
@@ -392,10 +434,12 @@ mod tests {
             mount(&["--read-timeout", "1m30s", "--poll-interval", "1h"]).unwrap(),
             (90, 3600, "info".to_owned())
         );
+        assert_eq!(mount(&["--log-level", "TRACE"]).unwrap().2, "trace");
         for (args, says) in [
             (["--read-timeout", "2h"], "out of range (1s to 1h)"),
             (["--poll-interval", "5s"], "out of range (10s to 24h)"),
             (["--read-timeout", "soon"], "not a duration"),
+            (["--log-level", "loud"], "unknown log level 'loud'"),
         ] {
             let e = mount(&args).unwrap_err().to_string();
             assert!(e.contains(says), "{args:?}: {e}");

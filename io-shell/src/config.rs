@@ -31,7 +31,8 @@
 //!   (lower first, 0 when absent, ties keep list order).
 
 use crate::cli::{
-    Cli, Command, DurationError, MountArgs, parse_poll_interval, parse_read_timeout, parse_size,
+    Cli, Command, DurationError, MountArgs, parse_log_level, parse_poll_interval,
+    parse_read_timeout, parse_size,
 };
 use crate::mount::UsageError;
 use clap::parser::ValueSource;
@@ -45,9 +46,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-
-/// The log levels `--log-level` understands.
-const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// Parses the process's command line like `Cli::try_parse`, and also records
 /// which `mount` options were given on it (in [`MountArgs::given`]), so that
@@ -151,7 +149,7 @@ pub struct FileConfig {
     pub read_timeout: Option<u64>,
     /// Seconds between listings of remote origins.
     pub poll_interval: Option<u64>,
-    /// Log level (one of [`LOG_LEVELS`]).
+    /// Log level (one of [`crate::cli::LOG_LEVELS`]).
     pub log_level: Option<String>,
 }
 
@@ -436,20 +434,14 @@ impl<'de> Deserialize<'de> for LayoutText {
     }
 }
 
-/// One of [`LOG_LEVELS`] (any case).
+/// One of [`crate::cli::LOG_LEVELS`] (any case), checked as `--log-level` is.
 #[derive(Debug)]
 struct LogLevel(String);
 
 impl<'de> Deserialize<'de> for LogLevel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LogLevel, D::Error> {
-        let s = String::deserialize(d)?.to_ascii_lowercase();
-        if !LOG_LEVELS.contains(&s.as_str()) {
-            return Err(de::Error::custom(format!(
-                "unknown log_level '{s}' (use {})",
-                LOG_LEVELS.join(", ")
-            )));
-        }
-        Ok(LogLevel(s))
+        let s = String::deserialize(d)?;
+        parse_log_level(&s).map(LogLevel).map_err(de::Error::custom)
     }
 }
 
@@ -674,7 +666,7 @@ log_level = "DEBUG"
             ("poll_interval = 5", "out of range"),
             ("poll_interval = \"2d\"", "out of range (10s to 24h)"),
             ("layout = \"$artst/$title\"", "artst"),
-            ("log_level = \"verbose\"", "verbose"),
+            ("log_level = \"verbose\"", "unknown log level 'verbose'"),
             ("cache_dir = [\"/a\"]", "cache_dir"),
         ] {
             let e = err(&format!("# comment\n{text}\n"));

@@ -418,7 +418,7 @@ fn assert_usage_error(args: &[&str], says: &[&str]) {
 }
 
 #[test]
-fn durations_are_checked_on_the_command_line() {
+fn durations_and_log_levels_are_checked_on_the_command_line() {
     // Checked while parsing the command line, before the origin or the
     // mountpoint are looked at.
     let base = ["mount", "--origin", "/nonexistent/music"];
@@ -428,6 +428,7 @@ fn durations_are_checked_on_the_command_line() {
         ("--read-timeout", "0", "'0' is out of range (1s to 1h)"),
         ("--read-timeout", "soon", "'soon' is not a duration"),
         ("--poll-interval", "5s", "'5s' is out of range (10s to 24h)"),
+        ("--log-level", "loud", "unknown log level 'loud'"),
     ] {
         let mut args = base.to_vec();
         args.extend([option, value, &mnt]);
