@@ -39,6 +39,7 @@ Origins: a local folder; s3://BUCKET/PREFIX (query: endpoint=, region=, path_sty
 
 Layout fields: $albumartist $artist $album $track $title $ext $year $genre $disc $format
 ($track is zero-padded, and becomes disc-track, e.g. 1-03, on multi-disc albums).
+The file name (after the last /) needs $title or $track, or every track of an album would get the same name; one that does not end in .$ext gets .$ext appended.
 
 The first mount scans the library (with a progress bar on a terminal) and mounts when the \
 tree is ready; later mounts open the saved tree at once and catch up in the background. \
@@ -119,7 +120,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub cache_size: u64,
 
-    /// Path format of the tree.
+    /// Path format of the tree (fields below). The file name needs $title or $track;
+    /// .$ext is appended when it does not end with it.
     #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LAYOUT)]
     pub layout: String,
 

@@ -666,6 +666,7 @@ log_level = "DEBUG"
             ("poll_interval = 5", "out of range"),
             ("poll_interval = \"2d\"", "out of range (10s to 24h)"),
             ("layout = \"$artst/$title\"", "artst"),
+            ("layout = \"$artist/$album\"", "neither $title nor $track"),
             ("log_level = \"verbose\"", "unknown log level 'verbose'"),
             ("cache_dir = [\"/a\"]", "cache_dir"),
         ] {

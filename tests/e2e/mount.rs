@@ -447,6 +447,35 @@ fn durations_and_log_levels_are_checked_on_the_command_line() {
 }
 
 #[test]
+fn a_layout_without_a_track_field_is_a_usage_error() {
+    // Any existing folder is an origin; the layout is checked before the
+    // mountpoint.
+    let origin = tempfile::tempdir().unwrap();
+    let origin = origin.path().to_str().unwrap();
+    assert_usage_error(
+        &[
+            "mount",
+            "--origin",
+            origin,
+            "--layout",
+            "$artist/$album.$ext",
+            "/nonexistent/mnt",
+        ],
+        &[
+            "bad --layout",
+            "\"$album.$ext\" has neither $title nor $track",
+            "e.g. \"$albumartist/$album/$track - $title.$ext\"",
+        ],
+    );
+    let help = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("gets .$ext appended"), "{help}");
+}
+
+#[test]
 fn bad_arguments_give_one_line_and_exit_code_2() {
     let fx = Fixture::new();
     let lib = library().1.root.to_str().unwrap().to_owned();
