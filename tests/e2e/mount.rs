@@ -476,6 +476,40 @@ fn a_layout_without_a_track_field_is_a_usage_error() {
 }
 
 #[test]
+fn the_same_origin_twice_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let music = dir.path().join("music");
+    std::fs::create_dir(&music).unwrap();
+    std::os::unix::fs::symlink(&music, dir.path().join("link")).unwrap();
+    let m = music.to_str().unwrap();
+    let slash = format!("{m}/");
+    let link = dir.path().join("link");
+    let link = link.to_str().unwrap();
+    for twin in [slash.as_str(), link] {
+        assert_usage_error(
+            &["mount", "--origin", m, "--origin", twin, "/nonexistent/mnt"],
+            &[
+                &format!("origin '{m}' and origin '{twin}' are the same place"),
+                "give each origin once",
+            ],
+        );
+    }
+    assert_usage_error(
+        &[
+            "mount",
+            "--origin",
+            "sftp://me@nas/srv/music",
+            "--origin",
+            "sftp://me@nas/srv/music/,name=again",
+            "/nonexistent/mnt",
+        ],
+        &[
+            "origin 'sftp://me@nas/srv/music' and origin 'sftp://me@nas/srv/music/,name=again' are the same place",
+        ],
+    );
+}
+
+#[test]
 fn bad_arguments_give_one_line_and_exit_code_2() {
     let fx = Fixture::new();
     let lib = library().1.root.to_str().unwrap().to_owned();
