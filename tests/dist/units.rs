@@ -331,6 +331,19 @@ fn example_config_is_valid_and_documents_every_key() {
         );
     }
     assert!(all.layout.is_some() && all.origins.is_some_and(|o| o.len() == 4));
+    // It describes what works today: remote origins and names are real.
+    for stale in ["when this build supports it", "not used"] {
+        assert!(
+            !text.contains(stale),
+            "dist/musicfs.toml still says {stale:?}"
+        );
+    }
+    for what in ["s3://", "sftp://", "musicfs status"] {
+        assert!(
+            text.contains(what),
+            "dist/musicfs.toml does not mention {what}"
+        );
+    }
 }
 
 // --- Real mounts ---------------------------------------------------------------
