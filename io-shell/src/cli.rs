@@ -17,6 +17,12 @@ use std::fmt;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
+/// What `musicfs --version` prints after the name: the version, the git
+/// commit it was built from ("unknown" outside a checkout) and the enabled
+/// cargo features, e.g. `0.1.0 (commit 1a2b3c4; features: none)`. Made by
+/// build.rs.
+pub const VERSION: &str = env!("MUSICFS_VERSION");
+
 const ABOUT: &str =
     "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
 
@@ -47,7 +53,7 @@ Stop with Ctrl-C, SIGTERM, or `musicfs unmount MOUNTPOINT`.";
 
 /// `musicfs`: the command line.
 #[derive(Debug, Parser)]
-#[command(name = "musicfs", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "musicfs", version = VERSION, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -350,6 +356,22 @@ pub fn parse_poll_interval(text: &str) -> Result<u64, DurationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_names_the_commit_and_the_features() {
+        use clap::CommandFactory as _;
+        let shown = Cli::command().render_version();
+        let features = if cfg!(feature = "failpoints") {
+            "features: failpoints)"
+        } else {
+            "features: none)"
+        };
+        assert!(
+            shown.starts_with(&format!("musicfs {} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{shown}"
+        );
+        assert!(shown.trim_end().ends_with(features), "{shown}");
+    }
 
     #[test]
     fn durations() {

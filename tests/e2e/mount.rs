@@ -510,6 +510,40 @@ fn the_same_origin_twice_is_a_usage_error() {
 }
 
 #[test]
+fn version_names_the_git_commit_and_the_features() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+    // The commit this source tree is at, when git can tell (the binary was
+    // built from it: build.rs reruns when HEAD moves).
+    let head = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let commit = head.unwrap_or_else(|| "unknown".to_owned());
+    let features = if cfg!(feature = "failpoints") {
+        "failpoints"
+    } else {
+        "none"
+    };
+    assert_eq!(
+        shown,
+        format!(
+            "musicfs {} (commit {commit}; features: {features})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
 fn bad_arguments_give_one_line_and_exit_code_2() {
     let fx = Fixture::new();
     let lib = library().1.root.to_str().unwrap().to_owned();
