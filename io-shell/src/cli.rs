@@ -47,6 +47,12 @@ Layout fields: $albumartist $artist $album $track $title $ext $year $genre $disc
 ($track is zero-padded, and becomes disc-track, e.g. 1-03, on multi-disc albums).
 The file name (after the last /) needs $title or $track, or every track of an album would get the same name; one that does not end in .$ext gets .$ext appended.
 
+Search inside the mount: the hidden folder MOUNTPOINT/.search/QUERY holds the tracks that \
+match QUERY (up to 1000) as symlinks into the tree, e.g. \
+ls '/mnt/music/.search/genre:jazz year:>2000' or mpv /mnt/music/.search/artist:radiohead/*. \
+QUERY is written as for `musicfs search` (see musicfs search --help). .search itself lists \
+nothing and is not listed, so scanners and find never walk into it.
+
 The first mount scans the library (with a progress bar on a terminal) and mounts when the \
 tree is ready; later mounts open the saved tree at once and catch up in the background. \
 Stop with Ctrl-C, SIGTERM, or `musicfs unmount MOUNTPOINT`.";
@@ -72,6 +78,9 @@ pub enum Command {
         mountpoint: PathBuf,
     },
     /// Search the library's tags; prints one path per line, best match first.
+    ///
+    /// Inside a mount, the hidden folder MOUNTPOINT/.search/QUERY holds the same
+    /// results as symlinks: `ls '/mnt/music/.search/artist:björk'`.
     #[command(after_help = crate::search::QUERY_HELP)]
     Search(SearchArgs),
     /// Look for changes in a running mount's origins now (new, retagged,
