@@ -137,6 +137,13 @@ pub enum LayoutError {
         /// Byte offset of the `$`.
         position: usize,
     },
+    /// The file name (the part after the last `/`) has neither `$title`
+    /// nor `$track`, so all the tracks of a folder would render to one name
+    /// and become "name (2)", "name (3)", ...
+    NoTrackField {
+        /// The file-name part as written.
+        file: String,
+    },
 }
 
 impl fmt::Display for LayoutError {
@@ -162,6 +169,12 @@ impl fmt::Display for LayoutError {
             LayoutError::UnclosedBrace { position } => {
                 write!(f, "\"${{\" at byte {position} has no closing \"}}\"")
             }
+            LayoutError::NoTrackField { file } => write!(
+                f,
+                "the file name \"{file}\" has neither $title nor $track, so every track in \
+                 a folder would get the same name (numbered \" (2)\", \" (3)\", ...); \
+                 put one in the part after the last \"/\", e.g. \"{DEFAULT_LAYOUT}\""
+            ),
         }
     }
 }
@@ -222,13 +235,15 @@ enum Token {
 ///
 /// The file name's trailing `.$ext` is kept apart from the rest so that a
 /// name cut to fit [`crate::naming::NAME_MAX_BYTES`] loses the end of its
-/// title, never its extension.
+/// title, never its extension. A file name always has it: a layout whose
+/// file name does not end in `.$ext` gets it appended, as beets does,
+/// because players recognise files by their extension.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Layout {
     source: String,
     dirs: Vec<Vec<Token>>,
+    /// The file name without its `.$ext`.
     file: Vec<Token>,
-    file_has_ext: bool,
 }
 
 /// What one track contributes to rendering: its tags plus what only the
@@ -249,12 +264,14 @@ pub struct TrackView<'a> {
 }
 
 impl Layout {
-    /// Parses a `--layout` format string.
+    /// Parses a `--layout` format string. A file name that does not end in
+    /// `.$ext` gets `.$ext` appended (and [`Layout::source`] shows it).
     ///
     /// # Errors
     ///
     /// An unknown field name, an empty string, an empty component, a `$`
-    /// that starts no field, or an unclosed `${`: see [`LayoutError`].
+    /// that starts no field, an unclosed `${`, or a file name with neither
+    /// `$title` nor `$track`: see [`LayoutError`].
     pub fn parse(format: &str) -> Result<Layout, LayoutError> {
         if format.is_empty() {
             return Err(LayoutError::Empty);
@@ -264,12 +281,24 @@ impl Layout {
             return Err(LayoutError::EmptyComponent);
         }
         let mut file = components.pop().ok_or(LayoutError::Empty)?;
-        let file_has_ext = strip_dot_ext(&mut file);
+        if !file
+            .iter()
+            .any(|t| matches!(t, Token::Field(Field::Title | Field::Track)))
+        {
+            let name = format.rsplit('/').next().unwrap_or(format);
+            return Err(LayoutError::NoTrackField {
+                file: name.to_owned(),
+            });
+        }
+        let source = if strip_dot_ext(&mut file) {
+            format.to_owned()
+        } else {
+            format!("{format}.$ext")
+        };
         Ok(Layout {
-            source: format.to_owned(),
+            source,
             dirs: components,
             file,
-            file_has_ext,
         })
     }
 
@@ -286,12 +315,12 @@ impl Layout {
                 Token::Text(" - ".to_owned()),
                 Token::Field(Field::Title),
             ],
-            file_has_ext: true,
         }
     }
 
-    /// The format string this layout was parsed from, for logs and for
-    /// noticing that a persisted tree was built with another layout.
+    /// The format string this layout was parsed from (with the `.$ext`
+    /// that parsing appended, if it did), for logs and for noticing that a
+    /// persisted tree was built with another layout.
     pub fn source(&self) -> &str {
         &self.source
     }
@@ -315,9 +344,6 @@ impl Layout {
 
     fn render_file(&self, track: &TrackView<'_>) -> String {
         let base = sanitize_component(&render_tokens(&self.file, track));
-        if !self.file_has_ext {
-            return fit_name(&base, "");
-        }
         let base = if base.is_empty() { UNTITLED } else { &base };
         fit_name(base, track.ext)
     }
@@ -788,18 +814,67 @@ mod tests {
     }
 
     #[test]
-    fn file_name_without_ext_field() {
-        let layout = Layout::parse("$album/$year").unwrap_or_else(|e| panic!("{e}"));
-        let t = TrackTags {
-            year: None,
-            ..tags()
-        };
-        assert_eq!(render_with(&layout, &t, "x", "flac", false), "Homogenic/_");
-        let layout = Layout::parse(".$ext").unwrap_or_else(|e| panic!("{e}"));
+    fn a_file_name_without_ext_gets_it_appended() {
+        for (format, source, want) in [
+            ("$album/$title", "$album/$title.$ext", "Homogenic/Jóga.flac"),
+            (
+                "$album/$track $title ($ext)",
+                "$album/$track $title ($ext).$ext",
+                "Homogenic/03 Jóga (flac).flac",
+            ),
+            (
+                "$album/${title}.${ext}",
+                "$album/${title}.${ext}",
+                "Homogenic/Jóga.flac",
+            ),
+        ] {
+            let layout = Layout::parse(format).unwrap_or_else(|e| panic!("{format}: {e}"));
+            assert_eq!(layout.source(), source);
+            assert_eq!(render_with(&layout, &tags(), "x", "flac", false), want);
+            // Parsing what it shows gives the same layout.
+            assert_eq!(Layout::parse(source), Ok(layout.clone()));
+        }
+        let layout = Layout::parse("$album/$track").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(
-            render_with(&layout, &t, "x", "flac", false),
-            "Untitled.flac"
+            render_with(&layout, &tags(), "x", "opus", false),
+            "Homogenic/03.opus"
         );
+        // No extension on the origin file: no dot either.
+        assert_eq!(
+            render_with(&layout, &tags(), "x", "", false),
+            "Homogenic/03"
+        );
+    }
+
+    #[test]
+    fn a_file_name_with_no_track_field_is_refused() {
+        for (format, file) in [
+            ("$album/$year", "$year"),
+            ("$albumartist/$album.$ext", "$album.$ext"),
+            ("static", "static"),
+            (".$ext", ".$ext"),
+            ("$title/$track/$disc - $album.$ext", "$disc - $album.$ext"),
+        ] {
+            assert_eq!(
+                Layout::parse(format),
+                Err(LayoutError::NoTrackField { file: file.into() }),
+                "{format}"
+            );
+        }
+        let message = Layout::parse("$artist/$album").err().map(|e| e.to_string());
+        let message = message.unwrap_or_default();
+        assert!(
+            message.contains("\"$album\" has neither $title nor $track"),
+            "{message}"
+        );
+        assert!(
+            message.contains(DEFAULT_LAYOUT),
+            "gives an example: {message}"
+        );
+        assert!(!message.contains('\n'));
+        for good in ["$title", "$track", "$album/$disc-${track}x", "$Title.$ext"] {
+            assert!(Layout::parse(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

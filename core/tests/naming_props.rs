@@ -79,7 +79,7 @@ const LAYOUTS: &[&str] = &[
     "$genre/$year - $album/$disc.$track $title.$ext",
     "$artist/$title",
     "$year/$format/${albumartist} - ${album}/$track.$ext",
-    " . $title . /$$ $ext $$",
+    " . $title . /$$ $ext $track $$",
 ];
 
 /// The base part of a name produced with `ext`, given what `fit_name` makes

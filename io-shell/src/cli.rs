@@ -13,7 +13,15 @@
 use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
 use std::collections::BTreeSet;
+use std::fmt;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
+
+/// What `musicfs --version` prints after the name: the version, the git
+/// commit it was built from ("unknown" outside a checkout) and the enabled
+/// cargo features, e.g. `0.1.0 (commit 1a2b3c4; features: none)`. Made by
+/// build.rs.
+pub const VERSION: &str = env!("MUSICFS_VERSION");
 
 const ABOUT: &str =
     "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
@@ -37,6 +45,13 @@ Origins: a local folder; s3://BUCKET/PREFIX (query: endpoint=, region=, path_sty
 
 Layout fields: $albumartist $artist $album $track $title $ext $year $genre $disc $format
 ($track is zero-padded, and becomes disc-track, e.g. 1-03, on multi-disc albums).
+The file name (after the last /) needs $title or $track, or every track of an album would get the same name; one that does not end in .$ext gets .$ext appended.
+
+Search inside the mount: the hidden folder MOUNTPOINT/.search/QUERY holds the tracks that \
+match QUERY (up to 1000) as symlinks into the tree, e.g. \
+ls '/mnt/music/.search/genre:jazz year:>2000' or mpv /mnt/music/.search/artist:radiohead/*. \
+QUERY is written as for `musicfs search` (see musicfs search --help). .search itself lists \
+nothing and is not listed, so scanners and find never walk into it.
 
 The first mount scans the library (with a progress bar on a terminal) and mounts when the \
 tree is ready; later mounts open the saved tree at once and catch up in the background. \
@@ -44,7 +59,7 @@ Stop with Ctrl-C, SIGTERM, or `musicfs unmount MOUNTPOINT`.";
 
 /// `musicfs`: the command line.
 #[derive(Debug, Parser)]
-#[command(name = "musicfs", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "musicfs", version = VERSION, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -68,6 +83,9 @@ pub enum Command {
         lazy: bool,
     },
     /// Search the library's tags; prints one path per line, best match first.
+    ///
+    /// Inside a mount, the hidden folder MOUNTPOINT/.search/QUERY holds the same
+    /// results as symlinks: `ls '/mnt/music/.search/artist:björk'`.
     #[command(after_help = crate::search::QUERY_HELP)]
     Search(SearchArgs),
     /// Look for changes in a running mount's origins now (new, retagged,
@@ -132,7 +150,8 @@ pub struct MountArgs {
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub cache_size: u64,
 
-    /// Path format of the tree.
+    /// Path format of the tree (fields below). The file name needs $title or $track;
+    /// .$ext is appended when it does not end with it.
     #[arg(long, value_name = "FORMAT", default_value = DEFAULT_LAYOUT)]
     pub layout: String,
 
@@ -149,17 +168,19 @@ pub struct MountArgs {
     #[arg(long)]
     pub wait_for_origins: bool,
 
-    /// A read that cannot be answered within this many seconds fails with EIO.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    /// A read that cannot be answered within this time fails with EIO: 30s, 2m,
+    /// 1m30s, or a number of seconds (1s to 1h). Kept in whole seconds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_read_timeout)]
     pub read_timeout: u64,
 
-    /// How often remote (S3, SFTP) origins are listed again to find changes; local
-    /// origins are watched and need no polling. `musicfs rescan` looks at once.
-    #[arg(long, value_name = "SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    /// How often remote (S3, SFTP) origins are listed again to find changes: 5m, 1h,
+    /// or a number of seconds (10s to 24h); local origins are watched and need no
+    /// polling. `musicfs rescan` looks at once. Kept in whole seconds.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_poll_interval)]
     pub poll_interval: u64,
 
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
-    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 
     /// Read settings from this TOML file; options given on the command line override it.
@@ -206,9 +227,281 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes)
 }
 
+/// The log levels `--log-level` and the config's `log_level` understand.
+pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A `--log-level` / `log_level` that is not one of [`LOG_LEVELS`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLevelError(pub String);
+
+impl fmt::Display for LogLevelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown log level '{}' (use {})",
+            self.0,
+            LOG_LEVELS.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for LogLevelError {}
+
+/// Checks a log level, in any case, and gives it in lower case: the one
+/// check for the command line and the config file.
+pub fn parse_log_level(s: &str) -> Result<String, LogLevelError> {
+    let level = s.trim().to_ascii_lowercase();
+    if LOG_LEVELS.contains(&level.as_str()) {
+        Ok(level)
+    } else {
+        Err(LogLevelError(s.to_owned()))
+    }
+}
+
+/// The range `--read-timeout` / `read_timeout` accepts, in seconds.
+pub const READ_TIMEOUT_SECS: RangeInclusive<u64> = 1..=3600;
+/// The range `--poll-interval` / `poll_interval` accepts, in seconds.
+pub const POLL_INTERVAL_SECS: RangeInclusive<u64> = 10..=86400;
+
+/// Why a duration was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not something [`parse_duration`] understands.
+    Malformed(String),
+    /// A duration, but outside what the option allows.
+    OutOfRange {
+        /// As written.
+        text: String,
+        /// Allowed, in seconds.
+        range: RangeInclusive<u64>,
+    },
+}
+
+impl fmt::Display for DurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DurationError::Malformed(text) => write!(
+                f,
+                "'{text}' is not a duration (try 30s, 5m, 1h, 1m30s or a number of seconds)"
+            ),
+            DurationError::OutOfRange { text, range } => write!(
+                f,
+                "'{text}' is out of range ({} to {})",
+                Secs(*range.start()),
+                Secs(*range.end())
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
+/// Seconds shown the way they can be written: 90 is "1m30s", 3600 "1h".
+struct Secs(u64);
+
+impl fmt::Display for Secs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (h, m, s) = (self.0 / 3600, self.0 / 60 % 60, self.0 % 60);
+        if h > 0 {
+            write!(f, "{h}h")?;
+        }
+        if m > 0 {
+            write!(f, "{m}m")?;
+        }
+        if s > 0 || self.0 == 0 {
+            write!(f, "{s}s")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a duration in whole seconds, as rclone and systemd write them:
+/// `30s`, `5m`, `1h`, `1m30s`, `2h 30m`, `1d`, or a bare number of seconds.
+/// Units: `s`/`sec`/`secs`/`second(s)`, `m`/`min`/`mins`/`minute(s)`,
+/// `h`/`hr`/`hour(s)`, `d`/`day(s)`.
+///
+/// A small hand parser rather than the `humantime` crate: humantime refuses
+/// a bare number (and so every existing `read_timeout = 30`), accepts units
+/// finer than a second that these options cannot keep, and would be a new
+/// dependency for twenty lines.
+pub fn parse_duration(text: &str) -> Result<u64, DurationError> {
+    let malformed = || DurationError::Malformed(text.to_owned());
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(malformed());
+    }
+    if t.bytes().all(|b| b.is_ascii_digit()) {
+        return t.parse().map_err(|_| malformed());
+    }
+    let mut total: u64 = 0;
+    let mut rest = t;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return Err(malformed());
+        }
+        let value: u64 = rest[..digits].parse().map_err(|_| malformed())?;
+        rest = rest[digits..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let scale = match rest[..unit_len].to_ascii_lowercase().as_str() {
+            "s" | "sec" | "secs" | "second" | "seconds" => 1,
+            "m" | "min" | "mins" | "minute" | "minutes" => 60,
+            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
+            "d" | "day" | "days" => 86400,
+            _ => return Err(malformed()),
+        };
+        total = value
+            .checked_mul(scale)
+            .and_then(|v| total.checked_add(v))
+            .ok_or_else(malformed)?;
+        rest = rest[unit_len..].trim_start();
+    }
+    Ok(total)
+}
+
+/// [`parse_duration`], then a check against `range` (seconds).
+pub fn parse_duration_in(text: &str, range: RangeInclusive<u64>) -> Result<u64, DurationError> {
+    let secs = parse_duration(text)?;
+    if range.contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(DurationError::OutOfRange {
+            text: text.to_owned(),
+            range,
+        })
+    }
+}
+
+/// `--read-timeout`: a duration from 1s to 1h.
+pub fn parse_read_timeout(text: &str) -> Result<u64, DurationError> {
+    parse_duration_in(text, READ_TIMEOUT_SECS)
+}
+
+/// `--poll-interval`: a duration from 10s to 24h.
+pub fn parse_poll_interval(text: &str) -> Result<u64, DurationError> {
+    parse_duration_in(text, POLL_INTERVAL_SECS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_version_names_the_commit_and_the_features() {
+        use clap::CommandFactory as _;
+        let shown = Cli::command().render_version();
+        let features = if cfg!(feature = "failpoints") {
+            "features: failpoints)"
+        } else {
+            "features: none)"
+        };
+        assert!(
+            shown.starts_with(&format!("musicfs {} (commit ", env!("CARGO_PKG_VERSION"))),
+            "{shown}"
+        );
+        assert!(shown.trim_end().ends_with(features), "{shown}");
+    }
+
+    #[test]
+    fn durations() {
+        for (text, secs) in [
+            ("30", 30),
+            ("30s", 30),
+            ("5m", 300),
+            ("1h", 3600),
+            ("1m30s", 90),
+            ("1h 2m 3s", 3723),
+            (" 2 min ", 120),
+            ("1d", 86400),
+            ("10S", 10),
+            ("0", 0),
+        ] {
+            assert_eq!(parse_duration(text), Ok(secs), "{text}");
+        }
+        for bad in [
+            "",
+            "s",
+            "1.5m",
+            "-5",
+            "5 fortnights",
+            "m5",
+            "1m30",
+            "30 s x",
+            "1e3",
+            "99999999999999999999",
+            "999999999999999999d",
+        ] {
+            assert_eq!(
+                parse_duration(bad),
+                Err(DurationError::Malformed(bad.to_owned())),
+                "{bad}"
+            );
+        }
+        let e = parse_duration("soon").unwrap_err().to_string();
+        assert!(e.contains("'soon'") && e.contains("1m30s"), "{e}");
+    }
+
+    #[test]
+    fn duration_ranges() {
+        assert_eq!(parse_read_timeout("1s"), Ok(1));
+        assert_eq!(parse_read_timeout("1h"), Ok(3600));
+        assert_eq!(parse_poll_interval("10s"), Ok(10));
+        assert_eq!(parse_poll_interval("24h"), Ok(86400));
+        assert_eq!(parse_poll_interval("1d"), Ok(86400));
+        for bad in ["0", "0s", "1h1s", "3601"] {
+            let e = parse_read_timeout(bad).unwrap_err().to_string();
+            assert_eq!(e, format!("'{bad}' is out of range (1s to 1h)"));
+        }
+        for bad in ["9s", "1d1s", "2d"] {
+            let e = parse_poll_interval(bad).unwrap_err().to_string();
+            assert_eq!(e, format!("'{bad}' is out of range (10s to 24h)"));
+        }
+        assert_eq!(Secs(90).to_string(), "1m30s");
+        assert_eq!(Secs(3723).to_string(), "1h2m3s");
+    }
+
+    #[test]
+    fn log_levels() {
+        assert_eq!(parse_log_level("DEBUG"), Ok("debug".to_owned()));
+        assert_eq!(parse_log_level("warn"), Ok("warn".to_owned()));
+        let e = parse_log_level("loud").unwrap_err().to_string();
+        assert!(
+            e.contains("'loud'") && e.contains("error, warn, info"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_command_line_checks_durations_and_levels() {
+        use clap::Parser as _;
+        let mount = |extra: &[&str]| {
+            let mut argv = vec!["musicfs", "mount", "--origin", "/a"];
+            argv.extend_from_slice(extra);
+            Cli::try_parse_from(argv).map(|cli| match cli.command {
+                Command::Mount(m) => (m.read_timeout, m.poll_interval, m.log_level),
+                other => panic!("not a mount: {other:?}"),
+            })
+        };
+        assert_eq!(mount(&[]).unwrap(), (30, 300, "info".to_owned()));
+        assert_eq!(
+            mount(&["--read-timeout", "1m30s", "--poll-interval", "1h"]).unwrap(),
+            (90, 3600, "info".to_owned())
+        );
+        assert_eq!(mount(&["--log-level", "TRACE"]).unwrap().2, "trace");
+        for (args, says) in [
+            (["--read-timeout", "2h"], "out of range (1s to 1h)"),
+            (["--poll-interval", "5s"], "out of range (10s to 24h)"),
+            (["--read-timeout", "soon"], "not a duration"),
+            (["--log-level", "loud"], "unknown log level 'loud'"),
+        ] {
+            let e = mount(&args).unwrap_err().to_string();
+            assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
 
     #[test]
     fn sizes() {

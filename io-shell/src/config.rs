@@ -12,8 +12,8 @@
 //! allow_other = true
 //! allow_non_empty = false    # mount on a directory that is not empty
 //! wait_for_origins = false   # a first mount with no origin answering mounts empty
-//! read_timeout = 30           # seconds
-//! poll_interval = 300         # seconds between listings of remote origins
+//! read_timeout = "30s"        # or 1m30s, or a number of seconds
+//! poll_interval = "5m"        # between listings of remote origins
 //! log_level = "info"
 //! ```
 //!
@@ -32,7 +32,10 @@
 //! - Origins are preferred in list order; a table's `priority` reorders them
 //!   (lower first, 0 when absent, ties keep list order).
 
-use crate::cli::{Cli, Command, MountArgs, parse_size};
+use crate::cli::{
+    Cli, Command, DurationError, MountArgs, parse_log_level, parse_poll_interval,
+    parse_read_timeout, parse_size,
+};
 use crate::mount::UsageError;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
@@ -45,9 +48,6 @@ use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use toml::Spanned;
-
-/// The log levels `--log-level` understands.
-const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 
 /// Parses the process's command line like `Cli::try_parse`, and also records
 /// which `mount` options were given on it (in [`MountArgs::given`]), so that
@@ -157,7 +157,7 @@ pub struct FileConfig {
     pub read_timeout: Option<u64>,
     /// Seconds between listings of remote origins.
     pub poll_interval: Option<u64>,
-    /// Log level (one of [`LOG_LEVELS`]).
+    /// Log level (one of [`crate::cli::LOG_LEVELS`]).
     pub log_level: Option<String>,
 }
 
@@ -390,35 +390,47 @@ impl<'de> Deserialize<'de> for CacheSize {
     }
 }
 
-/// Seconds, in the range `--read-timeout` accepts.
+/// A duration as `--read-timeout` takes it (`"30s"`, `"1m30s"`) or a number
+/// of seconds, in its range.
 #[derive(Debug)]
 struct ReadTimeout(u64);
 
 impl<'de> Deserialize<'de> for ReadTimeout {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ReadTimeout, D::Error> {
-        let secs = i64::deserialize(d)?;
-        match u64::try_from(secs) {
-            Ok(s) if (1..=3600).contains(&s) => Ok(ReadTimeout(s)),
-            _ => Err(de::Error::custom(format!(
-                "read_timeout {secs} is out of range (1 to 3600 seconds)"
-            ))),
-        }
+        d.deserialize_any(DurationVisitor(parse_read_timeout))
+            .map(ReadTimeout)
     }
 }
 
-/// Seconds, in the range `--poll-interval` accepts.
+/// A duration as `--poll-interval` takes it (`"5m"`, `"1h"`) or a number of
+/// seconds, in its range.
 #[derive(Debug)]
 struct PollInterval(u64);
 
 impl<'de> Deserialize<'de> for PollInterval {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PollInterval, D::Error> {
-        let secs = i64::deserialize(d)?;
-        match u64::try_from(secs) {
-            Ok(s) if (10..=86400).contains(&s) => Ok(PollInterval(s)),
-            _ => Err(de::Error::custom(format!(
-                "poll_interval {secs} is out of range (10 to 86400 seconds)"
-            ))),
-        }
+        d.deserialize_any(DurationVisitor(parse_poll_interval))
+            .map(PollInterval)
+    }
+}
+
+/// A duration string or a whole number of seconds, checked by the same
+/// parser as the command line's.
+struct DurationVisitor(fn(&str) -> Result<u64, DurationError>);
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = u64;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration like \"30s\", \"5m\", \"1m30s\" or a number of seconds")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<u64, E> {
+        (self.0)(s).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+        self.visit_str(&n.to_string())
     }
 }
 
@@ -434,20 +446,14 @@ impl<'de> Deserialize<'de> for LayoutText {
     }
 }
 
-/// One of [`LOG_LEVELS`] (any case).
+/// One of [`crate::cli::LOG_LEVELS`] (any case), checked as `--log-level` is.
 #[derive(Debug)]
 struct LogLevel(String);
 
 impl<'de> Deserialize<'de> for LogLevel {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<LogLevel, D::Error> {
-        let s = String::deserialize(d)?.to_ascii_lowercase();
-        if !LOG_LEVELS.contains(&s.as_str()) {
-            return Err(de::Error::custom(format!(
-                "unknown log_level '{s}' (use {})",
-                LOG_LEVELS.join(", ")
-            )));
-        }
-        Ok(LogLevel(s))
+        let s = String::deserialize(d)?;
+        parse_log_level(&s).map(LogLevel).map_err(de::Error::custom)
     }
 }
 
@@ -530,6 +536,26 @@ log_level = "DEBUG"
         assert!(args.wait_for_origins);
         assert_eq!(args.read_timeout, 12);
         assert_eq!(args.log_level, "debug");
+    }
+
+    #[test]
+    fn durations_as_strings_or_seconds() {
+        let read = |text: &str| parse(text).unwrap().read_timeout;
+        let poll = |text: &str| parse(text).unwrap().poll_interval;
+        assert_eq!(read("read_timeout = 30"), Some(30));
+        assert_eq!(read("read_timeout = \"30s\""), Some(30));
+        assert_eq!(read("read_timeout = \"30\""), Some(30));
+        assert_eq!(read("read_timeout = \"1m30s\""), Some(90));
+        assert_eq!(poll("poll_interval = \"5m\""), Some(300));
+        assert_eq!(poll("poll_interval = \"1h\""), Some(3600));
+        assert_eq!(poll("poll_interval = 600"), Some(600));
+        // The same parser as the command line's, which the file's value meets.
+        let (_dir, args) = with_file(
+            "read_timeout = \"1m30s\"\npoll_interval = \"2h\"",
+            &["--poll-interval", "15m"],
+        );
+        let args = args.unwrap();
+        assert_eq!((args.read_timeout, args.poll_interval), (90, 900));
     }
 
     #[test]
@@ -649,12 +675,18 @@ log_level = "DEBUG"
                 "origins = [{ url = \"/a\", name = \"n\" }, { url = \"/b\", name = \"n\" }]",
                 "named 'n'",
             ),
-            ("read_timeout = \"30\"", "read_timeout"),
+            ("read_timeout = \"soon\"", "'soon' is not a duration"),
+            ("read_timeout = 1.5", "a duration like"),
+            ("read_timeout = true", "a duration like"),
             ("read_timeout = 0", "out of range"),
-            ("read_timeout = 3601", "out of range"),
+            ("read_timeout = -5", "'-5' is not a duration"),
+            ("read_timeout = 3601", "out of range (1s to 1h)"),
+            ("read_timeout = \"2h\"", "out of range (1s to 1h)"),
             ("poll_interval = 5", "out of range"),
+            ("poll_interval = \"2d\"", "out of range (10s to 24h)"),
             ("layout = \"$artst/$title\"", "artst"),
-            ("log_level = \"verbose\"", "verbose"),
+            ("layout = \"$artist/$album\"", "neither $title nor $track"),
+            ("log_level = \"verbose\"", "unknown log level 'verbose'"),
             ("cache_dir = [\"/a\"]", "cache_dir"),
         ] {
             let e = err(&format!("# comment\n{text}\n"));

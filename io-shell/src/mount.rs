@@ -131,6 +131,35 @@ impl OriginSpec {
         }
     }
 
+    /// Where its files are, for messages; never contains a secret.
+    fn describe_place(&self) -> String {
+        match &self.kind {
+            OriginKind::Local(p) => p.display().to_string(),
+            OriginKind::Remote(r) => r.describe(),
+        }
+    }
+
+    /// Whether two origins list the same files: local folders by their
+    /// canonical path (so `/music/`, a symlink to it and `/x/../music` are
+    /// one), remote ones by their [`OriginSpec::key`], except that an SFTP
+    /// path compares by its components (`/srv/music/` is `/srv/music`) and
+    /// a host name ignores case.
+    pub fn same_place(&self, other: &OriginSpec) -> bool {
+        match (&self.kind, &other.kind) {
+            (OriginKind::Local(a), OriginKind::Local(b)) => a == b,
+            (OriginKind::Remote(a), OriginKind::Remote(b)) => match (&**a, &**b) {
+                (RemoteSpec::Sftp(a), RemoteSpec::Sftp(b)) => {
+                    a.user == b.user
+                        && a.host.eq_ignore_ascii_case(&b.host)
+                        && a.port.unwrap_or(22) == b.port.unwrap_or(22)
+                        && a.root == b.root
+                }
+                _ => self.key() == other.key(),
+            },
+            _ => false,
+        }
+    }
+
     /// A stable text form, saved in the cache to notice a changed origin
     /// list. The name and priority are left out: renaming an origin or
     /// preferring another does not change its files.
@@ -182,9 +211,20 @@ impl MountPlan {
                 "no mountpoint: give MOUNTPOINT, or mountpoint in the --config file".into(),
             ));
         };
-        let mut origins = Vec::new();
+        let mut origins: Vec<OriginSpec> = Vec::new();
         for raw in &args.origins {
-            origins.push(parse_origin(raw)?);
+            let spec = parse_origin(raw)?;
+            // The same place twice would make every track a mirror of itself.
+            if let Some(j) = origins.iter().position(|o| o.same_place(&spec)) {
+                return Err(UsageError(format!(
+                    "origin '{}' and origin '{}' are the same place ({}): give each origin once",
+                    redact_url(&args.origins[j]),
+                    redact_url(raw),
+                    spec.describe_place(),
+                )));
+            }
+            // Still in the order given: `j` is also an index of args.origins.
+            origins.push(spec);
         }
         // Lower priority first; a stable sort keeps the given order on ties.
         origins.sort_by_key(|o: &OriginSpec| o.priority);
@@ -1185,6 +1225,78 @@ mod tests {
             .unwrap_err()
             .0;
         assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    fn plan_error(origins: &[&str]) -> String {
+        let mut argv = vec!["musicfs", "mount"];
+        for o in origins {
+            argv.extend(["--origin", o]);
+        }
+        argv.push("/nonexistent/mnt");
+        let args = match crate::config::parse_command_line_from(argv) {
+            Ok(cli) => match cli.command {
+                crate::cli::Command::Mount(m) => m,
+                other => panic!("not a mount: {other:?}"),
+            },
+            Err(e) => panic!("{e}"),
+        };
+        match MountPlan::from_args(&args) {
+            Ok(plan) => panic!("accepted {origins:?} as {:?}", plan.origins),
+            Err(e) => e.0,
+        }
+    }
+
+    #[test]
+    fn the_same_origin_twice_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let music = dir.path().join("music");
+        std::fs::create_dir_all(music.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&music, dir.path().join("link")).unwrap();
+        let m = music.display().to_string();
+        let canonical = music.canonicalize().unwrap().display().to_string();
+        for twin in [
+            format!("{m}/"),
+            format!("{m}/sub/.."),
+            dir.path().join("link").display().to_string(),
+            format!("{m}/,name=other,priority=5"),
+        ] {
+            let e = plan_error(&[m.as_str(), twin.as_str()]);
+            assert!(
+                e.contains(&format!(
+                    "origin '{m}' and origin '{twin}' are the same place ({canonical})"
+                )),
+                "{twin}: {e}"
+            );
+        }
+        for (a, b) in [
+            ("s3://music/flac", "s3://music/flac/,name=again"),
+            (
+                "s3://music/flac?endpoint=http://minio:9000",
+                "s3://music//flac?endpoint=http://minio:9000&region=x",
+            ),
+            ("sftp://me@nas/srv/music", "sftp://me@NAS:22/srv/music/"),
+        ] {
+            let e = plan_error(&[a, b]);
+            assert!(
+                e.contains("are the same place") && e.contains(a),
+                "{b}: {e}"
+            );
+        }
+        // Different places are still fine: the first error is the mountpoint.
+        for (a, b) in [
+            ("s3://music/flac", "s3://music/mp3"),
+            (
+                "s3://music/flac",
+                "s3://music/flac?endpoint=http://minio:9000",
+            ),
+            ("sftp://me@nas/srv/music", "sftp://you@nas/srv/music"),
+            ("sftp://me@nas/srv/music", "sftp://me@nas:2222/srv/music"),
+        ] {
+            let e = plan_error(&[a, b]);
+            assert!(e.contains("mountpoint"), "{a} {b}: {e}");
+        }
+        let sub = music.join("sub").display().to_string();
+        assert!(plan_error(&[&m, &sub]).contains("mountpoint"));
     }
 
     #[test]

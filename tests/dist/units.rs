@@ -331,6 +331,19 @@ fn example_config_is_valid_and_documents_every_key() {
         );
     }
     assert!(all.layout.is_some() && all.origins.is_some_and(|o| o.len() == 4));
+    // It describes what works today: remote origins and names are real.
+    for stale in ["when this build supports it", "not used"] {
+        assert!(
+            !text.contains(stale),
+            "dist/musicfs.toml still says {stale:?}"
+        );
+    }
+    for what in ["s3://", "sftp://", "musicfs status"] {
+        assert!(
+            text.contains(what),
+            "dist/musicfs.toml does not mention {what}"
+        );
+    }
 }
 
 // --- Real mounts ---------------------------------------------------------------
@@ -519,7 +532,8 @@ origins = [{ url = "../lib", name = "local" }]
 mountpoint = "../mnt"
 cache_dir = "../cache"
 cache_size = "64M"
-read_timeout = 10
+read_timeout = "10s"
+poll_interval = "1m30s"
 log_level = "info"
 "#,
     )
@@ -693,7 +707,8 @@ fn mount_helper_mounts_reads_and_unmounts() {
         .arg(fx.mnt())
         .arg("-o")
         .arg(format!(
-            "cache_dir={},cache_size=64M,defaults,_netdev",
+            // Durations as rclone and systemd write them.
+            "cache_dir={},cache_size=64M,read_timeout=1m30s,poll_interval=5m,defaults,_netdev",
             fx.s("cache")
         ))
         .env("PATH", fx.path_with_slow_musicfs())
@@ -801,6 +816,10 @@ fn mount_helper_reports_errors() {
         stderr.contains("musicfs: ") && stderr.contains("lots"),
         "{stderr}"
     );
+    let out = run(&lib, &format!("{cache},{log},read_timeout=soon"), &path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "usage error: {}", text(&out));
+    assert!(stderr.contains("'soon' is not a duration"), "{stderr}");
     let out = run(&fx.s("no-such-lib"), &format!("{cache},{log}"), &path);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));

@@ -406,6 +406,143 @@ fn run_bad(args: &[&str]) -> (Option<i32>, String) {
     )
 }
 
+/// Runs `musicfs ARGS` that must be refused as a usage error: exit code 2,
+/// one line on stderr containing each of `says`.
+fn assert_usage_error(args: &[&str], says: &[&str]) {
+    let (code, stderr) = run_bad(args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+    for s in says {
+        assert!(stderr.contains(s), "{args:?}: no {s:?} in {stderr}");
+    }
+}
+
+#[test]
+fn durations_and_log_levels_are_checked_on_the_command_line() {
+    // Checked while parsing the command line, before the origin or the
+    // mountpoint are looked at.
+    let base = ["mount", "--origin", "/nonexistent/music"];
+    let mnt = "/nonexistent/mnt".to_owned();
+    for (option, value, says) in [
+        ("--read-timeout", "2h", "'2h' is out of range (1s to 1h)"),
+        ("--read-timeout", "0", "'0' is out of range (1s to 1h)"),
+        ("--read-timeout", "soon", "'soon' is not a duration"),
+        ("--poll-interval", "5s", "'5s' is out of range (10s to 24h)"),
+        ("--log-level", "loud", "unknown log level 'loud'"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([option, value, &mnt]);
+        assert_usage_error(&args, &[option, says]);
+    }
+    let help = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(
+        help.contains("--read-timeout <DURATION>") && help.contains("1m30s"),
+        "{help}"
+    );
+    assert!(help.contains("--poll-interval <DURATION>"), "{help}");
+}
+
+#[test]
+fn a_layout_without_a_track_field_is_a_usage_error() {
+    // Any existing folder is an origin; the layout is checked before the
+    // mountpoint.
+    let origin = tempfile::tempdir().unwrap();
+    let origin = origin.path().to_str().unwrap();
+    assert_usage_error(
+        &[
+            "mount",
+            "--origin",
+            origin,
+            "--layout",
+            "$artist/$album.$ext",
+            "/nonexistent/mnt",
+        ],
+        &[
+            "bad --layout",
+            "\"$album.$ext\" has neither $title nor $track",
+            "e.g. \"$albumartist/$album/$track - $title.$ext\"",
+        ],
+    );
+    let help = Command::new(BIN)
+        .args(["mount", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("gets .$ext appended"), "{help}");
+}
+
+#[test]
+fn the_same_origin_twice_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let music = dir.path().join("music");
+    std::fs::create_dir(&music).unwrap();
+    std::os::unix::fs::symlink(&music, dir.path().join("link")).unwrap();
+    let m = music.to_str().unwrap();
+    let slash = format!("{m}/");
+    let link = dir.path().join("link");
+    let link = link.to_str().unwrap();
+    for twin in [slash.as_str(), link] {
+        assert_usage_error(
+            &["mount", "--origin", m, "--origin", twin, "/nonexistent/mnt"],
+            &[
+                &format!("origin '{m}' and origin '{twin}' are the same place"),
+                "give each origin once",
+            ],
+        );
+    }
+    assert_usage_error(
+        &[
+            "mount",
+            "--origin",
+            "sftp://me@nas/srv/music",
+            "--origin",
+            "sftp://me@nas/srv/music/,name=again",
+            "/nonexistent/mnt",
+        ],
+        &[
+            "origin 'sftp://me@nas/srv/music' and origin 'sftp://me@nas/srv/music/,name=again' are the same place",
+        ],
+    );
+}
+
+#[test]
+fn version_names_the_git_commit_and_the_features() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    let shown = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+    // The commit this source tree is at, when git can tell (the binary was
+    // built from it: build.rs reruns when HEAD moves).
+    let head = Command::new("git")
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    let commit = head.unwrap_or_else(|| "unknown".to_owned());
+    let features = if cfg!(feature = "failpoints") {
+        "failpoints"
+    } else {
+        "none"
+    };
+    assert_eq!(
+        shown,
+        format!(
+            "musicfs {} (commit {commit}; features: {features})",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
 #[test]
 fn bad_arguments_give_one_line_and_exit_code_2() {
     let fx = Fixture::new();

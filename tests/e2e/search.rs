@@ -263,3 +263,61 @@ fn a_listed_search_folder_shows_new_results_after_the_library_changes() {
     );
     assert_eq!(names(), ["00 - Footprints.wav", "00 - Promise.wav"]);
 }
+
+#[test]
+fn search_folders_have_real_times() {
+    use std::time::SystemTime;
+    let s = Setup::new();
+    // File times have whole-second precision in places: allow for it.
+    let before = SystemTime::now() - Duration::from_secs(2);
+    let m = s.mount();
+    let query = m.mountpoint.join(".search").join("genre:jazz year:>2000");
+    assert!(
+        wait_for(Duration::from_secs(20), || query.exists()),
+        "index ready"
+    );
+    let mtime = |p: &Path| std::fs::symlink_metadata(p).unwrap().modified().unwrap();
+    let recent = |t: SystemTime| t >= before && t <= SystemTime::now() + Duration::from_secs(2);
+    let root = mtime(&m.mountpoint.join(".search"));
+    assert!(
+        recent(root),
+        ".search is dated {root:?}, not the mount's start"
+    );
+    let first = mtime(&query);
+    assert!(recent(first), "the query folder is dated {first:?}");
+    let link = query.join("00 - Footprints.wav");
+    assert_eq!(mtime(&link), first, "a result link has its folder's time");
+    // Searching again with the same results keeps the time (past the
+    // kernel's one-second attribute cache, so the daemon is asked again).
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(mtime(&query), first);
+    // New results: a later time.
+    track(
+        &s.path("lib"),
+        "f.wav",
+        "Promise",
+        "Floating Points",
+        "Promises",
+        "Jazz",
+        2021,
+    );
+    assert!(
+        wait_for(Duration::from_secs(20), || mtime(&query) > first),
+        "the mtime did not move with the results"
+    );
+    assert!(recent(mtime(&query)));
+    assert_eq!(std::fs::read_dir(&query).unwrap().count(), 2);
+}
+
+#[test]
+fn the_search_folder_is_in_the_help() {
+    for args in [&["mount", "--help"][..], &["search", "--help"][..]] {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            help.contains("MOUNTPOINT/.search/QUERY"),
+            "{args:?}:\n{help}"
+        );
+    }
+}

@@ -6,6 +6,11 @@
 //! scanners and `find` never wander into it. Its nodes live in the inode
 //! numbers the tree never uses (top bit set); a query's folder is made when
 //! it is looked up and kept for a while (bounded).
+//!
+//! Times: `.search` itself has the mount's start time; a query folder and
+//! its links the time of the search that last changed its results, so the
+//! mtime moves exactly when the results do (which is what makes the kernel
+//! drop a cached listing).
 
 use super::live::LiveSearch;
 use musicfs_core::Ino;
@@ -33,8 +38,10 @@ pub fn owns(ino: u64) -> bool {
 struct QueryDir {
     /// (name, link inode, link target)
     entries: Vec<(String, u64, String)>,
-    /// The folder's mtime: a digest of its results, so it changes when
-    /// they do, and the kernel drops its cached listing.
+    /// A digest of the results, to tell whether a new search changed them.
+    digest: u64,
+    /// When a search last changed the results (or first made the folder):
+    /// it changes when they do, and the kernel drops its cached listing.
     mtime_ns: i64,
 }
 
@@ -49,6 +56,15 @@ struct Folders {
 pub struct SearchFolder {
     live: Arc<OnceLock<Arc<LiveSearch>>>,
     folders: Mutex<Folders>,
+    /// When the folder was made (the mount's start): the mtime of `.search`.
+    started_ns: i64,
+}
+
+/// Now, in nanoseconds since 1970 (0 for a clock set before it).
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn reserved(hash: u64) -> u64 {
@@ -72,12 +88,13 @@ impl SearchFolder {
         SearchFolder {
             live,
             folders: Mutex::new(Folders::default()),
+            started_ns: now_ns(),
         }
     }
 
     /// The folder itself.
     pub fn root_attr(&self) -> Attr {
-        dir_attr(ROOT, 0, 0)
+        dir_attr(ROOT, 0, self.started_ns)
     }
 
     /// A name in one of the search folder's directories.
@@ -93,7 +110,7 @@ impl SearchFolder {
             .iter()
             .find(|(n, _, _)| n == name)
             .ok_or(Errno::NoEnt)?;
-        Ok(link_attr(*ino, target))
+        Ok(link_attr(*ino, target, dir.mtime_ns))
     }
 
     fn query_dir(&self, query: &str) -> Result<Attr, Errno> {
@@ -120,8 +137,6 @@ impl SearchFolder {
                 (name, ino, format!("../../{vpath}"))
             })
             .collect();
-        // Within the first second of 1970: an mtime that says "no date"
-        // and changes with the results.
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
         for (name, _, target) in &entries {
             digest.update(name.as_bytes());
@@ -129,9 +144,17 @@ impl SearchFolder {
             digest.update(target.as_bytes());
             digest.update(b"\0");
         }
-        let mtime_ns = (digest.digest() % 1_000_000_000) as i64;
-        let attr = dir_attr(dir_ino, entries.len(), mtime_ns);
+        let digest = digest.digest();
+        let now = now_ns();
         let mut f = self.folders.lock();
+        // The same results keep their time; new ones get now, and always a
+        // later mtime than before (a clock step back must not hide them).
+        let mtime_ns = match f.dirs.get(&dir_ino) {
+            Some(old) if old.digest == digest => old.mtime_ns,
+            Some(old) => now.max(old.mtime_ns.saturating_add(1)),
+            None => now,
+        };
+        let attr = dir_attr(dir_ino, entries.len(), mtime_ns);
         if let Some(old) = f.dirs.remove(&dir_ino) {
             for (_, ino, _) in &old.entries {
                 f.links.remove(ino);
@@ -141,7 +164,14 @@ impl SearchFolder {
         for (i, (_, ino, _)) in entries.iter().enumerate() {
             f.links.insert(*ino, (dir_ino, i));
         }
-        f.dirs.insert(dir_ino, QueryDir { entries, mtime_ns });
+        f.dirs.insert(
+            dir_ino,
+            QueryDir {
+                entries,
+                digest,
+                mtime_ns,
+            },
+        );
         f.order.push_back(dir_ino);
         while f.order.len() > QUERIES_MAX {
             if let Some(gone) = f.order.pop_front()
@@ -165,8 +195,9 @@ impl SearchFolder {
             return Ok(dir_attr(ino, d.entries.len(), d.mtime_ns));
         }
         let (dir, i) = f.links.get(&ino).ok_or(Errno::NoEnt)?;
-        let (_, _, target) = &f.dirs.get(dir).ok_or(Errno::NoEnt)?.entries[*i];
-        Ok(link_attr(ino, target))
+        let dir = f.dirs.get(dir).ok_or(Errno::NoEnt)?;
+        let (_, _, target) = &dir.entries[*i];
+        Ok(link_attr(ino, target, dir.mtime_ns))
     }
 
     /// A listing: the folder itself shows nothing; a query folder its links.
@@ -211,11 +242,11 @@ impl SearchFolder {
     }
 }
 
-fn link_attr(ino: u64, target: &str) -> Attr {
+fn link_attr(ino: u64, target: &str, mtime_ns: i64) -> Attr {
     Attr {
         ino: Ino(ino),
         size: target.len() as u64,
-        mtime_ns: 0,
+        mtime_ns,
         kind: NodeKind::Symlink,
         nlink: 1,
     }
