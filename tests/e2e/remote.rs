@@ -94,18 +94,20 @@ fn mirrors_on_s3_and_sftp_survive_their_servers_dying() {
     );
     let path = |p: &str| dir.path().join(p);
     // S3 is listed first but priority 1 puts the SFTP server first.
-    let m: Mounted = MountCommand::new(
-        Path::new(BIN),
-        &[],
-        &path("cache"),
-        &path("mnt"),
-        &path("log"),
-    )
-    .args(["--origin", &s3_url, "--origin", &sftp_url])
-    .args(["--read-timeout", &READ_TIMEOUT.to_string()])
-    .env("AWS_ACCESS_KEY_ID", "AKIAMUSICFSE2E00001")
-    .env("AWS_SECRET_ACCESS_KEY", SECRET)
-    .start(Duration::from_secs(120));
+    let command = |log: &str| {
+        MountCommand::new(
+            Path::new(BIN),
+            &[],
+            &path("cache"),
+            &path("mnt"),
+            &path(log),
+        )
+        .args(["--origin", &s3_url, "--origin", &sftp_url])
+        .args(["--read-timeout", &READ_TIMEOUT.to_string()])
+        .env("AWS_ACCESS_KEY_ID", "AKIAMUSICFSE2E00001")
+        .env("AWS_SECRET_ACCESS_KEY", SECRET)
+    };
+    let m: Mounted = command("log").start(Duration::from_secs(120));
     let mnt = m.mountpoint.clone();
 
     // Every track once (each is on both servers: mirrors), under
@@ -235,6 +237,28 @@ fn mirrors_on_s3_and_sftp_survive_their_servers_dying() {
     assert!(
         !st.to_string().contains(SECRET),
         "the secret key is in the status"
+    );
+    assert!(m.stop().success(), "SIGTERM exits 0 with every origin down");
+
+    // Offline at boot: a restart with every origin still down mounts the
+    // saved tree at once, shows every track, and plays the cached ones.
+    let m = command("log.offline").start(Duration::from_secs(120));
+    let shown = files_under(&m.mountpoint)
+        .iter()
+        .filter(|p| !is_cover(p))
+        .count();
+    assert_eq!(shown, tracks.len(), "every track is shown offline");
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    assert_eq!(sha256_file(&cached).unwrap(), before);
+    assert_eq!(sha256_file(&big).unwrap(), big_sha);
+    let both_down = wait_for(Duration::from_secs(60), || {
+        let st = status(&mnt);
+        health(&st, 0) != "healthy" && health(&st, 1) != "healthy"
+    });
+    assert!(
+        both_down,
+        "status says both origins are down: {}",
+        status(&mnt)
     );
     assert!(m.stop().success(), "SIGTERM exits 0 with every origin down");
 }
