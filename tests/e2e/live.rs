@@ -144,6 +144,77 @@ fn rescan_on_demand_reports_what_changed() {
         .exists()));
 }
 
+#[test]
+fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly() {
+    let s = Setup::new();
+    let m = s.mount();
+    let mnt = m.mountpoint.clone();
+    let syncs = |m: &Mounted| m.log_text().matches("origin changes applied").count();
+    // Let the watcher settle first: its catch-up sync done, and the sync
+    // of one change seen through it.
+    write_wav(
+        &s.lib("warm-up.wav"),
+        2_000,
+        999,
+        "Warm Up",
+        "Band",
+        "Burst",
+    );
+    shows(&m, "the warm-up file", || {
+        mnt.join("Band/Burst/00 - Warm Up.wav").exists()
+    });
+    std::thread::sleep(Duration::from_millis(600));
+    let before = syncs(&m);
+    // 1,000 new tracks over about 3.5 s, a group every 50 ms: the origin
+    // is never quiet for the 200 ms debounce, so only the 1.5 s burst bound
+    // makes the watcher sync while it goes on.
+    let first = mnt.join("Band/Burst/00 - Burst 0000.wav");
+    let started = Instant::now();
+    let mut first_seen = None;
+    for group in 0..70u64 {
+        for i in group * 15..((group + 1) * 15).min(1000) {
+            write_wav(
+                &s.lib(&format!("burst/{i:04}.wav")),
+                2_000,
+                1_000 + i,
+                &format!("Burst {i:04}"),
+                "Band",
+                "Burst",
+            );
+        }
+        if first_seen.is_none() && first.exists() {
+            first_seen = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let burst = started.elapsed();
+    let last = mnt.join("Band/Burst/00 - Burst 0999.wav");
+    let took = shows(&m, "the last file of the burst", || last.exists());
+    assert!(
+        wait_for(VISIBLE_WITHIN, || std::fs::read_dir(mnt.join("Band/Burst"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            == 1001),
+        "every file of the burst shows"
+    );
+    let ran = syncs(&m) - before;
+    println!(
+        "burst of 1000 files over {burst:?}: {ran} syncs, first file visible after {first_seen:?}, last {took:?} after the burst"
+    );
+    // The burst bound: the first files show while the burst still runs.
+    assert!(
+        first_seen.is_some(),
+        "nothing of a {burst:?} burst showed before it ended: the 1.5 s bound did not flush it"
+    );
+    // One sync per 1.5 s of burst, plus the tail: never one per event.
+    let bound = (burst.as_secs_f64() / musicfs::watch::BURST_MAX.as_secs_f64()).ceil() as usize + 2;
+    assert!(
+        ran >= 2 && ran <= bound,
+        "{ran} syncs for a burst of {burst:?} (2 to {bound})"
+    );
+    assert!(m.stop().success());
+}
+
 /// Tests that configure fail points: `scripts/test` runs only these with
 /// the `failpoints` feature (`-- failpoints::`).
 #[cfg(feature = "failpoints")]
