@@ -2,8 +2,8 @@
 //! corruption and a failing disk, through real mounts of the real binary.
 
 use musicfs_tests::disk::Tmpfs;
-use musicfs_tests::fixtures::write_wav;
-use musicfs_tests::mount::{MountCommand, Mounted, is_mounted};
+use musicfs_tests::fixtures::{WavTags, write_wav, write_wav_tagged};
+use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
 use musicfs_tests::{files_under, sha256_bytes, sha256_file, wait_for};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -314,6 +314,79 @@ fn eviction_keeps_a_64m_cache_within_its_limit_while_1g_is_read() {
         index >> 20
     );
     assert!(most <= 2 * LIMIT, "chunk files grew to {most} bytes");
+    assert!(m.stop().success());
+}
+
+/// NFR-6.4: a retag (new tags, same audio) costs one read of the file from
+/// its origin when it is next played, and only the chunks that changed are
+/// written to the cache: content-defined chunking finds the audio's chunks
+/// again after the tag area, whatever its new length.
+#[test]
+fn a_retag_reads_the_file_once_and_writes_only_the_changed_chunks_to_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("lib/song.wav");
+    let tags = |title| WavTags {
+        title,
+        artist: "Band",
+        album: "Retagged",
+        genre: Some("Rock"),
+        year: Some(1999),
+    };
+    write_wav_tagged(&file, 16 << 20, 42, &tags("Before"));
+    let m = MountCommand::in_dir(Path::new(BIN), dir.path()).start(UP);
+    let numbers = |m: &Mounted| {
+        let doc: serde_json::Value = serde_json::from_str(&control_ok(
+            Path::new(BIN),
+            &["status", "--json"],
+            &m.mountpoint,
+        ))
+        .unwrap();
+        let cache = &doc["cache"];
+        (
+            cache["fetched_bytes"].as_u64().unwrap(),
+            cache["bytes"].as_u64().unwrap(),
+        )
+    };
+    let before = m.mountpoint.join("Band/Retagged/00 - Before.wav");
+    assert_eq!(sha256_file(&before).unwrap(), sha256_file(&file).unwrap());
+    let (fetched0, cached0) = numbers(&m);
+
+    // The retag: a longer title shifts the audio by a few bytes.
+    write_wav_tagged(
+        &file,
+        16 << 20,
+        42,
+        &tags("After, With A Much Longer Title"),
+    );
+    let after = m
+        .mountpoint
+        .join("Band/Retagged/00 - After, With A Much Longer Title.wav");
+    assert!(
+        wait_for(Duration::from_secs(10), || after.exists()),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(sha256_file(&after).unwrap(), sha256_file(&file).unwrap());
+    let (fetched1, cached1) = numbers(&m);
+    let size = std::fs::metadata(&file).unwrap().len();
+    let read = fetched1 - fetched0;
+    let written = cached1.saturating_sub(cached0);
+    println!(
+        "retag of a {} MiB file: {} KiB read from the origin ({:.0}%), {} KiB written to the cache ({:.1}%)",
+        size >> 20,
+        read >> 10,
+        100.0 * read as f64 / size as f64,
+        written >> 10,
+        100.0 * written as f64 / size as f64
+    );
+    assert!(
+        read <= size + (1 << 20),
+        "the file is read once: {read} of {size}"
+    );
+    assert!(
+        written * 10 < size,
+        "under 10% written to the cache: {written} of {size}"
+    );
     assert!(m.stop().success());
 }
 
