@@ -89,6 +89,8 @@ impl Control {
             "pid": std::process::id(),
             "uptime_secs": self.started.elapsed().as_secs(),
             "phase": *self.phase.lock(),
+            "version": crate::cli::VERSION,
+            "fuse_protocol": crate::fuse::kernel_protocol(),
             "scan": scan,
         });
         let health: Vec<(u16, String, u32, Option<String>)> = self
@@ -337,6 +339,11 @@ pub fn render_status(doc: &Value) -> String {
         doc["pid"],
         s(&doc["phase"]),
         doc["uptime_secs"]
+    ));
+    out.push_str(&format!(
+        "  musicfs {}, FUSE protocol {}\n",
+        s(&doc["version"]),
+        s(&doc["fuse_protocol"])
     ));
     let scan = &doc["scan"];
     if scan["what"].as_str().is_some_and(|w| !w.is_empty()) {

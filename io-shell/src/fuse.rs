@@ -135,8 +135,21 @@ impl ReadReply for ReplyData {
     }
 }
 
+/// The FUSE protocol version the kernel offered at this process's mount,
+/// for `musicfs status` (and the log).
+static KERNEL_PROTOCOL: OnceLock<String> = OnceLock::new();
+
+/// The FUSE protocol the kernel offered (`7.41`), once mounted.
+pub fn kernel_protocol() -> Option<&'static str> {
+    KERNEL_PROTOCOL.get().map(String::as_str)
+}
+
 impl Filesystem for MusicFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let abi = config.kernel_abi();
+        let protocol = format!("{}.{}", abi.0, abi.1);
+        tracing::info!(protocol = %protocol, "FUSE session started");
+        let _ = KERNEL_PROTOCOL.set(protocol);
         // Each capability is optional: take what this kernel offers.
         for flag in [
             InitFlags::FUSE_DO_READDIRPLUS,

@@ -180,6 +180,15 @@ fn test_status_reports_origins_cache_and_tasks() {
     let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["phase"], "serving");
+    // The build and the FUSE protocol the kernel offered at this mount.
+    let version = doc["version"].as_str().unwrap();
+    assert!(version.contains("(commit "), "{version}");
+    let protocol = doc["fuse_protocol"].as_str().unwrap_or_default();
+    let (major, minor) = protocol.split_once('.').unwrap_or(("", ""));
+    assert!(
+        major == "7" && minor.parse::<u32>().is_ok_and(|m| m >= 12),
+        "FUSE protocol 7.x: {protocol:?}"
+    );
     assert_eq!(doc["origins"][0]["health"], "healthy");
     assert!(doc["cache"]["bytes"].as_u64().unwrap() > 0);
     assert!(doc["cache"]["reads_served"].as_u64().unwrap() > 0);
