@@ -300,6 +300,16 @@ impl Daemon {
             }
             None => Err(OriginError::Unavailable("no such origin".into())),
         };
+        // The engine never plans past the end of the file: an answer of
+        // another length is a truncated response or a changed file, and a
+        // short reply would reach the reader as an early end of file.
+        let result = result.and_then(|data| {
+            if data.len() == len as usize {
+                Ok(data)
+            } else {
+                Err(OriginError::Changed)
+            }
+        });
         if let Some(reply) = self.take_reply(req) {
             match result {
                 Ok(data) => reply.data(&data),

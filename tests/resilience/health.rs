@@ -13,7 +13,7 @@ use musicfs::store::{ChunkBackend, ChunkStore};
 use musicfs_core::engine::{Config, Health, HealthConfig};
 use musicfs_core::fs::Errno;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
-use musicfs_tests::faults::{FailMode, FaultyOrigin};
+use musicfs_tests::faults::{FailMode, FaultyCasStore, FaultyOrigin};
 use musicfs_tests::fixtures::{TestDaemon, local_origin, scan, write_wav};
 use musicfs_tests::mount::MountCommand;
 use musicfs_tests::wait_for;
@@ -447,6 +447,30 @@ fn truncated_origin_answers_are_never_served() {
     origins[0].set_mode(FailMode::PartialRead { max_bytes: 4 << 20 });
     let (whole, want_whole) = &files[1];
     assert!(read_file_checked(&d, whole, want_whole).is_empty());
+}
+
+/// With the cache disk full the daemon reads straight from the origin
+/// (passthrough): a truncated answer must not reach the reader there either.
+#[test]
+fn truncated_origin_answers_are_never_served_in_passthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let files = library(&dir.path().join("lib"), 2, 1 << 20);
+    let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&cache).unwrap()));
+    store.inject_enospc.store(true, Ordering::SeqCst);
+    let (d, origins) = faulty_daemon_on(
+        Arc::clone(&store) as Arc<dyn ChunkBackend>,
+        &cache,
+        &[&dir.path().join("lib")],
+        fast_faults(),
+    );
+    let (first, want_first) = &files[0];
+    assert!(read_file_checked(&d, first, want_first).is_empty());
+    assert!(d.daemon.inspect(|e| e.in_passthrough()), "in passthrough");
+    origins[0].set_mode(FailMode::PartialRead { max_bytes: 1000 });
+    let (cut, want_cut) = &files[1];
+    let errors = read_file_checked(&d, cut, want_cut);
+    assert_eq!(errors.len(), 8, "every 128 KiB read fails: {errors:?}");
 }
 
 #[test]
