@@ -328,7 +328,15 @@ impl Daemon {
             return Err("no such origin".into());
         };
         let timeout = self.health_check_timeout;
-        match tokio::time::timeout(timeout, o.check()).await {
+        let check = async {
+            // A hung check, for tests (`sleep(MS)`, `pause`): on the blocking
+            // pool, so it holds up this check, which the timeout ends, and no
+            // runtime thread. Nothing at all without `failpoints`.
+            #[cfg(feature = "failpoints")]
+            let _ = tokio::task::spawn_blocking(|| fail::fail_point!("health-check-hang")).await;
+            o.check().await
+        };
+        match tokio::time::timeout(timeout, check).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }

@@ -586,3 +586,69 @@ fn test_origin_recovery_resumes_routing() {
     );
     assert_eq!(calls().1, before.1, "the mirror was still read from");
 }
+
+/// Tests that configure fail points: `scripts/test` runs only these, alone,
+/// with the `failpoints` feature (`-- failpoints::`). Fail points are global:
+/// run beside the other tests of this file, they would hang their checks too.
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use super::*;
+
+    /// The `health-check-hang` fail point holds every check of every origin
+    /// for `sleep(5000)`: each check still ends at the configured check
+    /// timeout, the origin is marked down, and cached music plays.
+    #[test]
+    fn a_hung_health_check_times_out_and_cached_reads_go_on() {
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let files = library(&dir.path().join("lib"), 2, 1 << 20);
+        let config = fast_faults();
+        let (interval, timeout) = (config.health.check_interval, config.health.check_timeout);
+        let (d, origins) = faulty_daemon(
+            &dir.path().join("cache"),
+            &[&dir.path().join("lib")],
+            config,
+        );
+        let (cached, want_cached) = &files[0];
+        assert!(read_file_checked(&d, cached, want_cached).is_empty());
+
+        fail::cfg("health-check-hang", "sleep(5000)").unwrap();
+        let started = Instant::now();
+        // The next check fails at its timeout, long before the hang ends.
+        let failed = wait_for(Duration::from_secs(5), || status_of(&d, OriginId(0)).1 >= 1);
+        let took = started.elapsed();
+        let (health, _, error) = status_of(&d, OriginId(0));
+        assert!(failed, "{health:?}");
+        assert!(
+            took < interval + timeout + Duration::from_secs(2),
+            "the first hung check failed after {took:?}"
+        );
+        let error = error.unwrap_or_default();
+        assert!(
+            error.contains("no answer within") || error.contains("timed out"),
+            "{error}"
+        );
+        assert_ne!(health, Health::Healthy);
+        let down = wait_for(Duration::from_secs(10), || {
+            health_of(&d, OriginId(0)) == Health::Unhealthy
+        });
+        assert!(down, "{:?}", status_of(&d, OriginId(0)));
+
+        // Cached music plays, without asking the origin.
+        let asked = origins[0].calls();
+        assert!(read_file_checked(&d, cached, want_cached).is_empty());
+        assert_eq!(origins[0].calls(), asked);
+
+        // The checks answer again: the origin is trusted again, and the
+        // uncached file is read from it.
+        fail::remove("health-check-hang");
+        let up = wait_for(Duration::from_secs(15), || {
+            health_of(&d, OriginId(0)) == Health::Healthy
+        });
+        assert!(up, "{:?}", status_of(&d, OriginId(0)));
+        let (cold, want_cold) = &files[1];
+        assert!(read_file_checked(&d, cold, want_cold).is_empty());
+        assert!(origins[0].calls() > asked);
+        scenario.teardown();
+    }
+}
