@@ -300,6 +300,16 @@ impl Daemon {
             }
             None => Err(OriginError::Unavailable("no such origin".into())),
         };
+        // The engine never plans past the end of the file: an answer of
+        // another length is a truncated response or a changed file, and a
+        // short reply would reach the reader as an early end of file.
+        let result = result.and_then(|data| {
+            if data.len() == len as usize {
+                Ok(data)
+            } else {
+                Err(OriginError::Changed)
+            }
+        });
         if let Some(reply) = self.take_reply(req) {
             match result {
                 Ok(data) => reply.data(&data),
@@ -318,7 +328,15 @@ impl Daemon {
             return Err("no such origin".into());
         };
         let timeout = self.health_check_timeout;
-        match tokio::time::timeout(timeout, o.check()).await {
+        let check = async {
+            // A hung check, for tests (`sleep(MS)`, `pause`): on the blocking
+            // pool, so it holds up this check, which the timeout ends, and no
+            // runtime thread. Nothing at all without `failpoints`.
+            #[cfg(feature = "failpoints")]
+            let _ = tokio::task::spawn_blocking(|| fail::fail_point!("health-check-hang")).await;
+            o.check().await
+        };
+        match tokio::time::timeout(timeout, check).await {
             Ok(result) => result.map_err(|e| e.to_string()),
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }

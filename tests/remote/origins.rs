@@ -820,18 +820,27 @@ fn test_origin_connection_drop_triggers_failover() {
 
     // And in the daemon: the same track on both servers is one entry, read
     // from the preferred SFTP server until its connections are reset; then
-    // the reads fail over to S3, and the SFTP origin is marked down.
-    use musicfs_core::engine::{Config, Health};
+    // the reads fail over to S3, and the SFTP origin is marked down. Once
+    // the SFTP server answers again and its checks pass, reads go back to it.
+    use musicfs_core::engine::{Config, Health, HealthConfig};
     use musicfs_tests::fixtures::TestDaemon;
-    let wav = dir.path().join("mirror/track.wav");
-    write_wav(&wav, 3 << 20, 5, "Mirror", "Band", "Album");
-    let want = std::fs::read(&wav).unwrap();
-    moto.put(BUCKET, "mirror/track.wav", want.clone());
+    let mut tracks = Vec::new();
+    for (name, title, seed) in [("track.wav", "Mirror", 5), ("again.wav", "Again", 6)] {
+        let wav = dir.path().join("mirror").join(name);
+        write_wav(&wav, 3 << 20, seed, title, "Band", "Album");
+        let bytes = std::fs::read(&wav).unwrap();
+        moto.put(BUCKET, &format!("mirror/{name}"), bytes.clone());
+        tracks.push((format!("Band/Album/00 - {title}.wav"), bytes));
+    }
     let mut config = sshd.sftp_config(&dir.path().join("mirror"), Some(ssh_proxy.port()));
     config.limits = fast_limits();
     let primary: Arc<dyn RemoteOrigin> = Arc::new(SftpOrigin::new(OriginId(0), config));
     let mirror: Arc<dyn RemoteOrigin> = Arc::new(
-        S3Origin::new(OriginId(1), moto.s3_config(BUCKET, "mirror", None)).expect("s3 origin"),
+        S3Origin::new(
+            OriginId(1),
+            moto.s3_config(BUCKET, "mirror", Some(s3_proxy.port())),
+        )
+        .expect("s3 origin"),
     );
     let mut catalog = Vec::new();
     for (id, o) in [(OriginId(0), &primary), (OriginId(1), &mirror)] {
@@ -854,19 +863,38 @@ fn test_origin_connection_drop_triggers_failover() {
         ],
         Arc::new(musicfs::store::ChunkStore::open(&cache).unwrap()),
         &cache,
-        Config::default(),
+        // Checks often enough that the healed origin is seen within seconds.
+        Config {
+            health: HealthConfig {
+                check_interval: Duration::from_millis(200),
+                check_timeout: Duration::from_secs(3),
+                dead_backoff_base: Duration::from_millis(200),
+                dead_backoff_max: Duration::from_secs(1),
+                ..HealthConfig::default()
+            },
+            ..Config::default()
+        },
     );
-    let track = "Band/Album/00 - Mirror.wav";
-    assert_eq!(d.paths(), vec![track.to_owned()], "mirrors are one entry");
+    let mut paths = d.paths();
+    paths.sort();
+    let mut want_paths: Vec<String> = tracks.iter().map(|(p, _)| p.clone()).collect();
+    want_paths.sort();
+    assert_eq!(paths, want_paths, "mirrors are one entry");
+    let (track, want) = (&tracks[0].0, &tracks[0].1);
     let before = ssh_proxy.down_bytes();
+    let s3_before = s3_proxy.down_bytes();
     ssh_proxy.set(Fault::Reset);
     let got = d
         .read_all(track, Duration::from_secs(60))
         .expect("read fails over to S3");
-    assert!(got == want, "byte-identical through the failover");
+    assert!(got == *want, "byte-identical through the failover");
     assert!(
         ssh_proxy.down_bytes() - before < (1 << 20),
         "the bytes did not come from the reset SFTP server"
+    );
+    assert!(
+        s3_proxy.down_bytes() - s3_before >= want.len() as u64,
+        "the bytes came from S3"
     );
     let health = d.daemon.inspect(|e| {
         e.origin_statuses()
@@ -879,6 +907,37 @@ fn test_origin_connection_drop_triggers_failover() {
             || health.contains(&(OriginId(0), Health::Unhealthy)),
         "{health:?}"
     );
+
+    // The SFTP server answers again: after its checks pass (hysteresis: more
+    // than one), the uncached track is read from it, not from S3.
+    ssh_proxy.heal();
+    let sftp_health = || {
+        d.daemon.inspect(|e| {
+            e.origin_statuses()
+                .into_iter()
+                .find(|s| s.origin == OriginId(0))
+                .map(|s| (s.health, s.last_error))
+        })
+    };
+    let healed = musicfs_tests::wait_for(Duration::from_secs(60), || {
+        sftp_health().is_some_and(|(h, _)| h == Health::Healthy)
+    });
+    assert!(healed, "{:?}\n{}", sftp_health(), sshd.log());
+    let (track, want) = (&tracks[1].0, &tracks[1].1);
+    let before = ssh_proxy.down_bytes();
+    let s3_before = s3_proxy.down_bytes();
+    let got = d
+        .read_all(track, Duration::from_secs(60))
+        .expect("read from the healed SFTP server");
+    assert!(got == *want, "byte-identical after the return");
+    let from_sftp = ssh_proxy.down_bytes() - before;
+    assert!(
+        from_sftp >= want.len() as u64,
+        "only {from_sftp} bytes of {} came through the SFTP server",
+        want.len()
+    );
+    let from_s3 = s3_proxy.down_bytes() - s3_before;
+    assert!(from_s3 < (1 << 20), "{from_s3} bytes still came from S3");
 }
 
 #[test]

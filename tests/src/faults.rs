@@ -25,7 +25,10 @@ pub enum FailMode {
         /// Bytes returned at most.
         max_bytes: usize,
     },
-    /// Fail every call with an error of this kind.
+    /// Fail every read with an error of this kind, classified as a real
+    /// origin classifies it: `NotFound` is a missing file (the origin itself
+    /// answers, so its checks pass), any other kind an unavailable origin
+    /// (its checks fail too).
     ReturnError(io::ErrorKind),
 }
 
@@ -74,6 +77,7 @@ impl Origin for FaultyOrigin {
                     tokio::time::sleep(Duration::from_millis(ms)).await;
                     self.inner.check().await
                 }
+                FailMode::ReturnError(io::ErrorKind::NotFound) => self.inner.check().await,
                 _ => Err(OriginError::Unavailable("injected: check failed".into())),
             }
         })
@@ -105,7 +109,8 @@ impl Origin for FaultyOrigin {
                     data.truncate(max_bytes);
                     Ok(data)
                 }
-                FailMode::ReturnError(kind) => fail(&format!("{kind:?}")),
+                FailMode::ReturnError(io::ErrorKind::NotFound) => Err(OriginError::NotFound),
+                FailMode::ReturnError(kind) => fail(&io::Error::from(kind).to_string()),
             }
         })
     }
