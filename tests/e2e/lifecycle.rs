@@ -709,28 +709,37 @@ mod failpoints {
         assert!(m.stop().success());
     }
 
-    /// SIGTERM while a sync runs: the sync stops at its next saved batch
-    /// before anything is saved for good, the daemon exits cleanly, and the
-    /// next mount finishes the sync.
-    #[test]
-    fn test_sigterm_during_a_sync_stops_it_at_a_saved_batch() {
-        let s = Setup::new();
-        let mut m = s
-            .command()
-            .env("FAILPOINTS", "delta-sync-after-batch=sleep(3000)")
-            .start(UP);
-        write_wav(&s.path("lib/new.wav"), 100_000, 6, "New", "Band", "Album");
+    /// Mounts with `failpoints`, runs `start`, waits for the log line
+    /// `when`, sends SIGTERM, and returns the log once the daemon has
+    /// exited 0.
+    fn sigterm_when(s: &Setup, failpoints: &str, start: impl FnOnce(), when: &str) -> String {
+        let mut m = s.command().env("FAILPOINTS", failpoints).start(UP);
+        start();
         assert!(
-            wait_for(Duration::from_secs(20), || m
-                .log_text()
-                .contains("sync batch saved")),
+            wait_for(Duration::from_secs(20), || m.log_text().contains(when)),
             "{}",
             m.log_text()
         );
         m.signal(libc::SIGTERM);
         let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
         assert_eq!(status.code(), Some(0), "{}", m.log_text());
-        let log = m.log_text();
+        m.log_text()
+    }
+
+    /// SIGTERM while a sync runs: the sync stops at its next saved batch
+    /// before anything is saved for good, the daemon exits cleanly, and the
+    /// next mount finishes the sync.
+    #[test]
+    fn test_sigterm_during_a_sync_stops_it_at_a_saved_batch() {
+        let s = Setup::new();
+        // A new file starts a sync, which pauses 3 s after its first batch.
+        let new_file = || write_wav(&s.path("lib/new.wav"), 100_000, 6, "New", "Band", "Album");
+        let log = sigterm_when(
+            &s,
+            "delta-sync-after-batch=sleep(3000)",
+            new_file,
+            "sync batch saved",
+        );
         assert_in_order(
             &log,
             &[
@@ -761,21 +770,12 @@ mod failpoints {
     #[test]
     fn test_sigterm_during_the_search_build_waits_and_commits_it() {
         let s = Setup::new();
-        let mut m = s
-            .command()
-            .env("FAILPOINTS", "search-index-open=sleep(2000)")
-            .start(UP);
-        assert!(
-            wait_for(Duration::from_secs(20), || m
-                .log_text()
-                .contains("search index: opening")),
-            "{}",
-            m.log_text()
+        let log = sigterm_when(
+            &s,
+            "search-index-open=sleep(2000)",
+            || {},
+            "search index: opening",
         );
-        m.signal(libc::SIGTERM);
-        let status = m.wait_exit(Duration::from_secs(30)).expect("exits");
-        assert_eq!(status.code(), Some(0), "{}", m.log_text());
-        let log = m.log_text();
         assert_in_order(
             &log,
             &[
