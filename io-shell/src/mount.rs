@@ -797,6 +797,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             plan.mountpoint.display()
         ))
     })?;
+    // Tests: a signal between mount(2) and the flag below.
+    fail::fail_point!("mounted-before-serving");
+    // The kernel mount exists from here on: a signal must now unmount it
+    // through the graceful shutdown (not exit and leave a dead mount).
+    if let Some(s) = &signals {
+        s.mounted.store(true, Ordering::SeqCst);
+    }
     let notifier = Arc::new(session.notifier());
     let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
@@ -829,9 +836,6 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         plan.mountpoint.display()
     ));
     let watchdog = systemd::start_watchdog(&plan.mountpoint);
-    if let Some(s) = &signals {
-        s.mounted.store(true, Ordering::SeqCst);
-    }
 
     let signal = runtime.block_on(wait_for_stop(signals.as_mut(), ended_rx));
     // Graceful shutdown, in order: no new work; background tasks stopped;
@@ -1067,6 +1071,15 @@ impl Signals {
                 count += 1;
                 if !is_mounted.load(Ordering::SeqCst) {
                     tracing::warn!(signal = name, "stopped before the mount was up");
+                    // The signal may have come between mount(2) and the
+                    // flag: leave no dead MusicFS mount behind.
+                    if sys::mount_at(&mountpoint)
+                        .ok()
+                        .flatten()
+                        .is_some_and(|m| m.is_musicfs())
+                    {
+                        lazy_unmount(&mountpoint);
+                    }
                     std::process::exit(0);
                 }
                 if count == 1 {

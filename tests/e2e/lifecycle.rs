@@ -789,4 +789,36 @@ mod failpoints {
         );
         assert_eq!(offline_search(&s, "band").len(), 2);
     }
+
+    /// A signal that comes after mount(2) but before the daemon counts
+    /// itself as mounted (a test once hit this window by chance) leaves no
+    /// dead mount behind.
+    #[test]
+    fn a_signal_right_after_the_kernel_mount_leaves_no_mount_behind() {
+        let s = Setup::new();
+        std::fs::create_dir_all(s.path("mnt")).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["mount", "--origin"])
+            .arg(s.path("lib"))
+            .arg("--cache-dir")
+            .arg(s.path("cache"))
+            .arg(s.path("mnt"))
+            .env("FAILPOINTS", "mounted-before-serving=sleep(3000)")
+            .stderr(std::fs::File::create(s.path("log")).unwrap())
+            .spawn()
+            .unwrap();
+        assert!(
+            wait_for(Duration::from_secs(30), || is_mounted(&s.path("mnt"))),
+            "no kernel mount"
+        );
+        // SAFETY: kill(2) with the pid of our child and a valid signal.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let exited = wait_for(Duration::from_secs(20), || {
+            child.try_wait().ok().flatten().is_some()
+        });
+        assert!(exited, "the daemon exits");
+        let log = std::fs::read_to_string(s.path("log")).unwrap_or_default();
+        assert!(child.wait().unwrap().success(), "{log}");
+        assert!(!is_mounted(&s.path("mnt")), "a dead mount was left:\n{log}");
+    }
 }
