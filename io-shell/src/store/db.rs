@@ -173,7 +173,9 @@ impl Db {
         let db = loop {
             match catch_unwind(AssertUnwindSafe(|| config.open())) {
                 Ok(Ok(db)) => break db,
-                Ok(Err(e)) if is_lock_error(&e) && Instant::now() < deadline => {
+                Ok(Err(sled::Error::Io(e)))
+                    if super::is_lock_error(&e) && Instant::now() < deadline =>
+                {
                     std::thread::sleep(Duration::from_millis(20));
                 }
                 Ok(Err(e)) => return Err(classify_open_error("open", e)),
@@ -519,12 +521,6 @@ impl Db {
         }
         Ok(())
     }
-}
-
-/// Whether sled's lock error is what `e` is. sled reports it as a plain I/O
-/// error with only this text to tell it apart.
-fn is_lock_error(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(ioe) if ioe.to_string().contains("could not acquire lock"))
 }
 
 /// Whether some open file description holds sled's exclusive `flock` on

@@ -338,7 +338,7 @@ impl std::error::Error for ChunkReadError {
 }
 
 /// sled reports a held lock as `ErrorKind::Other` with this message.
-fn is_lock_error(e: &io::Error) -> bool {
+pub(super) fn is_lock_error(e: &io::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }
 
