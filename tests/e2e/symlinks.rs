@@ -10,7 +10,7 @@ use musicfs_core::naming::is_valid_name;
 use musicfs_tests::disk::noise;
 use musicfs_tests::fixtures::{WavTags, write_wav, write_wav_tagged};
 use musicfs_tests::mount::{MountCommand, Mounted};
-use musicfs_tests::{files_under, sha256_bytes, sha256_file, wait_for};
+use musicfs_tests::{files_under, is_listed, sha256_bytes, sha256_file, wait_for};
 use std::collections::BTreeMap;
 use std::os::unix::fs::symlink;
 use std::path::{Component, Path, PathBuf};
@@ -183,7 +183,7 @@ fn a_link_to_a_folder_outside_the_origin_is_never_served() {
     );
     let six = m.mountpoint.join("Band/Album/00 - Six.wav");
     assert!(
-        wait_for(Duration::from_secs(10), || six.exists()),
+        wait_for(Duration::from_secs(10), || is_listed(&six)),
         "the sync did not run:\n{}",
         m.log_text()
     );
@@ -227,7 +227,7 @@ fn a_link_swapped_in_after_the_scan_is_never_served() {
     );
     let seven = mnt.join("Band/Album/00 - Seven.wav");
     assert!(
-        wait_for(Duration::from_secs(10), || seven.exists()),
+        wait_for(Duration::from_secs(10), || is_listed(&seven)),
         "the sync did not run:\n{}",
         m.log_text()
     );

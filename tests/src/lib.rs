@@ -71,3 +71,16 @@ pub fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
     out.sort();
     out
 }
+
+/// Whether `path` shows in its folder's listing. A sync swaps the tree
+/// first and tells the kernel right after, so for a moment a lookup can
+/// find a new file that a cached listing of its folder does not show yet:
+/// a test that goes on to list the mount waits for this, not for a lookup.
+pub fn is_listed(path: &Path) -> bool {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return false;
+    };
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().any(|e| e.file_name() == name))
+        .unwrap_or(false)
+}
