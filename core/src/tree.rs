@@ -259,6 +259,20 @@ impl VirtualTree {
         Some(parts.join("/"))
     }
 
+    /// Every file at or under `ino` (a file: itself), in tree order.
+    pub fn files_under(&self, ino: Ino) -> Vec<Ino> {
+        let mut out = Vec::new();
+        let mut stack = vec![ino];
+        while let Some(cur) = stack.pop() {
+            match self.nodes.get(&cur).map(|n| &n.body) {
+                Some(Body::File(_)) => out.push(cur),
+                Some(Body::Dir(d)) => stack.extend(d.children.values().rev()),
+                None => {}
+            }
+        }
+        out
+    }
+
     /// The inode at `path` (`/`-separated, relative to the root).
     pub fn resolve(&self, path: &str) -> Option<Ino> {
         path.split('/')
@@ -644,7 +658,7 @@ impl<'a> Builder<'a> {
         for &idx in order.iter().skip(1) {
             let mut ino = inode_hash(&paths[idx]);
             while ino < 2 || !taken.insert(ino) {
-                ino = ino.wrapping_add(1) & !INO_RESERVED_BIT;
+                ino = ino.wrapping_add(1) & !(INO_RESERVED_BIT | INO_VIEW_BIT);
             }
             inos[idx] = Ino(ino);
         }
@@ -729,7 +743,11 @@ fn is_mirror(existing: &FileNode, new: &FileNode) -> bool {
 /// to nodes the io-shell makes up (the `.search` folder's).
 pub const INO_RESERVED_BIT: u64 = 1 << 63;
 
+/// Nor this one: a tree inode with it set is the same node seen through
+/// the io-shell's `.offline` view (which shows only fully cached tracks).
+pub const INO_VIEW_BIT: u64 = 1 << 62;
+
 /// The inode number a path asks for: stable across mounts and machines.
 fn inode_hash(path: &str) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(path.as_bytes()) & !INO_RESERVED_BIT
+    xxhash_rust::xxh3::xxh3_64(path.as_bytes()) & !(INO_RESERVED_BIT | INO_VIEW_BIT)
 }

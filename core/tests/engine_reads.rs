@@ -4,8 +4,8 @@
 
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::{
-    ChunkFault, Config, Cutter, DiskFault, Engine, FetchError, FetchId, FetchedChunk, Health,
-    Output, ReqId, Stored,
+    Cached, ChunkFault, Config, Cutter, DiskFault, Engine, FetchError, FetchId, FetchedChunk,
+    Health, Notice, Output, ReqId, Stored,
 };
 use musicfs_core::fs::Errno;
 use musicfs_core::tree::VirtualTree;
@@ -570,4 +570,121 @@ fn shutdown_refuses_new_reads_and_aborts_what_is_left() {
     assert_eq!(h.world.replies.remove(&stuck), Some(Err(Errno::Io)));
     assert_eq!(h.engine.reads_in_flight(), 0);
     assert_eq!(h.engine.fetches_in_flight(), 0);
+}
+
+/// Reads `title` whole through the engine, as the pin filler does.
+fn read_whole(h: &mut Harness, title: &str) -> Vec<u8> {
+    let len = h.origin_bytes(title).len();
+    let mut got = Vec::new();
+    while got.len() < len {
+        got.extend(h.read(title, got.len() as u64, 256 * 1024).unwrap());
+    }
+    got
+}
+
+#[test]
+fn pinned_files_are_never_evicted_and_play_with_the_origin_down() {
+    let config = Config {
+        cache_capacity_bytes: 4 * MIB as u64,
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 2 * MIB), ("B", 3 * MIB), ("C", 3 * MIB)], config);
+    let a = h.ino("A");
+    assert_eq!(h.engine.cached(a), Cached::None);
+    let report = h.engine.pin(&[a]).expect("2 MiB fits 80% of 4 MiB");
+    assert_eq!((report.files, report.new_files), (1, 1));
+    assert_eq!(h.engine.pins_to_fill(), vec![a]);
+    assert_eq!(h.engine.next_uncached(a, 0), Some(0));
+    let want = h.origin_bytes("A").to_vec();
+    assert_eq!(read_whole(&mut h, "A"), want);
+    assert_eq!(h.engine.cached(a), Cached::Full);
+    assert!(h.engine.pins_to_fill().is_empty());
+    assert_eq!(h.engine.next_uncached(a, 0), None);
+    // B and C do not fit beside A: eviction takes theirs, never A's.
+    for title in ["B", "C", "B"] {
+        let want = h.origin_bytes(title).to_vec();
+        assert_eq!(read_whole(&mut h, title), want);
+        assert_eq!(h.engine.cached(a), Cached::Full, "after reading {title}");
+    }
+    assert!(h.engine.stats().chunks_evicted > 0, "there was pressure");
+    h.set_down(0, true);
+    assert_eq!(read_whole(&mut h, "A"), h.origin_bytes("A").to_vec());
+    // Released, its chunks go like any other.
+    assert_eq!(h.engine.unpin(&[a]), 1);
+    h.set_down(0, false);
+    let want = h.origin_bytes("C").to_vec();
+    assert_eq!(read_whole(&mut h, "C"), want);
+    assert_ne!(h.engine.cached(a), Cached::Full);
+}
+
+#[test]
+fn pins_past_their_share_of_the_cache_are_refused_with_the_numbers() {
+    let config = Config {
+        cache_capacity_bytes: 10 * MIB as u64,
+        pin_share_pct: 50,
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 3 * MIB), ("B", 3 * MIB)], config);
+    let (a, b) = (h.ino("A"), h.ino("B"));
+    h.engine.pin(&[a]).expect("3 of 5 MiB");
+    let refused = h.engine.pin(&[a, b]).expect_err("6 MiB > 5 MiB");
+    assert_eq!(refused.adding_bytes, 3 * MIB as u64);
+    assert_eq!(refused.pinned_bytes, 3 * MIB as u64);
+    assert_eq!(refused.limit_bytes, 5 * MIB as u64);
+    assert!(!h.engine.is_pinned(b));
+    // Pinning again what is pinned adds nothing and is not refused.
+    assert_eq!(h.engine.pin(&[a]).map(|r| r.new_files), Ok(0));
+}
+
+#[test]
+fn pins_follow_moves_are_saved_and_shrink_to_fit_when_restored() {
+    let config = Config {
+        cache_capacity_bytes: 10 * MIB as u64,
+        pin_share_pct: 50,
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 2 * MIB), ("B", 2 * MIB)], config.clone());
+    let (a, b) = (h.ino("A"), h.ino("B"));
+    h.engine.pin(&[a]).unwrap();
+    h.engine.pin(&[b]).unwrap();
+    h.engine.pause_pins(&[b]);
+    assert_eq!(
+        h.engine.pins_to_fill(),
+        vec![a],
+        "a paused pin is not fetched"
+    );
+    let saved: Vec<_> = h
+        .engine
+        .take_dirty_pins()
+        .into_iter()
+        .filter_map(|(k, p)| p.map(|p| (k, p)))
+        .collect();
+    assert_eq!(saved.len(), 2);
+    // A move in the origin carries the pin to the new path.
+    let old = h.engine.tree().file(a).unwrap().sources[0].clone();
+    let mut moved = old.clone();
+    moved.path = OriginPath::new(b"Elsewhere/A.flac".to_vec());
+    h.engine
+        .move_sources(&[((old.origin, old.path.clone()), moved.clone())]);
+    let changes = h.engine.take_dirty_pins();
+    assert!(changes.contains(&((old.origin, old.path.clone()), None)));
+    assert!(
+        changes
+            .iter()
+            .any(|(k, p)| *k == (moved.origin, moved.path.clone()) && p.is_some())
+    );
+    // Restored into a smaller cache, the newest pin (B) is released.
+    let small = Config {
+        cache_capacity_bytes: 6 * MIB as u64,
+        ..config
+    };
+    let mut h2 = Harness::new(&[("A", 2 * MIB), ("B", 2 * MIB)], small);
+    h2.engine.restore_pins(saved);
+    assert!(h2.engine.is_pinned(h2.ino("A")));
+    assert!(!h2.engine.is_pinned(h2.ino("B")));
+    assert!(h2.engine.pinned_bytes() <= h2.engine.pin_limit_bytes());
+    assert!(
+        std::iter::from_fn(|| h2.engine.poll_output())
+            .any(|o| matches!(o, Output::Notice(Notice::PinsReleased { files: 1, .. })))
+    );
 }

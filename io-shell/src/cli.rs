@@ -94,6 +94,30 @@ pub enum Command {
         /// The mount (default: every running MusicFS mount).
         mountpoint: Option<PathBuf>,
     },
+    /// Keep tracks for offline play: fetch them now and never evict them.
+    ///
+    /// WHAT is a search query (as for `musicfs search`: `artist:Björk year:1997`),
+    /// a file or folder of the mount, or a playlist (.m3u, .m3u8) whose entries
+    /// are files of the mount. Shows the fetch's progress until every file is
+    /// cached; Ctrl-C stops it and keeps the pins with what was fetched (run
+    /// the same command again to resume). A pin follows its track through a
+    /// retag or a move in its origin, survives restarts, and a pinned track
+    /// that changes is fetched again. Pins may take at most 80% of
+    /// --cache-size; more is refused.
+    #[command(after_help = crate::search::QUERY_HELP)]
+    Pin(PinArgs),
+    /// Release pins made by `musicfs pin` (same WHAT); the bytes stay cached
+    /// until eviction needs the room.
+    Unpin(PinArgs),
+    /// List pinned files with their size and how much of each is cached
+    /// (`full`, `partial`, `none`).
+    Pins {
+        /// The mount.
+        mountpoint: PathBuf,
+        /// Print JSON, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show a running mount's origins and their health, cache use and hit
     /// ratio, scan progress and background tasks (all mounts if none is named).
     Status {
@@ -103,6 +127,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `musicfs pin` and `musicfs unpin`.
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// The mount.
+    pub mountpoint: PathBuf,
+    /// A search query, a file or folder of the mount, or a playlist; several
+    /// arguments are joined with spaces.
+    #[arg(value_name = "WHAT", required = true, num_args = 1..)]
+    pub what: Vec<String>,
 }
 
 /// `musicfs search`.

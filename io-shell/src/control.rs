@@ -49,6 +49,8 @@ pub struct Control {
     pub syncer: OnceLock<Arc<crate::sync::Syncer>>,
     /// The search index, once open.
     pub search: OnceLock<Arc<OnceLock<Arc<crate::search::live::LiveSearch>>>>,
+    /// Fetches what pinned files lack (`musicfs pin`).
+    pub pin_filler: OnceLock<Arc<crate::pins::fill::PinFiller>>,
     /// The cache directory (a search names the library by it).
     pub cache_dir: PathBuf,
     /// "scanning", "serving", "stopping".
@@ -67,6 +69,7 @@ impl Control {
             supervisor: OnceLock::new(),
             syncer: OnceLock::new(),
             search: OnceLock::new(),
+            pin_filler: OnceLock::new(),
             cache_dir: cache_dir.to_path_buf(),
             phase: Mutex::new("starting"),
         })
@@ -148,6 +151,7 @@ impl Control {
                     "tracks": e.tree().file_count(),
                 })
             });
+            doc["pins"] = d.inspect(crate::pins::summary);
         }
         if let Some(sup) = self.supervisor.get() {
             doc["tasks"] = sup
@@ -206,6 +210,27 @@ impl Control {
         }
     }
 
+    /// `pin`, `unpin`, `pin_pause`, `pin_state` and `pins`.
+    fn pins(&self, cmd: &str, request: &Value) -> Value {
+        use crate::pins;
+        let (Some(daemon), Some(filler)) = (self.daemon.get(), self.pin_filler.get()) else {
+            return json!({"error": "not mounted yet"});
+        };
+        let live = self.search.get().and_then(|s| s.get()).map(Arc::as_ref);
+        let named = || {
+            pins::Target::from_request(request)
+                .map_err(|e| json!({ "error": e }))
+                .and_then(|t| pins::resolve(daemon, live, &t))
+        };
+        match cmd {
+            "pin" => named().map_or_else(|e| e, |inos| pins::pin(daemon, filler, &inos)),
+            "unpin" => named().map_or_else(|e| e, |inos| pins::unpin(daemon, filler, &inos)),
+            "pin_pause" => pins::pause(daemon, filler, &pins::inos_of(request)),
+            "pin_state" => pins::state(daemon, filler, &pins::inos_of(request)),
+            _ => pins::list(daemon),
+        }
+    }
+
     fn answer(self: &Arc<Self>, request: &str) -> Value {
         let parsed = serde_json::from_str::<Value>(request).unwrap_or(Value::Null);
         let cmd = parsed.get("cmd").and_then(Value::as_str).map(str::to_owned);
@@ -213,6 +238,9 @@ impl Control {
             Some("search") => self.search(&parsed),
             Some("status") => self.status(),
             Some("rescan") => self.rescan(),
+            Some(cmd @ ("pin" | "unpin" | "pin_pause" | "pin_state" | "pins")) => {
+                self.pins(cmd, &parsed)
+            }
             Some(other) => json!({"error": format!("unknown command '{other}'")}),
             None => json!({"error": "a request is one line of JSON: {\"cmd\":\"status\"}"}),
         }
@@ -389,6 +417,18 @@ pub fn render_status(doc: &Value) -> String {
         out.push_str(&format!(
             "  tracks: {}; reads in flight {}, fetches {}; failed reads {}\n",
             c["tracks"], c["reads_in_flight"], c["fetches_in_flight"], c["reads_failed"]
+        ));
+    }
+    let p = &doc["pins"];
+    if p["files"].as_u64().unwrap_or(0) > 0 {
+        let mib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+        out.push_str(&format!(
+            "  pins: {} files ({:.1} MiB), {} fully cached ({:.1} MiB cached); at most {:.0} MiB may be pinned\n",
+            p["files"],
+            mib(&p["bytes"]),
+            p["full"],
+            mib(&p["cached_bytes"]),
+            mib(&p["limit_bytes"]),
         ));
     }
     if let Some(tasks) = doc["tasks"].as_array() {

@@ -483,8 +483,16 @@ impl Daemon {
     /// Writes what the engine changed (chunk maps, access times) to the
     /// database. Called every second and at shutdown.
     pub fn persist(self: &Arc<Self>) -> Result<(), StoreError> {
-        let (manifests, touched) =
-            self.with_engine(|e, _| (e.take_dirty_manifests(), e.take_touched_chunks()));
+        let (manifests, touched, pins) = self.with_engine(|e, _| {
+            (
+                e.take_dirty_manifests(),
+                e.take_touched_chunks(),
+                e.take_dirty_pins(),
+            )
+        });
+        if !pins.is_empty() {
+            self.db.put_pins(&pins)?;
+        }
         for ((origin, path), manifest) in &manifests {
             match manifest {
                 Some(m) => self.db.put_manifest(*origin, path, m)?,
@@ -620,6 +628,16 @@ fn log_notice(notice: &Notice) {
                 "origin is down: its tracks stay, cached ones play, uncached reads fail with EIO"
             ),
         },
+        Notice::PinsReleased {
+            files,
+            bytes,
+            limit_bytes,
+        } => tracing::warn!(
+            files,
+            mib = bytes >> 20,
+            limit_mib = limit_bytes >> 20,
+            "pins released: pinned files outgrew their share of the cache (newest pins first)"
+        ),
         Notice::FetchFailed((origin, path), why) => {
             tracing::warn!(%origin, path = %path, why = %why, "fetch failed; retrying later")
         }

@@ -7,6 +7,7 @@
 //! what makes a warm `find` or `ls -lR` nearly as fast as on a local disk.
 
 use crate::daemon::{Daemon, ReadReply};
+use crate::offline::{self, OfflineView};
 use crate::search::folder::{self, SearchFolder};
 use crate::search::live::LiveSearch;
 use fuser::{
@@ -34,14 +35,21 @@ const READDIR_BATCH: usize = 512;
 pub struct MusicFs {
     daemon: Arc<Daemon>,
     search: SearchFolder,
+    offline: OfflineView,
     uid: u32,
     gid: u32,
     /// The kernel opens directories without asking (see `opendir`).
     no_opendir: bool,
 }
 
-/// Search results change with the library: the kernel may keep them briefly.
+/// Search results change with the library, and `.offline` with the cache:
+/// the kernel may keep them briefly.
 const SEARCH_TTL: Duration = Duration::from_secs(1);
+
+/// The extended attribute that tells how much of a file is cached.
+const XATTR_CACHED: &str = "user.musicfs.cached";
+/// The one that tells whether a file is pinned (`musicfs pin`).
+const XATTR_PINNED: &str = "user.musicfs.pinned";
 
 impl MusicFs {
     /// A filesystem over `daemon`, owned by `uid:gid`.
@@ -54,6 +62,7 @@ impl MusicFs {
         MusicFs {
             daemon,
             search: SearchFolder::new(search),
+            offline: OfflineView::default(),
             uid,
             gid,
             no_opendir: false,
@@ -64,6 +73,12 @@ impl MusicFs {
     fn attr_of(&self, ino: u64) -> Result<(Attr, Duration), musicfs_core::fs::Errno> {
         if folder::owns(ino) {
             return self.search.getattr(ino).map(|a| (a, SEARCH_TTL));
+        }
+        if offline::owns(ino) {
+            return self
+                .offline
+                .getattr(&self.daemon, ino)
+                .map(|a| (a, SEARCH_TTL));
         }
         self.daemon
             .inspect(|e| e.getattr(Ino(ino)))
@@ -77,6 +92,9 @@ impl MusicFs {
     ) -> Result<Vec<musicfs_core::fs::DirEntry>, musicfs_core::fs::Errno> {
         if folder::owns(ino) {
             return self.search.readdir(ino, offset);
+        }
+        if offline::owns(ino) {
+            return self.offline.readdir(&self.daemon, ino, offset);
         }
         self.daemon
             .inspect(|e| e.readdir(Ino(ino), offset, READDIR_BATCH))
@@ -123,6 +141,29 @@ fn system_time(ns: i64) -> SystemTime {
         UNIX_EPOCH + Duration::from_nanos(ns as u64)
     } else {
         UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+/// The tree's inode behind `ino` (an inode of the `.offline` view stands
+/// for the tree's node).
+fn tree_ino(ino: u64) -> Ino {
+    if offline::owns(ino) {
+        offline::tree_ino(ino)
+    } else {
+        Ino(ino)
+    }
+}
+
+/// An xattr answer: its size when asked with size 0, else the bytes (or
+/// ERANGE when they do not fit).
+fn reply_xattr(reply: ReplyXattr, size: u32, value: &[u8]) {
+    let len = u32::try_from(value.len()).unwrap_or(u32::MAX);
+    if size == 0 {
+        reply.size(len);
+    } else if size < len {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(value);
     }
 }
 
@@ -178,9 +219,17 @@ impl Filesystem for MusicFs {
         use std::os::unix::ffi::OsStrExt;
         let result = if parent.0 == Ino::ROOT.0 && name.as_bytes() == folder::NAME.as_bytes() {
             Ok((self.search.root_attr(), SEARCH_TTL))
+        } else if parent.0 == Ino::ROOT.0 && name.as_bytes() == offline::NAME.as_bytes() {
+            self.offline
+                .getattr(&self.daemon, offline::ROOT)
+                .map(|a| (a, SEARCH_TTL))
         } else if folder::owns(parent.0) {
             self.search
                 .lookup(parent.0, name.as_bytes())
+                .map(|a| (a, SEARCH_TTL))
+        } else if offline::owns(parent.0) {
+            self.offline
+                .lookup(&self.daemon, parent.0, name.as_bytes())
                 .map(|a| (a, SEARCH_TTL))
         } else {
             self.daemon
@@ -202,7 +251,7 @@ impl Filesystem for MusicFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.daemon.inspect(|e| e.open(Ino(ino.0), write)) {
+        match self.daemon.inspect(|e| e.open(tree_ino(ino.0), write)) {
             // The bytes of a version never change: keep the kernel's pages
             // across opens. A changed file is a new version (invalidated).
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
@@ -221,7 +270,8 @@ impl Filesystem for MusicFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.daemon.read(ino.0, offset, size, Box::new(reply));
+        self.daemon
+            .read(tree_ino(ino.0).0, offset, size, Box::new(reply));
     }
 
     /// Directories need no open. Where the kernel supports it (Linux 5.1+,
@@ -237,9 +287,10 @@ impl Filesystem for MusicFs {
         if self.no_opendir {
             return reply.error(Errno::ENOSYS);
         }
-        if folder::owns(ino.0) {
-            // Results change: no cached listing for the search folder.
-            return match self.search.getattr(ino.0) {
+        if folder::owns(ino.0) || offline::owns(ino.0) {
+            // Contents change: no cached listing for the search folder or
+            // the offline view.
+            return match self.attr_of(ino.0) {
                 Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Err(e) => reply.error(errno(e)),
             };
@@ -298,6 +349,17 @@ impl Filesystem for MusicFs {
                     })
                     .collect::<Vec<_>>()
             })
+        } else if offline::owns(ino.0) {
+            self.offline
+                .readdir(&self.daemon, ino.0, offset)
+                .map(|list| {
+                    list.into_iter()
+                        .filter_map(|ent| {
+                            let attr = self.attr_of(ent.ino.0).ok()?;
+                            Some((ent, attr.0, attr.1))
+                        })
+                        .collect::<Vec<_>>()
+                })
         } else {
             self.daemon.inspect(|e| {
                 e.readdir(Ino(ino.0), offset, READDIR_BATCH).map(|list| {
@@ -364,20 +426,41 @@ impl Filesystem for MusicFs {
         }
     }
 
-    // xattrs: ENOSYS once, and the kernel stops asking (ls -l asks for every file).
-    fn getxattr(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _size: u32,
-        reply: ReplyXattr,
-    ) {
-        reply.error(Errno::ENOSYS);
+    /// `user.musicfs.cached` (`full`, `partial`, `none`) and
+    /// `user.musicfs.pinned` (`yes`, `no`) on every file: what plays with
+    /// no origin. Any other name (`ls -l` asks for ACLs and SELinux labels)
+    /// is answered at once, without the engine.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let name = name.to_str().unwrap_or_default();
+        if name != XATTR_CACHED && name != XATTR_PINNED {
+            return reply.error(Errno::NO_XATTR);
+        }
+        let tree = tree_ino(ino.0);
+        let value = self.daemon.inspect(|e| {
+            e.tree().file(tree)?;
+            Some(if name == XATTR_CACHED {
+                e.cached(tree).as_str()
+            } else if e.is_pinned(tree) {
+                "yes"
+            } else {
+                "no"
+            })
+        });
+        match value {
+            Some(v) => reply_xattr(reply, size, v.as_bytes()),
+            None => reply.error(Errno::NO_XATTR),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let tree = tree_ino(ino.0);
+        let is_file = self.daemon.inspect(|e| e.tree().file(tree).is_some());
+        let names = if is_file {
+            format!("{XATTR_CACHED}\0{XATTR_PINNED}\0")
+        } else {
+            String::new()
+        };
+        reply_xattr(reply, size, names.as_bytes());
     }
 
     // Every write operation: EROFS.

@@ -13,6 +13,8 @@
 //! - [`scan`], [`tags`]: the catalog of an origin.
 //! - [`store`]: chunk files and the sled database.
 //! - [`search`]: the full-text index of the tags (tantivy).
+//! - [`offline`]: the hidden `.offline` folder (only what plays offline).
+//! - [`pins`]: `musicfs pin`: tracks kept for offline play, and their fetch.
 //! - [`sys`]: the mount table and umount(2).
 
 pub mod cli;
@@ -23,7 +25,9 @@ pub mod fuse;
 pub mod logging;
 pub mod memory;
 pub mod mount;
+pub mod offline;
 pub mod origin;
+pub mod pins;
 pub mod scan;
 pub mod search;
 pub mod store;

@@ -83,6 +83,9 @@ fn main() -> ExitCode {
         Command::Status { mountpoint, json } => status(mountpoint.as_deref(), json),
         Command::Rescan { mountpoint } => rescan(mountpoint.as_deref()),
         Command::Search(args) => search(args),
+        Command::Pin(args) => musicfs::pins::client::pin(&args.mountpoint, &args.what),
+        Command::Unpin(args) => musicfs::pins::client::unpin(&args.mountpoint, &args.what),
+        Command::Pins { mountpoint, json } => musicfs::pins::client::list(&mountpoint, json),
     }
 }
 

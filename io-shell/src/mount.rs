@@ -15,6 +15,7 @@ use crate::origin::{
     LocalOrigin, Origin, RemoteOrigin, RemoteScanOptions, RemoteSpec, is_remote_url,
     parse_remote_url, redact_url, scan_remote_blocking,
 };
+use crate::pins::fill::PinFiller;
 use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
 use crate::search::live::LiveSearch;
 use crate::store::{CacheOwner, ChunkStore, Db};
@@ -746,6 +747,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     for i in 0..plan.origins.len() {
         engine.track_origin(musicfs_core::Time::ZERO, OriginId(i as u16));
     }
+    engine.restore_pins(db.load_pins()?);
     let daemon = Daemon::new(
         engine,
         runtime.handle().clone(),
@@ -766,6 +768,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         sources.clone(),
     ));
     let _ = control.syncer.set(Arc::clone(&syncer));
+    let pin_filler = PinFiller::new(Arc::clone(&daemon));
+    {
+        // A sync may have changed pinned files (a retag): fetch them again.
+        let filler = Arc::clone(&pin_filler);
+        syncer.on_tree_change(Box::new(move |_, _| filler.kick()));
+    }
+    let _ = control.pin_filler.set(Arc::clone(&pin_filler));
     // The search index opens in the background: a rebuild must not delay
     // the mount. Until it is ready, searches answer from the saved index.
     let search: Arc<OnceLock<Arc<LiveSearch>>> = Arc::new(OnceLock::new());
@@ -828,6 +837,20 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         &scanned_now,
         plan.poll_interval,
     );
+    {
+        let filler = Arc::clone(&pin_filler);
+        supervisor.spawn(
+            "pins",
+            false,
+            Arc::new(move || {
+                let filler = Arc::clone(&filler);
+                Box::pin(async move {
+                    filler.run().await;
+                    Err("pin filler ended".to_string())
+                })
+            }),
+        );
+    }
     open_search(&supervisor, &syncer, &daemon, &db, &plan.cache_dir, &search);
     control.set_phase("serving");
     systemd::ready(&format!(

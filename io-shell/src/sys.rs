@@ -1,6 +1,6 @@
 //! The few system calls about mounts, in one place: what is mounted where
 //! (`/proc/self/mountinfo`), umount2(2), and whether the FUSE device can be
-//! used.
+//! used; and a client's Ctrl-C handler.
 
 use std::ffi::CString;
 use std::io;
@@ -196,6 +196,29 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         next = cause.source();
     }
     out
+}
+
+/// Set by [`catch_interrupts`]' handler.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    // Only an atomic store: async-signal-safe.
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// For a command-line client with work to stop cleanly: from now on,
+/// Ctrl-C (SIGINT) and SIGTERM set the returned flag instead of killing
+/// the process; the client checks it between steps.
+pub fn catch_interrupts() -> &'static std::sync::atomic::AtomicBool {
+    let handler = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe; `signal` has no other preconditions.
+        unsafe {
+            libc::signal(signal, handler);
+        }
+    }
+    &INTERRUPTED
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@
 //! entry may survive. Verification on read must catch those.
 
 use crate::swarm::Stream;
-use musicfs_core::engine::SourceKey;
+use musicfs_core::engine::{Pin, SourceKey};
 use musicfs_core::{CatalogEntry, ChunkId, Manifest};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -100,6 +100,8 @@ pub struct Disk {
     pub index: Table<ChunkId, (u32, u64)>,
     /// The chunk maps.
     pub manifests: Table<SourceKey, Manifest>,
+    /// Pinned origin files.
+    pub pins: Table<SourceKey, Pin>,
     /// The catalog of the last scan (written whole, synchronously).
     pub catalog: Vec<CatalogEntry>,
     /// Chunk files a fault damaged (flipped, torn, deleted behind the
@@ -166,6 +168,7 @@ impl Disk {
     pub fn flush_db(&mut self) {
         self.index.flush();
         self.manifests.flush();
+        self.pins.flush();
     }
 
     /// The disk's own write-back flush: what it acknowledged is now durable.
@@ -181,6 +184,7 @@ impl Disk {
     pub fn crash(&mut self, rng: &mut Stream) -> usize {
         self.index.crash();
         self.manifests.crash();
+        self.pins.crash();
         let mut hurt = 0;
         let mut gone = Vec::new();
         for (&id, f) in self.files.iter_mut() {

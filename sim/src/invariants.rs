@@ -52,6 +52,29 @@ impl World {
         self.violation.get_or_insert(v);
     }
 
+    /// At every eviction: no chunk of a pinned file is evicted (a chunk
+    /// dropped because its file was bad is deleted all the same: that is
+    /// no eviction).
+    pub(crate) fn check_evict(&mut self, ids: &[musicfs_core::ChunkId]) {
+        let Some(e) = self.engine.as_ref() else {
+            return;
+        };
+        let held = e.held_chunks();
+        let evicted_held = ids
+            .iter()
+            .find(|id| held.contains(id) && !self.shell.dropped.contains(id));
+        if let Some(id) = evicted_held {
+            let v = Violation::new(
+                "pinned evicted",
+                format!("{id:?} of a pinned file was evicted"),
+            );
+            self.fail(v);
+        }
+        for id in ids {
+            self.shell.dropped.remove(id);
+        }
+    }
+
     /// After every step: pins balance, the cache is within its limit,
     /// no read is past its deadline, the verifier is on time.
     pub(crate) fn check_step(&mut self) {
@@ -62,14 +85,23 @@ impl World {
         let cache = e.cache();
         let over = cache.bytes() > cache.capacity_bytes();
         let unpinned: u64 = if over {
+            let held = e.held_chunks();
             cache
                 .iter()
-                .filter(|(_, m)| m.pins == 0)
+                .filter(|(id, m)| m.pins == 0 && !held.contains(id))
                 .map(|(_, m)| u64::from(m.len))
                 .sum()
         } else {
             0
         };
+        let (pinned, limit) = (e.pinned_bytes(), e.pin_limit_bytes());
+        if pinned > limit {
+            let v = Violation::new(
+                "pin share",
+                format!("{pinned} bytes pinned over a pin limit of {limit}"),
+            );
+            return self.fail(v);
+        }
         let (bytes, capacity) = (cache.bytes(), cache.capacity_bytes());
         if e.in_passthrough() {
             for r in self.reads.values_mut() {

@@ -77,6 +77,9 @@ pub(crate) struct Shell {
     /// Sources whose fetch the engine gave up on for lack of progress, and
     /// when, until a fetch of theirs makes progress again.
     stalled: BTreeMap<SourceKey, Time>,
+    /// Chunks the engine dropped as bad (missing or corrupt files): their
+    /// deletion is no eviction, even of a pinned file's chunk.
+    pub dropped: BTreeSet<ChunkId>,
 }
 
 fn fetch_error(e: OriginError) -> FetchError {
@@ -180,6 +183,7 @@ impl World {
             }
             Output::Evict(ids) => {
                 self.push(Ev::Evict { chunks: ids.len() });
+                self.check_evict(&ids);
                 self.disk.evict(&ids);
             }
             Output::ProbeDisk => {
@@ -203,6 +207,7 @@ impl World {
             }
             Output::Notice(n) => {
                 if let Notice::ChunkDropped(id, _) = n {
+                    self.shell.dropped.insert(id);
                     for (req, ids) in &self.shell.serving {
                         if ids.contains(&id) {
                             self.shell.drifted.insert(*req);

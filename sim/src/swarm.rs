@@ -250,6 +250,7 @@ impl Swarm {
             seek_align_bytes: 512 << 10,
             verify_batch_bytes: 1 << 20,
             disk_probe_interval: Duration::from_secs(2),
+            pin_share_pct: 60,
             health: HealthConfig {
                 check_interval: Duration::from_millis(self.health_check_ms),
                 check_timeout: Duration::from_secs(1),

@@ -88,6 +88,8 @@ pub enum Ev {
     NetDone { op: u64, result: String },
     /// A fault began or ended, or content changed.
     Fault(String),
+    /// A pin command and what the engine made of it.
+    Pin(String),
     /// A rescan replaced the tree.
     Rescan { files: usize, changed: usize },
     /// The daemon crashed.

@@ -70,6 +70,8 @@ pub(crate) enum Event {
     Persist,
     /// The database flushes (every 500 ms).
     DbFlush,
+    /// A user pins, unpins or pauses some files (`musicfs pin`).
+    Pin,
     /// A lying disk's write-back flush.
     DiskFlush,
     Rescan,
@@ -123,6 +125,10 @@ pub struct World {
     pub(crate) rng_disk: Stream,
     pub(crate) rng_faults: Stream,
     rng_engine: Stream,
+    /// Pin commands: their own stream, so they reshuffle nothing else.
+    rng_pins: Stream,
+    /// How often a pin command comes, if ever.
+    pin_every: Option<Duration>,
     pub(crate) phase: Phase,
     pub(crate) stats: RunStats,
     pub(crate) violation: Option<Violation>,
@@ -198,6 +204,8 @@ impl World {
             rng_disk: stream(seed, "disk"),
             rng_faults: stream(seed, "faults"),
             rng_engine: stream(seed, "engine"),
+            rng_pins: stream(seed, "pins"),
+            pin_every: None,
             phase: Phase::Chaos,
             stats: RunStats::default(),
             violation: None,
@@ -211,6 +219,12 @@ impl World {
         for i in 0..w.clients.len() {
             let t = Duration::from_millis(w.rng_clients.random_range(0..200));
             w.wake_client(i, t);
+        }
+        // Half the seeds pin (the other half run as before pins existed).
+        if w.rng_pins.random_bool(0.5) {
+            let every = Duration::from_millis(w.rng_pins.random_range(300..4_000));
+            w.pin_every = Some(every);
+            w.schedule(every, Event::Pin);
         }
         w.schedule(Duration::from_secs(1), Event::Persist);
         w.schedule(Duration::from_millis(500), Event::DbFlush);
@@ -341,6 +355,14 @@ impl World {
                 let t = Duration::from_millis(self.rng_disk.random_range(200..4_000));
                 self.schedule(t, Event::DiskFlush);
             }
+            Event::Pin => {
+                if self.phase == Phase::Chaos {
+                    self.pin_command();
+                }
+                if let Some(every) = self.pin_every {
+                    self.schedule(every, Event::Pin);
+                }
+            }
             Event::Rescan => {
                 self.rescan();
                 let t = Duration::from_millis(self.swarm.rescan_ms);
@@ -401,7 +423,15 @@ impl World {
         let (manifests, chunks) = self.disk.persisted();
         let (nm, nc) = (manifests.len(), chunks.len());
         let config = self.swarm.engine_config();
-        let engine = Engine::new(config, tree, manifests, chunks, self.rng_engine.random());
+        let mut engine = Engine::new(config, tree, manifests, chunks, self.rng_engine.random());
+        let pins: Vec<_> = self
+            .disk
+            .pins
+            .durable()
+            .iter()
+            .map(|(k, p)| (k.clone(), *p))
+            .collect();
+        engine.restore_pins(pins);
         self.engine = Some(engine);
         if self.life > 0 {
             self.push(Ev::Restart {
@@ -490,6 +520,59 @@ impl World {
         }
         let touched = e.take_touched_chunks();
         self.disk.touch(&touched);
+        for (key, pin) in e.take_dirty_pins() {
+            match pin {
+                Some(pin) => self.disk.pins.put(key, pin),
+                None => self.disk.pins.remove(key),
+            }
+        }
+    }
+
+    /// `musicfs pin`, `unpin` or Ctrl-C on a pin: the engine decides, and
+    /// the daemon saves the pins durably before it answers (as
+    /// `pins::save` does: persist, then flush).
+    fn pin_command(&mut self) {
+        let Some(e) = self.engine.as_mut() else {
+            return;
+        };
+        let files: Vec<Ino> = e.tree().files().map(|(ino, _)| ino).collect();
+        if files.is_empty() {
+            return;
+        }
+        // Prefer files with cached bytes: their chunks are what a pin must
+        // keep from eviction.
+        let cached: Vec<Ino> = files
+            .iter()
+            .copied()
+            .filter(|&i| e.cached(i) != musicfs_core::engine::Cached::None)
+            .collect();
+        let pool = if !cached.is_empty() && self.rng_pins.random_bool(0.7) {
+            &cached
+        } else {
+            &files
+        };
+        let n = self.rng_pins.random_range(1..=3usize);
+        let pick: Vec<Ino> = (0..n)
+            .map(|_| pool[self.rng_pins.random_range(0..pool.len())])
+            .collect();
+        let roll = self.rng_pins.random_range(0..10u32);
+        let what = if roll < 6 {
+            match e.pin(&pick) {
+                Ok(r) => format!("pin {} files, {} new", r.files, r.new_files),
+                Err(r) => format!(
+                    "pin refused: {} + {} > {}",
+                    r.pinned_bytes, r.adding_bytes, r.limit_bytes
+                ),
+            }
+        } else if roll < 9 {
+            format!("unpin {} files", e.unpin(&pick))
+        } else {
+            e.pause_pins(&pick);
+            "pause".to_owned()
+        };
+        self.push(Ev::Pin(what));
+        self.persist();
+        self.disk.flush_db();
     }
 
     fn start_verify(&mut self) {

@@ -32,7 +32,7 @@ USAGE: cargo test -p sim -- [OPTIONS]
   --seed S               run (replay) one seed and print its report (env SIM_SEED)
   --trace                with --seed: print every event as it happens
   --jobs J               worker threads (default: available cores; env SIM_JOBS)
-  --plant KIND           plant a bug: skip-verify | leak-pin | stalled-healthy
+  --plant KIND           plant a bug: skip-verify | leak-pin | stalled-healthy | evict-pinned
   --planted-check        only prove that each planted bug is found
   --no-planted           skip the planted-bug check after the seeds
   --check-determinism K  run the first K seeds twice and compare traces (default 3)
@@ -64,6 +64,7 @@ fn parse_plant(kind: &str) -> Result<PlantedBugs, String> {
         "skip-verify" => p.skip_verify = true,
         "leak-pin" => p.leak_pin = true,
         "stalled-healthy" => p.stalled_origin_is_healthy = true,
+        "evict-pinned" => p.evict_pinned = true,
         other => return Err(format!("unknown planted bug {other:?}")),
     }
     Ok(p)
@@ -118,6 +119,8 @@ fn plant_name(p: &PlantedBugs) -> &'static str {
         "leak-pin"
     } else if p.stalled_origin_is_healthy {
         "stalled-healthy"
+    } else if p.evict_pinned {
+        "evict-pinned"
     } else {
         "none"
     }
@@ -295,6 +298,7 @@ const PLANTED: &[(&str, &[&str])] = &[
     ("skip-verify", &["safety"]),
     ("leak-pin", &["pins"]),
     ("stalled-healthy", &["backoff", "liveness (EIO)"]),
+    ("evict-pinned", &["pinned evicted"]),
 ];
 
 /// Proves each planted bug is caught, by the invariant meant to catch it,

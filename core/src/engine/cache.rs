@@ -31,6 +31,9 @@ pub struct ChunkCache {
     evict_stop_pct: u64,
     clock: u64,
     touched: BTreeMap<ChunkId, u64>,
+    /// Chunks added or removed so far (tells views of the cache when to
+    /// look again).
+    changes: u64,
 }
 
 impl ChunkCache {
@@ -50,6 +53,7 @@ impl ChunkCache {
             evict_stop_pct: u64::from(stop_pct),
             clock: 0,
             touched: BTreeMap::new(),
+            changes: 0,
         }
     }
 
@@ -82,6 +86,7 @@ impl ChunkCache {
     }
 
     fn insert_meta(&mut self, id: ChunkId, meta: ChunkMeta) {
+        self.changes += 1;
         if let Some(old) = self.chunks.insert(id, meta) {
             self.lru.remove(&(old.last_access, id));
             self.bytes -= u64::from(old.len);
@@ -131,6 +136,7 @@ impl ChunkCache {
     pub fn remove(&mut self, id: ChunkId) -> bool {
         match self.chunks.remove(&id) {
             Some(meta) => {
+                self.changes += 1;
                 self.lru.remove(&(meta.last_access, id));
                 self.bytes -= u64::from(meta.len);
                 self.touched.remove(&id);
@@ -138,6 +144,12 @@ impl ChunkCache {
             }
             None => false,
         }
+    }
+
+    /// How many times a chunk was added or removed: equal numbers, same
+    /// contents.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Bytes in the cache.
@@ -165,10 +177,11 @@ impl ChunkCache {
         self.bytes.saturating_mul(100) > self.capacity_bytes.saturating_mul(self.evict_start_pct)
     }
 
-    /// Picks least-recently-used, unpinned chunks until the cache would be
+    /// Picks least-recently-used chunks, neither pinned by a reply nor
+    /// `held` (chunks of files the user pinned), until the cache would be
     /// at or below the stop watermark, and forgets them. The caller deletes
     /// their files.
-    pub fn evict(&mut self) -> Vec<ChunkId> {
+    pub fn evict(&mut self, held: impl Fn(ChunkId) -> bool) -> Vec<ChunkId> {
         if !self.over_start_watermark() {
             return Vec::new();
         }
@@ -182,7 +195,7 @@ impl ChunkCache {
             let Some(meta) = self.chunks.get(&id) else {
                 continue;
             };
-            if meta.pins == 0 {
+            if meta.pins == 0 && !held(id) {
                 remaining -= u64::from(meta.len);
                 victims.push(id);
             }
@@ -224,12 +237,15 @@ mod tests {
             c.insert(id(n), 100);
         }
         assert_eq!(c.bytes(), 900);
-        assert!(c.evict().is_empty(), "at 90% nothing is evicted yet");
+        assert!(
+            c.evict(|_| false).is_empty(),
+            "at 90% nothing is evicted yet"
+        );
         c.pin(id(0));
         c.touch(id(1)); // 1 becomes the youngest
         c.insert(id(9), 100);
         assert!(c.over_start_watermark());
-        let victims = c.evict();
+        let victims = c.evict(|_| false);
         // Down to 80%: two chunks go, the oldest unpinned ones: 2 and 3.
         assert_eq!(victims, vec![id(2), id(3)]);
         assert_eq!(c.bytes(), 800);
@@ -245,7 +261,7 @@ mod tests {
         c.load(id(8), 100, 3);
         c.insert(id(9), 100);
         assert_eq!(c.get(id(9)).map(|m| m.last_access), Some(6));
-        assert_eq!(c.evict(), vec![id(8), id(7), id(9)]);
+        assert_eq!(c.evict(|_| false), vec![id(8), id(7), id(9)]);
         assert_eq!(c.bytes(), 0);
     }
 }

@@ -12,11 +12,13 @@
 mod cache;
 mod cutter;
 mod health;
+mod pins;
 mod types;
 
 pub use cache::{ChunkCache, ChunkMeta};
 pub use cutter::{CutChunk, CutError, Cutter};
 pub use health::{CheckId, Health, HealthConfig, HealthTable, OriginStatus};
+pub use pins::{Cached, Pin, PinRefused, PinReport, PinnedFile};
 pub use types::*;
 
 use crate::catalog::SourceFile;
@@ -59,6 +61,8 @@ pub struct Config {
     pub verify_batch_bytes: u64,
     /// How often to try the cache disk again while in passthrough.
     pub disk_probe_interval: Duration,
+    /// Pinned files may take at most this share of the cache.
+    pub pin_share_pct: u8,
     /// Origin health checks.
     pub health: HealthConfig,
     /// Known bugs, planted on purpose so the simulator can prove it finds
@@ -80,6 +84,8 @@ pub struct PlantedBugs {
     /// Treat an origin that stopped answering as healthy: no pause, no
     /// failover, just ask it again.
     pub stalled_origin_is_healthy: bool,
+    /// Let eviction take chunks of pinned files.
+    pub evict_pinned: bool,
 }
 
 impl Default for Config {
@@ -98,6 +104,7 @@ impl Default for Config {
             seek_align_bytes: 2 << 20,
             verify_batch_bytes: 8 << 20,
             disk_probe_interval: Duration::from_secs(10),
+            pin_share_pct: 80,
             health: HealthConfig::default(),
             planted: PlantedBugs::default(),
         }
@@ -218,6 +225,12 @@ pub struct Engine {
     rng: SplitMix64,
     outputs: VecDeque<Output>,
     stats: Stats,
+    /// Pinned origin files (see `pins.rs`).
+    pins: BTreeMap<SourceKey, Pin>,
+    dirty_pins: BTreeSet<SourceKey>,
+    next_pin_seq: u64,
+    /// Trees swapped in so far.
+    tree_epoch: u64,
 }
 
 impl Engine {
@@ -257,6 +270,10 @@ impl Engine {
             rng: SplitMix64(seed),
             outputs: VecDeque::new(),
             stats: Stats::default(),
+            pins: BTreeMap::new(),
+            dirty_pins: BTreeSet::new(),
+            next_pin_seq: 1,
+            tree_epoch: 0,
         };
         engine.drop_stale_manifests();
         engine.track_tree_origins(Time::ZERO);
@@ -437,6 +454,7 @@ impl Engine {
     /// old and new by identity; the map is kept only if size and mtime agree
     /// (the bytes are the same), under the new path and version.
     pub fn move_sources(&mut self, moves: &[(SourceKey, SourceFile)]) {
+        self.move_pins(moves);
         for (old, new) in moves {
             let Some(mut m) = self.manifests.remove(old) else {
                 continue;
@@ -489,7 +507,9 @@ impl Engine {
                 .is_some_and(|v| old_versions.get(k) == Some(*v))
         });
         self.tree = tree;
+        self.tree_epoch += 1;
         self.drop_stale_manifests();
+        self.settle_pins();
         self.track_tree_origins(now);
         self.replan_all(now);
         diff
@@ -1253,7 +1273,15 @@ impl Engine {
     }
 
     fn evict(&mut self) {
-        let victims = self.cache.evict();
+        if !self.cache.over_start_watermark() {
+            return;
+        }
+        let held = if self.config.planted.evict_pinned {
+            BTreeSet::new()
+        } else {
+            self.held_chunks()
+        };
+        let victims = self.cache.evict(|id| held.contains(&id));
         if !victims.is_empty() {
             self.stats.chunks_evicted += victims.len() as u64;
             self.outputs.push_back(Output::Evict(victims));
@@ -1308,6 +1336,12 @@ impl Engine {
             self.manifests.remove(&key);
             self.dirty_manifests.insert(key);
         }
+    }
+
+    /// Changes whenever what is cached, or the tree, changes: a view of
+    /// "what plays offline" computed at one epoch holds until it moves.
+    pub fn cache_epoch(&self) -> (u64, u64) {
+        (self.tree_epoch, self.cache.changes())
     }
 
     /// Everything queued for the io-shell, one at a time.

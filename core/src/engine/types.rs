@@ -162,6 +162,17 @@ pub enum Notice {
     ReadTimedOut(Ino),
     /// An origin file could not be fetched; retrying after a pause.
     FetchFailed(SourceKey, String),
+    /// Pinned files were released because pins would have taken more
+    /// than their share of the cache (files grew, or a crash lost a
+    /// release).
+    PinsReleased {
+        /// Files released.
+        files: usize,
+        /// Their bytes.
+        bytes: u64,
+        /// The most that may be pinned.
+        limit_bytes: u64,
+    },
     /// An origin's health changed (from, to).
     OriginHealth(OriginId, super::Health, super::Health),
 }

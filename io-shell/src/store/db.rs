@@ -15,6 +15,7 @@
 //! not open cleanly is moved aside and replaced rather than repaired.
 
 use super::StoreError;
+use musicfs_core::engine::{Pin, SourceKey};
 use musicfs_core::{CatalogEntry, ChunkId, Manifest, OriginId, OriginPath};
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
@@ -74,6 +75,8 @@ pub struct Db {
     manifests: sled::Tree,
     chunks: sled::Tree,
     meta: sled::Tree,
+    /// Pinned origin files (`musicfs pin`), keyed like `catalog`.
+    pins: sled::Tree,
 }
 
 impl fmt::Debug for Db {
@@ -192,6 +195,7 @@ impl Db {
             manifests: tree("manifests")?,
             chunks: tree("chunks")?,
             meta: tree("meta")?,
+            pins: tree("pins")?,
             db,
         };
         db.check_schema(existed)?;
@@ -414,6 +418,39 @@ impl Db {
             .remove(entry_key(origin, path))
             .map(drop)
             .map_err(|e| StoreError::db("remove manifest", e))
+    }
+
+    /// Every pin, in (origin, path) order. Undecodable records are skipped
+    /// and logged (the user pins again).
+    pub fn load_pins(&self) -> Result<Vec<(SourceKey, Pin)>, StoreError> {
+        let mut out = Vec::new();
+        let mut skipped = 0usize;
+        for item in self.pins.iter() {
+            let (k, v) = item.map_err(|e| StoreError::db("read pins", e))?;
+            match (decode_key(&k), rmp_serde::from_slice::<Pin>(&v)) {
+                (Some(key), Ok(pin)) => out.push((key, pin)),
+                _ => skipped += 1,
+            }
+        }
+        if skipped > 0 {
+            tracing::warn!(skipped, "skipped pins that could not be decoded");
+        }
+        Ok(out)
+    }
+
+    /// Writes pin changes (`None`: released) as one batch.
+    pub fn put_pins(&self, changes: &[(SourceKey, Option<Pin>)]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for ((origin, path), pin) in changes {
+            let key = entry_key(*origin, path);
+            match pin {
+                Some(pin) => batch.insert(key, encode("pin", pin)?),
+                None => batch.remove(key),
+            }
+        }
+        self.pins
+            .apply_batch(batch)
+            .map_err(|e| StoreError::db("write pins", e))
     }
 
     /// The whole chunk index: `(id, length, last access)` in id order.
