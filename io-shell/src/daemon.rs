@@ -64,6 +64,10 @@ pub struct Daemon {
     memory: quick_cache::sync::Cache<ChunkId, Arc<[u8]>, ChunkWeighter>,
     fetch_tasks: Mutex<HashMap<FetchId, AbortHandle>>,
     timer: Notify,
+    /// One [`Daemon::persist`] at a time: two could write what they took
+    /// from the engine in the wrong order (an older chunk map, a released
+    /// pin over its release).
+    persisting: Mutex<()>,
     epoch: Instant,
     origin_request_timeout: Duration,
     health_check_timeout: Duration,
@@ -107,6 +111,7 @@ impl Daemon {
             memory,
             fetch_tasks: Mutex::new(HashMap::new()),
             timer: Notify::new(),
+            persisting: Mutex::new(()),
             epoch: Instant::now(),
             origin_request_timeout,
             health_check_timeout,
@@ -480,9 +485,11 @@ impl Daemon {
         }
     }
 
-    /// Writes what the engine changed (chunk maps, access times) to the
-    /// database. Called every second and at shutdown.
+    /// Writes what the engine changed (chunk maps, access times, pins) to
+    /// the database. Called every second, at shutdown, and by a pin
+    /// command before it answers.
     pub fn persist(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _one_at_a_time = self.persisting.lock();
         let (manifests, touched, pins) = self.with_engine(|e, _| {
             (
                 e.take_dirty_manifests(),
