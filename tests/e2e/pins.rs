@@ -133,6 +133,7 @@ fn wait_search_index(m: &Mounted) {
 }
 
 /// Every pinned file is fully cached.
+#[cfg(feature = "failpoints")]
 fn all_pins_full(mnt: &Path) -> bool {
     let pins = pins_json(mnt);
     let files = pins["files"].as_array().cloned().unwrap_or_default();
