@@ -296,6 +296,10 @@ impl VirtualTree {
 pub struct TreeDiff {
     /// Names that appeared or disappeared, as (parent, name).
     pub entries: Vec<(Ino, String)>,
+    /// Of those, the ones whose old node is gone or replaced, as (parent,
+    /// old child, name): the kernel can be told of a deletion
+    /// (FUSE_NOTIFY_DELETE), which also tells inotify watchers.
+    pub deleted: Vec<(Ino, Ino, String)>,
     /// Nodes whose attributes or listing changed.
     pub inodes: Vec<Ino>,
 }
@@ -304,6 +308,43 @@ impl TreeDiff {
     /// True when nothing changed.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.inodes.is_empty()
+    }
+
+    /// The folders of `new` (this diff's newer tree) a media server should
+    /// look at again, as paths from the root (`""` is the root): a folder
+    /// that appeared, the folder of a file that appeared or changed, the
+    /// folder of anything that vanished. A folder inside another one of
+    /// the set is left out (looking at a folder looks inside it). At most
+    /// `max` folders; past that, the root alone.
+    pub fn changed_folders(&self, new: &VirtualTree, max: usize) -> BTreeSet<String> {
+        let mut inos: BTreeSet<Ino> = BTreeSet::new();
+        for (parent, name) in &self.entries {
+            match new.lookup(*parent, name.as_bytes()) {
+                Ok(child) if new.file(child).is_none() => inos.insert(child),
+                _ => inos.insert(*parent),
+            };
+        }
+        for &ino in &self.inodes {
+            if new.file(ino).is_some()
+                && let Some(node) = new.get(ino)
+            {
+                inos.insert(node.parent);
+            }
+        }
+        let paths: BTreeSet<String> = inos.iter().filter_map(|&i| new.path_of(i)).collect();
+        if paths.len() > max || paths.contains("") {
+            return if paths.is_empty() {
+                paths
+            } else {
+                BTreeSet::from([String::new()])
+            };
+        }
+        let inside_another = |p: &str| p.match_indices('/').any(|(i, _)| paths.contains(&p[..i]));
+        paths
+            .iter()
+            .filter(|p| !inside_another(p))
+            .cloned()
+            .collect()
     }
 }
 
@@ -320,8 +361,12 @@ pub fn diff(old: &VirtualTree, new: &VirtualTree) -> TreeDiff {
                 let names: BTreeSet<&String> = a.children.keys().chain(b.children.keys()).collect();
                 let mut changed = false;
                 for name in names {
-                    if a.children.get(name) != b.children.get(name) {
+                    let (was, is) = (a.children.get(name), b.children.get(name));
+                    if was != is {
                         out.entries.push((ino, name.clone()));
+                        if let Some(&old) = was {
+                            out.deleted.push((ino, old, name.clone()));
+                        }
                         changed = true;
                     }
                 }

@@ -254,3 +254,49 @@ fn readdir_pages_through_a_directory() {
     assert_eq!(names.len(), 32);
     assert_eq!(&names[..3], [".", "..", "01 - t.mp3"]);
 }
+
+#[test]
+fn diff_names_deletions_and_the_folders_a_media_server_should_rescan() {
+    let a = entry(0, "a.flac", 1, tags("A", "One", 1, "x"));
+    let a2 = entry(0, "a2.flac", 4, tags("A", "One", 2, "x2"));
+    let b = entry(0, "b.flac", 2, tags("B", "Two", 1, "y"));
+    let c = entry(0, "c.flac", 3, tags("A B", "Three", 1, "z"));
+    let old = build(&[a.clone(), a2.clone(), b.clone()]);
+    // a2 retagged onto a new album of A, b removed, a new artist "A B".
+    let a2_moved = entry(0, "a2.flac", 4, tags("A", "Four", 1, "x2"));
+    let new = build(&[a.clone(), a2_moved, c]);
+    let d = diff(&old, &new);
+    let gone = old.resolve("B").unwrap();
+    assert!(
+        d.deleted.contains(&(Ino::ROOT, gone, "B".to_string())),
+        "{:?}",
+        d.deleted
+    );
+    let old_a2 = old.resolve("A/One/02 - x2.flac").unwrap();
+    let one = old.resolve("A/One").unwrap();
+    assert!(
+        d.deleted
+            .contains(&(one, old_a2, "02 - x2.flac".to_string()))
+    );
+    // B vanished from the root, so the root is named: it covers everything.
+    let folders = d.changed_folders(&new, 100);
+    assert_eq!(folders.into_iter().collect::<Vec<_>>(), vec![String::new()]);
+
+    // Without a change at the root: the deepest folders, none inside another.
+    let old = build(&[a.clone(), b.clone()]);
+    let new = build(&[
+        a.clone(),
+        b.clone(),
+        entry(0, "d.flac", 5, tags("A", "One", 3, "w")),
+        entry(0, "e.flac", 6, tags("A", "Five", 1, "v")),
+        entry(0, "f.flac", 7, tags("A", "Five", 2, "u")),
+    ]);
+    let folders = diff(&old, &new).changed_folders(&new, 100);
+    assert_eq!(
+        folders.into_iter().collect::<Vec<_>>(),
+        vec!["A/Five".to_string(), "A/One".to_string()]
+    );
+    // Past the bound, the root alone.
+    let folders = diff(&old, &new).changed_folders(&new, 1);
+    assert_eq!(folders.into_iter().collect::<Vec<_>>(), vec![String::new()]);
+}

@@ -214,6 +214,19 @@ pub struct MountArgs {
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_poll_interval)]
     pub poll_interval: u64,
 
+    /// After each change to the tree, run this command with sh; the changed
+    /// folders (absolute paths in the mount) are its arguments ("$@") and, one
+    /// per line, $MUSICFS_CHANGED. E.g. to tell Plex or Jellyfin (README has
+    /// recipes). Changes are batched (0.5 s quiet, 5 s at most), one run at a
+    /// time, killed after 60 s; its result is logged.
+    #[arg(long, value_name = "CMD")]
+    pub on_change: Option<String>,
+
+    /// After each change to the tree, tell the MPD at HOST:PORT to update the
+    /// changed folders (its music_directory must be this mountpoint).
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub notify_mpd: Option<String>,
+
     /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -230,6 +243,17 @@ pub struct MountArgs {
     /// must not override the --config file.
     #[arg(skip)]
     pub given: BTreeSet<String>,
+}
+
+/// Checks `HOST:PORT` (a name or an IP address, `[::1]:6600` for IPv6).
+pub fn parse_host_port(text: &str) -> Result<String, String> {
+    let bad = || format!("'{text}' is not HOST:PORT (for example localhost:6600)");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok(text.to_owned())
 }
 
 /// Parses "500M", "20G", "1.5T", "10GiB", "4096": binary units, as `du` and

@@ -15,6 +15,8 @@
 //! read_timeout = "30s"        # or 1m30s, or a number of seconds
 //! poll_interval = "5m"        # between listings of remote origins
 //! log_level = "info"
+//! on_change = "curl -s -X POST http://jellyfin:8096/Library/Media/Updated ..."
+//! notify_mpd = "localhost:6600"
 //! ```
 //!
 //! Rules, chosen so that a config never surprises:
@@ -130,6 +132,12 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
     if let Some(level) = file.log_level.filter(|_| !given("log_level")) {
         args.log_level = level;
     }
+    if args.on_change.is_none() {
+        args.on_change = file.on_change;
+    }
+    if args.notify_mpd.is_none() {
+        args.notify_mpd = file.notify_mpd;
+    }
     Ok(args)
 }
 
@@ -159,6 +167,10 @@ pub struct FileConfig {
     pub poll_interval: Option<u64>,
     /// Log level (one of [`crate::cli::LOG_LEVELS`]).
     pub log_level: Option<String>,
+    /// A command to run after each change.
+    pub on_change: Option<String>,
+    /// An MPD to tell of each change.
+    pub notify_mpd: Option<String>,
 }
 
 /// Reads and checks a config file.
@@ -242,6 +254,8 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         read_timeout: raw.read_timeout.map(|t| t.0),
         poll_interval: raw.poll_interval.map(|t| t.0),
         log_level: raw.log_level.map(|l| l.0),
+        on_change: raw.on_change.map(|c| c.0),
+        notify_mpd: raw.notify_mpd.map(|a| a.0),
     })
 }
 
@@ -286,6 +300,8 @@ struct RawConfig {
     read_timeout: Option<ReadTimeout>,
     poll_interval: Option<PollInterval>,
     log_level: Option<LogLevel>,
+    on_change: Option<ShellCommand>,
+    notify_mpd: Option<HostPort>,
 }
 
 /// One origin: `"/srv/music"` or `{ url = "...", name = "...", priority = N }`.
@@ -457,10 +473,52 @@ impl<'de> Deserialize<'de> for LogLevel {
     }
 }
 
+/// A shell command (`on_change`): not empty.
+#[derive(Debug)]
+struct ShellCommand(String);
+
+impl<'de> Deserialize<'de> for ShellCommand {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ShellCommand, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.trim().is_empty() {
+            return Err(de::Error::custom("an empty command"));
+        }
+        Ok(ShellCommand(s))
+    }
+}
+
+/// `HOST:PORT`, checked as `--notify-mpd` is.
+#[derive(Debug)]
+struct HostPort(String);
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<HostPort, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::cli::parse_host_port(&s)
+            .map(HostPort)
+            .map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::mount::MountPlan;
+
+    #[test]
+    fn change_targets_are_read_and_checked() {
+        let parsed =
+            parse("on_change = \"echo \\\"$@\\\"\"\nnotify_mpd = \"localhost:6600\"").unwrap();
+        assert_eq!(parsed.notify_mpd.as_deref(), Some("localhost:6600"));
+        assert_eq!(parsed.on_change.as_deref(), Some("echo \"$@\""));
+        for bad in [
+            "notify_mpd = \"localhost\"",
+            "notify_mpd = \"h:0\"",
+            "on_change = \" \"",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+    }
 
     fn cli(args: &[&str]) -> MountArgs {
         let argv = std::iter::once("musicfs").chain(args.iter().copied());

@@ -6,6 +6,7 @@
 //! lives here.
 //!
 //! - [`cli`], [`mount`], [`unmount`]: the command line and the mount's life.
+//! - [`changes`]: telling media servers what changed (`--on-change`, `--notify-mpd`).
 //! - [`config`]: `musicfs mount --config FILE` (TOML settings under the command line).
 //! - [`fuse`]: the thin fuser shim.
 //! - [`daemon`]: executes the engine's decisions.
@@ -17,6 +18,7 @@
 //! - [`pins`]: `musicfs pin`: tracks kept for offline play, and their fetch.
 //! - [`sys`]: the mount table and umount(2).
 
+pub mod changes;
 pub mod cli;
 pub mod config;
 pub mod control;

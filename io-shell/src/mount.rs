@@ -7,6 +7,7 @@
 //! mount; serve until a signal or an unmount; then stop fetching, save the
 //! cache state and exit 0.
 
+use crate::changes;
 use crate::cli::MountArgs;
 use crate::control::{self, Control, ScanState};
 use crate::daemon::Daemon;
@@ -193,6 +194,8 @@ pub struct MountPlan {
     pub read_timeout: Duration,
     /// Pause between listings of a remote origin.
     pub poll_interval: Duration,
+    /// Who is told of tree changes (`--on-change`, `--notify-mpd`).
+    pub change_targets: changes::Targets,
     /// Where to mount.
     pub mountpoint: PathBuf,
 }
@@ -256,6 +259,10 @@ impl MountPlan {
             wait_for_origins: args.wait_for_origins,
             read_timeout: Duration::from_secs(args.read_timeout),
             poll_interval: Duration::from_secs(args.poll_interval),
+            change_targets: changes::Targets {
+                command: args.on_change.clone(),
+                mpd: args.notify_mpd.clone(),
+            },
             mountpoint,
         })
     }
@@ -772,17 +779,26 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     {
         // A sync may have changed pinned files (a retag): fetch them again.
         let filler = Arc::clone(&pin_filler);
-        syncer.on_tree_change(Box::new(move |_, _| filler.kick()));
+        syncer.on_tree_change(Box::new(move |_| filler.kick()));
     }
     let _ = control.pin_filler.set(Arc::clone(&pin_filler));
+    if plan.change_targets.any() {
+        let (queue, receiver) = changes::queue();
+        syncer.on_tree_change(Box::new(move |change| queue.push(change.tree, change.diff)));
+        runtime.spawn(changes::run(
+            receiver,
+            plan.mountpoint.clone(),
+            plan.change_targets.clone(),
+        ));
+    }
     // The search index opens in the background: a rebuild must not delay
     // the mount. Until it is ready, searches answer from the saved index.
     let search: Arc<OnceLock<Arc<LiveSearch>>> = Arc::new(OnceLock::new());
     {
         let search = Arc::clone(&search);
-        syncer.on_tree_change(Box::new(move |new, catalog| {
+        syncer.on_tree_change(Box::new(move |change| {
             if let Some(live) = search.get()
-                && let Err(e) = live.tree_changed(new, catalog)
+                && let Err(e) = live.tree_changed(change.tree, change.catalog)
             {
                 tracing::warn!(error = %e, "could not update the search index");
             }
@@ -1159,10 +1175,31 @@ fn fuse_config(plan: &MountPlan) -> fuser::Config {
     config
 }
 
-/// Tells the kernel exactly which entries and inodes changed.
+/// Tells the kernel exactly which entries and inodes changed. An entry
+/// whose node is gone gets a delete notice (FUSE_NOTIFY_DELETE, Linux
+/// 3.3+): the kernel drops it as if it had been unlinked, which inotify
+/// watchers on the mount see as a deletion; the others are invalidated.
 pub fn invalidate(notifier: &fuser::Notifier, diff: &TreeDiff) {
+    let mut told = std::collections::BTreeSet::new();
+    for (parent, child, name) in &diff.deleted {
+        let deleted = notifier.delete(
+            fuser::INodeNo(parent.0),
+            fuser::INodeNo(child.0),
+            OsStr::new(name),
+        );
+        match deleted {
+            Ok(()) => {
+                told.insert((*parent, name.as_str()));
+            }
+            Err(e) => {
+                tracing::debug!(name = %name, error = %e, "delete notice not taken; invalidating")
+            }
+        }
+    }
     for (parent, name) in &diff.entries {
-        let _ = notifier.inval_entry(fuser::INodeNo(parent.0), OsStr::new(name));
+        if !told.contains(&(*parent, name.as_str())) {
+            let _ = notifier.inval_entry(fuser::INodeNo(parent.0), OsStr::new(name));
+        }
     }
     for ino in &diff.inodes {
         let _ = notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0);

@@ -52,10 +52,19 @@ pub enum SyncSource {
     Remote(Arc<dyn RemoteOrigin>),
 }
 
-/// Called after every tree change with the new tree and the catalog it was
-/// built from (the search index follows the tree this way, without
-/// loading the catalog a second time).
-pub type TreeListener = Box<dyn Fn(&VirtualTree, &[CatalogEntry]) + Send + Sync>;
+/// A published tree change.
+pub struct TreeChange<'a> {
+    /// The new tree.
+    pub tree: &'a VirtualTree,
+    /// The catalog it was built from (the search index follows the tree
+    /// this way, without loading the catalog a second time).
+    pub catalog: &'a [CatalogEntry],
+    /// What changed from the tree before.
+    pub diff: &'a musicfs_core::tree::TreeDiff,
+}
+
+/// Called after every tree change.
+pub type TreeListener = Box<dyn Fn(&TreeChange<'_>) + Send + Sync>;
 
 /// Runs syncs for one mount.
 pub struct Syncer {
@@ -315,8 +324,13 @@ impl Syncer {
         if let Some(n) = self.notifier.get() {
             invalidate(n, &diff);
         }
+        let change = TreeChange {
+            tree: &new_tree,
+            catalog: &entries,
+            diff: &diff,
+        };
         for listener in self.listeners.lock().iter() {
-            listener(&new_tree, &entries);
+            listener(&change);
         }
         Ok(diff.entries.len() + diff.inodes.len())
     }

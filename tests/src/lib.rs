@@ -2,6 +2,7 @@
 //!
 //! - [`corpus`]: realistic generated libraries with a manifest of tags and
 //!   SHA-256 (the project's `tests/corpus/make-library.py`).
+//! - [`mpd`]: a real MPD (and `mpc`) with its own config, on loopback.
 //! - [`mount`]: a real `musicfs mount` process on a real FUSE mount, torn
 //!   down cleanly even when a test fails.
 //! - [`faults`]: `FaultyOrigin` (with its `FailMode`s) and `FaultyCasStore`.
@@ -16,6 +17,7 @@ pub mod disk;
 pub mod faults;
 pub mod fixtures;
 pub mod mount;
+pub mod mpd;
 pub mod proxy;
 pub mod search;
 pub mod servers;
