@@ -39,6 +39,7 @@ struct World {
     hold_fetches: bool,
     fetched_bytes: u64,
     fetches_by_origin: [u64; 4],
+    passthroughs_by_origin: [u64; 4],
 }
 
 struct Harness {
@@ -177,15 +178,21 @@ impl Harness {
                     len,
                 } => {
                     let key = (source.origin.0, source.path.as_bytes().to_vec());
-                    let reply = match self.world.origin.get(&key) {
+                    self.world.passthroughs_by_origin[usize::from(source.origin.0)] += 1;
+                    match self.world.origin.get(&key) {
                         Some(bytes) if !self.world.down.contains(&source.origin.0) => {
                             let end = (offset + u64::from(len)).min(bytes.len() as u64);
-                            Ok(bytes[offset as usize..end as usize].to_vec())
+                            let reply = Ok(bytes[offset as usize..end as usize].to_vec());
+                            assert!(self.world.replies.insert(req, reply).is_none());
+                            self.engine.read_finished(self.now, req, &[]);
                         }
-                        _ => Err(Errno::Io),
-                    };
-                    assert!(self.world.replies.insert(req, reply).is_none());
-                    self.engine.read_finished(self.now, req, &[]);
+                        // Nothing is sent: the engine decides what next.
+                        _ => self.engine.passthrough_failed(
+                            self.now,
+                            req,
+                            FetchError::Unavailable("down".into()),
+                        ),
+                    }
                 }
                 Output::Fetch(fetch) => {
                     if self.world.hold_fetches {
@@ -687,4 +694,30 @@ fn pins_follow_moves_are_saved_and_shrink_to_fit_when_restored() {
         std::iter::from_fn(|| h2.engine.poll_output())
             .any(|o| matches!(o, Output::Notice(Notice::PinsReleased { files: 1, .. })))
     );
+}
+
+#[test]
+fn a_cache_off_origin_is_read_straight_through_and_fails_over_to_a_mirror() {
+    let config = Config {
+        uncached_origins: [OriginId(0)].into_iter().collect(),
+        ..Config::default()
+    };
+    let mut h = Harness::with_origins(&[("A", 3 * MIB)], 2, config);
+    let want = h.origin_bytes("A").to_vec();
+    assert_eq!(read_whole(&mut h, "A"), want);
+    assert!(h.world.passthroughs_by_origin[0] > 0);
+    assert_eq!(
+        h.world.fetches_by_origin[0], 0,
+        "nothing fetched from a cache=off origin"
+    );
+    assert_eq!(h.engine.cache().bytes(), 0);
+    assert!(
+        h.engine.is_cacheable(h.ino("A")),
+        "its mirror is in a cached origin"
+    );
+    // The cache=off origin fails: the read goes to the mirror (and is
+    // cached there) instead of failing.
+    h.set_down(0, true);
+    assert_eq!(h.read("A", 0, 65536).unwrap(), want[..65536].to_vec());
+    assert!(h.world.fetches_by_origin[1] > 0, "the mirror was asked");
 }

@@ -277,9 +277,15 @@ fn order_origins(list: Vec<Spanned<OriginEntry>>) -> Result<Vec<String>, ConfigE
     // In `--origin` form: the name rides along; the order is the priority.
     Ok(entries
         .into_iter()
-        .map(|e| match e.name {
-            Some(name) => format!("{},name={name}", e.url),
-            None => e.url,
+        .map(|e| {
+            let mut origin = e.url;
+            if let Some(name) = e.name {
+                origin.push_str(&format!(",name={name}"));
+            }
+            if e.cache == Some(false) {
+                origin.push_str(",cache=off");
+            }
+            origin
         })
         .collect())
 }
@@ -310,6 +316,7 @@ struct OriginEntry {
     url: String,
     name: Option<String>,
     priority: Option<i64>,
+    cache: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,6 +325,7 @@ struct OriginTable {
     url: String,
     name: Option<String>,
     priority: Option<i64>,
+    cache: Option<bool>,
 }
 
 impl<'de> Deserialize<'de> for OriginEntry {
@@ -327,7 +335,7 @@ impl<'de> Deserialize<'de> for OriginEntry {
             type Value = OriginEntry;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "an origin: a path or URL string, or a table { url = \"...\", name = \"...\", priority = N }",
+                    "an origin: a path or URL string, or a table { url = \"...\", name = \"...\", priority = N, cache = false }",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<OriginEntry, E> {
@@ -335,6 +343,7 @@ impl<'de> Deserialize<'de> for OriginEntry {
                     url: origin_url(s)?,
                     name: None,
                     priority: None,
+                    cache: None,
                 })
             }
             // A hand-written visitor rather than an untagged enum: the table's
@@ -353,6 +362,7 @@ impl<'de> Deserialize<'de> for OriginEntry {
                     url: origin_url(&t.url)?,
                     name: t.name,
                     priority: t.priority,
+                    cache: t.cache,
                 })
             }
         }

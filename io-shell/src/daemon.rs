@@ -315,16 +315,19 @@ impl Daemon {
                 Err(OriginError::Changed)
             }
         });
-        if let Some(reply) = self.take_reply(req) {
-            match result {
-                Ok(data) => reply.data(&data),
-                Err(e) => {
-                    tracing::debug!(source = %source.path, error = %e, "passthrough read failed");
-                    reply.error(musicfs_core::fs::Errno::Io);
+        match result {
+            Ok(data) => {
+                if let Some(reply) = self.take_reply(req) {
+                    reply.data(&data);
                 }
+                self.with_engine(|e, now| e.read_finished(now, req, &[]));
+            }
+            Err(e) => {
+                tracing::debug!(source = %source.path, error = %e, "passthrough read failed");
+                let error = fetch_error(e);
+                self.with_engine(|en, now| en.passthrough_failed(now, req, error));
             }
         }
-        self.with_engine(|e, now| e.read_finished(now, req, &[]));
     }
 
     /// Checks that an origin answers, within the health check timeout.
@@ -392,9 +395,7 @@ impl Daemon {
             }
             let data = match result {
                 Ok(Ok(data)) => data,
-                Ok(Err(OriginError::NotFound)) => return Err(FetchError::NotFound),
-                Ok(Err(OriginError::Changed)) => return Err(FetchError::Changed),
-                Ok(Err(OriginError::Unavailable(why))) => return Err(FetchError::Unavailable(why)),
+                Ok(Err(e)) => return Err(fetch_error(e)),
                 Err(_) => return Err(FetchError::Unavailable("origin read timed out".into())),
             };
             if data.len() != want {
@@ -599,6 +600,15 @@ fn chunk_fault(e: &ChunkReadError) -> ChunkFault {
         ChunkReadError::Missing => ChunkFault::Missing,
         ChunkReadError::Corrupt { .. } => ChunkFault::Corrupt,
         ChunkReadError::Io(e) => ChunkFault::Disk(disk_fault(e)),
+    }
+}
+
+/// What an origin's error means to the engine.
+fn fetch_error(e: OriginError) -> FetchError {
+    match e {
+        OriginError::NotFound => FetchError::NotFound,
+        OriginError::Changed => FetchError::Changed,
+        OriginError::Unavailable(why) => FetchError::Unavailable(why),
     }
 }
 

@@ -7,6 +7,7 @@
 //! what makes a warm `find` or `ls -lR` nearly as fast as on a local disk.
 
 use crate::daemon::{Daemon, ReadReply};
+use crate::kernel_passthrough::{self, KernelPassthrough};
 use crate::offline::{self, OfflineView};
 use crate::search::folder::{self, SearchFolder};
 use crate::search::live::LiveSearch;
@@ -36,6 +37,8 @@ pub struct MusicFs {
     daemon: Arc<Daemon>,
     search: SearchFolder,
     offline: OfflineView,
+    /// Kernel passthrough for `cache=off` origins.
+    passthrough: KernelPassthrough,
     uid: u32,
     gid: u32,
     /// The kernel opens directories without asking (see `opendir`).
@@ -63,10 +66,21 @@ impl MusicFs {
             daemon,
             search: SearchFolder::new(search),
             offline: OfflineView::default(),
+            passthrough: KernelPassthrough::new(Default::default()),
             uid,
             gid,
             no_opendir: false,
         }
+    }
+
+    /// Lets the kernel read the files of these `cache=off` local origins
+    /// itself, where it can (see `kernel_passthrough.rs`).
+    pub fn with_kernel_passthrough(
+        mut self,
+        roots: std::collections::BTreeMap<musicfs_core::OriginId, std::path::PathBuf>,
+    ) -> MusicFs {
+        self.passthrough = KernelPassthrough::new(roots);
+        self
     }
 
     /// Lookup, getattr and readdir of the tree or of the `.search` folder.
@@ -212,6 +226,22 @@ impl Filesystem for MusicFs {
         // Many players and scanners read at once; let the kernel queue them.
         let _ = config.set_max_background(128);
         let _ = config.set_congestion_threshold(96);
+        if self.passthrough.wanted() {
+            // Backing files live on ordinary file systems (stack depth 0):
+            // a depth of 1 lets the kernel pass reads through to them.
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if granted {
+                self.passthrough.enable();
+                tracing::info!(
+                    "kernel passthrough on: cache=off origins are read by the kernel directly"
+                );
+            } else {
+                tracing::info!(
+                    "this kernel has no FUSE passthrough (Linux 6.9+): cache=off origins are read by the daemon"
+                );
+            }
+        }
         Ok(())
     }
 
@@ -251,12 +281,36 @@ impl Filesystem for MusicFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
-        match self.daemon.inspect(|e| e.open(tree_ino(ino.0), write)) {
-            // The bytes of a version never change: keep the kernel's pages
-            // across opens. A changed file is a new version (invalidated).
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
+        let tree = tree_ino(ino.0);
+        match self.daemon.inspect(|e| e.open(tree, write)) {
+            Ok(()) => {
+                let Some(reply) = self.passthrough.try_open(&self.daemon, tree, reply) else {
+                    return; // the kernel reads the origin file itself
+                };
+                // The bytes of a version never change: keep the kernel's
+                // pages across opens. A changed file is a new version
+                // (invalidated).
+                reply.opened(
+                    FileHandle(kernel_passthrough::PLAIN_HANDLE),
+                    FopenFlags::FOPEN_KEEP_CACHE,
+                );
+            }
             Err(e) => reply.error(errno(e)),
         }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.passthrough.release(fh.0);
+        reply.ok();
     }
 
     fn read(

@@ -24,6 +24,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod fuse;
+pub mod kernel_passthrough;
 pub mod logging;
 pub mod memory;
 pub mod mount;

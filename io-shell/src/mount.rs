@@ -100,7 +100,8 @@ pub enum OriginKind {
     Remote(Box<RemoteSpec>),
 }
 
-/// One origin, as configured: `--origin WHERE[,name=NAME][,priority=N]`.
+/// One origin, as configured:
+/// `--origin WHERE[,name=NAME][,priority=N][,cache=off]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OriginSpec {
     /// Where its files are.
@@ -109,6 +110,9 @@ pub struct OriginSpec {
     pub name: Option<String>,
     /// Lower is preferred; ties keep the order given.
     pub priority: i64,
+    /// Its bytes go through the chunk cache (the default); `cache=off`
+    /// (local folders only) reads them straight from the origin.
+    pub cached: bool,
 }
 
 impl OriginSpec {
@@ -118,6 +122,7 @@ impl OriginSpec {
             kind: OriginKind::Local(root),
             name: None,
             priority: 0,
+            cached: true,
         }
     }
 
@@ -268,15 +273,36 @@ impl MountPlan {
     }
 }
 
-/// Parses `WHERE[,name=NAME][,priority=N]`: a local directory (which must
-/// exist), or an `s3://` or `sftp://` URL (checked, not contacted). Only
-/// trailing `,name=` and `,priority=` parts are options, so a path with a
-/// comma in it still works.
+/// Parses `WHERE[,name=NAME][,priority=N][,cache=off]`: a local directory
+/// (which must exist), or an `s3://` or `sftp://` URL (checked, not
+/// contacted). Only trailing `,name=`, `,priority=` and `,cache=` parts are
+/// options, so a path with a comma in it still works.
 pub fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
     let mut place = raw;
     let mut name = None;
     let mut priority = None;
+    let mut cached = None;
     while let Some((head, tail)) = place.rsplit_once(',') {
+        if let Some(c) = tail.strip_prefix("cache=") {
+            if cached.is_some() {
+                return Err(UsageError(format!(
+                    "origin '{}': cache given twice",
+                    redact_url(raw)
+                )));
+            }
+            cached = Some(match c {
+                "on" => true,
+                "off" => false,
+                other => {
+                    return Err(UsageError(format!(
+                        "origin '{}': cache is 'on' or 'off', not '{other}'",
+                        redact_url(raw)
+                    )));
+                }
+            });
+            place = head;
+            continue;
+        }
         if let Some(n) = tail.strip_prefix("name=") {
             if name.is_some() {
                 return Err(UsageError(format!(
@@ -310,10 +336,18 @@ pub fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
         place = head;
     }
     let kind = parse_place(place)?;
+    let cached = cached.unwrap_or(true);
+    if !cached && matches!(kind, OriginKind::Remote(_)) {
+        return Err(UsageError(format!(
+            "origin '{}': cache=off is for local folders (a remote origin's bytes are cached so that they play when it is slow or gone)",
+            redact_url(raw)
+        )));
+    }
     Ok(OriginSpec {
         kind,
         name,
         priority: priority.unwrap_or(0),
+        cached,
     })
 }
 
@@ -748,6 +782,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let config = EngineConfig {
         read_timeout: plan.read_timeout,
         cache_capacity_bytes: plan.cache_size,
+        uncached_origins: plan
+            .origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.cached)
+            .map(|(i, _)| OriginId(i as u16))
+            .collect(),
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(config, tree, manifests, chunk_index, seed_from_clock());
@@ -812,6 +853,17 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             current_uid(),
             current_gid(),
             Arc::clone(&search),
+        )
+        .with_kernel_passthrough(
+            plan.origins
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| !o.cached)
+                .filter_map(|(i, o)| match &o.kind {
+                    OriginKind::Local(root) => Some((OriginId(i as u16), root.clone())),
+                    OriginKind::Remote(_) => None,
+                })
+                .collect(),
         ),
         &plan.mountpoint,
         &fuse_config(&plan),

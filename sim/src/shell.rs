@@ -26,7 +26,6 @@ use musicfs_core::engine::{
     ChunkFault, CutChunk, Cutter, DiskFault, Fetch, FetchError, FetchId, FetchPlan, FetchedChunk,
     Notice, Output, Piece, ReqId, Stored,
 };
-use musicfs_core::fs::Errno;
 use musicfs_core::{ChunkId, FileVersion, OriginId, OriginPath};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -326,14 +325,19 @@ impl World {
             Some(OpOwner::Fetch(id)) => self.on_fetch_piece(id, result),
             Some(OpOwner::Passthrough(req)) => {
                 self.shell.passthroughs.remove(&req);
-                let answer = match result {
-                    Ok(data) => Answer::Data(data),
-                    Err(_) => Answer::Error(Errno::Io),
-                };
-                self.reply(req, answer);
                 let now = self.now;
-                if let Some(e) = self.engine.as_mut() {
-                    e.read_finished(now, req, &[]);
+                match result {
+                    Ok(data) => {
+                        self.reply(req, Answer::Data(data));
+                        if let Some(e) = self.engine.as_mut() {
+                            e.read_finished(now, req, &[]);
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(e) = self.engine.as_mut() {
+                            e.passthrough_failed(now, req, fetch_error(err));
+                        }
+                    }
                 }
             }
             Some(OpOwner::Check(origin, check)) => {
@@ -536,10 +540,10 @@ impl World {
         };
         self.shell.ops.remove(&op);
         self.net.abort(op);
-        self.reply(req, Answer::Error(Errno::Io));
         let now = self.now;
         if let Some(e) = self.engine.as_mut() {
-            e.read_finished(now, req, &[]);
+            let why = FetchError::Unavailable("passthrough timed out".into());
+            e.passthrough_failed(now, req, why);
         }
     }
 

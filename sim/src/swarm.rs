@@ -13,6 +13,7 @@
 //! paths; runs with few faults reach the deep states where bugs hide.
 
 use crate::trace::Fnv;
+use musicfs_core::OriginId;
 use musicfs_core::engine::{Config, DiskFault, HealthConfig, PlantedBugs};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -147,6 +148,10 @@ pub struct Swarm {
     /// the read timeout (checks find a stalled origin first), some longer,
     /// as the daemon's defaults are (only fetch failures can).
     pub health_check_ms: u64,
+    /// Origins whose reads bypass the cache (`cache=off`), as a bit set:
+    /// one seed in five has one (drawn from its own stream, `"uncached"`,
+    /// so the other options of a seed stay what they were).
+    pub uncached_origins: u32,
     /// Bugs planted in the engine for this run.
     pub planted: PlantedBugs,
 }
@@ -229,6 +234,14 @@ impl Swarm {
                 (r.random_range(2_000..=10_000), r.random_range(100..=40_000))
             }),
             health_check_ms: [2_000, 8_000, 20_000, 30_000][rng.random_range(0..4)],
+            uncached_origins: {
+                let r = &mut stream(seed, "uncached");
+                if r.random_bool(0.2) {
+                    1 << r.random_range(0..origins)
+                } else {
+                    0
+                }
+            },
             planted,
         }
     }
@@ -251,6 +264,10 @@ impl Swarm {
             verify_batch_bytes: 1 << 20,
             disk_probe_interval: Duration::from_secs(2),
             pin_share_pct: 60,
+            uncached_origins: (0..self.origins)
+                .filter(|i| self.uncached_origins & (1 << i) != 0)
+                .map(OriginId)
+                .collect(),
             health: HealthConfig {
                 check_interval: Duration::from_millis(self.health_check_ms),
                 check_timeout: Duration::from_secs(1),
@@ -339,6 +356,11 @@ impl fmt::Display for Swarm {
             f,
             "  clock jumps (gap ms, max ms): {}",
             onoff(&self.clock_jumps)
+        )?;
+        writeln!(
+            f,
+            "  cache=off origins (bit set): {:#b}",
+            self.uncached_origins
         )?;
         write!(f, "  planted bugs: {:?}", self.planted)
     }

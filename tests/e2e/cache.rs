@@ -390,6 +390,63 @@ fn a_retag_reads_the_file_once_and_writes_only_the_changed_chunks_to_the_cache()
     assert!(m.stop().success());
 }
 
+/// `--origin DIR,cache=off`: the bytes come straight from the origin (the
+/// kernel reads the file itself where it can), nothing is cached, nothing
+/// can be pinned, and with the origin gone a read fails with EIO.
+#[test]
+fn an_origin_with_cache_off_is_read_straight_through_and_never_cached() {
+    let s = Setup::new(4);
+    let origin = format!("{},cache=off", s.path("lib").display());
+    let m = MountCommand::new(
+        Path::new(BIN),
+        &[Path::new(&origin)],
+        &s.path("cache"),
+        &s.path("mnt"),
+        &s.path("log"),
+    )
+    .args(["--read-timeout", "3s"])
+    .start(UP);
+    s.check_all(&m);
+    let status: serde_json::Value = serde_json::from_str(&control_ok(
+        Path::new(BIN),
+        &["status", "--json"],
+        &m.mountpoint,
+    ))
+    .unwrap();
+    let cache = &status["cache"];
+    assert_eq!(cache["bytes"], 0, "{status:#}");
+    assert_eq!(cache["fetched_bytes"], 0, "{status:#}");
+    assert_eq!(bytes_under(&s.path("cache/chunks")), 0);
+    let log = m.log_text();
+    if log.contains("kernel passthrough on") {
+        // The kernel read the files: no read reached the daemon.
+        assert_eq!(cache["reads_served"], 0, "{status:#}");
+        assert_eq!(cache["reads_passthrough"], 0, "{status:#}");
+        println!("cache=off: the kernel read the origin files itself (FUSE passthrough)");
+    } else {
+        assert!(
+            cache["reads_passthrough"].as_u64().unwrap_or(0) > 0,
+            "{status:#}"
+        );
+        println!("cache=off: the daemon read the origin files (no kernel passthrough)");
+    }
+    // Nothing of such an origin can be pinned.
+    let out = Command::new(BIN)
+        .args(["pin", &m.mountpoint.to_string_lossy(), "Band"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cache=off"));
+    // The origin goes away: a fresh open reads nothing stale, it fails.
+    std::fs::rename(s.path("lib"), s.path("lib.gone")).unwrap();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
+    for rel in s.want.keys() {
+        let err = sha256_file(&m.mountpoint.join(rel)).expect_err("no origin, no bytes");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{rel:?}: {err}");
+    }
+    assert!(m.stop().success());
+}
+
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;

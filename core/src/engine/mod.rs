@@ -63,6 +63,9 @@ pub struct Config {
     pub disk_probe_interval: Duration,
     /// Pinned files may take at most this share of the cache.
     pub pin_share_pct: u8,
+    /// Origins whose bytes never go through the cache (`cache=off`): reads
+    /// of them pass straight through, nothing is fetched ahead or pinned.
+    pub uncached_origins: BTreeSet<OriginId>,
     /// Origin health checks.
     pub health: HealthConfig,
     /// Known bugs, planted on purpose so the simulator can prove it finds
@@ -105,6 +108,7 @@ impl Default for Config {
             verify_batch_bytes: 8 << 20,
             disk_probe_interval: Duration::from_secs(10),
             pin_share_pct: 80,
+            uncached_origins: BTreeSet::new(),
             health: HealthConfig::default(),
             planted: PlantedBugs::default(),
         }
@@ -152,6 +156,8 @@ struct InService {
     timed_out: bool,
     /// Its file changed while it was in service: never planned again.
     stale: bool,
+    /// The origin file a `Passthrough` reads, to blame if it fails.
+    source: Option<SourceKey>,
 }
 
 #[derive(Clone, Debug)]
@@ -609,6 +615,43 @@ impl Engine {
         self.evict();
     }
 
+    /// A `Passthrough` failed: the origin did not answer in time, or said
+    /// the file changed or is gone. Nothing was sent to the reader. The
+    /// failure counts against the origin and the file as a failed fetch
+    /// does (health, a retry pause), and the read is planned again: from
+    /// another origin holding the file, after the pause, or EIO at its
+    /// deadline.
+    pub fn passthrough_failed(&mut self, now: Time, req: ReqId, error: FetchError) {
+        let Some(service) = self.in_service.remove(&req) else {
+            return;
+        };
+        if let Some(key) = &service.source {
+            match error {
+                FetchError::Changed | FetchError::NotFound => {
+                    self.outputs
+                        .push_back(Output::Notice(Notice::SourceChanged(key.clone())));
+                    self.mark_failed(now, key, u32::MAX);
+                }
+                FetchError::Unavailable(why) => {
+                    let t = self.health.record(now, key.0, Err(&why));
+                    self.outputs
+                        .push_back(Output::Notice(Notice::FetchFailed(key.clone(), why)));
+                    self.mark_failed(now, key, 1);
+                    self.note_health(now, t);
+                }
+            }
+        }
+        if service.timed_out {
+            return; // its deadline already answered it
+        }
+        if service.stale || self.draining {
+            self.fail_read(req, Errno::Io);
+            return;
+        }
+        self.pending.insert(req, service.read);
+        self.plan_read(now, req);
+    }
+
     /// Decides what to do with one pending read.
     fn plan_read(&mut self, now: Time, req: ReqId) {
         let Some(read) = self.pending.get(&req).cloned() else {
@@ -634,6 +677,7 @@ impl Engine {
                         pinned,
                         timed_out: false,
                         stale: false,
+                        source: None,
                     },
                 );
                 let verify = !self.config.planted.skip_verify;
@@ -657,6 +701,7 @@ impl Engine {
                         pinned: Vec::new(),
                         timed_out: false,
                         stale: false,
+                        source: Some(key_of(&source)),
                     },
                 );
                 self.outputs.push_back(Output::Passthrough {
@@ -720,7 +765,7 @@ impl Engine {
                 Plan::Fail(Errno::Io)
             };
         };
-        if self.in_passthrough() {
+        if self.in_passthrough() || self.config.uncached_origins.contains(&src.origin) {
             return Plan::Passthrough(src);
         }
         self.ensure_fetching(now, read.ino, &src, read.offset, read.end);
@@ -948,7 +993,9 @@ impl Engine {
             return;
         }
         let sources = file.sources.clone();
-        if let Some(src) = self.pick_source(now, &sources) {
+        if let Some(src) = self.pick_source(now, &sources)
+            && !self.config.uncached_origins.contains(&src.origin)
+        {
             self.ensure_fetching(now, ino, &src, from, to);
         }
     }

@@ -53,6 +53,8 @@ pub struct PinReport {
     pub new_files: usize,
     /// Bytes of all the files the request named.
     pub bytes: u64,
+    /// Files left out because every origin holding them is `cache=off`.
+    pub uncacheable: usize,
 }
 
 /// How much of a file is in the cache.
@@ -106,13 +108,16 @@ impl Engine {
     /// refuses if they would take more than the pin limit. Pinning a file
     /// already pinned resumes its fetch if it was paused.
     pub fn pin(&mut self, inos: &[Ino]) -> Result<PinReport, PinRefused> {
-        let files: BTreeSet<Ino> = inos
+        let named: BTreeSet<Ino> = inos
             .iter()
             .copied()
             .filter(|&i| self.tree.file(i).is_some())
             .collect();
+        let (files, uncacheable): (BTreeSet<Ino>, BTreeSet<Ino>) =
+            named.into_iter().partition(|&i| self.is_cacheable(i));
         let mut report = PinReport {
             files: files.len(),
+            uncacheable: uncacheable.len(),
             ..PinReport::default()
         };
         let mut adding = 0u64;
@@ -200,6 +205,15 @@ impl Engine {
         }
     }
 
+    /// Whether some origin holding file `ino` caches its bytes.
+    pub fn is_cacheable(&self, ino: Ino) -> bool {
+        self.tree.file(ino).is_some_and(|f| {
+            f.sources
+                .iter()
+                .any(|s| !self.config.uncached_origins.contains(&s.origin))
+        })
+    }
+
     /// Whether the file `ino` is pinned (through any of its sources).
     pub fn is_pinned(&self, ino: Ino) -> bool {
         self.tree
@@ -261,7 +275,9 @@ impl Engine {
         let mut todo: Vec<(u64, Ino)> = self
             .pinned_inos()
             .into_iter()
-            .filter(|(ino, (_, paused))| !paused && self.cached(*ino) != Cached::Full)
+            .filter(|(ino, (_, paused))| {
+                !paused && self.is_cacheable(*ino) && self.cached(*ino) != Cached::Full
+            })
             .map(|(ino, (seq, _))| (seq, ino))
             .collect();
         todo.sort_unstable();

@@ -201,7 +201,10 @@ pub enum Output {
         verify: bool,
     },
     /// Reply to a read with bytes read straight from the origin (the cache
-    /// cannot take them), then report `read_finished`.
+    /// cannot take them, or the origin is `cache=off`), then report
+    /// `read_finished`. If the origin fails (or takes longer than the
+    /// fetch stall timeout), send nothing and report `passthrough_failed`:
+    /// the engine tries another origin, retries, or answers EIO.
     Passthrough {
         /// The read.
         req: ReqId,

@@ -52,6 +52,12 @@ pub fn pin(mountpoint: &Path, what: &[String]) -> ExitCode {
         return code;
     }
     let inos = answer["inos"].clone();
+    if answer["uncacheable"].as_u64().unwrap_or(0) > 0 {
+        eprintln!(
+            "{} files are only in cache=off origins and were not pinned",
+            answer["uncacheable"]
+        );
+    }
     println!(
         "pinned {} files ({}), {} of them new",
         answer["files"],

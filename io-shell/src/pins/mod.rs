@@ -133,9 +133,20 @@ pub fn save(daemon: &Arc<Daemon>) -> Result<(), String> {
 
 /// `pin`: pins the files, saves, wakes the filler.
 pub fn pin(daemon: &Arc<Daemon>, filler: &fill::PinFiller, inos: &[Ino]) -> Value {
+    let inos_named = inos.len();
     if inos.is_empty() {
         return json!({"error": "nothing in the mount matches"});
     }
+    let cacheable: Vec<Ino> = daemon.inspect(|e| {
+        inos.iter()
+            .copied()
+            .filter(|&i| e.is_cacheable(i))
+            .collect()
+    });
+    if cacheable.is_empty() {
+        return json!({"error": "these files are only in cache=off origins: they are never cached, so they cannot be pinned"});
+    }
+    let inos = &cacheable[..];
     match daemon.with_engine(|e, _| e.pin(inos)) {
         Ok(report) => {
             if let Err(e) = save(daemon) {
@@ -146,6 +157,7 @@ pub fn pin(daemon: &Arc<Daemon>, filler: &fill::PinFiller, inos: &[Ino]) -> Valu
                 "files": report.files,
                 "new_files": report.new_files,
                 "bytes": report.bytes,
+                "uncacheable": report.uncacheable + (inos_named - inos.len()),
                 "inos": inos.iter().map(|i| i.0).collect::<Vec<_>>(),
             })
         }
