@@ -274,7 +274,7 @@ pub fn runtime_dir() -> PathBuf {
 
 /// The file name of the control socket of the mount at `mountpoint`: a
 /// hash of the path as the mount table shows it.
-fn socket_name(mountpoint: &Path) -> String {
+pub fn socket_name(mountpoint: &Path) -> String {
     let canonical = crate::sys::mount_table_path(mountpoint);
     let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_os_str().as_encoded_bytes());
     format!("{hash:016x}.sock")
