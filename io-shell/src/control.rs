@@ -55,6 +55,8 @@ pub struct Control {
     pub cache_dir: PathBuf,
     /// "scanning", "serving", "stopping".
     pub phase: Mutex<&'static str>,
+    /// Where the Prometheus metrics are served (`--metrics-addr`).
+    pub metrics_addr: OnceLock<std::net::SocketAddr>,
 }
 
 impl Control {
@@ -72,6 +74,7 @@ impl Control {
             pin_filler: OnceLock::new(),
             cache_dir: cache_dir.to_path_buf(),
             phase: Mutex::new("starting"),
+            metrics_addr: OnceLock::new(),
         })
     }
 
@@ -96,6 +99,9 @@ impl Control {
             "fuse_protocol": crate::fuse::kernel_protocol(),
             "scan": scan,
         });
+        if let Some(addr) = self.metrics_addr.get() {
+            doc["metrics"] = json!(format!("http://{addr}/metrics"));
+        }
         let health: Vec<(u16, String, u32, Option<String>)> = self
             .daemon
             .get()
@@ -508,6 +514,9 @@ pub fn render_status(doc: &Value) -> String {
         s(&doc["version"]),
         s(&doc["fuse_protocol"])
     ));
+    if let Some(url) = doc["metrics"].as_str() {
+        out.push_str(&format!("  metrics: {url}\n"));
+    }
     let scan = &doc["scan"];
     if scan["what"].as_str().is_some_and(|w| !w.is_empty()) {
         out.push_str(&format!(

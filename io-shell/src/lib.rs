@@ -24,6 +24,7 @@ pub mod daemon;
 pub mod fuse;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod mount;
 pub mod offline;
 pub mod origin;

@@ -680,6 +680,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         .enable_all()
         .build()?;
     let mut signals = Signals::install(&runtime, &plan.mountpoint);
+    let metrics_listener =
+        match plan.metrics_addr {
+            Some(addr) => Some(crate::metrics::bind(addr).map_err(|e| {
+                RunError(format!("cannot serve metrics on {addr}: {}", io_reason(&e)))
+            })?),
+            None => None,
+        };
     let descriptions = plan.origins.iter().map(OriginSpec::describe).collect();
     let control = Control::new(&plan.mountpoint, &plan.cache_dir, descriptions);
     let _socket = match control::serve(Arc::clone(&control), runtime.handle()) {
@@ -781,6 +788,19 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         sources.clone(),
     ));
     let _ = control.syncer.set(Arc::clone(&syncer));
+    if let Some(listener) = metrics_listener {
+        let labels = plan
+            .origins
+            .iter()
+            .enumerate()
+            .map(|(i, o)| o.name.clone().unwrap_or_else(|| i.to_string()))
+            .collect();
+        let metrics =
+            crate::metrics::Metrics::new(Arc::clone(&daemon), Arc::clone(&syncer), labels);
+        let addr = crate::metrics::serve(listener, metrics, runtime.handle())?;
+        tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
+        let _ = control.metrics_addr.set(addr);
+    }
     let pin_filler = PinFiller::new(Arc::clone(&daemon));
     {
         // A sync may have changed pinned files (a retag): fetch them again.

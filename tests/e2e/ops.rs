@@ -5,6 +5,8 @@
 use musicfs_tests::fixtures::write_wav;
 use musicfs_tests::mount::{MountCommand, control_ok, is_mounted};
 use musicfs_tests::wait_for;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -61,6 +63,26 @@ impl Fixture {
             .output()
             .expect("musicfs runs");
         assert!(!is_mounted(&self.mnt()), "{args:?} mounted");
+        out
+    }
+}
+
+impl Fixture {
+    /// A second mount of the library, on `mnt2` with the cache `cache2`,
+    /// expected to fail.
+    fn mount_fails_elsewhere(&self, args: &[&str]) -> Output {
+        std::fs::create_dir_all(self.path("mnt2")).expect("mnt2");
+        let out = Command::new(BIN)
+            .arg("mount")
+            .arg("--origin")
+            .arg(self.path("lib"))
+            .arg("--cache-dir")
+            .arg(self.path("cache2"))
+            .args(args)
+            .arg(self.path("mnt2"))
+            .output()
+            .expect("musicfs runs");
+        assert!(!is_mounted(&self.path("mnt2")), "{args:?} mounted");
         out
     }
 }
@@ -186,8 +208,7 @@ fn mountinfo(mnt: &Path) -> Option<(String, String, String)> {
     let target = mnt.to_string_lossy().replace(' ', "\\040");
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     info.lines()
-        .filter(|l| l.split(' ').nth(4) == Some(target.as_str()))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(target.as_str()))
         .and_then(|l| {
             let (_, right) = l.split_once(" - ")?;
             let mut f = right.split(' ');
@@ -410,4 +431,142 @@ fn status_of_a_mount_run_by_a_normal_user() {
     );
     assert!(m.stop().success());
     assert!(!is_mounted(&fx.mnt()));
+}
+
+/// `GET path` from `addr` with a plain TCP client: (status line, body).
+fn http_get(addr: &str, path: &str) -> (String, String) {
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect to the metrics");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("answer");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("a head and a body");
+    (
+        head.lines().next().unwrap_or("").to_owned(),
+        body.to_owned(),
+    )
+}
+
+/// The samples of a text exposition: series (name and labels) to value.
+fn samples(text: &str) -> BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn sample(all: &BTreeMap<String, f64>, series: &str) -> f64 {
+    *all.get(series)
+        .unwrap_or_else(|| panic!("no {series} in:\n{all:#?}"))
+}
+
+#[test]
+fn metrics_count_reads_fetches_syncs_and_the_cache() {
+    let fx = Fixture::new();
+    let m = fx
+        .command()
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .start(MOUNT_TIMEOUT);
+    // Port 0: the daemon picked one; status says which.
+    let status = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
+    let doc: serde_json::Value = serde_json::from_str(&status).expect("json");
+    let url = doc["metrics"]
+        .as_str()
+        .expect("status names the metrics URL");
+    let addr = url
+        .strip_prefix("http://")
+        .and_then(|u| u.strip_suffix("/metrics"))
+        .expect("http://ADDR/metrics")
+        .to_owned();
+    assert!(
+        control_ok(Path::new(BIN), &["status"], &m.mountpoint).contains(url),
+        "the text status shows it too"
+    );
+
+    let (line, body) = http_get(&addr, "/metrics");
+    assert!(line.contains("200"), "{line}");
+    let before = samples(&body);
+    assert_eq!(sample(&before, "musicfs_tracks"), 3.0);
+    assert_eq!(
+        sample(&before, "musicfs_cache_capacity_bytes"),
+        (10u64 << 30) as f64
+    );
+    assert_eq!(
+        sample(&before, "musicfs_origin_fetches_total{origin=\"0\"}"),
+        0.0
+    );
+    let states: f64 = ["healthy", "degraded", "unhealthy"]
+        .iter()
+        .map(|s| {
+            sample(
+                &before,
+                &format!("musicfs_origin_health{{origin=\"0\",state=\"{s}\"}}"),
+            )
+        })
+        .sum();
+    assert_eq!(states, 1.0, "one health state at a time");
+
+    // Read every track twice: the first reads fetch, the second hit the cache.
+    let files: Vec<PathBuf> = walk(&m.mountpoint)
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect();
+    let mut total = 0u64;
+    for f in &files {
+        total += std::fs::read(f).expect("read").len() as u64;
+    }
+    control_ok(Path::new(BIN), &["rescan"], &m.mountpoint);
+    let first = samples(&http_get(&addr, "/metrics").1);
+    let fetches = sample(&first, "musicfs_origin_fetches_total{origin=\"0\"}");
+    assert!(fetches >= 1.0, "{first:#?}");
+    assert!(
+        sample(&first, "musicfs_origin_fetch_bytes_total{origin=\"0\"}") >= total as f64,
+        "every byte came from the origin once: {first:#?}"
+    );
+    assert_eq!(
+        sample(
+            &first,
+            "musicfs_origin_fetch_duration_seconds_count{origin=\"0\"}"
+        ),
+        fetches,
+        "one latency per fetch"
+    );
+    assert!(sample(&first, "musicfs_read_cache_bytes_total") >= total as f64);
+    assert!(sample(&first, "musicfs_reads_total{result=\"cache\"}") >= files.len() as f64);
+    assert!(sample(&first, "musicfs_cache_size_bytes") >= total as f64);
+    assert!(sample(&first, "musicfs_sync_runs_total{origin=\"0\"}") >= 1.0);
+    assert_eq!(
+        sample(&first, "musicfs_reads_total{result=\"failed\"}"),
+        0.0
+    );
+    assert_eq!(sample(&first, "musicfs_pinned_files"), 0.0);
+
+    // Again: answered by the kernel's page cache or by the chunk cache,
+    // never by a new fetch.
+    for f in &files {
+        std::fs::read(f).expect("read");
+    }
+    let second = samples(&http_get(&addr, "/metrics").1);
+    assert_eq!(
+        sample(&second, "musicfs_origin_fetches_total{origin=\"0\"}"),
+        fetches,
+        "no new fetch: the bytes are cached"
+    );
+    let (line, _) = http_get(&addr, "/nothing");
+    assert!(line.contains("404"), "{line}");
+
+    // The same address for another mount: taken, so that mount fails.
+    let out = fx.mount_fails_elsewhere(&["--metrics-addr", &addr]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {addr}")),
+        "{stderr}"
+    );
+    assert!(m.stop().success());
 }
