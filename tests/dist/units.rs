@@ -788,7 +788,8 @@ fn mount_helper_passes_owner_group_umask_and_the_log_file() {
     // SAFETY: kill(2) on the daemon this test started.
     unsafe { libc::kill(daemons[0], libc::SIGHUP) };
     assert!(
-        wait_for(Duration::from_secs(20), || read(&log)
+        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
             .contains("log file reopened")),
         "{}",
         read(&fx.path("helper.log.1"))
