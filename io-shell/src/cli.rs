@@ -2,7 +2,9 @@
 //!
 //! ```text
 //! musicfs mount --origin DIR [--origin DIR ...] [--cache-dir DIR] [--cache-size SIZE]
-//!               [--layout FORMAT] [--allow-other] [--allow-non-empty] [--wait-for-origins] MOUNTPOINT
+//!               [--layout FORMAT] [--allow-other] [--allow-non-empty] [--wait-for-origins]
+//!               [--uid UID] [--gid GID] [--umask OCTAL] [--log-file FILE]
+//!               [--metrics-addr HOST:PORT] MOUNTPOINT
 //! musicfs mount --config FILE [any option above, which overrides the file] [MOUNTPOINT]
 //! musicfs unmount [--lazy] MOUNTPOINT
 //! musicfs status [MOUNTPOINT] [--json]
@@ -14,6 +16,7 @@ use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
 use std::collections::BTreeSet;
 use std::fmt;
+use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
@@ -71,7 +74,7 @@ pub struct Cli {
 pub enum Command {
     /// Mount origins as one tag-organized tree (runs in the foreground).
     #[command(after_help = MOUNT_AFTER)]
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Unmount a MusicFS mount; its daemon then exits cleanly. Any other
     /// file system is left alone.
     Unmount {
@@ -231,6 +234,34 @@ pub struct MountArgs {
     #[arg(long, value_name = "LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 
+    /// Owner (a numeric user id) that every file and folder shows [default: the user
+    /// running the mount]. Only what `ls -l` shows and what the kernel checks: the
+    /// daemon still reads the origins as the user it runs as.
+    #[arg(long, value_name = "UID", value_parser = parse_uid)]
+    pub uid: Option<u32>,
+
+    /// Group (a numeric group id) that every file and folder shows [default: the
+    /// group of the user running the mount].
+    #[arg(long, value_name = "GID", value_parser = parse_gid)]
+    pub gid: Option<u32>,
+
+    /// Permission bits taken away (octal, as umask(1)) from folders' 0555 and files'
+    /// 0444: 027 gives 0550 and 0440 (no access for others). Write bits are never
+    /// given: the mount is read-only [default: 022, which takes nothing away].
+    #[arg(long, value_name = "OCTAL", value_parser = parse_umask)]
+    pub umask: Option<u16>,
+
+    /// Log to this file (appended) instead of stderr. SIGHUP reopens it, so logrotate
+    /// can move it away (postrotate: kill -HUP the daemon's pid).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (reads and bytes from the
+    /// cache and each origin, origin health and errors, fetch latency, cache use,
+    /// evictions, syncs, pins). Port 0 picks a free port; `musicfs status` shows it.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_metrics_addr)]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Read settings from this TOML file; options given on the command line override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -284,6 +315,64 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         return Err(format!("'{s}' is too small for a cache (at least 1M)"));
     }
     Ok(bytes)
+}
+
+/// Parses a numeric user or group id: 0 to 4294967294 (-1, all bits set,
+/// means "no id" to the kernel).
+fn parse_id(s: &str, what: &str) -> Result<u32, String> {
+    let t = s.trim();
+    match t.parse::<u32>() {
+        Ok(id) if id != u32::MAX && t.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
+        _ => Err(format!(
+            "'{s}' is not a {what} id (a number from 0 to 4294967294)"
+        )),
+    }
+}
+
+/// `--uid` / `uid`.
+pub fn parse_uid(s: &str) -> Result<u32, String> {
+    parse_id(s, "user")
+}
+
+/// `--gid` / `gid`.
+pub fn parse_gid(s: &str) -> Result<u32, String> {
+    parse_id(s, "group")
+}
+
+/// Parses a umask as umask(1) writes it: octal digits (`022`, `0027`,
+/// `0o027`), at most 0777.
+pub fn parse_umask(s: &str) -> Result<u16, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let bad = || format!("'{s}' is not a umask (octal digits from 000 to 777, e.g. 022 or 027)");
+    if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(bad());
+    }
+    match u16::from_str_radix(digits, 8) {
+        Ok(mask) if mask <= 0o777 => Ok(mask),
+        _ => Err(bad()),
+    }
+}
+
+/// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`.
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+    let t = s.trim();
+    let bad = || {
+        format!(
+            "'{s}' is not an address to listen on (HOST:PORT with an IP address, e.g. 127.0.0.1:9477 or [::1]:9477)"
+        )
+    };
+    if let Ok(addr) = t.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match t.rsplit_once(':') {
+        Some((host, port)) if host.eq_ignore_ascii_case("localhost") => port
+            .parse::<u16>()
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .map_err(|_| bad()),
+        _ => Err(bad()),
+    }
 }
 
 /// The log levels `--log-level` and the config's `log_level` understand.
@@ -559,6 +648,46 @@ mod tests {
         ] {
             let e = mount(&args).unwrap_err().to_string();
             assert!(e.contains(says), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn ids_umasks_and_addresses() {
+        assert_eq!(parse_uid("1234"), Ok(1234));
+        assert_eq!(parse_gid("0"), Ok(0));
+        for bad in ["", "-1", "4294967295", "99999999999", "alice", "12a", "+5"] {
+            let e = parse_uid(bad).unwrap_err();
+            assert!(e.contains("not a user id"), "{bad}: {e}");
+        }
+        assert!(parse_gid("x").unwrap_err().contains("not a group id"));
+        assert_eq!(parse_umask("027"), Ok(0o027));
+        assert_eq!(parse_umask("0027"), Ok(0o027));
+        assert_eq!(parse_umask("0o22"), Ok(0o022));
+        assert_eq!(parse_umask("0"), Ok(0));
+        assert_eq!(parse_umask("777"), Ok(0o777));
+        for bad in ["", "8", "0o", "1000", "07777", "-22", "22x", "0x1f"] {
+            let e = parse_umask(bad).unwrap_err();
+            assert!(e.contains("not a umask"), "{bad}: {e}");
+        }
+        assert_eq!(
+            parse_metrics_addr("127.0.0.1:9477"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 9477)))
+        );
+        assert_eq!(
+            parse_metrics_addr("localhost:0"),
+            Ok(SocketAddr::from(([127, 0, 0, 1], 0)))
+        );
+        assert!(parse_metrics_addr("[::1]:9477").is_ok());
+        for bad in [
+            "",
+            "9477",
+            "127.0.0.1",
+            "host:9477",
+            "127.0.0.1:99999",
+            ":9477",
+        ] {
+            let e = parse_metrics_addr(bad).unwrap_err();
+            assert!(e.contains("HOST:PORT"), "{bad}: {e}");
         }
     }
 

@@ -17,6 +17,11 @@
 //! log_level = "info"
 //! on_change = "curl -s -X POST http://jellyfin:8096/Library/Media/Updated ..."
 //! notify_mpd = "localhost:6600"
+//! uid = 1000                  # owner shown on every file and folder
+//! gid = 1000
+//! umask = "027"               # octal, as a string
+//! log_file = "/var/log/musicfs/music.log"
+//! metrics_addr = "127.0.0.1:9477"
 //! ```
 //!
 //! Rules, chosen so that a config never surprises:
@@ -35,8 +40,8 @@
 //!   (lower first, 0 when absent, ties keep list order).
 
 use crate::cli::{
-    Cli, Command, DurationError, MountArgs, parse_log_level, parse_poll_interval,
-    parse_read_timeout, parse_size,
+    Cli, Command, DurationError, MountArgs, parse_gid, parse_log_level, parse_metrics_addr,
+    parse_poll_interval, parse_read_timeout, parse_size, parse_uid, parse_umask,
 };
 use crate::mount::UsageError;
 use clap::parser::ValueSource;
@@ -138,6 +143,13 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
     if args.notify_mpd.is_none() {
         args.notify_mpd = file.notify_mpd;
     }
+    args.uid = args.uid.or(file.uid);
+    args.gid = args.gid.or(file.gid);
+    args.umask = args.umask.or(file.umask);
+    if args.log_file.is_none() {
+        args.log_file = file.log_file.map(|p| base.join(p));
+    }
+    args.metrics_addr = args.metrics_addr.or(file.metrics_addr);
     Ok(args)
 }
 
@@ -171,6 +183,16 @@ pub struct FileConfig {
     pub on_change: Option<String>,
     /// An MPD to tell of each change.
     pub notify_mpd: Option<String>,
+    /// Owner shown on files and folders.
+    pub uid: Option<u32>,
+    /// Group shown on files and folders.
+    pub gid: Option<u32>,
+    /// Permission bits taken away.
+    pub umask: Option<u16>,
+    /// Where the daemon logs.
+    pub log_file: Option<PathBuf>,
+    /// Where the Prometheus metrics are served.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Reads and checks a config file.
@@ -256,6 +278,11 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         log_level: raw.log_level.map(|l| l.0),
         on_change: raw.on_change.map(|c| c.0),
         notify_mpd: raw.notify_mpd.map(|a| a.0),
+        uid: raw.uid.map(|i| i.0),
+        gid: raw.gid.map(|i| i.0),
+        umask: raw.umask.map(|u| u.0),
+        log_file: raw.log_file.map(|p| p.0),
+        metrics_addr: raw.metrics_addr.map(|a| a.0),
     })
 }
 
@@ -308,6 +335,11 @@ struct RawConfig {
     log_level: Option<LogLevel>,
     on_change: Option<ShellCommand>,
     notify_mpd: Option<HostPort>,
+    uid: Option<UserId>,
+    gid: Option<GroupId>,
+    umask: Option<Umask>,
+    log_file: Option<NonEmptyPath>,
+    metrics_addr: Option<MetricsAddr>,
 }
 
 /// One origin: `"/srv/music"` or `{ url = "...", name = "...", priority = N }`.
@@ -510,6 +542,80 @@ impl<'de> Deserialize<'de> for HostPort {
     }
 }
 
+/// A user id, as `--uid` takes it: a number (or a string of digits).
+#[derive(Debug)]
+struct UserId(u32);
+
+/// A group id, as `--gid` takes it.
+#[derive(Debug)]
+struct GroupId(u32);
+
+/// A number or a string of digits, checked by `parse`.
+struct IdVisitor(fn(&str) -> Result<u32, String>);
+
+impl Visitor<'_> for IdVisitor {
+    type Value = u32;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a numeric id like 1000")
+    }
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<u32, E> {
+        (self.0)(s).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, n: u64) -> Result<u32, E> {
+        self.visit_str(&n.to_string())
+    }
+    fn visit_i64<E: de::Error>(self, n: i64) -> Result<u32, E> {
+        self.visit_str(&n.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for UserId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<UserId, D::Error> {
+        d.deserialize_any(IdVisitor(parse_uid)).map(UserId)
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<GroupId, D::Error> {
+        d.deserialize_any(IdVisitor(parse_gid)).map(GroupId)
+    }
+}
+
+/// A umask written as a string of octal digits (`"027"`). A bare TOML
+/// number is refused: `umask = 027` is the decimal 27 to TOML, not 0o27,
+/// and a silently different mask is worse than an error.
+#[derive(Debug)]
+struct Umask(u16);
+
+impl<'de> Deserialize<'de> for Umask {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Umask, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Umask;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a umask as a string of octal digits, like \"027\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Umask, E> {
+                parse_umask(s).map(Umask).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `"127.0.0.1:9477"`, as `--metrics-addr` takes it.
+#[derive(Debug)]
+struct MetricsAddr(std::net::SocketAddr);
+
+impl<'de> Deserialize<'de> for MetricsAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<MetricsAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_metrics_addr(&s)
+            .map(MetricsAddr)
+            .map_err(de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,7 +639,7 @@ mod tests {
     fn cli(args: &[&str]) -> MountArgs {
         let argv = std::iter::once("musicfs").chain(args.iter().copied());
         match parse_command_line_from(argv).expect("parses").command {
-            Command::Mount(m) => m,
+            Command::Mount(m) => *m,
             other => panic!("not a mount: {other:?}"),
         }
     }
@@ -578,6 +684,11 @@ allow_non_empty = true
 wait_for_origins = true
 read_timeout = 12
 log_level = "DEBUG"
+uid = 1234
+gid = "2345"
+umask = "027"
+log_file = "logs/musicfs.log"
+metrics_addr = "127.0.0.1:9477"
 "#;
 
     #[test]
@@ -604,6 +715,22 @@ log_level = "DEBUG"
         assert!(args.wait_for_origins);
         assert_eq!(args.read_timeout, 12);
         assert_eq!(args.log_level, "debug");
+        assert_eq!(
+            (args.uid, args.gid, args.umask),
+            (Some(1234), Some(2345), Some(0o027))
+        );
+        assert_eq!(args.log_file, Some(base.join("logs/musicfs.log")));
+        assert_eq!(
+            args.metrics_addr,
+            Some(std::net::SocketAddr::from(([127, 0, 0, 1], 9477)))
+        );
+        // The command line wins.
+        let (_dir, args) = with_file(FULL, &["--uid", "7", "--umask", "077"]);
+        let args = args.unwrap();
+        assert_eq!(
+            (args.uid, args.gid, args.umask),
+            (Some(7), Some(2345), Some(0o077))
+        );
     }
 
     #[test]
@@ -756,6 +883,16 @@ log_level = "DEBUG"
             ("layout = \"$artist/$album\"", "neither $title nor $track"),
             ("log_level = \"verbose\"", "unknown log level 'verbose'"),
             ("cache_dir = [\"/a\"]", "cache_dir"),
+            ("uid = -1", "not a user id"),
+            ("uid = 4294967295", "not a user id"),
+            ("gid = \"staff\"", "not a group id"),
+            ("uid = 1.5", "a numeric id"),
+            ("umask = 27", "string of octal digits"),
+            ("umask = \"089\"", "not a umask"),
+            ("umask = \"1777\"", "not a umask"),
+            ("log_file = \"\"", "empty"),
+            ("metrics_addr = \"nowhere\"", "HOST:PORT"),
+            ("metrics_addr = 9477", "metrics_addr"),
         ] {
             let e = err(&format!("# comment\n{text}\n"));
             assert!(e.contains("line 2") && e.contains(why), "{text}: {e}");

@@ -55,6 +55,8 @@ pub struct Control {
     pub cache_dir: PathBuf,
     /// "scanning", "serving", "stopping".
     pub phase: Mutex<&'static str>,
+    /// Where the Prometheus metrics are served (`--metrics-addr`).
+    pub metrics_addr: OnceLock<std::net::SocketAddr>,
 }
 
 impl Control {
@@ -72,6 +74,7 @@ impl Control {
             pin_filler: OnceLock::new(),
             cache_dir: cache_dir.to_path_buf(),
             phase: Mutex::new("starting"),
+            metrics_addr: OnceLock::new(),
         })
     }
 
@@ -96,6 +99,9 @@ impl Control {
             "fuse_protocol": crate::fuse::kernel_protocol(),
             "scan": scan,
         });
+        if let Some(addr) = self.metrics_addr.get() {
+            doc["metrics"] = json!(format!("http://{addr}/metrics"));
+        }
         let health: Vec<(u16, String, u32, Option<String>)> = self
             .daemon
             .get()
@@ -174,6 +180,7 @@ impl Control {
 
     /// Syncs every origin now (blocking: called on the blocking pool).
     fn rescan(&self) -> Value {
+        tracing::info!("rescan asked (musicfs rescan)");
         let Some(syncer) = self.syncer.get() else {
             return json!({"error": "not mounted yet"});
         };
@@ -247,10 +254,20 @@ impl Control {
     }
 }
 
-/// Where control sockets live.
+/// Where control sockets live: `$XDG_RUNTIME_DIR/musicfs` (a login
+/// session's user), else systemd's `$RUNTIME_DIRECTORY` (the units'
+/// `RuntimeDirectory=musicfs`, /run/musicfs), else `/run/musicfs` for root
+/// and `/tmp/musicfs-$UID` for anyone else.
 pub fn runtime_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("musicfs");
+    }
+    if let Some(dir) = std::env::var("RUNTIME_DIRECTORY")
+        .ok()
+        .and_then(|d| d.split(':').next().map(str::to_owned))
+        .filter(|d| d.starts_with('/'))
+    {
+        return PathBuf::from(dir);
     }
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -261,13 +278,137 @@ pub fn runtime_dir() -> PathBuf {
     }
 }
 
-/// The control socket of the mount at `mountpoint`.
-pub fn socket_path(mountpoint: &Path) -> PathBuf {
-    let canonical = mountpoint
-        .canonicalize()
-        .unwrap_or_else(|_| mountpoint.to_path_buf());
+/// The file name of the control socket of the mount at `mountpoint`: a
+/// hash of the path as the mount table shows it.
+pub fn socket_name(mountpoint: &Path) -> String {
+    let canonical = crate::sys::mount_table_path(mountpoint);
     let hash = xxhash_rust::xxh3::xxh3_64(canonical.as_os_str().as_encoded_bytes());
-    runtime_dir().join(format!("{hash:016x}.sock"))
+    format!("{hash:016x}.sock")
+}
+
+/// The control socket of the mount at `mountpoint`, in this user's
+/// [`runtime_dir`] (where this process's daemon puts it).
+pub fn socket_path(mountpoint: &Path) -> PathBuf {
+    runtime_dir().join(socket_name(mountpoint))
+}
+
+/// Why [`find_socket`] found no socket to ask.
+#[derive(Debug, thiserror::Error)]
+pub enum FindError {
+    /// No MusicFS mount there, and no daemon starting there either.
+    #[error("there is no MusicFS mount at '{0}'")]
+    NotMounted(String),
+    /// The socket is in a directory this user may not read.
+    #[error("the mount at '{shown}' is run by another user ({}); run status as that user or root", uid.map_or("uid unknown".to_owned(), |u| format!("uid {u}")))]
+    OtherUser {
+        /// The mountpoint, as given.
+        shown: String,
+        /// Its daemon's user, from the mount table.
+        uid: Option<u32>,
+    },
+    /// A MusicFS mount without a socket where its daemon would put it.
+    #[error("the mount at '{shown}' (run by {}) has no control socket in {looked}; its daemon may have been killed, or runs with an XDG_RUNTIME_DIR of its own", uid.map_or("an unknown user".to_owned(), |u| format!("uid {u}")))]
+    NoSocket {
+        /// The mountpoint, as given.
+        shown: String,
+        /// Its daemon's user, from the mount table.
+        uid: Option<u32>,
+        /// The directories looked in.
+        looked: String,
+    },
+}
+
+/// The directories where a daemon run by `uid` (or by this user) puts its
+/// control socket, this user's first.
+fn socket_dirs(uid: Option<u32>) -> Vec<PathBuf> {
+    let mut dirs = vec![runtime_dir(), PathBuf::from("/run/musicfs")];
+    if let Some(uid) = uid {
+        dirs.push(PathBuf::from(format!("/run/user/{uid}/musicfs")));
+        dirs.push(PathBuf::from(format!("/tmp/musicfs-{uid}")));
+    }
+    dirs.dedup();
+    dirs
+}
+
+/// The control socket of the mount at `mountpoint`, whoever runs it: this
+/// user's runtime directory, then where a daemon of the mount's user
+/// (`user_id=` in the mount table) would put it: `/run/musicfs` (root and
+/// the systemd units), `/run/user/UID/musicfs`, `/tmp/musicfs-UID`. A
+/// directory this user may not enter is reported as another user's mount.
+pub fn find_socket(mountpoint: &Path) -> Result<PathBuf, FindError> {
+    let shown = mountpoint.display().to_string();
+    let name = socket_name(mountpoint);
+    let mount = crate::sys::mount_at(mountpoint)
+        .ok()
+        .flatten()
+        .filter(crate::sys::MountEntry::is_musicfs);
+    let uid = mount.as_ref().and_then(|m| m.user_id);
+    let dirs = socket_dirs(uid);
+    let mut denied = false;
+    for dir in &dirs {
+        let path = dir.join(&name);
+        match std::fs::symlink_metadata(&path) {
+            Ok(_) => return Ok(path),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied = true,
+            Err(_) => {}
+        }
+    }
+    if denied {
+        return Err(FindError::OtherUser { shown, uid });
+    }
+    if mount.is_none() {
+        return Err(FindError::NotMounted(shown));
+    }
+    let looked = dirs
+        .iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    Err(FindError::NoSocket { shown, uid, looked })
+}
+
+/// Asks the daemon of the mount at `mountpoint` (see [`find_socket`]);
+/// the error is one line for the user.
+pub fn ask(mountpoint: &Path, cmd: &Value, timeout: Duration) -> Result<Value, String> {
+    let socket = find_socket(mountpoint).map_err(|e| e.to_string())?;
+    request(&socket, cmd, timeout).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            let uid = crate::sys::mount_at(mountpoint)
+                .ok()
+                .flatten()
+                .and_then(|m| m.user_id);
+            FindError::OtherUser {
+                shown: mountpoint.display().to_string(),
+                uid,
+            }
+            .to_string()
+        } else {
+            format!(
+                "no daemon answers for '{}' at {}: {e}",
+                mountpoint.display(),
+                socket.display()
+            )
+        }
+    })
+}
+
+/// The sockets of every MusicFS mount this user can reach: those in this
+/// user's runtime directory, and those of the mounts in the mount table
+/// (another user's, for root).
+pub fn reachable_sockets() -> Vec<PathBuf> {
+    let mut out = all_sockets();
+    for m in crate::sys::mounts()
+        .unwrap_or_default()
+        .iter()
+        .filter(|m| m.is_musicfs())
+    {
+        if let Ok(socket) = find_socket(&m.mount_point)
+            && !out.contains(&socket)
+        {
+            out.push(socket);
+        }
+    }
+    out
 }
 
 /// Serves the control socket until the runtime stops; removes it on drop of
@@ -373,6 +514,9 @@ pub fn render_status(doc: &Value) -> String {
         s(&doc["version"]),
         s(&doc["fuse_protocol"])
     ));
+    if let Some(url) = doc["metrics"].as_str() {
+        out.push_str(&format!("  metrics: {url}\n"));
+    }
     let scan = &doc["scan"];
     if scan["what"].as_str().is_some_and(|w| !w.is_empty()) {
         out.push_str(&format!(

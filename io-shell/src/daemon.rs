@@ -43,13 +43,68 @@ pub trait ReadReply: Send + 'static {
     fn error(self: Box<Self>, errno: musicfs_core::fs::Errno);
 }
 
-/// Cache-disk and origin counters beyond the engine's.
+/// Cache-disk and origin counters beyond the engine's (the metrics and
+/// `musicfs status` read them).
 #[derive(Debug, Default)]
 pub struct IoStats {
     /// Chunk bytes written to the cache disk.
     pub stored_bytes: AtomicU64,
     /// Bytes served from the in-memory chunk cache.
     pub memory_hits: AtomicU64,
+    /// Bytes answered from the cache (every read but passthroughs).
+    pub served_bytes: AtomicU64,
+    /// Per origin, by [`musicfs_core::OriginId`].
+    pub origins: Vec<OriginIo>,
+}
+
+/// What one origin was asked and answered.
+#[derive(Debug)]
+pub struct OriginIo {
+    /// Fetches (into the cache) that ended, well or not.
+    pub fetches: AtomicU64,
+    /// Fetches that ended in an error (unreachable, timed out, the file
+    /// changed or is gone).
+    pub fetch_errors: AtomicU64,
+    /// Bytes read from the origin by fetches.
+    pub fetched_bytes: AtomicU64,
+    /// How long fetches took, in seconds.
+    pub fetch_seconds: prometheus_client::metrics::histogram::Histogram,
+    /// Reads answered straight from the origin (cache disk failing).
+    pub passthrough_reads: AtomicU64,
+    /// Bytes of those.
+    pub passthrough_bytes: AtomicU64,
+    /// Passthrough reads the origin failed.
+    pub passthrough_errors: AtomicU64,
+}
+
+impl OriginIo {
+    fn new() -> OriginIo {
+        OriginIo {
+            fetches: AtomicU64::new(0),
+            fetch_errors: AtomicU64::new(0),
+            fetched_bytes: AtomicU64::new(0),
+            // 5 ms to about 80 s.
+            fetch_seconds: prometheus_client::metrics::histogram::Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 15),
+            ),
+            passthrough_reads: AtomicU64::new(0),
+            passthrough_bytes: AtomicU64::new(0),
+            passthrough_errors: AtomicU64::new(0),
+        }
+    }
+}
+
+impl IoStats {
+    fn new(origins: usize) -> IoStats {
+        IoStats {
+            origins: (0..origins).map(|_| OriginIo::new()).collect(),
+            ..IoStats::default()
+        }
+    }
+
+    fn origin(&self, id: musicfs_core::OriginId) -> Option<&OriginIo> {
+        self.origins.get(usize::from(id.0))
+    }
 }
 
 /// The running daemon's shared state.
@@ -93,6 +148,7 @@ impl Daemon {
         store: Arc<dyn ChunkBackend>,
         db: Arc<Db>,
     ) -> Arc<Daemon> {
+        let origins_len = origins.len();
         let origin_request_timeout = engine.config().fetch_stall_timeout;
         let health_check_timeout = engine.config().health.check_timeout;
         let memory = quick_cache::sync::Cache::with_weighter(
@@ -115,7 +171,7 @@ impl Daemon {
             epoch: Instant::now(),
             origin_request_timeout,
             health_check_timeout,
-            io_stats: IoStats::default(),
+            io_stats: IoStats::new(origins_len),
         })
     }
 
@@ -279,6 +335,9 @@ impl Daemon {
     ) {
         match result {
             Ok(data) => {
+                self.io_stats
+                    .served_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
                 if let Some(reply) = self.take_reply(req) {
                     reply.data(&data);
                 }
@@ -315,6 +374,15 @@ impl Daemon {
                 Err(OriginError::Changed)
             }
         });
+        if let Some(o) = self.io_stats.origin(source.origin) {
+            o.passthrough_reads.fetch_add(1, Ordering::Relaxed);
+            match &result {
+                Ok(data) => o
+                    .passthrough_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed),
+                Err(_) => o.passthrough_errors.fetch_add(1, Ordering::Relaxed),
+            };
+        }
         match result {
             Ok(data) => {
                 if let Some(reply) = self.take_reply(req) {
@@ -354,7 +422,15 @@ impl Daemon {
     /// into the chunk store, reporting each piece's chunks to the engine.
     async fn run_fetch(self: Arc<Self>, fetch: Fetch) {
         let id = fetch.id;
+        let started = Instant::now();
         let result = self.fetch_range(&fetch).await;
+        if let Some(o) = self.io_stats.origin(fetch.source.origin) {
+            o.fetches.fetch_add(1, Ordering::Relaxed);
+            o.fetch_seconds.observe(started.elapsed().as_secs_f64());
+            if result.is_err() {
+                o.fetch_errors.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         self.fetch_tasks.lock().remove(&id);
         self.with_engine(|e, now| e.fetch_done(now, id, result));
     }
@@ -398,6 +474,10 @@ impl Daemon {
                 Ok(Err(e)) => return Err(fetch_error(e)),
                 Err(_) => return Err(FetchError::Unavailable("origin read timed out".into())),
             };
+            if let Some(o) = self.io_stats.origin(fetch.source.origin) {
+                o.fetched_bytes
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+            }
             if data.len() != want {
                 return Err(FetchError::Changed); // shorter than the version's size
             }

@@ -39,8 +39,7 @@ pub struct MusicFs {
     offline: OfflineView,
     /// Kernel passthrough for `cache=off` origins.
     passthrough: KernelPassthrough,
-    uid: u32,
-    gid: u32,
+    owner: Ownership,
     /// The kernel opens directories without asking (see `opendir`).
     no_opendir: bool,
 }
@@ -54,12 +53,35 @@ const XATTR_CACHED: &str = "user.musicfs.cached";
 /// The one that tells whether a file is pinned (`musicfs pin`).
 const XATTR_PINNED: &str = "user.musicfs.pinned";
 
+/// Who owns every file and folder of the mount, and which permission bits
+/// are taken away (`--uid`, `--gid`, `--umask`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    /// The owner shown.
+    pub uid: u32,
+    /// The group shown.
+    pub gid: u32,
+    /// Bits taken away from folders' 0555 and files' 0444.
+    pub umask: u16,
+}
+
+impl Ownership {
+    /// The permission bits of a node of `kind`: the core's (which never
+    /// have a write bit) less the umask. Symbolic links keep 0777, as on
+    /// every Linux file system (their bits are never checked).
+    pub fn perm(&self, a: &Attr) -> u16 {
+        match a.kind {
+            NodeKind::Symlink => a.perm(),
+            NodeKind::Dir | NodeKind::File => a.perm() & !self.umask & 0o555,
+        }
+    }
+}
+
 impl MusicFs {
-    /// A filesystem over `daemon`, owned by `uid:gid`.
+    /// A filesystem over `daemon`, owned and masked as `owner` says.
     pub fn new(
         daemon: Arc<Daemon>,
-        uid: u32,
-        gid: u32,
+        owner: Ownership,
         search: Arc<OnceLock<Arc<LiveSearch>>>,
     ) -> MusicFs {
         MusicFs {
@@ -67,8 +89,7 @@ impl MusicFs {
             search: SearchFolder::new(search),
             offline: OfflineView::default(),
             passthrough: KernelPassthrough::new(Default::default()),
-            uid,
-            gid,
+            owner,
             no_opendir: false,
         }
     }
@@ -125,10 +146,10 @@ impl MusicFs {
             ctime: mtime,
             crtime: mtime,
             kind: file_type(a.kind),
-            perm: a.perm(),
+            perm: self.owner.perm(a),
             nlink: a.nlink,
-            uid: self.uid,
-            gid: self.gid,
+            uid: self.owner.uid,
+            gid: self.owner.gid,
             rdev: 0,
             // Tools size their buffers by this (cp, tar): ask for big reads.
             blksize: 128 * 1024,
@@ -716,5 +737,42 @@ impl Filesystem for MusicFs {
         reply: ReplyEmpty,
     ) {
         reply.ok();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attr(kind: NodeKind) -> Attr {
+        Attr {
+            ino: Ino(2),
+            size: 0,
+            mtime_ns: 0,
+            kind,
+            nlink: 1,
+        }
+    }
+
+    #[test]
+    fn the_umask_takes_bits_away_and_never_gives_write() {
+        let owner = |umask| Ownership {
+            uid: 1,
+            gid: 2,
+            umask,
+        };
+        let (dir, file, link) = (
+            attr(NodeKind::Dir),
+            attr(NodeKind::File),
+            attr(NodeKind::Symlink),
+        );
+        assert_eq!(owner(0o022).perm(&dir), 0o555);
+        assert_eq!(owner(0o022).perm(&file), 0o444);
+        assert_eq!(owner(0o027).perm(&dir), 0o550);
+        assert_eq!(owner(0o027).perm(&file), 0o440);
+        assert_eq!(owner(0o077).perm(&dir), 0o500);
+        assert_eq!(owner(0o777).perm(&file), 0);
+        assert_eq!(owner(0).perm(&dir), 0o555, "a zero umask adds no write bit");
+        assert_eq!(owner(0o077).perm(&link), 0o777, "links keep 0777");
     }
 }

@@ -27,6 +27,7 @@ pub mod fuse;
 pub mod kernel_passthrough;
 pub mod logging;
 pub mod memory;
+pub mod metrics;
 pub mod mount;
 pub mod offline;
 pub mod origin;

@@ -1,4 +1,8 @@
-//! Logs go to stderr through tracing (journald picks them up under systemd).
+//! Logs go to stderr through tracing (journald picks them up under systemd),
+//! or to `--log-file` (appended), which SIGHUP reopens so that logrotate can
+//! move it away: lines written before the reopen land in the moved file,
+//! lines after it in the new one, and none is lost in between (each line is
+//! written whole under the lock that the reopen takes to swap the file).
 //!
 //! While a progress bar is on the terminal (the first scan's), log lines are
 //! printed above it: the bar is cleared, the line written and the bar drawn
@@ -6,7 +10,9 @@
 
 use indicatif::ProgressBar;
 use parking_lot::Mutex;
+use std::fs::File;
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -23,7 +29,24 @@ pub fn clear_progress_bar() {
     *BAR.lock() = None;
 }
 
-/// stderr, writing around the progress bar when one is shown.
+/// The `--log-file`, once opened: where it is and the open file.
+struct LogFile {
+    path: PathBuf,
+    file: File,
+}
+
+/// The log file, if logs go to one.
+static LOG_FILE: Mutex<Option<LogFile>> = Mutex::new(None);
+
+fn open_append(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Where log lines go: the log file if there is one, else stderr (around
+/// the progress bar when one is shown).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StderrAboveBar;
 
@@ -37,6 +60,12 @@ impl<'a> MakeWriter<'a> for StderrAboveBar {
 impl Write for StderrAboveBar {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         // The fmt layer writes each event whole, in one call.
+        if let Some(log) = LOG_FILE.lock().as_mut() {
+            // O_APPEND: one write(2) per line, never interleaved with
+            // another writer of the same file.
+            log.file.write_all(buf)?;
+            return Ok(buf.len());
+        }
         let bar = BAR.lock().clone();
         write_above(bar.as_ref(), &mut io::stderr(), buf)?;
         Ok(buf.len())
@@ -44,6 +73,23 @@ impl Write for StderrAboveBar {
     fn flush(&mut self) -> io::Result<()> {
         io::stderr().flush()
     }
+}
+
+/// Whether logs go to a file (`--log-file`).
+pub fn logs_to_file() -> bool {
+    LOG_FILE.lock().is_some()
+}
+
+/// Opens the log file again at its path (after logrotate moved it away):
+/// the next line goes to the new file. On failure the old file is kept.
+/// Returns the path, or None when logs go to stderr.
+pub fn reopen() -> io::Result<Option<PathBuf>> {
+    let mut guard = LOG_FILE.lock();
+    let Some(log) = guard.as_mut() else {
+        return Ok(None);
+    };
+    log.file = open_append(&log.path)?;
+    Ok(Some(log.path.clone()))
 }
 
 /// Writes `buf` to `out`, above `bar` if one is shown.
@@ -54,8 +100,26 @@ fn write_above(bar: Option<&ProgressBar>, out: &mut dyn Write, buf: &[u8]) -> io
     }
 }
 
-/// Installs the subscriber: `RUST_LOG` if set, else `level`.
-pub fn init(level: &str) {
+/// Installs the subscriber: `RUST_LOG` if set, else `level`; lines go to
+/// `file` (appended, created if missing) when given, else to stderr. An
+/// unusable file is an error (the caller's usage error), before anything
+/// is logged.
+pub fn init(level: &str, file: Option<&Path>) -> Result<(), String> {
+    if let Some(path) = file {
+        let opened = open_append(path).map_err(|e| {
+            let why = match e.kind() {
+                io::ErrorKind::NotFound => "its directory does not exist".to_owned(),
+                io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                _ if e.raw_os_error() == Some(libc::EISDIR) => "it is a directory".to_owned(),
+                _ => e.to_string(),
+            };
+            format!("cannot open the log file '{}': {why}", path.display())
+        })?;
+        // Reopened at the same place even if the daemon's directory changes.
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        *LOG_FILE.lock() = Some(LogFile { path, file: opened });
+    }
+    let ansi = file.is_none() && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
@@ -65,9 +129,10 @@ pub fn init(level: &str) {
         .with_env_filter(filter)
         .with_writer(StderrAboveBar)
         // Colours only on a terminal: journald and log files get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_target(false)
         .try_init();
+    Ok(())
 }
 
 /// Logs every panic through tracing, with the thread's name and a
@@ -169,6 +234,28 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn a_reopen_sends_the_next_line_to_a_new_file_and_loses_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("musicfs.log");
+        let file = open_append(&path).unwrap();
+        *LOG_FILE.lock() = Some(LogFile {
+            path: path.clone(),
+            file,
+        });
+        let mut out = StderrAboveBar;
+        out.write_all(b"one\n").unwrap();
+        let rotated = dir.path().join("musicfs.log.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        out.write_all(b"two\n").unwrap(); // before the reopen: still the old file
+        assert_eq!(reopen().unwrap(), Some(path.clone()));
+        out.write_all(b"three\n").unwrap();
+        *LOG_FILE.lock() = None;
+        assert_eq!(std::fs::read_to_string(&rotated).unwrap(), "one\ntwo\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "three\n");
+        assert_eq!(reopen().unwrap(), None, "no log file: nothing to reopen");
     }
 
     #[test]

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Mount(args) => {
             // The --config file, under the command line: its errors are usage errors.
-            let args = match musicfs::config::resolve(args) {
+            let args = match musicfs::config::resolve(*args) {
                 Ok(args) => args,
                 Err(e) => {
                     eprintln!("musicfs: {e}");
@@ -51,7 +51,10 @@ fn main() -> ExitCode {
                 }
             };
             musicfs::memory::tune_allocator();
-            musicfs::logging::init(&args.log_level);
+            if let Err(e) = musicfs::logging::init(&args.log_level, args.log_file.as_deref()) {
+                eprintln!("musicfs: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
             musicfs::logging::install_panic_hook();
             // Fail points (tests only): configured by the FAILPOINTS variable.
             #[cfg(feature = "failpoints")]
@@ -92,26 +95,27 @@ fn main() -> ExitCode {
 /// `musicfs status`: asks one running daemon, or every one.
 fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
     use musicfs::control;
-    let sockets = match mountpoint {
-        Some(m) => vec![control::socket_path(m)],
-        None => control::all_sockets(),
-    };
-    if sockets.is_empty() {
-        eprintln!("musicfs: no running MusicFS mount found");
-        return ExitCode::from(EXIT_FAILURE);
-    }
     let request = serde_json::json!({"cmd": "status"});
+    let timeout = std::time::Duration::from_secs(10);
     let mut docs = Vec::new();
-    for socket in &sockets {
-        match control::request(socket, &request, std::time::Duration::from_secs(10)) {
+    if let Some(m) = mountpoint {
+        match control::ask(m, &request, timeout) {
             Ok(doc) => docs.push(doc),
-            // A socket left by a killed daemon: not an error when listing all.
-            Err(_) if mountpoint.is_none() => {}
             Err(e) => {
-                let shown = mountpoint.map_or_else(String::new, |m| m.display().to_string());
-                eprintln!("musicfs: no daemon answers for '{shown}': {e}");
+                eprintln!("musicfs: {e}");
                 return ExitCode::from(EXIT_FAILURE);
             }
+        }
+    } else {
+        for socket in control::reachable_sockets() {
+            // A socket left by a killed daemon: not an error when listing all.
+            if let Ok(doc) = control::request(&socket, &request, timeout) {
+                docs.push(doc);
+            }
+        }
+        if docs.is_empty() {
+            eprintln!("musicfs: no running MusicFS mount found");
+            return ExitCode::from(EXIT_FAILURE);
         }
     }
     if json {
@@ -133,8 +137,14 @@ fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
 fn rescan(mountpoint: Option<&std::path::Path>) -> ExitCode {
     use musicfs::control;
     let sockets = match mountpoint {
-        Some(m) => vec![control::socket_path(m)],
-        None => control::all_sockets(),
+        Some(m) => match control::find_socket(m) {
+            Ok(socket) => vec![socket],
+            Err(e) => {
+                eprintln!("musicfs: {e}");
+                return ExitCode::from(EXIT_FAILURE);
+            }
+        },
+        None => control::reachable_sockets(),
     };
     let request = serde_json::json!({"cmd": "rescan"});
     let mut asked = 0;

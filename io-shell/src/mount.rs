@@ -11,7 +11,7 @@ use crate::changes;
 use crate::cli::MountArgs;
 use crate::control::{self, Control, ScanState};
 use crate::daemon::Daemon;
-use crate::fuse::MusicFs;
+use crate::fuse::{MusicFs, Ownership};
 use crate::origin::{
     LocalOrigin, Origin, RemoteOrigin, RemoteScanOptions, RemoteSpec, is_remote_url,
     parse_remote_url, redact_url, scan_remote_blocking,
@@ -203,7 +203,14 @@ pub struct MountPlan {
     pub change_targets: changes::Targets,
     /// Where to mount.
     pub mountpoint: PathBuf,
+    /// Owner, group and umask of the files and folders shown.
+    pub ownership: Ownership,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
+
+/// The umask when none is given: takes nothing from 0555 and 0444.
+pub const DEFAULT_UMASK: u16 = 0o022;
 
 impl MountPlan {
     /// Checks every argument; nothing is changed on disk except creating the
@@ -269,6 +276,12 @@ impl MountPlan {
                 mpd: args.notify_mpd.clone(),
             },
             mountpoint,
+            ownership: Ownership {
+                uid: args.uid.unwrap_or_else(current_uid),
+                gid: args.gid.unwrap_or_else(current_gid),
+                umask: args.umask.unwrap_or(DEFAULT_UMASK),
+            },
+            metrics_addr: args.metrics_addr,
         })
     }
 }
@@ -708,6 +721,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         .enable_all()
         .build()?;
     let mut signals = Signals::install(&runtime, &plan.mountpoint);
+    let metrics_listener =
+        match plan.metrics_addr {
+            Some(addr) => Some(crate::metrics::bind(addr).map_err(|e| {
+                RunError(format!("cannot serve metrics on {addr}: {}", io_reason(&e)))
+            })?),
+            None => None,
+        };
     let descriptions = plan.origins.iter().map(OriginSpec::describe).collect();
     let control = Control::new(&plan.mountpoint, &plan.cache_dir, descriptions);
     let _socket = match control::serve(Arc::clone(&control), runtime.handle()) {
@@ -816,6 +836,19 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         sources.clone(),
     ));
     let _ = control.syncer.set(Arc::clone(&syncer));
+    if let Some(listener) = metrics_listener {
+        let labels = plan
+            .origins
+            .iter()
+            .enumerate()
+            .map(|(i, o)| o.name.clone().unwrap_or_else(|| i.to_string()))
+            .collect();
+        let metrics =
+            crate::metrics::Metrics::new(Arc::clone(&daemon), Arc::clone(&syncer), labels);
+        let addr = crate::metrics::serve(listener, metrics, runtime.handle())?;
+        tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
+        let _ = control.metrics_addr.set(addr);
+    }
     let pin_filler = PinFiller::new(Arc::clone(&daemon));
     {
         // A sync may have changed pinned files (a retag): fetch them again.
@@ -847,33 +880,21 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     }
     let _ = control.search.set(Arc::clone(&search));
 
-    let mut session = fuser::Session::new(
-        MusicFs::new(
-            Arc::clone(&daemon),
-            current_uid(),
-            current_gid(),
-            Arc::clone(&search),
-        )
-        .with_kernel_passthrough(
-            plan.origins
-                .iter()
-                .enumerate()
-                .filter(|(_, o)| !o.cached)
-                .filter_map(|(i, o)| match &o.kind {
-                    OriginKind::Local(root) => Some((OriginId(i as u16), root.clone())),
-                    OriginKind::Remote(_) => None,
-                })
-                .collect(),
-        ),
-        &plan.mountpoint,
-        &fuse_config(&plan),
-    )
-    .map_err(|e| {
-        RunError(format!(
-            "cannot mount at '{}': {e}",
-            plan.mountpoint.display()
-        ))
-    })?;
+    let (session, mut kernel_mount) = open_session(
+        MusicFs::new(Arc::clone(&daemon), plan.ownership, Arc::clone(&search))
+            .with_kernel_passthrough(
+                plan.origins
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, o)| !o.cached)
+                    .filter_map(|(i, o)| match &o.kind {
+                        OriginKind::Local(root) => Some((OriginId(i as u16), root.clone())),
+                        OriginKind::Remote(_) => None,
+                    })
+                    .collect(),
+            ),
+        &plan,
+    )?;
     // Tests: a signal between mount(2) and the flag below.
     fail::fail_point!("mounted-before-serving");
     // The kernel mount exists from here on: a signal must now unmount it
@@ -882,7 +903,6 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         s.mounted.store(true, Ordering::SeqCst);
     }
     let notifier = Arc::new(session.notifier());
-    let mut unmounter = session.unmount_callable();
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let fuse_thread = std::thread::Builder::new()
         .name("musicfs-fuse".into())
@@ -972,14 +992,20 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     db.flush()?;
     tracing::info!("shutdown: database flushed");
     if signal.is_some()
-        && let Err(e) = unmounter.unmount()
+        && let Err(e) = kernel_mount.unmount()
     {
         tracing::warn!(error = %e, "unmount failed (busy?); detaching the mount instead");
         lazy_unmount(&plan.mountpoint);
     }
     match fuse_thread.join() {
         Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "FUSE session ended with an error"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "FUSE session ended with an error");
+            // Nothing serves the mount any more: leave no dead mount.
+            if matches!(kernel_mount, KernelMount::Direct(_)) {
+                let _ = kernel_mount.unmount();
+            }
+        }
         Err(_) => tracing::error!("FUSE thread panicked"),
     }
     if let Some(stop) = watchdog {
@@ -1132,7 +1158,9 @@ async fn drain(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
 /// ends the process at once (nothing is mounted; the catalog is written in
 /// atomic batches, so an interrupted first scan loses only its progress);
 /// after, the first signal starts the graceful shutdown and a second one
-/// detaches the mount and exits at once.
+/// detaches the mount and exits at once. SIGTERM, SIGINT and SIGHUP stop
+/// the daemon, except that with `--log-file` SIGHUP only reopens the log
+/// file (logrotate).
 struct Signals {
     first: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
     mounted: Arc<AtomicBool>,
@@ -1142,9 +1170,10 @@ impl Signals {
     fn install(runtime: &tokio::runtime::Runtime, mountpoint: &Path) -> Option<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         let _guard = runtime.enter();
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             tracing::error!("cannot install signal handlers; stop with `musicfs unmount`");
             return None;
@@ -1158,7 +1187,20 @@ impl Signals {
                 let name = tokio::select! {
                     _ = term.recv() => "SIGTERM",
                     _ = int.recv() => "SIGINT",
+                    _ = hup.recv() => "SIGHUP",
                 };
+                // SIGHUP with --log-file: logrotate moved the file away.
+                // Without one, the terminal is gone: stop as for SIGTERM.
+                if name == "SIGHUP" && crate::logging::logs_to_file() {
+                    match crate::logging::reopen() {
+                        Ok(path) => tracing::info!(
+                            path = %path.unwrap_or_default().display(),
+                            "SIGHUP: log file reopened"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),
+                    }
+                    continue;
+                }
                 count += 1;
                 if !is_mounted.load(Ordering::SeqCst) {
                     tracing::warn!(signal = name, "stopped before the mount was up");
@@ -1202,16 +1244,86 @@ async fn wait_for_stop(
     }
 }
 
-fn fuse_config(plan: &MountPlan) -> fuser::Config {
-    use fuser::MountOption as O;
-    let fsname = match plan.origins.first().map(|o| &o.kind) {
+/// The mount's source in the mount table: `musicfs:<first origin>`.
+fn fsname(plan: &MountPlan) -> String {
+    match plan.origins.first().map(|o| &o.kind) {
         Some(OriginKind::Local(p)) => format!("musicfs:{}", p.display()),
         Some(OriginKind::Remote(r)) => format!("musicfs:{}", r.key()),
         None => "musicfs".into(),
-    };
+    }
+}
+
+/// The kernel mount, and how it ends.
+enum KernelMount {
+    /// Mounted here with mount(2) (type `fuse.musicfs`): unmounted with
+    /// umount2(2).
+    Direct(PathBuf),
+    /// Mounted by fuser through fusermount3 (no privilege to mount; it
+    /// sets the type `fuse.musicfs` from the subtype option).
+    Fuser(fuser::SessionUnmounter),
+}
+
+impl KernelMount {
+    fn unmount(&mut self) -> std::io::Result<()> {
+        match self {
+            KernelMount::Direct(path) => match sys::umount(path, sys::Unmount::Normal) {
+                // Already gone (someone ran umount): nothing to do.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+                other => other,
+            },
+            KernelMount::Fuser(unmounter) => unmounter.unmount(),
+        }
+    }
+}
+
+/// Mounts and opens the FUSE session. fuser 0.18 mounts with type `fuse`
+/// when it calls mount(2) itself, so that `findmnt -t fuse.musicfs` and
+/// mount(8) would not know the mount: MusicFS calls mount(2) with type
+/// `fuse.musicfs` itself (as libfuse does) and hands the device to
+/// `Session::from_fd`. Without the privilege to mount (a normal user),
+/// fuser goes through fusermount3, which mounts as `fuse.musicfs` too.
+fn open_session(
+    fs: MusicFs,
+    plan: &MountPlan,
+) -> Result<(fuser::Session<MusicFs>, KernelMount), RunError> {
+    let config = fuse_config(plan);
+    let shown = plan.mountpoint.display();
+    let source = fsname(plan);
+    let direct = sys::mount_fuse(&sys::FuseMount {
+        source: &source,
+        target: &plan.mountpoint,
+        subtype: "musicfs",
+        allow_other: plan.allow_other,
+    });
+    match direct {
+        Ok(device) => {
+            let acl = config.acl;
+            match fuser::Session::from_fd(fs, device, acl, config) {
+                Ok(session) => Ok((session, KernelMount::Direct(plan.mountpoint.clone()))),
+                Err(e) => {
+                    lazy_unmount(&plan.mountpoint);
+                    Err(RunError(format!(
+                        "cannot start the FUSE session at '{shown}': {e}"
+                    )))
+                }
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            tracing::debug!("no privilege to mount(2); mounting through fusermount3");
+            let mut session = fuser::Session::new(fs, &plan.mountpoint, &config)
+                .map_err(|e| RunError(format!("cannot mount at '{shown}': {e}")))?;
+            let unmounter = session.unmount_callable();
+            Ok((session, KernelMount::Fuser(unmounter)))
+        }
+        Err(e) => Err(RunError(format!("cannot mount at '{shown}': {e}"))),
+    }
+}
+
+fn fuse_config(plan: &MountPlan) -> fuser::Config {
+    use fuser::MountOption as O;
     let mut config = fuser::Config::default();
     config.mount_options = vec![
-        O::FSName(fsname),
+        O::FSName(fsname(plan)),
         O::Subtype("musicfs".into()),
         O::RO,
         O::NoDev,

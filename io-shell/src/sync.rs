@@ -21,7 +21,7 @@ use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -81,6 +81,23 @@ pub struct Syncer {
     /// checkpoint (a saved batch).
     stopping: AtomicBool,
     threads: usize,
+    /// Counters per origin, by origin id (the metrics read them).
+    pub stats: Vec<SyncStats>,
+}
+
+/// What the syncs of one origin did.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Syncs that ran to their end (with changes or without).
+    pub runs: AtomicU64,
+    /// Syncs that failed or stopped early.
+    pub failures: AtomicU64,
+    /// Files read again (new or changed).
+    pub read: AtomicU64,
+    /// Files gone.
+    pub removed: AtomicU64,
+    /// Files moved.
+    pub moved: AtomicU64,
 }
 
 /// Why a sync did not run to its end because the daemon is stopping.
@@ -94,6 +111,7 @@ impl Syncer {
         layout: Layout,
         sources: Vec<SyncSource>,
     ) -> Syncer {
+        let sources_len = sources.len();
         Syncer {
             daemon,
             db,
@@ -104,6 +122,7 @@ impl Syncer {
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            stats: (0..sources_len).map(|_| SyncStats::default()).collect(),
         }
     }
 
@@ -245,6 +264,29 @@ impl Syncer {
     }
 
     fn run(
+        &self,
+        origin: OriginId,
+        source: &SyncSource,
+        plan: SyncPlan,
+    ) -> Result<SyncReport, String> {
+        let result = self.run_plan(origin, source, plan);
+        if let Some(stats) = self.stats.get(usize::from(origin.0)) {
+            match &result {
+                Ok(r) => {
+                    stats.runs.fetch_add(1, Ordering::Relaxed);
+                    stats.read.fetch_add(r.reread as u64, Ordering::Relaxed);
+                    stats.removed.fetch_add(r.removed as u64, Ordering::Relaxed);
+                    stats.moved.fetch_add(r.moved as u64, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    stats.failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        result
+    }
+
+    fn run_plan(
         &self,
         origin: OriginId,
         source: &SyncSource,

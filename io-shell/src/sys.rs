@@ -19,12 +19,16 @@ pub struct MountEntry {
     pub fstype: String,
     /// The mount source, as the file system named it (unescaped).
     pub source: String,
+    /// FUSE: the user who mounted it (its daemon's user), from the
+    /// `user_id=` super option.
+    pub user_id: Option<u32>,
 }
 
 impl MountEntry {
-    /// Whether MusicFS mounted this: fuser mounts with type `fuse` (or
-    /// `fuse.musicfs` when mount(8) or a later fuser sets the subtype) and a
-    /// source of `musicfs:<first origin>`.
+    /// Whether MusicFS mounted this: type `fuse.musicfs` (what it mounts
+    /// with since 0.1; mount(8) shows the same), or type `fuse` and a source
+    /// of `musicfs:<first origin>` (older builds, whose mounts may still be
+    /// there, dead, after an upgrade).
     pub fn is_musicfs(&self) -> bool {
         self.fstype == "fuse.musicfs"
             || (self.fstype == "fuse" && self.source.starts_with("musicfs"))
@@ -47,11 +51,18 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
             let mut right = right.split(' ');
             let fstype = right.next()?;
             let source = right.next().unwrap_or("");
+            let user_id = right
+                .next()
+                .unwrap_or("")
+                .split(',')
+                .find_map(|o| o.strip_prefix("user_id="))
+                .and_then(|id| id.parse().ok());
             Some(MountEntry {
                 mount_point: PathBuf::from(unescape(mount_point)),
                 device: device.to_owned(),
                 fstype: fstype.to_owned(),
                 source: unescape(source),
+                user_id,
             })
         })
         .collect()
@@ -98,6 +109,13 @@ pub fn mount_table_path(path: &Path) -> PathBuf {
     }
 }
 
+/// Every mount, in mount order.
+pub fn mounts() -> io::Result<Vec<MountEntry>> {
+    Ok(parse_mountinfo(&std::fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
 /// The mount at `path` (the top one, if several are stacked there), or
 /// `None` if `path` is not a mount point.
 pub fn mount_at(path: &Path) -> io::Result<Option<MountEntry>> {
@@ -137,6 +155,65 @@ pub fn umount(path: &Path, how: Unmount) -> io::Result<()> {
 
 /// The FUSE device.
 pub const FUSE_DEVICE: &str = "/dev/fuse";
+
+/// What [`mount_fuse`] mounts.
+#[derive(Clone, Debug)]
+pub struct FuseMount<'a> {
+    /// The source the mount table shows (`musicfs:/srv/music`).
+    pub source: &'a str,
+    /// Where to mount (canonical).
+    pub target: &'a Path,
+    /// The subtype: the type shown is `fuse.SUBTYPE`.
+    pub subtype: &'a str,
+    /// Let other users in (`allow_other`).
+    pub allow_other: bool,
+}
+
+/// Opens the FUSE device and mounts it at `mount.target` with mount(2), as
+/// type `fuse.SUBTYPE` (what libfuse does as root; fuser 0.18 always says
+/// plain `fuse` when it calls mount(2) itself), read-only, nosuid, nodev,
+/// noatime, with `default_permissions`. Returns the device, for
+/// `fuser::Session::from_fd`. `EPERM` means no privilege to mount: the
+/// caller goes through fusermount3 instead.
+pub fn mount_fuse(mount: &FuseMount<'_>) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::fs::MetadataExt;
+    let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte");
+    let device = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(FUSE_DEVICE)?; // O_CLOEXEC, as std opens every file
+    let rootmode = std::fs::metadata(mount.target)?.mode() & libc::S_IFMT;
+    // SAFETY: getuid/getgid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let mut data = format!(
+        "fd={},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions",
+        device.as_raw_fd()
+    );
+    if mount.allow_other {
+        data.push_str(",allow_other");
+    }
+    let source = CString::new(mount.source).map_err(nul)?;
+    let target = CString::new(mount.target.as_os_str().as_bytes()).map_err(nul)?;
+    let fstype = CString::new(format!("fuse.{}", mount.subtype)).map_err(nul)?;
+    let data = CString::new(data).map_err(nul)?;
+    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives
+    // the call; `data` is the text options string FUSE expects.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(device))
+}
 
 /// The FUSE device cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +319,8 @@ garbage line
         assert_eq!(all[1].fstype, "tmpfs");
         assert_eq!(all[2].device, "0:36");
         assert_eq!(all[2].source, "musicfs:/srv/music");
+        assert_eq!(all[2].user_id, Some(0), "FUSE: who mounted it");
+        assert_eq!(all[1].user_id, None);
     }
 
     #[test]

@@ -125,6 +125,7 @@ mod tests {
 
     fn entry(fstype: &str, source: &str) -> MountEntry {
         MountEntry {
+            user_id: None,
             mount_point: PathBuf::from("/mnt/x"),
             device: "0:1".into(),
             fstype: fstype.into(),

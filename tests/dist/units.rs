@@ -303,6 +303,11 @@ fn example_config_is_valid_and_documents_every_key() {
         "read_timeout",
         "poll_interval",
         "log_level",
+        "uid",
+        "gid",
+        "umask",
+        "log_file",
+        "metrics_addr",
     ];
     let uncommented: String = text
         .lines()
@@ -740,6 +745,75 @@ fn mount_helper_mounts_reads_and_unmounts() {
         log.display()
     );
 
+    let out = Command::new(BIN)
+        .arg("unmount")
+        .arg(fx.mnt())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_daemon_gone(&fx.mnt());
+    assert!(read(&log).contains("unmounted; bye"), "{}", read(&log));
+}
+
+#[test]
+fn mount_helper_passes_owner_group_umask_and_the_log_file() {
+    let fx = Fixture::new();
+    let log = fx.path("helper.log");
+    let out = helper()
+        .arg(fx.path("lib"))
+        .arg(fx.mnt())
+        .arg("-o")
+        .arg(format!(
+            "cache_dir={},uid=1234,gid=2345,umask=027,log_file={}",
+            fx.s("cache"),
+            log.display()
+        ))
+        .env("PATH", fx.path_with_musicfs())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let root = std::fs::metadata(fx.mnt()).unwrap();
+    assert_eq!((root.uid(), root.gid()), (1234, 2345));
+    assert_eq!(root.mode() & 0o7777, 0o550);
+    let track = std::fs::metadata(fx.mnt().join(TRACK)).unwrap();
+    assert_eq!(
+        (track.uid(), track.gid(), track.mode() & 0o7777),
+        (1234, 2345, 0o440)
+    );
+    // The daemon writes the log file itself: SIGHUP reopens it.
+    let daemons = daemons_serving(&fx.mnt());
+    assert_eq!(daemons.len(), 1);
+    std::fs::rename(&log, fx.path("helper.log.1")).unwrap();
+    // SAFETY: kill(2) on the daemon this test started.
+    unsafe { libc::kill(daemons[0], libc::SIGHUP) };
+    assert!(
+        wait_for(Duration::from_secs(20), || std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("log file reopened")),
+        "{}",
+        read(&fx.path("helper.log.1"))
+    );
+    // -f -v shows the command: each option becomes the daemon's flag.
+    let out = helper()
+        .arg(fx.path("lib"))
+        .arg(fx.path("mnt2"))
+        .args([
+            "-f",
+            "-v",
+            "-o",
+            "uid=5,gid=6,umask=077,metrics_addr=127.0.0.1:0",
+        ])
+        .env("PATH", fx.path_with_musicfs())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && said.contains("--uid 5 --gid 6 --umask 077 --metrics-addr 127.0.0.1:0"),
+        "{}",
+        text(&out)
+    );
     let out = Command::new(BIN)
         .arg("unmount")
         .arg(fx.mnt())

@@ -77,6 +77,8 @@ pub struct MountCommand {
     cmd: Command,
     mountpoint: PathBuf,
     log: PathBuf,
+    /// Where stderr goes when the log is a `--log-file` (else `log`).
+    stderr: Option<PathBuf>,
 }
 
 impl MountCommand {
@@ -100,7 +102,19 @@ impl MountCommand {
             cmd,
             mountpoint: mountpoint.to_path_buf(),
             log: log.to_path_buf(),
+            stderr: None,
         }
+    }
+
+    /// Logs with `--log-file FILE` instead of stderr: [`Mounted::log`] is
+    /// that file, and stderr goes to `FILE.stderr`.
+    pub fn log_file(mut self, file: &Path) -> MountCommand {
+        self.cmd.arg("--log-file").arg(file);
+        let mut stderr = file.as_os_str().to_owned();
+        stderr.push(".stderr");
+        self.stderr = Some(PathBuf::from(stderr));
+        self.log = file.to_path_buf();
+        self
     }
 
     /// The usual layout of a test's folder `dir`: the library in `lib/`,
@@ -142,7 +156,8 @@ impl MountCommand {
                 "mountpoint dir: {e}"
             );
         }
-        let log = std::fs::File::create(&self.log).expect("log file");
+        let log =
+            std::fs::File::create(self.stderr.as_ref().unwrap_or(&self.log)).expect("log file");
         self.cmd
             .arg(&self.mountpoint)
             .stdin(Stdio::null())
