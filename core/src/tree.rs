@@ -432,9 +432,9 @@ struct TrackPlaces<'c> {
     artist_of_grandparent: BTreeMap<Folder<'c>, BTreeSet<usize>>,
     /// The track node of each origin file.
     node_of: BTreeMap<(OriginId, &'c [u8]), usize>,
-    /// The origins holding a track at a path (for playlists naming a path
-    /// of another origin: a mirror).
-    origins_of_path: BTreeMap<&'c [u8], Vec<OriginId>>,
+    /// Every origin holding a track (for playlists naming a path of
+    /// another origin: a mirror).
+    origins: BTreeSet<OriginId>,
     /// The first track (by path) of each (origin folder, file stem).
     by_stem: BTreeMap<(Folder<'c>, &'c [u8]), usize>,
 }
@@ -503,11 +503,7 @@ impl<'a> Builder<'a> {
             places
                 .node_of
                 .insert((src.origin, src.path.as_bytes()), node);
-            places
-                .origins_of_path
-                .entry(src.path.as_bytes())
-                .or_default()
-                .push(src.origin);
+            places.origins.insert(src.origin);
             let levels = track.components.len().saturating_sub(1);
             if let Some(depth) = artist_depth.filter(|&d| d < levels) {
                 let mut artist = dir;
@@ -858,8 +854,10 @@ impl<'a> Builder<'a> {
             if let Some(&n) = places.node_of.get(&(src.origin, path)) {
                 return Some(n);
             }
-            let other = places.origins_of_path.get(path)?.first()?;
-            places.node_of.get(&(*other, path)).copied()
+            places
+                .origins
+                .iter()
+                .find_map(|&o| places.node_of.get(&(o, path)).copied())
         };
         let rewritten = crate::playlist::rewrite(bytes, src.path.parent(), "../", |path| {
             let node = found(path)?;
