@@ -88,7 +88,7 @@ impl fmt::Display for OriginPath {
 
 /// Serialises `Box<[u8]>` as a byte string rather than a sequence of
 /// integers, so MessagePack stores paths compactly.
-mod serde_bytes_compat {
+pub(crate) mod serde_bytes_compat {
     use serde::{Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

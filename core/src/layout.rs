@@ -325,6 +325,18 @@ impl Layout {
         &self.source
     }
 
+    /// Which directory level of the layout is the artist's folder: the
+    /// deepest directory component that inserts `$albumartist` or `$artist`
+    /// (0 for the default layout's `$albumartist`). `None` when no
+    /// directory names an artist (`$album/$title`): artist images then have
+    /// no folder to go to.
+    pub fn artist_depth(&self) -> Option<usize> {
+        self.dirs.iter().rposition(|dir| {
+            dir.iter()
+                .any(|t| matches!(t, Token::Field(Field::AlbumArtist | Field::Artist)))
+        })
+    }
+
     /// Renders one track to its path components: the directories, then the
     /// file name.
     ///
@@ -951,6 +963,20 @@ mod tests {
             let message = Layout::parse(bad).err().map(|e| e.to_string());
             assert!(message.is_some_and(|m| !m.is_empty() && !m.contains('\n')));
         }
+    }
+
+    #[test]
+    fn artist_depth_is_the_deepest_artist_folder() {
+        let depth = |f: &str| Layout::parse(f).map(|l| l.artist_depth());
+        assert_eq!(Layout::default_layout().artist_depth(), Some(0));
+        assert_eq!(
+            depth("$genre/$albumartist/$year - $album/$title"),
+            Ok(Some(1))
+        );
+        assert_eq!(depth("$artist/$title"), Ok(Some(0)));
+        assert_eq!(depth("$album/$title"), Ok(None));
+        assert_eq!(depth("$title"), Ok(None));
+        assert_eq!(depth("$title/$artist - $title"), Ok(None));
     }
 
     #[test]

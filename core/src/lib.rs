@@ -9,6 +9,7 @@
 //!
 //! - [`tags`], [`layout`], [`naming`]: from a file's tags to a valid, stable name.
 //! - [`tree`]: the virtual `Artist/Album/NN - Title.ext` tree and its inodes.
+//! - [`playlist`]: playlists rewritten to paths of the mount.
 //! - [`chunk`], [`manifest`]: content-defined chunking and per-file chunk maps.
 //! - [`engine`]: the state machine that answers FUSE requests, plans reads,
 //!   fills the cache and decides evictions.
@@ -21,6 +22,7 @@ pub mod ids;
 pub mod layout;
 pub mod manifest;
 pub mod naming;
+pub mod playlist;
 pub mod sync;
 pub mod tags;
 pub mod time;

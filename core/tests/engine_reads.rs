@@ -154,6 +154,9 @@ impl Harness {
                 Output::ReadError { req, errno } => {
                     assert!(self.world.replies.insert(req, Err(errno)).is_none());
                 }
+                Output::Generated { req, data } => {
+                    assert!(self.world.replies.insert(req, Ok(data)).is_none());
+                }
                 Output::Serve { req, pieces, .. } => {
                     let mut data = Vec::new();
                     let mut faults = Vec::new();

@@ -228,6 +228,11 @@ impl Daemon {
                         reply.error(errno);
                     }
                 }
+                Output::Generated { req, data } => {
+                    if let Some(reply) = self.take_reply(req) {
+                        reply.data(&data);
+                    }
+                }
                 Output::Serve { req, pieces, .. } => self.serve(req, pieces),
                 Output::Passthrough {
                     req,

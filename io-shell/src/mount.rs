@@ -789,6 +789,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         covers = report.covers,
         renamed = report.renamed,
         unreadable = report.unreadable,
+        lyrics = report.lyrics,
+        images = report.images,
+        artist_images = report.artist_images,
+        cue_sheets = report.cues,
+        playlists = report.playlists,
+        playlist_entries_not_in_library = report.playlist_entries_missing,
+        sidecars_left_out = report.sidecars_left_out,
         "tree ready"
     );
     // The tree holds what it needs; the catalog is read from the db again

@@ -1,7 +1,8 @@
 //! Scanning a local origin directory into catalog entries.
 //!
-//! A scan walks the tree once, keeps the files whose names say audio or
-//! cover art, then reads them on `threads` workers (tag parsing is the cost;
+//! A scan walks the tree once, keeps the files whose names say audio, cover
+//! art, lyrics, images, cue sheets or playlists
+//! ([`catalog::classify_name`]), then reads them on `threads` workers (tag parsing is the cost;
 //! the walk is a few `getdents` per directory). The result is sorted by path
 //! bytes, so the same tree always gives the same catalog and so the same
 //! virtual tree.
@@ -30,13 +31,15 @@
 use crate::origin::beneath::{self, Purpose};
 use crate::tags;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use musicfs_core::catalog::NameClass;
 use musicfs_core::sync::Listed;
 use musicfs_core::{
     CatalogEntry, FileKind, FileVersion, OriginId, OriginPath, SourceFile, catalog,
 };
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io;
+use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -76,12 +79,18 @@ pub struct ScanReport {
     pub tracks: usize,
     /// Cover-art entries.
     pub covers: usize,
+    /// Lyrics, other images, cue sheets and playlists (the tree decides
+    /// where each goes, or that it has nowhere to go).
+    pub sidecars: usize,
     /// Audio-named files whose tags could not be read (each logged at warn).
     pub unreadable: usize,
     /// Files looked at and left out: neither audio nor cover art by name, or
     /// not regular files (FIFOs, sockets, links to directories). Hidden
     /// entries are not counted: they are not part of the library.
     pub skipped_other: usize,
+    /// The files of [`ScanReport::skipped_other`] left out for their name,
+    /// by extension (`.nfo`, `(none)`); the rest were not regular files.
+    pub skipped_by_ext: BTreeMap<String, usize>,
     /// Problems with the tree rather than with a file's content: directories
     /// that cannot be read, files that vanished or dangling links. At most
     /// [`ScanOptions::max_errors`] messages, then one saying how many more.
@@ -207,7 +216,10 @@ pub fn file_version(meta: &std::fs::Metadata) -> FileVersion {
 /// - `Ok(Some(Track))` for an audio file whose tags were read;
 /// - `Ok(Some(Unreadable(reason)))` for an audio-named file that could not be
 ///   read (corrupt, empty, permission denied); logged at warn;
-/// - `Ok(Some(Cover))` for cover art;
+/// - `Ok(Some(Cover))` for cover art, `Lyrics`, `Image` and `Cue` for those
+///   (by name; only stat'ed), `Playlist(bytes)` for a playlist (read, up to
+///   [`catalog::PLAYLIST_MAX_BYTES`]; a bigger one is logged and listed
+///   unreadable);
 /// - `Ok(None)` for anything else: other names, hidden paths, and things
 ///   that are not regular files (FIFOs, directories named `x.flac`);
 /// - `Err` when the file is gone (`NotFound`, also a dangling link) or cannot
@@ -219,7 +231,7 @@ pub fn scan_file(origin: OriginId, root: &Path, rel: &[u8]) -> io::Result<Option
         return Ok(None);
     }
     let name = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
-    let class = match classify_name(name) {
+    let class = match catalog::classify_name(name) {
         Some(class) => class,
         None => return Ok(None),
     };
@@ -273,11 +285,7 @@ fn scan_local_inner(
         }
         match outcome.entry {
             Some(entry) => {
-                match entry.kind {
-                    FileKind::Track(_) => report.tracks += 1,
-                    FileKind::Cover => report.covers += 1,
-                    FileKind::Unreadable(_) => report.unreadable += 1,
-                }
+                report.count(&entry.kind);
                 entries.push(entry);
             }
             None if outcome.skipped => report.skipped_other += 1,
@@ -293,37 +301,72 @@ fn scan_local_inner(
     let secs = report.elapsed.as_secs_f64();
     let files = work.len();
     tracing::info!(
-        "scanned {files} files in {secs:.2} s ({rate:.0} files/s): {} tracks, {} covers, {} unreadable",
+        "scanned {files} files in {secs:.2} s ({rate:.0} files/s): {} tracks, {} covers, {} lyrics, images, cue sheets and playlists, {} unreadable",
         report.tracks,
         report.covers,
+        report.sidecars,
         report.unreadable,
         rate = if secs > 0.0 { files as f64 / secs } else { 0.0 },
     );
     if report.skipped_other > 0 || !report.errors.is_empty() {
         tracing::info!(
-            "{}: {} other files skipped, {} walk errors",
+            "{}: skipped: {}; {} walk errors",
             root.display(),
-            report.skipped_other,
+            report.skipped_summary(),
             error_total,
         );
     }
     Ok(report)
 }
 
-/// What a name says a file is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum NameClass {
-    Audio,
-    Cover,
-}
+impl ScanReport {
+    /// Counts a catalog entry.
+    pub(crate) fn count(&mut self, kind: &FileKind) {
+        match kind {
+            FileKind::Track(_) => self.tracks += 1,
+            FileKind::Cover => self.covers += 1,
+            FileKind::Unreadable(_) => self.unreadable += 1,
+            FileKind::Lyrics | FileKind::Image | FileKind::Cue | FileKind::Playlist(_) => {
+                self.sidecars += 1
+            }
+        }
+    }
 
-fn classify_name(name: &[u8]) -> Option<NameClass> {
-    if catalog::is_audio_name(name) {
-        Some(NameClass::Audio)
-    } else if catalog::is_cover_name(name) {
-        Some(NameClass::Cover)
-    } else {
-        None
+    /// Counts a file left out for its name, by its extension.
+    pub(crate) fn skip(&mut self, name: &[u8]) {
+        self.skipped_other += 1;
+        *self
+            .skipped_by_ext
+            .entry(catalog::skipped_label(name))
+            .or_default() += 1;
+    }
+
+    /// The skipped files by extension, most first: `3 .nfo, 2 .log`
+    /// (`nothing` when none; the twelve commonest, then how many more).
+    pub fn skipped_summary(&self) -> String {
+        const SHOWN: usize = 12;
+        let mut kinds: Vec<(&String, &usize)> = self.skipped_by_ext.iter().collect();
+        kinds.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        let mut parts: Vec<String> = kinds
+            .iter()
+            .take(SHOWN)
+            .map(|(ext, n)| format!("{n} {ext}"))
+            .collect();
+        let rest: usize = kinds.iter().skip(SHOWN).map(|(_, n)| **n).sum();
+        if rest > 0 {
+            parts.push(format!("{rest} other"));
+        }
+        let unnamed = self
+            .skipped_other
+            .saturating_sub(self.skipped_by_ext.values().sum());
+        if unnamed > 0 {
+            parts.push(format!("{unnamed} not regular files"));
+        }
+        if parts.is_empty() {
+            "nothing".to_owned()
+        } else {
+            parts.join(", ")
+        }
     }
 }
 
@@ -404,13 +447,12 @@ fn walk(
         // Regular files and links (a link to a file is read through; one to
         // a directory is found out when opened and skipped). Everything else
         // is a special file and is never opened.
-        let class = if ft.is_file() || ft.is_symlink() {
-            classify_name(entry.file_name().as_bytes())
-        } else {
-            None
-        };
-        let Some(class) = class else {
+        if !(ft.is_file() || ft.is_symlink()) {
             report.skipped_other += 1;
+            continue;
+        }
+        let Some(class) = catalog::classify_name(entry.file_name().as_bytes()) else {
+            report.skip(entry.file_name().as_bytes());
             continue;
         };
         let rel = match entry.path().strip_prefix(root) {
@@ -530,12 +572,33 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
     // Every open resolves beneath the root: a link out of it is refused
     // here (and again at every read), never listed.
     match class {
-        NameClass::Cover => {
+        NameClass::Cover | NameClass::Lyrics | NameClass::Image | NameClass::Cue => {
             let meta = beneath::stat(root, rel)?;
             if !meta.is_file() {
                 return Ok(skipped);
             }
-            Ok(entry(source(file_version(&meta)), FileKind::Cover))
+            let kind = match class {
+                NameClass::Cover => FileKind::Cover,
+                NameClass::Lyrics => FileKind::Lyrics,
+                NameClass::Cue => FileKind::Cue,
+                _ => FileKind::Image,
+            };
+            Ok(entry(source(file_version(&meta)), kind))
+        }
+        NameClass::Playlist => {
+            let file = beneath::open(root, rel, Purpose::Read)?;
+            let meta = file.metadata()?;
+            if !meta.is_file() {
+                return Ok(skipped);
+            }
+            let kind = match read_playlist(&file, meta.len()) {
+                Ok(bytes) => FileKind::Playlist(bytes.into()),
+                Err(reason) => {
+                    tracing::warn!("playlist {} left out: {reason}", path.display());
+                    FileKind::Unreadable(reason)
+                }
+            };
+            Ok(entry(source(file_version(&meta)), kind))
         }
         NameClass::Audio => {
             let file = match beneath::open(root, rel, Purpose::Read) {
@@ -574,6 +637,32 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
             Ok(entry(source(file_version(&meta)), kind))
         }
     }
+}
+
+/// Reads a playlist of `size` bytes (as stat'ed), refusing one over
+/// [`catalog::PLAYLIST_MAX_BYTES`]: the reason is the error.
+pub(crate) fn read_playlist(file: &std::fs::File, size: u64) -> Result<Vec<u8>, String> {
+    let max = catalog::PLAYLIST_MAX_BYTES;
+    if size > max {
+        return Err(too_big(size));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // One byte past the limit tells a file that grew since the stat.
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Why a playlist is left out for its size.
+pub(crate) fn too_big(size: u64) -> String {
+    format!(
+        "{size} bytes, over the {} KiB playlist limit",
+        catalog::PLAYLIST_MAX_BYTES / 1024
+    )
 }
 
 fn warn_unreadable(path: &Path, reason: &str) {
@@ -658,7 +747,7 @@ pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Vec<Listed> {
                 }
             }
             Ok(_) => {
-                if let Some(class) = classify_name(rel.file_name()) {
+                if let Some(class) = catalog::classify_name(rel.file_name()) {
                     work.push(Work {
                         rel: rel.as_bytes().into(),
                         class,
@@ -698,7 +787,7 @@ pub fn read_files(
     let work: Vec<Work> = files
         .iter()
         .filter_map(|l| {
-            classify_name(l.path.file_name()).map(|class| Work {
+            catalog::classify_name(l.path.file_name()).map(|class| Work {
                 rel: l.path.as_bytes().into(),
                 class,
             })
@@ -750,6 +839,51 @@ mod tests {
         assert!(!is_hidden(b"..."));
         assert!(!is_hidden(b"Album."));
         assert!(!is_hidden(b""));
+    }
+
+    #[test]
+    fn skipped_files_are_summed_up_by_extension() {
+        let mut report = ScanReport::default();
+        assert_eq!(report.skipped_summary(), "nothing");
+        for name in [
+            &b"a.nfo"[..],
+            b"b.NFO",
+            b"c.nfo",
+            b"x.log",
+            b"y.log",
+            b"README",
+        ] {
+            report.skip(name);
+        }
+        report.skipped_other += 1; // a FIFO
+        assert_eq!(
+            report.skipped_summary(),
+            "3 .nfo, 2 .log, 1 (none), 1 not regular files"
+        );
+        for i in 0..20 {
+            report.skip(format!("f.e{i}").as_bytes());
+        }
+        assert!(
+            report
+                .skipped_summary()
+                .ends_with(", 11 other, 1 not regular files")
+        );
+    }
+
+    #[test]
+    fn big_playlists_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.m3u");
+        std::fs::write(&path, vec![b'#'; 2 << 20]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let why = read_playlist(&file, 2 << 20).unwrap_err();
+        assert!(why.contains("over the 1024 KiB playlist limit"), "{why}");
+        // Grown since the stat: still refused.
+        let file = std::fs::File::open(&path).unwrap();
+        assert!(read_playlist(&file, 10).is_err());
+        std::fs::write(&path, b"a.flac\n").unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        assert_eq!(read_playlist(&file, 7).unwrap(), b"a.flac\n");
     }
 
     #[test]

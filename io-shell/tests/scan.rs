@@ -241,6 +241,7 @@ fn generated_library_matches_manifest() {
     let found = by_path(&report.entries);
     let mut seen_formats = BTreeMap::<String, usize>::new();
     let (mut tracks, mut covers, mut broken, mut compilations, mut discs) = (0, 0, 0, 0, 0);
+    let mut sidecars = 0;
     for rec in &records {
         let path = normalize(rec["path"].as_str().expect("path"));
         let entry = found.get(path.as_bytes());
@@ -280,6 +281,18 @@ fn generated_library_matches_manifest() {
                 };
                 assert!(!why.is_empty() && !why.contains('\n'), "{path}: {why:?}");
             }
+            // Sidecars are listed; the tree decides where they go.
+            "other" if path.ends_with(".txt") => {
+                sidecars += 1;
+                assert_eq!(entry.map(|e| &e.kind), Some(&FileKind::Lyrics), "{path}");
+            }
+            "other" if path.ends_with(".m3u") => {
+                sidecars += 1;
+                let Some(FileKind::Playlist(bytes)) = entry.map(|e| &e.kind) else {
+                    panic!("{path}: expected a playlist, got {entry:?}");
+                };
+                assert!(bytes.starts_with(b"#EXTM3U\n"), "{path}");
+            }
             "other" => assert!(entry.is_none(), "{path} should be ignored"),
             other => panic!("unknown manifest kind {other}"),
         }
@@ -295,10 +308,13 @@ fn generated_library_matches_manifest() {
     assert_eq!(report.tracks, tracks);
     assert_eq!(report.covers, covers);
     assert_eq!(report.unreadable, broken);
-    // notes.txt, playlist.m3u and the `odd/loop` symlink (not followed).
-    assert_eq!(report.skipped_other, 3);
+    assert_eq!(report.sidecars, sidecars);
+    assert_eq!(sidecars, 2, "notes.txt and playlist.m3u");
+    // The `odd/loop` symlink (not followed), counted by its extension.
+    assert_eq!(report.skipped_other, 1);
+    assert_eq!(report.skipped_summary(), "1 (none)");
     assert!(!paths.iter().any(|p| p.starts_with(b"odd/loop")));
-    assert_eq!(files, tracks + covers + broken);
+    assert_eq!(files, tracks + covers + broken + sidecars);
 
     // The watcher's per-file entry point agrees with the scanner.
     for entry in &report.entries {
@@ -307,11 +323,7 @@ fn generated_library_matches_manifest() {
             .expect("scan_file entry");
         assert_eq!(&again, entry);
     }
-    for ignored in [
-        &b"odd/notes.txt"[..],
-        b"odd/.hidden.flac",
-        b"odd/playlist.m3u",
-    ] {
+    for ignored in [&b"odd/.hidden.flac"[..], b"odd/loop"] {
         assert_eq!(scan_file(ORIGIN, &root, ignored).expect("scan_file"), None);
     }
 }

@@ -286,6 +286,12 @@ impl World {
         let bad = |what: String| Violation::new("tree", what);
         let mut seen: BTreeMap<SourceKey, musicfs_core::Ino> = BTreeMap::new();
         for (ino, file) in tree.files() {
+            if let Some(bytes) = &file.generated {
+                if !file.sources.is_empty() || bytes.len() as u64 != file.size {
+                    return Err(bad(format!("{ino:?} is generated but not only that")));
+                }
+                continue;
+            }
             if file.sources.is_empty() {
                 return Err(bad(format!("{ino:?} has no source")));
             }

@@ -111,6 +111,7 @@ impl World {
     fn execute(&mut self, out: Output) {
         match out {
             Output::ReadError { req, errno } => self.reply(req, Answer::Error(errno)),
+            Output::Generated { req, data } => self.reply(req, Answer::Data(data)),
             Output::Serve {
                 req,
                 pieces,

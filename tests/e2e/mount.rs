@@ -77,12 +77,17 @@ fn hash_all(root: &Path) -> BTreeMap<PathBuf, String> {
         .collect()
 }
 
+/// Cover art, or another file shown beside the tracks (the generated
+/// library's playlist in `Playlists/`): not a track.
 fn is_cover(p: &Path) -> bool {
     let name = p
         .file_name()
         .map(|n| n.to_string_lossy().to_lowercase())
         .unwrap_or_default();
-    name.ends_with(".png") || name.ends_with(".jpg")
+    p.starts_with("Playlists")
+        || [".png", ".jpg", ".lrc", ".txt", ".cue"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 #[test]

@@ -30,10 +30,13 @@ const READ_TIMEOUT: u64 = 8;
 const BIG: &str = "big/Long Take.wav";
 const BIG_BYTES: usize = 40 << 20;
 
+/// Cover art, or another file shown beside the tracks (the generated
+/// library's playlist in `Playlists/`): not a track.
 fn is_cover(p: &Path) -> bool {
-    p.extension()
-        .and_then(|e| e.to_str())
-        .is_some_and(|e| matches!(e, "jpg" | "jpeg" | "png"))
+    p.starts_with("Playlists")
+        || p.extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "jpg" | "jpeg" | "png" | "lrc" | "txt" | "cue"))
 }
 
 /// `musicfs status --json` of the mount.

@@ -575,6 +575,16 @@ impl Engine {
             return;
         };
         let end = offset.saturating_add(u64::from(size)).min(file.size);
+        if let Some(bytes) = &file.generated {
+            // Made by the tree: answered from memory, like metadata.
+            let range = usize::try_from(offset.min(end)).unwrap_or(usize::MAX)
+                ..usize::try_from(end).unwrap_or(usize::MAX);
+            let data = bytes.get(range).unwrap_or_default().to_vec();
+            self.stats.reads_served += 1;
+            self.stats.reads_hit += 1;
+            self.outputs.push_back(Output::Generated { req, data });
+            return;
+        }
         let read = Read {
             ino,
             offset: offset.min(end),
@@ -1402,7 +1412,7 @@ impl Engine {
 fn file_changed(old: &VirtualTree, new: &VirtualTree, ino: Ino) -> bool {
     !matches!(
         (old.file(ino), new.file(ino)),
-        (Some(a), Some(b)) if a.size == b.size && a.sources == b.sources
+        (Some(a), Some(b)) if a.size == b.size && a.sources == b.sources && a.generated == b.generated
     )
 }
 

@@ -308,6 +308,9 @@ impl Engine {
         let Some(f) = self.tree.file(ino) else {
             return 0;
         };
+        if f.generated.is_some() {
+            return f.size;
+        }
         f.sources
             .iter()
             .filter_map(|s| self.manifests.get(&key_of(s)))
@@ -325,6 +328,9 @@ impl Engine {
     /// has not cached, or `None` if every byte from there on is.
     pub fn next_uncached(&self, ino: Ino, from: u64) -> Option<u64> {
         let f = self.tree.file(ino)?;
+        if f.generated.is_some() {
+            return None;
+        }
         let best = f
             .sources
             .iter()

@@ -200,6 +200,14 @@ pub enum Output {
         /// so the simulator can show it catches unverified reads.
         verify: bool,
     },
+    /// Reply to a read with these bytes, which the tree generated (a
+    /// rewritten playlist): no cache, no origin, nothing to report after.
+    Generated {
+        /// The read.
+        req: ReqId,
+        /// The bytes (empty at end of file).
+        data: Vec<u8>,
+    },
     /// Reply to a read with bytes read straight from the origin (the cache
     /// cannot take them, or the origin is `cache=off`), then report
     /// `read_finished`. If the origin fails (or takes longer than the

@@ -27,6 +27,7 @@ use super::ranged::{RangedOptions, RangedReader, ReadFailure};
 use super::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
 use crate::scan::{self, ErrorList, ScanProgress, ScanReport};
 use crate::tags;
+use musicfs_core::catalog::NameClass;
 use musicfs_core::{CatalogEntry, FileKind, OriginId, SourceFile, catalog};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,7 +116,7 @@ pub async fn list_remote(
                 let bytes = f.path.as_bytes();
                 let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or_default();
                 !bytes.split(|&b| b == b'/').any(scan::is_hidden)
-                    && (catalog::is_audio_name(name) || catalog::is_cover_name(name))
+                    && catalog::classify_name(name).is_some()
             }));
         })
         .await?;
@@ -219,11 +220,7 @@ async fn scan_inner(
             }
         }
         if let Some(entry) = outcome.entry {
-            match entry.kind {
-                FileKind::Track(_) => report.tracks += 1,
-                FileKind::Cover => report.covers += 1,
-                FileKind::Unreadable(_) => report.unreadable += 1,
-            }
+            report.count(&entry.kind);
             entries.push(entry);
         }
         progress.scanned(1);
@@ -252,17 +249,26 @@ async fn scan_inner(
             {
                 continue;
             }
-            if catalog::is_audio_name(name) {
-                audio.push(file);
-            } else if catalog::is_cover_name(name) {
-                report.covers += 1;
-                entries.push(CatalogEntry {
-                    source: source(origin_id, &file),
-                    kind: FileKind::Cover,
-                });
-            } else {
-                report.skipped_other += 1;
-            }
+            let kind = match catalog::classify_name(name) {
+                // Audio is read for its tags, playlists for their entries.
+                Some(NameClass::Audio | NameClass::Playlist) => {
+                    audio.push(file);
+                    continue;
+                }
+                Some(NameClass::Cover) => FileKind::Cover,
+                Some(NameClass::Lyrics) => FileKind::Lyrics,
+                Some(NameClass::Image) => FileKind::Image,
+                Some(NameClass::Cue) => FileKind::Cue,
+                None => {
+                    report.skip(name);
+                    continue;
+                }
+            };
+            report.count(&kind);
+            entries.push(CatalogEntry {
+                source: source(origin_id, &file),
+                kind,
+            });
         }
         progress.discovered(audio.len() as u64);
         for file in audio {
@@ -273,7 +279,12 @@ async fn scan_inner(
             let origin = Arc::clone(&origin);
             let opts = Arc::clone(&opts);
             tasks.spawn(async move {
-                let outcome = read_file(origin_id, origin, file, &opts).await;
+                let outcome =
+                    if catalog::classify_name(file.path.file_name()) == Some(NameClass::Playlist) {
+                        read_playlist(origin_id, origin, file, &opts).await
+                    } else {
+                        read_file(origin_id, origin, file, &opts).await
+                    };
                 drop(permit);
                 outcome
             });
@@ -302,9 +313,10 @@ async fn scan_inner(
     let secs = report.elapsed.as_secs_f64();
     let read = report.tracks + report.unreadable;
     tracing::info!(
-        "scanned {listed} files of {description} in {secs:.2} s ({rate:.0} files/s): {} tracks, {} covers, {} unreadable; {} KiB fetched for tags ({:.1} KiB and {:.2} requests per audio file)",
+        "scanned {listed} files of {description} in {secs:.2} s ({rate:.0} files/s): {} tracks, {} covers, {} lyrics, images, cue sheets and playlists, {} unreadable; {} KiB fetched for tags ({:.1} KiB and {:.2} requests per audio file)",
         report.tracks,
         report.covers,
+        report.sidecars,
         report.unreadable,
         report.bytes_fetched / 1024,
         report.bytes_fetched as f64 / 1024.0 / read.max(1) as f64,
@@ -344,6 +356,89 @@ fn source(origin: OriginId, file: &RemoteFile) -> SourceFile {
 /// Audio and Musepack. Their tail is fetched up front with the head.
 fn wants_tail(ext: &str) -> bool {
     matches!(ext, "mp3" | "aac" | "wv" | "ape" | "mpc")
+}
+
+/// Reads one playlist whole (it is small: at most
+/// [`catalog::PLAYLIST_MAX_BYTES`]; a bigger one is logged and listed
+/// unreadable), retrying as [`read_file`] does.
+async fn read_playlist(
+    origin_id: OriginId,
+    origin: Arc<dyn RemoteOrigin>,
+    mut file: RemoteFile,
+    opts: &RemoteScanOptions,
+) -> Outcome {
+    let shown = file.path.to_string();
+    let mut outcome = Outcome {
+        entry: None,
+        error: None,
+        failed: false,
+        bytes: 0,
+        requests: 0,
+    };
+    let max = catalog::PLAYLIST_MAX_BYTES;
+    let mut last_failure = String::new();
+    let mut pause = Duration::from_millis(250);
+    let attempts = opts.file_attempts.max(1);
+    for attempt in 1..=attempts {
+        let entry = |file: &RemoteFile, kind| CatalogEntry {
+            source: source(origin_id, file),
+            kind,
+        };
+        if file.version.size > max {
+            let reason = scan::too_big(file.version.size);
+            tracing::warn!(
+                "playlist {shown} at {} left out: {reason}",
+                origin.describe()
+            );
+            outcome.entry = Some(entry(&file, FileKind::Unreadable(reason)));
+            return outcome;
+        }
+        let len = usize::try_from(file.version.size).unwrap_or(0);
+        outcome.requests += 1;
+        let read = if len == 0 {
+            Ok(Vec::new())
+        } else {
+            origin.read_at(&file.path, &file.version, 0, len).await
+        };
+        match read {
+            Ok(bytes) => {
+                outcome.bytes += bytes.len() as u64;
+                let bytes: Box<[u8]> = bytes.into_iter().take(len).collect();
+                outcome.entry = Some(entry(&file, FileKind::Playlist(bytes)));
+                return outcome;
+            }
+            Err(OriginError::NotFound) => {
+                outcome.error = Some(format!("{shown}: vanished during the scan"));
+                return outcome;
+            }
+            Err(OriginError::Changed) => {
+                last_failure = "changed during the scan".into();
+                match origin.stat(&file.path).await {
+                    Ok(version) => file.version = version,
+                    Err(OriginError::NotFound) => {
+                        outcome.error = Some(format!("{shown}: vanished during the scan"));
+                        return outcome;
+                    }
+                    Err(e) => last_failure = e.to_string(),
+                }
+            }
+            Err(OriginError::Unavailable(why)) => {
+                last_failure = why;
+                if attempt < attempts {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+            }
+        }
+    }
+    tracing::warn!(
+        "scan: playlist {shown} at {}: could not be read: {last_failure}",
+        origin.describe()
+    );
+    // Not a failed file of the scan: no track is missing without it, and
+    // the next sync reads it again.
+    outcome.error = Some(format!("{shown}: could not be read: {last_failure}"));
+    outcome
 }
 
 /// Reads one audio file's tags, retrying when the file changes under the
