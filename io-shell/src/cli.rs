@@ -175,7 +175,9 @@ pub struct SearchArgs {
 #[derive(Debug, Args)]
 pub struct MountArgs {
     /// A folder, s3://bucket/prefix or sftp://user@host/path to include, with optional
-    /// ,name=NAME and ,priority=N (repeat for several origins; earlier ones are preferred).
+    /// ,name=NAME and ,priority=N (repeat for several origins; earlier ones are preferred),
+    /// and for a folder ,cache=off: read it directly (kernel passthrough where possible),
+    /// never cache it (no offline play, no pins).
     /// At least one is needed, here or in --config; any given here replace the file's.
     #[arg(long = "origin", value_name = "DIR|URL")]
     pub origins: Vec<String>,
