@@ -105,8 +105,8 @@ pub enum Command {
     /// cached; Ctrl-C stops it and keeps the pins with what was fetched (run
     /// the same command again to resume). A pin follows its track through a
     /// retag or a move in its origin, survives restarts, and a pinned track
-    /// that changes is fetched again. Pins may take at most 80% of
-    /// --cache-size; more is refused.
+    /// that changes is fetched again. Pins may take at most --pin-share (80%)
+    /// of --cache-size; more is refused.
     #[command(after_help = crate::search::QUERY_HELP)]
     Pin(PinArgs),
     /// Release pins made by `musicfs pin` (same WHAT); the bytes stay cached
@@ -189,6 +189,12 @@ pub struct MountArgs {
     /// Largest size of the chunk cache: 500M, 20G, 1T (powers of 1024).
     #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size)]
     pub cache_size: u64,
+
+    /// Files kept with `musicfs pin` may take at most this share of --cache-size,
+    /// in percent (10 to 90); a pin past it is refused with the numbers.
+    #[arg(long, value_name = "PERCENT", default_value_t = 80,
+          value_parser = clap::value_parser!(u8).range(10..=90))]
+    pub pin_share: u8,
 
     /// Path format of the tree (fields below). The file name needs $title or $track;
     /// .$ext is appended when it does not end with it.

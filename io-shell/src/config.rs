@@ -22,6 +22,7 @@
 //! umask = "027"               # octal, as a string
 //! log_file = "/var/log/musicfs/music.log"
 //! metrics_addr = "127.0.0.1:9477"
+//! pin_share = 80              # percent of cache_size `musicfs pin` may take
 //! ```
 //!
 //! Rules, chosen so that a config never surprises:
@@ -150,6 +151,9 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
         args.log_file = file.log_file.map(|p| base.join(p));
     }
     args.metrics_addr = args.metrics_addr.or(file.metrics_addr);
+    if let Some(pct) = file.pin_share.filter(|_| !given("pin_share")) {
+        args.pin_share = pct;
+    }
     Ok(args)
 }
 
@@ -193,6 +197,8 @@ pub struct FileConfig {
     pub log_file: Option<PathBuf>,
     /// Where the Prometheus metrics are served.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Share of the cache pins may take, in percent.
+    pub pin_share: Option<u8>,
 }
 
 /// Reads and checks a config file.
@@ -283,6 +289,7 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         umask: raw.umask.map(|u| u.0),
         log_file: raw.log_file.map(|p| p.0),
         metrics_addr: raw.metrics_addr.map(|a| a.0),
+        pin_share: raw.pin_share.map(|p| p.0),
     })
 }
 
@@ -340,6 +347,7 @@ struct RawConfig {
     umask: Option<Umask>,
     log_file: Option<NonEmptyPath>,
     metrics_addr: Option<MetricsAddr>,
+    pin_share: Option<PinShare>,
 }
 
 /// One origin: `"/srv/music"` or `{ url = "...", name = "...", priority = N }`.
@@ -603,6 +611,21 @@ impl<'de> Deserialize<'de> for Umask {
     }
 }
 
+/// A percentage from 10 to 90, as `--pin-share` takes it.
+#[derive(Debug)]
+struct PinShare(u8);
+
+impl<'de> Deserialize<'de> for PinShare {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PinShare, D::Error> {
+        let n = i64::deserialize(d)?;
+        u8::try_from(n)
+            .ok()
+            .filter(|p| (10..=90).contains(p))
+            .map(PinShare)
+            .ok_or_else(|| de::Error::custom(format!("{n} is not a percentage from 10 to 90")))
+    }
+}
+
 /// `"127.0.0.1:9477"`, as `--metrics-addr` takes it.
 #[derive(Debug)]
 struct MetricsAddr(std::net::SocketAddr);
@@ -620,6 +643,23 @@ impl<'de> Deserialize<'de> for MetricsAddr {
 mod tests {
     use super::*;
     use crate::mount::MountPlan;
+
+    #[test]
+    fn pin_share_is_a_percentage_from_10_to_90() {
+        assert_eq!(parse("pin_share = 60").unwrap().pin_share, Some(60));
+        for bad in [
+            "pin_share = 95",
+            "pin_share = 0",
+            "pin_share = -5",
+            "pin_share = \"a\"",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let (_dir, args) = with_file("pin_share = 60", &[]);
+        assert_eq!(args.map(|a| a.pin_share), Ok(60));
+        let (_dir, args) = with_file("pin_share = 60", &["--pin-share", "30"]);
+        assert_eq!(args.map(|a| a.pin_share), Ok(30), "the command line wins");
+    }
 
     #[test]
     fn change_targets_are_read_and_checked() {

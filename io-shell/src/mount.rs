@@ -187,6 +187,8 @@ pub struct MountPlan {
     pub cache_dir: PathBuf,
     /// Cache limit in bytes.
     pub cache_size: u64,
+    /// Pins may take at most this share of the cache, in percent.
+    pub pin_share: u8,
     /// Path layout.
     pub layout: Layout,
     /// Let other users see the mount.
@@ -265,6 +267,7 @@ impl MountPlan {
             origins,
             cache_dir,
             cache_size: args.cache_size,
+            pin_share: args.pin_share,
             layout,
             allow_other: args.allow_other,
             allow_non_empty: args.allow_non_empty,
@@ -809,6 +812,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let config = EngineConfig {
         read_timeout: plan.read_timeout,
         cache_capacity_bytes: plan.cache_size,
+        pin_share_pct: plan.pin_share,
         uncached_origins: plan
             .origins
             .iter()

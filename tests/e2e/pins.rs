@@ -241,7 +241,10 @@ fn drop_page_cache() {
 #[test]
 fn folders_and_playlists_pin_too_and_too_much_is_refused_with_the_numbers() {
     let s = Setup::new();
-    let m = s.mount();
+    let m = s
+        .command()
+        .args(["--pin-share", "70"])
+        .start(Duration::from_secs(60));
     let mnt = s.mnt();
     // A folder of the mount (no search index needed).
     let out = musicfs(&[
@@ -250,7 +253,7 @@ fn folders_and_playlists_pin_too_and_too_much_is_refused_with_the_numbers() {
         &mnt.join("Keeper").to_string_lossy(),
     ]);
     assert!(out.status.success(), "{}", text(&out));
-    // 18 MB more is far past 80% of 10 MiB: refused, with the numbers.
+    // 18 MB more is far past 70% of 10 MiB: refused, with the numbers.
     let out = musicfs(&["pin", &mnt.to_string_lossy(), "Filler"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -264,7 +267,7 @@ fn folders_and_playlists_pin_too_and_too_much_is_refused_with_the_numbers() {
     for number in [
         mib(sizes("lib/filler")),
         mib(sizes("lib/keeper")),
-        mib(8 << 20),
+        mib(7 << 20),
     ] {
         assert!(
             err.contains("cannot pin") && err.contains(&number),

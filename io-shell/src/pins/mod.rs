@@ -126,9 +126,9 @@ pub fn inos_of(request: &Value) -> Vec<Ino> {
 
 /// Saves pin changes durably: a pin the user was told about survives a
 /// crash right after.
-pub fn save(daemon: &Arc<Daemon>) -> Result<(), String> {
-    daemon.persist().map_err(|e| e.to_string())?;
-    daemon.db().flush().map_err(|e| e.to_string())
+pub fn save(daemon: &Arc<Daemon>) -> Result<(), crate::store::StoreError> {
+    daemon.persist()?;
+    daemon.db().flush()
 }
 
 /// `pin`: pins the files, saves, wakes the filler.
