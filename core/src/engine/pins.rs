@@ -143,11 +143,7 @@ impl Engine {
         let seq = self.next_pin_seq;
         self.next_pin_seq += 1;
         for &ino in &files {
-            let keys: Vec<SourceKey> = self
-                .tree
-                .file(ino)
-                .map(|f| f.sources.iter().map(key_of).collect())
-                .unwrap_or_default();
+            let keys = self.source_keys(ino);
             for key in keys {
                 let pin = self
                     .pins
@@ -165,11 +161,7 @@ impl Engine {
     pub fn unpin(&mut self, inos: &[Ino]) -> usize {
         let mut released = 0;
         for &ino in inos {
-            let keys: Vec<SourceKey> = self
-                .tree
-                .file(ino)
-                .map(|f| f.sources.iter().map(key_of).collect())
-                .unwrap_or_default();
+            let keys = self.source_keys(ino);
             let mut any = false;
             for key in keys {
                 if self.pins.remove(&key).is_some() {
@@ -189,11 +181,7 @@ impl Engine {
     /// stay); [`Engine::pin`] resumes them.
     pub fn pause_pins(&mut self, inos: &[Ino]) {
         for &ino in inos {
-            let keys: Vec<SourceKey> = self
-                .tree
-                .file(ino)
-                .map(|f| f.sources.iter().map(key_of).collect())
-                .unwrap_or_default();
+            let keys = self.source_keys(ino);
             for key in keys {
                 if let Some(pin) = self.pins.get_mut(&key)
                     && !pin.paused
@@ -305,23 +293,37 @@ impl Engine {
     /// Bytes of file `ino` cached through its best source (a read is
     /// served from one source's chunk map).
     pub fn cached_bytes(&self, ino: Ino) -> u64 {
-        let Some(f) = self.tree.file(ino) else {
-            return 0;
-        };
-        if f.generated.is_some() {
-            return f.size;
+        match self.tree.file(ino) {
+            Some(f) if f.generated.is_some() => f.size,
+            Some(_) => self.best_manifest(ino).map_or(0, |(_, bytes)| bytes),
+            None => 0,
         }
-        f.sources
+    }
+
+    /// The chunk map of file `ino` with the most bytes cached, and how many.
+    fn best_manifest(&self, ino: Ino) -> Option<(&crate::manifest::Manifest, u64)> {
+        self.tree
+            .file(ino)?
+            .sources
             .iter()
             .filter_map(|s| self.manifests.get(&key_of(s)))
             .map(|m| {
-                m.extents()
+                let cached = m
+                    .extents()
                     .filter(|(_, e)| self.cache.contains(e.id))
                     .map(|(_, e)| u64::from(e.len))
-                    .sum::<u64>()
+                    .sum::<u64>();
+                (m, cached)
             })
-            .max()
-            .unwrap_or(0)
+            .max_by_key(|&(_, cached)| cached)
+    }
+
+    /// The keys of every source of file `ino`.
+    fn source_keys(&self, ino: Ino) -> Vec<SourceKey> {
+        self.tree
+            .file(ino)
+            .map(|f| f.sources.iter().map(key_of).collect())
+            .unwrap_or_default()
     }
 
     /// The first byte at or after `from` of file `ino` that its best source
@@ -331,16 +333,7 @@ impl Engine {
         if f.generated.is_some() {
             return None;
         }
-        let best = f
-            .sources
-            .iter()
-            .filter_map(|s| self.manifests.get(&key_of(s)))
-            .max_by_key(|m| {
-                m.extents()
-                    .filter(|(_, e)| self.cache.contains(e.id))
-                    .map(|(_, e)| u64::from(e.len))
-                    .sum::<u64>()
-            });
+        let best = self.best_manifest(ino).map(|(m, _)| m);
         let mut pos = from;
         if let Some(m) = best {
             for (o, e) in m.overlapping(from..f.size) {
@@ -406,11 +399,7 @@ impl Engine {
                 break;
             }
             let size = self.tree.file(ino).map_or(0, |f| f.size);
-            let keys: Vec<SourceKey> = self
-                .tree
-                .file(ino)
-                .map(|f| f.sources.iter().map(key_of).collect())
-                .unwrap_or_default();
+            let keys = self.source_keys(ino);
             for key in keys {
                 if self.pins.remove(&key).is_some() {
                     self.dirty_pins.insert(key);
