@@ -209,6 +209,13 @@ pub struct MountArgs {
     #[arg(long)]
     pub allow_non_empty: bool,
 
+    /// Give every file the extended attributes user.musicfs.cached (full, partial,
+    /// none) and user.musicfs.pinned (yes, no). Off by default, as in JuiceFS: with
+    /// it, `ls -l` asks the daemon for an attribute of every file it lists (about 6x
+    /// slower `ls -lR`); without it, the kernel stops asking after the first time.
+    #[arg(long)]
+    pub xattrs: bool,
+
     /// On a first mount, mount (empty) even when no origin answers, and fill in
     /// once one does; without it, such a mount fails with the origins' errors.
     #[arg(long)]

@@ -11,6 +11,7 @@
 //! layout = "$albumartist/$album/$track - $title.$ext"
 //! allow_other = true
 //! allow_non_empty = false    # mount on a directory that is not empty
+//! xattrs = false             # user.musicfs.cached and .pinned on every file
 //! wait_for_origins = false   # a first mount with no origin answering mounts empty
 //! read_timeout = "30s"        # or 1m30s, or a number of seconds
 //! poll_interval = "5m"        # between listings of remote origins
@@ -128,6 +129,7 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
     }
     args.allow_other |= file.allow_other.unwrap_or(false);
     args.allow_non_empty |= file.allow_non_empty.unwrap_or(false);
+    args.xattrs |= file.xattrs.unwrap_or(false);
     args.wait_for_origins |= file.wait_for_origins.unwrap_or(false);
     if let Some(secs) = file.read_timeout.filter(|_| !given("read_timeout")) {
         args.read_timeout = secs;
@@ -175,6 +177,8 @@ pub struct FileConfig {
     pub allow_other: Option<bool>,
     /// Mount on a directory that is not empty.
     pub allow_non_empty: Option<bool>,
+    /// Give files the user.musicfs.* extended attributes.
+    pub xattrs: Option<bool>,
     /// A first mount with no origin answering mounts empty.
     pub wait_for_origins: Option<bool>,
     /// Read deadline in seconds.
@@ -278,6 +282,7 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         layout: raw.layout.map(|l| l.0),
         allow_other: raw.allow_other,
         allow_non_empty: raw.allow_non_empty,
+        xattrs: raw.xattrs,
         wait_for_origins: raw.wait_for_origins,
         read_timeout: raw.read_timeout.map(|t| t.0),
         poll_interval: raw.poll_interval.map(|t| t.0),
@@ -336,6 +341,7 @@ struct RawConfig {
     layout: Option<LayoutText>,
     allow_other: Option<bool>,
     allow_non_empty: Option<bool>,
+    xattrs: Option<bool>,
     wait_for_origins: Option<bool>,
     read_timeout: Option<ReadTimeout>,
     poll_interval: Option<PollInterval>,

@@ -42,6 +42,8 @@ pub struct MusicFs {
     owner: Ownership,
     /// The kernel opens directories without asking (see `opendir`).
     no_opendir: bool,
+    /// Serve the user.musicfs.* extended attributes (`--xattrs`).
+    xattrs: bool,
 }
 
 /// Search results change with the library, and `.offline` with the cache:
@@ -91,7 +93,14 @@ impl MusicFs {
             passthrough: KernelPassthrough::new(Default::default()),
             owner,
             no_opendir: false,
+            xattrs: false,
         }
+    }
+
+    /// Serves the user.musicfs.* extended attributes when `on`.
+    pub fn with_xattrs(mut self, on: bool) -> MusicFs {
+        self.xattrs = on;
+        self
     }
 
     /// Lets the kernel read the files of these `cache=off` local origins
@@ -501,11 +510,16 @@ impl Filesystem for MusicFs {
         }
     }
 
-    /// `user.musicfs.cached` (`full`, `partial`, `none`) and
-    /// `user.musicfs.pinned` (`yes`, `no`) on every file: what plays with
-    /// no origin. Any other name (`ls -l` asks for ACLs and SELinux labels)
-    /// is answered at once, without the engine.
+    /// With `--xattrs`: `user.musicfs.cached` (`full`, `partial`, `none`)
+    /// and `user.musicfs.pinned` (`yes`, `no`) on every file: what plays
+    /// with no origin. Any other name (`ls -l` asks for the SELinux label
+    /// of every file) is answered at once, without the engine. Without
+    /// it: ENOSYS once, and the kernel stops asking, which keeps `ls -lR`
+    /// at native speed.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let name = name.to_str().unwrap_or_default();
         if name != XATTR_CACHED && name != XATTR_PINNED {
             return reply.error(Errno::NO_XATTR);
@@ -528,6 +542,9 @@ impl Filesystem for MusicFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         let tree = tree_ino(ino.0);
         let is_file = self.daemon.inspect(|e| e.tree().file(tree).is_some());
         let names = if is_file {

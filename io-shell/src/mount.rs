@@ -195,6 +195,8 @@ pub struct MountPlan {
     pub allow_other: bool,
     /// Mount on a directory that is not empty.
     pub allow_non_empty: bool,
+    /// Serve the user.musicfs.* extended attributes.
+    pub xattrs: bool,
     /// A first mount comes up (empty) even when no origin answers.
     pub wait_for_origins: bool,
     /// Read deadline.
@@ -271,6 +273,7 @@ impl MountPlan {
             layout,
             allow_other: args.allow_other,
             allow_non_empty: args.allow_non_empty,
+            xattrs: args.xattrs,
             wait_for_origins: args.wait_for_origins,
             read_timeout: Duration::from_secs(args.read_timeout),
             poll_interval: Duration::from_secs(args.poll_interval),
@@ -893,6 +896,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
 
     let (session, mut kernel_mount) = open_session(
         MusicFs::new(Arc::clone(&daemon), plan.ownership, Arc::clone(&search))
+            .with_xattrs(plan.xattrs)
             .with_kernel_passthrough(
                 plan.origins
                     .iter()

@@ -67,7 +67,11 @@ impl Setup {
     }
 
     fn command(&self) -> MountCommand {
-        MountCommand::in_dir(Path::new(BIN), self.dir.path()).args(["--cache-size", "10M"])
+        MountCommand::in_dir(Path::new(BIN), self.dir.path()).args([
+            "--cache-size",
+            "10M",
+            "--xattrs",
+        ])
     }
 
     /// SHA-256 of each Keeper track, by its name in the mount.
@@ -230,6 +234,16 @@ fn a_pinned_artist_plays_offline_while_other_reads_evict_around_it() {
         listed.contains("4 files pinned, 4 fully cached"),
         "{listed}"
     );
+    assert!(m.stop().success());
+}
+
+#[test]
+fn the_attributes_are_off_unless_asked_for() {
+    let s = Setup::new();
+    let m = MountCommand::in_dir(Path::new(BIN), s.dir.path()).start(Duration::from_secs(60));
+    assert_eq!(xattr(&s.keeper(1), "user.musicfs.cached"), None);
+    let err = std::io::Error::last_os_error();
+    assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP), "{err}");
     assert!(m.stop().success());
 }
 
