@@ -136,6 +136,8 @@ pub struct BuildReport {
 pub struct VirtualTree {
     nodes: BTreeMap<Ino, Node>,
     files: usize,
+    /// The sum of the files' sizes (statfs asks for it on every `df`).
+    bytes: u64,
     /// Which file each origin file backs.
     by_source: BTreeMap<(OriginId, crate::ids::OriginPath), Ino>,
 }
@@ -162,6 +164,7 @@ impl VirtualTree {
         VirtualTree {
             nodes,
             files: 0,
+            bytes: 0,
             by_source: BTreeMap::new(),
         }
     }
@@ -192,6 +195,11 @@ impl VirtualTree {
     /// True when only the root exists.
     pub fn is_empty(&self) -> bool {
         self.nodes.len() <= 1
+    }
+
+    /// The sum of the files' sizes, kept as the tree is built.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// Number of file nodes.
@@ -1006,6 +1014,7 @@ impl<'a> Builder<'a> {
         }
         let mut nodes = BTreeMap::new();
         let mut files = 0;
+        let mut bytes = 0u64;
         for (idx, proto) in self.protos.into_iter().enumerate() {
             let body = match proto.kind {
                 ProtoKind::Dir(children) => {
@@ -1018,6 +1027,7 @@ impl<'a> Builder<'a> {
                 }
                 ProtoKind::File { file, .. } => {
                     files += 1;
+                    bytes += file.size;
                     Body::File(file)
                 }
             };
@@ -1065,6 +1075,7 @@ impl<'a> Builder<'a> {
         VirtualTree {
             nodes,
             files,
+            bytes,
             by_source,
         }
     }

@@ -226,6 +226,8 @@ fn inodes_are_stable_and_diff_names_only_what_changed() {
     let new = build(&[c, b, a]);
     let same = "A/One/01 - x.flac";
     assert_eq!(old.resolve(same), new.resolve(same));
+    assert_eq!(new.total_bytes(), 1 + 2 + 3, "kept as the tree is built");
+    assert_eq!(old.total_bytes(), 1 + 2);
     let d = diff(&old, &new);
     let album = new.resolve("B/Two").unwrap();
     assert_eq!(d.entries, vec![(album, "02 - z.flac".to_string())]);

@@ -192,15 +192,26 @@ impl Daemon {
 
     /// Runs `f` on the engine under its lock, then executes what it decided.
     pub fn with_engine<R>(self: &Arc<Self>, f: impl FnOnce(&mut Engine, Time) -> R) -> R {
-        let (result, outputs) = {
+        let (result, outputs, sooner) = {
             let mut engine = self.engine.lock();
             let now = self.now();
+            let before = engine.poll_timeout();
             let result = f(&mut engine, now);
             let outputs: Vec<Output> = std::iter::from_fn(|| engine.poll_output()).collect();
-            (result, outputs)
+            // The timer task sleeps until the deadline it last saw; it is
+            // woken only when the next deadline moved earlier (a later one
+            // just makes it wake early once and look again).
+            let sooner = match (engine.poll_timeout(), before) {
+                (Some(after), Some(before)) => after < before,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            (result, outputs, sooner)
         };
         self.execute(outputs);
-        self.timer.notify_one();
+        if sooner {
+            self.timer.notify_one();
+        }
         result
     }
 

@@ -478,10 +478,9 @@ impl Filesystem for MusicFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // A wedged FUSE loop, for the watchdog test.
         fail::fail_point!("fuse-statfs-hang");
-        let (bytes, files) = self.daemon.inspect(|e| {
-            let bytes: u64 = e.tree().files().map(|(_, f)| f.size).sum();
-            (bytes, e.tree().len() as u64)
-        });
+        let (bytes, files) = self
+            .daemon
+            .inspect(|e| (e.tree().total_bytes(), e.tree().len() as u64));
         const BLOCK: u64 = 4096;
         reply.statfs(
             bytes.div_ceil(BLOCK),
