@@ -841,11 +841,13 @@ impl Engine {
             .readahead
             .get(&ino)
             .map_or(self.config.readahead_min_bytes, |r| r.window);
+        // Taken out while the fetches are planned (nothing below reads or
+        // writes the map), and put back: no copy of the whole chunk map on
+        // every read.
         let manifest = self
             .manifests
-            .entry(key.clone())
-            .or_insert_with(|| Manifest::new(src.version.clone()));
-        let manifest = manifest.clone();
+            .remove(&key)
+            .unwrap_or_else(|| Manifest::new(src.version.clone()));
         let mut pos = offset;
         // Walk the range: each stretch is mapped-and-cached (skip), claimed by
         // a fetch in flight (wait), mapped-but-absent (verify) or unmapped
@@ -861,6 +863,7 @@ impl Engine {
                 None => pos = self.start_chunking(now, src, &manifest, pos, end, window),
             }
         }
+        self.manifests.insert(key, manifest);
     }
 
     /// If a fetch in flight will map `pos`, where its claim ends.
