@@ -13,6 +13,12 @@
 //! - [`chunk`], [`manifest`]: content-defined chunking and per-file chunk maps.
 //! - [`engine`]: the state machine that answers FUSE requests, plans reads,
 //!   fills the cache and decides evictions.
+//!
+//! The promise is checked, not only written: no `unsafe` here, and
+//! `core/clippy.toml` forbids the calls that would reach for the world
+//! (clocks, threads, the environment, files, sockets).
+
+#![forbid(unsafe_code)]
 
 pub mod catalog;
 pub mod chunk;
