@@ -24,6 +24,8 @@ pub enum Errno {
     NoSys,
     /// No data for this attribute (xattr not present).
     NoData,
+    /// Try again: too many reads are in flight.
+    Again,
 }
 
 impl Errno {
@@ -38,6 +40,7 @@ impl Errno {
             Errno::Inval => 22,
             Errno::NoSys => 38,
             Errno::NoData => 61,
+            Errno::Again => 11,
         }
     }
 }
@@ -53,6 +56,7 @@ impl fmt::Display for Errno {
             Errno::Inval => "EINVAL",
             Errno::NoSys => "ENOSYS",
             Errno::NoData => "ENODATA",
+            Errno::Again => "EAGAIN",
         };
         f.write_str(s)
     }

@@ -724,3 +724,57 @@ fn a_cache_off_origin_is_read_straight_through_and_fails_over_to_a_mirror() {
     assert_eq!(h.read("A", 0, 65536).unwrap(), want[..65536].to_vec());
     assert!(h.world.fetches_by_origin[1] > 0, "the mirror was asked");
 }
+
+#[test]
+fn reads_past_the_in_flight_limit_get_eagain_and_the_others_complete() {
+    let config = Config {
+        reads_in_flight_max: 2,
+        ..Config::default()
+    };
+    let files = [("A", 400_000), ("B", 400_000), ("C", 400_000)];
+    // The engine alone: two reads over the limit, one notice.
+    let mut h = Harness::new(&files, config.clone());
+    for title in ["A", "B", "C", "C"] {
+        let ino = h.ino(title);
+        h.start_read(ino, 0, 4096);
+    }
+    let outputs: Vec<Output> = std::iter::from_fn(|| h.engine.poll_output()).collect();
+    let refused = outputs
+        .iter()
+        .filter(|o| {
+            matches!(
+                o,
+                Output::ReadError {
+                    errno: Errno::Again,
+                    ..
+                }
+            )
+        })
+        .count();
+    let told = outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Notice(Notice::TooManyReads(2))))
+        .count();
+    assert_eq!((refused, told), (2, 1), "{outputs:?}");
+    // Through the harness: the refused read gets EAGAIN, the others their
+    // bytes, and once they are done a new read is taken again.
+    let mut h = Harness::new(&files, config);
+    h.world.hold_fetches = true;
+    let (a, b, c) = (h.ino("A"), h.ino("B"), h.ino("C"));
+    let ra = h.start_read(a, 0, 4096);
+    let rb = h.start_read(b, 0, 4096);
+    let rc = h.start_read(c, 0, 4096);
+    h.pump();
+    assert_eq!(h.world.replies.get(&rc), Some(&Err(Errno::Again)));
+    h.world.hold_fetches = false;
+    for f in std::mem::take(&mut h.world.held) {
+        h.run_fetch(f);
+    }
+    for (req, title) in [(ra, "A"), (rb, "B")] {
+        let want = h.origin_bytes(title)[..4096].to_vec();
+        assert_eq!(h.run_until_replied(req).unwrap(), want, "{title}");
+    }
+    let again = h.start_read(c, 0, 4096);
+    let want = h.origin_bytes("C")[..4096].to_vec();
+    assert_eq!(h.run_until_replied(again).unwrap(), want);
+}

@@ -741,6 +741,10 @@ fn log_notice(notice: &Notice) {
                 "origin is down: its tracks stay, cached ones play, uncached reads fail with EIO"
             ),
         },
+        Notice::TooManyReads(max) => tracing::warn!(
+            max,
+            "too many reads in flight: new ones get EAGAIN until some finish"
+        ),
         Notice::PinsReleased {
             files,
             bytes,

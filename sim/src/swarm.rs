@@ -263,6 +263,7 @@ impl Swarm {
             seek_align_bytes: 512 << 10,
             verify_batch_bytes: 1 << 20,
             disk_probe_interval: Duration::from_secs(2),
+            reads_in_flight_max: 4096,
             pin_share_pct: 60,
             uncached_origins: (0..self.origins)
                 .filter(|i| self.uncached_origins & (1 << i) != 0)

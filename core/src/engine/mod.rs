@@ -61,6 +61,10 @@ pub struct Config {
     pub verify_batch_bytes: u64,
     /// How often to try the cache disk again while in passthrough.
     pub disk_probe_interval: Duration,
+    /// Reads waiting or being answered, at most; one more gets EAGAIN
+    /// (the kernel keeps far fewer in flight: this bounds a runaway
+    /// client, and with it the io-shell's map of parked replies).
+    pub reads_in_flight_max: usize,
     /// Pinned files may take at most this share of the cache.
     pub pin_share_pct: u8,
     /// Origins whose bytes never go through the cache (`cache=off`): reads
@@ -107,6 +111,7 @@ impl Default for Config {
             seek_align_bytes: 2 << 20,
             verify_batch_bytes: 8 << 20,
             disk_probe_interval: Duration::from_secs(10),
+            reads_in_flight_max: 4096,
             pin_share_pct: 80,
             uncached_origins: BTreeSet::new(),
             health: HealthConfig::default(),
@@ -237,6 +242,8 @@ pub struct Engine {
     next_pin_seq: u64,
     /// Trees swapped in so far.
     tree_epoch: u64,
+    /// Reads are being refused for the read limit (told once per episode).
+    over_read_limit: bool,
 }
 
 impl Engine {
@@ -280,6 +287,7 @@ impl Engine {
             dirty_pins: BTreeSet::new(),
             next_pin_seq: 1,
             tree_epoch: 0,
+            over_read_limit: false,
         };
         engine.drop_stale_manifests();
         engine.track_tree_origins(Time::ZERO);
@@ -565,6 +573,17 @@ impl Engine {
             self.fail_read(req, Errno::Io);
             return;
         }
+        let max = self.config.reads_in_flight_max;
+        if self.pending.len() + self.in_service.len() >= max {
+            if !self.over_read_limit {
+                self.over_read_limit = true;
+                self.outputs
+                    .push_back(Output::Notice(Notice::TooManyReads(max)));
+            }
+            self.fail_read(req, Errno::Again);
+            return;
+        }
+        self.over_read_limit = false;
         let Some(file) = self.tree.file(ino) else {
             let errno = if self.tree.get(ino).is_some() {
                 Errno::IsDir

@@ -158,6 +158,8 @@ pub enum Notice {
     /// A file changed at its origin while being read; its old chunk map
     /// was dropped.
     SourceChanged(SourceKey),
+    /// Reads were refused with EAGAIN: this many were already in flight.
+    TooManyReads(usize),
     /// A read got EIO because its bytes could not be had in time.
     ReadTimedOut(Ino),
     /// An origin file could not be fetched; retrying after a pause.
