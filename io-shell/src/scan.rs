@@ -719,7 +719,12 @@ pub fn list_local(root: &Path) -> io::Result<Vec<Listed>> {
     let mut report = ScanReport::default();
     let mut errors = ErrorList::new(100);
     let work = walk(root, &mut report, &mut errors, &NoProgress);
-    Ok(stat_all(root, &work))
+    let listed = stat_all(root, &work);
+    // The origin went away while it was listed (unmounted, renamed): what
+    // the walk missed is not gone from the origin, and a sync must not
+    // remove it. Unreachable is unhealthy, never empty.
+    drop(std::fs::read_dir(root)?);
+    Ok(listed)
 }
 
 /// Lists what is now at `paths` (relative to `root`): a file is stat'ed, a

@@ -219,6 +219,10 @@ impl Syncer {
             return Err(format!("origin '{}' is not reachable", root.display()));
         }
         let stats = scan::list_paths(root, paths);
+        if !root.is_dir() {
+            // Gone while listed: the paths it missed are not deleted.
+            return Err(format!("origin '{}' is not reachable", root.display()));
+        }
         // Only what is under the named paths: a watcher's sync of one
         // retagged file must not hold the whole catalog in memory.
         let catalog = self
