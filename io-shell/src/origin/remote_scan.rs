@@ -358,6 +358,42 @@ fn wants_tail(ext: &str) -> bool {
     matches!(ext, "mp3" | "aac" | "wv" | "ape" | "mpc")
 }
 
+/// The file vanished from the origin while it was being read.
+struct Vanished;
+
+/// Gets a file of the scan ready for another attempt after `e`: one that
+/// changed since the listing is stat'ed again (the next attempt reads the
+/// new version); after an origin failure, a pause that doubles each time
+/// (none after the last attempt). A file that is gone ends the attempts.
+async fn before_retry(
+    origin: &dyn RemoteOrigin,
+    file: &mut RemoteFile,
+    e: OriginError,
+    last_attempt: bool,
+    pause: &mut Duration,
+    last_failure: &mut String,
+) -> Result<(), Vanished> {
+    match e {
+        OriginError::NotFound => return Err(Vanished),
+        OriginError::Changed => {
+            *last_failure = "changed during the scan".into();
+            match origin.stat(&file.path).await {
+                Ok(version) => file.version = version,
+                Err(OriginError::NotFound) => return Err(Vanished),
+                Err(e) => *last_failure = e.to_string(),
+            }
+        }
+        OriginError::Unavailable(why) => {
+            *last_failure = why;
+            if !last_attempt {
+                tokio::time::sleep(*pause).await;
+                *pause *= 2;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads one playlist whole (it is small: at most
 /// [`catalog::PLAYLIST_MAX_BYTES`]; a bigger one is logged and listed
 /// unreadable), retrying as [`read_file`] does.
@@ -407,26 +443,19 @@ async fn read_playlist(
                 outcome.entry = Some(entry(&file, FileKind::Playlist(bytes)));
                 return outcome;
             }
-            Err(OriginError::NotFound) => {
-                outcome.error = Some(format!("{shown}: vanished during the scan"));
-                return outcome;
-            }
-            Err(OriginError::Changed) => {
-                last_failure = "changed during the scan".into();
-                match origin.stat(&file.path).await {
-                    Ok(version) => file.version = version,
-                    Err(OriginError::NotFound) => {
-                        outcome.error = Some(format!("{shown}: vanished during the scan"));
-                        return outcome;
-                    }
-                    Err(e) => last_failure = e.to_string(),
-                }
-            }
-            Err(OriginError::Unavailable(why)) => {
-                last_failure = why;
-                if attempt < attempts {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+            Err(e) => {
+                let last = attempt == attempts;
+                let next = before_retry(
+                    origin.as_ref(),
+                    &mut file,
+                    e,
+                    last,
+                    &mut pause,
+                    &mut last_failure,
+                );
+                if next.await.is_err() {
+                    outcome.error = Some(format!("{shown}: vanished during the scan"));
+                    return outcome;
                 }
             }
         }
@@ -528,27 +557,19 @@ async fn read_file(
                 });
                 return outcome;
             }
-            Some(ReadFailure::Origin(OriginError::NotFound)) => {
-                outcome.error = Some(format!("{shown}: vanished during the scan"));
-                return outcome;
-            }
-            Some(ReadFailure::Origin(OriginError::Changed)) => {
-                // Changed since the listing: read the new version.
-                last_failure = "changed during the scan".into();
-                match origin.stat(&file.path).await {
-                    Ok(version) => file.version = version,
-                    Err(OriginError::NotFound) => {
-                        outcome.error = Some(format!("{shown}: vanished during the scan"));
-                        return outcome;
-                    }
-                    Err(e) => last_failure = e.to_string(),
-                }
-            }
-            Some(ReadFailure::Origin(OriginError::Unavailable(why))) => {
-                last_failure = why;
-                if attempt < attempts {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
+            Some(ReadFailure::Origin(e)) => {
+                let last = attempt == attempts;
+                let next = before_retry(
+                    origin.as_ref(),
+                    &mut file,
+                    e,
+                    last,
+                    &mut pause,
+                    &mut last_failure,
+                );
+                if next.await.is_err() {
+                    outcome.error = Some(format!("{shown}: vanished during the scan"));
+                    return outcome;
                 }
             }
         }
