@@ -13,6 +13,9 @@
 //! - [`chunk`], [`manifest`]: content-defined chunking and per-file chunk maps.
 //! - [`engine`]: the state machine that answers FUSE requests, plans reads,
 //!   fills the cache and decides evictions.
+//! - [`exec`]: the executor that turns the engine's outputs into primitive
+//!   I/O and decides every ordering between them (requests in flight, group
+//!   commit, index after durable, stores versus deletes).
 //!
 //! The promise is checked, not only written: no `unsafe` here, and
 //! `core/clippy.toml` forbids the calls that would reach for the world
@@ -23,6 +26,7 @@
 pub mod catalog;
 pub mod chunk;
 pub mod engine;
+pub mod exec;
 pub mod fs;
 pub mod ids;
 pub mod layout;

@@ -4,9 +4,9 @@
 
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::{
-    Cached, ChunkFault, Config, Cutter, DiskFault, Engine, FetchError, FetchId, FetchedChunk,
-    Health, Notice, Output, ReqId, Stored,
+    Cached, ChunkFault, Config, DiskFault, Engine, FetchError, Health, Notice, Output, ReqId,
 };
+use musicfs_core::exec::{Exec, ExecConfig, Io, OpId, Purpose, Reply};
 use musicfs_core::fs::Errno;
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{ChunkId, FileVersion, Ino, Layout, OriginId, OriginPath, Time, TrackTags};
@@ -35,7 +35,7 @@ struct World {
     replies: BTreeMap<ReqId, Result<Vec<u8>, Errno>>,
     disk_full: bool,
     /// Fetches the origin answers later (to test timeouts and concurrency).
-    held: Vec<musicfs_core::engine::Fetch>,
+    held: Vec<(OpId, Io)>,
     hold_fetches: bool,
     fetched_bytes: u64,
     fetches_by_origin: [u64; 4],
@@ -44,6 +44,7 @@ struct World {
 
 struct Harness {
     engine: Engine,
+    exec: Exec,
     world: World,
     now: Time,
     next_req: u64,
@@ -90,9 +91,17 @@ impl Harness {
             }
         }
         let (tree, _) = VirtualTree::build(&Layout::default_layout(), &catalog);
+        let exec = Exec::new(ExecConfig {
+            // Uneven pieces, as a network would deliver them.
+            piece_bytes: 100_000,
+            // No memory: every serve reads (and checks) the disk.
+            memory_bytes: 0,
+            ..ExecConfig::for_engine(&config)
+        });
         let engine = Engine::new(config, tree, Vec::new(), Vec::new(), 42);
         Harness {
             engine,
+            exec,
             world,
             now: Time::ZERO,
             next_req: 1,
@@ -121,7 +130,8 @@ impl Harness {
     fn start_read(&mut self, ino: Ino, offset: u64, size: u32) -> ReqId {
         let req = ReqId(self.next_req);
         self.next_req += 1;
-        self.engine.read(self.now, req, ino, offset, size);
+        self.exec
+            .read(&mut self.engine, self.now, req, ino, offset, size);
         req
     }
 
@@ -143,137 +153,120 @@ impl Harness {
                 .expect("a waiting read needs a timer");
             assert!(next >= self.now, "timer in the past would spin");
             self.now = next;
-            self.engine.handle_timeout(self.now);
+            self.exec.handle_timeout(&mut self.engine, self.now);
         }
         panic!("read never completed");
     }
 
+    /// Carries out every I/O the executor asks for, at once (origin reads
+    /// of fetches are held while `hold_fetches`).
     fn pump(&mut self) {
-        while let Some(out) = self.engine.poll_output() {
-            match out {
-                Output::ReadError { req, errno } => {
-                    assert!(self.world.replies.insert(req, Err(errno)).is_none());
-                }
-                Output::Generated { req, data } => {
-                    assert!(self.world.replies.insert(req, Ok(data)).is_none());
-                }
-                Output::Serve { req, pieces, .. } => {
-                    let mut data = Vec::new();
-                    let mut faults = Vec::new();
-                    for p in &pieces {
-                        match self.world.disk.get(&p.id) {
-                            Some(bytes) if p.id.matches(bytes) => data.extend_from_slice(
-                                &bytes[p.from as usize..(p.from + p.len) as usize],
-                            ),
-                            Some(_) => faults.push((p.id, ChunkFault::Corrupt)),
-                            None => faults.push((p.id, ChunkFault::Missing)),
-                        }
-                    }
-                    if faults.is_empty() {
-                        assert!(self.world.replies.insert(req, Ok(data)).is_none());
-                    }
-                    self.engine.read_finished(self.now, req, &faults);
-                }
-                Output::Passthrough {
-                    req,
-                    source,
-                    offset,
-                    len,
-                } => {
-                    let key = (source.origin.0, source.path.as_bytes().to_vec());
-                    self.world.passthroughs_by_origin[usize::from(source.origin.0)] += 1;
-                    match self.world.origin.get(&key) {
-                        Some(bytes) if !self.world.down.contains(&source.origin.0) => {
-                            let end = (offset + u64::from(len)).min(bytes.len() as u64);
-                            let reply = Ok(bytes[offset as usize..end as usize].to_vec());
-                            assert!(self.world.replies.insert(req, reply).is_none());
-                            self.engine.read_finished(self.now, req, &[]);
-                        }
-                        // Nothing is sent: the engine decides what next.
-                        _ => self.engine.passthrough_failed(
-                            self.now,
-                            req,
-                            FetchError::Unavailable("down".into()),
-                        ),
-                    }
-                }
-                Output::Fetch(fetch) => {
-                    if self.world.hold_fetches {
-                        self.world.held.push(fetch);
-                    } else {
-                        self.run_fetch(fetch);
-                    }
-                }
-                Output::CancelFetch(_) => {}
-                Output::Evict(ids) => {
-                    for id in ids {
-                        self.world.disk.remove(&id);
-                    }
-                }
-                Output::ProbeDisk => {
-                    let ok = !self.world.disk_full;
-                    self.engine.disk_probe(self.now, ok);
-                }
-                Output::CheckOrigin { origin, check } => {
-                    let result = if self.world.down.contains(&origin.0) {
-                        Err("down".to_string())
-                    } else {
-                        Ok(())
-                    };
-                    self.engine
-                        .health_check_done(self.now, origin, check, result);
-                }
-                Output::Notice(_) => {}
-            }
+        self.exec.drain(&mut self.engine, self.now);
+        while let Some(io) = self.exec.poll_io() {
+            self.execute(io);
         }
     }
 
-    fn run_fetch(&mut self, fetch: musicfs_core::engine::Fetch) {
-        let id: FetchId = fetch.id;
-        self.world.fetches_by_origin[usize::from(fetch.source.origin.0)] += 1;
-        if self.world.down.contains(&fetch.source.origin.0) {
-            self.engine
-                .fetch_done(self.now, id, Err(FetchError::Unavailable("down".into())));
-            return;
-        }
-        let key = (fetch.source.origin.0, fetch.source.path.as_bytes().to_vec());
-        let Some(bytes) = self.world.origin.get(&key).cloned() else {
-            self.engine
-                .fetch_done(self.now, id, Err(FetchError::NotFound));
-            return;
-        };
-        let mut cutter = Cutter::new(&fetch);
-        let end = fetch.read_end() as usize;
-        let mut pos = fetch.start as usize;
-        // Deliver in uneven pieces, as a network would.
-        while pos < end && !cutter.is_done() {
-            let step = (end - pos).min(100_000);
-            let chunks = cutter
-                .push(&bytes[pos..pos + step], pos + step == end)
-                .expect("plan fits the origin");
-            pos += step;
-            self.world.fetched_bytes += step as u64;
-            let reported: Vec<FetchedChunk> = chunks
-                .iter()
-                .map(|c| {
-                    let stored = if !fetch.store {
-                        Stored::Skipped
-                    } else if self.world.disk_full {
-                        Stored::Failed(DiskFault::NoSpace)
-                    } else {
-                        self.world.disk.insert(c.id, c.data.clone());
-                        Stored::Yes
-                    };
-                    FetchedChunk {
-                        offset: c.offset,
-                        extent: c.extent(),
-                        stored,
+    fn execute(&mut self, io: Io) {
+        let (e, now) = (&mut self.engine, self.now);
+        match io {
+            Io::Reply { req, reply } => {
+                let r = match reply {
+                    Reply::Error(errno) => Err(errno),
+                    other => Ok(other.assemble()),
+                };
+                assert!(self.world.replies.insert(req, r).is_none(), "one reply");
+            }
+            Io::OriginRead {
+                op,
+                purpose: Purpose::Fetch(_),
+                ..
+            } if self.world.hold_fetches => self.world.held.push((op, io)),
+            Io::OriginRead {
+                op,
+                source,
+                offset,
+                len,
+                purpose,
+                ..
+            } => {
+                let origin = usize::from(source.origin.0);
+                match purpose {
+                    Purpose::Fetch(_) => self.world.fetches_by_origin[origin] += 1,
+                    Purpose::Passthrough(_) => self.world.passthroughs_by_origin[origin] += 1,
+                }
+                let key = (source.origin.0, source.path.as_bytes().to_vec());
+                let result = if self.world.down.contains(&source.origin.0) {
+                    Err(FetchError::Unavailable("down".into()))
+                } else {
+                    match self.world.origin.get(&key) {
+                        None => Err(FetchError::NotFound),
+                        Some(bytes) => {
+                            let end = (offset + u64::from(len)).min(bytes.len() as u64);
+                            let start = offset.min(end);
+                            Ok(bytes[start as usize..end as usize].to_vec())
+                        }
                     }
-                })
-                .collect();
-            self.engine.fetch_progress(self.now, id, &reported);
+                };
+                if let (Ok(data), Purpose::Fetch(_)) = (&result, purpose) {
+                    self.world.fetched_bytes += data.len() as u64;
+                }
+                self.exec.origin_read_done(e, now, op, result);
+            }
+            Io::AbortOriginRead(op) => self.world.held.retain(|(o, _)| *o != op),
+            Io::CheckOrigin { origin, check, .. } => {
+                let result = if self.world.down.contains(&origin.0) {
+                    Err("down".to_string())
+                } else {
+                    Ok(())
+                };
+                self.exec.check_done(e, now, origin, check, result);
+            }
+            Io::ReadChunks { op, ids } => {
+                let results = ids
+                    .iter()
+                    .map(|id| self.world.disk.get(id).cloned().ok_or(ChunkFault::Missing))
+                    .collect();
+                self.exec.chunks_read(e, now, op, results);
+            }
+            Io::WriteChunks { op, chunks } => {
+                let results = chunks
+                    .into_iter()
+                    .map(|(id, data)| {
+                        if self.world.disk_full {
+                            Err(DiskFault::NoSpace)
+                        } else {
+                            self.world.disk.insert(id, data.to_vec());
+                            Ok(())
+                        }
+                    })
+                    .collect();
+                self.exec.chunks_written(e, now, op, results);
+            }
+            Io::IndexChunks { op, .. } => self.exec.chunks_indexed(e, now, op, Ok(())),
+            Io::DeleteChunks { op, ids } => {
+                for id in ids {
+                    self.world.disk.remove(&id);
+                }
+                self.exec.chunks_deleted(e, now, op);
+            }
+            Io::ProbeDisk => {
+                let ok = !self.world.disk_full;
+                self.exec.disk_probed(e, now, ok);
+            }
+            Io::Notice(_) => {}
         }
-        self.engine.fetch_done(self.now, id, Ok(()));
+    }
+
+    /// Lets the origin answer the fetch requests it held.
+    fn release_held(&mut self) {
+        self.world.hold_fetches = false;
+        // Answers in the reverse order: the executor must still hand the
+        // bytes to the cutter in order.
+        for (_, io) in std::mem::take(&mut self.world.held).into_iter().rev() {
+            self.execute(io);
+        }
+        self.pump();
     }
 }
 
@@ -453,11 +446,7 @@ fn many_concurrent_readers_all_complete() {
         })
         .collect();
     h.pump();
-    h.world.hold_fetches = false;
-    let held = std::mem::take(&mut h.world.held);
-    for f in held.into_iter().rev() {
-        h.run_fetch(f);
-    }
+    h.release_held();
     for (name, req) in reqs {
         let want = h.origin_bytes(&name)[1000..201_000].to_vec();
         assert_eq!(h.run_until_replied(req).unwrap(), want);
@@ -734,9 +723,9 @@ fn reads_past_the_in_flight_limit_get_eagain_and_the_others_complete() {
     let files = [("A", 400_000), ("B", 400_000), ("C", 400_000)];
     // The engine alone: two reads over the limit, one notice.
     let mut h = Harness::new(&files, config.clone());
-    for title in ["A", "B", "C", "C"] {
+    for (i, title) in ["A", "B", "C", "C"].into_iter().enumerate() {
         let ino = h.ino(title);
-        h.start_read(ino, 0, 4096);
+        h.engine.read(h.now, ReqId(100 + i as u64), ino, 0, 4096);
     }
     let outputs: Vec<Output> = std::iter::from_fn(|| h.engine.poll_output()).collect();
     let refused = outputs
@@ -766,10 +755,7 @@ fn reads_past_the_in_flight_limit_get_eagain_and_the_others_complete() {
     let rc = h.start_read(c, 0, 4096);
     h.pump();
     assert_eq!(h.world.replies.get(&rc), Some(&Err(Errno::Again)));
-    h.world.hold_fetches = false;
-    for f in std::mem::take(&mut h.world.held) {
-        h.run_fetch(f);
-    }
+    h.release_held();
     for (req, title) in [(ra, "A"), (rb, "B")] {
         let want = h.origin_bytes(title)[..4096].to_vec();
         assert_eq!(h.run_until_replied(req).unwrap(), want, "{title}");

@@ -189,12 +189,6 @@ impl Collector for Metrics {
         )?;
         one(
             &mut enc,
-            "musicfs_read_memory_bytes",
-            "Bytes answered from the in-memory chunk cache",
-            &counter(load(&io.memory_hits)),
-        )?;
-        one(
-            &mut enc,
             "musicfs_reads_in_flight",
             "Reads waiting for an answer",
             &gauge(s.reads_in_flight),
@@ -215,36 +209,36 @@ impl Collector for Metrics {
         )?;
         self.per_origin_counter(
             &mut enc,
-            "musicfs_origin_fetches",
-            "Fetches into the cache that ended, well or not",
-            |i| io.origins.get(i).map_or(0, |o| load(&o.fetches)),
+            "musicfs_origin_requests",
+            "Requests to the origin to fill the cache (fetches ask in pieces), well or not",
+            |i| io.origins.get(i).map_or(0, |o| load(&o.requests)),
         )?;
         self.per_origin_counter(
             &mut enc,
             "musicfs_origin_fetch_bytes",
-            "Bytes read from the origin by fetches",
+            "Bytes read from the origin to fill the cache",
             |i| io.origins.get(i).map_or(0, |o| load(&o.fetched_bytes)),
         )?;
         self.per_origin_counter(
             &mut enc,
             "musicfs_origin_errors",
-            "Fetches and passthrough reads that failed (unreachable, timed out, file changed or gone)",
+            "Requests and passthrough reads that failed (unreachable, timed out, file changed or gone)",
             |i| {
                 io.origins.get(i).map_or(0, |o| {
-                    load(&o.fetch_errors) + load(&o.passthrough_errors)
+                    load(&o.request_errors) + load(&o.passthrough_errors)
                 })
             },
         )?;
         {
             let mut m = enc.encode_descriptor(
-                "musicfs_origin_fetch_duration_seconds",
-                "How long fetches from the origin took",
+                "musicfs_origin_request_duration_seconds",
+                "How long requests to the origin to fill the cache took",
                 None,
                 MetricType::Histogram,
             )?;
             for (i, o) in io.origins.iter().enumerate() {
                 let labels = self.label(i);
-                o.fetch_seconds.encode(m.encode_family(&labels)?)?;
+                o.request_seconds.encode(m.encode_family(&labels)?)?;
             }
         }
         let states = ["healthy", "degraded", "unhealthy"];

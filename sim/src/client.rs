@@ -369,7 +369,6 @@ impl World {
             jumped: Duration::ZERO,
         };
         self.reads.insert(req, record);
-        self.shell.parked.insert(req);
         self.clients[client].outstanding += 1;
         self.stats.reads += 1;
         self.trace.push(
@@ -382,7 +381,7 @@ impl World {
                 size,
             },
         );
-        e.read(now, req, ino, offset, size);
+        self.shell.exec.read(e, now, req, ino, offset, size);
     }
 
     /// A FUSE reply reaches its program.

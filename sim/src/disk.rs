@@ -119,17 +119,26 @@ impl Disk {
         }
     }
 
-    /// Stores a chunk as `ChunkStore::put` then `Db::put_chunks` do: the
-    /// file atomically, then its index entry.
-    pub fn store(&mut self, id: ChunkId, data: Vec<u8>) {
-        let len = data.len() as u32;
+    /// Writes a chunk file as `ChunkStore::put_batch` does (temp file,
+    /// flush, rename): whole or absent. A file already holding exactly these
+    /// bytes is kept as it is (content addressing: stored once).
+    pub fn write_file(&mut self, id: ChunkId, data: &[u8]) {
+        if self.files.get(&id).is_some_and(|f| f.data == data) {
+            return;
+        }
         let file = ChunkFile {
-            data,
+            data: data.to_vec(),
             durable: !self.lying,
         };
         self.files.insert(id, file);
         self.damaged.remove(&id);
-        self.index.put(id, (len, 0));
+    }
+
+    /// Records chunks in the index (id, length), as `Db::put_chunks` does.
+    pub fn index_chunks(&mut self, chunks: &[(ChunkId, u32)]) {
+        for &(id, len) in chunks {
+            self.index.put(id, (len, 0));
+        }
     }
 
     /// The bytes of a chunk file, unchecked.

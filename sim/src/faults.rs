@@ -210,7 +210,7 @@ impl World {
         self.engine = None;
         self.life += 1;
         self.net.abort_all();
-        self.shell = Shell::default();
+        self.shell = Shell::new(self.swarm.exec_config());
         let reqs: Vec<ReqId> = self.reads.keys().copied().collect();
         for req in reqs {
             self.deliver(req, Answer::Aborted);

@@ -435,7 +435,7 @@ impl World {
             );
             return self.fail(v);
         }
-        if !self.shell.parked.is_empty() {
+        if self.shell.exec.parked() != 0 {
             return self.fail(Violation::new("one reply", "replies still parked"));
         }
         if let Some(e) = self.engine.as_ref()

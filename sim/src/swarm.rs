@@ -15,6 +15,7 @@
 use crate::trace::Fnv;
 use musicfs_core::OriginId;
 use musicfs_core::engine::{Config, DiskFault, HealthConfig, PlantedBugs};
+use musicfs_core::exec::ExecConfig;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use std::fmt;
@@ -152,7 +153,9 @@ pub struct Swarm {
     /// one seed in five has one (drawn from its own stream, `"uncached"`,
     /// so the other options of a seed stay what they were).
     pub uncached_origins: u32,
-    /// Bugs planted in the engine for this run.
+    /// Origin requests of one fetch in flight together.
+    pub pieces_in_flight: usize,
+    /// Bugs planted in the engine and the executor for this run.
     pub planted: PlantedBugs,
 }
 
@@ -242,7 +245,24 @@ impl Swarm {
                     0
                 }
             },
+            pieces_in_flight: stream(seed, "exec").random_range(1..=4),
             planted,
+        }
+    }
+
+    /// The executor's limits, scaled to simulated files: small pieces, a
+    /// small memory (so most serves read the disk), small write batches,
+    /// and 1 to 4 requests per fetch in flight (drawn from their own
+    /// stream, `"exec"`, so the other options of a seed stay what they were).
+    pub fn exec_config(&self) -> ExecConfig {
+        let base = ExecConfig::for_engine(&self.engine_config());
+        ExecConfig {
+            piece_bytes: 256 << 10,
+            pieces_in_flight: self.pieces_in_flight,
+            memory_bytes: 256 << 10,
+            write_batch_bytes: 1 << 20,
+            write_queue_bytes: 2 << 20,
+            ..base
         }
     }
 

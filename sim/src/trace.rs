@@ -57,12 +57,9 @@ pub enum Ev {
     /// The engine cancelled a fetch.
     Cancel { id: u64 },
     /// The engine asked for chunks to be served from disk.
-    Serve {
-        req: u64,
-        pieces: usize,
-        verify: bool,
-    },
-    /// Reading chunks for a serve failed; the engine is told.
+    Serve { req: u64, pieces: usize },
+    /// Reading chunk files failed (`req` is the executor's op); the engine
+    /// is told.
     ServeFaults { req: u64, faults: usize },
     /// The engine asked for a passthrough read.
     Passthrough {
@@ -73,6 +70,9 @@ pub enum Ev {
     },
     /// The engine evicted chunks.
     Evict { chunks: usize },
+    /// The executor deletes chunk files (evicted ones, once no store of
+    /// them is under way).
+    Delete { chunks: usize },
     /// The engine asked to probe the disk.
     Probe { ok: bool },
     /// A notice the engine emitted.

@@ -23,37 +23,50 @@ use crate::origin::{Library, VersionKey, version_key};
 use crate::shell::Shell;
 use crate::swarm::{Stream, Swarm, stream};
 use crate::trace::{Ev, Trace};
+use musicfs_core::ChunkId;
 use musicfs_core::catalog::CatalogEntry;
-use musicfs_core::engine::{CutChunk, Engine, FetchId, Piece, ReqId, SourceKey};
+use musicfs_core::engine::{Engine, ReqId, SourceKey};
+use musicfs_core::exec::OpId;
 use musicfs_core::sync::{self, Listed};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{Ino, Layout, SourceFile, Time};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Events the loop can schedule.
 #[derive(Debug)]
 pub(crate) enum Event {
     ClientWake(usize, u32),
-    /// A fetch's chunks have been written (or failed to be).
-    StoreDone {
+    /// An origin read's timeout.
+    OpTimeout {
         life: u32,
-        fetch: FetchId,
-        chunks: Vec<CutChunk>,
-        store: bool,
+        op: OpId,
     },
-    /// A serve's chunks have been read from disk.
-    ServeDone {
+    /// A serve's chunk files have been read.
+    ReadDone {
         life: u32,
-        req: ReqId,
-        pieces: Vec<Piece>,
-        verify: bool,
+        op: OpId,
+        ids: Vec<ChunkId>,
     },
-    /// A passthrough's origin request took too long.
-    PassTimeout {
+    /// A group write's chunk files are in place (or failed to be).
+    WriteDone {
         life: u32,
-        req: ReqId,
+        op: OpId,
+        chunks: Vec<(ChunkId, Arc<[u8]>)>,
+    },
+    /// Chunks' index entries are written.
+    IndexDone {
+        life: u32,
+        op: OpId,
+        chunks: Vec<(ChunkId, u32)>,
+    },
+    /// Evicted chunks are deleted.
+    DeleteDone {
+        life: u32,
+        op: OpId,
+        ids: Vec<ChunkId>,
     },
     /// A disk probe finished.
     ProbeDone {
@@ -189,7 +202,7 @@ impl World {
             lib,
             net,
             disk: Disk::new(swarm.lying_disk),
-            shell: Shell::default(),
+            shell: Shell::new(swarm.exec_config()),
             life: 0,
             clients: Vec::new(),
             reads: BTreeMap::new(),
@@ -317,24 +330,22 @@ impl World {
     fn dispatch(&mut self, ev: Event) {
         match ev {
             Event::ClientWake(i, epoch) => self.client_wake(i, epoch),
-            Event::StoreDone {
-                life,
-                fetch,
-                chunks,
-                store,
-            } if life == self.life => self.store_done(fetch, chunks, store),
-            Event::ServeDone {
-                life,
-                req,
-                pieces,
-                verify,
-            } if life == self.life => self.serve_done(req, &pieces, verify),
-            Event::PassTimeout { life, req } if life == self.life => self.pass_timeout(req),
+            Event::OpTimeout { life, op } if life == self.life => self.op_timeout(op),
+            Event::ReadDone { life, op, ids } if life == self.life => self.read_done(op, ids),
+            Event::WriteDone { life, op, chunks } if life == self.life => {
+                self.write_done(op, chunks)
+            }
+            Event::IndexDone { life, op, chunks } if life == self.life => {
+                self.index_done(op, chunks)
+            }
+            Event::DeleteDone { life, op, ids } if life == self.life => self.delete_done(op, ids),
             Event::ProbeDone { life } if life == self.life => self.probe_done(),
             Event::CheckTimeout { life, op } if life == self.life => self.check_timeout(op),
-            Event::StoreDone { .. }
-            | Event::ServeDone { .. }
-            | Event::PassTimeout { .. }
+            Event::OpTimeout { .. }
+            | Event::ReadDone { .. }
+            | Event::WriteDone { .. }
+            | Event::IndexDone { .. }
+            | Event::DeleteDone { .. }
             | Event::ProbeDone { .. }
             | Event::CheckTimeout { .. } => {} // work of a daemon that crashed
             Event::NetWake(id) => self.net.wake(id),

@@ -65,6 +65,9 @@ fn parse_plant(kind: &str) -> Result<PlantedBugs, String> {
         "leak-pin" => p.leak_pin = true,
         "stalled-healthy" => p.stalled_origin_is_healthy = true,
         "evict-pinned" => p.evict_pinned = true,
+        "index-before-durable" => p.index_before_durable = true,
+        "lose-completion" => p.lose_completion = true,
+        "store-during-evict" => p.store_during_evict = true,
         other => return Err(format!("unknown planted bug {other:?}")),
     }
     Ok(p)
@@ -121,6 +124,12 @@ fn plant_name(p: &PlantedBugs) -> &'static str {
         "stalled-healthy"
     } else if p.evict_pinned {
         "evict-pinned"
+    } else if p.index_before_durable {
+        "index-before-durable"
+    } else if p.lose_completion {
+        "lose-completion"
+    } else if p.store_during_evict {
+        "store-during-evict"
     } else {
         "none"
     }
@@ -299,7 +308,61 @@ const PLANTED: &[(&str, &[&str])] = &[
     ("leak-pin", &["pins"]),
     ("stalled-healthy", &["backoff", "liveness (EIO)"]),
     ("evict-pinned", &["pinned evicted"]),
+    ("index-before-durable", &["index after durable"]),
+    ("lose-completion", &["pins", "one reply", "liveness (EIO)"]),
+    ("store-during-evict", &["cached but deleted"]),
 ];
+
+/// Seeds that once found a real bug, kept so it stays fixed: each must pass,
+/// and where the bug can be planted again, the same seed must catch it.
+/// A seed, the planted bug and invariant it must catch (if the bug can be
+/// planted), and what it once found.
+type Regression = (u64, Option<(&'static str, &'static str)>, &'static str);
+
+const REGRESSIONS: &[Regression] = &[
+    (
+        0,
+        Some(("store-during-evict", "cached but deleted")),
+        "a store found an evicted chunk's file in place and kept it while the \
+         eviction deleted it; the engine believed it cached (write_temp vs evict)",
+    ),
+    (
+        43,
+        None,
+        "an eviction decided while one fetch's chunks were reported was carried \
+         out after the next report had cached the chunk again",
+    ),
+];
+
+/// Runs [`REGRESSIONS`].
+fn regressions() -> bool {
+    let mut ok = true;
+    for &(seed, plant, what) in REGRESSIONS {
+        let clean = sim::run_seed(seed, &RunOptions::default());
+        if let Some(v) = &clean.violation {
+            println!("regression seed {seed} fails again ({what}): {v}");
+            ok = false;
+        }
+        if let Some((name, invariant)) = plant {
+            let Ok(planted) = parse_plant(name) else {
+                continue;
+            };
+            let o = RunOptions {
+                planted,
+                live_trace: false,
+            };
+            let caught = sim::run_seed(seed, &o)
+                .violation
+                .is_some_and(|v| v.invariant == invariant);
+            if !caught {
+                println!("regression seed {seed} no longer catches planted {name} ({what})");
+                ok = false;
+            }
+        }
+    }
+    println!("regressions: {} seeds checked", REGRESSIONS.len());
+    ok
+}
 
 /// Proves each planted bug is caught, by the invariant meant to catch it,
 /// within [`PLANTED_SEEDS_MAX`] seeds from seed 0.
@@ -357,7 +420,8 @@ fn main() -> ExitCode {
         planted_check(&a)
     } else {
         let det = a.determinism == 0 || check_determinism(&a);
-        let seeds = run_range(&a);
+        let regressed = a.plant == PlantedBugs::default() && !regressions();
+        let seeds = run_range(&a) && !regressed;
         let planted = !a.planted || a.plant != PlantedBugs::default() || planted_check(&a);
         det && seeds && planted
     };

@@ -497,7 +497,7 @@ fn metrics_count_reads_fetches_syncs_and_the_cache() {
         (10u64 << 30) as f64
     );
     assert_eq!(
-        sample(&before, "musicfs_origin_fetches_total{origin=\"0\"}"),
+        sample(&before, "musicfs_origin_requests_total{origin=\"0\"}"),
         0.0
     );
     let states: f64 = ["healthy", "degraded", "unhealthy"]
@@ -522,7 +522,7 @@ fn metrics_count_reads_fetches_syncs_and_the_cache() {
     }
     control_ok(Path::new(BIN), &["rescan"], &m.mountpoint);
     let first = samples(&http_get(&addr, "/metrics").1);
-    let fetches = sample(&first, "musicfs_origin_fetches_total{origin=\"0\"}");
+    let fetches = sample(&first, "musicfs_origin_requests_total{origin=\"0\"}");
     assert!(fetches >= 1.0, "{first:#?}");
     assert!(
         sample(&first, "musicfs_origin_fetch_bytes_total{origin=\"0\"}") >= total as f64,
@@ -531,10 +531,10 @@ fn metrics_count_reads_fetches_syncs_and_the_cache() {
     assert_eq!(
         sample(
             &first,
-            "musicfs_origin_fetch_duration_seconds_count{origin=\"0\"}"
+            "musicfs_origin_request_duration_seconds_count{origin=\"0\"}"
         ),
         fetches,
-        "one latency per fetch"
+        "one latency per request"
     );
     assert!(sample(&first, "musicfs_read_cache_bytes_total") >= total as f64);
     assert!(sample(&first, "musicfs_reads_total{result=\"cache\"}") >= files.len() as f64);
@@ -553,7 +553,7 @@ fn metrics_count_reads_fetches_syncs_and_the_cache() {
     }
     let second = samples(&http_get(&addr, "/metrics").1);
     assert_eq!(
-        sample(&second, "musicfs_origin_fetches_total{origin=\"0\"}"),
+        sample(&second, "musicfs_origin_requests_total{origin=\"0\"}"),
         fetches,
         "no new fetch: the bytes are cached"
     );

@@ -73,7 +73,8 @@ pub struct Config {
     /// Origin health checks.
     pub health: HealthConfig,
     /// Known bugs, planted on purpose so the simulator can prove it finds
-    /// them. Never set outside tests.
+    /// them. Only with the `planted` feature: a release build has none.
+    #[cfg(feature = "planted")]
     #[doc(hidden)]
     pub planted: PlantedBugs,
 }
@@ -84,8 +85,17 @@ pub struct Config {
 #[doc(hidden)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PlantedBugs {
-    /// Tell the io-shell it need not check cached chunks against their ids.
+    /// Executor: serve chunks read from disk without checking them
+    /// against their ids.
     pub skip_verify: bool,
+    /// Executor: tell the index of chunks before their files are durable.
+    pub index_before_durable: bool,
+    /// Executor: lose one in sixteen chunk-read completions.
+    pub lose_completion: bool,
+    /// Executor: let a chunk's store and its eviction's delete run
+    /// together (a store that finds the file in place keeps it, the delete
+    /// removes it, and the engine believes it cached).
+    pub store_during_evict: bool,
     /// Forget to release one pin when a read finishes.
     pub leak_pin: bool,
     /// Treat an origin that stopped answering as healthy: no pause, no
@@ -93,6 +103,18 @@ pub struct PlantedBugs {
     pub stalled_origin_is_healthy: bool,
     /// Let eviction take chunks of pinned files.
     pub evict_pinned: bool,
+}
+
+impl Config {
+    /// The planted bugs in force: none unless built with the `planted`
+    /// feature and asked for.
+    #[inline]
+    pub fn bugs(&self) -> PlantedBugs {
+        #[cfg(feature = "planted")]
+        return self.planted;
+        #[cfg(not(feature = "planted"))]
+        PlantedBugs::default()
+    }
 }
 
 impl Default for Config {
@@ -115,6 +137,7 @@ impl Default for Config {
             pin_share_pct: 80,
             uncached_origins: BTreeSet::new(),
             health: HealthConfig::default(),
+            #[cfg(feature = "planted")]
             planted: PlantedBugs::default(),
         }
     }
@@ -626,7 +649,7 @@ impl Engine {
         let Some(service) = self.in_service.remove(&req) else {
             return;
         };
-        let leak = usize::from(self.config.planted.leak_pin);
+        let leak = usize::from(self.config.bugs().leak_pin);
         for id in service.pinned.iter().skip(leak) {
             self.cache.unpin(*id);
         }
@@ -709,12 +732,7 @@ impl Engine {
                         source: None,
                     },
                 );
-                let verify = !self.config.planted.skip_verify;
-                self.outputs.push_back(Output::Serve {
-                    req,
-                    pieces,
-                    verify,
-                });
+                self.outputs.push_back(Output::Serve { req, pieces });
                 if read.offset < read.end {
                     self.prefetch(now, read.ino, read.end);
                 }
@@ -1241,7 +1259,7 @@ impl Engine {
             .collect();
         for id in stalled {
             self.outputs.push_back(Output::CancelFetch(id));
-            if self.config.planted.stalled_origin_is_healthy {
+            if self.config.bugs().stalled_origin_is_healthy {
                 self.fetches.remove(&id);
                 continue;
             }
@@ -1355,7 +1373,7 @@ impl Engine {
         if !self.cache.over_start_watermark() {
             return;
         }
-        let held = if self.config.planted.evict_pinned {
+        let held = if self.config.bugs().evict_pinned {
             BTreeSet::new()
         } else {
             self.held_chunks()

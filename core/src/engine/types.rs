@@ -197,10 +197,6 @@ pub enum Output {
         req: ReqId,
         /// The slices, in order.
         pieces: Vec<Piece>,
-        /// Check each chunk against its id before using it. Always true
-        /// (the io-shell checks regardless); false only with a planted bug,
-        /// so the simulator can show it catches unverified reads.
-        verify: bool,
     },
     /// Reply to a read with these bytes, which the tree generated (a
     /// rewritten playlist): no cache, no origin, nothing to report after.

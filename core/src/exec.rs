@@ -1,0 +1,1090 @@
+//! The executor: turns the engine's outputs into primitive I/O, and decides
+//! every ordering between those I/Os.
+//!
+//! The engine decides *what* to do (serve these chunks, fetch these bytes,
+//! evict those chunks). The executor decides *how*, as a second pure state
+//! machine beside it: how many origin requests a fetch keeps in flight and
+//! in which order their bytes reach the [`Cutter`]; which chunks share one
+//! durable write (group commit) and that the index learns of a chunk only
+//! after its file is durable; that a chunk being deleted is not written and
+//! a chunk being written is not deleted; that every cached chunk read from
+//! disk is checked against its id; that each FUSE read is answered once.
+//!
+//! What is left to a shell is only to carry out each [`Io`] and report its
+//! completion: the daemon does it with tokio and real files, the simulator
+//! with its turmoil network and crashing disk, the engine tests with maps.
+//! So all three run this code, and thousands of simulated seeds test the
+//! orderings the daemon relies on.
+//!
+//! Every method takes the engine by `&mut` and drains the outputs it queued
+//! before returning; the shell then drains [`Exec::poll_io`].
+
+use crate::SourceFile;
+use crate::chunk::ChunkId;
+use crate::engine::{
+    CheckId, ChunkFault, CutChunk, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId,
+    FetchedChunk, Notice, Output, Piece, ReqId, Stored,
+};
+use crate::fs::Errno;
+use crate::ids::OriginId;
+use crate::manifest::Extent;
+use crate::time::Time;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Identifies one primitive I/O from start to completion. Chosen by the
+/// executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OpId(pub u64);
+
+/// The executor's limits.
+#[derive(Clone, Debug)]
+pub struct ExecConfig {
+    /// Bytes asked of an origin in one request while fetching.
+    pub piece_bytes: u32,
+    /// Requests of one fetch in flight together. A remote origin answers
+    /// each after a round trip: one at a time, a fetch would mostly wait.
+    /// Their bytes are still handed to the cutter in order.
+    pub pieces_in_flight: usize,
+    /// Verified chunk bytes kept in memory, so consecutive kernel reads
+    /// through one chunk do not read and hash it from disk again.
+    pub memory_bytes: u64,
+    /// Chunk bytes one durable write carries at most (group commit: chunks
+    /// cut while a write is under way share the next one).
+    pub write_batch_bytes: u64,
+    /// Cut chunk bytes waiting for the disk, at most: fetches stop asking
+    /// their origins for more until the disk catches up.
+    pub write_queue_bytes: u64,
+    /// An origin request not answered by then fails.
+    pub origin_request_timeout: Duration,
+    /// A health check not answered by then fails.
+    pub check_timeout: Duration,
+}
+
+impl ExecConfig {
+    /// Limits that fit `engine`'s configuration.
+    pub fn for_engine(config: &crate::engine::Config) -> ExecConfig {
+        ExecConfig {
+            piece_bytes: 1 << 20,
+            pieces_in_flight: 4,
+            memory_bytes: 16 << 20,
+            write_batch_bytes: 32 << 20,
+            write_queue_bytes: 64 << 20,
+            origin_request_timeout: config.fetch_stall_timeout,
+            check_timeout: config.health.check_timeout,
+        }
+    }
+}
+
+/// One slice of a reply: `len` bytes from `from` in a verified chunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slice {
+    /// The chunk's bytes.
+    pub chunk: Arc<[u8]>,
+    /// Offset of the slice inside the chunk.
+    pub from: u32,
+    /// Length of the slice.
+    pub len: u32,
+}
+
+/// The answer to a FUSE read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// These bytes (empty at end of file).
+    Bytes(Vec<u8>),
+    /// The concatenation of these slices (assembled by the shell, outside
+    /// any lock).
+    Slices(Vec<Slice>),
+    /// An error.
+    Error(Errno),
+}
+
+impl Reply {
+    /// The bytes of the reply, assembled (an error has none).
+    pub fn assemble(&self) -> Vec<u8> {
+        match self {
+            Reply::Bytes(b) => b.clone(),
+            Reply::Slices(slices) => {
+                let total: usize = slices.iter().map(|s| s.len as usize).sum();
+                let mut out = Vec::with_capacity(total);
+                for s in slices {
+                    let from = s.from as usize;
+                    out.extend_from_slice(&s.chunk[from..from + s.len as usize]);
+                }
+                out
+            }
+            Reply::Error(_) => Vec::new(),
+        }
+    }
+}
+
+/// Why an origin is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    /// To fill the cache.
+    Fetch(FetchId),
+    /// To answer a read directly (cache failing, or a `cache=off` origin).
+    Passthrough(ReqId),
+}
+
+/// One primitive I/O for the shell to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Io {
+    /// Answer a FUSE read. Each read is answered exactly once.
+    Reply {
+        /// The read.
+        req: ReqId,
+        /// The answer.
+        reply: Reply,
+    },
+    /// Read `len` bytes at `offset` of an origin file, and report
+    /// [`Exec::origin_read_done`]; past `timeout`, report a failure.
+    OriginRead {
+        /// The op.
+        op: OpId,
+        /// What to read.
+        source: SourceFile,
+        /// Offset.
+        offset: u64,
+        /// Length.
+        len: u32,
+        /// Fail if no answer by then.
+        timeout: Duration,
+        /// Why (for counters).
+        purpose: Purpose,
+    },
+    /// Give up on an origin read: its completion, if any, is ignored.
+    AbortOriginRead(OpId),
+    /// Check that an origin answers (cheaply) and report
+    /// [`Exec::check_done`]; past `timeout`, report a failure.
+    CheckOrigin {
+        /// The origin.
+        origin: OriginId,
+        /// The check.
+        check: CheckId,
+        /// Fail if no answer by then.
+        timeout: Duration,
+    },
+    /// Read these chunk files (unverified: the executor checks them) and
+    /// report [`Exec::chunks_read`], one result per chunk, in order.
+    ReadChunks {
+        /// The op.
+        op: OpId,
+        /// Chunk ids.
+        ids: Vec<ChunkId>,
+    },
+    /// Make these chunks durable files, each written whole or not at all (a
+    /// temp file, flushed, renamed into place, flushed), and report
+    /// [`Exec::chunks_written`], one result per chunk, in order. Do not
+    /// index them: an [`Io::IndexChunks`] follows.
+    WriteChunks {
+        /// The op.
+        op: OpId,
+        /// The chunks and their bytes.
+        chunks: Vec<(ChunkId, Arc<[u8]>)>,
+    },
+    /// Record these durable chunks (id, length) in the index, and report
+    /// [`Exec::chunks_indexed`].
+    IndexChunks {
+        /// The op.
+        op: OpId,
+        /// The chunks.
+        chunks: Vec<(ChunkId, u32)>,
+    },
+    /// Delete these chunks: index entries first, then their files (a crash
+    /// in between leaves an orphan file, never an entry without a file),
+    /// and report [`Exec::chunks_deleted`].
+    DeleteChunks {
+        /// The op.
+        op: OpId,
+        /// The chunks.
+        ids: Vec<ChunkId>,
+    },
+    /// Try writing to the cache disk and report [`Exec::disk_probed`].
+    ProbeDisk,
+    /// Worth a log line.
+    Notice(Notice),
+}
+
+/// What the executor did, for a simulator that checks it (see
+/// [`Exec::tap`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Observed {
+    /// The engine asked for this.
+    Output(Output),
+    /// A fetch's chunks were reported to the engine.
+    Progress {
+        /// The fetch.
+        fetch: FetchId,
+        /// Chunks reported.
+        chunks: usize,
+        /// Of which stored.
+        stored: usize,
+    },
+    /// A fetch's end was reported to the engine.
+    FetchDone {
+        /// The fetch.
+        fetch: FetchId,
+        /// Its result.
+        result: Result<(), FetchError>,
+    },
+}
+
+/// A chunk cut by a fetch, on its way to the disk.
+#[derive(Clone, Debug)]
+struct Queued {
+    fetch: FetchId,
+    offset: u64,
+    extent: Extent,
+    data: Arc<[u8]>,
+}
+
+#[derive(Debug)]
+enum Op {
+    Piece {
+        fetch: FetchId,
+        offset: u64,
+        len: u32,
+    },
+    Passthrough {
+        req: ReqId,
+        len: u32,
+    },
+    Read {
+        req: ReqId,
+    },
+    Write {
+        batch: Vec<Queued>,
+    },
+    Index {
+        batch: Vec<(Queued, Stored)>,
+    },
+    /// An index update a planted bug sent early: its completion is moot.
+    EarlyIndex,
+    Delete {
+        ids: Vec<ChunkId>,
+    },
+}
+
+#[derive(Debug)]
+struct FetchRun {
+    fetch: Fetch,
+    cutter: Cutter,
+    /// Next offset to ask the origin for.
+    next_piece: u64,
+    end: u64,
+    /// Requests in flight, by offset.
+    in_flight: BTreeMap<u64, (OpId, u32)>,
+    /// Bytes that arrived ahead of the cutter, by offset.
+    arrived: BTreeMap<u64, Vec<u8>>,
+    /// Chunks cut and queued for the disk, not yet reported.
+    unreported: usize,
+    /// The reading side ended (all bytes cut, or an error).
+    ended: Option<Result<(), FetchError>>,
+}
+
+#[derive(Debug)]
+struct Serving {
+    pieces: Vec<Piece>,
+    /// Chunks at hand (from memory, or read and verified).
+    have: BTreeMap<ChunkId, Arc<[u8]>>,
+    /// Chunks asked of the disk, in the order of the [`Io::ReadChunks`].
+    ids: Vec<ChunkId>,
+}
+
+/// Verified chunk bytes, least recently used first out.
+#[derive(Debug, Default)]
+struct Memory {
+    capacity: u64,
+    bytes: u64,
+    tick: u64,
+    chunks: BTreeMap<ChunkId, (Arc<[u8]>, u64)>,
+    lru: BTreeMap<u64, ChunkId>,
+}
+
+impl Memory {
+    fn get(&mut self, id: ChunkId) -> Option<Arc<[u8]>> {
+        let (data, at) = self.chunks.get_mut(&id)?;
+        self.lru.remove(at);
+        self.tick += 1;
+        *at = self.tick;
+        self.lru.insert(self.tick, id);
+        Some(Arc::clone(data))
+    }
+
+    fn insert(&mut self, id: ChunkId, data: Arc<[u8]>) {
+        let len = data.len() as u64;
+        if len > self.capacity {
+            return;
+        }
+        self.remove(id);
+        self.tick += 1;
+        self.chunks.insert(id, (data, self.tick));
+        self.lru.insert(self.tick, id);
+        self.bytes += len;
+        while self.bytes > self.capacity {
+            let Some((_, old)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some((d, _)) = self.chunks.remove(&old) {
+                self.bytes -= d.len() as u64;
+            }
+        }
+    }
+
+    fn remove(&mut self, id: ChunkId) {
+        if let Some((d, at)) = self.chunks.remove(&id) {
+            self.lru.remove(&at);
+            self.bytes -= d.len() as u64;
+        }
+    }
+}
+
+/// The executor's state: everything a crash forgets.
+#[derive(Debug)]
+pub struct Exec {
+    config: ExecConfig,
+    next_op: u64,
+    io: VecDeque<Io>,
+    /// Reads not yet answered.
+    parked: BTreeSet<ReqId>,
+    ops: BTreeMap<OpId, Op>,
+    fetches: BTreeMap<FetchId, FetchRun>,
+    serving: BTreeMap<ReqId, Serving>,
+    memory: Memory,
+    /// Chunks waiting for the disk, in the order they were cut.
+    write_queue: VecDeque<Queued>,
+    write_queue_bytes: u64,
+    /// The write or index op under way (one at a time: group commit).
+    writing: Option<OpId>,
+    /// Chunks queued, being written or being indexed (with multiplicity).
+    storing: BTreeMap<ChunkId, u32>,
+    /// Chunks with a delete under way (with multiplicity).
+    deleting: BTreeMap<ChunkId, u32>,
+    /// Evicted chunks whose delete waits for their store to end.
+    deferred: BTreeSet<ChunkId>,
+    /// Completions seen (for the planted lost-completion bug).
+    completions: u64,
+    tap: Option<Vec<Observed>>,
+}
+
+impl Exec {
+    /// An executor with nothing under way.
+    pub fn new(config: ExecConfig) -> Exec {
+        let memory = Memory {
+            capacity: config.memory_bytes,
+            ..Memory::default()
+        };
+        Exec {
+            config,
+            next_op: 1,
+            io: VecDeque::new(),
+            parked: BTreeSet::new(),
+            ops: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            serving: BTreeMap::new(),
+            memory,
+            write_queue: VecDeque::new(),
+            write_queue_bytes: 0,
+            writing: None,
+            storing: BTreeMap::new(),
+            deleting: BTreeMap::new(),
+            deferred: BTreeSet::new(),
+            completions: 0,
+            tap: None,
+        }
+    }
+
+    /// The limits.
+    pub fn config(&self) -> &ExecConfig {
+        &self.config
+    }
+
+    /// Records every engine output and report from now on, for
+    /// [`Exec::take_observed`] (the simulator's checks and trace).
+    pub fn tap(&mut self) {
+        self.tap = Some(Vec::new());
+    }
+
+    /// What happened since the last call (empty unless [`Exec::tap`]).
+    pub fn take_observed(&mut self) -> Vec<Observed> {
+        self.tap.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// The next I/O to carry out.
+    pub fn poll_io(&mut self) -> Option<Io> {
+        self.io.pop_front()
+    }
+
+    /// Reads not answered yet.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// Chunks of each serve reading from disk.
+    pub fn serving(&self) -> impl Iterator<Item = (ReqId, impl Iterator<Item = ChunkId> + '_)> {
+        self.serving
+            .iter()
+            .map(|(r, s)| (*r, s.pieces.iter().map(|p| p.id)))
+    }
+
+    /// Whether a delete of `id` is under way or waiting.
+    pub fn deleting(&self, id: ChunkId) -> bool {
+        self.deleting.contains_key(&id) || self.deferred.contains(&id)
+    }
+
+    /// Whether `id` is queued, being written or being indexed.
+    pub fn storing(&self, id: ChunkId) -> bool {
+        self.storing.contains_key(&id)
+    }
+
+    fn op(&mut self, op: Op) -> OpId {
+        let id = OpId(self.next_op);
+        self.next_op += 1;
+        self.ops.insert(id, op);
+        id
+    }
+
+    fn observe(&mut self, o: impl FnOnce() -> Observed) {
+        if let Some(t) = self.tap.as_mut() {
+            t.push(o());
+        }
+    }
+
+    // ----- inputs -----
+
+    /// A FUSE read arrived.
+    pub fn read(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        req: ReqId,
+        ino: crate::Ino,
+        off: u64,
+        size: u32,
+    ) {
+        self.parked.insert(req);
+        e.read(now, req, ino, off, size);
+        self.drain(e, now);
+    }
+
+    /// The engine's timer fired.
+    pub fn handle_timeout(&mut self, e: &mut Engine, now: Time) {
+        e.handle_timeout(now);
+        self.drain(e, now);
+    }
+
+    /// Carries out what the engine queued (after the shell called it
+    /// directly: a sync, a pin command).
+    pub fn drain(&mut self, e: &mut Engine, now: Time) {
+        while let Some(out) = e.poll_output() {
+            if self.tap.is_some() {
+                self.observe(|| Observed::Output(out.clone()));
+            }
+            self.on_output(e, now, out);
+        }
+    }
+
+    /// An origin read ended.
+    pub fn origin_read_done(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        op: OpId,
+        result: Result<Vec<u8>, FetchError>,
+    ) {
+        match self.ops.remove(&op) {
+            Some(Op::Piece { fetch, offset, len }) => {
+                self.piece_done(e, now, fetch, offset, len, result)
+            }
+            Some(Op::Passthrough { req, len }) => {
+                // The engine never plans past the end of the file: another
+                // length is a truncated answer or a changed file, and a
+                // short reply would reach the reader as an early end.
+                match result {
+                    Ok(data) if data.len() == len as usize => {
+                        self.reply(req, Reply::Bytes(data));
+                        e.read_finished(now, req, &[]);
+                    }
+                    Ok(_) => e.passthrough_failed(now, req, FetchError::Changed),
+                    Err(err) => e.passthrough_failed(now, req, err),
+                }
+            }
+            Some(other) => {
+                self.ops.insert(op, other); // not an origin read: ignore
+            }
+            None => {} // aborted
+        }
+        self.drain(e, now);
+    }
+
+    /// A health check ended.
+    pub fn check_done(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        origin: OriginId,
+        check: CheckId,
+        result: Result<(), String>,
+    ) {
+        e.health_check_done(now, origin, check, result);
+        self.drain(e, now);
+    }
+
+    /// Chunk files were read: one result per id of the [`Io::ReadChunks`].
+    pub fn chunks_read(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        op: OpId,
+        results: Vec<Result<Vec<u8>, ChunkFault>>,
+    ) {
+        self.completions += 1;
+        if e.config().bugs().lose_completion && self.completions.is_multiple_of(16) {
+            return; // planted: this serve never ends
+        }
+        let Some(Op::Read { req }) = self.ops.remove(&op) else {
+            return;
+        };
+        let Some(mut serving) = self.serving.remove(&req) else {
+            return;
+        };
+        let verify = !e.config().bugs().skip_verify;
+        let lens: BTreeMap<ChunkId, u32> =
+            serving.pieces.iter().map(|p| (p.id, p.chunk_len)).collect();
+        let mut results = results.into_iter();
+        let mut faults = Vec::new();
+        for id in serving.ids.iter().copied() {
+            let want = lens.get(&id).copied().unwrap_or(0) as usize;
+            match results.next().unwrap_or(Err(ChunkFault::Missing)) {
+                Ok(bytes) if bytes.len() == want && (!verify || id.matches(&bytes)) => {
+                    let bytes: Arc<[u8]> = bytes.into();
+                    self.memory.insert(id, Arc::clone(&bytes));
+                    serving.have.insert(id, bytes);
+                }
+                Ok(_) => faults.push((id, ChunkFault::Corrupt)),
+                Err(fault) => faults.push((id, fault)),
+            }
+        }
+        if faults.is_empty() {
+            let slices = slices_of(&serving.pieces, &serving.have);
+            self.reply(req, Reply::Slices(slices));
+        }
+        e.read_finished(now, req, &faults);
+        self.drain(e, now);
+    }
+
+    /// A write ended: one result per chunk of the [`Io::WriteChunks`].
+    pub fn chunks_written(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        op: OpId,
+        results: Vec<Result<(), DiskFault>>,
+    ) {
+        let Some(Op::Write { batch }) = self.ops.remove(&op) else {
+            return;
+        };
+        let mut results = results.into_iter();
+        let done: Vec<(Queued, Stored)> = batch
+            .into_iter()
+            .map(|q| {
+                let stored = match results.next() {
+                    Some(Ok(())) => Stored::Yes,
+                    Some(Err(f)) => Stored::Failed(f),
+                    None => Stored::Failed(DiskFault::Io),
+                };
+                (q, stored)
+            })
+            .collect();
+        if e.config().bugs().index_before_durable {
+            // Planted: the index was told before the write (see write_next).
+            self.writing = None;
+            self.stored(e, now, done);
+        } else {
+            // The index learns of a chunk only once its file is durable.
+            let chunks: Vec<(ChunkId, u32)> = done
+                .iter()
+                .filter(|(_, s)| *s == Stored::Yes)
+                .map(|(q, _)| (q.extent.id, q.extent.len))
+                .collect();
+            if chunks.is_empty() {
+                self.writing = None;
+                self.stored(e, now, done);
+            } else {
+                let op = self.op(Op::Index { batch: done });
+                self.writing = Some(op);
+                self.io.push_back(Io::IndexChunks { op, chunks });
+            }
+        }
+        self.write_next(e);
+        self.drain(e, now);
+    }
+
+    /// An index update ended.
+    pub fn chunks_indexed(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        op: OpId,
+        result: Result<(), DiskFault>,
+    ) {
+        let mut batch = match self.ops.remove(&op) {
+            Some(Op::Index { batch }) => batch,
+            Some(Op::EarlyIndex) | None => return,
+            Some(other) => {
+                self.ops.insert(op, other);
+                return;
+            }
+        };
+        if let Err(fault) = result {
+            for (_, s) in &mut batch {
+                if *s == Stored::Yes {
+                    *s = Stored::Failed(fault);
+                }
+            }
+        }
+        self.writing = None;
+        self.stored(e, now, batch);
+        self.write_next(e);
+        self.drain(e, now);
+    }
+
+    /// A delete ended (whatever happened: a chunk that could not be deleted
+    /// is an orphan file, found by the next scan of the store).
+    pub fn chunks_deleted(&mut self, e: &mut Engine, now: Time, op: OpId) {
+        let Some(Op::Delete { ids }) = self.ops.remove(&op) else {
+            return;
+        };
+        for id in ids {
+            dec(&mut self.deleting, id);
+        }
+        self.write_next(e);
+        self.drain(e, now);
+    }
+
+    /// The disk probe ended.
+    pub fn disk_probed(&mut self, e: &mut Engine, now: Time, ok: bool) {
+        e.disk_probe(now, ok);
+        self.drain(e, now);
+    }
+
+    // ----- engine outputs -----
+
+    fn on_output(&mut self, e: &mut Engine, now: Time, out: Output) {
+        match out {
+            Output::ReadError { req, errno } => self.reply(req, Reply::Error(errno)),
+            Output::Generated { req, data } => self.reply(req, Reply::Bytes(data)),
+            Output::Serve { req, pieces } => self.serve(e, now, req, pieces),
+            Output::Passthrough {
+                req,
+                source,
+                offset,
+                len,
+            } => {
+                let op = self.op(Op::Passthrough { req, len });
+                self.io.push_back(Io::OriginRead {
+                    op,
+                    source,
+                    offset,
+                    len,
+                    timeout: self.config.origin_request_timeout,
+                    purpose: Purpose::Passthrough(req),
+                });
+            }
+            Output::Fetch(fetch) => self.start_fetch(e, now, fetch),
+            Output::CancelFetch(id) => {
+                if let Some(run) = self.fetches.remove(&id) {
+                    self.abort_pieces(&run);
+                }
+            }
+            Output::Evict(ids) => self.evict(e, ids),
+            Output::ProbeDisk => self.io.push_back(Io::ProbeDisk),
+            Output::CheckOrigin { origin, check } => self.io.push_back(Io::CheckOrigin {
+                origin,
+                check,
+                timeout: self.config.check_timeout,
+            }),
+            Output::Notice(n) => {
+                if let Notice::ChunkDropped(id, _) = &n {
+                    self.memory.remove(*id);
+                }
+                self.io.push_back(Io::Notice(n));
+            }
+        }
+    }
+
+    /// Sends one FUSE reply, unless the read was answered already (its
+    /// deadline passed first).
+    fn reply(&mut self, req: ReqId, reply: Reply) {
+        if self.parked.remove(&req) {
+            self.io.push_back(Io::Reply { req, reply });
+        }
+    }
+
+    fn serve(&mut self, e: &mut Engine, now: Time, req: ReqId, pieces: Vec<Piece>) {
+        let mut have = BTreeMap::new();
+        let mut ids = Vec::new();
+        for p in &pieces {
+            if have.contains_key(&p.id) || ids.contains(&p.id) {
+                continue;
+            }
+            match self.memory.get(p.id) {
+                Some(chunk) => {
+                    have.insert(p.id, chunk);
+                }
+                None => ids.push(p.id),
+            }
+        }
+        if ids.is_empty() {
+            // Every piece in memory (or none at all: end of file).
+            self.reply(req, Reply::Slices(slices_of(&pieces, &have)));
+            e.read_finished(now, req, &[]);
+            return;
+        }
+        let op = self.op(Op::Read { req });
+        self.io.push_back(Io::ReadChunks {
+            op,
+            ids: ids.clone(),
+        });
+        self.serving.insert(req, Serving { pieces, have, ids });
+    }
+
+    fn evict(&mut self, e: &Engine, ids: Vec<ChunkId>) {
+        let race = e.config().bugs().store_during_evict;
+        let mut now_ids = Vec::with_capacity(ids.len());
+        for id in ids {
+            self.memory.remove(id);
+            if self.storing.contains_key(&id) && !race {
+                // Its store may find the file in place and keep it: the
+                // delete waits, and is dropped if the engine caches the
+                // chunk again meanwhile.
+                self.deferred.insert(id);
+            } else {
+                now_ids.push(id);
+            }
+        }
+        self.delete(now_ids);
+    }
+
+    fn delete(&mut self, ids: Vec<ChunkId>) {
+        if ids.is_empty() {
+            return;
+        }
+        for &id in &ids {
+            *self.deleting.entry(id).or_default() += 1;
+        }
+        let op = self.op(Op::Delete { ids: ids.clone() });
+        self.io.push_back(Io::DeleteChunks { op, ids });
+    }
+
+    // ----- fetches -----
+
+    fn start_fetch(&mut self, e: &mut Engine, now: Time, fetch: Fetch) {
+        let id = fetch.id;
+        let end = fetch.read_end();
+        let run = FetchRun {
+            cutter: Cutter::new(&fetch),
+            next_piece: fetch.start,
+            end,
+            in_flight: BTreeMap::new(),
+            arrived: BTreeMap::new(),
+            unreported: 0,
+            ended: (fetch.start >= end).then_some(Ok(())),
+            fetch,
+        };
+        self.fetches.insert(id, run);
+        self.ask_pieces(id);
+        self.maybe_finish(e, now, id);
+    }
+
+    /// Keeps up to `pieces_in_flight` requests of a fetch in flight, while
+    /// the disk keeps up.
+    fn ask_pieces(&mut self, id: FetchId) {
+        let queue_full = self.write_queue_bytes >= self.config.write_queue_bytes;
+        let Some(run) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        if run.ended.is_some() || (queue_full && run.fetch.store) {
+            return;
+        }
+        while run.in_flight.len() < self.config.pieces_in_flight && run.next_piece < run.end {
+            let offset = run.next_piece;
+            let len = (run.end - offset).min(u64::from(self.config.piece_bytes)) as u32;
+            run.next_piece += u64::from(len);
+            let op = OpId(self.next_op);
+            self.next_op += 1;
+            self.ops.insert(
+                op,
+                Op::Piece {
+                    fetch: id,
+                    offset,
+                    len,
+                },
+            );
+            run.in_flight.insert(offset, (op, len));
+            self.io.push_back(Io::OriginRead {
+                op,
+                source: run.fetch.source.clone(),
+                offset,
+                len,
+                timeout: self.config.origin_request_timeout,
+                purpose: Purpose::Fetch(id),
+            });
+        }
+    }
+
+    fn abort_pieces(&mut self, run: &FetchRun) {
+        for (op, _) in run.in_flight.values() {
+            self.ops.remove(op);
+            self.io.push_back(Io::AbortOriginRead(*op));
+        }
+    }
+
+    fn piece_done(
+        &mut self,
+        e: &mut Engine,
+        now: Time,
+        id: FetchId,
+        offset: u64,
+        len: u32,
+        result: Result<Vec<u8>, FetchError>,
+    ) {
+        let Some(run) = self.fetches.get_mut(&id) else {
+            return;
+        };
+        run.in_flight.remove(&offset);
+        if run.ended.is_some() {
+            return;
+        }
+        let outcome = match result {
+            Err(err) => Err(err),
+            // Shorter than the version's size: the file changed.
+            Ok(data) if data.len() != len as usize => Err(FetchError::Changed),
+            Ok(data) => {
+                run.arrived.insert(offset, data);
+                self.cut_arrived(e, now, id)
+            }
+        };
+        if let Err(err) = outcome {
+            self.end_fetch(id, Err(err));
+        }
+        self.ask_pieces(id);
+        self.write_next(e);
+        self.maybe_finish(e, now, id);
+    }
+
+    /// Hands the bytes that arrived, in order, to the cutter.
+    fn cut_arrived(&mut self, e: &mut Engine, now: Time, id: FetchId) -> Result<(), FetchError> {
+        let mut skipped = Vec::new();
+        let mut complete = false;
+        while let Some(run) = self.fetches.get_mut(&id) {
+            let at = run.cutter.next_offset();
+            let Some(data) = run.arrived.remove(&at) else {
+                break;
+            };
+            let last = at + data.len() as u64 == run.end;
+            let chunks = run
+                .cutter
+                .push(&data, last)
+                .map_err(|_| FetchError::Changed)?;
+            complete = run.cutter.is_done() || last;
+            let store = run.fetch.store;
+            if store {
+                run.unreported += chunks.len();
+            }
+            for c in chunks {
+                let q = self.cut(id, c);
+                if store {
+                    *self.storing.entry(q.extent.id).or_default() += 1;
+                    self.write_queue_bytes += u64::from(q.extent.len);
+                    self.write_queue.push_back(q);
+                } else {
+                    skipped.push(FetchedChunk {
+                        offset: q.offset,
+                        extent: q.extent,
+                        stored: Stored::Skipped,
+                    });
+                }
+            }
+            if complete {
+                break;
+            }
+        }
+        if complete {
+            self.end_fetch(id, Ok(()));
+        }
+        if !skipped.is_empty() {
+            self.report(e, now, id, &skipped);
+        }
+        Ok(())
+    }
+
+    /// A chunk was cut: keep its bytes in memory for the reads about to
+    /// want them.
+    fn cut(&mut self, fetch: FetchId, c: CutChunk) -> Queued {
+        let extent = c.extent();
+        let data: Arc<[u8]> = c.data.into();
+        self.memory.insert(c.id, Arc::clone(&data));
+        Queued {
+            fetch,
+            offset: c.offset,
+            extent,
+            data,
+        }
+    }
+
+    fn end_fetch(&mut self, id: FetchId, result: Result<(), FetchError>) {
+        if let Some(mut run) = self.fetches.remove(&id) {
+            self.abort_pieces(&run);
+            run.in_flight.clear();
+            run.arrived.clear();
+            run.ended.get_or_insert(result);
+            self.fetches.insert(id, run);
+        }
+    }
+
+    fn maybe_finish(&mut self, e: &mut Engine, now: Time, id: FetchId) {
+        let finished = self
+            .fetches
+            .get(&id)
+            .is_some_and(|r| r.ended.is_some() && r.unreported == 0);
+        if !finished {
+            return;
+        }
+        if let Some(run) = self.fetches.remove(&id) {
+            let result = run.ended.unwrap_or(Ok(()));
+            self.observe(|| Observed::FetchDone {
+                fetch: id,
+                result: result.clone(),
+            });
+            e.fetch_done(now, id, result);
+            // At once: an output queued now may be stale by the next report.
+            self.drain(e, now);
+        }
+    }
+
+    fn report(&mut self, e: &mut Engine, now: Time, id: FetchId, chunks: &[FetchedChunk]) {
+        let stored = chunks.iter().filter(|c| c.stored == Stored::Yes).count();
+        self.observe(|| Observed::Progress {
+            fetch: id,
+            chunks: chunks.len(),
+            stored,
+        });
+        e.fetch_progress(now, id, chunks);
+        // At once: an eviction decided here must be carried out before the
+        // next report can cache one of its chunks again.
+        self.drain(e, now);
+    }
+
+    // ----- the disk -----
+
+    /// Starts the next group write, if none is under way: every queued
+    /// chunk, in order, up to the batch limit and up to the first chunk
+    /// whose delete is under way (it is written after the delete).
+    fn write_next(&mut self, e: &Engine) {
+        if self.writing.is_some() {
+            return;
+        }
+        let race = e.config().bugs().store_during_evict;
+        let mut batch = Vec::new();
+        let mut bytes = 0u64;
+        while let Some(q) = self.write_queue.front() {
+            let len = u64::from(q.extent.len);
+            let blocked = self.deleting.contains_key(&q.extent.id) && !race;
+            if blocked || (!batch.is_empty() && bytes + len > self.config.write_batch_bytes) {
+                break;
+            }
+            bytes += len;
+            if let Some(q) = self.write_queue.pop_front() {
+                batch.push(q);
+            }
+        }
+        if batch.is_empty() {
+            return;
+        }
+        self.write_queue_bytes -= bytes;
+        let chunks: Vec<(ChunkId, Arc<[u8]>)> = batch
+            .iter()
+            .map(|q| (q.extent.id, Arc::clone(&q.data)))
+            .collect();
+        let index: Vec<(ChunkId, u32)> =
+            batch.iter().map(|q| (q.extent.id, q.extent.len)).collect();
+        let op = self.op(Op::Write { batch });
+        self.writing = Some(op);
+        if e.config().bugs().index_before_durable {
+            let iop = self.op(Op::EarlyIndex);
+            self.io.push_back(Io::IndexChunks {
+                op: iop,
+                chunks: index,
+            });
+        }
+        self.io.push_back(Io::WriteChunks { op, chunks });
+        // Room in the queue again: fetches that paused may go on.
+        let paused: Vec<FetchId> = self.fetches.keys().copied().collect();
+        for id in paused {
+            self.ask_pieces(id);
+        }
+    }
+
+    /// A group write ended: tell each fetch about its chunks, in order, then
+    /// settle the deletes that waited for them.
+    fn stored(&mut self, e: &mut Engine, now: Time, batch: Vec<(Queued, Stored)>) {
+        let mut by_fetch: Vec<(FetchId, Vec<FetchedChunk>)> = Vec::new();
+        let mut ids = Vec::with_capacity(batch.len());
+        for (q, stored) in batch {
+            ids.push(q.extent.id);
+            let c = FetchedChunk {
+                offset: q.offset,
+                extent: q.extent,
+                stored,
+            };
+            match by_fetch.last_mut() {
+                Some((f, v)) if *f == q.fetch => v.push(c),
+                _ => by_fetch.push((q.fetch, vec![c])),
+            }
+        }
+        for (id, chunks) in by_fetch {
+            let Some(run) = self.fetches.get_mut(&id) else {
+                continue; // cancelled meanwhile: its chunks are indexed, not reported
+            };
+            run.unreported = run.unreported.saturating_sub(chunks.len());
+            self.report(e, now, id, &chunks);
+            self.maybe_finish(e, now, id);
+        }
+        let mut delete_now = Vec::new();
+        for id in ids {
+            dec(&mut self.storing, id);
+            if !self.storing.contains_key(&id)
+                && self.deferred.remove(&id)
+                && !e.cache().contains(id)
+            {
+                delete_now.push(id);
+            }
+        }
+        self.delete(delete_now);
+    }
+}
+
+fn slices_of(pieces: &[Piece], have: &BTreeMap<ChunkId, Arc<[u8]>>) -> Vec<Slice> {
+    pieces
+        .iter()
+        .filter_map(|p| {
+            have.get(&p.id).map(|c| Slice {
+                chunk: Arc::clone(c),
+                from: p.from,
+                len: p.len,
+            })
+        })
+        .collect()
+}
+
+fn dec(counts: &mut BTreeMap<ChunkId, u32>, id: ChunkId) {
+    if let Some(n) = counts.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&id);
+        }
+    }
+}
