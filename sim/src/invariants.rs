@@ -81,7 +81,10 @@ impl World {
         let Some(e) = self.engine.as_ref() else {
             return self.check_deadlines();
         };
-        let (pins, held) = (e.cache().total_pins(), e.pins_held_by_reads());
+        // Summed here, not the cache's running count: the check must not
+        // trust the bookkeeping it checks.
+        let pins: u64 = e.cache().iter().map(|(_, m)| u64::from(m.pins)).sum();
+        let held = e.pins_held_by_reads();
         let cache = e.cache();
         let over = cache.bytes() > cache.capacity_bytes();
         let unpinned: u64 = if over {

@@ -34,6 +34,8 @@ pub struct ChunkCache {
     /// Chunks added or removed so far (tells views of the cache when to
     /// look again).
     changes: u64,
+    /// Pins held, over all chunks (a running sum).
+    pins: u64,
 }
 
 impl ChunkCache {
@@ -54,6 +56,7 @@ impl ChunkCache {
             clock: 0,
             touched: BTreeMap::new(),
             changes: 0,
+            pins: 0,
         }
     }
 
@@ -90,9 +93,11 @@ impl ChunkCache {
         if let Some(old) = self.chunks.insert(id, meta) {
             self.lru.remove(&(old.last_access, id));
             self.bytes -= u64::from(old.len);
+            self.pins -= u64::from(old.pins);
         }
         self.lru.insert((meta.last_access, id));
         self.bytes += u64::from(meta.len);
+        self.pins += u64::from(meta.pins);
     }
 
     /// Whether the chunk is believed to be on disk.
@@ -121,6 +126,7 @@ impl ChunkCache {
     pub fn pin(&mut self, id: ChunkId) {
         if let Some(meta) = self.chunks.get_mut(&id) {
             meta.pins += 1;
+            self.pins += 1;
         }
     }
 
@@ -128,7 +134,10 @@ impl ChunkCache {
     pub fn unpin(&mut self, id: ChunkId) {
         if let Some(meta) = self.chunks.get_mut(&id) {
             debug_assert!(meta.pins > 0, "unpin of an unpinned chunk");
-            meta.pins = meta.pins.saturating_sub(1);
+            if meta.pins > 0 {
+                meta.pins -= 1;
+                self.pins -= 1;
+            }
         }
     }
 
@@ -139,6 +148,7 @@ impl ChunkCache {
                 self.changes += 1;
                 self.lru.remove(&(meta.last_access, id));
                 self.bytes -= u64::from(meta.len);
+                self.pins -= u64::from(meta.pins);
                 self.touched.remove(&id);
                 true
             }
@@ -213,7 +223,7 @@ impl ChunkCache {
 
     /// Total pins held, for invariant checks.
     pub fn total_pins(&self) -> u64 {
-        self.chunks.values().map(|m| u64::from(m.pins)).sum()
+        self.pins
     }
 
     /// Every chunk entry, for invariant checks.

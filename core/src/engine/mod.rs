@@ -315,6 +315,7 @@ impl Engine {
         engine.drop_stale_manifests();
         engine.track_tree_origins(Time::ZERO);
         engine.evict();
+        engine.debug_check_manifests();
         engine
     }
 
@@ -549,6 +550,7 @@ impl Engine {
         self.settle_pins();
         self.track_tree_origins(now);
         self.replan_all(now);
+        self.debug_check_manifests();
         diff
     }
 
@@ -1441,9 +1443,69 @@ impl Engine {
         (self.tree_epoch, self.cache.changes())
     }
 
-    /// Everything queued for the io-shell, one at a time.
+    /// Everything queued for the io-shell, one at a time. Once the queue is
+    /// drained, debug builds check the engine's own bookkeeping.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let out = self.outputs.pop_front();
+        if out.is_none() {
+            self.debug_check();
+        }
+        out
+    }
+
+    /// The engine's bookkeeping agrees with itself, checked after every
+    /// transition in debug builds (the simulator's seeds run them): every
+    /// pin the cache counts is held by a read in service, no two fetches
+    /// claim the same bytes of a file, and every chunk map is of the
+    /// version the tree shows. A planted bug may break these on purpose:
+    /// then the simulator's invariants, not a panic, must catch it.
+    fn debug_check(&self) {
+        if !cfg!(debug_assertions) || self.config.bugs() != PlantedBugs::default() {
+            return;
+        }
+        debug_assert_eq!(
+            self.cache.total_pins(),
+            self.pins_held_by_reads(),
+            "the cache's pins are the pins of the reads in service"
+        );
+        let mut claims: BTreeMap<&SourceKey, Vec<std::ops::Range<u64>>> = BTreeMap::new();
+        for f in self.fetches.values() {
+            claims.entry(&f.key).or_default().push(f.claim());
+        }
+        for (key, mut ranges) in claims {
+            ranges.sort_by_key(|r| r.start);
+            for w in ranges.windows(2) {
+                debug_assert!(
+                    w[0].end <= w[1].start || w[0].is_empty() || w[1].is_empty(),
+                    "fetches of {}:{} claim overlapping bytes {:?} and {:?}",
+                    key.0,
+                    key.1,
+                    w[0],
+                    w[1]
+                );
+            }
+        }
+    }
+
+    /// Every chunk map is of the version the tree shows for its file.
+    fn debug_check_manifests(&self) {
+        if !cfg!(debug_assertions) {
+            return;
+        }
+        let mut current: BTreeMap<SourceKey, &crate::manifest::FileVersion> = BTreeMap::new();
+        for (_, f) in self.tree.files() {
+            for s in &f.sources {
+                current.insert(key_of(s), &s.version);
+            }
+        }
+        for (key, m) in &self.manifests {
+            debug_assert!(
+                current.get(key).is_some_and(|v| **v == m.version),
+                "the chunk map of {}:{} is of a version the tree does not show",
+                key.0,
+                key.1
+            );
+        }
     }
 }
 
