@@ -222,6 +222,13 @@ pub enum Observed {
         /// Of which stored.
         stored: usize,
     },
+    /// A group write ended: this many chunks durable, this many failed.
+    Durable {
+        /// Chunks written and indexed.
+        chunks: usize,
+        /// Chunks that could not be stored.
+        failed: usize,
+    },
     /// A fetch's end was reported to the engine.
     FetchDone {
         /// The fetch.
@@ -234,7 +241,6 @@ pub enum Observed {
 /// A chunk cut by a fetch, on its way to the disk.
 #[derive(Clone, Debug)]
 struct Queued {
-    fetch: FetchId,
     offset: u64,
     extent: Extent,
     data: Arc<[u8]>,
@@ -278,8 +284,6 @@ struct FetchRun {
     in_flight: BTreeMap<u64, (OpId, u32)>,
     /// Bytes that arrived ahead of the cutter, by offset.
     arrived: BTreeMap<u64, Vec<u8>>,
-    /// Chunks cut and queued for the disk, not yet reported.
-    unreported: usize,
     /// The reading side ended (all bytes cut, or an error).
     ended: Option<Result<(), FetchError>>,
 }
@@ -358,8 +362,10 @@ pub struct Exec {
     write_queue_bytes: u64,
     /// The write or index op under way (one at a time: group commit).
     writing: Option<OpId>,
-    /// Chunks queued, being written or being indexed (with multiplicity).
-    storing: BTreeMap<ChunkId, u32>,
+    /// Chunks queued, being written or being indexed (with multiplicity),
+    /// and their bytes: the engine serves them from here until they are
+    /// durable.
+    storing: BTreeMap<ChunkId, (u32, Arc<[u8]>)>,
     /// Chunks with a delete under way (with multiplicity).
     deleting: BTreeMap<ChunkId, u32>,
     /// Evicted chunks whose delete waits for their store to end.
@@ -730,7 +736,11 @@ impl Exec {
             if have.contains_key(&p.id) || ids.contains(&p.id) {
                 continue;
             }
-            match self.memory.get(p.id) {
+            let at_hand = self
+                .memory
+                .get(p.id)
+                .or_else(|| self.storing.get(&p.id).map(|(_, d)| Arc::clone(d)));
+            match at_hand {
                 Some(chunk) => {
                     have.insert(p.id, chunk);
                 }
@@ -790,7 +800,6 @@ impl Exec {
             end,
             in_flight: BTreeMap::new(),
             arrived: BTreeMap::new(),
-            unreported: 0,
             ended: (fetch.start >= end).then_some(Ok(())),
             fetch,
         };
@@ -877,7 +886,10 @@ impl Exec {
 
     /// Hands the bytes that arrived, in order, to the cutter.
     fn cut_arrived(&mut self, e: &mut Engine, now: Time, id: FetchId) -> Result<(), FetchError> {
-        let mut skipped = Vec::new();
+        // Reported at once, before they reach the disk: a reader never
+        // waits on the cache disk (the engine hears later if a write
+        // failed).
+        let mut report = Vec::new();
         let mut complete = false;
         while let Some(run) = self.fetches.get_mut(&id) {
             let at = run.cutter.next_offset();
@@ -891,21 +903,26 @@ impl Exec {
                 .map_err(|_| FetchError::Changed)?;
             complete = run.cutter.is_done() || last;
             let store = run.fetch.store;
-            if store {
-                run.unreported += chunks.len();
-            }
             for c in chunks {
-                let q = self.cut(id, c);
-                if store {
-                    *self.storing.entry(q.extent.id).or_default() += 1;
+                let q = self.cut(c);
+                let stored = if store {
+                    let entry = self
+                        .storing
+                        .entry(q.extent.id)
+                        .or_insert_with(|| (0, Arc::clone(&q.data)));
+                    entry.0 += 1;
                     self.write_queue_bytes += u64::from(q.extent.len);
-                    self.write_queue.push_back(q);
+                    Stored::Pending
                 } else {
-                    skipped.push(FetchedChunk {
-                        offset: q.offset,
-                        extent: q.extent,
-                        stored: Stored::Skipped,
-                    });
+                    Stored::Skipped
+                };
+                report.push(FetchedChunk {
+                    offset: q.offset,
+                    extent: q.extent,
+                    stored,
+                });
+                if store {
+                    self.write_queue.push_back(q);
                 }
             }
             if complete {
@@ -915,20 +932,19 @@ impl Exec {
         if complete {
             self.end_fetch(id, Ok(()));
         }
-        if !skipped.is_empty() {
-            self.report(e, now, id, &skipped);
+        if !report.is_empty() {
+            self.report(e, now, id, &report);
         }
         Ok(())
     }
 
     /// A chunk was cut: keep its bytes in memory for the reads about to
     /// want them.
-    fn cut(&mut self, fetch: FetchId, c: CutChunk) -> Queued {
+    fn cut(&mut self, c: CutChunk) -> Queued {
         let extent = c.extent();
         let data: Arc<[u8]> = c.data.into();
         self.memory.insert(c.id, Arc::clone(&data));
         Queued {
-            fetch,
             offset: c.offset,
             extent,
             data,
@@ -949,7 +965,7 @@ impl Exec {
         let finished = self
             .fetches
             .get(&id)
-            .is_some_and(|r| r.ended.is_some() && r.unreported == 0);
+            .is_some_and(|r| r.ended.is_some());
         if !finished {
             return;
         }
@@ -1028,37 +1044,33 @@ impl Exec {
         }
     }
 
-    /// A group write ended: tell each fetch about its chunks, in order, then
-    /// settle the deletes that waited for them.
+    /// A group write ended: tell the engine which chunks could not be
+    /// made durable (it served them from memory meanwhile), then settle
+    /// the deletes that waited for them.
     fn stored(&mut self, e: &mut Engine, now: Time, batch: Vec<(Queued, Stored)>) {
-        let mut by_fetch: Vec<(FetchId, Vec<FetchedChunk>)> = Vec::new();
-        let mut ids = Vec::with_capacity(batch.len());
-        for (q, stored) in batch {
-            ids.push(q.extent.id);
-            let c = FetchedChunk {
-                offset: q.offset,
-                extent: q.extent,
-                stored,
-            };
-            match by_fetch.last_mut() {
-                Some((f, v)) if *f == q.fetch => v.push(c),
-                _ => by_fetch.push((q.fetch, vec![c])),
-            }
+        let failed: Vec<(ChunkId, DiskFault)> = batch
+            .iter()
+            .filter_map(|(q, s)| match s {
+                Stored::Failed(f) => Some((q.extent.id, *f)),
+                _ => None,
+            })
+            .collect();
+        let durable = batch.len() - failed.len();
+        for (q, _) in &batch {
+            dec(&mut self.storing, q.extent.id);
         }
-        for (id, chunks) in by_fetch {
-            let Some(run) = self.fetches.get_mut(&id) else {
-                continue; // cancelled meanwhile: its chunks are indexed, not reported
-            };
-            run.unreported = run.unreported.saturating_sub(chunks.len());
-            self.report(e, now, id, &chunks);
-            self.maybe_finish(e, now, id);
+        self.observe(|| Observed::Durable {
+            chunks: durable,
+            failed: failed.len(),
+        });
+        if !failed.is_empty() {
+            e.chunks_not_stored(now, &failed);
+            self.drain(e, now);
         }
         let mut delete_now = Vec::new();
-        for id in ids {
-            dec(&mut self.storing, id);
-            if !self.storing.contains_key(&id)
-                && self.deferred.remove(&id)
-                && !e.cache().contains(id)
+        for (q, _) in batch {
+            let id = q.extent.id;
+            if !self.storing.contains_key(&id) && self.deferred.remove(&id) && !e.cache().contains(id)
             {
                 delete_now.push(id);
             }
@@ -1080,11 +1092,33 @@ fn slices_of(pieces: &[Piece], have: &BTreeMap<ChunkId, Arc<[u8]>>) -> Vec<Slice
         .collect()
 }
 
-fn dec(counts: &mut BTreeMap<ChunkId, u32>, id: ChunkId) {
-    if let Some(n) = counts.get_mut(&id) {
-        *n -= 1;
-        if *n == 0 {
-            counts.remove(&id);
-        }
+fn dec<V>(counts: &mut BTreeMap<ChunkId, V>, id: ChunkId)
+where
+    V: Counted,
+{
+    if let Some(n) = counts.get_mut(&id)
+        && n.decrement()
+    {
+        counts.remove(&id);
+    }
+}
+
+/// A map value with a count of holders.
+trait Counted {
+    /// Drops one holder; true when none is left.
+    fn decrement(&mut self) -> bool;
+}
+
+impl Counted for u32 {
+    fn decrement(&mut self) -> bool {
+        *self = self.saturating_sub(1);
+        *self == 0
+    }
+}
+
+impl Counted for (u32, Arc<[u8]>) {
+    fn decrement(&mut self) -> bool {
+        self.0 = self.0.saturating_sub(1);
+        self.0 == 0
     }
 }

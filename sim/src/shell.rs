@@ -254,6 +254,7 @@ impl World {
                     self.shell.stalled.remove(&key);
                 }
             }
+            Observed::Durable { chunks, failed } => self.push(Ev::Durable { chunks, failed }),
             Observed::FetchDone { fetch, result } => {
                 if let Some((key, _)) = self.shell.fetches.remove(&fetch)
                     && result.is_ok()

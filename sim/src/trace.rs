@@ -52,6 +52,8 @@ pub enum Ev {
     },
     /// A fetch reported chunks.
     Progress { id: u64, chunks: usize, stored: u8 },
+    /// A group write ended: chunks durable and indexed, chunks failed.
+    Durable { chunks: usize, failed: usize },
     /// A fetch ended.
     FetchDone { id: u64, result: String },
     /// The engine cancelled a fetch.

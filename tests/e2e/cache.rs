@@ -45,6 +45,30 @@ impl Setup {
     fn path(&self, p: &str) -> PathBuf {
         self.dir.path().join(p)
     }
+    /// Nothing is indexed that is not on disk: every chunk the index of a
+    /// killed mount lists has its file, whole. (Reads are served from
+    /// memory before their chunks are durable; the index must still learn
+    /// of a chunk only after its file is in place.)
+    fn index_is_on_disk(&self, round: u64) {
+        let cache = self.path("cache");
+        let db = musicfs::store::Db::open(&cache)
+            .expect("the killed mount's database opens")
+            .db;
+        let store = musicfs::store::ChunkStore::open(&cache).expect("chunk store");
+        let index = db.load_chunk_index().expect("chunk index");
+        for (id, len, _) in &index {
+            let path = store.path_of(*id);
+            let on_disk = std::fs::metadata(&path).map(|m| m.len());
+            assert_eq!(
+                on_disk.ok(),
+                Some(u64::from(*len)),
+                "round {round}: chunk {id} is indexed but its file is {}",
+                path.display()
+            );
+            let bytes = std::fs::read(&path).expect("read chunk");
+            assert!(id.matches(&bytes), "round {round}: chunk {id} is torn");
+        }
+    }
     fn command(&self) -> MountCommand {
         MountCommand::in_dir(Path::new(BIN), self.dir.path())
     }
@@ -114,6 +138,7 @@ fn kill_9_mid_read_twenty_times_then_every_remount_serves_correct_bytes() {
         for r in readers {
             let _ = r.join(); // they end with ENOTCONN; never hang
         }
+        s.index_is_on_disk(round);
         // The next mount cleans the stale mount up by itself.
         let m = s.mount();
         s.check_all(&m);

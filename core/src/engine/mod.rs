@@ -1089,7 +1089,7 @@ impl Engine {
                 }
             }
             match c.stored {
-                Stored::Yes => self.cache.insert(c.extent.id, c.extent.len),
+                Stored::Yes | Stored::Pending => self.cache.insert(c.extent.id, c.extent.len),
                 Stored::Skipped => {}
                 Stored::Failed(fault) => disk_fault = disk_fault.or(Some(fault)),
             }
@@ -1109,6 +1109,22 @@ impl Engine {
         // evicting, so a small cache never evicts what a reader waits for.
         self.replan_key(now, &key);
         self.evict();
+    }
+
+    /// Chunks reported [`Stored::Pending`] could not be made durable: they
+    /// are no longer cached (a read fetches them again), and the cache
+    /// disk's fault is handled as a failed store's.
+    pub fn chunks_not_stored(&mut self, now: Time, failed: &[(ChunkId, DiskFault)]) {
+        for &(id, fault) in failed {
+            if self.cache.remove(id) {
+                // Replies using it lose their pin with it (as in drop_chunk).
+                for s in self.in_service.values_mut() {
+                    s.pinned.retain(|p| *p != id);
+                }
+            }
+            self.enter_passthrough(now, fault);
+        }
+        self.replan_all(now);
     }
 
     /// Checks one reported chunk against the fetch's plan and maps it.

@@ -104,6 +104,10 @@ pub enum DiskFault {
 pub enum Stored {
     /// On disk and durable.
     Yes,
+    /// Cut and held in memory while it is made durable: it may be served
+    /// at once. If the write fails, [`crate::engine::Engine::chunks_not_stored`]
+    /// says so.
+    Pending,
     /// Not stored because the fetch was told not to.
     Skipped,
     /// Writing failed.
