@@ -435,6 +435,11 @@ impl Exec {
             .map(|(r, s)| (*r, s.pieces.iter().map(|p| p.id)))
     }
 
+    /// Whether chunks wait for the disk or are being written or indexed.
+    pub fn writes_pending(&self) -> bool {
+        !self.write_queue.is_empty() || self.writing.is_some()
+    }
+
     /// Whether a delete of `id` is under way or waiting.
     pub fn deleting(&self, id: ChunkId) -> bool {
         self.deleting.contains_key(&id) || self.deferred.contains(&id)
@@ -962,10 +967,7 @@ impl Exec {
     }
 
     fn maybe_finish(&mut self, e: &mut Engine, now: Time, id: FetchId) {
-        let finished = self
-            .fetches
-            .get(&id)
-            .is_some_and(|r| r.ended.is_some());
+        let finished = self.fetches.get(&id).is_some_and(|r| r.ended.is_some());
         if !finished {
             return;
         }
@@ -1070,7 +1072,9 @@ impl Exec {
         let mut delete_now = Vec::new();
         for (q, _) in batch {
             let id = q.extent.id;
-            if !self.storing.contains_key(&id) && self.deferred.remove(&id) && !e.cache().contains(id)
+            if !self.storing.contains_key(&id)
+                && self.deferred.remove(&id)
+                && !e.cache().contains(id)
             {
                 delete_now.push(id);
             }

@@ -202,6 +202,36 @@ impl VirtualTree {
         self.bytes
     }
 
+    /// FUSE lookup: the attributes of `name` in `parent`.
+    pub fn lookup_attr(&self, parent: Ino, name: &[u8]) -> Result<Attr, Errno> {
+        let ino = self.lookup(parent, name)?;
+        self.attr(ino).ok_or(Errno::NoEnt)
+    }
+
+    /// FUSE getattr.
+    pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
+        self.attr(ino).ok_or(Errno::NoEnt)
+    }
+
+    /// FUSE open: files only, and never for writing.
+    pub fn open(&self, ino: Ino, write: bool) -> Result<(), Errno> {
+        match self.attr(ino) {
+            _ if write => Err(Errno::ReadOnly),
+            Some(a) if a.kind == NodeKind::Dir => Err(Errno::IsDir),
+            Some(_) => Ok(()),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
+    /// FUSE opendir.
+    pub fn opendir(&self, ino: Ino) -> Result<(), Errno> {
+        match self.attr(ino) {
+            Some(a) if a.kind == NodeKind::Dir => Ok(()),
+            Some(_) => Err(Errno::NotDir),
+            None => Err(Errno::NoEnt),
+        }
+    }
+
     /// Number of file nodes.
     pub fn file_count(&self) -> usize {
         self.files

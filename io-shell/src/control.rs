@@ -147,6 +147,7 @@ impl Control {
                     "hit_ratio": if answered == 0 { Value::Null } else { json!(s.reads_hit as f64 / answered as f64) },
                     "passthrough": e.in_passthrough(),
                     "reads_served": s.reads_served,
+                    "file_opens": d.io_stats.file_opens.load(std::sync::atomic::Ordering::Relaxed),
                     "reads_failed": s.reads_failed,
                     "reads_passthrough": s.reads_passthrough,
                     "fetched_bytes": s.fetched_bytes,

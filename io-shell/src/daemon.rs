@@ -14,8 +14,9 @@ use crate::origin::{Origin, OriginError};
 use crate::store::{ChunkBackend, ChunkReadError, Db, StoreError};
 use musicfs_core::engine::{ChunkFault, DiskFault, Engine, FetchError, Notice, ReqId};
 use musicfs_core::exec::{Exec, ExecConfig, Io, OpId, Purpose, Reply};
+use musicfs_core::tree::VirtualTree;
 use musicfs_core::{ChunkId, Time};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +42,9 @@ pub struct IoStats {
     pub stored_bytes: AtomicU64,
     /// Bytes answered from the cache (every read but passthroughs).
     pub served_bytes: AtomicU64,
+    /// FUSE OPEN requests of files (none after the first where the kernel
+    /// opens files by itself).
+    pub file_opens: AtomicU64,
     /// Per origin, by [`musicfs_core::OriginId`].
     pub origins: Vec<OriginIo>,
 }
@@ -105,6 +109,11 @@ struct State {
 /// The running daemon's shared state.
 pub struct Daemon {
     state: Mutex<State>,
+    /// The engine's tree as of its last swap: metadata operations read it
+    /// without taking the engine's lock.
+    tree: RwLock<Arc<VirtualTree>>,
+    /// The engine's tree epoch when `tree` was taken.
+    tree_epoch: AtomicU64,
     replies: Mutex<HashMap<ReqId, Box<dyn ReadReply>>>,
     next_req: AtomicU64,
     rt: Handle,
@@ -146,8 +155,12 @@ impl Daemon {
         db: Arc<Db>,
     ) -> Arc<Daemon> {
         let origins_len = origins.len();
+        let tree = RwLock::new(engine.tree_snapshot());
+        let tree_epoch = AtomicU64::new(engine.tree_epoch());
         Arc::new(Daemon {
             state: Mutex::new(State { engine, exec }),
+            tree,
+            tree_epoch,
             replies: Mutex::new(HashMap::new()),
             next_req: AtomicU64::new(1),
             rt,
@@ -204,6 +217,13 @@ impl Daemon {
                 (Some(_), None) => true,
                 (None, _) => false,
             };
+            // A sync swapped the tree: publish the new snapshot (still
+            // under the engine's lock, so snapshots never go back in time).
+            let epoch = engine.tree_epoch();
+            if self.tree_epoch.load(Ordering::Relaxed) != epoch {
+                *self.tree.write() = engine.tree_snapshot();
+                self.tree_epoch.store(epoch, Ordering::Relaxed);
+            }
             (result, ios, sooner)
         };
         for io in ios {
@@ -213,6 +233,17 @@ impl Daemon {
             self.timer.notify_one();
         }
         result
+    }
+
+    /// The tree, for metadata operations: a snapshot, taken without the
+    /// engine's lock (a read being planned never delays a lookup).
+    pub fn tree(&self) -> Arc<VirtualTree> {
+        Arc::clone(&self.tree.read())
+    }
+
+    /// Whether chunks wait for the disk or are being written.
+    pub fn writes_pending(&self) -> bool {
+        self.state.lock().exec.writes_pending()
     }
 
     /// Reads the engine without changing it.

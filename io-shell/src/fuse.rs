@@ -42,6 +42,8 @@ pub struct MusicFs {
     owner: Ownership,
     /// The kernel opens directories without asking (see `opendir`).
     no_opendir: bool,
+    /// The kernel stops sending OPEN and RELEASE for files (see `open`).
+    no_open: bool,
     /// Serve the user.musicfs.* extended attributes (`--xattrs`).
     xattrs: bool,
 }
@@ -93,6 +95,7 @@ impl MusicFs {
             passthrough: KernelPassthrough::new(Default::default()),
             owner,
             no_opendir: false,
+            no_open: false,
             xattrs: false,
         }
     }
@@ -124,9 +127,7 @@ impl MusicFs {
                 .getattr(&self.daemon, ino)
                 .map(|a| (a, SEARCH_TTL));
         }
-        self.daemon
-            .inspect(|e| e.getattr(Ino(ino)))
-            .map(|a| (a, TTL))
+        self.daemon.tree().getattr(Ino(ino)).map(|a| (a, TTL))
     }
 
     fn entries_of(
@@ -140,8 +141,7 @@ impl MusicFs {
         if offline::owns(ino) {
             return self.offline.readdir(&self.daemon, ino, offset);
         }
-        self.daemon
-            .inspect(|e| e.readdir(Ino(ino), offset, READDIR_BATCH))
+        self.daemon.tree().readdir(Ino(ino), offset, READDIR_BATCH)
     }
 
     fn file_attr(&self, a: &Attr) -> FileAttr {
@@ -256,6 +256,12 @@ impl Filesystem for MusicFs {
         // Many players and scanners read at once; let the kernel queue them.
         let _ = config.set_max_background(128);
         let _ = config.set_congestion_threshold(96);
+        // Files need no open either, unless cache=off origins want kernel
+        // passthrough (which attaches the backing file at open).
+        self.no_open = !self.passthrough.wanted()
+            && config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
         if self.passthrough.wanted() {
             // Backing files live on ordinary file systems (stack depth 0):
             // a depth of 1 lets the kernel pass reads through to them.
@@ -293,7 +299,8 @@ impl Filesystem for MusicFs {
                 .map(|a| (a, SEARCH_TTL))
         } else {
             self.daemon
-                .inspect(|e| e.lookup(Ino(parent.0), name.as_bytes()))
+                .tree()
+                .lookup_attr(Ino(parent.0), name.as_bytes())
                 .map(|a| (a, TTL))
         };
         match result {
@@ -309,10 +316,24 @@ impl Filesystem for MusicFs {
         }
     }
 
+    /// Files need no open: the mount is read-only (the kernel refuses every
+    /// write open before asking) and every read names its inode. Where the
+    /// kernel supports it (FUSE_NO_OPEN_SUPPORT), the first OPEN of an
+    /// existing file is answered ENOSYS: the kernel then opens files by
+    /// itself, sends no OPEN and no RELEASE, and keeps their pages across
+    /// opens (FOPEN_KEEP_CACHE is then its default), which a media
+    /// server's scan of thousands of files spares two round trips each.
+    /// Not with `cache=off` origins whose files the kernel reads by
+    /// passthrough: that is set up at open.
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY;
         let tree = tree_ino(ino.0);
-        match self.daemon.inspect(|e| e.open(tree, write)) {
+        self.daemon
+            .io_stats
+            .file_opens
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match self.daemon.tree().open(tree, write) {
+            Ok(()) if self.no_open => reply.error(Errno::ENOSYS),
             Ok(()) => {
                 let Some(reply) = self.passthrough.try_open(&self.daemon, tree, reply) else {
                     return; // the kernel reads the origin file itself
@@ -379,7 +400,7 @@ impl Filesystem for MusicFs {
                 Err(e) => reply.error(errno(e)),
             };
         }
-        match self.daemon.inspect(|e| e.opendir(Ino(ino.0))) {
+        match self.daemon.tree().opendir(Ino(ino.0)) {
             Ok(()) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
@@ -445,12 +466,11 @@ impl Filesystem for MusicFs {
                         .collect::<Vec<_>>()
                 })
         } else {
-            self.daemon.inspect(|e| {
-                e.readdir(Ino(ino.0), offset, READDIR_BATCH).map(|list| {
-                    list.into_iter()
-                        .filter_map(|ent| e.getattr(ent.ino).ok().map(|a| (ent, a, TTL)))
-                        .collect::<Vec<_>>()
-                })
+            let tree = self.daemon.tree();
+            tree.readdir(Ino(ino.0), offset, READDIR_BATCH).map(|list| {
+                list.into_iter()
+                    .filter_map(|ent| tree.getattr(ent.ino).ok().map(|a| (ent, a, TTL)))
+                    .collect::<Vec<_>>()
             })
         };
         match entries {
@@ -478,9 +498,8 @@ impl Filesystem for MusicFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // A wedged FUSE loop, for the watchdog test.
         fail::fail_point!("fuse-statfs-hang");
-        let (bytes, files) = self
-            .daemon
-            .inspect(|e| (e.tree().total_bytes(), e.tree().len() as u64));
+        let tree = self.daemon.tree();
+        let (bytes, files) = (tree.total_bytes(), tree.len() as u64);
         const BLOCK: u64 = 4096;
         reply.statfs(
             bytes.div_ceil(BLOCK),
@@ -545,7 +564,7 @@ impl Filesystem for MusicFs {
             return reply.error(Errno::ENOSYS);
         }
         let tree = tree_ino(ino.0);
-        let is_file = self.daemon.inspect(|e| e.tree().file(tree).is_some());
+        let is_file = self.daemon.tree().file(tree).is_some();
         let names = if is_file {
             format!("{XATTR_CACHED}\0{XATTR_PINNED}\0")
         } else {

@@ -994,6 +994,12 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     daemon.with_engine(|e, _| e.abort_all());
     daemon.cancel_fetches();
     tracing::info!("shutdown: reads drained");
+    // Chunks already served from memory are made durable before the cache
+    // state that maps them is saved.
+    if !runtime.block_on(flush_writes(&daemon, DRAIN_TIMEOUT)) {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "cached chunks still being written after the drain timeout are fetched again when read");
+    }
+    tracing::info!("shutdown: cached chunks written");
     if let Err(e) = daemon.persist() {
         tracing::warn!(error = %e, "could not save the cache state at exit");
     }
@@ -1165,6 +1171,19 @@ async fn drain(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Waits until the executor has no chunk waiting for the disk, or
+/// `timeout`. True if all were written.
+async fn flush_writes(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while daemon.writes_pending() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     true
 }

@@ -146,6 +146,46 @@ fn kill_9_mid_read_twenty_times_then_every_remount_serves_correct_bytes() {
     }
 }
 
+/// Opening a file again reuses the kernel's pages (files need no OPEN, and
+/// the kernel keeps their pages across opens): the second read of every
+/// track reaches the daemon not once.
+#[test]
+fn a_file_read_again_is_answered_by_the_kernel_page_cache() {
+    let s = Setup::new(4);
+    let m = s.mount();
+    let numbers = || {
+        let doc: serde_json::Value = serde_json::from_str(&control_ok(
+            Path::new(BIN),
+            &["status", "--json"],
+            &m.mountpoint,
+        ))
+        .unwrap();
+        let c = &doc["cache"];
+        (
+            c["reads_served"].as_u64().unwrap(),
+            c["file_opens"].as_u64().unwrap(),
+        )
+    };
+    s.check_all(&m);
+    let (first, opens) = numbers();
+    assert!(first > 0, "the first pass reached the daemon");
+    // This kernel opens files by itself after the first OPEN (ENOSYS).
+    assert!(
+        opens <= 1,
+        "{opens} OPEN requests for {} files",
+        s.want.len()
+    );
+    for _ in 0..3 {
+        s.check_all(&m); // each opens every file anew
+    }
+    assert_eq!(
+        numbers(),
+        (first, opens),
+        "no read and no open reached the daemon again"
+    );
+    assert!(m.stop().success());
+}
+
 #[test]
 fn descriptor_exhaustion_gives_errors_not_a_crash_and_passes() {
     let s = Setup::new(16);

@@ -492,10 +492,11 @@ fn assert_in_order(log: &str, steps: &[&str]) {
 }
 
 /// The shutdown steps, in the order the daemon takes them.
-const SHUTDOWN_STEPS: [&str; 7] = [
+const SHUTDOWN_STEPS: [&str; 8] = [
     "shutdown: new reads get EIO",
     "shutdown: syncs, the watcher and the search build stopped",
     "shutdown: reads drained",
+    "shutdown: cached chunks written",
     "shutdown: cache state saved",
     "shutdown: search index committed",
     "shutdown: database flushed",

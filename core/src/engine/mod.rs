@@ -23,12 +23,13 @@ pub use types::*;
 
 use crate::catalog::SourceFile;
 use crate::chunk::ChunkId;
-use crate::fs::{Attr, DirEntry, Errno, NodeKind};
+use crate::fs::{Attr, DirEntry, Errno};
 use crate::ids::{Ino, OriginId};
 use crate::manifest::{Extent, Manifest};
 use crate::time::Time;
 use crate::tree::{self, TreeDiff, VirtualTree};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Tunables. Every wait and every retry has a bound.
@@ -242,7 +243,8 @@ const READAHEAD_ENTRIES_MAX: usize = 4096;
 /// The MusicFS state machine.
 pub struct Engine {
     config: Config,
-    tree: VirtualTree,
+    /// Shared, so metadata operations read a snapshot without the engine.
+    tree: Arc<VirtualTree>,
     manifests: BTreeMap<SourceKey, Manifest>,
     dirty_manifests: BTreeSet<SourceKey>,
     cache: ChunkCache,
@@ -292,7 +294,7 @@ impl Engine {
             config,
             draining: false,
             health,
-            tree,
+            tree: Arc::new(tree),
             manifests: manifests.into_iter().collect(),
             dirty_manifests: BTreeSet::new(),
             cache,
@@ -376,6 +378,18 @@ impl Engine {
         &self.tree
     }
 
+    /// The tree as a snapshot that outlives the engine's lock: metadata
+    /// operations answer from it without queuing behind reads. It changes
+    /// only when a sync swaps the tree ([`Engine::tree_epoch`] moves).
+    pub fn tree_snapshot(&self) -> Arc<VirtualTree> {
+        Arc::clone(&self.tree)
+    }
+
+    /// Trees swapped in so far.
+    pub fn tree_epoch(&self) -> u64 {
+        self.tree_epoch
+    }
+
     /// The configuration.
     pub fn config(&self) -> &Config {
         &self.config
@@ -383,13 +397,12 @@ impl Engine {
 
     /// FUSE lookup.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, Errno> {
-        let ino = self.tree.lookup(parent, name)?;
-        self.tree.attr(ino).ok_or(Errno::NoEnt)
+        self.tree.lookup_attr(parent, name)
     }
 
     /// FUSE getattr.
     pub fn getattr(&self, ino: Ino) -> Result<Attr, Errno> {
-        self.tree.attr(ino).ok_or(Errno::NoEnt)
+        self.tree.getattr(ino)
     }
 
     /// FUSE readdir: up to `limit` entries from `offset`.
@@ -399,21 +412,12 @@ impl Engine {
 
     /// FUSE open: files only, and never for writing.
     pub fn open(&self, ino: Ino, write: bool) -> Result<(), Errno> {
-        match self.tree.attr(ino) {
-            _ if write => Err(Errno::ReadOnly),
-            Some(a) if a.kind == NodeKind::Dir => Err(Errno::IsDir),
-            Some(_) => Ok(()),
-            None => Err(Errno::NoEnt),
-        }
+        self.tree.open(ino, write)
     }
 
     /// FUSE opendir.
     pub fn opendir(&self, ino: Ino) -> Result<(), Errno> {
-        match self.tree.attr(ino) {
-            Some(a) if a.kind == NodeKind::Dir => Ok(()),
-            Some(_) => Err(Errno::NotDir),
-            None => Err(Errno::NoEnt),
-        }
+        self.tree.opendir(ino)
     }
 
     /// Counters.
@@ -544,7 +548,7 @@ impl Engine {
                 .get(k)
                 .is_some_and(|v| old_versions.get(k) == Some(*v))
         });
-        self.tree = tree;
+        self.tree = Arc::new(tree);
         self.tree_epoch += 1;
         self.drop_stale_manifests();
         self.settle_pins();
