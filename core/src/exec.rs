@@ -69,8 +69,10 @@ impl ExecConfig {
             piece_bytes: 1 << 20,
             pieces_in_flight: 4,
             memory_bytes: 16 << 20,
-            write_batch_bytes: 32 << 20,
-            write_queue_bytes: 64 << 20,
+            // Together with the memory cache, what a burst of cold reads may
+            // hold at once beyond the daemon's idle figure (under 100 MB).
+            write_batch_bytes: 16 << 20,
+            write_queue_bytes: 32 << 20,
             origin_request_timeout: config.fetch_stall_timeout,
             check_timeout: config.health.check_timeout,
         }
