@@ -1,7 +1,7 @@
 //! Delta sync on the real daemon without FUSE: resumable batches (seed 2.5)
 //! and chunk reuse after a retag (NFR-6.4).
 
-use musicfs::sync::{SyncSource, Syncer};
+use musicfs::library::sync::{SyncSource, Syncer};
 use musicfs_core::engine::Config;
 use musicfs_core::{Layout, OriginId};
 use musicfs_tests::files_under;
@@ -154,7 +154,7 @@ mod failpoints {
 
     #[test]
     fn test_sync_resumes_after_crash() {
-        use musicfs::sync::SYNC_BATCH_FILES;
+        use musicfs::library::sync::SYNC_BATCH_FILES;
         use musicfs_core::tree::VirtualTree;
         use musicfs_tests::fixtures::{local_origin, scan, write_wav};
         let dir = tempfile::tempdir().unwrap();

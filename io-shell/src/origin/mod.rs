@@ -7,11 +7,11 @@
 //!
 //! Kinds of origin:
 //!
-//! - [`LocalOrigin`]: a directory, scanned by [`crate::scan::scan_local`].
+//! - [`LocalOrigin`]: a directory, scanned by [`crate::library::scan::scan_local`].
 //! - [`S3Origin`] (`s3://bucket/prefix`) and [`SftpOrigin`]
 //!   (`sftp://user@host:port/path`): remote origins. They also implement
 //!   [`RemoteOrigin`] (listing and stat), and are scanned by
-//!   [`scan_remote`], which reads tags through ranged reads of each file's
+//!   [`scan_remote`](crate::library::remote_scan::scan_remote), which reads tags through ranged reads of each file's
 //!   head (and tail where the format keeps tags there) instead of
 //!   downloading whole files. [`parse_remote_url`] turns an origin URL into
 //!   a [`RemoteSpec`].
@@ -28,7 +28,7 @@
 //! and on the request rate, and a small number of retries for idempotent
 //! metadata requests.
 
-use crate::scan;
+use crate::library::scan;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use std::fmt;
 use std::future::Future;
@@ -40,15 +40,11 @@ use std::pin::Pin;
 pub mod beneath;
 pub mod limits;
 pub mod ranged;
-pub mod remote_scan;
 pub mod s3;
 pub mod sftp;
 pub mod spec;
 
 pub use limits::RemoteLimits;
-pub use remote_scan::{
-    RemoteScanOptions, list_remote, scan_remote, scan_remote_blocking, scan_remote_files,
-};
 pub use s3::{S3Config, S3Credentials, S3Origin, Secret};
 pub use sftp::{SftpConfig, SftpOrigin};
 pub use spec::{RemoteSpec, is_remote_url, parse_remote_url, redact_url};
@@ -127,7 +123,7 @@ pub struct ListPage {
 }
 
 /// An origin on another machine: it can list itself and stat one file, so
-/// it is scanned by [`scan_remote`] rather than walked as a directory.
+/// it is scanned by [`scan_remote`](crate::library::remote_scan::scan_remote) rather than walked as a directory.
 pub trait RemoteOrigin: Origin {
     /// The current version of one file (`NotFound` if it is gone).
     fn stat<'a>(&'a self, path: &'a OriginPath) -> BoxFuture<'a, Result<FileVersion, OriginError>>;

@@ -304,7 +304,7 @@ impl Read for RangedReader {
 
 impl Seek for RangedReader {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = crate::tags::seek_target(self.pos, self.version.size, to)?;
+        self.pos = crate::library::tags::seek_target(self.pos, self.version.size, to)?;
         Ok(self.pos)
     }
 
@@ -393,7 +393,7 @@ mod tests {
             (SeekFrom::End(10), 10),
             (SeekFrom::Start(999_990), 100),
         ];
-        crate::tags::assert_reads_like(&mut r, &mut cur, steps);
+        crate::library::tags::assert_reads_like(&mut r, &mut cur, steps);
         let stats = r.stats();
         let asked = origin.asked.lock().clone();
         assert_eq!(stats.requests as usize, asked.len());

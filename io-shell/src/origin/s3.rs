@@ -45,7 +45,7 @@
 
 use super::limits::{RequestGate, bounded, with_retries};
 use super::{BoxFuture, ListPage, Origin, OriginError, RemoteFile, RemoteLimits, RemoteOrigin};
-use crate::scan;
+use crate::library::scan;
 use futures::TryStreamExt;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use opendal::{ErrorKind, Metadata, Operator};

@@ -65,7 +65,7 @@
 
 use super::limits::{RequestGate, with_retries};
 use super::{BoxFuture, ListPage, Origin, OriginError, RemoteFile, RemoteLimits, RemoteOrigin};
-use crate::scan;
+use crate::library::scan;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use musicfs_core::{FileVersion, OriginId, OriginPath};

@@ -14,7 +14,7 @@
 //! origin was down). Each read is bounded by the engine's read timeout, so
 //! a pass never hangs; the supervisor aborts it at shutdown.
 
-use crate::daemon::{Daemon, ReadReply};
+use crate::exec::daemon::{Daemon, ReadReply};
 use musicfs_core::Ino;
 use musicfs_core::fs::Errno;
 use parking_lot::Mutex;

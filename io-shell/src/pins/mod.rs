@@ -5,13 +5,12 @@
 //! Here: turning what the user named (a search query, a folder or file of
 //! the mount, a playlist's entries) into files of the tree, answering the
 //! control socket, and saving pins durably before saying they are done.
-//! [`fill::PinFiller`] fetches what pinned files still lack; [`client`] is
-//! the command line.
+//! [`fill::PinFiller`] fetches what pinned files still lack; the command
+//! line is [`crate::cli::pin`].
 
-pub mod client;
 pub mod fill;
 
-use crate::daemon::Daemon;
+use crate::exec::daemon::Daemon;
 use crate::search::live::LiveSearch;
 use musicfs_core::Ino;
 use musicfs_core::engine::{Cached, Engine};

@@ -8,8 +8,8 @@
 //! Nothing secret is ever in an answer: origins describe themselves
 //! without credentials.
 
-use crate::daemon::Daemon;
-use crate::supervisor::{Supervisor, TaskState};
+use crate::exec::daemon::Daemon;
+use crate::service::supervisor::{Supervisor, TaskState};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
@@ -46,7 +46,7 @@ pub struct Control {
     /// The supervisor of background tasks.
     pub supervisor: OnceLock<Arc<Supervisor>>,
     /// Syncs origins (`musicfs rescan`).
-    pub syncer: OnceLock<Arc<crate::sync::Syncer>>,
+    pub syncer: OnceLock<Arc<crate::library::sync::Syncer>>,
     /// The search index, once open.
     pub search: OnceLock<Arc<OnceLock<Arc<crate::search::live::LiveSearch>>>>,
     /// Fetches what pinned files lack (`musicfs pin`).
@@ -96,7 +96,7 @@ impl Control {
             "uptime_secs": self.started.elapsed().as_secs(),
             "phase": *self.phase.lock(),
             "version": crate::cli::VERSION,
-            "fuse_protocol": crate::fuse::kernel_protocol(),
+            "fuse_protocol": crate::kernel::fuse::kernel_protocol(),
             "scan": scan,
         });
         if let Some(addr) = self.metrics_addr.get() {

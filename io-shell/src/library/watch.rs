@@ -7,7 +7,7 @@
 //! still synced. A lost event (inotify queue overflow) or a watcher error
 //! means nothing can be trusted: the whole origin is synced.
 
-use crate::sync::Syncer;
+use crate::library::sync::Syncer;
 use musicfs_core::{OriginId, OriginPath};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;

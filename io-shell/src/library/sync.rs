@@ -10,10 +10,11 @@
 //! rebuilds the tree, swaps it into the engine and tells the kernel exactly
 //! which entries changed. One sync runs at a time.
 
-use crate::daemon::Daemon;
+use crate::exec::daemon::Daemon;
+use crate::library::remote_scan::{RemoteScanOptions, list_remote, scan_remote_files};
+use crate::library::scan::{self, NoProgress};
 use crate::mount::invalidate;
-use crate::origin::{RemoteOrigin, RemoteScanOptions, list_remote, scan_remote_files};
-use crate::scan::{self, NoProgress};
+use crate::origin::RemoteOrigin;
 use crate::store::Db;
 use musicfs_core::sync::{self, Listed, SyncPlan};
 use musicfs_core::tree::VirtualTree;
@@ -200,7 +201,7 @@ impl Syncer {
         drop((catalog, listing));
         let report = self.run(origin, &source, plan);
         // A full sync held the whole catalog and listing for a moment.
-        crate::memory::release_free_memory();
+        crate::sys::memory::release_free_memory();
         report
     }
 

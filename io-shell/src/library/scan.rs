@@ -28,8 +28,8 @@
 //! Paths are kept as raw bytes (`/`-separated, relative to the root), so file
 //! names that are not UTF-8 survive untouched.
 
+use crate::library::tags;
 use crate::origin::beneath::{self, Purpose};
-use crate::tags;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use musicfs_core::catalog::NameClass;
 use musicfs_core::sync::Listed;
@@ -142,10 +142,10 @@ pub struct TerminalProgress {
 
 impl TerminalProgress {
     /// A bar on stderr, hidden unless stderr is a terminal. Log lines go
-    /// above it while it is shown ([`crate::logging::set_progress_bar`]).
+    /// above it while it is shown ([`crate::cli::logging::set_progress_bar`]).
     pub fn new() -> TerminalProgress {
         let progress = TerminalProgress::with_target(ProgressDrawTarget::stderr());
-        crate::logging::set_progress_bar(&progress.bar);
+        crate::cli::logging::set_progress_bar(&progress.bar);
         progress
     }
 
@@ -183,7 +183,7 @@ impl ScanProgress for TerminalProgress {
         self.bar.inc(n);
     }
     fn finish(&self) {
-        crate::logging::clear_progress_bar();
+        crate::cli::logging::clear_progress_bar();
         self.bar.finish_and_clear();
     }
 }

@@ -13,7 +13,7 @@
 //! Up to [`RemoteScanOptions::concurrency`] files are read at once (each
 //! one's parsing on a blocking thread), and tag reading starts while the
 //! listing is still paging through a big bucket. The origin's own
-//! [`RemoteLimits`](super::RemoteLimits) bound every request and the
+//! [`RemoteLimits`](crate::origin::RemoteLimits) bound every request and the
 //! request rate.
 //!
 //! Every read carries the listed version, so tags always describe exactly
@@ -23,10 +23,10 @@
 //! an origin that cannot be scanned is unhealthy, and a catalog missing
 //! tracks that are really there would make them vanish from the tree.
 
-use super::ranged::{RangedOptions, RangedReader, ReadFailure};
-use super::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
-use crate::scan::{self, ErrorList, ScanProgress, ScanReport};
-use crate::tags;
+use super::scan::{self, ErrorList, ScanProgress, ScanReport};
+use super::tags;
+use crate::origin::ranged::{RangedOptions, RangedReader, ReadFailure};
+use crate::origin::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
 use musicfs_core::catalog::NameClass;
 use musicfs_core::{CatalogEntry, FileKind, OriginId, SourceFile, catalog};
 use std::sync::Arc;

@@ -2,6 +2,8 @@
 //! (`/proc/self/mountinfo`), umount2(2), and whether the FUSE device can be
 //! used; and a client's Ctrl-C handler.
 
+pub mod memory;
+
 use std::ffi::CString;
 use std::io;
 use std::os::unix::ffi::OsStrExt;

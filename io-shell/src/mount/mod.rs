@@ -7,24 +7,24 @@
 //! mount; serve until a signal or an unmount; then stop fetching, save the
 //! cache state and exit 0.
 
-use crate::changes;
 use crate::cli::MountArgs;
-use crate::control::{self, Control, ScanState};
-use crate::daemon::Daemon;
-use crate::fuse::{MusicFs, Ownership};
+use crate::exec::daemon::Daemon;
+use crate::kernel::fuse::{MusicFs, Ownership};
+use crate::library::changes;
+use crate::library::remote_scan::{RemoteScanOptions, scan_remote_blocking};
+use crate::library::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
+use crate::library::sync::{SyncSource, Syncer};
+use crate::library::watch;
 use crate::origin::{
-    LocalOrigin, Origin, RemoteOrigin, RemoteScanOptions, RemoteSpec, is_remote_url,
-    parse_remote_url, redact_url, scan_remote_blocking,
+    LocalOrigin, Origin, RemoteOrigin, RemoteSpec, is_remote_url, parse_remote_url, redact_url,
 };
 use crate::pins::fill::PinFiller;
-use crate::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
 use crate::search::live::LiveSearch;
+use crate::service::control::{self, Control, ScanState};
+use crate::service::supervisor::{RestartPolicy, Supervisor};
+use crate::service::systemd;
 use crate::store::{CacheOwner, ChunkStore, Db};
-use crate::supervisor::{RestartPolicy, Supervisor};
-use crate::sync::{SyncSource, Syncer};
 use crate::sys;
-use crate::systemd;
-use crate::watch;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::tree::{TreeDiff, VirtualTree};
 use musicfs_core::{CatalogEntry, Layout, OriginId};
@@ -729,7 +729,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let mut signals = Signals::install(&runtime, &plan.mountpoint);
     let metrics_listener =
         match plan.metrics_addr {
-            Some(addr) => Some(crate::metrics::bind(addr).map_err(|e| {
+            Some(addr) => Some(crate::service::metrics::bind(addr).map_err(|e| {
                 RunError(format!("cannot serve metrics on {addr}: {}", io_reason(&e)))
             })?),
             None => None,
@@ -807,7 +807,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     // The tree holds what it needs; the catalog is read from the db again
     // when a sync needs it.
     drop(catalog);
-    crate::memory::release_free_memory();
+    crate::sys::memory::release_free_memory();
     let manifests = db
         .load_manifests()?
         .into_iter()
@@ -858,8 +858,8 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             .map(|(i, o)| o.name.clone().unwrap_or_else(|| i.to_string()))
             .collect();
         let metrics =
-            crate::metrics::Metrics::new(Arc::clone(&daemon), Arc::clone(&syncer), labels);
-        let addr = crate::metrics::serve(listener, metrics, runtime.handle())?;
+            crate::service::metrics::Metrics::new(Arc::clone(&daemon), Arc::clone(&syncer), labels);
+        let addr = crate::service::metrics::serve(listener, metrics, runtime.handle())?;
         tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
         let _ = control.metrics_addr.set(addr);
     }
@@ -1147,7 +1147,7 @@ fn open_search(
                         let _ = slot.set(live);
                         Ok::<(), String>(())
                     })?;
-                    crate::memory::release_free_memory();
+                    crate::sys::memory::release_free_memory();
                     Ok(())
                 })
                 .await
@@ -1206,8 +1206,8 @@ impl Signals {
                 };
                 // SIGHUP with --log-file: logrotate moved the file away.
                 // Without one, the terminal is gone: stop as for SIGTERM.
-                if name == "SIGHUP" && crate::logging::logs_to_file() {
-                    match crate::logging::reopen() {
+                if name == "SIGHUP" && crate::cli::logging::logs_to_file() {
+                    match crate::cli::logging::reopen() {
                         Ok(path) => tracing::info!(
                             path = %path.unwrap_or_default().display(),
                             "SIGHUP: log file reopened"
@@ -1485,7 +1485,7 @@ mod tests {
             argv.extend(["--origin", o]);
         }
         argv.push("/nonexistent/mnt");
-        let args = match crate::config::parse_command_line_from(argv) {
+        let args = match crate::cli::config::parse_command_line_from(argv) {
             Ok(cli) => match cli.command {
                 crate::cli::Command::Mount(m) => m,
                 other => panic!("not a mount: {other:?}"),

@@ -12,6 +12,10 @@
 //! musicfs search [--mount MOUNTPOINT | --cache-dir DIR] [-n N] QUERY...
 //! ```
 
+pub mod config;
+pub mod logging;
+pub mod pin;
+
 use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
 use std::collections::BTreeSet;
@@ -285,7 +289,7 @@ pub struct MountArgs {
     pub mountpoint: Option<PathBuf>,
 
     /// Clap ids of the options given on the command line, filled in by
-    /// [`crate::config::parse_command_line`]: an option left at its default
+    /// [`crate::cli::config::parse_command_line`]: an option left at its default
     /// must not override the --config file.
     #[arg(skip)]
     pub given: BTreeSet<String>,

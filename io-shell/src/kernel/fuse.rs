@@ -6,9 +6,9 @@
 //! attributes, directory listings and file pages for a long time. That is
 //! what makes a warm `find` or `ls -lR` nearly as fast as on a local disk.
 
-use crate::daemon::{Daemon, ReadReply};
-use crate::kernel_passthrough::{self, KernelPassthrough};
-use crate::offline::{self, OfflineView};
+use crate::exec::daemon::{Daemon, ReadReply};
+use crate::kernel::offline::{self, OfflineView};
+use crate::kernel::passthrough::{self, KernelPassthrough};
 use crate::search::folder::{self, SearchFolder};
 use crate::search::live::LiveSearch;
 use fuser::{
@@ -321,7 +321,7 @@ impl Filesystem for MusicFs {
                 // pages across opens. A changed file is a new version
                 // (invalidated).
                 reply.opened(
-                    FileHandle(kernel_passthrough::PLAIN_HANDLE),
+                    FileHandle(passthrough::PLAIN_HANDLE),
                     FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }
