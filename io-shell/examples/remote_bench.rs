@@ -198,7 +198,7 @@ fn main() {
     let path = OriginPath::new(big_rel.as_bytes());
     let local_origin = LocalOrigin::new(OriginId(0), root.clone());
     let meta = std::fs::metadata(root.join(Path::new(&big_rel))).expect("big file");
-    let local_version = musicfs::library::scan::file_version(&meta);
+    let local_version = musicfs::origin::path::file_version(&meta);
     let cold = drop_caches();
     let mbps = first_read(&rt, &local_origin, &path, &local_version);
     println!(

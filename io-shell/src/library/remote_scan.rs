@@ -25,6 +25,7 @@
 
 use super::scan::{self, ErrorList, ScanProgress, ScanReport};
 use super::tags;
+use crate::origin::path::is_hidden;
 use crate::origin::ranged::{RangedOptions, RangedReader, ReadFailure};
 use crate::origin::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
 use musicfs_core::catalog::NameClass;
@@ -115,7 +116,7 @@ pub async fn list_remote(
             files.extend(page.files.into_iter().filter(|f| {
                 let bytes = f.path.as_bytes();
                 let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or_default();
-                !bytes.split(|&b| b == b'/').any(scan::is_hidden)
+                !bytes.split(|&b| b == b'/').any(is_hidden)
                     && catalog::classify_name(name).is_some()
             }));
         })
@@ -241,12 +242,7 @@ async fn scan_inner(
                 .rsplit(|&b| b == b'/')
                 .next()
                 .unwrap_or_default();
-            if file
-                .path
-                .as_bytes()
-                .split(|&b| b == b'/')
-                .any(scan::is_hidden)
-            {
+            if file.path.as_bytes().split(|&b| b == b'/').any(is_hidden) {
                 continue;
             }
             let kind = match catalog::classify_name(name) {

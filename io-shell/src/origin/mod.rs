@@ -28,7 +28,6 @@
 //! and on the request rate, and a small number of retries for idempotent
 //! metadata requests.
 
-use crate::library::scan;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use std::fmt;
 use std::future::Future;
@@ -39,6 +38,7 @@ use std::pin::Pin;
 
 pub mod beneath;
 pub mod limits;
+pub mod path;
 pub mod ranged;
 pub mod s3;
 pub mod sftp;
@@ -218,7 +218,7 @@ fn read_local(
 ) -> Result<Vec<u8>, OriginError> {
     let file = beneath::open(root, path.as_bytes(), beneath::Purpose::Read).map_err(classify)?;
     let meta = file.metadata().map_err(classify)?;
-    if !same_version(&scan::file_version(&meta), version) {
+    if !same_version(&path::file_version(&meta), version) {
         return Err(OriginError::Changed);
     }
     let want = len.min(usize::try_from(version.size.saturating_sub(offset)).unwrap_or(len));

@@ -65,7 +65,6 @@
 
 use super::limits::{RequestGate, with_retries};
 use super::{BoxFuture, ListPage, Origin, OriginError, RemoteFile, RemoteLimits, RemoteOrigin};
-use crate::library::scan;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
@@ -459,7 +458,11 @@ impl SftpOrigin {
                 let Some(entry) = next else { break };
                 let entry = entry?;
                 let name = entry.filename().as_os_str().as_bytes();
-                if name == b"." || name == b".." || scan::is_hidden(name) || name.contains(&b'/') {
+                if name == b"."
+                    || name == b".."
+                    || super::path::is_hidden(name)
+                    || name.contains(&b'/')
+                {
                     continue;
                 }
                 let child = join_rel(rel, name);
