@@ -17,6 +17,12 @@
 //! - [`service`]: control socket, supervisor, systemd, metrics.
 //! - [`sys`]: the system calls, the mount table, memory.
 
+/// What `musicfs --version` prints after the name: the version, the git
+/// commit it was built from ("unknown" outside a checkout) and the enabled
+/// cargo features, e.g. `0.1.0 (commit 1a2b3c4; features: none)`. Made by
+/// build.rs.
+pub const VERSION: &str = env!("MUSICFS_VERSION");
+
 pub mod cli;
 pub mod exec;
 pub mod kernel;

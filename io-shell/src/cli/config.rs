@@ -42,10 +42,10 @@
 //!   (lower first, 0 when absent, ties keep list order).
 
 use crate::cli::{
-    Cli, Command, DurationError, MountArgs, parse_gid, parse_log_level, parse_metrics_addr,
-    parse_poll_interval, parse_read_timeout, parse_size, parse_uid, parse_umask,
+    Cli, Command, DurationError, MountArgs, UsageError, parse_gid, parse_log_level,
+    parse_metrics_addr, parse_poll_interval, parse_read_timeout, parse_size, parse_uid,
+    parse_umask,
 };
-use crate::mount::UsageError;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use musicfs_core::Layout;
@@ -648,7 +648,6 @@ impl<'de> Deserialize<'de> for MetricsAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mount::MountPlan;
 
     #[test]
     fn pin_share_is_a_percentage_from_10_to_90() {
@@ -954,16 +953,5 @@ metrics_addr = "127.0.0.1:9477"
             e.0.contains("/nonexistent/musicfs.toml") && e.0.contains("no such file"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn origin_and_mountpoint_are_still_required() {
-        let e = MountPlan::from_args(&cli(&["mount", "/mnt"])).unwrap_err();
-        assert!(e.0.contains("origin"), "{e}");
-        let e = MountPlan::from_args(&cli(&["mount", "--origin", "/a"])).unwrap_err();
-        assert!(e.0.contains("mountpoint"), "{e}");
-        let (_dir, args) = with_file("mountpoint = \"/mnt\"", &[]);
-        let e = MountPlan::from_args(&args.unwrap()).unwrap_err();
-        assert!(e.0.contains("origin"), "{e}");
     }
 }

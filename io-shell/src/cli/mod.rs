@@ -15,6 +15,7 @@
 pub mod config;
 pub mod logging;
 pub mod pin;
+pub mod progress;
 
 use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
@@ -24,11 +25,7 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-/// What `musicfs --version` prints after the name: the version, the git
-/// commit it was built from ("unknown" outside a checkout) and the enabled
-/// cargo features, e.g. `0.1.0 (commit 1a2b3c4; features: none)`. Made by
-/// build.rs.
-pub const VERSION: &str = env!("MUSICFS_VERSION");
+pub use crate::VERSION;
 
 const ABOUT: &str =
     "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
@@ -391,6 +388,16 @@ pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
             .map_err(|_| bad()),
         _ => Err(bad()),
+    }
+}
+
+/// A problem with the arguments: reported in one line, exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
     }
 }
 

@@ -7,13 +7,13 @@
 //! core plan it, reads tags only of new and changed
 //! files in batches, saves each batch to the catalog (the checkpoint: an
 //! interrupted sync, run again, reads only what it had not finished), then
-//! rebuilds the tree, swaps it into the engine and tells the kernel exactly
-//! which entries changed. One sync runs at a time.
+//! rebuilds the tree, swaps it into the engine and publishes the change to
+//! its listeners (the kernel side invalidates exactly the entries that
+//! changed; nothing here speaks FUSE). One sync runs at a time.
 
 use crate::exec::daemon::Daemon;
 use crate::library::remote_scan::{RemoteScanOptions, list_remote, scan_remote_files};
 use crate::library::scan::{self, NoProgress};
-use crate::mount::invalidate;
 use crate::origin::RemoteOrigin;
 use crate::store::Db;
 use musicfs_core::sync::{self, Listed, SyncPlan};
@@ -22,8 +22,8 @@ use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Files whose tags are read between two checkpoints.
@@ -40,7 +40,7 @@ pub struct SyncReport {
     pub moved: usize,
     /// Files found unchanged.
     pub unchanged: usize,
-    /// Entries and inodes the kernel was told about.
+    /// Entries and inodes that changed (listeners were told of each).
     pub invalidated: usize,
 }
 
@@ -74,8 +74,7 @@ pub struct Syncer {
     layout: Layout,
     /// How each origin is synced, by origin id.
     sources: Vec<SyncSource>,
-    /// The kernel, once mounted.
-    pub notifier: OnceLock<Arc<fuser::Notifier>>,
+    /// Told of every tree change, in order.
     listeners: Mutex<Vec<TreeListener>>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
@@ -118,7 +117,6 @@ impl Syncer {
             db,
             layout,
             sources,
-            notifier: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
@@ -127,9 +125,18 @@ impl Syncer {
         }
     }
 
-    /// Registers a function told of every tree change.
+    /// Registers a function told of every tree change, after those
+    /// registered before it.
     pub fn on_tree_change(&self, listener: TreeListener) {
         self.listeners.lock().push(listener);
+    }
+
+    /// Registers a function told of every tree change before all others:
+    /// the kernel's invalidation, so that whoever is told next (a media
+    /// server, `--on-change`, the search index) finds the new tree through
+    /// the mount.
+    pub fn on_tree_change_first(&self, listener: TreeListener) {
+        self.listeners.lock().insert(0, listener);
     }
 
     /// Runs `job` while no sync runs (and no other such job): for work
@@ -368,9 +375,6 @@ impl Syncer {
             e.move_sources(moves);
             e.replace_tree(now, tree)
         });
-        if let Some(n) = self.notifier.get() {
-            invalidate(n, &diff);
-        }
         let change = TreeChange {
             tree: &new_tree,
             catalog: &entries,

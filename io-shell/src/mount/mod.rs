@@ -7,12 +7,14 @@
 //! mount; serve until a signal or an unmount; then stop fetching, save the
 //! cache state and exit 0.
 
-use crate::cli::MountArgs;
+use crate::cli::progress::TerminalProgress;
+use crate::cli::{MountArgs, UsageError};
 use crate::exec::daemon::Daemon;
 use crate::kernel::fuse::{MusicFs, Ownership};
+use crate::kernel::notify::Invalidator;
 use crate::library::changes;
 use crate::library::remote_scan::{RemoteScanOptions, scan_remote_blocking};
-use crate::library::scan::{self, ScanOptions, ScanProgress, TerminalProgress};
+use crate::library::scan::{self, ScanOptions, ScanProgress};
 use crate::library::sync::{SyncSource, Syncer};
 use crate::library::watch;
 use crate::origin::{
@@ -26,25 +28,14 @@ use crate::service::systemd;
 use crate::store::{CacheOwner, ChunkStore, Db};
 use crate::sys;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
-use musicfs_core::tree::{TreeDiff, VirtualTree};
+use musicfs_core::tree::VirtualTree;
 use musicfs_core::{CatalogEntry, Layout, OriginId};
-use std::ffi::OsStr;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// A problem with the arguments: reported in one line, exit code 2.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl fmt::Display for UsageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A failure while running: reported in one line, exit code 1.
 #[derive(Debug)]
@@ -917,7 +908,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     if let Some(s) = &signals {
         s.mounted.store(true, Ordering::SeqCst);
     }
-    let notifier = Arc::new(session.notifier());
+    let invalidator = Invalidator::new(session.notifier());
+    syncer.on_tree_change_first(Box::new(move |change| {
+        invalidator.tree_changed(change.diff)
+    }));
     let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
     let fuse_thread = std::thread::Builder::new()
         .name("musicfs-fuse".into())
@@ -931,7 +925,6 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "mounted"
     );
-    let _ = syncer.notifier.set(Arc::clone(&notifier));
     spawn_background(
         &supervisor,
         &daemon,
@@ -1354,37 +1347,6 @@ fn fuse_config(plan: &MountPlan) -> fuser::Config {
     config
 }
 
-/// Tells the kernel exactly which entries and inodes changed. An entry
-/// whose node is gone gets a delete notice (FUSE_NOTIFY_DELETE, Linux
-/// 3.3+): the kernel drops it as if it had been unlinked, which inotify
-/// watchers on the mount see as a deletion; the others are invalidated.
-pub fn invalidate(notifier: &fuser::Notifier, diff: &TreeDiff) {
-    let mut told = std::collections::BTreeSet::new();
-    for (parent, child, name) in &diff.deleted {
-        let deleted = notifier.delete(
-            fuser::INodeNo(parent.0),
-            fuser::INodeNo(child.0),
-            OsStr::new(name),
-        );
-        match deleted {
-            Ok(()) => {
-                told.insert((*parent, name.as_str()));
-            }
-            Err(e) => {
-                tracing::debug!(name = %name, error = %e, "delete notice not taken; invalidating")
-            }
-        }
-    }
-    for (parent, name) in &diff.entries {
-        if !told.contains(&(*parent, name.as_str())) {
-            let _ = notifier.inval_entry(fuser::INodeNo(parent.0), OsStr::new(name));
-        }
-    }
-    for ino in &diff.inodes {
-        let _ = notifier.inval_inode(fuser::INodeNo(ino.0), 0, 0);
-    }
-}
-
 /// Rebuilds the chunk index from the chunk files after the database was
 /// lost: the files are the truth (each is verified when read).
 fn rebuild_chunk_index(
@@ -1565,5 +1527,29 @@ mod tests {
             let err = parse_origin(&raw).unwrap_err().0;
             assert!(err.contains(says), "{raw}: {err}");
         }
+    }
+
+    #[test]
+    fn origin_and_mountpoint_are_still_required() {
+        let cli = |args: &[&str]| {
+            let argv = std::iter::once("musicfs").chain(args.iter().copied());
+            match crate::cli::config::parse_command_line_from(argv)
+                .expect("parses")
+                .command
+            {
+                crate::cli::Command::Mount(m) => *m,
+                other => panic!("not a mount: {other:?}"),
+            }
+        };
+        let e = MountPlan::from_args(&cli(&["mount", "/mnt"])).unwrap_err();
+        assert!(e.0.contains("origin"), "{e}");
+        let e = MountPlan::from_args(&cli(&["mount", "--origin", "/a"])).unwrap_err();
+        assert!(e.0.contains("mountpoint"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("musicfs.toml");
+        std::fs::write(&file, "mountpoint = \"/mnt\"").unwrap();
+        let args = crate::cli::config::resolve(cli(&["mount", "--config", file.to_str().unwrap()]));
+        let e = MountPlan::from_args(&args.unwrap()).unwrap_err();
+        assert!(e.0.contains("origin"), "{e}");
     }
 }

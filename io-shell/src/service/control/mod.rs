@@ -95,7 +95,7 @@ impl Control {
             "pid": std::process::id(),
             "uptime_secs": self.started.elapsed().as_secs(),
             "phase": *self.phase.lock(),
-            "version": crate::cli::VERSION,
+            "version": crate::VERSION,
             "fuse_protocol": crate::kernel::fuse::kernel_protocol(),
             "scan": scan,
         });
