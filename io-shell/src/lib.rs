@@ -16,6 +16,7 @@
 //! - [`pins`]: `musicfs pin`, the daemon's side.
 //! - [`service`]: control socket, supervisor, systemd, metrics.
 //! - [`sys`]: the system calls, the mount table, memory.
+//! - [`errors`]: errors shown with their causes.
 
 /// What `musicfs --version` prints after the name: the version, the git
 /// commit it was built from ("unknown" outside a checkout) and the enabled
@@ -24,6 +25,7 @@
 pub const VERSION: &str = env!("MUSICFS_VERSION");
 
 pub mod cli;
+pub mod errors;
 pub mod exec;
 pub mod kernel;
 pub mod library;

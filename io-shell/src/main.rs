@@ -95,7 +95,7 @@ fn main() -> ExitCode {
 
 /// `musicfs status`: asks one running daemon, or every one.
 fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
-    use musicfs::service::control;
+    use musicfs::service::control::client as control;
     let request = serde_json::json!({"cmd": "status"});
     let timeout = std::time::Duration::from_secs(10);
     let mut docs = Vec::new();
@@ -136,7 +136,7 @@ fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
 
 /// `musicfs rescan`: asks daemons to sync their origins now.
 fn rescan(mountpoint: Option<&std::path::Path>) -> ExitCode {
-    use musicfs::service::control;
+    use musicfs::service::control::client as control;
     let sockets = match mountpoint {
         Some(m) => match control::find_socket(m) {
             Ok(socket) => vec![socket],
@@ -190,7 +190,7 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
     }
     let cache_dir = match args.cache_dir {
         Some(dir) => dir,
-        None => match musicfs::mount::default_cache_dir() {
+        None => match musicfs::cli::default_cache_dir() {
             Ok(dir) => dir,
             Err(e) => {
                 eprintln!("musicfs: {e}");
@@ -199,8 +199,8 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
         },
     };
     let request = serde_json::json!({"cmd": "search", "query": query, "limit": limit, "cache_dir": cache_dir});
-    for socket in musicfs::service::control::all_sockets() {
-        let Ok(answer) = musicfs::service::control::request(
+    for socket in musicfs::service::control::client::all_sockets() {
+        let Ok(answer) = musicfs::service::control::client::request(
             &socket,
             &request,
             std::time::Duration::from_secs(10),
@@ -239,7 +239,7 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
 /// `musicfs search --mount MOUNTPOINT`: asks that mount's daemon and prints
 /// each hit as an absolute path inside the mount.
 fn search_mount(mountpoint: &std::path::Path, query: &str, limit: usize) -> ExitCode {
-    use musicfs::service::control;
+    use musicfs::service::control::client as control;
     let shown = mountpoint.display();
     let Ok(absolute) = mountpoint.canonicalize() else {
         eprintln!("musicfs: '{shown}' does not exist");

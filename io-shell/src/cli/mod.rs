@@ -401,6 +401,22 @@ impl fmt::Display for UsageError {
     }
 }
 
+/// No `--cache-dir`, and no home to put the default one in.
+#[derive(Debug, thiserror::Error)]
+#[error("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")]
+pub struct NoCacheDir;
+
+/// `$XDG_CACHE_HOME/musicfs`, else `~/.cache/musicfs`.
+pub fn default_cache_dir() -> Result<PathBuf, NoCacheDir> {
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("musicfs"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("musicfs")),
+        None => Err(NoCacheDir),
+    }
+}
+
 /// The log levels `--log-level` and the config's `log_level` understand.
 pub const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
 

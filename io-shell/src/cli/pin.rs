@@ -7,7 +7,7 @@
 //! stops the fetch cleanly: the pins stay with what was fetched, and the
 //! same `musicfs pin` resumes.
 
-use crate::service::control;
+use crate::service::control::client as control;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -10,7 +10,7 @@ use crate::exec::daemon::{Daemon, ReadReply};
 use crate::kernel::offline::{self, OfflineView};
 use crate::kernel::passthrough::{self, KernelPassthrough};
 use crate::search::folder::{self, SearchFolder};
-use crate::search::live::LiveSearch;
+use crate::search::live::SearchSlot;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
@@ -81,11 +81,7 @@ impl Ownership {
 
 impl MusicFs {
     /// A filesystem over `daemon`, owned and masked as `owner` says.
-    pub fn new(
-        daemon: Arc<Daemon>,
-        owner: Ownership,
-        search: Arc<OnceLock<Arc<LiveSearch>>>,
-    ) -> MusicFs {
+    pub fn new(daemon: Arc<Daemon>, owner: Ownership, search: Arc<SearchSlot>) -> MusicFs {
         MusicFs {
             daemon,
             search: SearchFolder::new(search),

@@ -1,55 +1,116 @@
 //! `musicfs mount`: from command-line arguments to a running mount, and a
 //! clean exit.
 //!
-//! Order of events: validate everything (bad arguments are a one-line error
-//! and exit code 2, before anything is touched); open the cache; scan the
-//! origins the cache does not know yet (with a progress bar); build the tree;
-//! mount; serve until a signal or an unmount; then stop fetching, save the
-//! cache state and exit 0.
+//! Order of events ([`run`], one function per step): validate everything
+//! ([`plan`]: bad arguments are a one-line error and exit code 2, before
+//! anything is touched); open the cache; scan the origins the cache does not
+//! know yet ([`first_scan`], with a progress bar); build the tree; start the
+//! daemon and its services; mount; serve until a signal ([`signals`]) or an
+//! unmount; then stop fetching, save the cache state and exit 0.
 
-use crate::cli::progress::TerminalProgress;
-use crate::cli::{MountArgs, UsageError};
+mod first_scan;
+pub mod plan;
+mod signals;
+
+pub use plan::{DEFAULT_UMASK, MountPlan, PlanError};
+pub use signals::EXIT_FORCED;
+
+use crate::errors::io_reason;
 use crate::exec::daemon::Daemon;
-use crate::kernel::fuse::{MusicFs, Ownership};
+use crate::kernel::fuse::MusicFs;
 use crate::kernel::notify::Invalidator;
+use crate::kernel::session::{
+    self, FUSE_DEVICE, FuseDeviceError, KernelMount, MountOptions, SessionError,
+};
+use crate::kernel::unmount::lazy_unmount;
 use crate::library::changes;
-use crate::library::remote_scan::{RemoteScanOptions, scan_remote_blocking};
-use crate::library::scan::{self, ScanOptions, ScanProgress};
 use crate::library::sync::{SyncSource, Syncer};
 use crate::library::watch;
-use crate::origin::{
-    LocalOrigin, Origin, RemoteOrigin, RemoteSpec, is_remote_url, parse_remote_url, redact_url,
-};
+use crate::origin::{LocalOrigin, Origin, OriginError, OriginKind, OriginSpec, RemoteOrigin};
 use crate::pins::fill::PinFiller;
-use crate::search::live::LiveSearch;
-use crate::service::control::{self, Control, ScanState};
+use crate::search::live::{LiveSearch, SearchSlot};
+use crate::service::control::{Control, ControlSocket, MountStatus};
+use crate::service::metrics;
 use crate::service::supervisor::{RestartPolicy, Supervisor};
 use crate::service::systemd;
-use crate::store::{CacheOwner, ChunkStore, Db};
-use crate::sys;
+use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::tree::VirtualTree;
-use musicfs_core::{CatalogEntry, Layout, OriginId};
-use std::fmt;
+use musicfs_core::{ChunkId, OriginId};
+use signals::{Signals, wait_for_stop};
+use std::io;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-/// A failure while running: reported in one line, exit code 1.
-#[derive(Debug)]
-pub struct RunError(pub String);
-
-impl fmt::Display for RunError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
+/// A failure while running: exit code 1. `main` prints it with its causes,
+/// one a line.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The FUSE device cannot be used.
+    #[error(transparent)]
+    FuseDevice(#[from] FuseDeviceError),
+    /// The tokio runtime could not start.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] io::Error),
+    /// `--metrics-addr` cannot be served.
+    #[error("cannot serve metrics on {addr}: {}", io_reason(.source))]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another daemon holds the cache.
+    #[error(transparent)]
+    CacheInUse(#[from] CacheInUse),
+    /// The cache cannot be opened or read.
+    #[error("cannot use the cache in '{}'", dir.display())]
+    Cache {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// An origin cannot be set up (a remote origin's client).
+    #[error("cannot set up origin '{origin}'")]
+    Origin {
+        /// The origin, described without secrets.
+        origin: String,
+        /// Why.
+        #[source]
+        source: OriginError,
+    },
+    /// A local origin cannot be walked for its first scan.
+    #[error("cannot scan origin '{origin}'")]
+    Scan {
+        /// The origin, described.
+        origin: String,
+        /// The walk's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A first mount where no origin answered.
+    #[error(transparent)]
+    NoOriginAnswers(#[from] NoOriginAnswers),
+    /// The kernel mount could not be made.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The FUSE session's thread could not start.
+    #[error("cannot start the FUSE thread")]
+    Thread(#[source] io::Error),
 }
 
-impl<E: std::error::Error> From<E> for RunError {
-    fn from(e: E) -> RunError {
-        RunError(sys::error_chain(&e))
+impl RunError {
+    fn cache(dir: &Path) -> impl FnOnce(StoreError) -> RunError + '_ {
+        move |source| RunError::Cache {
+            dir: dir.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -82,620 +143,6 @@ pub struct NoOriginAnswers {
     pub failures: Vec<(String, String)>,
 }
 
-/// Where an origin's files are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum OriginKind {
-    /// A local directory (canonical path).
-    Local(PathBuf),
-    /// An S3 bucket or an SFTP server.
-    Remote(Box<RemoteSpec>),
-}
-
-/// One origin, as configured:
-/// `--origin WHERE[,name=NAME][,priority=N][,cache=off]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OriginSpec {
-    /// Where its files are.
-    pub kind: OriginKind,
-    /// A short name for logs and `musicfs status`.
-    pub name: Option<String>,
-    /// Lower is preferred; ties keep the order given.
-    pub priority: i64,
-    /// Its bytes go through the chunk cache (the default); `cache=off`
-    /// (local folders only) reads them straight from the origin.
-    pub cached: bool,
-}
-
-impl OriginSpec {
-    /// A local directory with no name, at the default priority.
-    pub fn local(root: PathBuf) -> OriginSpec {
-        OriginSpec {
-            kind: OriginKind::Local(root),
-            name: None,
-            priority: 0,
-            cached: true,
-        }
-    }
-
-    /// For logs and `musicfs status`; never contains a secret.
-    pub fn describe(&self) -> String {
-        let place = match &self.kind {
-            OriginKind::Local(p) => format!("local {}", p.display()),
-            OriginKind::Remote(r) => r.describe(),
-        };
-        match &self.name {
-            Some(name) => format!("{name} ({place})"),
-            None => place,
-        }
-    }
-
-    /// Where its files are, for messages; never contains a secret.
-    fn describe_place(&self) -> String {
-        match &self.kind {
-            OriginKind::Local(p) => p.display().to_string(),
-            OriginKind::Remote(r) => r.describe(),
-        }
-    }
-
-    /// Whether two origins list the same files: local folders by their
-    /// canonical path (so `/music/`, a symlink to it and `/x/../music` are
-    /// one), remote ones by their [`OriginSpec::key`], except that an SFTP
-    /// path compares by its components (`/srv/music/` is `/srv/music`) and
-    /// a host name ignores case.
-    pub fn same_place(&self, other: &OriginSpec) -> bool {
-        match (&self.kind, &other.kind) {
-            (OriginKind::Local(a), OriginKind::Local(b)) => a == b,
-            (OriginKind::Remote(a), OriginKind::Remote(b)) => match (&**a, &**b) {
-                (RemoteSpec::Sftp(a), RemoteSpec::Sftp(b)) => {
-                    a.user == b.user
-                        && a.host.eq_ignore_ascii_case(&b.host)
-                        && a.port.unwrap_or(22) == b.port.unwrap_or(22)
-                        && a.root == b.root
-                }
-                _ => self.key() == other.key(),
-            },
-            _ => false,
-        }
-    }
-
-    /// A stable text form, saved in the cache to notice a changed origin
-    /// list. The name and priority are left out: renaming an origin or
-    /// preferring another does not change its files.
-    pub fn key(&self) -> String {
-        match &self.kind {
-            OriginKind::Local(p) => format!("local:{}", p.display()),
-            OriginKind::Remote(r) => r.key(),
-        }
-    }
-}
-
-/// A validated `musicfs mount`.
-#[derive(Clone, Debug)]
-pub struct MountPlan {
-    /// Origins in priority order; the index is the [`OriginId`].
-    pub origins: Vec<OriginSpec>,
-    /// The cache directory (exists and is writable).
-    pub cache_dir: PathBuf,
-    /// Cache limit in bytes.
-    pub cache_size: u64,
-    /// Pins may take at most this share of the cache, in percent.
-    pub pin_share: u8,
-    /// Path layout.
-    pub layout: Layout,
-    /// Let other users see the mount.
-    pub allow_other: bool,
-    /// Mount on a directory that is not empty.
-    pub allow_non_empty: bool,
-    /// Serve the user.musicfs.* extended attributes.
-    pub xattrs: bool,
-    /// A first mount comes up (empty) even when no origin answers.
-    pub wait_for_origins: bool,
-    /// Read deadline.
-    pub read_timeout: Duration,
-    /// Pause between listings of a remote origin.
-    pub poll_interval: Duration,
-    /// Who is told of tree changes (`--on-change`, `--notify-mpd`).
-    pub change_targets: changes::Targets,
-    /// Where to mount.
-    pub mountpoint: PathBuf,
-    /// Owner, group and umask of the files and folders shown.
-    pub ownership: Ownership,
-    /// Serve Prometheus metrics here.
-    pub metrics_addr: Option<std::net::SocketAddr>,
-}
-
-/// The umask when none is given: takes nothing from 0555 and 0444.
-pub const DEFAULT_UMASK: u16 = 0o022;
-
-impl MountPlan {
-    /// Checks every argument; nothing is changed on disk except creating the
-    /// cache directory.
-    pub fn from_args(args: &MountArgs) -> Result<MountPlan, UsageError> {
-        // Both may come from a --config file, so clap cannot require them.
-        if args.origins.is_empty() {
-            return Err(UsageError(
-                "no origin: give --origin DIR, or origins in the --config file".into(),
-            ));
-        }
-        let Some(mountpoint) = &args.mountpoint else {
-            return Err(UsageError(
-                "no mountpoint: give MOUNTPOINT, or mountpoint in the --config file".into(),
-            ));
-        };
-        let mut origins: Vec<OriginSpec> = Vec::new();
-        for raw in &args.origins {
-            let spec = parse_origin(raw)?;
-            // The same place twice would make every track a mirror of itself.
-            if let Some(j) = origins.iter().position(|o| o.same_place(&spec)) {
-                return Err(UsageError(format!(
-                    "origin '{}' and origin '{}' are the same place ({}): give each origin once",
-                    redact_url(&args.origins[j]),
-                    redact_url(raw),
-                    spec.describe_place(),
-                )));
-            }
-            // Still in the order given: `j` is also an index of args.origins.
-            origins.push(spec);
-        }
-        // Lower priority first; a stable sort keeps the given order on ties.
-        origins.sort_by_key(|o: &OriginSpec| o.priority);
-        let mut names = std::collections::BTreeSet::new();
-        for name in origins.iter().filter_map(|o| o.name.as_deref()) {
-            if !names.insert(name) {
-                return Err(UsageError(format!("two origins are named '{name}'")));
-            }
-        }
-        if origins.len() > usize::from(u16::MAX) {
-            return Err(UsageError("too many origins".into()));
-        }
-        let layout = Layout::parse(&args.layout)
-            .map_err(|e| UsageError(format!("bad --layout '{}': {e}", args.layout)))?;
-        let mountpoint = check_mountpoint(mountpoint, args.allow_non_empty)?;
-        let cache_dir = match &args.cache_dir {
-            Some(dir) => dir.clone(),
-            None => default_cache_dir()?,
-        };
-        check_cache_dir(&cache_dir)?;
-        Ok(MountPlan {
-            origins,
-            cache_dir,
-            cache_size: args.cache_size,
-            pin_share: args.pin_share,
-            layout,
-            allow_other: args.allow_other,
-            allow_non_empty: args.allow_non_empty,
-            xattrs: args.xattrs,
-            wait_for_origins: args.wait_for_origins,
-            read_timeout: Duration::from_secs(args.read_timeout),
-            poll_interval: Duration::from_secs(args.poll_interval),
-            change_targets: changes::Targets {
-                command: args.on_change.clone(),
-                mpd: args.notify_mpd.clone(),
-            },
-            mountpoint,
-            ownership: Ownership {
-                uid: args.uid.unwrap_or_else(current_uid),
-                gid: args.gid.unwrap_or_else(current_gid),
-                umask: args.umask.unwrap_or(DEFAULT_UMASK),
-            },
-            metrics_addr: args.metrics_addr,
-        })
-    }
-}
-
-/// Parses `WHERE[,name=NAME][,priority=N][,cache=off]`: a local directory
-/// (which must exist), or an `s3://` or `sftp://` URL (checked, not
-/// contacted). Only trailing `,name=`, `,priority=` and `,cache=` parts are
-/// options, so a path with a comma in it still works.
-pub fn parse_origin(raw: &str) -> Result<OriginSpec, UsageError> {
-    let mut place = raw;
-    let mut name = None;
-    let mut priority = None;
-    let mut cached = None;
-    while let Some((head, tail)) = place.rsplit_once(',') {
-        if let Some(c) = tail.strip_prefix("cache=") {
-            if cached.is_some() {
-                return Err(UsageError(format!(
-                    "origin '{}': cache given twice",
-                    redact_url(raw)
-                )));
-            }
-            cached = Some(match c {
-                "on" => true,
-                "off" => false,
-                other => {
-                    return Err(UsageError(format!(
-                        "origin '{}': cache is 'on' or 'off', not '{other}'",
-                        redact_url(raw)
-                    )));
-                }
-            });
-            place = head;
-            continue;
-        }
-        if let Some(n) = tail.strip_prefix("name=") {
-            if name.is_some() {
-                return Err(UsageError(format!(
-                    "origin '{}': name given twice",
-                    redact_url(raw)
-                )));
-            }
-            if n.trim().is_empty() || n.contains('=') {
-                return Err(UsageError(format!(
-                    "origin '{}': a name must be non-empty text without ',' or '='",
-                    redact_url(raw)
-                )));
-            }
-            name = Some(n.to_owned());
-        } else if let Some(p) = tail.strip_prefix("priority=") {
-            if priority.is_some() {
-                return Err(UsageError(format!(
-                    "origin '{}': priority given twice",
-                    redact_url(raw)
-                )));
-            }
-            priority = Some(p.parse::<i64>().map_err(|_| {
-                UsageError(format!(
-                    "origin '{}': priority must be a whole number, not '{p}'",
-                    redact_url(raw)
-                ))
-            })?);
-        } else {
-            break;
-        }
-        place = head;
-    }
-    let kind = parse_place(place)?;
-    let cached = cached.unwrap_or(true);
-    if !cached && matches!(kind, OriginKind::Remote(_)) {
-        return Err(UsageError(format!(
-            "origin '{}': cache=off is for local folders (a remote origin's bytes are cached so that they play when it is slow or gone)",
-            redact_url(raw)
-        )));
-    }
-    Ok(OriginSpec {
-        kind,
-        name,
-        priority: priority.unwrap_or(0),
-        cached,
-    })
-}
-
-fn parse_place(raw: &str) -> Result<OriginKind, UsageError> {
-    if is_remote_url(raw) {
-        return parse_remote_url(raw)
-            .map(|r| OriginKind::Remote(Box::new(r)))
-            .map_err(|e| UsageError(format!("origin '{}': {e}", redact_url(raw))));
-    }
-    let path = Path::new(raw);
-    let meta = std::fs::metadata(path)
-        .map_err(|e| UsageError(format!("origin '{raw}' cannot be used: {}", io_reason(&e))))?;
-    if !meta.is_dir() {
-        return Err(UsageError(format!("origin '{raw}' is not a directory")));
-    }
-    let canonical = path.canonicalize().map_err(|e| {
-        UsageError(format!(
-            "origin '{raw}' cannot be resolved: {}",
-            io_reason(&e)
-        ))
-    })?;
-    Ok(OriginKind::Local(canonical))
-}
-
-fn check_mountpoint(path: &Path, allow_non_empty: bool) -> Result<PathBuf, UsageError> {
-    let shown = path.display();
-    if let Some(fstype) = fuse_mount_at(path) {
-        // statfs always reaches the daemon (stat may be answered from the
-        // kernel's attribute cache): ENOTCONN means its daemon is dead.
-        match statfs_errno(path) {
-            Some(libc::ENOTCONN) => {
-                tracing::warn!(mountpoint = %shown, "found a stale mount left by a dead daemon; cleaning it up");
-                lazy_unmount(path);
-            }
-            _ => {
-                return Err(UsageError(format!(
-                    "mountpoint '{shown}' is already mounted ({fstype}); unmount it first"
-                )));
-            }
-        }
-    }
-    let canonical = match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => path.canonicalize().map_err(|e| {
-            UsageError(format!(
-                "mountpoint '{shown}' cannot be resolved: {}",
-                io_reason(&e)
-            ))
-        })?,
-        Ok(_) => {
-            return Err(UsageError(format!(
-                "mountpoint '{shown}' is not a directory"
-            )));
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            return Err(UsageError(format!(
-                "mountpoint '{shown}' is a stale mount that could not be cleaned up; run `musicfs unmount {shown}`"
-            )));
-        }
-        Err(e) => {
-            return Err(UsageError(format!(
-                "mountpoint '{shown}' cannot be used: {}",
-                io_reason(&e)
-            )));
-        }
-    };
-    if !allow_non_empty {
-        check_empty(&canonical, path)?;
-    }
-    Ok(canonical)
-}
-
-/// Refuses a mountpoint with files in it: the mount would hide them.
-fn check_empty(dir: &Path, shown: &Path) -> Result<(), UsageError> {
-    let shown = shown.display();
-    let mut entries = std::fs::read_dir(dir).map_err(|e| {
-        UsageError(format!(
-            "mountpoint '{shown}' cannot be listed: {}",
-            io_reason(&e)
-        ))
-    })?;
-    match entries.next() {
-        None => Ok(()),
-        Some(first) => {
-            let example = first
-                .map(|e| format!(" (it holds '{}')", e.file_name().to_string_lossy()))
-                .unwrap_or_default();
-            Err(UsageError(format!(
-                "mountpoint '{shown}' is not empty{example}; the mount would hide its files. \
-                 Use an empty directory, or --allow-non-empty"
-            )))
-        }
-    }
-}
-
-/// The file-system type of a FUSE mount at `path`, if there is one.
-fn fuse_mount_at(path: &Path) -> Option<String> {
-    let entry = sys::mount_at(path).ok()??;
-    entry.is_fuse().then_some(entry.fstype)
-}
-
-/// The errno of statfs(2) on `path`, or None if it succeeds.
-fn statfs_errno(path: &Path) -> Option<i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `buf` is large enough
-    // for the struct statfs(2) writes.
-    let rc = unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) };
-    (rc != 0).then(|| {
-        std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    })
-}
-
-/// `$XDG_CACHE_HOME/musicfs`, else `~/.cache/musicfs`.
-pub fn default_cache_dir() -> Result<PathBuf, UsageError> {
-    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
-        return Ok(PathBuf::from(xdg).join("musicfs"));
-    }
-    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        Some(home) => Ok(PathBuf::from(home).join(".cache").join("musicfs")),
-        None => Err(UsageError(
-            "no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME".into(),
-        )),
-    }
-}
-
-fn check_cache_dir(dir: &Path) -> Result<(), UsageError> {
-    let shown = dir.display();
-    std::fs::create_dir_all(dir).map_err(|e| {
-        UsageError(format!(
-            "cache dir '{shown}' cannot be created: {}",
-            io_reason(&e)
-        ))
-    })?;
-    let probe = dir.join(format!(".musicfs-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|e| {
-        UsageError(format!(
-            "cache dir '{shown}' is not writable: {}",
-            io_reason(&e)
-        ))
-    })?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
-}
-
-fn io_reason(e: &std::io::Error) -> String {
-    match e.kind() {
-        std::io::ErrorKind::NotFound => "no such file or directory".into(),
-        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
-        _ => e.to_string(),
-    }
-}
-
-/// Loads the saved catalog, dropping origins whose configuration changed,
-/// and scans the origins the cache has never seen (the first mount). Known
-/// origins are caught up with in the background by their watchers and
-/// pollers. Also says which origins were scanned just now (their pollers
-/// need not list them again at once).
-fn load_catalog(
-    plan: &MountPlan,
-    sources: &[SyncSource],
-    rt: &tokio::runtime::Handle,
-    db: &Db,
-    scan: &Arc<ScanState>,
-) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
-    let mut scanned_now = vec![false; plan.origins.len()];
-    let mut saved_tree = false;
-    let mut failed: Vec<(OriginId, &OriginSpec, String)> = Vec::new();
-    let (mut entries, damaged) = db.load_catalog_counted()?;
-    if damaged > 0 {
-        // Damaged records are tracks missing from the tree: rebuild the
-        // catalog from the origins before showing anything.
-        tracing::warn!(
-            damaged,
-            "the saved catalog is damaged; rescanning every origin before mounting"
-        );
-        for i in 0..plan.origins.len() {
-            db.set_meta(&format!("origin/{i}"), b"")?;
-        }
-    }
-    for (i, (spec, source)) in plan.origins.iter().zip(sources).enumerate() {
-        let id = OriginId(i as u16);
-        let meta_key = format!("origin/{i}");
-        let saved = db.get_meta(&meta_key)?;
-        if saved.as_deref() == Some(spec.key().as_bytes()) {
-            saved_tree = true;
-            continue;
-        }
-        // New origin, or another origin now has this index: forget what was
-        // saved for this index and scan it.
-        entries.retain(|e| e.source.origin != id);
-        let report = match scan_origin(id, spec, source, rt, scan)? {
-            Ok(report) => {
-                scanned_now[i] = true;
-                report
-            }
-            Err(e) => {
-                failed.push((id, spec, e));
-                continue;
-            }
-        };
-        db.replace_catalog_for_origin(id, &report)?;
-        db.set_meta(&meta_key, spec.key().as_bytes())?;
-        entries.extend(report);
-    }
-    // Nothing saved and nothing answered: an empty mount that says it is
-    // ready would hide the cause. Unless asked to wait for the origins.
-    if !failed.is_empty() && !saved_tree && !scanned_now.contains(&true) && !plan.wait_for_origins {
-        return Err(NoOriginAnswers {
-            failures: failed
-                .into_iter()
-                .map(|(_, spec, why)| (spec.describe(), why))
-                .collect(),
-        }
-        .into());
-    }
-    // An origin that cannot be scanned now is saved as known and empty:
-    // its poller's sync reads it whole once it answers.
-    for (id, spec, why) in failed {
-        tracing::warn!(
-            origin = %spec.describe(),
-            error = %why,
-            "cannot scan this origin now; mounting without its tracks, which appear once it answers"
-        );
-        db.replace_catalog_for_origin(id, &[])?;
-        db.set_meta(&format!("origin/{}", id.0), spec.key().as_bytes())?;
-    }
-    let configured = plan.origins.len();
-    entries.retain(|e| usize::from(e.source.origin.0) < configured);
-    db.flush()?;
-    Ok((entries, scanned_now))
-}
-
-/// Scan progress for a first scan: the terminal bar, `musicfs status`, and
-/// systemd (STATUS= lines, and EXTEND_TIMEOUT_USEC so a long first scan is
-/// not taken for a hung start).
-struct FirstScanProgress {
-    bar: TerminalProgress,
-    state: Arc<ScanState>,
-    last_notice: parking_lot::Mutex<Instant>,
-}
-
-impl FirstScanProgress {
-    const NOTICE_EVERY: Duration = Duration::from_secs(2);
-
-    fn new(state: Arc<ScanState>) -> FirstScanProgress {
-        FirstScanProgress {
-            bar: TerminalProgress::new(),
-            state,
-            // The first progress is told at once, then every NOTICE_EVERY.
-            last_notice: parking_lot::Mutex::new(
-                Instant::now()
-                    .checked_sub(Self::NOTICE_EVERY)
-                    .unwrap_or_else(Instant::now),
-            ),
-        }
-    }
-
-    fn tell_systemd(&self) {
-        let mut last = self.last_notice.lock();
-        if last.elapsed() < Self::NOTICE_EVERY {
-            return;
-        }
-        *last = Instant::now();
-        let done = self.state.scanned.load(Ordering::Relaxed);
-        let seen = self.state.seen.load(Ordering::Relaxed);
-        systemd::status(&format!("first scan: {done} of {seen} files"));
-        systemd::extend_timeout(Self::NOTICE_EVERY * 5);
-    }
-}
-
-impl ScanProgress for FirstScanProgress {
-    fn discovered(&self, n: u64) {
-        self.bar.discovered(n);
-        self.state.seen.fetch_add(n, Ordering::Relaxed);
-        self.tell_systemd();
-    }
-    fn scanned(&self, n: u64) {
-        self.bar.scanned(n);
-        self.state.scanned.fetch_add(n, Ordering::Relaxed);
-        self.tell_systemd();
-    }
-    fn finish(&self) {
-        self.bar.finish();
-    }
-}
-
-/// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
-///
-/// A remote origin that cannot be scanned now (unreachable, refused) gives
-/// the inner `Err` with every cause: the mount comes up with the other
-/// origins' tracks (or the saved tree), and the origin's poller scans it
-/// once it answers (its sync is checkpointed, so the work is not lost if
-/// that is cut short too). A local origin that cannot be walked is an
-/// error: it was checked a moment ago.
-fn scan_origin(
-    id: OriginId,
-    spec: &OriginSpec,
-    source: &SyncSource,
-    rt: &tokio::runtime::Handle,
-    state: &Arc<ScanState>,
-) -> Result<Result<Vec<CatalogEntry>, String>, RunError> {
-    let what = spec.describe();
-    *state.what.lock() = what.clone();
-    tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
-    let progress = FirstScanProgress::new(Arc::clone(state));
-    let started = Instant::now();
-    let entries = match source {
-        SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
-            .map(|r| Ok(r.entries))
-            .map_err(|e| RunError(format!("cannot scan origin '{what}': {e}"))),
-        SyncSource::Remote(remote) => match scan_remote_blocking(
-            rt,
-            id,
-            Arc::clone(remote),
-            &RemoteScanOptions::default(),
-            &progress,
-        ) {
-            Ok(report) => {
-                tracing::info!(
-                    origin = %what,
-                    files = report.entries.len(),
-                    unreadable = report.unreadable,
-                    fetched_bytes = report.bytes_fetched,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "remote origin scanned"
-                );
-                Ok(Ok(report.entries))
-            }
-            Err(e) => Ok(Err(sys::error_chain(&e))),
-        },
-    };
-    state.what.lock().clear();
-    entries
-}
-
 /// How long a graceful shutdown waits for reads in flight.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -703,61 +150,169 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// batch (or for the search build to finish).
 const SYNC_STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Exit code of a shutdown cut short by a second signal.
-pub const EXIT_FORCED: i32 = 130;
-
 /// Mounts and serves until unmounted or signalled.
 pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let started = Instant::now();
     // Before anything slow: a mount that cannot work fails now, not after
     // a first scan of many minutes.
-    sys::check_fuse_device(Path::new(sys::FUSE_DEVICE))?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    session::check_fuse_device(Path::new(FUSE_DEVICE))?;
+    let runtime = start_runtime()?;
+    let mut signals = Signals::install(&runtime, &plan.mountpoint);
+    let metrics_listener = bind_metrics(plan.metrics_addr)?;
+    let status = MountStatus::new(
+        &plan.mountpoint,
+        plan.origins.iter().map(OriginSpec::describe).collect(),
+    );
+    let socket = bind_control_socket(&status, runtime.handle());
+    let cache = open_cache(&plan)?;
+    let origins = open_origins(&plan)?;
+    status.set_phase("scanning");
+    let library = load_library(&plan, &origins, runtime.handle(), &cache.db, &status)?;
+    let db = Arc::clone(&cache.db);
+    let daemon = start_daemon(&plan, library.tree, cache, &origins, runtime.handle())?;
+    let services = start_services(&plan, &daemon, &db, &origins, &runtime, metrics_listener)?;
+    let kernel = mount_kernel(&plan, &daemon, &services, signals.as_ref())?;
+    tracing::info!(
+        mountpoint = %plan.mountpoint.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "mounted"
+    );
+    if let Some(socket) = &socket {
+        socket.serve(Arc::new(Control {
+            status: Arc::clone(&status),
+            daemon: Arc::clone(&daemon),
+            supervisor: Arc::clone(&services.supervisor),
+            syncer: Arc::clone(&services.syncer),
+            search: Arc::clone(&services.search),
+            pin_filler: Arc::clone(&services.pin_filler),
+            cache_dir: plan.cache_dir.clone(),
+            metrics_addr: services.metrics_addr,
+        }));
+    }
+    start_background(
+        &plan,
+        &daemon,
+        &db,
+        &services,
+        &origins,
+        &library.scanned_now,
+    );
+    status.set_phase("serving");
+    systemd::ready(&format!(
+        "serving {} tracks at {}",
+        library.tracks,
+        plan.mountpoint.display()
+    ));
+    let watchdog = systemd::start_watchdog(&plan.mountpoint);
+
+    let signal = runtime.block_on(wait_for_stop(signals.as_mut(), kernel.ended));
+    systemd::stopping();
+    status.set_phase("stopping");
+    if let Some(name) = signal {
+        tracing::info!(
+            signal = name,
+            "shutting down (a second signal exits at once)"
+        );
+    }
+    let saved = shut_down(&runtime, &daemon, &db, &services, &plan.cache_dir);
+    unmount(
+        &plan.mountpoint,
+        kernel.mount,
+        kernel.thread,
+        signal.is_some(),
+    );
+    if let Some(stop) = watchdog {
+        stop.store(true, Ordering::Relaxed);
+    }
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    CacheOwner::remove_if_mine(&plan.cache_dir);
+    saved?;
+    tracing::info!("unmounted; bye");
+    Ok(())
+}
+
+/// The tokio runtime: two workers (most work is on the blocking pool).
+fn start_runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("musicfs-io")
         .enable_all()
-        .build()?;
-    let mut signals = Signals::install(&runtime, &plan.mountpoint);
-    let metrics_listener =
-        match plan.metrics_addr {
-            Some(addr) => Some(crate::service::metrics::bind(addr).map_err(|e| {
-                RunError(format!("cannot serve metrics on {addr}: {}", io_reason(&e)))
-            })?),
-            None => None,
-        };
-    let descriptions = plan.origins.iter().map(OriginSpec::describe).collect();
-    let control = Control::new(&plan.mountpoint, &plan.cache_dir, descriptions);
-    let _socket = match control::serve(Arc::clone(&control), runtime.handle()) {
-        Ok(guard) => Some(guard),
+        .build()
+        .map_err(RunError::Runtime)
+}
+
+/// Binds `--metrics-addr` now, so that a taken port fails the mount before
+/// any scan.
+fn bind_metrics(addr: Option<SocketAddr>) -> Result<Option<std::net::TcpListener>, RunError> {
+    addr.map(|addr| metrics::bind(addr).map_err(|source| RunError::Metrics { addr, source }))
+        .transpose()
+}
+
+/// The control socket, up from the start so that a long first scan can be
+/// watched; a mount without one still works.
+fn bind_control_socket(
+    status: &Arc<MountStatus>,
+    rt: &tokio::runtime::Handle,
+) -> Option<ControlSocket> {
+    match ControlSocket::bind(status, rt) {
+        Ok(socket) => Some(socket),
         Err(e) => {
             tracing::warn!(error = %e, "no control socket; `musicfs status` will not see this mount");
             None
         }
-    };
-    // The database first: its lock keeps a second daemon out before the
-    // chunk store empties the temp directory (which the first one uses).
-    let opened = Db::open(&plan.cache_dir).map_err(|e| -> RunError {
+    }
+}
+
+/// The cache directory, opened.
+struct Cache {
+    db: Arc<Db>,
+    store: Arc<ChunkStore>,
+    /// The chunk files the index knows: id, length, last access.
+    chunk_index: Vec<(ChunkId, u32, u64)>,
+}
+
+/// Opens the cache: the database first, whose lock keeps a second daemon
+/// out before the chunk store empties the temp directory (which the first
+/// one uses); then the chunk store and its index (rebuilt from the chunk
+/// files if the database was damaged).
+fn open_cache(plan: &MountPlan) -> Result<Cache, RunError> {
+    let dir = &plan.cache_dir;
+    let opened = Db::open(dir).map_err(|e| {
         if e.is_locked() {
-            CacheInUse {
-                cache_dir: plan.cache_dir.clone(),
-                owner: CacheOwner::read(&plan.cache_dir),
-            }
-            .into()
+            RunError::CacheInUse(CacheInUse {
+                cache_dir: dir.clone(),
+                owner: CacheOwner::read(dir),
+            })
         } else {
-            e.into()
+            RunError::cache(dir)(e)
         }
     })?;
-    if let Err(e) = CacheOwner::this_process(&plan.mountpoint).write(&plan.cache_dir) {
+    if let Err(e) = CacheOwner::this_process(&plan.mountpoint).write(dir) {
         tracing::warn!(error = %e, "cannot write the cache's owner file");
     }
-    let store = Arc::new(ChunkStore::open(&plan.cache_dir)?);
+    let store = Arc::new(ChunkStore::open(dir).map_err(RunError::cache(dir))?);
     let db = Arc::new(opened.db);
-    let mut chunk_index = db.load_chunk_index()?;
+    let mut chunk_index = db.load_chunk_index().map_err(RunError::cache(dir))?;
     if let Some(what) = &opened.repaired {
         tracing::warn!(what = %what, "the cache database was damaged and has been rebuilt");
-        chunk_index = rebuild_chunk_index(&store, &db)?;
+        chunk_index = rebuild_chunk_index(&store, &db).map_err(RunError::cache(dir))?;
     }
-    // Each origin once, shared by the first scan, the reads and the syncs.
+    Ok(Cache {
+        db,
+        store,
+        chunk_index,
+    })
+}
+
+/// Each origin once, shared by the first scan, the reads and the syncs.
+struct Origins {
+    /// What reads are served from, by origin id.
+    readers: Vec<Arc<dyn Origin>>,
+    /// How each origin is synced, by origin id.
+    sources: Vec<SyncSource>,
+}
+
+fn open_origins(plan: &MountPlan) -> Result<Origins, RunError> {
     let mut readers: Vec<Arc<dyn Origin>> = Vec::with_capacity(plan.origins.len());
     let mut sources: Vec<SyncSource> = Vec::with_capacity(plan.origins.len());
     for (i, spec) in plan.origins.iter().enumerate() {
@@ -768,17 +323,39 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
                 sources.push(SyncSource::Local(root.clone()));
             }
             OriginKind::Remote(remote) => {
-                let opened: Arc<dyn RemoteOrigin> = remote.open(id).map_err(|e| {
-                    RunError(format!("cannot set up origin '{}': {e}", spec.describe()))
-                })?;
+                let opened: Arc<dyn RemoteOrigin> =
+                    remote.open(id).map_err(|source| RunError::Origin {
+                        origin: spec.describe(),
+                        source,
+                    })?;
                 readers.push(Arc::clone(&opened) as Arc<dyn Origin>);
                 sources.push(SyncSource::Remote(opened));
             }
         }
     }
-    control.set_phase("scanning");
+    Ok(Origins { readers, sources })
+}
+
+/// The tree the mount starts with.
+struct Library {
+    tree: VirtualTree,
+    /// Tracks in it.
+    tracks: usize,
+    /// Which origins were scanned just now (their pollers need not list
+    /// them again at once).
+    scanned_now: Vec<bool>,
+}
+
+/// The saved catalog plus a first scan of new origins, built into the tree.
+fn load_library(
+    plan: &MountPlan,
+    origins: &Origins,
+    rt: &tokio::runtime::Handle,
+    db: &Db,
+    status: &MountStatus,
+) -> Result<Library, RunError> {
     let (catalog, scanned_now) =
-        load_catalog(&plan, &sources, runtime.handle(), &db, &control.scan)?;
+        first_scan::load_catalog(plan, &origins.sources, rt, db, &status.scan)?;
     let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
     tracing::info!(
         tracks = report.tracks,
@@ -799,8 +376,30 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     // when a sync needs it.
     drop(catalog);
     crate::sys::memory::release_free_memory();
+    Ok(Library {
+        tree,
+        tracks: report.tracks,
+        scanned_now,
+    })
+}
+
+/// The engine, with what the cache remembers (chunk maps, the chunk index,
+/// pins), and the daemon that runs it.
+fn start_daemon(
+    plan: &MountPlan,
+    tree: VirtualTree,
+    cache: Cache,
+    origins: &Origins,
+    rt: &tokio::runtime::Handle,
+) -> Result<Arc<Daemon>, RunError> {
+    let Cache {
+        db,
+        store,
+        chunk_index,
+    } = cache;
     let manifests = db
-        .load_manifests()?
+        .load_manifests()
+        .map_err(RunError::cache(&plan.cache_dir))?
         .into_iter()
         .map(|(origin, path, m)| ((origin, path), m));
     let config = EngineConfig {
@@ -820,47 +419,75 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     for i in 0..plan.origins.len() {
         engine.track_origin(musicfs_core::Time::ZERO, OriginId(i as u16));
     }
-    engine.restore_pins(db.load_pins()?);
-    let daemon = Daemon::new(
+    engine.restore_pins(db.load_pins().map_err(RunError::cache(&plan.cache_dir))?);
+    Ok(Daemon::new(
         engine,
-        runtime.handle().clone(),
-        readers,
+        rt.clone(),
+        origins.readers.clone(),
         store,
-        Arc::clone(&db),
-    );
-    let _ = control.daemon.set(Arc::clone(&daemon));
+        db,
+    ))
+}
+
+/// What runs beside the daemon.
+struct Services {
+    supervisor: Arc<Supervisor>,
+    syncer: Arc<Syncer>,
+    pin_filler: Arc<PinFiller>,
+    /// The search index, once the background task opened it.
+    search: Arc<SearchSlot>,
+    /// Where metrics are served, if they are.
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// The supervisor, the syncer and who hears of its tree changes (the pin
+/// filler, `--on-change` and `--notify-mpd`, the search index), and the
+/// metrics endpoint.
+fn start_services(
+    plan: &MountPlan,
+    daemon: &Arc<Daemon>,
+    db: &Arc<Db>,
+    origins: &Origins,
+    runtime: &tokio::runtime::Runtime,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> Result<Services, RunError> {
     let supervisor = Arc::new(Supervisor::new(
         runtime.handle().clone(),
         RestartPolicy::default(),
     ));
-    let _ = control.supervisor.set(Arc::clone(&supervisor));
     let syncer = Arc::new(Syncer::new(
-        Arc::clone(&daemon),
-        Arc::clone(&db),
+        Arc::clone(daemon),
+        Arc::clone(db),
         plan.layout.clone(),
-        sources.clone(),
+        origins.sources.clone(),
     ));
-    let _ = control.syncer.set(Arc::clone(&syncer));
-    if let Some(listener) = metrics_listener {
-        let labels = plan
-            .origins
-            .iter()
-            .enumerate()
-            .map(|(i, o)| o.name.clone().unwrap_or_else(|| i.to_string()))
-            .collect();
-        let metrics =
-            crate::service::metrics::Metrics::new(Arc::clone(&daemon), Arc::clone(&syncer), labels);
-        let addr = crate::service::metrics::serve(listener, metrics, runtime.handle())?;
-        tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
-        let _ = control.metrics_addr.set(addr);
-    }
-    let pin_filler = PinFiller::new(Arc::clone(&daemon));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let labels = plan
+                .origins
+                .iter()
+                .enumerate()
+                .map(|(i, o)| o.name.clone().unwrap_or_else(|| i.to_string()))
+                .collect();
+            let metrics = metrics::Metrics::new(Arc::clone(daemon), Arc::clone(&syncer), labels);
+            let requested = plan.metrics_addr;
+            let addr = metrics::serve(listener, metrics, runtime.handle()).map_err(|source| {
+                RunError::Metrics {
+                    addr: requested.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                }
+            })?;
+            tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
+            Some(addr)
+        }
+        None => None,
+    };
+    let pin_filler = PinFiller::new(Arc::clone(daemon));
     {
         // A sync may have changed pinned files (a retag): fetch them again.
         let filler = Arc::clone(&pin_filler);
         syncer.on_tree_change(Box::new(move |_| filler.kick()));
     }
-    let _ = control.pin_filler.set(Arc::clone(&pin_filler));
     if plan.change_targets.any() {
         let (queue, receiver) = changes::queue();
         syncer.on_tree_change(Box::new(move |change| queue.push(change.tree, change.diff)));
@@ -870,9 +497,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             plan.change_targets.clone(),
         ));
     }
-    // The search index opens in the background: a rebuild must not delay
-    // the mount. Until it is ready, searches answer from the saved index.
-    let search: Arc<OnceLock<Arc<LiveSearch>>> = Arc::new(OnceLock::new());
+    // The search index opens in the background (start_background): a
+    // rebuild must not delay the mount. Until it is ready, searches answer
+    // from the saved index.
+    let search = Arc::new(SearchSlot::default());
     {
         let search = Arc::clone(&search);
         syncer.on_tree_change(Box::new(move |change| {
@@ -883,58 +511,106 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             }
         }));
     }
-    let _ = control.search.set(Arc::clone(&search));
+    Ok(Services {
+        supervisor,
+        syncer,
+        pin_filler,
+        search,
+        metrics_addr,
+    })
+}
 
-    let (session, mut kernel_mount) = open_session(
-        MusicFs::new(Arc::clone(&daemon), plan.ownership, Arc::clone(&search))
-            .with_xattrs(plan.xattrs)
-            .with_kernel_passthrough(
-                plan.origins
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, o)| !o.cached)
-                    .filter_map(|(i, o)| match &o.kind {
-                        OriginKind::Local(root) => Some((OriginId(i as u16), root.clone())),
-                        OriginKind::Remote(_) => None,
-                    })
-                    .collect(),
-            ),
-        &plan,
-    )?;
+/// The kernel mount, served.
+struct Kernel {
+    mount: KernelMount,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    /// Hears when the session ended (someone unmounted).
+    ended: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Mounts, tells the kernel of every tree change from now on, and serves
+/// the FUSE session on its own thread.
+fn mount_kernel(
+    plan: &MountPlan,
+    daemon: &Arc<Daemon>,
+    services: &Services,
+    signals: Option<&Signals>,
+) -> Result<Kernel, RunError> {
+    let fs = MusicFs::new(
+        Arc::clone(daemon),
+        plan.ownership,
+        Arc::clone(&services.search),
+    )
+    .with_xattrs(plan.xattrs)
+    .with_kernel_passthrough(
+        plan.origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.cached)
+            .filter_map(|(i, o)| match &o.kind {
+                OriginKind::Local(root) => Some((OriginId(i as u16), root.clone())),
+                OriginKind::Remote(_) => None,
+            })
+            .collect(),
+    );
+    let options = MountOptions {
+        mountpoint: plan.mountpoint.clone(),
+        source: fsname(plan),
+        allow_other: plan.allow_other,
+    };
+    let (session, mount) = session::open_session(fs, &options)?;
     // Tests: a signal between mount(2) and the flag below.
     fail::fail_point!("mounted-before-serving");
     // The kernel mount exists from here on: a signal must now unmount it
     // through the graceful shutdown (not exit and leave a dead mount).
-    if let Some(s) = &signals {
-        s.mounted.store(true, Ordering::SeqCst);
+    if let Some(s) = signals {
+        s.mounted();
     }
+    // The kernel hears of a tree change before anyone else.
     let invalidator = Invalidator::new(session.notifier());
-    syncer.on_tree_change_first(Box::new(move |change| {
-        invalidator.tree_changed(change.diff)
-    }));
-    let (ended_tx, ended_rx) = tokio::sync::oneshot::channel();
-    let fuse_thread = std::thread::Builder::new()
-        .name("musicfs-fuse".into())
-        .spawn(move || {
-            let result = session.run();
-            let _ = ended_tx.send(());
-            result
-        })?;
-    tracing::info!(
-        mountpoint = %plan.mountpoint.display(),
-        elapsed_ms = started.elapsed().as_millis() as u64,
-        "mounted"
-    );
+    services
+        .syncer
+        .on_tree_change_first(Box::new(move |change| {
+            invalidator.tree_changed(change.diff)
+        }));
+    let serving = session::serve(session).map_err(RunError::Thread)?;
+    Ok(Kernel {
+        mount,
+        thread: serving.thread,
+        ended: serving.ended,
+    })
+}
+
+/// The mount's source in the mount table: `musicfs:<first origin>`.
+fn fsname(plan: &MountPlan) -> String {
+    match plan.origins.first().map(|o| &o.kind) {
+        Some(OriginKind::Local(p)) => format!("musicfs:{}", p.display()),
+        Some(OriginKind::Remote(r)) => format!("musicfs:{}", r.key()),
+        None => "musicfs".into(),
+    }
+}
+
+/// The supervised background tasks: the daemon's loops, watchers and
+/// pollers, the pin filler and the search index's opening.
+fn start_background(
+    plan: &MountPlan,
+    daemon: &Arc<Daemon>,
+    db: &Arc<Db>,
+    services: &Services,
+    origins: &Origins,
+    scanned_now: &[bool],
+) {
+    let supervisor = &services.supervisor;
     spawn_background(
-        &supervisor,
-        &daemon,
-        &syncer,
-        &sources,
-        &scanned_now,
+        supervisor,
+        daemon,
+        &services.syncer,
+        &origins.sources,
+        scanned_now,
         plan.poll_interval,
     );
     {
-        let filler = Arc::clone(&pin_filler);
+        let filler = Arc::clone(&services.pin_filler);
         supervisor.spawn(
             "pins",
             false,
@@ -947,41 +623,40 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             }),
         );
     }
-    open_search(&supervisor, &syncer, &daemon, &db, &plan.cache_dir, &search);
-    control.set_phase("serving");
-    systemd::ready(&format!(
-        "serving {} tracks at {}",
-        report.tracks,
-        plan.mountpoint.display()
-    ));
-    let watchdog = systemd::start_watchdog(&plan.mountpoint);
+    open_search(
+        supervisor,
+        &services.syncer,
+        daemon,
+        db,
+        &plan.cache_dir,
+        &services.search,
+    );
+}
 
-    let signal = runtime.block_on(wait_for_stop(signals.as_mut(), ended_rx));
-    // Graceful shutdown, in order: no new work; background tasks stopped;
-    // reads in flight drained (bounded: a slow origin ends in EIO, never a
-    // hang); state flushed; unmounted.
-    systemd::stopping();
-    control.set_phase("stopping");
-    if let Some(name) = signal {
-        tracing::info!(
-            signal = name,
-            "shutting down (a second signal exits at once)"
-        );
-    }
-    // Each step is logged (`shutdown: ...`), so the order can be checked
-    // from outside (tests/e2e/lifecycle.rs).
+/// Graceful shutdown, in order: no new work; background tasks stopped;
+/// reads in flight drained (bounded: a slow origin ends in EIO, never a
+/// hang); state flushed. Each step is logged (`shutdown: ...`), so the
+/// order can be checked from outside (tests/e2e/lifecycle.rs). A database
+/// that cannot be flushed is the run's error, once the mount is gone.
+fn shut_down(
+    runtime: &tokio::runtime::Runtime,
+    daemon: &Arc<Daemon>,
+    db: &Db,
+    services: &Services,
+    cache_dir: &Path,
+) -> Result<(), RunError> {
     daemon.with_engine(|e, _| e.begin_shutdown());
     tracing::info!("shutdown: new reads get EIO");
-    supervisor.stop_all();
+    services.supervisor.stop_all();
     // A sync (or the search build) on the blocking pool outlives its
     // aborted task: wait for it to reach a saved batch, so that nothing
     // writes the catalog or the index after they are saved below.
-    let quiet = syncer.stop(SYNC_STOP_TIMEOUT);
+    let quiet = services.syncer.stop(SYNC_STOP_TIMEOUT);
     if !quiet {
         tracing::warn!(timeout = ?SYNC_STOP_TIMEOUT, "a sync or the search build still runs; it is left to finish or to resume at the next mount");
     }
     tracing::info!("shutdown: syncs, the watcher and the search build stopped");
-    if !runtime.block_on(drain(&daemon, DRAIN_TIMEOUT)) {
+    if !runtime.block_on(drain(daemon, DRAIN_TIMEOUT)) {
         tracing::warn!(timeout = ?DRAIN_TIMEOUT, "reads still in flight after the drain timeout get EIO");
     }
     daemon.with_engine(|e, _| e.abort_all());
@@ -991,38 +666,40 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         tracing::warn!(error = %e, "could not save the cache state at exit");
     }
     tracing::info!("shutdown: cache state saved");
-    if let Some(live) = search.get() {
+    if let Some(live) = services.search.get() {
         match live.commit() {
             Ok(()) => tracing::info!("shutdown: search index committed"),
             Err(e) => tracing::warn!(error = %e, "could not save the search index at exit"),
         }
     }
-    db.flush()?;
+    db.flush().map_err(RunError::cache(cache_dir))?;
     tracing::info!("shutdown: database flushed");
-    if signal.is_some()
-        && let Err(e) = kernel_mount.unmount()
-    {
+    Ok(())
+}
+
+/// Ends the kernel mount: after a signal it is unmounted here (whoever ran
+/// `musicfs unmount` did it already), then the FUSE thread is joined.
+fn unmount(
+    mountpoint: &Path,
+    mut mount: KernelMount,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    signalled: bool,
+) {
+    if signalled && let Err(e) = mount.unmount() {
         tracing::warn!(error = %e, "unmount failed (busy?); detaching the mount instead");
-        lazy_unmount(&plan.mountpoint);
+        lazy_unmount(mountpoint);
     }
-    match fuse_thread.join() {
+    match thread.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "FUSE session ended with an error");
             // Nothing serves the mount any more: leave no dead mount.
-            if matches!(kernel_mount, KernelMount::Direct(_)) {
-                let _ = kernel_mount.unmount();
+            if matches!(mount, KernelMount::Direct(_)) {
+                let _ = mount.unmount();
             }
         }
         Err(_) => tracing::error!("FUSE thread panicked"),
     }
-    if let Some(stop) = watchdog {
-        stop.store(true, Ordering::Relaxed);
-    }
-    runtime.shutdown_timeout(Duration::from_secs(2));
-    CacheOwner::remove_if_mine(&plan.cache_dir);
-    tracing::info!("unmounted; bye");
-    Ok(())
 }
 
 /// The daemon's background tasks, under the supervisor: timers,
@@ -1104,7 +781,7 @@ fn open_search(
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     cache_dir: &Path,
-    slot: &Arc<OnceLock<Arc<LiveSearch>>>,
+    slot: &Arc<SearchSlot>,
 ) {
     let (syncer, d, db, dir, slot) = (
         Arc::clone(syncer),
@@ -1137,7 +814,7 @@ fn open_search(
                         fail::fail_point!("search-index-open");
                         let tree = d.inspect(|e| e.tree().clone());
                         let live = LiveSearch::open(&dir, &db, &tree).map_err(|e| e.to_string())?;
-                        let _ = slot.set(live);
+                        slot.set(live);
                         Ok::<(), String>(())
                     })?;
                     crate::sys::memory::release_free_memory();
@@ -1162,197 +839,12 @@ async fn drain(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
     true
 }
 
-/// Signals, from the very start of `run`: before the mount is up a signal
-/// ends the process at once (nothing is mounted; the catalog is written in
-/// atomic batches, so an interrupted first scan loses only its progress);
-/// after, the first signal starts the graceful shutdown and a second one
-/// detaches the mount and exits at once. SIGTERM, SIGINT and SIGHUP stop
-/// the daemon, except that with `--log-file` SIGHUP only reopens the log
-/// file (logrotate).
-struct Signals {
-    first: tokio::sync::mpsc::UnboundedReceiver<&'static str>,
-    mounted: Arc<AtomicBool>,
-}
-
-impl Signals {
-    fn install(runtime: &tokio::runtime::Runtime, mountpoint: &Path) -> Option<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        let _guard = runtime.enter();
-        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
-        ) else {
-            tracing::error!("cannot install signal handlers; stop with `musicfs unmount`");
-            return None;
-        };
-        let (tx, first) = tokio::sync::mpsc::unbounded_channel();
-        let mounted = Arc::new(AtomicBool::new(false));
-        let (is_mounted, mountpoint) = (Arc::clone(&mounted), mountpoint.to_path_buf());
-        runtime.spawn(async move {
-            let mut count = 0u32;
-            loop {
-                let name = tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                    _ = hup.recv() => "SIGHUP",
-                };
-                // SIGHUP with --log-file: logrotate moved the file away.
-                // Without one, the terminal is gone: stop as for SIGTERM.
-                if name == "SIGHUP" && crate::cli::logging::logs_to_file() {
-                    match crate::cli::logging::reopen() {
-                        Ok(path) => tracing::info!(
-                            path = %path.unwrap_or_default().display(),
-                            "SIGHUP: log file reopened"
-                        ),
-                        Err(e) => tracing::warn!(error = %e, "SIGHUP: cannot reopen the log file; still writing to the old one"),
-                    }
-                    continue;
-                }
-                count += 1;
-                if !is_mounted.load(Ordering::SeqCst) {
-                    tracing::warn!(signal = name, "stopped before the mount was up");
-                    // The signal may have come between mount(2) and the
-                    // flag: leave no dead MusicFS mount behind.
-                    if sys::mount_at(&mountpoint)
-                        .ok()
-                        .flatten()
-                        .is_some_and(|m| m.is_musicfs())
-                    {
-                        lazy_unmount(&mountpoint);
-                    }
-                    std::process::exit(0);
-                }
-                if count == 1 {
-                    let _ = tx.send(name);
-                } else {
-                    tracing::warn!("second signal: exiting now");
-                    lazy_unmount(&mountpoint);
-                    std::process::exit(EXIT_FORCED);
-                }
-            }
-        });
-        Some(Signals { first, mounted })
-    }
-}
-
-/// Waits for the first signal or the end of the FUSE session (someone ran
-/// `musicfs unmount`). Returns the signal's name, if one came.
-async fn wait_for_stop(
-    signals: Option<&mut Signals>,
-    ended: tokio::sync::oneshot::Receiver<()>,
-) -> Option<&'static str> {
-    let Some(signals) = signals else {
-        let _ = ended.await;
-        return None;
-    };
-    tokio::select! {
-        name = signals.first.recv() => name,
-        _ = ended => None,
-    }
-}
-
-/// The mount's source in the mount table: `musicfs:<first origin>`.
-fn fsname(plan: &MountPlan) -> String {
-    match plan.origins.first().map(|o| &o.kind) {
-        Some(OriginKind::Local(p)) => format!("musicfs:{}", p.display()),
-        Some(OriginKind::Remote(r)) => format!("musicfs:{}", r.key()),
-        None => "musicfs".into(),
-    }
-}
-
-/// The kernel mount, and how it ends.
-enum KernelMount {
-    /// Mounted here with mount(2) (type `fuse.musicfs`): unmounted with
-    /// umount2(2).
-    Direct(PathBuf),
-    /// Mounted by fuser through fusermount3 (no privilege to mount; it
-    /// sets the type `fuse.musicfs` from the subtype option).
-    Fuser(fuser::SessionUnmounter),
-}
-
-impl KernelMount {
-    fn unmount(&mut self) -> std::io::Result<()> {
-        match self {
-            KernelMount::Direct(path) => match sys::umount(path, sys::Unmount::Normal) {
-                // Already gone (someone ran umount): nothing to do.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
-                other => other,
-            },
-            KernelMount::Fuser(unmounter) => unmounter.unmount(),
-        }
-    }
-}
-
-/// Mounts and opens the FUSE session. fuser 0.18 mounts with type `fuse`
-/// when it calls mount(2) itself, so that `findmnt -t fuse.musicfs` and
-/// mount(8) would not know the mount: MusicFS calls mount(2) with type
-/// `fuse.musicfs` itself (as libfuse does) and hands the device to
-/// `Session::from_fd`. Without the privilege to mount (a normal user),
-/// fuser goes through fusermount3, which mounts as `fuse.musicfs` too.
-fn open_session(
-    fs: MusicFs,
-    plan: &MountPlan,
-) -> Result<(fuser::Session<MusicFs>, KernelMount), RunError> {
-    let config = fuse_config(plan);
-    let shown = plan.mountpoint.display();
-    let source = fsname(plan);
-    let direct = sys::mount_fuse(&sys::FuseMount {
-        source: &source,
-        target: &plan.mountpoint,
-        subtype: "musicfs",
-        allow_other: plan.allow_other,
-    });
-    match direct {
-        Ok(device) => {
-            let acl = config.acl;
-            match fuser::Session::from_fd(fs, device, acl, config) {
-                Ok(session) => Ok((session, KernelMount::Direct(plan.mountpoint.clone()))),
-                Err(e) => {
-                    lazy_unmount(&plan.mountpoint);
-                    Err(RunError(format!(
-                        "cannot start the FUSE session at '{shown}': {e}"
-                    )))
-                }
-            }
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
-            tracing::debug!("no privilege to mount(2); mounting through fusermount3");
-            let mut session = fuser::Session::new(fs, &plan.mountpoint, &config)
-                .map_err(|e| RunError(format!("cannot mount at '{shown}': {e}")))?;
-            let unmounter = session.unmount_callable();
-            Ok((session, KernelMount::Fuser(unmounter)))
-        }
-        Err(e) => Err(RunError(format!("cannot mount at '{shown}': {e}"))),
-    }
-}
-
-fn fuse_config(plan: &MountPlan) -> fuser::Config {
-    use fuser::MountOption as O;
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        O::FSName(fsname(plan)),
-        O::Subtype("musicfs".into()),
-        O::RO,
-        O::NoDev,
-        O::NoSuid,
-        O::NoAtime,
-        O::DefaultPermissions,
-    ];
-    if plan.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(2);
-    config.clone_fd = true;
-    config
-}
-
 /// Rebuilds the chunk index from the chunk files after the database was
 /// lost: the files are the truth (each is verified when read).
 fn rebuild_chunk_index(
     store: &ChunkStore,
     db: &Db,
-) -> Result<Vec<(musicfs_core::ChunkId, u32, u64)>, RunError> {
+) -> Result<Vec<(musicfs_core::ChunkId, u32, u64)>, StoreError> {
     let found = store.scan()?;
     let index: Vec<_> = found
         .into_iter()
@@ -1366,190 +858,10 @@ fn rebuild_chunk_index(
     Ok(index)
 }
 
-/// Detaches a busy mount: it disappears now, open files keep working.
-pub fn lazy_unmount(mountpoint: &Path) {
-    if sys::umount(mountpoint, sys::Unmount::Lazy).is_err() {
-        let _ = std::process::Command::new("fusermount3")
-            .args(["-u", "-z"])
-            .arg(mountpoint)
-            .status();
-    }
-}
-
-fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
-}
-
-fn current_gid() -> u32 {
-    // SAFETY: getgid has no preconditions and cannot fail.
-    unsafe { libc::getgid() }
-}
-
 /// Retry jitter only needs to differ between daemons, not be secret.
 fn seed_from_clock() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
         ^ u64::from(std::process::id())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn origin_options_are_split_off_the_end() {
-        let dir = tempfile::tempdir().unwrap();
-        let odd = dir.path().join("a,b");
-        std::fs::create_dir(&odd).unwrap();
-        let raw = format!("{},name=home,priority=-3", odd.display());
-        let spec = parse_origin(&raw).unwrap();
-        assert_eq!(spec.name.as_deref(), Some("home"));
-        assert_eq!(spec.priority, -3);
-        assert_eq!(
-            spec.kind,
-            OriginKind::Local(odd.canonicalize().unwrap()),
-            "a comma inside the path is part of the path"
-        );
-        let plain = parse_origin(&odd.display().to_string()).unwrap();
-        assert_eq!((plain.name, plain.priority), (None, 0));
-    }
-
-    #[test]
-    fn remote_origins_parse_and_describe_without_secrets() {
-        let spec =
-            parse_origin("s3://music/flac?endpoint=http://127.0.0.1:9000,name=bucket,priority=2")
-                .unwrap();
-        assert!(matches!(&spec.kind, OriginKind::Remote(r) if matches!(**r, RemoteSpec::S3(_))));
-        assert_eq!(spec.priority, 2);
-        assert!(
-            spec.describe().starts_with("bucket (s3://music/flac"),
-            "{}",
-            spec.describe()
-        );
-        let sftp = parse_origin("sftp://me@nas:2222/srv/music").unwrap();
-        assert!(matches!(&sftp.kind, OriginKind::Remote(r) if matches!(**r, RemoteSpec::Sftp(_))));
-        assert_ne!(spec.key(), sftp.key());
-        let err = parse_origin("sftp://me:hunter2@nas/srv/music")
-            .unwrap_err()
-            .0;
-        assert!(!err.contains("hunter2"), "{err}");
-        let err = parse_origin("s3://b/p?secret_access_key=hunter2")
-            .unwrap_err()
-            .0;
-        assert!(!err.contains("hunter2"), "{err}");
-    }
-
-    fn plan_error(origins: &[&str]) -> String {
-        let mut argv = vec!["musicfs", "mount"];
-        for o in origins {
-            argv.extend(["--origin", o]);
-        }
-        argv.push("/nonexistent/mnt");
-        let args = match crate::cli::config::parse_command_line_from(argv) {
-            Ok(cli) => match cli.command {
-                crate::cli::Command::Mount(m) => m,
-                other => panic!("not a mount: {other:?}"),
-            },
-            Err(e) => panic!("{e}"),
-        };
-        match MountPlan::from_args(&args) {
-            Ok(plan) => panic!("accepted {origins:?} as {:?}", plan.origins),
-            Err(e) => e.0,
-        }
-    }
-
-    #[test]
-    fn the_same_origin_twice_is_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let music = dir.path().join("music");
-        std::fs::create_dir_all(music.join("sub")).unwrap();
-        std::os::unix::fs::symlink(&music, dir.path().join("link")).unwrap();
-        let m = music.display().to_string();
-        let canonical = music.canonicalize().unwrap().display().to_string();
-        for twin in [
-            format!("{m}/"),
-            format!("{m}/sub/.."),
-            dir.path().join("link").display().to_string(),
-            format!("{m}/,name=other,priority=5"),
-        ] {
-            let e = plan_error(&[m.as_str(), twin.as_str()]);
-            assert!(
-                e.contains(&format!(
-                    "origin '{m}' and origin '{twin}' are the same place ({canonical})"
-                )),
-                "{twin}: {e}"
-            );
-        }
-        for (a, b) in [
-            ("s3://music/flac", "s3://music/flac/,name=again"),
-            (
-                "s3://music/flac?endpoint=http://minio:9000",
-                "s3://music//flac?endpoint=http://minio:9000&region=x",
-            ),
-            ("sftp://me@nas/srv/music", "sftp://me@NAS:22/srv/music/"),
-        ] {
-            let e = plan_error(&[a, b]);
-            assert!(
-                e.contains("are the same place") && e.contains(a),
-                "{b}: {e}"
-            );
-        }
-        // Different places are still fine: the first error is the mountpoint.
-        for (a, b) in [
-            ("s3://music/flac", "s3://music/mp3"),
-            (
-                "s3://music/flac",
-                "s3://music/flac?endpoint=http://minio:9000",
-            ),
-            ("sftp://me@nas/srv/music", "sftp://you@nas/srv/music"),
-            ("sftp://me@nas/srv/music", "sftp://me@nas:2222/srv/music"),
-        ] {
-            let e = plan_error(&[a, b]);
-            assert!(e.contains("mountpoint"), "{a} {b}: {e}");
-        }
-        let sub = music.join("sub").display().to_string();
-        assert!(plan_error(&[&m, &sub]).contains("mountpoint"));
-    }
-
-    #[test]
-    fn bad_origin_options_are_usage_errors() {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display();
-        for (raw, says) in [
-            (format!("{d},priority=high"), "whole number"),
-            (format!("{d},name="), "name must be"),
-            (format!("{d},name=a,name=b"), "twice"),
-            ("ftp://host/x".to_owned(), "not supported"),
-            ("s3://".to_owned(), "bucket"),
-        ] {
-            let err = parse_origin(&raw).unwrap_err().0;
-            assert!(err.contains(says), "{raw}: {err}");
-        }
-    }
-
-    #[test]
-    fn origin_and_mountpoint_are_still_required() {
-        let cli = |args: &[&str]| {
-            let argv = std::iter::once("musicfs").chain(args.iter().copied());
-            match crate::cli::config::parse_command_line_from(argv)
-                .expect("parses")
-                .command
-            {
-                crate::cli::Command::Mount(m) => *m,
-                other => panic!("not a mount: {other:?}"),
-            }
-        };
-        let e = MountPlan::from_args(&cli(&["mount", "/mnt"])).unwrap_err();
-        assert!(e.0.contains("origin"), "{e}");
-        let e = MountPlan::from_args(&cli(&["mount", "--origin", "/a"])).unwrap_err();
-        assert!(e.0.contains("mountpoint"), "{e}");
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("musicfs.toml");
-        std::fs::write(&file, "mountpoint = \"/mnt\"").unwrap();
-        let args = crate::cli::config::resolve(cli(&["mount", "--config", file.to_str().unwrap()]));
-        let e = MountPlan::from_args(&args.unwrap()).unwrap_err();
-        assert!(e.0.contains("origin"), "{e}");
-    }
 }

@@ -36,6 +36,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+pub mod arg;
 pub mod beneath;
 pub mod limits;
 pub mod path;
@@ -44,10 +45,11 @@ pub mod s3;
 pub mod sftp;
 pub mod spec;
 
+pub use arg::{OriginArgError, OriginKind, OriginSpec, parse_origin};
 pub use limits::RemoteLimits;
 pub use s3::{S3Config, S3Credentials, S3Origin, Secret};
 pub use sftp::{SftpConfig, SftpOrigin};
-pub use spec::{RemoteSpec, is_remote_url, parse_remote_url, redact_url};
+pub use spec::{RemoteSpec, UrlError, is_remote_url, parse_remote_url, redact_url};
 
 /// A boxed future, as origin methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

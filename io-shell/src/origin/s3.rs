@@ -566,7 +566,7 @@ fn classify(e: &opendal::Error, what: &str) -> OriginError {
             }
             // Every cause: the last ones ("Connection refused") say why.
             let source = std::error::Error::source(e)
-                .map(|s| format!(": {}", crate::sys::error_chain(s)))
+                .map(|s| format!(": {}", crate::errors::error_chain(s)))
                 .unwrap_or_default();
             OriginError::Unavailable(format!("s3 {what} failed ({kind}): {message}{source}"))
         }

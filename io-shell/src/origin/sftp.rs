@@ -65,6 +65,7 @@
 
 use super::limits::{RequestGate, with_retries};
 use super::{BoxFuture, ListPage, Origin, OriginError, RemoteFile, RemoteLimits, RemoteOrigin};
+use crate::errors::error_chain;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
@@ -560,21 +561,6 @@ fn version_of(meta: &MetaData) -> FileVersion {
             .saturating_mul(1_000_000_000),
         token: None,
     }
-}
-
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(text.trim());
-        }
-        source = s.source();
-    }
-    out
 }
 
 impl Origin for SftpOrigin {

@@ -4,19 +4,29 @@
 //! (`$XDG_RUNTIME_DIR/musicfs`, `/run/musicfs` for root, else
 //! `/tmp/musicfs-$UID`), named after a hash of the mountpoint. A request is
 //! one line of JSON (`{"cmd":"status"}`), the answer one JSON document. The
-//! socket is up from the start, so a long first scan can be watched.
+//! socket is up from the start ([`ControlSocket::bind`], answering `status`
+//! from a [`MountStatus`]), so a long first scan can be watched; once the
+//! daemon and its services exist, the mount hands it a [`Control`]
+//! ([`ControlSocket::serve`]) and it answers everything. [`client`] is the
+//! other end.
 //! Nothing secret is ever in an answer: origins describe themselves
 //! without credentials.
 
+pub mod client;
+
 use crate::exec::daemon::Daemon;
+use crate::library::sync::Syncer;
+use crate::pins::fill::PinFiller;
+use crate::search::live::SearchSlot;
 use crate::service::supervisor::{Supervisor, TaskState};
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt as _, AsyncWriteExt, BufReader};
 
 /// Longest request line accepted.
 const REQUEST_BYTES_MAX: usize = 64 * 1024;
@@ -34,57 +44,37 @@ pub struct ScanState {
     pub what: Mutex<String>,
 }
 
-/// Everything `musicfs status` reports.
-pub struct Control {
+/// What `musicfs status` shows from the very start: which mount, since
+/// when, its phase, and the first scan's progress.
+pub struct MountStatus {
     started: Instant,
     mountpoint: PathBuf,
     origins: Vec<String>,
     /// Scan progress.
     pub scan: Arc<ScanState>,
-    /// The daemon, once the tree is built.
-    pub daemon: OnceLock<Arc<Daemon>>,
-    /// The supervisor of background tasks.
-    pub supervisor: OnceLock<Arc<Supervisor>>,
-    /// Syncs origins (`musicfs rescan`).
-    pub syncer: OnceLock<Arc<crate::library::sync::Syncer>>,
-    /// The search index, once open.
-    pub search: OnceLock<Arc<OnceLock<Arc<crate::search::live::LiveSearch>>>>,
-    /// Fetches what pinned files lack (`musicfs pin`).
-    pub pin_filler: OnceLock<Arc<crate::pins::fill::PinFiller>>,
-    /// The cache directory (a search names the library by it).
-    pub cache_dir: PathBuf,
-    /// "scanning", "serving", "stopping".
-    pub phase: Mutex<&'static str>,
-    /// Where the Prometheus metrics are served (`--metrics-addr`).
-    pub metrics_addr: OnceLock<std::net::SocketAddr>,
+    phase: Mutex<&'static str>,
 }
 
-impl Control {
-    /// Control state for the mount at `mountpoint` with these origins.
-    pub fn new(mountpoint: &Path, cache_dir: &Path, origins: Vec<String>) -> Arc<Control> {
-        Arc::new(Control {
+impl MountStatus {
+    /// The status of the mount at `mountpoint` with these origins (as
+    /// they describe themselves: no secrets).
+    pub fn new(mountpoint: &Path, origins: Vec<String>) -> Arc<MountStatus> {
+        Arc::new(MountStatus {
             started: Instant::now(),
             mountpoint: mountpoint.to_path_buf(),
             origins,
             scan: Arc::new(ScanState::default()),
-            daemon: OnceLock::new(),
-            supervisor: OnceLock::new(),
-            syncer: OnceLock::new(),
-            search: OnceLock::new(),
-            pin_filler: OnceLock::new(),
-            cache_dir: cache_dir.to_path_buf(),
             phase: Mutex::new("starting"),
-            metrics_addr: OnceLock::new(),
         })
     }
 
-    /// Sets the phase.
+    /// Sets the phase: "scanning", "serving", "stopping".
     pub fn set_phase(&self, phase: &'static str) {
         *self.phase.lock() = phase;
     }
 
-    /// The status document.
-    pub fn status(&self) -> Value {
+    /// The status document, without the daemon's part.
+    pub fn doc(&self) -> Value {
         let scan = json!({
             "what": self.scan.what.lock().clone(),
             "files_seen": self.scan.seen.load(Ordering::Relaxed),
@@ -99,44 +89,73 @@ impl Control {
             "fuse_protocol": crate::kernel::fuse::kernel_protocol(),
             "scan": scan,
         });
-        if let Some(addr) = self.metrics_addr.get() {
+        doc["origins"] = origins_doc(&self.origins, &[]);
+        doc
+    }
+}
+
+/// Each origin with its health (`unknown` before the daemon tracks it).
+fn origins_doc(origins: &[String], health: &[(u16, String, u32, Option<String>)]) -> Value {
+    origins
+        .iter()
+        .enumerate()
+        .map(|(i, describe)| {
+            let h = health.iter().find(|h| usize::from(h.0) == i);
+            json!({
+                "id": i,
+                "origin": describe,
+                "health": h.map_or("unknown".to_string(), |h| h.1.clone()),
+                "consecutive_failures": h.map_or(0, |h| h.2),
+                "last_error": h.and_then(|h| h.3.clone()),
+            })
+        })
+        .collect()
+}
+
+/// Everything a running mount answers on its control socket: `status`,
+/// `rescan`, `search` and the pin commands.
+pub struct Control {
+    /// The status shown from the start.
+    pub status: Arc<MountStatus>,
+    /// The daemon.
+    pub daemon: Arc<Daemon>,
+    /// The supervisor of background tasks.
+    pub supervisor: Arc<Supervisor>,
+    /// Syncs origins (`musicfs rescan`).
+    pub syncer: Arc<Syncer>,
+    /// The search index, once open.
+    pub search: Arc<SearchSlot>,
+    /// Fetches what pinned files lack (`musicfs pin`).
+    pub pin_filler: Arc<PinFiller>,
+    /// The cache directory (a search names the library by it).
+    pub cache_dir: PathBuf,
+    /// Where the Prometheus metrics are served (`--metrics-addr`).
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Control {
+    /// The status document.
+    pub fn status(&self) -> Value {
+        let mut doc = self.status.doc();
+        if let Some(addr) = self.metrics_addr {
             doc["metrics"] = json!(format!("http://{addr}/metrics"));
         }
-        let health: Vec<(u16, String, u32, Option<String>)> = self
-            .daemon
-            .get()
-            .map(|d| {
-                d.inspect(|e| {
-                    e.origin_statuses()
-                        .into_iter()
-                        .map(|s| {
-                            (
-                                s.origin.0,
-                                s.health.to_string(),
-                                s.consecutive_failures,
-                                s.last_error,
-                            )
-                        })
-                        .collect()
+        let health: Vec<(u16, String, u32, Option<String>)> = self.daemon.inspect(|e| {
+            e.origin_statuses()
+                .into_iter()
+                .map(|s| {
+                    (
+                        s.origin.0,
+                        s.health.to_string(),
+                        s.consecutive_failures,
+                        s.last_error,
+                    )
                 })
-            })
-            .unwrap_or_default();
-        doc["origins"] = self
-            .origins
-            .iter()
-            .enumerate()
-            .map(|(i, describe)| {
-                let h = health.iter().find(|h| usize::from(h.0) == i);
-                json!({
-                    "id": i,
-                    "origin": describe,
-                    "health": h.map_or("unknown".to_string(), |h| h.1.clone()),
-                    "consecutive_failures": h.map_or(0, |h| h.2),
-                    "last_error": h.and_then(|h| h.3.clone()),
-                })
-            })
-            .collect();
-        if let Some(d) = self.daemon.get() {
+                .collect()
+        });
+        doc["origins"] = origins_doc(&self.status.origins, &health);
+        {
+            let d = &self.daemon;
             doc["cache"] = d.inspect(|e| {
                 let s = e.stats();
                 let answered = s.reads_served + s.reads_passthrough;
@@ -159,8 +178,9 @@ impl Control {
             });
             doc["pins"] = d.inspect(crate::pins::summary);
         }
-        if let Some(sup) = self.supervisor.get() {
-            doc["tasks"] = sup
+        {
+            doc["tasks"] = self
+                .supervisor
                 .statuses()
                 .into_iter()
                 .map(|t| {
@@ -181,9 +201,7 @@ impl Control {
     /// Syncs every origin now (blocking: called on the blocking pool).
     fn rescan(&self) -> Value {
         tracing::info!("rescan asked (musicfs rescan)");
-        let Some(syncer) = self.syncer.get() else {
-            return json!({"error": "not mounted yet"});
-        };
+        let syncer = &self.syncer;
         let origins: Vec<Value> = (0..syncer.origins())
             .map(|i| match syncer.sync_origin(musicfs_core::OriginId(i as u16)) {
                 Ok(r) => json!({"id": i, "read": r.reread, "removed": r.removed, "moved": r.moved, "unchanged": r.unchanged}),
@@ -204,14 +222,14 @@ impl Control {
                 .map(PathBuf::from)
                 .and_then(|d| d.canonicalize().ok())
                 .is_some_and(|d| self.cache_dir.canonicalize().is_ok_and(|c| c == d));
-        let live = self.search.get().and_then(|s| s.get());
+        let live = self.search.get();
         let (Some(live), true) = (live, same_library) else {
             return json!({"error": "not this library, or its index is not open yet"});
         };
         let query = request["query"].as_str().unwrap_or_default();
         let limit = request["limit"].as_u64().map_or(50, |l| l as usize);
         match live.search(query, limit) {
-            Ok(paths) => json!({ "paths": paths, "mountpoint": self.mountpoint }),
+            Ok(paths) => json!({ "paths": paths, "mountpoint": self.status.mountpoint }),
             Err(e @ crate::search::SearchError::BadQuery(_)) => json!({"bad_query": e.to_string()}),
             Err(e) => json!({"error": e.to_string()}),
         }
@@ -220,13 +238,11 @@ impl Control {
     /// `pin`, `unpin`, `pin_pause`, `pin_state` and `pins`.
     fn pins(&self, cmd: &str, request: &Value) -> Value {
         use crate::pins;
-        let (Some(daemon), Some(filler)) = (self.daemon.get(), self.pin_filler.get()) else {
-            return json!({"error": "not mounted yet"});
-        };
-        let live = self.search.get().and_then(|s| s.get()).map(Arc::as_ref);
+        let (daemon, filler) = (&self.daemon, &self.pin_filler);
+        let live = self.search.get().map(Arc::as_ref);
         let named = || {
             pins::Target::from_request(request)
-                .map_err(|e| json!({ "error": e }))
+                .map_err(|e| json!({ "error": e.to_string() }))
                 .and_then(|t| pins::resolve(daemon, live, &t))
         };
         match cmd {
@@ -237,19 +253,38 @@ impl Control {
             _ => pins::list(daemon),
         }
     }
+}
 
-    fn answer(self: &Arc<Self>, request: &str) -> Value {
+/// Who answers a request: the status alone while the mount starts, then
+/// the running mount.
+#[derive(Clone)]
+enum Answerer {
+    Starting(Arc<MountStatus>),
+    Serving(Arc<Control>),
+}
+
+impl Answerer {
+    fn answer(&self, request: &str) -> Value {
         let parsed = serde_json::from_str::<Value>(request).unwrap_or(Value::Null);
         let cmd = parsed.get("cmd").and_then(Value::as_str).map(str::to_owned);
-        match cmd.as_deref() {
-            Some("search") => self.search(&parsed),
-            Some("status") => self.status(),
-            Some("rescan") => self.rescan(),
-            Some(cmd @ ("pin" | "unpin" | "pin_pause" | "pin_state" | "pins")) => {
-                self.pins(cmd, &parsed)
+        match (self, cmd.as_deref()) {
+            (Answerer::Starting(status), Some("status")) => status.doc(),
+            (Answerer::Serving(c), Some("status")) => c.status(),
+            (Answerer::Serving(c), Some("search")) => c.search(&parsed),
+            (Answerer::Serving(c), Some("rescan")) => c.rescan(),
+            (
+                Answerer::Serving(c),
+                Some(cmd @ ("pin" | "unpin" | "pin_pause" | "pin_state" | "pins")),
+            ) => c.pins(cmd, &parsed),
+            (Answerer::Starting(_), Some("search")) => {
+                json!({"error": "not this library, or its index is not open yet"})
             }
-            Some(other) => json!({"error": format!("unknown command '{other}'")}),
-            None => json!({"error": "a request is one line of JSON: {\"cmd\":\"status\"}"}),
+            (
+                Answerer::Starting(_),
+                Some("rescan" | "pin" | "unpin" | "pin_pause" | "pin_state" | "pins"),
+            ) => json!({"error": "not mounted yet"}),
+            (_, Some(other)) => json!({"error": format!("unknown command '{other}'")}),
+            (_, None) => json!({"error": "a request is one line of JSON: {\"cmd\":\"status\"}"}),
         }
     }
 }
@@ -292,298 +327,70 @@ pub fn socket_path(mountpoint: &Path) -> PathBuf {
     runtime_dir().join(socket_name(mountpoint))
 }
 
-/// Why [`find_socket`] found no socket to ask.
-#[derive(Debug, thiserror::Error)]
-pub enum FindError {
-    /// No MusicFS mount there, and no daemon starting there either.
-    #[error("there is no MusicFS mount at '{0}'")]
-    NotMounted(String),
-    /// The socket is in a directory this user may not read.
-    #[error("the mount at '{shown}' is run by another user ({}); run status as that user or root", uid.map_or("uid unknown".to_owned(), |u| format!("uid {u}")))]
-    OtherUser {
-        /// The mountpoint, as given.
-        shown: String,
-        /// Its daemon's user, from the mount table.
-        uid: Option<u32>,
-    },
-    /// A MusicFS mount without a socket where its daemon would put it.
-    #[error("the mount at '{shown}' (run by {}) has no control socket in {looked}; its daemon may have been killed, or runs with an XDG_RUNTIME_DIR of its own", uid.map_or("an unknown user".to_owned(), |u| format!("uid {u}")))]
-    NoSocket {
-        /// The mountpoint, as given.
-        shown: String,
-        /// Its daemon's user, from the mount table.
-        uid: Option<u32>,
-        /// The directories looked in.
-        looked: String,
-    },
-}
-
-/// The directories where a daemon run by `uid` (or by this user) puts its
-/// control socket, this user's first.
-fn socket_dirs(uid: Option<u32>) -> Vec<PathBuf> {
-    let mut dirs = vec![runtime_dir(), PathBuf::from("/run/musicfs")];
-    if let Some(uid) = uid {
-        dirs.push(PathBuf::from(format!("/run/user/{uid}/musicfs")));
-        dirs.push(PathBuf::from(format!("/tmp/musicfs-{uid}")));
-    }
-    dirs.dedup();
-    dirs
-}
-
-/// The control socket of the mount at `mountpoint`, whoever runs it: this
-/// user's runtime directory, then where a daemon of the mount's user
-/// (`user_id=` in the mount table) would put it: `/run/musicfs` (root and
-/// the systemd units), `/run/user/UID/musicfs`, `/tmp/musicfs-UID`. A
-/// directory this user may not enter is reported as another user's mount.
-pub fn find_socket(mountpoint: &Path) -> Result<PathBuf, FindError> {
-    let shown = mountpoint.display().to_string();
-    let name = socket_name(mountpoint);
-    let mount = crate::sys::mount_at(mountpoint)
-        .ok()
-        .flatten()
-        .filter(crate::sys::MountEntry::is_musicfs);
-    let uid = mount.as_ref().and_then(|m| m.user_id);
-    let dirs = socket_dirs(uid);
-    let mut denied = false;
-    for dir in &dirs {
-        let path = dir.join(&name);
-        match std::fs::symlink_metadata(&path) {
-            Ok(_) => return Ok(path),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied = true,
-            Err(_) => {}
-        }
-    }
-    if denied {
-        return Err(FindError::OtherUser { shown, uid });
-    }
-    if mount.is_none() {
-        return Err(FindError::NotMounted(shown));
-    }
-    let looked = dirs
-        .iter()
-        .map(|d| d.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    Err(FindError::NoSocket { shown, uid, looked })
-}
-
-/// Asks the daemon of the mount at `mountpoint` (see [`find_socket`]);
-/// the error is one line for the user.
-pub fn ask(mountpoint: &Path, cmd: &Value, timeout: Duration) -> Result<Value, String> {
-    let socket = find_socket(mountpoint).map_err(|e| e.to_string())?;
-    request(&socket, cmd, timeout).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::PermissionDenied {
-            let uid = crate::sys::mount_at(mountpoint)
-                .ok()
-                .flatten()
-                .and_then(|m| m.user_id);
-            FindError::OtherUser {
-                shown: mountpoint.display().to_string(),
-                uid,
-            }
-            .to_string()
-        } else {
-            format!(
-                "no daemon answers for '{}' at {}: {e}",
-                mountpoint.display(),
-                socket.display()
-            )
-        }
-    })
-}
-
-/// The sockets of every MusicFS mount this user can reach: those in this
-/// user's runtime directory, and those of the mounts in the mount table
-/// (another user's, for root).
-pub fn reachable_sockets() -> Vec<PathBuf> {
-    let mut out = all_sockets();
-    for m in crate::sys::mounts()
-        .unwrap_or_default()
-        .iter()
-        .filter(|m| m.is_musicfs())
-    {
-        if let Ok(socket) = find_socket(&m.mount_point)
-            && !out.contains(&socket)
-        {
-            out.push(socket);
-        }
-    }
-    out
-}
-
-/// Serves the control socket until the runtime stops; removes it on drop of
-/// the returned guard.
-pub fn serve(control: Arc<Control>, rt: &tokio::runtime::Handle) -> std::io::Result<SocketGuard> {
-    let path = socket_path(&control.mountpoint);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
-    }
-    let _ = std::fs::remove_file(&path); // a leftover from a killed daemon
-    let listener = {
-        let _guard = rt.enter();
-        tokio::net::UnixListener::bind(&path)?
-    };
-    rt.spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let control = Arc::clone(&control);
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut line = String::new();
-                let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
-                let got = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
-                if matches!(got, Ok(Ok(n)) if n > 0) {
-                    let c = Arc::clone(&control);
-                    let answer = tokio::task::spawn_blocking(move || c.answer(line.trim()))
-                        .await
-                        .unwrap_or_else(|e| json!({"error": e.to_string()}));
-                    let mut text = answer.to_string();
-                    text.push('\n');
-                    let _ = write.write_all(text.as_bytes()).await;
-                }
-            });
-        }
-    });
-    Ok(SocketGuard { path })
-}
-
-use tokio::io::AsyncReadExt as _;
-
-/// Removes the control socket when dropped.
-pub struct SocketGuard {
+/// The control socket of a mount: removed when dropped.
+pub struct ControlSocket {
     path: PathBuf,
+    answerer: Arc<RwLock<Answerer>>,
 }
 
-impl Drop for SocketGuard {
+impl ControlSocket {
+    /// Binds the socket of the mount `status` describes and serves it until
+    /// the runtime stops; until [`ControlSocket::serve`], it answers
+    /// `status` from `status` alone.
+    pub fn bind(
+        status: &Arc<MountStatus>,
+        rt: &tokio::runtime::Handle,
+    ) -> std::io::Result<ControlSocket> {
+        let path = socket_path(&status.mountpoint);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let _ = std::fs::remove_file(&path); // a leftover from a killed daemon
+        let listener = {
+            let _guard = rt.enter();
+            tokio::net::UnixListener::bind(&path)?
+        };
+        let answerer = Arc::new(RwLock::new(Answerer::Starting(Arc::clone(status))));
+        let shared = Arc::clone(&answerer);
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let answerer = Arc::clone(&shared);
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut line = String::new();
+                    let mut reader = BufReader::new(read.take(REQUEST_BYTES_MAX as u64));
+                    let got =
+                        tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await;
+                    if matches!(got, Ok(Ok(n)) if n > 0) {
+                        // Not under the lock: a rescan may take minutes.
+                        let answerer = answerer.read().clone();
+                        let answer =
+                            tokio::task::spawn_blocking(move || answerer.answer(line.trim()))
+                                .await
+                                .unwrap_or_else(|e| json!({"error": e.to_string()}));
+                        let mut text = answer.to_string();
+                        text.push('\n');
+                        let _ = write.write_all(text.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        Ok(ControlSocket { path, answerer })
+    }
+
+    /// From now on every request is answered by `control`.
+    pub fn serve(&self, control: Arc<Control>) {
+        *self.answerer.write() = Answerer::Serving(control);
+    }
+}
+
+impl Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Sends one request to the daemon listening at `socket` and waits up to
-/// `timeout` for the answer.
-pub fn request(socket: &Path, cmd: &Value, timeout: Duration) -> std::io::Result<Value> {
-    use std::io::{BufRead, Write};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(Duration::from_secs(10)))?;
-    let mut line = cmd.to_string();
-    line.push('\n');
-    stream.write_all(line.as_bytes())?;
-    let mut answer = String::new();
-    std::io::BufReader::new(stream).read_line(&mut answer)?;
-    serde_json::from_str(&answer)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
-}
-
-/// Every control socket in the runtime directory.
-pub fn all_sockets() -> Vec<PathBuf> {
-    let mut out: Vec<PathBuf> = std::fs::read_dir(runtime_dir())
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "sock"))
-                .collect()
-        })
-        .unwrap_or_default();
-    out.sort();
-    out
-}
-
-/// `musicfs status` as text.
-pub fn render_status(doc: &Value) -> String {
-    let mut out = String::new();
-    let s = |v: &Value| {
-        v.as_str()
-            .map(str::to_owned)
-            .unwrap_or_else(|| v.to_string())
-    };
-    out.push_str(&format!(
-        "{}  (pid {}, {}, up {}s)\n",
-        s(&doc["mountpoint"]),
-        doc["pid"],
-        s(&doc["phase"]),
-        doc["uptime_secs"]
-    ));
-    out.push_str(&format!(
-        "  musicfs {}, FUSE protocol {}\n",
-        s(&doc["version"]),
-        s(&doc["fuse_protocol"])
-    ));
-    if let Some(url) = doc["metrics"].as_str() {
-        out.push_str(&format!("  metrics: {url}\n"));
-    }
-    let scan = &doc["scan"];
-    if scan["what"].as_str().is_some_and(|w| !w.is_empty()) {
-        out.push_str(&format!(
-            "  scanning {}: {} of {} files\n",
-            s(&scan["what"]),
-            scan["files_scanned"],
-            scan["files_seen"]
-        ));
-    }
-    out.push_str("  origins:\n");
-    for o in doc["origins"].as_array().into_iter().flatten() {
-        let err = o["last_error"]
-            .as_str()
-            .map(|e| format!(" ({e})"))
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "    [{}] {:<10} {}{}\n",
-            o["id"],
-            s(&o["health"]),
-            s(&o["origin"]),
-            err
-        ));
-    }
-    let c = &doc["cache"];
-    if c.is_object() {
-        let mib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
-        let ratio = c["hit_ratio"]
-            .as_f64()
-            .map_or("n/a".into(), |r| format!("{:.1}%", r * 100.0));
-        out.push_str(&format!(
-            "  cache: {:.1} of {:.0} MiB, {} chunks, hit ratio {}{}\n",
-            mib(&c["bytes"]),
-            mib(&c["capacity_bytes"]),
-            c["chunks"],
-            ratio,
-            if c["passthrough"].as_bool() == Some(true) {
-                ", PASSTHROUGH (cache disk failing)"
-            } else {
-                ""
-            }
-        ));
-        out.push_str(&format!(
-            "  tracks: {}; reads in flight {}, fetches {}; failed reads {}\n",
-            c["tracks"], c["reads_in_flight"], c["fetches_in_flight"], c["reads_failed"]
-        ));
-    }
-    let p = &doc["pins"];
-    if p["files"].as_u64().unwrap_or(0) > 0 {
-        let mib = |v: &Value| v.as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
-        out.push_str(&format!(
-            "  pins: {} files ({:.1} MiB), {} fully cached ({:.1} MiB cached); at most {:.0} MiB may be pinned\n",
-            p["files"],
-            mib(&p["bytes"]),
-            p["full"],
-            mib(&p["cached_bytes"]),
-            mib(&p["limit_bytes"]),
-        ));
-    }
-    if let Some(tasks) = doc["tasks"].as_array() {
-        out.push_str("  tasks:");
-        for t in tasks {
-            out.push_str(&format!(" {}={}", s(&t["name"]), s(&t["state"])));
-            if t["restarts"].as_u64().unwrap_or(0) > 0 {
-                out.push_str(&format!("(restarted {}x)", t["restarts"]));
-            }
-        }
-        out.push('\n');
-    }
-    out
 }
