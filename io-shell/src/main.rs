@@ -69,8 +69,8 @@ fn main() -> ExitCode {
             match mount::run(plan) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
-                    eprintln!("musicfs: {e}");
+                    tracing::error!("{}", musicfs::errors::error_chain(&e));
+                    eprintln!("musicfs: error: {}", musicfs::errors::Report(&e));
                     ExitCode::from(EXIT_FAILURE)
                 }
             }
