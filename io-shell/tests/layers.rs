@@ -7,6 +7,8 @@
 //! written inline; comments are left out) as an edge from the file's
 //! top-level module to `NAME`. The test fails on a cycle, naming it with a
 //! line that makes each of its edges.
+//!
+//! Also: libc functions are called in `src/sys/` only, one wrapper each.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -62,6 +64,38 @@ fn top_level_modules_form_no_cycle() {
         }
     }
     println!("layers, lowest first: {}", order.join(" | "));
+}
+
+/// Every libc function is called through its one wrapper in `src/sys/`
+/// (constants and types may be used anywhere).
+#[test]
+fn libc_is_called_only_in_sys() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut calls = Vec::new();
+    for file in rust_files(&src) {
+        if file.starts_with(src.join("sys")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("readable source");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.split_once("//").map_or(line, |(code, _)| code);
+            for (at, _) in code.match_indices("libc::") {
+                let name: String = code[at + "libc::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                let rest = &code[at + "libc::".len() + name.len()..];
+                if name.starts_with(|c: char| c.is_ascii_lowercase()) && rest.starts_with('(') {
+                    calls.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(
+        calls.is_empty(),
+        "libc called outside src/sys/:\n{}",
+        calls.join("\n")
+    );
 }
 
 /// The test's own check: a planted cycle is found and named.

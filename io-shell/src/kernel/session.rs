@@ -5,9 +5,7 @@
 use super::fuse::MusicFs;
 use super::unmount::lazy_unmount;
 use crate::sys;
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 /// The kernel mount, and how it ends.
@@ -183,40 +181,27 @@ pub struct FuseMount<'a> {
 pub fn mount_fuse(mount: &FuseMount<'_>) -> io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::os::unix::fs::MetadataExt;
-    let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte");
     let device = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(FUSE_DEVICE)?; // O_CLOEXEC, as std opens every file
     let rootmode = std::fs::metadata(mount.target)?.mode() & libc::S_IFMT;
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut data = format!(
-        "fd={},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions",
-        device.as_raw_fd()
+        "fd={},rootmode={rootmode:o},user_id={},group_id={},default_permissions",
+        device.as_raw_fd(),
+        sys::getuid(),
+        sys::getgid(),
     );
     if mount.allow_other {
         data.push_str(",allow_other");
     }
-    let source = CString::new(mount.source).map_err(nul)?;
-    let target = CString::new(mount.target.as_os_str().as_bytes()).map_err(nul)?;
-    let fstype = CString::new(format!("fuse.{}", mount.subtype)).map_err(nul)?;
-    let data = CString::new(data).map_err(nul)?;
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives
-    // the call; `data` is the text options string FUSE expects.
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            flags,
-            data.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    sys::mount(&sys::Mount {
+        source: mount.source,
+        target: mount.target,
+        fstype: &format!("fuse.{}", mount.subtype),
+        flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME,
+        data: &data,
+    })?;
     Ok(OwnedFd::from(device))
 }
 

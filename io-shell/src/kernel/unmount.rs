@@ -125,8 +125,7 @@ fn check_is_musicfs(mountpoint: &Path, entry: &MountEntry) -> Result<(), Unmount
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    sys::geteuid() == 0
 }
 
 #[cfg(test)]

@@ -193,7 +193,7 @@ impl Origin for LocalOrigin {
             // can come from the kernel's caches of a server that is gone),
             // then reading the directory (it exists and may be read).
             tokio::task::spawn_blocking(move || {
-                statfs(&root).map_err(classify)?;
+                crate::sys::statfs(&root).map_err(classify)?;
                 match std::fs::read_dir(&root) {
                     Ok(mut entries) => entries.next().transpose().map(drop).map_err(classify),
                     Err(e) => Err(classify(e)),
@@ -251,20 +251,6 @@ fn same_version(now: &FileVersion, want: &FileVersion) -> bool {
         })
     };
     now.size == want.size && now.mtime_ns == want.mtime_ns && identity(now) == identity(want)
-}
-
-/// `statfs(2)` of `path`, for its answer only.
-fn statfs(path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path and `buf` is a writable statfs
-    // the call fills; neither outlives this function.
-    match unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
 }
 
 fn classify(e: io::Error) -> OriginError {

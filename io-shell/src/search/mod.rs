@@ -856,11 +856,7 @@ fn writer_options() -> IndexWriterOptions {
 /// so without this the daemon's RSS would stay 20-30 MB higher for good.
 /// `malloc_trim` returns it (measured: 38 MB → 14 MB after a build; 1.5 ms).
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heaps; it takes no pointer.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::memory::release_free_memory();
 }
 
 /// Resets a writer that failed to its last commit. A writer whose thread

@@ -1,6 +1,9 @@
-//! The few system calls about mounts, in one place: what is mounted where
-//! (`/proc/self/mountinfo`), umount2(2), and whether the FUSE device can be
-//! used; and a client's Ctrl-C handler.
+//! The system: every libc call of the io-shell has one safe wrapper here,
+//! returning `io::Result` where the call can fail (mount(2), umount2(2),
+//! statfs(2), statvfs(2), syncfs(2), the process's ids, a client's Ctrl-C
+//! handler; glibc's allocator in [`memory`]); and what is mounted where
+//! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
+//! functions (it uses libc's constants and types).
 
 pub mod memory;
 
@@ -184,6 +187,79 @@ pub fn getuid() -> u32 {
 pub fn getgid() -> u32 {
     // SAFETY: getgid has no preconditions and cannot fail.
     unsafe { libc::getgid() }
+}
+
+/// The effective user id of this process (0: root).
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// syncfs(2): flushes the whole file system that holds `file`.
+pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is owned by `file`, open for the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// statvfs(2) on `path`: the bytes an unprivileged user may still write
+/// there (`f_bavail` blocks of `f_frsize`).
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let c = c_path(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable struct
+    // statvfs; neither outlives the call.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field widths differ between targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// What [`mount`] mounts.
+#[derive(Clone, Debug)]
+pub struct Mount<'a> {
+    /// The source the mount table shows.
+    pub source: &'a str,
+    /// Where.
+    pub target: &'a Path,
+    /// The file-system type (`fuse.musicfs`).
+    pub fstype: &'a str,
+    /// `MS_*` flags.
+    pub flags: libc::c_ulong,
+    /// The file system's own options, as text.
+    pub data: &'a str,
+}
+
+/// mount(2); the error keeps its errno (`EPERM`: no privilege to mount).
+pub fn mount(m: &Mount<'_>) -> io::Result<()> {
+    let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte");
+    let source = CString::new(m.source).map_err(nul)?;
+    let target = c_path(m.target)?;
+    let fstype = CString::new(m.fstype).map_err(nul)?;
+    let data = CString::new(m.data).map_err(nul)?;
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives
+    // the call; `data` is the text options string the file system expects.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            m.flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Set by [`catch_interrupts`]' handler.

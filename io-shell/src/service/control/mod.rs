@@ -304,8 +304,7 @@ pub fn runtime_dir() -> PathBuf {
     {
         return PathBuf::from(dir);
     }
-    // SAFETY: geteuid has no preconditions.
-    let uid = unsafe { libc::geteuid() };
+    let uid = crate::sys::geteuid();
     if uid == 0 {
         PathBuf::from("/run/musicfs")
     } else {
