@@ -417,7 +417,7 @@ async fn read_playlist(
             kind,
         };
         if file.version.size > max {
-            let reason = scan::too_big(file.version.size);
+            let reason = scan::PlaylistError::TooBig(file.version.size).to_string();
             tracing::warn!(
                 "playlist {shown} at {} left out: {reason}",
                 origin.describe()

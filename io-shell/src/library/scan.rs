@@ -487,9 +487,9 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
             }
             let kind = match read_playlist(&file, meta.len()) {
                 Ok(bytes) => FileKind::Playlist(bytes.into()),
-                Err(reason) => {
-                    tracing::warn!("playlist {} left out: {reason}", path.display());
-                    FileKind::Unreadable(reason)
+                Err(why) => {
+                    tracing::warn!("playlist {} left out: {why}", path.display());
+                    FileKind::Unreadable(why.to_string())
                 }
             };
             Ok(entry(source(file_version(&meta)), kind))
@@ -533,30 +533,34 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
     }
 }
 
+/// Why a playlist is left out (the catalog lists it unreadable with this
+/// text as the reason).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlaylistError {
+    /// Over [`catalog::PLAYLIST_MAX_BYTES`].
+    #[error("{0} bytes, over the {max} KiB playlist limit", max = catalog::PLAYLIST_MAX_BYTES / 1024)]
+    TooBig(u64),
+    /// Reading it failed.
+    #[error("cannot read: {0}")]
+    Read(#[source] io::Error),
+}
+
 /// Reads a playlist of `size` bytes (as stat'ed), refusing one over
-/// [`catalog::PLAYLIST_MAX_BYTES`]: the reason is the error.
-pub(crate) fn read_playlist(file: &std::fs::File, size: u64) -> Result<Vec<u8>, String> {
+/// [`catalog::PLAYLIST_MAX_BYTES`].
+pub(crate) fn read_playlist(file: &std::fs::File, size: u64) -> Result<Vec<u8>, PlaylistError> {
     let max = catalog::PLAYLIST_MAX_BYTES;
     if size > max {
-        return Err(too_big(size));
+        return Err(PlaylistError::TooBig(size));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     // One byte past the limit tells a file that grew since the stat.
     file.take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(PlaylistError::Read)?;
     if bytes.len() as u64 > max {
-        return Err(too_big(bytes.len() as u64));
+        return Err(PlaylistError::TooBig(bytes.len() as u64));
     }
     Ok(bytes)
-}
-
-/// Why a playlist is left out for its size.
-pub(crate) fn too_big(size: u64) -> String {
-    format!(
-        "{size} bytes, over the {} KiB playlist limit",
-        catalog::PLAYLIST_MAX_BYTES / 1024
-    )
 }
 
 fn warn_unreadable(path: &Path, reason: &str) {
@@ -737,7 +741,7 @@ mod tests {
         let path = dir.path().join("big.m3u");
         std::fs::write(&path, vec![b'#'; 2 << 20]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let why = read_playlist(&file, 2 << 20).unwrap_err();
+        let why = read_playlist(&file, 2 << 20).unwrap_err().to_string();
         assert!(why.contains("over the 1024 KiB playlist limit"), "{why}");
         // Grown since the stat: still refused.
         let file = std::fs::File::open(&path).unwrap();

@@ -8,7 +8,7 @@ use crate::errors::error_chain;
 use crate::library::remote_scan::{RemoteScanOptions, scan_remote_blocking};
 use crate::library::scan::{self, ScanOptions, ScanProgress};
 use crate::library::sync::SyncSource;
-use crate::origin::OriginSpec;
+use crate::origin::{OriginError, OriginSpec};
 use crate::service::control::ScanState;
 use crate::service::systemd;
 use crate::store::Db;
@@ -35,7 +35,7 @@ pub(super) fn load_catalog(
     };
     let mut scanned_now = vec![false; plan.origins.len()];
     let mut saved_tree = false;
-    let mut failed: Vec<(OriginId, &OriginSpec, String)> = Vec::new();
+    let mut failed: Vec<(OriginId, &OriginSpec, OriginError)> = Vec::new();
     let (mut entries, damaged) = db.load_catalog_counted().map_err(cache)?;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
@@ -90,7 +90,7 @@ pub(super) fn load_catalog(
     for (id, spec, why) in failed {
         tracing::warn!(
             origin = %spec.describe(),
-            error = %why,
+            error = %error_chain(&why),
             "cannot scan this origin now; mounting without its tracks, which appear once it answers"
         );
         db.replace_catalog_for_origin(id, &[]).map_err(cache)?;
@@ -171,7 +171,7 @@ fn scan_origin(
     source: &SyncSource,
     rt: &tokio::runtime::Handle,
     state: &Arc<ScanState>,
-) -> Result<Result<Vec<CatalogEntry>, String>, RunError> {
+) -> Result<Result<Vec<CatalogEntry>, OriginError>, RunError> {
     let what = spec.describe();
     *state.what.lock() = what.clone();
     tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
@@ -202,7 +202,7 @@ fn scan_origin(
                 );
                 Ok(Ok(report.entries))
             }
-            Err(e) => Ok(Err(error_chain(&e))),
+            Err(e) => Ok(Err(e)),
         },
     };
     state.what.lock().clear();

@@ -15,7 +15,7 @@ mod signals;
 pub use plan::{DEFAULT_UMASK, MountPlan, PlanError};
 pub use signals::EXIT_FORCED;
 
-use crate::errors::io_reason;
+use crate::errors::{error_chain, io_reason};
 use crate::exec::daemon::Daemon;
 use crate::kernel::fuse::MusicFs;
 use crate::kernel::notify::Invalidator;
@@ -28,10 +28,11 @@ use crate::library::sync::{SyncSource, Syncer};
 use crate::library::watch;
 use crate::origin::{LocalOrigin, Origin, OriginError, OriginKind, OriginSpec, RemoteOrigin};
 use crate::pins::fill::PinFiller;
+use crate::search::SearchError;
 use crate::search::live::{LiveSearch, SearchSlot};
 use crate::service::control::{Control, ControlSocket, MountStatus};
 use crate::service::metrics;
-use crate::service::supervisor::{RestartPolicy, Supervisor};
+use crate::service::supervisor::{RestartPolicy, Supervisor, TaskError};
 use crate::service::systemd;
 use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
 use musicfs_core::engine::{Config as EngineConfig, Engine};
@@ -136,11 +137,11 @@ pub struct CacheInUse {
 #[error(
     "no origin answers, and there is no saved tree to mount: {}. \
      Fix the origins, or use --wait-for-origins to mount now (empty) and fill in once one answers",
-    failures.iter().map(|(what, why)| format!("origin '{what}': {why}")).collect::<Vec<_>>().join("; ")
+    failures.iter().map(|(what, why)| format!("origin '{what}': {}", error_chain(why))).collect::<Vec<_>>().join("; ")
 )]
 pub struct NoOriginAnswers {
-    /// Each origin and why it could not be scanned.
-    pub failures: Vec<(String, String)>,
+    /// Each origin (described) and why it could not be scanned.
+    pub failures: Vec<(String, OriginError)>,
 }
 
 /// How long a graceful shutdown waits for reads in flight.
@@ -618,7 +619,7 @@ fn start_background(
                 let filler = Arc::clone(&filler);
                 Box::pin(async move {
                     filler.run().await;
-                    Err("pin filler ended".to_string())
+                    Err(TaskError::Ended("pin filler"))
                 })
             }),
         );
@@ -723,7 +724,7 @@ fn spawn_background(
             let d = Arc::clone(&d);
             Box::pin(async move {
                 d.run_timers().await;
-                Err("timer loop ended".to_string())
+                Err(TaskError::Ended("timer loop"))
             })
         }),
     );
@@ -735,7 +736,7 @@ fn spawn_background(
             let d = Arc::clone(&d);
             Box::pin(async move {
                 d.run_persistence().await;
-                Err("persistence loop ended".to_string())
+                Err(TaskError::Ended("persistence loop"))
             })
         }),
     );
@@ -748,7 +749,8 @@ fn spawn_background(
                     &format!("watch:{i}"),
                     true,
                     Arc::new(move || {
-                        Box::pin(watch::watch_origin(Arc::clone(&s), origin, root.clone()))
+                        let watching = watch::watch_origin(Arc::clone(&s), origin, root.clone());
+                        Box::pin(async move { watching.await.map_err(TaskError::failed) })
                     }),
                 );
             }
@@ -761,12 +763,12 @@ fn spawn_background(
                     true,
                     Arc::new(move || {
                         let skip_first = first.swap(false, Ordering::Relaxed);
-                        Box::pin(watch::poll_origin(
-                            Arc::clone(&s),
-                            origin,
-                            poll_interval,
-                            skip_first,
-                        ))
+                        let polling =
+                            watch::poll_origin(Arc::clone(&s), origin, poll_interval, skip_first);
+                        Box::pin(async move {
+                            polling.await;
+                            Err(TaskError::Ended("poller"))
+                        })
                     }),
                 );
             }
@@ -813,15 +815,15 @@ fn open_search(
                         // Tests: a slow build, to stop the daemon during it.
                         fail::fail_point!("search-index-open");
                         let tree = d.inspect(|e| e.tree().clone());
-                        let live = LiveSearch::open(&dir, &db, &tree).map_err(|e| e.to_string())?;
-                        slot.set(live);
-                        Ok::<(), String>(())
+                        slot.set(LiveSearch::open(&dir, &db, &tree)?);
+                        Ok::<(), SearchError>(())
                     })?;
                     crate::sys::memory::release_free_memory();
-                    Ok(())
+                    Ok::<(), SearchError>(())
                 })
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(TaskError::failed)?
+                .map_err(TaskError::failed)
             })
         }),
     );

@@ -527,7 +527,8 @@ impl SearchIndex {
             schema::register(&index);
             index
         };
-        let fields = Fields::of(&index.schema()).map_err(OpenProblem::Unusable)?;
+        let fields =
+            Fields::of(&index.schema()).map_err(|e| OpenProblem::Unusable(e.to_string()))?;
         // Opening a reader opens every segment: a missing or truncated file
         // shows here.
         let reader = index
@@ -766,7 +767,7 @@ pub fn search_offline(
             return Err(unusable("its schema is not this version's".to_owned()));
         }
         schema::register(&index);
-        let fields = Fields::of(&index.schema()).map_err(unusable)?;
+        let fields = Fields::of(&index.schema()).map_err(|e| unusable(e.to_string()))?;
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)

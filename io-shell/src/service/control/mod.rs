@@ -205,7 +205,7 @@ impl Control {
         let origins: Vec<Value> = (0..syncer.origins())
             .map(|i| match syncer.sync_origin(musicfs_core::OriginId(i as u16)) {
                 Ok(r) => json!({"id": i, "read": r.reread, "removed": r.removed, "moved": r.moved, "unchanged": r.unchanged}),
-                Err(e) => json!({"id": i, "error": e}),
+                Err(e) => json!({"id": i, "error": e.to_string()}),
             })
             .collect();
         json!({ "rescan": origins })
