@@ -100,7 +100,7 @@ impl MusicFs {
     }
 
     /// Lets the kernel read the files of these `cache=off` local origins
-    /// itself, where it can (see `kernel_passthrough.rs`).
+    /// itself, where it can (see `passthrough.rs`).
     pub fn with_kernel_passthrough(
         mut self,
         roots: std::collections::BTreeMap<musicfs_core::OriginId, std::path::PathBuf>,
