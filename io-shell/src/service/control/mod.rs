@@ -154,47 +154,42 @@ impl Control {
                 .collect()
         });
         doc["origins"] = origins_doc(&self.status.origins, &health);
-        {
-            let d = &self.daemon;
-            doc["cache"] = d.inspect(|e| {
-                let s = e.stats();
-                let answered = s.reads_served + s.reads_passthrough;
-                json!({
-                    "bytes": e.cache().bytes(),
-                    "capacity_bytes": e.cache().capacity_bytes(),
-                    "chunks": e.cache().len(),
-                    "hit_ratio": if answered == 0 { Value::Null } else { json!(s.reads_hit as f64 / answered as f64) },
-                    "passthrough": e.in_passthrough(),
-                    "reads_served": s.reads_served,
-                    "reads_failed": s.reads_failed,
-                    "reads_passthrough": s.reads_passthrough,
-                    "fetched_bytes": s.fetched_bytes,
-                    "chunks_dropped": s.chunks_dropped,
-                    "chunks_evicted": s.chunks_evicted,
-                    "reads_in_flight": e.reads_in_flight(),
-                    "fetches_in_flight": e.fetches_in_flight(),
-                    "tracks": e.tree().file_count(),
-                })
-            });
-            doc["pins"] = d.inspect(crate::pins::summary);
-        }
-        {
-            doc["tasks"] = self
-                .supervisor
-                .statuses()
-                .into_iter()
-                .map(|t| {
-                    let (state, error) = match t.state {
-                        TaskState::Running => ("running", None),
-                        TaskState::Restarting { error } => ("restarting", Some(error)),
-                        TaskState::Failed { error } => ("failed", Some(error)),
-                        TaskState::Finished => ("finished", None),
-                        TaskState::Stopped => ("stopped", None),
-                    };
-                    json!({"name": t.name, "critical": t.critical, "state": state, "restarts": t.restarts, "error": error})
-                })
-                .collect();
-        }
+        doc["cache"] = self.daemon.inspect(|e| {
+            let s = e.stats();
+            let answered = s.reads_served + s.reads_passthrough;
+            json!({
+                "bytes": e.cache().bytes(),
+                "capacity_bytes": e.cache().capacity_bytes(),
+                "chunks": e.cache().len(),
+                "hit_ratio": if answered == 0 { Value::Null } else { json!(s.reads_hit as f64 / answered as f64) },
+                "passthrough": e.in_passthrough(),
+                "reads_served": s.reads_served,
+                "reads_failed": s.reads_failed,
+                "reads_passthrough": s.reads_passthrough,
+                "fetched_bytes": s.fetched_bytes,
+                "chunks_dropped": s.chunks_dropped,
+                "chunks_evicted": s.chunks_evicted,
+                "reads_in_flight": e.reads_in_flight(),
+                "fetches_in_flight": e.fetches_in_flight(),
+                "tracks": e.tree().file_count(),
+            })
+        });
+        doc["pins"] = self.daemon.inspect(crate::pins::summary);
+        doc["tasks"] = self
+            .supervisor
+            .statuses()
+            .into_iter()
+            .map(|t| {
+                let (state, error) = match t.state {
+                    TaskState::Running => ("running", None),
+                    TaskState::Restarting { error } => ("restarting", Some(error)),
+                    TaskState::Failed { error } => ("failed", Some(error)),
+                    TaskState::Finished => ("finished", None),
+                    TaskState::Stopped => ("stopped", None),
+                };
+                json!({"name": t.name, "critical": t.critical, "state": state, "restarts": t.restarts, "error": error})
+            })
+            .collect();
         doc
     }
 
