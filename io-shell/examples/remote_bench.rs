@@ -17,10 +17,9 @@
 //!   cargo run --release -p musicfs --example remote_bench -- [--tracks N]
 //!       [--big-mb M] [--seconds S] [--work DIR]
 
-use musicfs::origin::{
-    LocalOrigin, Origin, RemoteOrigin, RemoteScanOptions, S3Origin, SftpOrigin, scan_remote,
-};
-use musicfs::scan::{NoProgress, ScanOptions, ScanReport, scan_local};
+use musicfs::library::remote_scan::{RemoteScanOptions, scan_remote};
+use musicfs::library::scan::{NoProgress, ScanOptions, ScanReport, scan_local};
+use musicfs::origin::{LocalOrigin, Origin, RemoteOrigin, S3Origin, SftpOrigin};
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use musicfs_tests::corpus::Library;
 use musicfs_tests::servers::{MotoServer, Sshd};
@@ -199,7 +198,7 @@ fn main() {
     let path = OriginPath::new(big_rel.as_bytes());
     let local_origin = LocalOrigin::new(OriginId(0), root.clone());
     let meta = std::fs::metadata(root.join(Path::new(&big_rel))).expect("big file");
-    let local_version = musicfs::scan::file_version(&meta);
+    let local_version = musicfs::origin::path::file_version(&meta);
     let cold = drop_caches();
     let mbps = first_read(&rt, &local_origin, &path, &local_version);
     println!(

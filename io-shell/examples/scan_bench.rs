@@ -10,7 +10,8 @@
 //! `--dump` prints every catalog entry of the first run (path, kind, tags),
 //! which is the quickest way to see what the scanner made of a library.
 
-use musicfs::scan::{NoProgress, ScanOptions, ScanProgress, TerminalProgress, scan_local};
+use musicfs::cli::progress::TerminalProgress;
+use musicfs::library::scan::{NoProgress, ScanOptions, ScanProgress, scan_local};
 use musicfs_core::{FileKind, OriginId};
 use std::io::Write;
 use std::path::PathBuf;

@@ -5,40 +5,34 @@
 //! files), tag reading (lofty), signals and logging. The `musicfs` binary
 //! lives here.
 //!
-//! - [`cli`], [`mount`], [`unmount`]: the command line and the mount's life.
-//! - [`changes`]: telling media servers what changed (`--on-change`, `--notify-mpd`).
-//! - [`config`]: `musicfs mount --config FILE` (TOML settings under the command line).
-//! - [`fuse`]: the thin fuser shim.
-//! - [`daemon`]: executes the engine's decisions.
+//! - [`cli`]: the command line, `--config`, logging, the client commands.
+//! - [`mount`]: `musicfs mount`, from arguments to a running mount and back.
+//! - [`kernel`]: FUSE: the fuser shim, passthrough, `.offline`, unmount.
+//! - [`exec`]: the daemon that executes the engine's decisions.
+//! - [`library`]: tags, scans, delta syncs, watchers, change notices.
 //! - [`origin`]: where the bytes come from.
-//! - [`scan`], [`tags`]: the catalog of an origin.
 //! - [`store`]: chunk files and the sled database.
 //! - [`search`]: the full-text index of the tags (tantivy).
-//! - [`offline`]: the hidden `.offline` folder (only what plays offline).
-//! - [`pins`]: `musicfs pin`: tracks kept for offline play, and their fetch.
-//! - [`sys`]: the mount table and umount(2).
+//! - [`pins`]: `musicfs pin`, the daemon's side.
+//! - [`service`]: control socket, supervisor, systemd, metrics.
+//! - [`sys`]: the system calls, the mount table, memory.
+//! - [`errors`]: errors shown with their causes.
 
-pub mod changes;
+/// What `musicfs --version` prints after the name: the version, the git
+/// commit it was built from ("unknown" outside a checkout) and the enabled
+/// cargo features, e.g. `0.1.0 (commit 1a2b3c4; features: none)`. Made by
+/// build.rs.
+pub const VERSION: &str = env!("MUSICFS_VERSION");
+
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod daemon;
-pub mod fuse;
-pub mod kernel_passthrough;
-pub mod logging;
-pub mod memory;
-pub mod metrics;
+pub mod errors;
+pub mod exec;
+pub mod kernel;
+pub mod library;
 pub mod mount;
-pub mod offline;
 pub mod origin;
 pub mod pins;
-pub mod scan;
 pub mod search;
+pub mod service;
 pub mod store;
-pub mod supervisor;
-pub mod sync;
 pub mod sys;
-pub mod systemd;
-pub mod tags;
-pub mod unmount;
-pub mod watch;

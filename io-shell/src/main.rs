@@ -13,15 +13,15 @@ const EXIT_FAILURE: u8 = 1;
 fn main() -> ExitCode {
     // The watchdog's probe (see systemd::start_watchdog): statfs and exit.
     let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
-    if args.len() == 3 && args[1] == musicfs::systemd::PROBE_ARG {
-        let answers = musicfs::systemd::fuse_answers(std::path::Path::new(&args[2]));
+    if args.len() == 3 && args[1] == musicfs::service::systemd::PROBE_ARG {
+        let answers = musicfs::service::systemd::fuse_answers(std::path::Path::new(&args[2]));
         return if answers {
             ExitCode::SUCCESS
         } else {
             ExitCode::FAILURE
         };
     }
-    let cli = match musicfs::config::parse_command_line() {
+    let cli = match musicfs::cli::config::parse_command_line() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -43,19 +43,19 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Mount(args) => {
             // The --config file, under the command line: its errors are usage errors.
-            let args = match musicfs::config::resolve(*args) {
+            let args = match musicfs::cli::config::resolve(*args) {
                 Ok(args) => args,
                 Err(e) => {
                     eprintln!("musicfs: {e}");
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            musicfs::memory::tune_allocator();
-            if let Err(e) = musicfs::logging::init(&args.log_level, args.log_file.as_deref()) {
+            musicfs::sys::memory::tune_allocator();
+            if let Err(e) = musicfs::cli::logging::init(&args.log_level, args.log_file.as_deref()) {
                 eprintln!("musicfs: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
-            musicfs::logging::install_panic_hook();
+            musicfs::cli::logging::install_panic_hook();
             // Fail points (tests only): configured by the FAILPOINTS variable.
             #[cfg(feature = "failpoints")]
             let _failpoints = fail::FailScenario::setup();
@@ -69,32 +69,33 @@ fn main() -> ExitCode {
             match mount::run(plan) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{e}");
+                    tracing::error!("{}", musicfs::errors::error_chain(&e));
+                    eprintln!("musicfs: error: {}", musicfs::errors::Report(&e));
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        Command::Unmount { mountpoint, lazy } => {
+            match musicfs::kernel::unmount::unmount(&mountpoint, lazy) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
                     eprintln!("musicfs: {e}");
                     ExitCode::from(EXIT_FAILURE)
                 }
             }
         }
-        Command::Unmount { mountpoint, lazy } => match musicfs::unmount::unmount(&mountpoint, lazy)
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("musicfs: {e}");
-                ExitCode::from(EXIT_FAILURE)
-            }
-        },
         Command::Status { mountpoint, json } => status(mountpoint.as_deref(), json),
         Command::Rescan { mountpoint } => rescan(mountpoint.as_deref()),
         Command::Search(args) => search(args),
-        Command::Pin(args) => musicfs::pins::client::pin(&args.mountpoint, &args.what),
-        Command::Unpin(args) => musicfs::pins::client::unpin(&args.mountpoint, &args.what),
-        Command::Pins { mountpoint, json } => musicfs::pins::client::list(&mountpoint, json),
+        Command::Pin(args) => musicfs::cli::pin::pin(&args.mountpoint, &args.what),
+        Command::Unpin(args) => musicfs::cli::pin::unpin(&args.mountpoint, &args.what),
+        Command::Pins { mountpoint, json } => musicfs::cli::pin::list(&mountpoint, json),
     }
 }
 
 /// `musicfs status`: asks one running daemon, or every one.
 fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
-    use musicfs::control;
+    use musicfs::service::control::client as control;
     let request = serde_json::json!({"cmd": "status"});
     let timeout = std::time::Duration::from_secs(10);
     let mut docs = Vec::new();
@@ -135,7 +136,7 @@ fn status(mountpoint: Option<&std::path::Path>, json: bool) -> ExitCode {
 
 /// `musicfs rescan`: asks daemons to sync their origins now.
 fn rescan(mountpoint: Option<&std::path::Path>) -> ExitCode {
-    use musicfs::control;
+    use musicfs::service::control::client as control;
     let sockets = match mountpoint {
         Some(m) => match control::find_socket(m) {
             Ok(socket) => vec![socket],
@@ -189,7 +190,7 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
     }
     let cache_dir = match args.cache_dir {
         Some(dir) => dir,
-        None => match musicfs::mount::default_cache_dir() {
+        None => match musicfs::cli::default_cache_dir() {
             Ok(dir) => dir,
             Err(e) => {
                 eprintln!("musicfs: {e}");
@@ -198,10 +199,12 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
         },
     };
     let request = serde_json::json!({"cmd": "search", "query": query, "limit": limit, "cache_dir": cache_dir});
-    for socket in musicfs::control::all_sockets() {
-        let Ok(answer) =
-            musicfs::control::request(&socket, &request, std::time::Duration::from_secs(10))
-        else {
+    for socket in musicfs::service::control::client::all_sockets() {
+        let Ok(answer) = musicfs::service::control::client::request(
+            &socket,
+            &request,
+            std::time::Duration::from_secs(10),
+        ) else {
             continue;
         };
         if let Some(paths) = answer["paths"].as_array() {
@@ -236,7 +239,7 @@ fn search(args: musicfs::cli::SearchArgs) -> ExitCode {
 /// `musicfs search --mount MOUNTPOINT`: asks that mount's daemon and prints
 /// each hit as an absolute path inside the mount.
 fn search_mount(mountpoint: &std::path::Path, query: &str, limit: usize) -> ExitCode {
-    use musicfs::control;
+    use musicfs::service::control::client as control;
     let shown = mountpoint.display();
     let Ok(absolute) = mountpoint.canonicalize() else {
         eprintln!("musicfs: '{shown}' does not exist");

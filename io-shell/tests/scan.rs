@@ -12,8 +12,8 @@
 //! them they fail with a message saying so: a scanner test that quietly
 //! passes without having read a single audio file proves nothing.
 
-use musicfs::scan::{NoProgress, ScanOptions, ScanProgress, scan_file, scan_local};
-use musicfs::tags::{TagErrorKind, read_tags, read_tags_from};
+use musicfs::library::scan::{NoProgress, ScanOptions, ScanProgress, scan_file, scan_local};
+use musicfs::library::tags::{TagErrorKind, read_tags, read_tags_from};
 use musicfs_core::{CatalogEntry, FileKind, OriginId, TrackTags};
 use serde_json::Value;
 use std::collections::BTreeMap;

@@ -9,6 +9,7 @@
 
 use musicfs::store::{ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, StoreError};
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
+use musicfs_core::engine::DiskFault;
 use musicfs_core::{ChunkId, Extent, FileVersion, Manifest, OriginId, OriginPath, TrackTags};
 use musicfs_tests::disk::{Tmpfs, noise};
 use parking_lot::{Mutex, MutexGuard};
@@ -241,7 +242,7 @@ mod failpoints {
         // The argument names the errno, so callers can test passthrough.
         fail::cfg("cas-put-before-write", "return(ENOSPC)").unwrap();
         let err = store.put(id, &data).unwrap_err();
-        assert!(err.is_disk_failure(), "{err:?}");
+        assert_eq!(err.disk_fault(), Some(DiskFault::NoSpace), "{err:?}");
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
 
         fail::remove("cas-put-before-write");
@@ -327,8 +328,7 @@ fn a_full_then_read_only_disk_is_a_disk_failure() {
         }
     }
     let (failed_id, err) = failure.expect("a 1 MiB tmpfs must fill up");
-    assert!(err.is_disk_failure(), "{err:?}");
-    assert!(!err.is_fd_exhaustion());
+    assert_eq!(err.disk_fault(), Some(DiskFault::NoSpace), "{err:?}");
     assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err:?}");
     assert!(!stored.is_empty());
     // No partial chunk, no leftover temp file, earlier chunks intact.
@@ -344,12 +344,12 @@ fn a_full_then_read_only_disk_is_a_disk_failure() {
     mnt.remount_read_only();
     let (id, data) = chunk(1000, 300);
     let err = store.put(id, &data).unwrap_err();
-    assert!(err.is_disk_failure(), "{err:?}");
+    assert_eq!(err.disk_fault(), Some(DiskFault::ReadOnly), "{err:?}");
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err:?}");
     // Reading still works on a read-only cache.
     assert_eq!(store.get(stored[1].0).unwrap(), stored[1].1);
     let err = store.remove(stored[1].0).unwrap_err();
-    assert!(err.is_disk_failure(), "{err:?}");
+    assert_eq!(err.disk_fault(), Some(DiskFault::ReadOnly), "{err:?}");
     drop(mnt);
 }
 
@@ -427,11 +427,11 @@ fn fd_exhaustion_child() {
     }
 
     let err = store.get(id).unwrap_err();
-    assert!(err.is_fd_exhaustion(), "{err:?}");
+    assert_eq!(err.disk_fault(), Some(DiskFault::NoDescriptors), "{err:?}");
     assert!(!err.is_disk_failure(), "{err:?}");
     let (id2, data2) = chunk(1000, 401);
     let err = store.put(id2, &data2).unwrap_err();
-    assert!(err.is_fd_exhaustion(), "{err:?}");
+    assert_eq!(err.disk_fault(), Some(DiskFault::NoDescriptors), "{err:?}");
     assert!(!err.is_disk_failure(), "{err:?}");
 
     drop(hog);
@@ -615,7 +615,12 @@ fn a_second_open_while_in_use_fails_without_moving_anything() {
     first.set_meta("k", b"v").unwrap();
     first.flush().unwrap();
     let err = Db::open(dir.path()).unwrap_err();
-    assert!(!err.is_disk_failure(), "{err:?}");
+    assert_eq!(
+        err.disk_fault(),
+        None,
+        "a held lock is not the disk: {err:?}"
+    );
+    assert!(err.is_locked(), "{err:?}");
     assert!(corrupt_dirs(dir.path()).is_empty());
     first.close().unwrap();
     let out = Db::open(dir.path()).unwrap();

@@ -196,7 +196,7 @@ fn check_unit(file: &str, instance: Option<(&str, &str)>) -> Unit {
     let start = expand(unit.one("ExecStart"));
     let argv: Vec<&str> = start.split_whitespace().collect();
     assert_eq!(argv[0], "/usr/bin/musicfs", "{file}");
-    let cli = musicfs::config::parse_command_line_from(argv.iter().copied())
+    let cli = musicfs::cli::config::parse_command_line_from(argv.iter().copied())
         .unwrap_or_else(|e| panic!("{file}: ExecStart is not a musicfs command line: {e}"));
     let musicfs::cli::Command::Mount(args) = cli.command else {
         panic!("{file}: ExecStart is not `musicfs mount`");
@@ -214,7 +214,7 @@ fn single_unit_keeps_the_mount_visible_and_supervised() {
         "/usr/bin/musicfs mount --config /etc/musicfs/musicfs.toml"
     );
     // Its ExecStopPost must name the example config's mountpoint.
-    let example = musicfs::config::parse(&read(&dist("musicfs.toml"))).unwrap();
+    let example = musicfs::cli::config::parse(&read(&dist("musicfs.toml"))).unwrap();
     let mountpoint = example.mountpoint.expect("the example sets a mountpoint");
     assert!(
         unit.one("ExecStopPost")
@@ -289,7 +289,7 @@ fn units_pass_systemd_analyze_verify() {
 #[test]
 fn example_config_is_valid_and_documents_every_key() {
     let text = read(&dist("musicfs.toml"));
-    musicfs::config::parse(&text).unwrap_or_else(|e| panic!("dist/musicfs.toml: {e}"));
+    musicfs::cli::config::parse(&text).unwrap_or_else(|e| panic!("dist/musicfs.toml: {e}"));
     // The commented-out examples are valid too.
     let keys = [
         "origins",
@@ -325,7 +325,7 @@ fn example_config_is_valid_and_documents_every_key() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let all = musicfs::config::parse(&uncommented)
+    let all = musicfs::cli::config::parse(&uncommented)
         .unwrap_or_else(|e| panic!("dist/musicfs.toml, examples uncommented: {e}\n{uncommented}"));
     for key in keys {
         assert!(

@@ -695,7 +695,7 @@ mod failpoints {
             ".rs:",
             "planted panic in a sync",
             "backtrace=",
-            "musicfs::sync",
+            "musicfs::library::sync",
         ] {
             assert!(
                 event.contains(part),

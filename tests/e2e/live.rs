@@ -207,7 +207,9 @@ fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly
         "nothing of a {burst:?} burst showed before it ended: the 1.5 s bound did not flush it"
     );
     // One sync per 1.5 s of burst, plus the tail: never one per event.
-    let bound = (burst.as_secs_f64() / musicfs::watch::BURST_MAX.as_secs_f64()).ceil() as usize + 2;
+    let bound = (burst.as_secs_f64() / musicfs::library::watch::BURST_MAX.as_secs_f64()).ceil()
+        as usize
+        + 2;
     assert!(
         ran >= 2 && ran <= bound,
         "{ran} syncs for a burst of {burst:?} (2 to {bound})"

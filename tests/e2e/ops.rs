@@ -404,7 +404,7 @@ fn status_of_a_mount_run_by_a_normal_user() {
     );
     // With its socket gone, status says so.
     let socket = PathBuf::from(format!("/tmp/musicfs-{NOBODY}"))
-        .join(musicfs::control::socket_name(&m.mountpoint));
+        .join(musicfs::service::control::socket_name(&m.mountpoint));
     let hidden = socket.with_extension("hidden");
     std::fs::rename(&socket, &hidden).expect("the socket is where status looked");
     let out = Command::new(BIN)

@@ -11,12 +11,14 @@
 //! a bandwidth cap) every call ends within its timeout with the right
 //! error, and reads recover once the fault is gone.
 
+use musicfs::library::remote_scan::{
+    RemoteScanOptions, list_remote, scan_remote, scan_remote_files,
+};
+use musicfs::library::scan::{NoProgress, ScanOptions, ScanReport, scan_local};
 use musicfs::origin::ranged::RangedOptions;
 use musicfs::origin::{
-    ListPage, Origin, OriginError, RemoteLimits, RemoteOrigin, RemoteScanOptions, S3Config,
-    S3Origin, SftpOrigin, list_remote, scan_remote, scan_remote_files,
+    ListPage, Origin, OriginError, RemoteLimits, RemoteOrigin, S3Config, S3Origin, SftpOrigin,
 };
-use musicfs::scan::{NoProgress, ScanOptions, ScanReport, scan_local};
 use musicfs_core::{CatalogEntry, FileKind, FileVersion, OriginId, OriginPath};
 use musicfs_tests::corpus::Library;
 use musicfs_tests::fixtures::write_wav;
@@ -1039,7 +1041,7 @@ fn secrets_never_appear_in_descriptions_errors_or_logs() {
 /// mtime from one listing, and only new and changed objects are read.
 #[test]
 fn s3_delta_sync_reads_only_what_changed() {
-    use musicfs::sync::{SyncSource, Syncer};
+    use musicfs::library::sync::{SyncSource, Syncer};
     use musicfs_core::Layout;
     use musicfs_core::engine::Config;
     use musicfs_tests::fixtures::TestDaemon;

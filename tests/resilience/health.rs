@@ -7,8 +7,8 @@
 //! the read timeout; cached bytes play while an origin is down; a mirror
 //! takes over from a failing origin, and gives the reads back once it heals.
 
+use musicfs::library::scan::{NoProgress, ScanOptions, scan_local};
 use musicfs::origin::{BoxFuture, LocalOrigin, Origin, OriginError};
-use musicfs::scan::{NoProgress, ScanOptions, scan_local};
 use musicfs::store::{ChunkBackend, ChunkStore};
 use musicfs_core::engine::{Config, Health, HealthConfig};
 use musicfs_core::fs::Errno;

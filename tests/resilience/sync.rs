@@ -1,7 +1,7 @@
 //! Delta sync on the real daemon without FUSE: resumable batches (seed 2.5)
 //! and chunk reuse after a retag (NFR-6.4).
 
-use musicfs::sync::{SyncSource, Syncer};
+use musicfs::library::sync::{SyncSource, Syncer};
 use musicfs_core::engine::Config;
 use musicfs_core::{Layout, OriginId};
 use musicfs_tests::files_under;
@@ -154,7 +154,7 @@ mod failpoints {
 
     #[test]
     fn test_sync_resumes_after_crash() {
-        use musicfs::sync::SYNC_BATCH_FILES;
+        use musicfs::library::sync::SYNC_BATCH_FILES;
         use musicfs_core::tree::VirtualTree;
         use musicfs_tests::fixtures::{local_origin, scan, write_wav};
         let dir = tempfile::tempdir().unwrap();
@@ -183,7 +183,10 @@ mod failpoints {
         // The first batch goes through, the sync is cut after the second.
         fail::cfg("delta-sync-after-batch", "1*off->return").unwrap();
         let err = s.sync_origin(OriginId(0)).unwrap_err();
-        assert!(err.contains("interrupted"), "{err}");
+        assert!(
+            matches!(err, musicfs::library::sync::SyncError::Interrupted(_)),
+            "{err}"
+        );
         assert_eq!(
             d.db.load_catalog().unwrap().len(),
             2 * SYNC_BATCH_FILES,

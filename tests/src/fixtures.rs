@@ -2,9 +2,9 @@
 //! origins, without a FUSE mount, so reads can be issued directly and their
 //! errors seen exactly.
 
-use musicfs::daemon::{Daemon, ReadReply};
+use musicfs::exec::daemon::{Daemon, ReadReply};
+use musicfs::library::scan::{NoProgress, ScanOptions, scan_local};
 use musicfs::origin::{LocalOrigin, Origin};
-use musicfs::scan::{NoProgress, ScanOptions, scan_local};
 use musicfs::store::{ChunkBackend, ChunkStore, Db};
 use musicfs_core::engine::{Config, Engine};
 use musicfs_core::fs::Errno;

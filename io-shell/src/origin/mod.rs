@@ -7,11 +7,11 @@
 //!
 //! Kinds of origin:
 //!
-//! - [`LocalOrigin`]: a directory, scanned by [`crate::scan::scan_local`].
+//! - [`LocalOrigin`]: a directory, scanned by [`crate::library::scan::scan_local`].
 //! - [`S3Origin`] (`s3://bucket/prefix`) and [`SftpOrigin`]
 //!   (`sftp://user@host:port/path`): remote origins. They also implement
 //!   [`RemoteOrigin`] (listing and stat), and are scanned by
-//!   [`scan_remote`], which reads tags through ranged reads of each file's
+//!   [`scan_remote`](crate::library::remote_scan::scan_remote), which reads tags through ranged reads of each file's
 //!   head (and tail where the format keeps tags there) instead of
 //!   downloading whole files. [`parse_remote_url`] turns an origin URL into
 //!   a [`RemoteSpec`].
@@ -28,7 +28,6 @@
 //! and on the request rate, and a small number of retries for idempotent
 //! metadata requests.
 
-use crate::scan;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use std::fmt;
 use std::future::Future;
@@ -37,21 +36,20 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 
+pub mod arg;
 pub mod beneath;
 pub mod limits;
+pub mod path;
 pub mod ranged;
-pub mod remote_scan;
 pub mod s3;
 pub mod sftp;
 pub mod spec;
 
+pub use arg::{OriginArgError, OriginKind, OriginSpec, parse_origin};
 pub use limits::RemoteLimits;
-pub use remote_scan::{
-    RemoteScanOptions, list_remote, scan_remote, scan_remote_blocking, scan_remote_files,
-};
 pub use s3::{S3Config, S3Credentials, S3Origin, Secret};
 pub use sftp::{SftpConfig, SftpOrigin};
-pub use spec::{RemoteSpec, is_remote_url, parse_remote_url, redact_url};
+pub use spec::{RemoteSpec, UrlError, is_remote_url, parse_remote_url, redact_url};
 
 /// A boxed future, as origin methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -127,7 +125,7 @@ pub struct ListPage {
 }
 
 /// An origin on another machine: it can list itself and stat one file, so
-/// it is scanned by [`scan_remote`] rather than walked as a directory.
+/// it is scanned by [`scan_remote`](crate::library::remote_scan::scan_remote) rather than walked as a directory.
 pub trait RemoteOrigin: Origin {
     /// The current version of one file (`NotFound` if it is gone).
     fn stat<'a>(&'a self, path: &'a OriginPath) -> BoxFuture<'a, Result<FileVersion, OriginError>>;
@@ -195,7 +193,7 @@ impl Origin for LocalOrigin {
             // can come from the kernel's caches of a server that is gone),
             // then reading the directory (it exists and may be read).
             tokio::task::spawn_blocking(move || {
-                statfs(&root).map_err(classify)?;
+                crate::sys::statfs(&root).map_err(classify)?;
                 match std::fs::read_dir(&root) {
                     Ok(mut entries) => entries.next().transpose().map(drop).map_err(classify),
                     Err(e) => Err(classify(e)),
@@ -222,7 +220,7 @@ fn read_local(
 ) -> Result<Vec<u8>, OriginError> {
     let file = beneath::open(root, path.as_bytes(), beneath::Purpose::Read).map_err(classify)?;
     let meta = file.metadata().map_err(classify)?;
-    if !same_version(&scan::file_version(&meta), version) {
+    if !same_version(&path::file_version(&meta), version) {
         return Err(OriginError::Changed);
     }
     let want = len.min(usize::try_from(version.size.saturating_sub(offset)).unwrap_or(len));
@@ -253,20 +251,6 @@ fn same_version(now: &FileVersion, want: &FileVersion) -> bool {
         })
     };
     now.size == want.size && now.mtime_ns == want.mtime_ns && identity(now) == identity(want)
-}
-
-/// `statfs(2)` of `path`, for its answer only.
-fn statfs(path: &Path) -> io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))?;
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: `c` is a NUL-terminated path and `buf` is a writable statfs
-    // the call fills; neither outlives this function.
-    match unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) } {
-        0 => Ok(()),
-        _ => Err(io::Error::last_os_error()),
-    }
 }
 
 fn classify(e: io::Error) -> OriginError {

@@ -304,13 +304,52 @@ impl Read for RangedReader {
 
 impl Seek for RangedReader {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
-        self.pos = crate::tags::seek_target(self.pos, self.version.size, to)?;
+        self.pos = seek_target(self.pos, self.version.size, to)?;
         Ok(self.pos)
     }
 
     fn stream_position(&mut self) -> io::Result<u64> {
         Ok(self.pos)
     }
+}
+
+/// Test helper: `r` gives the same bytes as `want` (a plain cursor over
+/// the file) for each seek and read length in `steps`. Either may return
+/// short reads; what the shorter gave is compared, and both are put back
+/// at the same position.
+#[cfg(test)]
+pub(crate) fn assert_reads_like(
+    r: &mut (impl Read + Seek),
+    want: &mut (impl Read + Seek),
+    steps: &[(SeekFrom, usize)],
+) {
+    for (seek, len) in steps {
+        assert_eq!(r.seek(*seek).unwrap(), want.seek(*seek).unwrap());
+        let mut a = vec![0; *len];
+        let mut b = vec![0; *len];
+        let na = r.read(&mut a).unwrap();
+        let nb = want.read(&mut b).unwrap();
+        let n = na.min(nb);
+        assert_eq!(a[..n], b[..n]);
+        want.seek(SeekFrom::Current(n as i64 - nb as i64)).unwrap();
+        r.seek(SeekFrom::Current(n as i64 - na as i64)).unwrap();
+    }
+}
+
+/// Where a seek of a reader at `pos` in a file of `size` bytes lands (past
+/// the end is allowed, as for files; before the start is an error).
+pub(crate) fn seek_target(pos: u64, size: u64, to: SeekFrom) -> io::Result<u64> {
+    let new = match to {
+        SeekFrom::Start(p) => Some(p),
+        SeekFrom::End(d) => size.checked_add_signed(d),
+        SeekFrom::Current(d) => pos.checked_add_signed(d),
+    };
+    new.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "seek to a negative or overflowing position",
+        )
+    })
 }
 
 #[cfg(test)]
@@ -393,7 +432,7 @@ mod tests {
             (SeekFrom::End(10), 10),
             (SeekFrom::Start(999_990), 100),
         ];
-        crate::tags::assert_reads_like(&mut r, &mut cur, steps);
+        assert_reads_like(&mut r, &mut cur, steps);
         let stats = r.stats();
         let asked = origin.asked.lock().clone();
         assert_eq!(stats.requests as usize, asked.len());

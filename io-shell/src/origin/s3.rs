@@ -45,7 +45,6 @@
 
 use super::limits::{RequestGate, bounded, with_retries};
 use super::{BoxFuture, ListPage, Origin, OriginError, RemoteFile, RemoteLimits, RemoteOrigin};
-use crate::scan;
 use futures::TryStreamExt;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use opendal::{ErrorKind, Metadata, Operator};
@@ -424,10 +423,10 @@ impl S3Origin {
                 continue; // "folder" markers
             }
             let rel = key.trim_start_matches('/');
-            if rel.split('/').any(|c| scan::is_hidden(c.as_bytes())) {
+            if rel.split('/').any(|c| super::path::is_hidden(c.as_bytes())) {
                 continue;
             }
-            if scan::validate_rel(rel.as_bytes()).is_err() {
+            if super::path::validate_rel(rel.as_bytes()).is_err() {
                 page.errors
                     .push(format!("{key}: key is not usable as a file path; skipped"));
                 continue;
@@ -567,7 +566,7 @@ fn classify(e: &opendal::Error, what: &str) -> OriginError {
             }
             // Every cause: the last ones ("Connection refused") say why.
             let source = std::error::Error::source(e)
-                .map(|s| format!(": {}", crate::sys::error_chain(s)))
+                .map(|s| format!(": {}", crate::errors::error_chain(s)))
                 .unwrap_or_default();
             OriginError::Unavailable(format!("s3 {what} failed ({kind}): {message}{source}"))
         }

@@ -65,7 +65,7 @@
 
 use super::limits::{RequestGate, with_retries};
 use super::{BoxFuture, ListPage, Origin, OriginError, RemoteFile, RemoteLimits, RemoteOrigin};
-use crate::scan;
+use crate::errors::error_chain;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
@@ -459,7 +459,11 @@ impl SftpOrigin {
                 let Some(entry) = next else { break };
                 let entry = entry?;
                 let name = entry.filename().as_os_str().as_bytes();
-                if name == b"." || name == b".." || scan::is_hidden(name) || name.contains(&b'/') {
+                if name == b"."
+                    || name == b".."
+                    || super::path::is_hidden(name)
+                    || name.contains(&b'/')
+                {
                     continue;
                 }
                 let child = join_rel(rel, name);
@@ -559,21 +563,6 @@ fn version_of(meta: &MetaData) -> FileVersion {
     }
 }
 
-/// An error and its causes, on one line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(text.trim());
-        }
-        source = s.source();
-    }
-    out
-}
-
 impl Origin for SftpOrigin {
     fn describe(&self) -> String {
         self.description.clone()
@@ -644,11 +633,11 @@ enum State {
     /// No connection; the next request makes one.
     Idle,
     /// A connection attempt is under way; its result arrives here.
-    Connecting(watch::Receiver<Option<Result<Arc<Conn>, String>>>),
+    Connecting(watch::Receiver<Option<Result<Arc<Conn>, ConnectError>>>),
     /// Connected.
     Ready(Arc<Conn>),
     /// The last attempt failed at `at`.
-    Failed { at: Instant, why: String },
+    Failed { at: Instant, why: ConnectError },
 }
 
 /// The origin's one connection, made on demand.
@@ -674,7 +663,7 @@ impl Pool {
                 State::Ready(conn) => return Ok(Arc::clone(conn)),
                 State::Connecting(rx) => rx.clone(),
                 State::Failed { at, why } if at.elapsed() < RECONNECT_PAUSE => {
-                    return Err(OriginError::Unavailable(why.clone()));
+                    return Err(OriginError::Unavailable(why.to_string()));
                 }
                 State::Idle | State::Failed { .. } => {
                     let (tx, rx) = watch::channel(None);
@@ -692,7 +681,7 @@ impl Pool {
         match tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await {
             Ok(Ok(result)) => match result.as_ref() {
                 Some(Ok(conn)) => Ok(Arc::clone(conn)),
-                Some(Err(why)) => Err(OriginError::Unavailable(why.clone())),
+                Some(Err(why)) => Err(OriginError::Unavailable(why.to_string())),
                 None => Err(OriginError::Unavailable(
                     "sftp connection attempt lost".into(),
                 )),
@@ -707,8 +696,8 @@ impl Pool {
     /// Records the outcome of a connection attempt and wakes its waiters.
     fn connected(
         &self,
-        result: Result<Sftp, String>,
-        tx: &watch::Sender<Option<Result<Arc<Conn>, String>>>,
+        result: Result<Sftp, ConnectError>,
+        tx: &watch::Sender<Option<Result<Arc<Conn>, ConnectError>>>,
     ) {
         let shown = self.config.display();
         let outcome = match result {
@@ -744,7 +733,7 @@ impl Pool {
     }
 
     /// Starts an OpenSSH master and the SFTP subsystem through it.
-    async fn connect(&self) -> Result<Sftp, String> {
+    async fn connect(&self) -> Result<Sftp, ConnectError> {
         let config = &self.config;
         let limits = &config.limits;
         let mut builder = SessionBuilder::default();
@@ -779,29 +768,47 @@ impl Pool {
             let session = builder
                 .connect_mux(&config.host)
                 .await
-                .map_err(|e| ssh_error(&e))?;
+                .map_err(ConnectError::ssh)?;
             Sftp::from_session(session, SftpOptions::new())
                 .await
-                .map_err(|e| format!("cannot start the sftp subsystem: {}", error_chain(&e)))
+                .map_err(|e| ConnectError::Subsystem(Arc::new(e)))
         };
         let limit = limits.connect_timeout + limits.request_timeout;
         match tokio::time::timeout(limit, attempt).await {
             Ok(result) => result,
-            Err(_) => Err(format!(
-                "sftp connect timed out after {:.1} s",
-                limit.as_secs_f64()
-            )),
+            Err(_) => Err(ConnectError::TimedOut(limit)),
         }
     }
 }
 
-fn ssh_error(e: &openssh::Error) -> String {
-    if let openssh::Error::Connect(io) = e
-        && io.kind() == std::io::ErrorKind::NotFound
-    {
-        return "cannot run `ssh`: install the OpenSSH client".into();
+/// Why a connection could not be made. Shared by every request that waited
+/// for the attempt (hence `Clone`), and told to the engine as the reason
+/// the origin is unavailable.
+#[derive(Clone, Debug, thiserror::Error)]
+enum ConnectError {
+    /// There is no `ssh` to run.
+    #[error("cannot run `ssh`: install the OpenSSH client")]
+    NoSsh(#[source] Arc<openssh::Error>),
+    /// ssh failed (refused, host key, authentication, ...).
+    #[error("ssh: {}", error_chain(.0))]
+    Ssh(#[source] Arc<openssh::Error>),
+    /// Connected, but the SFTP subsystem did not start.
+    #[error("cannot start the sftp subsystem: {}", error_chain(.0))]
+    Subsystem(#[source] Arc<openssh_sftp_client::Error>),
+    /// The whole attempt took too long.
+    #[error("sftp connect timed out after {:.1} s", .0.as_secs_f64())]
+    TimedOut(Duration),
+}
+
+impl ConnectError {
+    fn ssh(e: openssh::Error) -> ConnectError {
+        if let openssh::Error::Connect(io) = &e
+            && io.kind() == std::io::ErrorKind::NotFound
+        {
+            return ConnectError::NoSsh(Arc::new(e));
+        }
+        ConnectError::Ssh(Arc::new(e))
     }
-    format!("ssh: {}", error_chain(e))
 }
 
 #[cfg(test)]

@@ -157,42 +157,129 @@ fn is_secret_param(key: &str) -> bool {
     .any(|s| k.contains(s))
 }
 
-/// Parses an `s3://` or `sftp://` origin URL. The error is one line for a
-/// person, and never contains a secret from the URL.
-pub fn parse_remote_url(raw: &str) -> Result<RemoteSpec, String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("not a valid URL ({e})"))?;
+/// Why an origin URL cannot be used: one line for a person, which never
+/// contains a secret from the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Not a URL at all.
+    #[error("not a valid URL ({0})")]
+    NotAUrl(#[source] url::ParseError),
+    /// A query parameter that looks like a credential.
+    #[error(
+        "credentials do not go in the URL (parameter '{0}'): use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or an AWS profile for S3, an ssh key or ssh-agent for SFTP"
+    )]
+    SecretParameter(String),
+    /// Neither `s3://` nor `sftp://`.
+    #[error(
+        "{0}:// origins are not supported; use a local directory, s3://bucket/prefix or sftp://user@host/path"
+    )]
+    Scheme(String),
+    /// `s3://user:key@bucket`.
+    #[error(
+        "credentials do not go in the URL: use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile"
+    )]
+    S3Credentials,
+    /// `s3:///prefix`.
+    #[error("s3:// needs a bucket: s3://bucket/prefix")]
+    NoBucket,
+    /// `s3://bucket:9000`.
+    #[error("s3://bucket takes no port; give the server as ?endpoint=http://host:port")]
+    S3Port,
+    /// A prefix whose percent-decoding is not UTF-8.
+    #[error("the S3 prefix is not UTF-8")]
+    PrefixNotUtf8,
+    /// `endpoint=` is not a URL.
+    #[error("endpoint is not a URL ({0})")]
+    Endpoint(#[source] url::ParseError),
+    /// `endpoint=` is not http(s).
+    #[error("endpoint must be an http:// or https:// URL")]
+    EndpointScheme,
+    /// `endpoint=http://user:pw@host`.
+    #[error("credentials do not go in the endpoint URL")]
+    EndpointCredentials,
+    /// `sftp://user:pw@host`.
+    #[error("passwords do not go in the URL: use an ssh key (?key=/path) or ssh-agent")]
+    SftpPassword,
+    /// `sftp:///path`.
+    #[error("sftp:// needs a host: sftp://user@host:port/path")]
+    NoHost,
+    /// A user name whose percent-decoding is not UTF-8.
+    #[error("the user name is not UTF-8")]
+    UserNotUtf8,
+    /// A parameter this scheme does not know.
+    #[error("unknown {scheme}:// parameter '{key}' (known: {known})")]
+    UnknownParameter {
+        /// `s3` or `sftp`.
+        scheme: &'static str,
+        /// The parameter.
+        key: String,
+        /// The ones it knows.
+        known: &'static str,
+    },
+    /// A yes/no parameter with another value.
+    #[error("{key} must be true or false, not '{value}'")]
+    NotABool {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// A duration parameter with another value.
+    #[error("{key} must be a number of seconds (0 < s <= 3600), not '{value}'")]
+    NotSeconds {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// A file parameter naming something else.
+    #[error("{key}={value} is not a file")]
+    NotAFile {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+    },
+    /// A file parameter naming nothing usable.
+    #[error("{key}={value} cannot be used: {source}")]
+    Unusable {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Parses an `s3://` or `sftp://` origin URL.
+pub fn parse_remote_url(raw: &str) -> Result<RemoteSpec, UrlError> {
+    let url = url::Url::parse(raw).map_err(UrlError::NotAUrl)?;
     let mut params = Vec::new();
     for (k, v) in url.query_pairs() {
         if is_secret_param(&k) {
-            return Err(format!(
-                "credentials do not go in the URL (parameter '{k}'): use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or an AWS profile for S3, an ssh key or ssh-agent for SFTP"
-            ));
+            return Err(UrlError::SecretParameter(k.into_owned()));
         }
         params.push((k.into_owned(), v.into_owned()));
     }
     match url.scheme() {
         "s3" => parse_s3(&url, &params).map(RemoteSpec::S3),
         "sftp" => parse_sftp(&url, &params).map(RemoteSpec::Sftp),
-        other => Err(format!(
-            "{other}:// origins are not supported; use a local directory, s3://bucket/prefix or sftp://user@host/path"
-        )),
+        other => Err(UrlError::Scheme(other.to_owned())),
     }
 }
 
-fn parse_s3(url: &url::Url, params: &[(String, String)]) -> Result<S3Config, String> {
+fn parse_s3(url: &url::Url, params: &[(String, String)]) -> Result<S3Config, UrlError> {
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "credentials do not go in the URL: use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile".into(),
-        );
+        return Err(UrlError::S3Credentials);
     }
     let bucket = url
         .host_str()
         .filter(|b| !b.is_empty())
-        .ok_or("s3:// needs a bucket: s3://bucket/prefix")?;
+        .ok_or(UrlError::NoBucket)?;
     if url.port().is_some() {
-        return Err(
-            "s3://bucket takes no port; give the server as ?endpoint=http://host:port".into(),
-        );
+        return Err(UrlError::S3Port);
     }
     let prefix = decode_utf8(url.path())?.trim_matches('/').to_owned();
     let mut config = S3Config::new(bucket, prefix);
@@ -201,13 +288,12 @@ fn parse_s3(url: &url::Url, params: &[(String, String)]) -> Result<S3Config, Str
     for (k, v) in params {
         match k.as_str() {
             "endpoint" => {
-                let endpoint =
-                    url::Url::parse(v).map_err(|e| format!("endpoint is not a URL ({e})"))?;
+                let endpoint = url::Url::parse(v).map_err(UrlError::Endpoint)?;
                 if !matches!(endpoint.scheme(), "http" | "https") {
-                    return Err("endpoint must be an http:// or https:// URL".into());
+                    return Err(UrlError::EndpointScheme);
                 }
                 if !endpoint.username().is_empty() || endpoint.password().is_some() {
-                    return Err("credentials do not go in the endpoint URL".into());
+                    return Err(UrlError::EndpointCredentials);
                 }
                 config.endpoint = Some(v.trim_end_matches('/').to_owned());
             }
@@ -226,16 +312,14 @@ fn parse_s3(url: &url::Url, params: &[(String, String)]) -> Result<S3Config, Str
     Ok(config)
 }
 
-fn parse_sftp(url: &url::Url, params: &[(String, String)]) -> Result<SftpConfig, String> {
+fn parse_sftp(url: &url::Url, params: &[(String, String)]) -> Result<SftpConfig, UrlError> {
     if url.password().is_some() {
-        return Err(
-            "passwords do not go in the URL: use an ssh key (?key=/path) or ssh-agent".into(),
-        );
+        return Err(UrlError::SftpPassword);
     }
     let host = url
         .host_str()
         .filter(|h| !h.is_empty())
-        .ok_or("sftp:// needs a host: sftp://user@host:port/path")?;
+        .ok_or(UrlError::NoHost)?;
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let path = decode_bytes(url.path());
     let root: PathBuf = match path.as_slice() {
@@ -248,8 +332,7 @@ fn parse_sftp(url: &url::Url, params: &[(String, String)]) -> Result<SftpConfig,
     let mut config = SftpConfig::new(host, root);
     if !url.username().is_empty() {
         config.user = Some(
-            String::from_utf8(decode_bytes(url.username()))
-                .map_err(|_| "the user name is not UTF-8")?,
+            String::from_utf8(decode_bytes(url.username())).map_err(|_| UrlError::UserNotUtf8)?,
         );
     }
     config.port = url.port();
@@ -264,7 +347,12 @@ fn parse_sftp(url: &url::Url, params: &[(String, String)]) -> Result<SftpConfig,
     Ok(config)
 }
 
-fn apply_common(limits: &mut RemoteLimits, k: &str, v: &str, scheme: &str) -> Result<(), String> {
+fn apply_common(
+    limits: &mut RemoteLimits,
+    k: &str,
+    v: &str,
+    scheme: &'static str,
+) -> Result<(), UrlError> {
     match k {
         "timeout" => limits.request_timeout = parse_secs(k, v)?,
         "connect_timeout" => limits.connect_timeout = parse_secs(k, v)?,
@@ -274,37 +362,52 @@ fn apply_common(limits: &mut RemoteLimits, k: &str, v: &str, scheme: &str) -> Re
             } else {
                 "key, known_hosts, ssh_config, timeout, connect_timeout"
             };
-            return Err(format!(
-                "unknown {scheme}:// parameter '{k}' (known: {known})"
-            ));
+            return Err(UrlError::UnknownParameter {
+                scheme,
+                key: k.to_owned(),
+                known,
+            });
         }
     }
     Ok(())
 }
 
-fn parse_bool(k: &str, v: &str) -> Result<bool, String> {
+fn parse_bool(k: &str, v: &str) -> Result<bool, UrlError> {
     match v.to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!("{k} must be true or false, not '{v}'")),
+        _ => Err(UrlError::NotABool {
+            key: k.to_owned(),
+            value: v.to_owned(),
+        }),
     }
 }
 
-fn parse_secs(k: &str, v: &str) -> Result<Duration, String> {
+fn parse_secs(k: &str, v: &str) -> Result<Duration, UrlError> {
     v.trim_end_matches('s')
         .parse::<f64>()
         .ok()
         .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
         .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{k} must be a number of seconds (0 < s <= 3600), not '{v}'"))
+        .ok_or_else(|| UrlError::NotSeconds {
+            key: k.to_owned(),
+            value: v.to_owned(),
+        })
 }
 
-fn existing_file(k: &str, v: &str) -> Result<PathBuf, String> {
+fn existing_file(k: &str, v: &str) -> Result<PathBuf, UrlError> {
     let path = PathBuf::from(v);
     match std::fs::metadata(&path) {
         Ok(meta) if meta.is_file() => Ok(path),
-        Ok(_) => Err(format!("{k}={v} is not a file")),
-        Err(e) => Err(format!("{k}={v} cannot be used: {e}")),
+        Ok(_) => Err(UrlError::NotAFile {
+            key: k.to_owned(),
+            value: v.to_owned(),
+        }),
+        Err(source) => Err(UrlError::Unusable {
+            key: k.to_owned(),
+            value: v.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -340,8 +443,8 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
-fn decode_utf8(s: &str) -> Result<String, String> {
-    String::from_utf8(decode_bytes(s)).map_err(|_| "the S3 prefix is not UTF-8".to_owned())
+fn decode_utf8(s: &str) -> Result<String, UrlError> {
+    String::from_utf8(decode_bytes(s)).map_err(|_| UrlError::PrefixNotUtf8)
 }
 
 #[cfg(test)]
@@ -382,12 +485,14 @@ mod tests {
         assert!(
             parse_remote_url("s3://b/p?endpont=x")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown")
         );
         assert!(parse_remote_url("s3://b/p?endpoint=ftp://x").is_err());
         assert!(
             parse_remote_url("ftp://host/x")
                 .unwrap_err()
+                .to_string()
                 .contains("not supported")
         );
     }
@@ -402,7 +507,7 @@ mod tests {
             "sftp://me:wJalrXUtnFEMI@host/srv",
             "sftp://me@host/srv?password=wJalrXUtnFEMI",
         ] {
-            let err = parse_remote_url(raw).unwrap_err();
+            let err = parse_remote_url(raw).unwrap_err().to_string();
             assert!(!err.contains("wJalrXUtnFEMI"), "{raw}: {err}");
             assert!(
                 !redact_url(raw).contains("wJalrXUtnFEMI"),
@@ -451,6 +556,7 @@ mod tests {
         assert!(
             parse_remote_url("sftp://nas/x?known_host=/etc/hosts")
                 .unwrap_err()
+                .to_string()
                 .contains("unknown")
         );
     }

@@ -14,7 +14,7 @@
 //! origin was down). Each read is bounded by the engine's read timeout, so
 //! a pass never hangs; the supervisor aborts it at shutdown.
 
-use crate::daemon::{Daemon, ReadReply};
+use crate::exec::daemon::{Daemon, ReadReply};
 use musicfs_core::Ino;
 use musicfs_core::fs::Errno;
 use parking_lot::Mutex;
@@ -23,6 +23,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::{Notify, oneshot};
+
+/// Why a pinned file was not fetched (shown by `musicfs pin`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FillError {
+    /// The read through the engine failed (the origin is down, the file
+    /// changed, ...).
+    #[error("read failed ({0:?})")]
+    Read(Errno),
+    /// The daemon dropped the read (it is shutting down).
+    #[error("read dropped")]
+    Dropped,
+}
 
 /// Bytes asked per read: a big player read (the engine reads ahead of it).
 const READ_BYTES: u32 = 1 << 20;
@@ -41,7 +53,7 @@ pub struct PinFiller {
     /// A pass runs.
     in_pass: AtomicBool,
     /// Files the last pass could not fetch, and why.
-    failed: Mutex<BTreeMap<Ino, String>>,
+    failed: Mutex<BTreeMap<Ino, FillError>>,
 }
 
 /// A read's answer, delivered to the filler instead of the kernel.
@@ -87,7 +99,7 @@ impl PinFiller {
     }
 
     /// Files the last pass could not fetch, with the reason.
-    pub fn failed(&self) -> BTreeMap<Ino, String> {
+    pub fn failed(&self) -> BTreeMap<Ino, FillError> {
         self.failed.lock().clone()
     }
 
@@ -158,7 +170,7 @@ impl PinFiller {
     }
 
     /// Reads `ino` from its first uncached byte to its end.
-    async fn fill(&self, ino: Ino, generation: u64) -> Result<(), String> {
+    async fn fill(&self, ino: Ino, generation: u64) -> Result<(), FillError> {
         let mut pos = 0;
         while let Some(at) = self.daemon.inspect(|e| e.next_uncached(ino, pos)) {
             if self.generation.load(Ordering::SeqCst) != generation {
@@ -169,8 +181,8 @@ impl PinFiller {
             match rx.await {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => pos = at + n as u64,
-                Ok(Err(errno)) => return Err(format!("read failed ({errno:?})")),
-                Err(_) => return Err("read dropped".to_owned()),
+                Ok(Err(errno)) => return Err(FillError::Read(errno)),
+                Err(_) => return Err(FillError::Dropped),
             }
         }
         Ok(())

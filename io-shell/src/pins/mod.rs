@@ -5,13 +5,12 @@
 //! Here: turning what the user named (a search query, a folder or file of
 //! the mount, a playlist's entries) into files of the tree, answering the
 //! control socket, and saving pins durably before saying they are done.
-//! [`fill::PinFiller`] fetches what pinned files still lack; [`client`] is
-//! the command line.
+//! [`fill::PinFiller`] fetches what pinned files still lack; the command
+//! line is [`crate::cli::pin`].
 
-pub mod client;
 pub mod fill;
 
-use crate::daemon::Daemon;
+use crate::exec::daemon::Daemon;
 use crate::search::live::LiveSearch;
 use musicfs_core::Ino;
 use musicfs_core::engine::{Cached, Engine};
@@ -22,6 +21,11 @@ use std::sync::Arc;
 
 /// Failed files listed in one answer, at most.
 const FAILED_SHOWN_MAX: usize = 20;
+
+/// A pin request that names nothing.
+#[derive(Debug, thiserror::Error)]
+#[error("a pin request names a \"query\" or \"paths\"")]
+pub struct NoTarget;
 
 /// What a pin request names: a search query, or paths of the mount
 /// (relative to its root; a folder means every file under it).
@@ -35,7 +39,7 @@ pub enum Target {
 
 impl Target {
     /// The target of a control request (`{"query": ..}` or `{"paths": [..]}`).
-    pub fn from_request(request: &Value) -> Result<Target, String> {
+    pub fn from_request(request: &Value) -> Result<Target, NoTarget> {
         if let Some(q) = request["query"].as_str() {
             return Ok(Target::Query(q.to_owned()));
         }
@@ -47,7 +51,7 @@ impl Target {
                     .collect(),
             ));
         }
-        Err("a pin request names a \"query\" or \"paths\"".to_owned())
+        Err(NoTarget)
     }
 }
 
@@ -208,7 +212,7 @@ pub fn state(daemon: &Daemon, filler: &fill::PinFiller, inos: &[Ino]) -> Value {
                 && failures.len() < FAILED_SHOWN_MAX
             {
                 let path = e.tree().path_of(ino).unwrap_or_default();
-                failures.push(json!({"path": path, "error": why}));
+                failures.push(json!({"path": path, "error": why.to_string()}));
             }
         }
         (full, bytes, cached, failures)

@@ -12,14 +12,14 @@
 //! mtime moves exactly when the results do (which is what makes the kernel
 //! drop a cached listing).
 
-use super::live::LiveSearch;
+use super::live::SearchSlot;
 use musicfs_core::Ino;
 use musicfs_core::fs::{Attr, DirEntry, Errno, NodeKind};
 use musicfs_core::naming;
 use musicfs_core::tree::INO_RESERVED_BIT;
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// The folder's name in the root.
 pub const NAME: &str = ".search";
@@ -54,7 +54,7 @@ struct Folders {
 
 /// The `.search` folder of a mount.
 pub struct SearchFolder {
-    live: Arc<OnceLock<Arc<LiveSearch>>>,
+    live: Arc<SearchSlot>,
     folders: Mutex<Folders>,
     /// When the folder was made (the mount's start): the mtime of `.search`.
     started_ns: i64,
@@ -84,7 +84,7 @@ fn dir_attr(ino: u64, entries: usize, mtime_ns: i64) -> Attr {
 
 impl SearchFolder {
     /// The folder, answering from `live` once the index is open.
-    pub fn new(live: Arc<OnceLock<Arc<LiveSearch>>>) -> SearchFolder {
+    pub fn new(live: Arc<SearchSlot>) -> SearchFolder {
         SearchFolder {
             live,
             folders: Mutex::new(Folders::default()),

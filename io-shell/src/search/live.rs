@@ -8,7 +8,26 @@ use musicfs_core::CatalogEntry;
 use musicfs_core::tree::VirtualTree;
 use parking_lot::Mutex;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+/// A running mount's search index: empty while it opens in the background
+/// (a rebuild must not delay the mount), then set once. Shared by the
+/// `.search` folder, the control socket and the listener that keeps the
+/// index in step with the tree.
+#[derive(Default)]
+pub struct SearchSlot(OnceLock<Arc<LiveSearch>>);
+
+impl SearchSlot {
+    /// The index, once open.
+    pub fn get(&self) -> Option<&Arc<LiveSearch>> {
+        self.0.get()
+    }
+
+    /// Puts the opened index in (once; a second one is dropped).
+    pub fn set(&self, live: Arc<LiveSearch>) {
+        let _ = self.0.set(live);
+    }
+}
 
 /// The index and what it holds.
 pub struct LiveSearch {

@@ -527,7 +527,8 @@ impl SearchIndex {
             schema::register(&index);
             index
         };
-        let fields = Fields::of(&index.schema()).map_err(OpenProblem::Unusable)?;
+        let fields =
+            Fields::of(&index.schema()).map_err(|e| OpenProblem::Unusable(e.to_string()))?;
         // Opening a reader opens every segment: a missing or truncated file
         // shows here.
         let reader = index
@@ -766,7 +767,7 @@ pub fn search_offline(
             return Err(unusable("its schema is not this version's".to_owned()));
         }
         schema::register(&index);
-        let fields = Fields::of(&index.schema()).map_err(unusable)?;
+        let fields = Fields::of(&index.schema()).map_err(|e| unusable(e.to_string()))?;
         let reader: IndexReader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -856,11 +857,7 @@ fn writer_options() -> IndexWriterOptions {
 /// so without this the daemon's RSS would stay 20-30 MB higher for good.
 /// `malloc_trim` returns it (measured: 38 MB → 14 MB after a build; 1.5 ms).
 fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heaps; it takes no pointer.
-    unsafe {
-        libc::malloc_trim(0);
-    }
+    crate::sys::memory::release_free_memory();
 }
 
 /// Resets a writer that failed to its last commit. A writer whose thread

@@ -110,6 +110,11 @@ pub(crate) struct Fields {
     text: [Field; 6],
 }
 
+/// A field the index's schema lacks (a bug: the schema is checked first).
+#[derive(Debug, thiserror::Error)]
+#[error("the index has no field '{0}'")]
+pub(crate) struct MissingField(String);
+
 impl Fields {
     /// The schema field of a text field.
     pub(crate) fn text(&self, f: TextField) -> Field {
@@ -117,12 +122,12 @@ impl Fields {
     }
 
     /// Resolves the fields by name. Only used on a schema already known to
-    /// equal [`schema()`], so a missing field is a bug, reported as text.
-    pub(crate) fn of(schema: &Schema) -> Result<Fields, String> {
+    /// equal [`schema()`], so a missing field is a bug.
+    pub(crate) fn of(schema: &Schema) -> Result<Fields, MissingField> {
         let get = |name: &str| {
             schema
                 .get_field(name)
-                .map_err(|_| format!("the index has no field '{name}'"))
+                .map_err(|_| MissingField(name.to_owned()))
         };
         let mut text = [get(VPATH)?; 6];
         for f in TextField::ALL {

@@ -8,10 +8,8 @@
 use super::{ChunkReadError, StoreError};
 use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -180,14 +178,7 @@ impl ChunkStore {
 
     /// `syncfs` of the file system holding the store.
     fn flush(&self) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
-        let dir = File::open(&self.root)?;
-        // SAFETY: syncfs takes a file descriptor we own for the call.
-        if unsafe { libc::syncfs(dir.as_raw_fd()) } == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
+        crate::sys::syncfs(&File::open(&self.root)?)
     }
 
     /// Checks a chunk and writes its bytes to a temp file (not yet durable,
@@ -376,27 +367,8 @@ impl ChunkStore {
     /// The caller compares this with its reserve to decide when to stop
     /// caching and serve from the origins instead.
     pub fn free_bytes(&self) -> Result<u64, StoreError> {
-        let c_path = CString::new(self.root.as_os_str().as_bytes()).map_err(|_| {
-            StoreError::io(
-                "statvfs",
-                &self.root,
-                io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"),
-            )
-        })?;
-        // SAFETY: `statvfs` is plain old data, so all-zero is a valid value.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        // SAFETY: `c_path` is a valid NUL-terminated string and `st` a valid
-        // out-pointer for the duration of the call.
-        let rc = unsafe { libc::statvfs(c_path.as_ptr(), &mut st) };
-        if rc != 0 {
-            return Err(StoreError::io(
-                "statvfs",
-                &self.root,
-                io::Error::last_os_error(),
-            ));
-        }
-        #[allow(clippy::unnecessary_cast)] // the field widths differ between targets
-        Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+        crate::sys::available_bytes(&self.root)
+            .map_err(|e| StoreError::io("statvfs", &self.root, e))
     }
 }
 

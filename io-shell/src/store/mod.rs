@@ -18,10 +18,10 @@
 //! moved aside rather than repaired.
 //!
 //! Errors keep the operating system's error code all the way up, because the
-//! caller reacts to *kinds* of failure: a full, read-only or failing cache
-//! disk ([`StoreError::is_disk_failure`]) switches the daemon to serving
-//! straight from the origins ("passthrough"); running out of file descriptors
-//! ([`StoreError::is_fd_exhaustion`]) is transient and must not.
+//! caller reacts to *kinds* of failure, which [`StoreError::disk_fault`]
+//! names: a full, read-only or failing cache disk switches the daemon to
+//! serving straight from the origins ("passthrough"); running out of file
+//! descriptors is transient and must not.
 
 mod chunks;
 mod db;
@@ -74,6 +74,7 @@ impl ChunkBackend for ChunkStore {
 pub use db::{Db, META_LIBRARY_FINGERPRINT, META_SCHEMA_VERSION, OpenOutcome, SCHEMA_VERSION};
 
 use musicfs_core::ChunkId;
+use musicfs_core::engine::DiskFault;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -187,43 +188,73 @@ impl StoreError {
         e.raw_os_error().or_else(|| errno_in_debug(&e.to_string()))
     }
 
-    /// True when the cache disk itself cannot be used: it is full (`ENOSPC`,
-    /// `EDQUOT`), read-only (`EROFS`), failing (`EIO`), not ours to write
-    /// (`EACCES`, `EPERM`), or the database reports corruption.
+    /// What this failure says about the cache disk. The one classifier of
+    /// store errors: the daemon turns its answer into the engine's
+    /// [`DiskFault`] (which puts the mount in passthrough, except for
+    /// `NoDescriptors`), and the tests assert it.
     ///
-    /// The caller then stops caching and serves reads straight from the
-    /// origins ("passthrough") instead of failing them: a cache is an
-    /// optimisation, and a broken one must not take the mount down.
-    pub fn is_disk_failure(&self) -> bool {
-        if let StoreError::Db { source, .. } = self {
-            match source {
-                sled::Error::Corruption { .. } => return true,
-                sled::Error::Io(e) => {
-                    // sled's own lock error is `Other` with a message; a
-                    // second daemon on the same cache is not a disk failure.
-                    if is_lock_error(e) || self.is_fd_exhaustion() {
-                        return false;
-                    }
-                    return true;
-                }
-                _ => return false,
+    /// | the error | fault |
+    /// |---|---|
+    /// | `ENOSPC`, `EDQUOT` (or, without an errno, the kinds `StorageFull`, `QuotaExceeded`) | `NoSpace` |
+    /// | `EROFS`, `EACCES`, `EPERM` (`ReadOnlyFilesystem`, `PermissionDenied`) | `ReadOnly` |
+    /// | `EMFILE`, `ENFILE` | `NoDescriptors`: transient, not the disk's fault |
+    /// | `EIO` and every other I/O error, `ENOENT` included; sled reporting corruption | `Io` |
+    /// | sled's lock held by another process | `None` |
+    /// | a chunk refused (`WrongId`, `TooLarge`), a record that cannot be encoded, sled's other errors (a bug, an unsupported database) | `None` |
+    ///
+    /// `ENOENT` is `Io` because an ordinary missing file never becomes a
+    /// `StoreError`: a chunk that is not there is
+    /// [`ChunkReadError::Missing`], removing one that is gone succeeds, a
+    /// scan skips files that vanish. A missing file that still reaches
+    /// here is a piece of the store itself (its `chunks/` or temp folder
+    /// removed, the cache directory gone from under the daemon): nothing can
+    /// be cached until it is back, which is what a disk fault means.
+    ///
+    /// A held lock is `None`: the disk works, another MusicFS process has
+    /// the cache. It only happens at [`Db::open`], where the mount refuses
+    /// to start and names the other mount ([`StoreError::is_locked`]).
+    /// `None` in general means "not the disk": retrying elsewhere or
+    /// fixing the caller helps, passthrough would not.
+    pub fn disk_fault(&self) -> Option<DiskFault> {
+        match self {
+            StoreError::Db {
+                source: sled::Error::Corruption { .. },
+                ..
+            } => return Some(DiskFault::Io),
+            StoreError::Db {
+                source: sled::Error::Io(e),
+                ..
+            } if is_lock_error(e) => return None,
+            StoreError::Encode { .. }
+            | StoreError::WrongId { .. }
+            | StoreError::TooLarge { .. } => {
+                return None;
             }
+            _ => {}
         }
-        if let Some(errno) = self.raw_os_error() {
-            return matches!(
-                errno,
-                libc::ENOSPC | libc::EDQUOT | libc::EROFS | libc::EIO | libc::EACCES | libc::EPERM
-            );
-        }
-        self.io_error().is_some_and(|e| {
-            matches!(
-                e.kind(),
-                io::ErrorKind::StorageFull
-                    | io::ErrorKind::QuotaExceeded
-                    | io::ErrorKind::ReadOnlyFilesystem
-                    | io::ErrorKind::PermissionDenied
-            )
+        let e = self.io_error()?;
+        Some(match self.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT) => DiskFault::NoSpace,
+            Some(libc::EROFS | libc::EACCES | libc::EPERM) => DiskFault::ReadOnly,
+            Some(libc::EMFILE | libc::ENFILE) => DiskFault::NoDescriptors,
+            Some(_) => DiskFault::Io,
+            None => match e.kind() {
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => DiskFault::NoSpace,
+                io::ErrorKind::ReadOnlyFilesystem | io::ErrorKind::PermissionDenied => {
+                    DiskFault::ReadOnly
+                }
+                _ => DiskFault::Io,
+            },
         })
+    }
+
+    /// True when the cache disk itself cannot be used ([`StoreError::disk_fault`]
+    /// names a fault other than `NoDescriptors`): the caller stops caching
+    /// and serves reads straight from the origins ("passthrough") instead of
+    /// failing them: a cache is an optimisation, and a broken one must not
+    /// take the mount down.
+    pub fn is_disk_failure(&self) -> bool {
+        matches!(self.disk_fault(), Some(f) if f != DiskFault::NoDescriptors)
     }
 
     /// True when another process holds the database's lock (another daemon
@@ -233,12 +264,12 @@ impl StoreError {
     }
 
     /// True when the process (`EMFILE`) or the system (`ENFILE`) is out of
-    /// file descriptors.
+    /// file descriptors ([`StoreError::disk_fault`] is `NoDescriptors`).
     ///
     /// That is transient and says nothing about the disk, so the caller
     /// should fail or retry the one request rather than go to passthrough.
     pub fn is_fd_exhaustion(&self) -> bool {
-        matches!(self.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+        self.disk_fault() == Some(DiskFault::NoDescriptors)
     }
 
     /// True when the database reported corruption while in use. The caller
@@ -312,8 +343,16 @@ pub enum ChunkReadError {
 }
 
 impl ChunkReadError {
-    /// See [`StoreError::is_disk_failure`]. Never true for `Missing` or
-    /// `Corrupt`: one bad file is not a bad disk.
+    /// See [`StoreError::disk_fault`]. `None` for `Missing` and `Corrupt`:
+    /// one bad file is not a bad disk.
+    pub fn disk_fault(&self) -> Option<DiskFault> {
+        match self {
+            ChunkReadError::Io(e) => e.disk_fault(),
+            ChunkReadError::Missing | ChunkReadError::Corrupt { .. } => None,
+        }
+    }
+
+    /// See [`StoreError::is_disk_failure`].
     pub fn is_disk_failure(&self) -> bool {
         matches!(self, ChunkReadError::Io(e) if e.is_disk_failure())
     }
@@ -386,25 +425,93 @@ mod tests {
     use super::*;
 
     #[test]
-    fn classifies_errnos() {
+    fn the_disk_fault_table() {
+        use DiskFault::{Io, NoDescriptors, NoSpace, ReadOnly};
         let e = |errno| StoreError::io("test", "/x", io::Error::from_raw_os_error(errno));
-        for errno in [
-            libc::ENOSPC,
-            libc::EDQUOT,
-            libc::EROFS,
-            libc::EIO,
-            libc::EACCES,
-            libc::EPERM,
+        for (errno, fault) in [
+            (libc::ENOSPC, Some(NoSpace)),
+            (libc::EDQUOT, Some(NoSpace)),
+            (libc::EROFS, Some(ReadOnly)),
+            (libc::EACCES, Some(ReadOnly)),
+            (libc::EPERM, Some(ReadOnly)),
+            (libc::EMFILE, Some(NoDescriptors)),
+            (libc::ENFILE, Some(NoDescriptors)),
+            (libc::EIO, Some(Io)),
+            (libc::ENOENT, Some(Io)),
+            (libc::EBADF, Some(Io)),
+            (libc::EINTR, Some(Io)),
         ] {
-            assert!(e(errno).is_disk_failure(), "errno {errno}");
-            assert!(!e(errno).is_fd_exhaustion(), "errno {errno}");
+            assert_eq!(e(errno).disk_fault(), fault, "errno {errno}");
+            let failure = fault.is_some_and(|f| f != NoDescriptors);
+            assert_eq!(e(errno).is_disk_failure(), failure, "errno {errno}");
+            assert_eq!(
+                e(errno).is_fd_exhaustion(),
+                fault == Some(NoDescriptors),
+                "errno {errno}"
+            );
         }
-        for errno in [libc::EMFILE, libc::ENFILE] {
-            assert!(e(errno).is_fd_exhaustion(), "errno {errno}");
-            assert!(!e(errno).is_disk_failure(), "errno {errno}");
+        // Without an errno, by kind.
+        for (kind, fault) in [
+            (io::ErrorKind::StorageFull, NoSpace),
+            (io::ErrorKind::QuotaExceeded, NoSpace),
+            (io::ErrorKind::ReadOnlyFilesystem, ReadOnly),
+            (io::ErrorKind::PermissionDenied, ReadOnly),
+            (io::ErrorKind::Other, Io),
+        ] {
+            let err = StoreError::io("test", "/x", io::Error::new(kind, "no errno"));
+            assert_eq!(err.disk_fault(), Some(fault), "{kind:?}");
         }
-        assert!(!e(libc::ENOENT).is_disk_failure());
-        assert!(!e(libc::EINTR).is_fd_exhaustion());
+        // The database.
+        let sled_io = |e| StoreError::db("op", sled::Error::Io(e));
+        let lock = io::Error::other("could not acquire lock on \"db\"");
+        assert_eq!(
+            sled_io(lock).disk_fault(),
+            None,
+            "another process, not the disk"
+        );
+        let corrupt = StoreError::db("get", sled::Error::Corruption { at: None, bt: () });
+        assert_eq!(corrupt.disk_fault(), Some(Io));
+        assert_eq!(
+            sled_io(io::Error::other("something")).disk_fault(),
+            Some(Io)
+        );
+        let bug = StoreError::db("op", sled::Error::Unsupported("x".into()));
+        assert_eq!(bug.disk_fault(), None);
+        // Not the disk: a caller's bug.
+        let id = ChunkId(1);
+        for err in [
+            StoreError::WrongId { id, actual: id },
+            StoreError::TooLarge { id, len: 1 },
+            StoreError::Encode {
+                what: "x",
+                detail: "y".into(),
+            },
+        ] {
+            assert_eq!(err.disk_fault(), None, "{err}");
+        }
+        // Reads: one bad file is not a bad disk.
+        assert_eq!(ChunkReadError::Missing.disk_fault(), None);
+        let bad = ChunkReadError::Corrupt {
+            len: 1,
+            reason: "x",
+        };
+        assert_eq!(bad.disk_fault(), None);
+        assert_eq!(
+            ChunkReadError::Io(e(libc::EROFS)).disk_fault(),
+            Some(ReadOnly)
+        );
+    }
+
+    #[test]
+    fn a_store_whose_folders_vanished_is_an_io_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let data = b"some bytes".to_vec();
+        let id = ChunkId::of(&data);
+        let err = store.put(id, &data).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!(err.disk_fault(), Some(DiskFault::Io), "{err}");
     }
 
     #[test]

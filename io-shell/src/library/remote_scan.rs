@@ -13,7 +13,7 @@
 //! Up to [`RemoteScanOptions::concurrency`] files are read at once (each
 //! one's parsing on a blocking thread), and tag reading starts while the
 //! listing is still paging through a big bucket. The origin's own
-//! [`RemoteLimits`](super::RemoteLimits) bound every request and the
+//! [`RemoteLimits`](crate::origin::RemoteLimits) bound every request and the
 //! request rate.
 //!
 //! Every read carries the listed version, so tags always describe exactly
@@ -23,10 +23,11 @@
 //! an origin that cannot be scanned is unhealthy, and a catalog missing
 //! tracks that are really there would make them vanish from the tree.
 
-use super::ranged::{RangedOptions, RangedReader, ReadFailure};
-use super::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
-use crate::scan::{self, ErrorList, ScanProgress, ScanReport};
-use crate::tags;
+use super::scan::{self, ErrorList, ScanProgress, ScanReport};
+use super::tags;
+use crate::origin::path::is_hidden;
+use crate::origin::ranged::{RangedOptions, RangedReader, ReadFailure};
+use crate::origin::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
 use musicfs_core::catalog::NameClass;
 use musicfs_core::{CatalogEntry, FileKind, OriginId, SourceFile, catalog};
 use std::sync::Arc;
@@ -115,7 +116,7 @@ pub async fn list_remote(
             files.extend(page.files.into_iter().filter(|f| {
                 let bytes = f.path.as_bytes();
                 let name = bytes.rsplit(|&b| b == b'/').next().unwrap_or_default();
-                !bytes.split(|&b| b == b'/').any(scan::is_hidden)
+                !bytes.split(|&b| b == b'/').any(is_hidden)
                     && catalog::classify_name(name).is_some()
             }));
         })
@@ -241,12 +242,7 @@ async fn scan_inner(
                 .rsplit(|&b| b == b'/')
                 .next()
                 .unwrap_or_default();
-            if file
-                .path
-                .as_bytes()
-                .split(|&b| b == b'/')
-                .any(scan::is_hidden)
-            {
+            if file.path.as_bytes().split(|&b| b == b'/').any(is_hidden) {
                 continue;
             }
             let kind = match catalog::classify_name(name) {
@@ -421,7 +417,7 @@ async fn read_playlist(
             kind,
         };
         if file.version.size > max {
-            let reason = scan::too_big(file.version.size);
+            let reason = scan::PlaylistError::TooBig(file.version.size).to_string();
             tracing::warn!(
                 "playlist {shown} at {} left out: {reason}",
                 origin.describe()

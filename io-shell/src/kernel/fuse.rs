@@ -6,11 +6,11 @@
 //! attributes, directory listings and file pages for a long time. That is
 //! what makes a warm `find` or `ls -lR` nearly as fast as on a local disk.
 
-use crate::daemon::{Daemon, ReadReply};
-use crate::kernel_passthrough::{self, KernelPassthrough};
-use crate::offline::{self, OfflineView};
+use crate::exec::daemon::{Daemon, ReadReply};
+use crate::kernel::offline::{self, OfflineView};
+use crate::kernel::passthrough::{self, KernelPassthrough};
 use crate::search::folder::{self, SearchFolder};
-use crate::search::live::LiveSearch;
+use crate::search::live::SearchSlot;
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
     INodeNo, InitFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, ReplyAttr, ReplyData,
@@ -83,11 +83,7 @@ impl Ownership {
 
 impl MusicFs {
     /// A filesystem over `daemon`, owned and masked as `owner` says.
-    pub fn new(
-        daemon: Arc<Daemon>,
-        owner: Ownership,
-        search: Arc<OnceLock<Arc<LiveSearch>>>,
-    ) -> MusicFs {
+    pub fn new(daemon: Arc<Daemon>, owner: Ownership, search: Arc<SearchSlot>) -> MusicFs {
         MusicFs {
             daemon,
             search: SearchFolder::new(search),
@@ -107,7 +103,7 @@ impl MusicFs {
     }
 
     /// Lets the kernel read the files of these `cache=off` local origins
-    /// itself, where it can (see `kernel_passthrough.rs`).
+    /// itself, where it can (see `passthrough.rs`).
     pub fn with_kernel_passthrough(
         mut self,
         roots: std::collections::BTreeMap<musicfs_core::OriginId, std::path::PathBuf>,
@@ -342,7 +338,7 @@ impl Filesystem for MusicFs {
                 // pages across opens. A changed file is a new version
                 // (invalidated).
                 reply.opened(
-                    FileHandle(kernel_passthrough::PLAIN_HANDLE),
+                    FileHandle(passthrough::PLAIN_HANDLE),
                     FopenFlags::FOPEN_KEEP_CACHE,
                 );
             }

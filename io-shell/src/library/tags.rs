@@ -21,6 +21,7 @@
 //! what the file really says. Only empty and whitespace-only values become
 //! `None`, because to every consumer they mean "not set".
 
+use crate::origin::ranged::seek_target;
 use lofty::aac::AacFile;
 use lofty::config::{GlobalOptions, ParseOptions, ParsingMode, apply_global_options};
 use lofty::error::{AllocationError, FileParseError, UnknownFormatError};
@@ -832,45 +833,6 @@ impl Read for CachedFileReader<'_> {
     }
 }
 
-/// Test helper: `r` gives the same bytes as `want` (a plain cursor over
-/// the file) for each seek and read length in `steps`. Either may return
-/// short reads; what the shorter gave is compared, and both are put back
-/// at the same position.
-#[cfg(test)]
-pub(crate) fn assert_reads_like(
-    r: &mut (impl Read + Seek),
-    want: &mut (impl Read + Seek),
-    steps: &[(SeekFrom, usize)],
-) {
-    for (seek, len) in steps {
-        assert_eq!(r.seek(*seek).unwrap(), want.seek(*seek).unwrap());
-        let mut a = vec![0; *len];
-        let mut b = vec![0; *len];
-        let na = r.read(&mut a).unwrap();
-        let nb = want.read(&mut b).unwrap();
-        let n = na.min(nb);
-        assert_eq!(a[..n], b[..n]);
-        want.seek(SeekFrom::Current(n as i64 - nb as i64)).unwrap();
-        r.seek(SeekFrom::Current(n as i64 - na as i64)).unwrap();
-    }
-}
-
-/// Where a seek of a reader at `pos` in a file of `size` bytes lands (past
-/// the end is allowed, as for files; before the start is an error).
-pub(crate) fn seek_target(pos: u64, size: u64, to: SeekFrom) -> io::Result<u64> {
-    let new = match to {
-        SeekFrom::Start(p) => Some(p),
-        SeekFrom::End(d) => size.checked_add_signed(d),
-        SeekFrom::Current(d) => pos.checked_add_signed(d),
-    };
-    new.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "seek to a negative or overflowing position",
-        )
-    })
-}
-
 impl Seek for CachedFileReader<'_> {
     fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
         self.pos = seek_target(self.pos, self.size, to)?;
@@ -1049,7 +1011,7 @@ mod tests {
             (SeekFrom::End(10), 10),
             (SeekFrom::Start(99_990), 100),
         ];
-        assert_reads_like(&mut r, &mut cur, steps);
+        crate::origin::ranged::assert_reads_like(&mut r, &mut cur, steps);
         assert!(r.seek(SeekFrom::End(-200_000)).is_err());
     }
 }

@@ -100,20 +100,35 @@ fn write_above(bar: Option<&ProgressBar>, out: &mut dyn Write, buf: &[u8]) -> io
     }
 }
 
+/// `--log-file` cannot be opened (a usage error, before anything is logged).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the log file '{}': {}", path.display(), open_reason(.source))]
+pub struct LogFileError {
+    /// The file.
+    pub path: PathBuf,
+    /// The system's error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn open_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "its directory does not exist".to_owned(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ if e.raw_os_error() == Some(libc::EISDIR) => "it is a directory".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
 /// Installs the subscriber: `RUST_LOG` if set, else `level`; lines go to
 /// `file` (appended, created if missing) when given, else to stderr. An
 /// unusable file is an error (the caller's usage error), before anything
 /// is logged.
-pub fn init(level: &str, file: Option<&Path>) -> Result<(), String> {
+pub fn init(level: &str, file: Option<&Path>) -> Result<(), LogFileError> {
     if let Some(path) = file {
-        let opened = open_append(path).map_err(|e| {
-            let why = match e.kind() {
-                io::ErrorKind::NotFound => "its directory does not exist".to_owned(),
-                io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-                _ if e.raw_os_error() == Some(libc::EISDIR) => "it is a directory".to_owned(),
-                _ => e.to_string(),
-            };
-            format!("cannot open the log file '{}': {why}", path.display())
+        let opened = open_append(path).map_err(|source| LogFileError {
+            path: path.to_path_buf(),
+            source,
         })?;
         // Reopened at the same place even if the daemon's directory changes.
         let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());

@@ -3,14 +3,14 @@
 //! Nothing is counted for the metrics alone in the read path: at each
 //! scrape, one [`Collector`] reads what the daemon already keeps (the
 //! engine's [`Stats`](musicfs_core::engine::Stats), the cache, origin
-//! health, pins, the io-shell's per-origin [`IoStats`](crate::daemon::IoStats)
+//! health, pins, the io-shell's per-origin [`IoStats`](crate::exec::daemon::IoStats)
 //! and the syncer's counters) and writes it in the text format. The
 //! exposition format comes from `prometheus-client`, the Prometheus
 //! project's own Rust client (small: no HTTP stack of its own, which a
 //! one-route server on the daemon's tokio runtime does not need).
 
-use crate::daemon::Daemon;
-use crate::sync::Syncer;
+use crate::exec::daemon::Daemon;
+use crate::library::sync::Syncer;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::MetricType;

@@ -15,7 +15,7 @@
 //! The kernel wants one backing id per inode for all its open handles: ids
 //! are shared by inode and dropped with the last handle (`release`).
 
-use crate::daemon::Daemon;
+use crate::exec::daemon::Daemon;
 use crate::origin::beneath::{self, Purpose};
 use fuser::{BackingId, ReplyOpen};
 use musicfs_core::{Ino, OriginId};

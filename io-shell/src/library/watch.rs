@@ -7,7 +7,7 @@
 //! still synced. A lost event (inotify queue overflow) or a watcher error
 //! means nothing can be trusted: the whole origin is synced.
 
-use crate::sync::Syncer;
+use crate::library::sync::Syncer;
 use musicfs_core::{OriginId, OriginPath};
 use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
@@ -29,6 +29,17 @@ enum Seen {
     Rescan(String),
 }
 
+/// An origin that cannot be watched (the supervisor tries again later).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot watch '{}': {source}", root.display())]
+pub struct WatchError {
+    /// The origin's folder.
+    pub root: PathBuf,
+    /// inotify's error.
+    #[source]
+    pub source: notify::Error,
+}
+
 /// Watches one local origin until the task is stopped; every burst of
 /// changes becomes one sync. Returns an error if the watch cannot be set
 /// up (the supervisor then retries later).
@@ -36,17 +47,23 @@ pub async fn watch_origin(
     syncer: Arc<Syncer>,
     origin: OriginId,
     root: PathBuf,
-) -> Result<(), String> {
+) -> Result<(), WatchError> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Some(seen) = classify(res) {
             let _ = tx.send(seen);
         }
     })
-    .map_err(|e| format!("cannot watch '{}': {e}", root.display()))?;
+    .map_err(|source| WatchError {
+        root: root.clone(),
+        source,
+    })?;
     watcher
         .watch(&root, RecursiveMode::Recursive)
-        .map_err(|e| format!("cannot watch '{}': {e}", root.display()))?;
+        .map_err(|source| WatchError {
+            root: root.clone(),
+            source,
+        })?;
     tracing::info!(%origin, root = %root.display(), "watching for changes");
     // Catch up with what changed before the watch existed.
     sync_blocking(&syncer, origin, None).await;
@@ -88,13 +105,13 @@ pub async fn watch_origin(
 /// (`--poll-interval`: a remote
 /// origin cannot tell us of changes; a listing costs one request per 1000
 /// keys on S3 or one per folder on SFTP, and tags are read only for what
-/// changed); after a failure, again sooner. Never returns on its own.
+/// changed); after a failure, again sooner. Never returns.
 pub async fn poll_origin(
     syncer: Arc<Syncer>,
     origin: OriginId,
     interval: Duration,
     just_scanned: bool,
-) -> Result<(), String> {
+) {
     let retry = interval.min(Duration::from_secs(30));
     if just_scanned {
         tokio::time::sleep(interval).await;

@@ -16,7 +16,7 @@
 //! kernel may trust an entry for a second only: a listing it cached is
 //! dropped once the mtime moves.
 
-use crate::daemon::Daemon;
+use crate::exec::daemon::Daemon;
 use musicfs_core::Ino;
 use musicfs_core::engine::{Cached, Engine};
 use musicfs_core::fs::{Attr, DirEntry, Errno, NodeKind};

@@ -20,6 +20,16 @@ pub fn release_free_memory() {
     }
 }
 
+/// mallopt(3): sets one of glibc's allocator parameters. Call before
+/// other threads exist, as glibc asks.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn mallopt(param: libc::c_int, value: libc::c_int) {
+    // SAFETY: mallopt takes two integers and no pointers.
+    unsafe {
+        libc::mallopt(param, value);
+    }
+}
+
 /// Big blocks (a fetched piece, a read's reply, a large chunk) are
 /// mapped on their own from this size up, and unmapped when freed.
 const MMAP_THRESHOLD_BYTES: i32 = 128 * 1024;
@@ -42,17 +52,10 @@ pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-            // SAFETY: mallopt takes two integers; called before other
-            // threads exist, as glibc asks.
-            unsafe {
-                libc::mallopt(libc::M_ARENA_MAX, 2);
-            }
+            mallopt(libc::M_ARENA_MAX, 2);
         }
         if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_none() {
-            // SAFETY: as above.
-            unsafe {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
-            }
+            mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES);
         }
     }
 }

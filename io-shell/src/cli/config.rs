@@ -42,10 +42,10 @@
 //!   (lower first, 0 when absent, ties keep list order).
 
 use crate::cli::{
-    Cli, Command, DurationError, MountArgs, parse_gid, parse_log_level, parse_metrics_addr,
-    parse_poll_interval, parse_read_timeout, parse_size, parse_uid, parse_umask,
+    Cli, Command, DurationError, MountArgs, ValueError, parse_gid, parse_log_level,
+    parse_metrics_addr, parse_poll_interval, parse_read_timeout, parse_size, parse_uid,
+    parse_umask,
 };
-use crate::mount::UsageError;
 use clap::parser::ValueSource;
 use clap::{CommandFactory, FromArgMatches};
 use musicfs_core::Layout;
@@ -91,7 +91,7 @@ where
 
 /// The final `musicfs mount` arguments: the `--config` file (if any) under
 /// the options given on the command line. Errors are usage errors.
-pub fn resolve(mut args: MountArgs) -> Result<MountArgs, UsageError> {
+pub fn resolve(mut args: MountArgs) -> Result<MountArgs, ConfigFileError> {
     let Some(path) = args.config.clone() else {
         return Ok(args);
     };
@@ -205,18 +205,56 @@ pub struct FileConfig {
     pub pin_share: Option<u8>,
 }
 
+/// Why the `--config` file cannot be used: one line naming the file (and
+/// the line in it), reported like any other usage error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file cannot be read.
+    #[error("cannot read config file '{}': {}", path.display(), read_reason(.source))]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key or value is wrong, at a known line.
+    #[error("config file '{}' line {line} ({shown}): {}", path.display(), source.one_line())]
+    AtLine {
+        /// The file.
+        path: PathBuf,
+        /// The line, from 1.
+        line: usize,
+        /// The line's text (shortened).
+        shown: String,
+        /// What is wrong.
+        #[source]
+        source: ConfigError,
+    },
+    /// Something is wrong with the file as a whole.
+    #[error("config file '{}': {}", path.display(), source.one_line())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: ConfigError,
+    },
+}
+
+fn read_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".to_owned(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        _ => e.to_string(),
+    }
+}
+
 /// Reads and checks a config file.
-pub fn load(path: &Path) -> Result<FileConfig, UsageError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        let why = match e.kind() {
-            std::io::ErrorKind::NotFound => "no such file".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-            _ => e.to_string(),
-        };
-        UsageError(format!(
-            "cannot read config file '{}': {why}",
-            path.display()
-        ))
+pub fn load(path: &Path) -> Result<FileConfig, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read {
+        path: path.to_path_buf(),
+        source,
     })?;
     parse(&text).map_err(|e| e.in_file(path, &text))
 }
@@ -229,16 +267,20 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
-    /// The one-line usage error naming `path` and the line.
-    fn in_file(self, path: &Path, text: &str) -> UsageError {
-        // Messages from toml may span lines; a usage error is one line.
+    /// The message on one line (toml's may span lines), in the file's words.
+    fn one_line(&self) -> String {
         let message = self
             .message
             .split_whitespace()
             .collect::<Vec<_>>()
             .join(" ");
-        let message = message.replace("unknown field", "unknown key");
-        match self.span {
+        message.replace("unknown field", "unknown key")
+    }
+
+    /// The error naming `path` and the line.
+    fn in_file(self, path: &Path, text: &str) -> ConfigFileError {
+        let path = path.to_path_buf();
+        match self.span.clone() {
             Some(span) => {
                 let at = span.start.min(text.len());
                 let line = text[..at].matches('\n').count() + 1;
@@ -248,12 +290,14 @@ impl ConfigError {
                     Some((cut, _)) => format!("{}...", &shown[..cut]),
                     None => shown,
                 };
-                UsageError(format!(
-                    "config file '{}' line {line} ({shown}): {message}",
-                    path.display()
-                ))
+                ConfigFileError::AtLine {
+                    path,
+                    line,
+                    shown,
+                    source: self,
+                }
             }
-            None => UsageError(format!("config file '{}': {message}", path.display())),
+            None => ConfigFileError::Invalid { path, source: self },
         }
     }
 }
@@ -263,6 +307,8 @@ impl fmt::Display for ConfigError {
         f.write_str(&self.message)
     }
 }
+
+impl std::error::Error for ConfigError {}
 
 /// Parses and checks config text.
 pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
@@ -565,7 +611,7 @@ struct UserId(u32);
 struct GroupId(u32);
 
 /// A number or a string of digits, checked by `parse`.
-struct IdVisitor(fn(&str) -> Result<u32, String>);
+struct IdVisitor(fn(&str) -> Result<u32, ValueError>);
 
 impl Visitor<'_> for IdVisitor {
     type Value = u32;
@@ -648,7 +694,6 @@ impl<'de> Deserialize<'de> for MetricsAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mount::MountPlan;
 
     #[test]
     fn pin_share_is_a_percentage_from_10_to_90() {
@@ -662,9 +707,9 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         let (_dir, args) = with_file("pin_share = 60", &[]);
-        assert_eq!(args.map(|a| a.pin_share), Ok(60));
+        assert_eq!(args.unwrap().pin_share, 60);
         let (_dir, args) = with_file("pin_share = 60", &["--pin-share", "30"]);
-        assert_eq!(args.map(|a| a.pin_share), Ok(30), "the command line wins");
+        assert_eq!(args.unwrap().pin_share, 30, "the command line wins");
     }
 
     #[test]
@@ -691,14 +736,17 @@ mod tests {
     }
 
     /// Writes `text` as dir/musicfs.toml and resolves `args` + `--config` it.
-    fn with_file(text: &str, args: &[&str]) -> (tempfile::TempDir, Result<MountArgs, String>) {
+    fn with_file(
+        text: &str,
+        args: &[&str],
+    ) -> (tempfile::TempDir, Result<MountArgs, ConfigFileError>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("musicfs.toml");
         std::fs::write(&path, text).unwrap();
         let path = path.to_str().unwrap().to_owned();
         let mut all = vec!["mount", "--config", path.as_str()];
         all.extend_from_slice(args);
-        let resolved = resolve(cli(&all)).map_err(|e| e.0);
+        let resolved = resolve(cli(&all));
         (dir, resolved)
     }
 
@@ -706,6 +754,7 @@ mod tests {
         match with_file(text, &[]).1 {
             Ok(args) => panic!("accepted:\n{text}\nas {args:?}"),
             Err(e) => {
+                let e = e.to_string();
                 assert_eq!(e.lines().count(), 1, "one line: {e}");
                 assert!(e.contains("musicfs.toml"), "names the file: {e}");
                 e
@@ -951,19 +1000,13 @@ metrics_addr = "127.0.0.1:9477"
     fn a_missing_file_is_an_error() {
         let e = resolve(cli(&["mount", "--config", "/nonexistent/musicfs.toml"])).unwrap_err();
         assert!(
-            e.0.contains("/nonexistent/musicfs.toml") && e.0.contains("no such file"),
+            matches!(&e, ConfigFileError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "the system's error is kept: {e:?}"
+        );
+        let e = e.to_string();
+        assert!(
+            e.contains("/nonexistent/musicfs.toml") && e.contains("no such file"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn origin_and_mountpoint_are_still_required() {
-        let e = MountPlan::from_args(&cli(&["mount", "/mnt"])).unwrap_err();
-        assert!(e.0.contains("origin"), "{e}");
-        let e = MountPlan::from_args(&cli(&["mount", "--origin", "/a"])).unwrap_err();
-        assert!(e.0.contains("mountpoint"), "{e}");
-        let (_dir, args) = with_file("mountpoint = \"/mnt\"", &[]);
-        let e = MountPlan::from_args(&args.unwrap()).unwrap_err();
-        assert!(e.0.contains("origin"), "{e}");
     }
 }

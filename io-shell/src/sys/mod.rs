@@ -1,6 +1,11 @@
-//! The few system calls about mounts, in one place: what is mounted where
-//! (`/proc/self/mountinfo`), umount2(2), and whether the FUSE device can be
-//! used; and a client's Ctrl-C handler.
+//! The system: every libc call of the io-shell has one safe wrapper here,
+//! returning `io::Result` where the call can fail (mount(2), umount2(2),
+//! statfs(2), statvfs(2), syncfs(2), the process's ids, a client's Ctrl-C
+//! handler; glibc's allocator in [`memory`]); and what is mounted where
+//! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
+//! functions (it uses libc's constants and types).
+
+pub mod memory;
 
 use std::ffi::CString;
 use std::io;
@@ -139,8 +144,7 @@ pub enum Unmount {
 
 /// umount2(2) on `path`; the error keeps its errno.
 pub fn umount(path: &Path, how: Unmount) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    let c = c_path(path)?;
     let flags = match how {
         Unmount::Normal => 0,
         Unmount::Lazy => libc::MNT_DETACH,
@@ -153,126 +157,109 @@ pub fn umount(path: &Path, how: Unmount) -> io::Result<()> {
     }
 }
 
-/// The FUSE device.
-pub const FUSE_DEVICE: &str = "/dev/fuse";
-
-/// What [`mount_fuse`] mounts.
-#[derive(Clone, Debug)]
-pub struct FuseMount<'a> {
-    /// The source the mount table shows (`musicfs:/srv/music`).
-    pub source: &'a str,
-    /// Where to mount (canonical).
-    pub target: &'a Path,
-    /// The subtype: the type shown is `fuse.SUBTYPE`.
-    pub subtype: &'a str,
-    /// Let other users in (`allow_other`).
-    pub allow_other: bool,
+/// `path` as a C string; a NUL byte in it is `InvalidInput`.
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
 }
 
-/// Opens the FUSE device and mounts it at `mount.target` with mount(2), as
-/// type `fuse.SUBTYPE` (what libfuse does as root; fuser 0.18 always says
-/// plain `fuse` when it calls mount(2) itself), read-only, nosuid, nodev,
-/// noatime, with `default_permissions`. Returns the device, for
-/// `fuser::Session::from_fd`. `EPERM` means no privilege to mount: the
-/// caller goes through fusermount3 instead.
-pub fn mount_fuse(mount: &FuseMount<'_>) -> io::Result<std::os::fd::OwnedFd> {
-    use std::os::fd::{AsRawFd, OwnedFd};
-    use std::os::unix::fs::MetadataExt;
-    let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte");
-    let device = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(FUSE_DEVICE)?; // O_CLOEXEC, as std opens every file
-    let rootmode = std::fs::metadata(mount.target)?.mode() & libc::S_IFMT;
-    // SAFETY: getuid/getgid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let mut data = format!(
-        "fd={},rootmode={rootmode:o},user_id={uid},group_id={gid},default_permissions",
-        device.as_raw_fd()
-    );
-    if mount.allow_other {
-        data.push_str(",allow_other");
+/// statfs(2) on `path`, for its answer only: on a FUSE mount it goes to
+/// the daemon (stat may be answered from the kernel's cache), so it tells
+/// whether the daemon answers (`ENOTCONN`: it is dead).
+pub fn statfs(path: &Path) -> io::Result<()> {
+    let c = c_path(path)?;
+    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `buf` a writable struct
+    // statfs; neither outlives the call.
+    match unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) } {
+        0 => Ok(()),
+        _ => Err(io::Error::last_os_error()),
     }
-    let source = CString::new(mount.source).map_err(nul)?;
-    let target = CString::new(mount.target.as_os_str().as_bytes()).map_err(nul)?;
-    let fstype = CString::new(format!("fuse.{}", mount.subtype)).map_err(nul)?;
-    let data = CString::new(data).map_err(nul)?;
-    let flags = libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOATIME;
+}
+
+/// The real user id of this process.
+pub fn getuid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The real group id of this process.
+pub fn getgid() -> u32 {
+    // SAFETY: getgid has no preconditions and cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// The effective user id of this process (0: root).
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// syncfs(2): flushes the whole file system that holds `file`.
+pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the descriptor is owned by `file`, open for the call.
+    if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// statvfs(2) on `path`: the bytes an unprivileged user may still write
+/// there (`f_bavail` blocks of `f_frsize`).
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let c = c_path(path)?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable struct
+    // statvfs; neither outlives the call.
+    if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it filled `st`.
+    let st = unsafe { st.assume_init() };
+    #[allow(clippy::unnecessary_cast)] // the field widths differ between targets
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// What [`mount`] mounts.
+#[derive(Clone, Debug)]
+pub struct Mount<'a> {
+    /// The source the mount table shows.
+    pub source: &'a str,
+    /// Where.
+    pub target: &'a Path,
+    /// The file-system type (`fuse.musicfs`).
+    pub fstype: &'a str,
+    /// `MS_*` flags.
+    pub flags: libc::c_ulong,
+    /// The file system's own options, as text.
+    pub data: &'a str,
+}
+
+/// mount(2); the error keeps its errno (`EPERM`: no privilege to mount).
+pub fn mount(m: &Mount<'_>) -> io::Result<()> {
+    let nul = |_| io::Error::new(io::ErrorKind::InvalidInput, "contains a NUL byte");
+    let source = CString::new(m.source).map_err(nul)?;
+    let target = c_path(m.target)?;
+    let fstype = CString::new(m.fstype).map_err(nul)?;
+    let data = CString::new(m.data).map_err(nul)?;
     // SAFETY: every pointer is a valid NUL-terminated string that outlives
-    // the call; `data` is the text options string FUSE expects.
+    // the call; `data` is the text options string the file system expects.
     let rc = unsafe {
         libc::mount(
             source.as_ptr(),
             target.as_ptr(),
             fstype.as_ptr(),
-            flags,
+            m.flags,
             data.as_ptr().cast(),
         )
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
-    Ok(OwnedFd::from(device))
-}
-
-/// The FUSE device cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum FuseDeviceError {
-    /// open(2) failed.
-    #[error(
-        "cannot open the FUSE device {} read-write: {source}; MusicFS needs FUSE \
-         (load the module with `modprobe fuse`, check the device's permissions; \
-         a container needs --device /dev/fuse)",
-        path.display()
-    )]
-    Open {
-        /// The device's path.
-        path: PathBuf,
-        /// The system's error.
-        source: io::Error,
-    },
-    /// Something else than a character device is there.
-    #[error("{} is not the FUSE device (not a character device)", .0.display())]
-    NotADevice(PathBuf),
-}
-
-/// Checks that the FUSE device at `path` (normally [`FUSE_DEVICE`]) can be
-/// opened read-write, as mounting will: a mount that cannot work should
-/// fail before a long first scan, not after it.
-pub fn check_fuse_device(path: &Path) -> Result<(), FuseDeviceError> {
-    use std::os::unix::fs::FileTypeExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|source| FuseDeviceError::Open {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    let is_char_device = file
-        .metadata()
-        .is_ok_and(|m| m.file_type().is_char_device());
-    if !is_char_device {
-        return Err(FuseDeviceError::NotADevice(path.to_path_buf()));
-    }
-    Ok(())
-}
-
-/// An error and every cause under it (`std::error::Error::source`), joined
-/// with ": ". A cause whose text is already shown (many errors repeat their
-/// source in their own message) is not repeated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        let text = cause.to_string();
-        if !text.is_empty() && !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        next = cause.source();
-    }
-    out
 }
 
 /// Set by [`catch_interrupts`]' handler.
@@ -355,45 +342,5 @@ garbage line
             matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM)),
             "{e}"
         );
-    }
-
-    #[test]
-    fn the_fuse_device_check_takes_a_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("fuse");
-        let e = check_fuse_device(&missing).unwrap_err();
-        let text = e.to_string();
-        assert!(
-            text.contains("cannot open") && text.contains(&missing.display().to_string()),
-            "{text}"
-        );
-        assert!(text.contains("No such file"), "the system's words: {text}");
-        std::fs::write(&missing, b"").unwrap();
-        let e = check_fuse_device(&missing).unwrap_err();
-        assert!(matches!(e, FuseDeviceError::NotADevice(_)), "{e}");
-        let e = check_fuse_device(dir.path()).unwrap_err();
-        assert!(
-            matches!(e, FuseDeviceError::Open { .. }),
-            "a directory: {e}"
-        );
-        // A character device that opens read-write passes.
-        check_fuse_device(Path::new("/dev/null")).unwrap();
-    }
-
-    #[test]
-    fn error_chains_show_every_cause_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("send http request")]
-        struct Top(#[source] Middle);
-        #[derive(Debug, thiserror::Error)]
-        #[error("tcp connect error: {0}")]
-        struct Middle(#[source] io::Error);
-        let e = Top(Middle(io::Error::from_raw_os_error(libc::ECONNREFUSED)));
-        let text = error_chain(&e);
-        assert!(
-            text.starts_with("send http request: tcp connect error: Connection refused"),
-            "{text}"
-        );
-        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
     }
 }

@@ -6,6 +6,7 @@
 //! status`, a failure or panic is logged, and a *critical* task is restarted
 //! with a growing pause.
 
+use crate::errors::error_chain;
 use crate::origin::BoxFuture;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
@@ -66,8 +67,27 @@ impl Default for RestartPolicy {
     }
 }
 
+/// Why a supervised task ended with an error. `musicfs status` and the log
+/// show it with its causes.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// A loop meant to run as long as the daemon returned.
+    #[error("{0} ended")]
+    Ended(&'static str),
+    /// The task failed.
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl TaskError {
+    /// The task failed with `e`.
+    pub fn failed(e: impl std::error::Error + Send + Sync + 'static) -> TaskError {
+        TaskError::Failed(Box::new(e))
+    }
+}
+
 /// A task body: a fresh future per (re)start.
-pub type TaskFactory = Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type TaskFactory = Arc<dyn Fn() -> BoxFuture<'static, Result<(), TaskError>> + Send + Sync>;
 
 struct Task {
     status: TaskStatus,
@@ -125,7 +145,7 @@ impl Supervisor {
                         tracing::debug!(task = %name_owned, "background task finished");
                         return;
                     }
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => error_chain(&e),
                     Err(e) if e.is_cancelled() => return,
                     Err(e) => format!("panicked: {}", panic_message(e)),
                 };
@@ -288,7 +308,7 @@ mod tests {
                 let c = Arc::clone(&c);
                 Box::pin(async move {
                     match c.fetch_add(1, Ordering::SeqCst) {
-                        0..=2 => Err("not yet".to_string()),
+                        0..=2 => Err(TaskError::failed(std::io::Error::other("not yet"))),
                         _ => Ok(()),
                     }
                 })

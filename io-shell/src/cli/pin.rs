@@ -7,7 +7,7 @@
 //! stops the fetch cleanly: the pins stay with what was fetched, and the
 //! same `musicfs pin` resumes.
 
-use crate::control;
+use crate::service::control::client as control;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -234,8 +234,38 @@ fn prepare(mountpoint: &Path, what: &[String]) -> Result<(PathBuf, Value), ExitC
     Ok((control::socket_path(&mount), target))
 }
 
+/// Why `musicfs pin WHAT` names nothing it can pin.
+#[derive(Debug, thiserror::Error)]
+enum TargetError {
+    /// A path outside the mount that is no playlist.
+    #[error("'{text}' is neither in the mount at '{}' nor a playlist (.m3u, .m3u8)", mount.display())]
+    Outside {
+        /// What was given.
+        text: String,
+        /// The mount.
+        mount: PathBuf,
+    },
+    /// The playlist cannot be read.
+    #[error("cannot read playlist '{}': {source}", playlist.display())]
+    Playlist {
+        /// The playlist.
+        playlist: PathBuf,
+        /// The system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No entry of the playlist is in the mount.
+    #[error("no entry of playlist '{}' is a file of the mount at '{}'", playlist.display(), mount.display())]
+    NoEntry {
+        /// The playlist.
+        playlist: PathBuf,
+        /// The mount.
+        mount: PathBuf,
+    },
+}
+
 /// A playlist, a file or folder of the mount, or else a search query.
-fn target_of(mount: &Path, text: &str) -> Result<Value, String> {
+fn target_of(mount: &Path, text: &str) -> Result<Value, TargetError> {
     let given = Path::new(text);
     let candidates = [given.to_path_buf(), mount.join(text)];
     let Some(path) = candidates
@@ -250,10 +280,10 @@ fn target_of(mount: &Path, text: &str) -> Result<Value, String> {
     }
     match path.strip_prefix(mount) {
         Ok(rel) => Ok(json!({"paths": [rel.to_string_lossy()]})),
-        Err(_) => Err(format!(
-            "'{text}' is neither in the mount at '{}' nor a playlist (.m3u, .m3u8)",
-            mount.display()
-        )),
+        Err(_) => Err(TargetError::Outside {
+            text: text.to_owned(),
+            mount: mount.to_path_buf(),
+        }),
     }
 }
 
@@ -268,9 +298,11 @@ fn is_playlist(path: &Path) -> bool {
 /// The entries of a playlist that are files of the mount, relative to it.
 /// Entries are relative to the playlist's folder or absolute; comments and
 /// `#EXT` lines are skipped. Entries elsewhere are counted and reported.
-fn playlist_entries(playlist: &Path, mount: &Path) -> Result<Vec<String>, String> {
-    let bytes = std::fs::read(playlist)
-        .map_err(|e| format!("cannot read playlist '{}': {e}", playlist.display()))?;
+fn playlist_entries(playlist: &Path, mount: &Path) -> Result<Vec<String>, TargetError> {
+    let bytes = std::fs::read(playlist).map_err(|source| TargetError::Playlist {
+        playlist: playlist.to_path_buf(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&bytes);
     let base = playlist.parent().unwrap_or(Path::new("/"));
     let (mut inside, mut elsewhere) = (Vec::new(), 0usize);
@@ -293,11 +325,10 @@ fn playlist_entries(playlist: &Path, mount: &Path) -> Result<Vec<String>, String
         eprintln!("{elsewhere} entries of the playlist are not files of the mount; skipped");
     }
     if inside.is_empty() {
-        return Err(format!(
-            "no entry of playlist '{}' is a file of the mount at '{}'",
-            playlist.display(),
-            mount.display()
-        ));
+        return Err(TargetError::NoEntry {
+            playlist: playlist.to_path_buf(),
+            mount: mount.to_path_buf(),
+        });
     }
     Ok(inside)
 }

@@ -12,6 +12,11 @@
 //! musicfs search [--mount MOUNTPOINT | --cache-dir DIR] [-n N] QUERY...
 //! ```
 
+pub mod config;
+pub mod logging;
+pub mod pin;
+pub mod progress;
+
 use clap::{Args, Parser, Subcommand};
 use musicfs_core::layout::DEFAULT_LAYOUT;
 use std::collections::BTreeSet;
@@ -20,11 +25,7 @@ use std::net::SocketAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-/// What `musicfs --version` prints after the name: the version, the git
-/// commit it was built from ("unknown" outside a checkout) and the enabled
-/// cargo features, e.g. `0.1.0 (commit 1a2b3c4; features: none)`. Made by
-/// build.rs.
-pub const VERSION: &str = env!("MUSICFS_VERSION");
+pub use crate::VERSION;
 
 const ABOUT: &str =
     "Mount a music collection as one clean, read-only Artist/Album/NN - Title.ext tree.";
@@ -285,15 +286,52 @@ pub struct MountArgs {
     pub mountpoint: Option<PathBuf>,
 
     /// Clap ids of the options given on the command line, filled in by
-    /// [`crate::config::parse_command_line`]: an option left at its default
+    /// [`crate::cli::config::parse_command_line`]: an option left at its default
     /// must not override the --config file.
     #[arg(skip)]
     pub given: BTreeSet<String>,
 }
 
+/// A value of an option (on the command line or in the config file) that
+/// does not parse. One line, quoting the value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// `--notify-mpd`.
+    #[error("'{0}' is not HOST:PORT (for example localhost:6600)")]
+    HostPort(String),
+    /// `--cache-size`: not a number.
+    #[error("'{0}' is not a size (try 500M, 20G or 1T)")]
+    Size(String),
+    /// `--cache-size`: a unit that is not K, M, G or T.
+    #[error("'{0}' has an unknown unit (use K, M, G or T)")]
+    SizeUnit(String),
+    /// `--cache-size`: zero, negative or too big.
+    #[error("'{0}' is not a usable cache size")]
+    SizeRange(String),
+    /// `--cache-size`: under 1 MiB.
+    #[error("'{0}' is too small for a cache (at least 1M)")]
+    SizeTooSmall(String),
+    /// `--uid`, `--gid`.
+    #[error("'{value}' is not a {what} id (a number from 0 to 4294967294)")]
+    Id {
+        /// As written.
+        value: String,
+        /// "user" or "group".
+        what: &'static str,
+    },
+    /// `--umask`.
+    #[error("'{0}' is not a umask (octal digits from 000 to 777, e.g. 022 or 027)")]
+    Umask(String),
+    /// `--metrics-addr`.
+    #[error(
+        "'{0}' is not an address to listen on (HOST:PORT with an IP address, e.g. 127.0.0.1:9477 or [::1]:9477)"
+    )]
+    ListenAddress(String),
+}
+
 /// Checks `HOST:PORT` (a name or an IP address, `[::1]:6600` for IPv6).
-pub fn parse_host_port(text: &str) -> Result<String, String> {
-    let bad = || format!("'{text}' is not HOST:PORT (for example localhost:6600)");
+pub fn parse_host_port(text: &str) -> Result<String, ValueError> {
+    let bad = || ValueError::HostPort(text.to_owned());
     let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
@@ -304,62 +342,61 @@ pub fn parse_host_port(text: &str) -> Result<String, String> {
 
 /// Parses "500M", "20G", "1.5T", "10GiB", "4096": binary units, as `du` and
 /// `df -h` show sizes.
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub fn parse_size(s: &str) -> Result<u64, ValueError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("'{s}' is not a size (try 500M, 20G or 1T)"))?;
+    let value: f64 = num.parse().map_err(|_| ValueError::Size(s.to_owned()))?;
     let shift = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 0,
         "k" | "kb" | "kib" => 10,
         "m" | "mb" | "mib" => 20,
         "g" | "gb" | "gib" => 30,
         "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("'{s}' has an unknown unit (use K, M, G or T)")),
+        _ => return Err(ValueError::SizeUnit(s.to_owned())),
     };
     let bytes = value * (1u64 << shift) as f64;
     if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-        return Err(format!("'{s}' is not a usable cache size"));
+        return Err(ValueError::SizeRange(s.to_owned()));
     }
     let bytes = bytes as u64;
     if bytes < (1 << 20) {
-        return Err(format!("'{s}' is too small for a cache (at least 1M)"));
+        return Err(ValueError::SizeTooSmall(s.to_owned()));
     }
     Ok(bytes)
 }
 
 /// Parses a numeric user or group id: 0 to 4294967294 (-1, all bits set,
 /// means "no id" to the kernel).
-fn parse_id(s: &str, what: &str) -> Result<u32, String> {
+fn parse_id(s: &str, what: &'static str) -> Result<u32, ValueError> {
     let t = s.trim();
     match t.parse::<u32>() {
         Ok(id) if id != u32::MAX && t.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
-        _ => Err(format!(
-            "'{s}' is not a {what} id (a number from 0 to 4294967294)"
-        )),
+        _ => Err(ValueError::Id {
+            value: s.to_owned(),
+            what,
+        }),
     }
 }
 
 /// `--uid` / `uid`.
-pub fn parse_uid(s: &str) -> Result<u32, String> {
+pub fn parse_uid(s: &str) -> Result<u32, ValueError> {
     parse_id(s, "user")
 }
 
 /// `--gid` / `gid`.
-pub fn parse_gid(s: &str) -> Result<u32, String> {
+pub fn parse_gid(s: &str) -> Result<u32, ValueError> {
     parse_id(s, "group")
 }
 
 /// Parses a umask as umask(1) writes it: octal digits (`022`, `0027`,
 /// `0o027`), at most 0777.
-pub fn parse_umask(s: &str) -> Result<u16, String> {
+pub fn parse_umask(s: &str) -> Result<u16, ValueError> {
     let t = s.trim();
     let digits = t.strip_prefix("0o").unwrap_or(t);
-    let bad = || format!("'{s}' is not a umask (octal digits from 000 to 777, e.g. 022 or 027)");
+    let bad = || ValueError::Umask(s.to_owned());
     if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
     {
         return Err(bad());
@@ -371,13 +408,9 @@ pub fn parse_umask(s: &str) -> Result<u16, String> {
 }
 
 /// Parses `--metrics-addr`: `IP:PORT`, `[IPv6]:PORT` or `localhost:PORT`.
-pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
+pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, ValueError> {
     let t = s.trim();
-    let bad = || {
-        format!(
-            "'{s}' is not an address to listen on (HOST:PORT with an IP address, e.g. 127.0.0.1:9477 or [::1]:9477)"
-        )
-    };
+    let bad = || ValueError::ListenAddress(s.to_owned());
     if let Ok(addr) = t.parse::<SocketAddr>() {
         return Ok(addr);
     }
@@ -387,6 +420,22 @@ pub fn parse_metrics_addr(s: &str) -> Result<SocketAddr, String> {
             .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
             .map_err(|_| bad()),
         _ => Err(bad()),
+    }
+}
+
+/// No `--cache-dir`, and no home to put the default one in.
+#[derive(Debug, thiserror::Error)]
+#[error("no cache directory: set --cache-dir, XDG_CACHE_HOME or HOME")]
+pub struct NoCacheDir;
+
+/// `$XDG_CACHE_HOME/musicfs`, else `~/.cache/musicfs`.
+pub fn default_cache_dir() -> Result<PathBuf, NoCacheDir> {
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("musicfs"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".cache").join("musicfs")),
+        None => Err(NoCacheDir),
     }
 }
 
@@ -671,17 +720,22 @@ mod tests {
         assert_eq!(parse_uid("1234"), Ok(1234));
         assert_eq!(parse_gid("0"), Ok(0));
         for bad in ["", "-1", "4294967295", "99999999999", "alice", "12a", "+5"] {
-            let e = parse_uid(bad).unwrap_err();
+            let e = parse_uid(bad).unwrap_err().to_string();
             assert!(e.contains("not a user id"), "{bad}: {e}");
         }
-        assert!(parse_gid("x").unwrap_err().contains("not a group id"));
+        assert!(
+            parse_gid("x")
+                .unwrap_err()
+                .to_string()
+                .contains("not a group id")
+        );
         assert_eq!(parse_umask("027"), Ok(0o027));
         assert_eq!(parse_umask("0027"), Ok(0o027));
         assert_eq!(parse_umask("0o22"), Ok(0o022));
         assert_eq!(parse_umask("0"), Ok(0));
         assert_eq!(parse_umask("777"), Ok(0o777));
         for bad in ["", "8", "0o", "1000", "07777", "-22", "22x", "0x1f"] {
-            let e = parse_umask(bad).unwrap_err();
+            let e = parse_umask(bad).unwrap_err().to_string();
             assert!(e.contains("not a umask"), "{bad}: {e}");
         }
         assert_eq!(
@@ -701,7 +755,7 @@ mod tests {
             "127.0.0.1:99999",
             ":9477",
         ] {
-            let e = parse_metrics_addr(bad).unwrap_err();
+            let e = parse_metrics_addr(bad).unwrap_err().to_string();
             assert!(e.contains("HOST:PORT"), "{bad}: {e}");
         }
     }

@@ -134,11 +134,5 @@ pub const PROBE_ARG: &str = "__probe-statfs";
 
 /// Whether statfs(2) on the mount succeeds (it goes to the FUSE loop).
 pub fn fuse_answers(mountpoint: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()) else {
-        return false;
-    };
-    let mut buf = std::mem::MaybeUninit::<libc::statfs>::uninit();
-    // SAFETY: valid NUL-terminated path; `buf` fits struct statfs.
-    unsafe { libc::statfs(c.as_ptr(), buf.as_mut_ptr()) == 0 }
+    crate::sys::statfs(mountpoint).is_ok()
 }

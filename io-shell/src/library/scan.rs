@@ -28,20 +28,18 @@
 //! Paths are kept as raw bytes (`/`-separated, relative to the root), so file
 //! names that are not UTF-8 survive untouched.
 
+use crate::library::tags;
 use crate::origin::beneath::{self, Purpose};
-use crate::tags;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
+use crate::origin::path::file_version;
+use crate::origin::path::{is_hidden, validate_rel};
 use musicfs_core::catalog::NameClass;
 use musicfs_core::sync::Listed;
-use musicfs_core::{
-    CatalogEntry, FileKind, FileVersion, OriginId, OriginPath, SourceFile, catalog,
-};
+use musicfs_core::{CatalogEntry, FileKind, OriginId, OriginPath, SourceFile, catalog};
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -128,84 +126,6 @@ impl ScanProgress for NoProgress {
     fn discovered(&self, _: u64) {}
     fn scanned(&self, _: u64) {}
     fn finish(&self) {}
-}
-
-/// A progress bar on stderr (files done / found, files/s, ETA).
-///
-/// It draws only when stderr is a terminal: under systemd, in CI or with
-/// stderr redirected to a file, indicatif's draw target is hidden and the
-/// bar costs an atomic add per file, so logs stay free of bar fragments.
-#[derive(Debug)]
-pub struct TerminalProgress {
-    bar: ProgressBar,
-}
-
-impl TerminalProgress {
-    /// A bar on stderr, hidden unless stderr is a terminal. Log lines go
-    /// above it while it is shown ([`crate::logging::set_progress_bar`]).
-    pub fn new() -> TerminalProgress {
-        let progress = TerminalProgress::with_target(ProgressDrawTarget::stderr());
-        crate::logging::set_progress_bar(&progress.bar);
-        progress
-    }
-
-    /// A bar drawing to `target` (tests use a hidden one).
-    pub fn with_target(target: ProgressDrawTarget) -> TerminalProgress {
-        let bar = ProgressBar::with_draw_target(Some(0), target);
-        let style = ProgressStyle::with_template(
-            "{spinner} scanning {human_pos}/{human_len} files  {rate}  ETA {eta}  {wide_bar}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .with_key(
-            "rate",
-            |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-                // indicatif's own {per_sec} prints four decimals.
-                let _ = write!(w, "{:.0} files/s", state.per_sec());
-            },
-        )
-        .progress_chars("=> ");
-        bar.set_style(style);
-        TerminalProgress { bar }
-    }
-}
-
-impl Default for TerminalProgress {
-    fn default() -> TerminalProgress {
-        TerminalProgress::new()
-    }
-}
-
-impl ScanProgress for TerminalProgress {
-    fn discovered(&self, n: u64) {
-        self.bar.inc_length(n);
-    }
-    fn scanned(&self, n: u64) {
-        self.bar.inc(n);
-    }
-    fn finish(&self) {
-        crate::logging::clear_progress_bar();
-        self.bar.finish_and_clear();
-    }
-}
-
-/// The version of a local file as the catalog records it.
-///
-/// Size and mtime are what a person changes; the token adds device, inode
-/// and ctime so that a file replaced by another of equal size and equal
-/// mtime (`cp -p`, `rsync -t`, a tagger restoring mtimes) still reads as
-/// changed, and cached chunks of the old bytes are not served for it.
-pub fn file_version(meta: &std::fs::Metadata) -> FileVersion {
-    let ns = |secs: i64, nanos: i64| secs.saturating_mul(1_000_000_000).saturating_add(nanos);
-    FileVersion {
-        size: meta.len(),
-        mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-        token: Some(format!(
-            "{}:{}:{}",
-            meta.dev(),
-            meta.ino(),
-            ns(meta.ctime(), meta.ctime_nsec())
-        )),
-    }
 }
 
 /// Classifies and reads one file of a local origin.
@@ -368,32 +288,6 @@ impl ScanReport {
             parts.join(", ")
         }
     }
-}
-
-/// Whether a path component is hidden: a leading `.` not followed by
-/// another `.`. Tool state is `.git`, `._x.flac`, `.Trash-1000`; album
-/// titles that open with an ellipsis (`...And Justice for All`, `...Baby
-/// One More Time`) are music and must not vanish with them.
-pub(crate) fn is_hidden(name: &[u8]) -> bool {
-    name.first() == Some(&b'.') && name.get(1) != Some(&b'.')
-}
-
-pub(crate) fn validate_rel(rel: &[u8]) -> io::Result<()> {
-    let bad = rel.is_empty()
-        || rel
-            .split(|&b| b == b'/')
-            .any(|c| c.is_empty() || c == b"." || c == b"..")
-        || rel.contains(&0);
-    if bad {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "invalid origin-relative path {:?}",
-                String::from_utf8_lossy(rel)
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// A file the walk kept for reading.
@@ -593,9 +487,9 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
             }
             let kind = match read_playlist(&file, meta.len()) {
                 Ok(bytes) => FileKind::Playlist(bytes.into()),
-                Err(reason) => {
-                    tracing::warn!("playlist {} left out: {reason}", path.display());
-                    FileKind::Unreadable(reason)
+                Err(why) => {
+                    tracing::warn!("playlist {} left out: {why}", path.display());
+                    FileKind::Unreadable(why.to_string())
                 }
             };
             Ok(entry(source(file_version(&meta)), kind))
@@ -639,30 +533,34 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
     }
 }
 
+/// Why a playlist is left out (the catalog lists it unreadable with this
+/// text as the reason).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PlaylistError {
+    /// Over [`catalog::PLAYLIST_MAX_BYTES`].
+    #[error("{0} bytes, over the {max} KiB playlist limit", max = catalog::PLAYLIST_MAX_BYTES / 1024)]
+    TooBig(u64),
+    /// Reading it failed.
+    #[error("cannot read: {0}")]
+    Read(#[source] io::Error),
+}
+
 /// Reads a playlist of `size` bytes (as stat'ed), refusing one over
-/// [`catalog::PLAYLIST_MAX_BYTES`]: the reason is the error.
-pub(crate) fn read_playlist(file: &std::fs::File, size: u64) -> Result<Vec<u8>, String> {
+/// [`catalog::PLAYLIST_MAX_BYTES`].
+pub(crate) fn read_playlist(file: &std::fs::File, size: u64) -> Result<Vec<u8>, PlaylistError> {
     let max = catalog::PLAYLIST_MAX_BYTES;
     if size > max {
-        return Err(too_big(size));
+        return Err(PlaylistError::TooBig(size));
     }
     let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     // One byte past the limit tells a file that grew since the stat.
     file.take(max + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read: {e}"))?;
+        .map_err(PlaylistError::Read)?;
     if bytes.len() as u64 > max {
-        return Err(too_big(bytes.len() as u64));
+        return Err(PlaylistError::TooBig(bytes.len() as u64));
     }
     Ok(bytes)
-}
-
-/// Why a playlist is left out for its size.
-pub(crate) fn too_big(size: u64) -> String {
-    format!(
-        "{size} bytes, over the {} KiB playlist limit",
-        catalog::PLAYLIST_MAX_BYTES / 1024
-    )
 }
 
 fn warn_unreadable(path: &Path, reason: &str) {
@@ -809,44 +707,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rel_paths_are_checked() {
-        for bad in [
-            &b""[..],
-            b"/abs.flac",
-            b"a/../b.flac",
-            b"./a.flac",
-            b"a//b.flac",
-            b"a/",
-        ] {
-            assert!(
-                validate_rel(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
-        for good in [
-            &b"a.flac"[..],
-            b"A/B/01 x.mp3",
-            b"\xff\xfe/x.ogg",
-            b"a/..b/c.flac",
-        ] {
-            assert!(validate_rel(good).is_ok());
-        }
-    }
-
-    #[test]
-    fn hidden_names() {
-        assert!(is_hidden(b".git"));
-        assert!(is_hidden(b"._01.flac"));
-        assert!(is_hidden(b".hidden.flac"));
-        assert!(is_hidden(b"."));
-        assert!(!is_hidden(b"...And Justice for All"));
-        assert!(!is_hidden(b"..."));
-        assert!(!is_hidden(b"Album."));
-        assert!(!is_hidden(b""));
-    }
-
-    #[test]
     fn skipped_files_are_summed_up_by_extension() {
         let mut report = ScanReport::default();
         assert_eq!(report.skipped_summary(), "nothing");
@@ -881,7 +741,7 @@ mod tests {
         let path = dir.path().join("big.m3u");
         std::fs::write(&path, vec![b'#'; 2 << 20]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let why = read_playlist(&file, 2 << 20).unwrap_err();
+        let why = read_playlist(&file, 2 << 20).unwrap_err().to_string();
         assert!(why.contains("over the 1024 KiB playlist limit"), "{why}");
         // Grown since the stat: still refused.
         let file = std::fs::File::open(&path).unwrap();
@@ -900,19 +760,5 @@ mod tests {
         let (out, total) = list.finish();
         assert_eq!(out, vec!["e0", "e1", "... and 3 more errors"]);
         assert_eq!(total, 5);
-    }
-
-    #[test]
-    fn versions_change_with_the_inode() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = dir.path().join("a");
-        std::fs::write(&a, b"same").unwrap();
-        let v1 = file_version(&std::fs::metadata(&a).unwrap());
-        let b = dir.path().join("b");
-        std::fs::write(&b, b"same").unwrap();
-        std::fs::rename(&b, &a).unwrap();
-        let v2 = file_version(&std::fs::metadata(&a).unwrap());
-        assert_eq!(v1.size, v2.size);
-        assert_ne!(v1.token, v2.token);
     }
 }

@@ -7,22 +7,24 @@
 //! core plan it, reads tags only of new and changed
 //! files in batches, saves each batch to the catalog (the checkpoint: an
 //! interrupted sync, run again, reads only what it had not finished), then
-//! rebuilds the tree, swaps it into the engine and tells the kernel exactly
-//! which entries changed. One sync runs at a time.
+//! rebuilds the tree, swaps it into the engine and publishes the change to
+//! its listeners (the kernel side invalidates exactly the entries that
+//! changed; nothing here speaks FUSE). One sync runs at a time.
 
-use crate::daemon::Daemon;
-use crate::mount::invalidate;
-use crate::origin::{RemoteOrigin, RemoteScanOptions, list_remote, scan_remote_files};
-use crate::scan::{self, NoProgress};
-use crate::store::Db;
+use crate::exec::daemon::Daemon;
+use crate::library::remote_scan::{RemoteScanOptions, list_remote, scan_remote_files};
+use crate::library::scan::{self, NoProgress};
+use crate::origin::OriginError;
+use crate::origin::RemoteOrigin;
+use crate::store::{Db, StoreError};
 use musicfs_core::sync::{self, Listed, SyncPlan};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Files whose tags are read between two checkpoints.
@@ -39,7 +41,7 @@ pub struct SyncReport {
     pub moved: usize,
     /// Files found unchanged.
     pub unchanged: usize,
-    /// Entries and inodes the kernel was told about.
+    /// Entries and inodes that changed (listeners were told of each).
     pub invalidated: usize,
 }
 
@@ -73,8 +75,7 @@ pub struct Syncer {
     layout: Layout,
     /// How each origin is synced, by origin id.
     sources: Vec<SyncSource>,
-    /// The kernel, once mounted.
-    pub notifier: OnceLock<Arc<fuser::Notifier>>,
+    /// Told of every tree change, in order.
     listeners: Mutex<Vec<TreeListener>>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
@@ -100,8 +101,58 @@ pub struct SyncStats {
     pub moved: AtomicU64,
 }
 
-/// Why a sync did not run to its end because the daemon is stopping.
-const STOPPING: &str = "the daemon is shutting down; the sync resumes at the next mount";
+/// Why a sync did not run to its end. Every batch saved before the error
+/// stays saved: the next sync does not read it again.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The daemon is stopping.
+    #[error("the daemon is shutting down; the sync resumes at the next mount")]
+    Stopping,
+    /// No origin has this id.
+    #[error("there is no {0}")]
+    NoOrigin(OriginId),
+    /// Paths of a remote origin (which is only synced whole).
+    #[error("{0} is remote: sync it whole")]
+    Remote(OriginId),
+    /// A local origin cannot be listed: unreachable is unhealthy, never
+    /// empty, so the catalog is kept as it is.
+    #[error("cannot list origin '{}': {source}", root.display())]
+    ListLocal {
+        /// The origin's folder.
+        root: PathBuf,
+        /// The walk's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote origin cannot be listed (the catalog is kept as it is).
+    #[error("cannot list origin '{origin}': {source}")]
+    ListRemote {
+        /// The origin, described.
+        origin: String,
+        /// Why.
+        #[source]
+        source: OriginError,
+    },
+    /// A local origin's folder is gone (or went while it was listed: the
+    /// paths the walk missed are not deleted).
+    #[error("origin '{}' is not reachable", .0.display())]
+    Unreachable(PathBuf),
+    /// The tags of a batch cannot be read from a remote origin.
+    #[error("cannot read tags from '{origin}': {source}")]
+    ReadTags {
+        /// The origin, described.
+        origin: String,
+        /// Why.
+        #[source]
+        source: OriginError,
+    },
+    /// The catalog cannot be read or saved.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Tests: a fail point cut the sync after a saved batch.
+    #[error("sync interrupted (fail point {0})")]
+    Interrupted(&'static str),
+}
 
 impl Syncer {
     /// A syncer for the daemon's origins.
@@ -117,7 +168,6 @@ impl Syncer {
             db,
             layout,
             sources,
-            notifier: OnceLock::new(),
             listeners: Mutex::new(Vec::new()),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
@@ -126,9 +176,18 @@ impl Syncer {
         }
     }
 
-    /// Registers a function told of every tree change.
+    /// Registers a function told of every tree change, after those
+    /// registered before it.
     pub fn on_tree_change(&self, listener: TreeListener) {
         self.listeners.lock().push(listener);
+    }
+
+    /// Registers a function told of every tree change before all others:
+    /// the kernel's invalidation, so that whoever is told next (a media
+    /// server, `--on-change`, the search index) finds the new tree through
+    /// the mount.
+    pub fn on_tree_change_first(&self, listener: TreeListener) {
+        self.listeners.lock().insert(0, listener);
     }
 
     /// Runs `job` while no sync runs (and no other such job): for work
@@ -158,10 +217,10 @@ impl Syncer {
     }
 
     /// The lock every sync holds, unless the daemon is stopping.
-    fn begin(&self) -> Result<parking_lot::MutexGuard<'_, ()>, String> {
+    fn begin(&self) -> Result<parking_lot::MutexGuard<'_, ()>, SyncError> {
         let one = self.one_at_a_time.lock();
         if self.stopping.load(Ordering::SeqCst) {
-            return Err(STOPPING.to_owned());
+            return Err(SyncError::Stopping);
         }
         Ok(one)
     }
@@ -175,32 +234,39 @@ impl Syncer {
     ///
     /// Must not be called on a runtime worker thread (a remote origin's
     /// listing is waited for): use the blocking pool.
-    pub fn sync_origin(&self, origin: OriginId) -> Result<SyncReport, String> {
+    pub fn sync_origin(&self, origin: OriginId) -> Result<SyncReport, SyncError> {
         let _one = self.begin()?;
         let source = self.source(origin)?;
         // Unreachable is unhealthy, never empty: a failed listing keeps the
         // catalog as it is.
         let listing = match &source {
-            SyncSource::Local(root) => scan::list_local(root)
-                .map_err(|e| format!("cannot list origin '{}': {e}", root.display()))?,
+            SyncSource::Local(root) => {
+                scan::list_local(root).map_err(|source| SyncError::ListLocal {
+                    root: root.clone(),
+                    source,
+                })?
+            }
             SyncSource::Remote(remote) => {
                 let (files, problems) = self
                     .daemon
                     .runtime()
                     .block_on(list_remote(remote.as_ref()))
-                    .map_err(|e| format!("cannot list origin '{}': {e}", remote.describe()))?;
+                    .map_err(|source| SyncError::ListRemote {
+                        origin: remote.describe(),
+                        source,
+                    })?;
                 for problem in problems.iter().take(20) {
                     tracing::warn!(%origin, %problem, "listing problem");
                 }
                 files
             }
         };
-        let catalog = self.db.load_catalog().map_err(|e| e.to_string())?;
+        let catalog = self.db.load_catalog()?;
         let plan = sync::plan_full(origin, &catalog, &listing);
         drop((catalog, listing));
         let report = self.run(origin, &source, plan);
         // A full sync held the whole catalog and listing for a moment.
-        crate::memory::release_free_memory();
+        crate::sys::memory::release_free_memory();
         report
     }
 
@@ -209,35 +275,32 @@ impl Syncer {
         &self,
         origin: OriginId,
         paths: &BTreeSet<OriginPath>,
-    ) -> Result<SyncReport, String> {
+    ) -> Result<SyncReport, SyncError> {
         let _one = self.begin()?;
         let source = self.source(origin)?;
         let SyncSource::Local(root) = &source else {
-            return Err(format!("{origin} is remote: sync it whole"));
+            return Err(SyncError::Remote(origin));
         };
         if !root.is_dir() {
-            return Err(format!("origin '{}' is not reachable", root.display()));
+            return Err(SyncError::Unreachable(root.clone()));
         }
         let stats = scan::list_paths(root, paths);
         if !root.is_dir() {
             // Gone while listed: the paths it missed are not deleted.
-            return Err(format!("origin '{}' is not reachable", root.display()));
+            return Err(SyncError::Unreachable(root.clone()));
         }
         // Only what is under the named paths: a watcher's sync of one
         // retagged file must not hold the whole catalog in memory.
-        let catalog = self
-            .db
-            .catalog_under(origin, paths)
-            .map_err(|e| e.to_string())?;
+        let catalog = self.db.catalog_under(origin, paths)?;
         let plan = sync::plan_paths(origin, &catalog, paths, &stats);
         self.run(origin, &source, plan)
     }
 
-    fn source(&self, origin: OriginId) -> Result<SyncSource, String> {
+    fn source(&self, origin: OriginId) -> Result<SyncSource, SyncError> {
         self.sources
             .get(usize::from(origin.0))
             .cloned()
-            .ok_or_else(|| format!("there is no {origin}"))
+            .ok_or(SyncError::NoOrigin(origin))
     }
 
     /// Reads the tags of one batch of new or changed files.
@@ -246,7 +309,7 @@ impl Syncer {
         origin: OriginId,
         source: &SyncSource,
         batch: &[Listed],
-    ) -> Result<Vec<CatalogEntry>, String> {
+    ) -> Result<Vec<CatalogEntry>, SyncError> {
         match source {
             SyncSource::Local(root) => Ok(scan::read_files(origin, root, batch, self.threads)),
             SyncSource::Remote(remote) => {
@@ -261,7 +324,10 @@ impl Syncer {
                         &RemoteScanOptions::default(),
                         &NoProgress,
                     ))
-                    .map_err(|e| format!("cannot read tags from '{}': {e}", remote.describe()))?;
+                    .map_err(|source| SyncError::ReadTags {
+                        origin: remote.describe(),
+                        source,
+                    })?;
                 Ok(report.entries)
             }
         }
@@ -272,7 +338,7 @@ impl Syncer {
         origin: OriginId,
         source: &SyncSource,
         plan: SyncPlan,
-    ) -> Result<SyncReport, String> {
+    ) -> Result<SyncReport, SyncError> {
         let result = self.run_plan(origin, source, plan);
         if let Some(stats) = self.stats.get(usize::from(origin.0)) {
             match &result {
@@ -295,7 +361,7 @@ impl Syncer {
         origin: OriginId,
         source: &SyncSource,
         plan: SyncPlan,
-    ) -> Result<SyncReport, String> {
+    ) -> Result<SyncReport, SyncError> {
         let started = Instant::now();
         let mut report = SyncReport {
             removed: plan.removed.len(),
@@ -308,9 +374,9 @@ impl Syncer {
         }
         for batch in plan.batches(SYNC_BATCH_FILES) {
             let read = self.read_batch(origin, source, batch)?;
-            self.db.put_catalog(&read).map_err(|e| e.to_string())?;
+            self.db.put_catalog(&read)?;
             // The batch is the checkpoint only once it is on disk.
-            self.db.flush().map_err(|e| e.to_string())?;
+            self.db.flush()?;
             report.reread += batch.len();
             tracing::debug!(
                 %origin,
@@ -320,28 +386,24 @@ impl Syncer {
             );
             // A crash here (kill -9, or this fail point in tests) leaves the
             // finished batches saved: the next sync skips them.
-            fail::fail_point!("delta-sync-after-batch", |_| Err(
-                "sync interrupted (fail point delta-sync-after-batch)".to_string()
-            ));
+            fail::fail_point!("delta-sync-after-batch", |_| Err(SyncError::Interrupted(
+                "delta-sync-after-batch"
+            )));
             if self.stopping.load(Ordering::SeqCst) {
                 tracing::info!(%origin, done = report.reread, of = plan.reread.len(), "sync stopped at a saved batch for shutdown");
-                return Err(STOPPING.to_owned());
+                return Err(SyncError::Stopping);
             }
         }
         for path in &plan.removed {
-            self.db
-                .remove_catalog(origin, path)
-                .map_err(|e| e.to_string())?;
+            self.db.remove_catalog(origin, path)?;
         }
         let mut moves = Vec::with_capacity(plan.moved.len());
         for (old, entry) in &plan.moved {
-            self.db
-                .remove_catalog(origin, old)
-                .map_err(|e| e.to_string())?;
+            self.db.remove_catalog(origin, old)?;
             moves.push(((origin, old.clone()), entry.source.clone()));
         }
         let moved: Vec<CatalogEntry> = plan.moved.iter().map(|(_, e)| e.clone()).collect();
-        self.db.put_catalog(&moved).map_err(|e| e.to_string())?;
+        self.db.put_catalog(&moved)?;
         report.invalidated = self.publish(&moves)?;
         tracing::info!(
             %origin,
@@ -359,17 +421,14 @@ impl Syncer {
     fn publish(
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
-    ) -> Result<usize, String> {
-        let entries = self.db.load_catalog().map_err(|e| e.to_string())?;
+    ) -> Result<usize, SyncError> {
+        let entries = self.db.load_catalog()?;
         let (tree, _) = VirtualTree::build(&self.layout, &entries);
         let new_tree = tree.clone();
         let diff = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
             e.replace_tree(now, tree)
         });
-        if let Some(n) = self.notifier.get() {
-            invalidate(n, &diff);
-        }
         let change = TreeChange {
             tree: &new_tree,
             catalog: &entries,

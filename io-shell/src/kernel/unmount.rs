@@ -103,6 +103,16 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> Result<(), UnmountError> {
     })
 }
 
+/// Detaches a busy mount: it disappears now, open files keep working.
+pub fn lazy_unmount(mountpoint: &Path) {
+    if sys::umount(mountpoint, sys::Unmount::Lazy).is_err() {
+        let _ = std::process::Command::new("fusermount3")
+            .args(["-u", "-z"])
+            .arg(mountpoint)
+            .status();
+    }
+}
+
 fn check_is_musicfs(mountpoint: &Path, entry: &MountEntry) -> Result<(), UnmountError> {
     if entry.is_musicfs() {
         return Ok(());
@@ -115,8 +125,7 @@ fn check_is_musicfs(mountpoint: &Path, entry: &MountEntry) -> Result<(), Unmount
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    sys::geteuid() == 0
 }
 
 #[cfg(test)]

@@ -570,15 +570,9 @@ fn evict(store: &dyn ChunkBackend, db: &Db, ids: &[ChunkId]) {
 }
 
 fn disk_fault(e: &StoreError) -> DiskFault {
-    if e.is_fd_exhaustion() {
-        DiskFault::NoDescriptors
-    } else {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => DiskFault::NoSpace,
-            Some(libc::EROFS) | Some(libc::EACCES) | Some(libc::EPERM) => DiskFault::ReadOnly,
-            _ => DiskFault::Io,
-        }
-    }
+    // The store's classifier. What is not the disk's fault (a refused
+    // chunk; a lock only happens at open) still left the chunk unstored.
+    e.disk_fault().unwrap_or(DiskFault::Io)
 }
 
 fn chunk_fault(e: &ChunkReadError) -> ChunkFault {

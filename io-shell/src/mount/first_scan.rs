@@ -1,0 +1,210 @@
+//! The catalog a mount starts from: the saved one, and a first scan (with
+//! progress on the terminal, in `musicfs status` and to systemd) of each
+//! origin the cache has never seen.
+
+use super::{MountPlan, NoOriginAnswers, RunError};
+use crate::cli::progress::TerminalProgress;
+use crate::errors::error_chain;
+use crate::library::remote_scan::{RemoteScanOptions, scan_remote_blocking};
+use crate::library::scan::{self, ScanOptions, ScanProgress};
+use crate::library::sync::SyncSource;
+use crate::origin::{OriginError, OriginSpec};
+use crate::service::control::ScanState;
+use crate::service::systemd;
+use crate::store::Db;
+use musicfs_core::{CatalogEntry, OriginId};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+/// Loads the saved catalog, dropping origins whose configuration changed,
+/// and scans the origins the cache has never seen (the first mount). Known
+/// origins are caught up with in the background by their watchers and
+/// pollers. Also says which origins were scanned just now (their pollers
+/// need not list them again at once).
+pub(super) fn load_catalog(
+    plan: &MountPlan,
+    sources: &[SyncSource],
+    rt: &tokio::runtime::Handle,
+    db: &Db,
+    scan: &Arc<ScanState>,
+) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
+    let cache = |source| RunError::Cache {
+        dir: plan.cache_dir.clone(),
+        source,
+    };
+    let mut scanned_now = vec![false; plan.origins.len()];
+    let mut saved_tree = false;
+    let mut failed: Vec<(OriginId, &OriginSpec, OriginError)> = Vec::new();
+    let (mut entries, damaged) = db.load_catalog_counted().map_err(cache)?;
+    if damaged > 0 {
+        // Damaged records are tracks missing from the tree: rebuild the
+        // catalog from the origins before showing anything.
+        tracing::warn!(
+            damaged,
+            "the saved catalog is damaged; rescanning every origin before mounting"
+        );
+        for i in 0..plan.origins.len() {
+            db.set_meta(&format!("origin/{i}"), b"").map_err(cache)?;
+        }
+    }
+    for (i, (spec, source)) in plan.origins.iter().zip(sources).enumerate() {
+        let id = OriginId(i as u16);
+        let meta_key = format!("origin/{i}");
+        let saved = db.get_meta(&meta_key).map_err(cache)?;
+        if saved.as_deref() == Some(spec.key().as_bytes()) {
+            saved_tree = true;
+            continue;
+        }
+        // New origin, or another origin now has this index: forget what was
+        // saved for this index and scan it.
+        entries.retain(|e| e.source.origin != id);
+        let report = match scan_origin(id, spec, source, rt, scan)? {
+            Ok(report) => {
+                scanned_now[i] = true;
+                report
+            }
+            Err(e) => {
+                failed.push((id, spec, e));
+                continue;
+            }
+        };
+        db.replace_catalog_for_origin(id, &report).map_err(cache)?;
+        db.set_meta(&meta_key, spec.key().as_bytes())
+            .map_err(cache)?;
+        entries.extend(report);
+    }
+    // Nothing saved and nothing answered: an empty mount that says it is
+    // ready would hide the cause. Unless asked to wait for the origins.
+    if !failed.is_empty() && !saved_tree && !scanned_now.contains(&true) && !plan.wait_for_origins {
+        return Err(NoOriginAnswers {
+            failures: failed
+                .into_iter()
+                .map(|(_, spec, why)| (spec.describe(), why))
+                .collect(),
+        }
+        .into());
+    }
+    // An origin that cannot be scanned now is saved as known and empty:
+    // its poller's sync reads it whole once it answers.
+    for (id, spec, why) in failed {
+        tracing::warn!(
+            origin = %spec.describe(),
+            error = %error_chain(&why),
+            "cannot scan this origin now; mounting without its tracks, which appear once it answers"
+        );
+        db.replace_catalog_for_origin(id, &[]).map_err(cache)?;
+        db.set_meta(&format!("origin/{}", id.0), spec.key().as_bytes())
+            .map_err(cache)?;
+    }
+    let configured = plan.origins.len();
+    entries.retain(|e| usize::from(e.source.origin.0) < configured);
+    db.flush().map_err(cache)?;
+    Ok((entries, scanned_now))
+}
+
+/// Scan progress for a first scan: the terminal bar, `musicfs status`, and
+/// systemd (STATUS= lines, and EXTEND_TIMEOUT_USEC so a long first scan is
+/// not taken for a hung start).
+struct FirstScanProgress {
+    bar: TerminalProgress,
+    state: Arc<ScanState>,
+    last_notice: parking_lot::Mutex<Instant>,
+}
+
+impl FirstScanProgress {
+    const NOTICE_EVERY: Duration = Duration::from_secs(2);
+
+    fn new(state: Arc<ScanState>) -> FirstScanProgress {
+        FirstScanProgress {
+            bar: TerminalProgress::new(),
+            state,
+            // The first progress is told at once, then every NOTICE_EVERY.
+            last_notice: parking_lot::Mutex::new(
+                Instant::now()
+                    .checked_sub(Self::NOTICE_EVERY)
+                    .unwrap_or_else(Instant::now),
+            ),
+        }
+    }
+
+    fn tell_systemd(&self) {
+        let mut last = self.last_notice.lock();
+        if last.elapsed() < Self::NOTICE_EVERY {
+            return;
+        }
+        *last = Instant::now();
+        let done = self.state.scanned.load(Ordering::Relaxed);
+        let seen = self.state.seen.load(Ordering::Relaxed);
+        systemd::status(&format!("first scan: {done} of {seen} files"));
+        systemd::extend_timeout(Self::NOTICE_EVERY * 5);
+    }
+}
+
+impl ScanProgress for FirstScanProgress {
+    fn discovered(&self, n: u64) {
+        self.bar.discovered(n);
+        self.state.seen.fetch_add(n, Ordering::Relaxed);
+        self.tell_systemd();
+    }
+    fn scanned(&self, n: u64) {
+        self.bar.scanned(n);
+        self.state.scanned.fetch_add(n, Ordering::Relaxed);
+        self.tell_systemd();
+    }
+    fn finish(&self) {
+        self.bar.finish();
+    }
+}
+
+/// Scans a new origin, reporting progress (bar, `musicfs status`, systemd).
+///
+/// A remote origin that cannot be scanned now (unreachable, refused) gives
+/// the inner `Err` with every cause: the mount comes up with the other
+/// origins' tracks (or the saved tree), and the origin's poller scans it
+/// once it answers (its sync is checkpointed, so the work is not lost if
+/// that is cut short too). A local origin that cannot be walked is an
+/// error: it was checked a moment ago.
+fn scan_origin(
+    id: OriginId,
+    spec: &OriginSpec,
+    source: &SyncSource,
+    rt: &tokio::runtime::Handle,
+    state: &Arc<ScanState>,
+) -> Result<Result<Vec<CatalogEntry>, OriginError>, RunError> {
+    let what = spec.describe();
+    *state.what.lock() = what.clone();
+    tracing::info!(origin = %what, "scanning a new origin; the mount comes up when it is done");
+    let progress = FirstScanProgress::new(Arc::clone(state));
+    let started = Instant::now();
+    let entries = match source {
+        SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
+            .map(|r| Ok(r.entries))
+            .map_err(|source| RunError::Scan {
+                origin: what.clone(),
+                source,
+            }),
+        SyncSource::Remote(remote) => match scan_remote_blocking(
+            rt,
+            id,
+            Arc::clone(remote),
+            &RemoteScanOptions::default(),
+            &progress,
+        ) {
+            Ok(report) => {
+                tracing::info!(
+                    origin = %what,
+                    files = report.entries.len(),
+                    unreadable = report.unreadable,
+                    fetched_bytes = report.bytes_fetched,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "remote origin scanned"
+                );
+                Ok(Ok(report.entries))
+            }
+            Err(e) => Ok(Err(e)),
+        },
+    };
+    state.what.lock().clear();
+    entries
+}

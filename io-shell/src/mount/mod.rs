@@ -1,0 +1,888 @@
+//! `musicfs mount`: from command-line arguments to a running mount, and a
+//! clean exit.
+//!
+//! Order of events ([`run`], one function per step): validate everything
+//! ([`plan`]: bad arguments are a one-line error and exit code 2, before
+//! anything is touched); open the cache; scan the origins the cache does not
+//! know yet ([`first_scan`], with a progress bar); build the tree; start the
+//! daemon and its services; mount; serve until a signal ([`signals`]) or an
+//! unmount; then stop fetching, save the cache state and exit 0.
+
+mod first_scan;
+pub mod plan;
+mod signals;
+
+pub use plan::{DEFAULT_UMASK, MountPlan, PlanError};
+pub use signals::EXIT_FORCED;
+
+use crate::errors::{error_chain, io_reason};
+use crate::exec::daemon::Daemon;
+use crate::kernel::fuse::MusicFs;
+use crate::kernel::notify::Invalidator;
+use crate::kernel::session::{
+    self, FUSE_DEVICE, FuseDeviceError, KernelMount, MountOptions, SessionError,
+};
+use crate::kernel::unmount::lazy_unmount;
+use crate::library::changes;
+use crate::library::sync::{SyncSource, Syncer};
+use crate::library::watch;
+use crate::origin::{LocalOrigin, Origin, OriginError, OriginKind, OriginSpec, RemoteOrigin};
+use crate::pins::fill::PinFiller;
+use crate::search::SearchError;
+use crate::search::live::{LiveSearch, SearchSlot};
+use crate::service::control::{Control, ControlSocket, MountStatus};
+use crate::service::metrics;
+use crate::service::supervisor::{RestartPolicy, Supervisor, TaskError};
+use crate::service::systemd;
+use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
+use musicfs_core::engine::{Config as EngineConfig, Engine};
+use musicfs_core::tree::VirtualTree;
+use musicfs_core::{ChunkId, OriginId};
+use signals::{Signals, wait_for_stop};
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// A failure while running: exit code 1. `main` prints it with its causes,
+/// one a line.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The FUSE device cannot be used.
+    #[error(transparent)]
+    FuseDevice(#[from] FuseDeviceError),
+    /// The tokio runtime could not start.
+    #[error("cannot start the runtime")]
+    Runtime(#[source] io::Error),
+    /// `--metrics-addr` cannot be served.
+    #[error("cannot serve metrics on {addr}: {}", io_reason(.source))]
+    Metrics {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// Another daemon holds the cache.
+    #[error(transparent)]
+    CacheInUse(#[from] CacheInUse),
+    /// The cache cannot be opened or read.
+    #[error("cannot use the cache in '{}'", dir.display())]
+    Cache {
+        /// The cache directory.
+        dir: PathBuf,
+        /// The store's error.
+        #[source]
+        source: StoreError,
+    },
+    /// An origin cannot be set up (a remote origin's client).
+    #[error("cannot set up origin '{origin}'")]
+    Origin {
+        /// The origin, described without secrets.
+        origin: String,
+        /// Why.
+        #[source]
+        source: OriginError,
+    },
+    /// A local origin cannot be walked for its first scan.
+    #[error("cannot scan origin '{origin}'")]
+    Scan {
+        /// The origin, described.
+        origin: String,
+        /// The walk's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A first mount where no origin answered.
+    #[error(transparent)]
+    NoOriginAnswers(#[from] NoOriginAnswers),
+    /// The kernel mount could not be made.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The FUSE session's thread could not start.
+    #[error("cannot start the FUSE thread")]
+    Thread(#[source] io::Error),
+}
+
+impl RunError {
+    fn cache(dir: &Path) -> impl FnOnce(StoreError) -> RunError + '_ {
+        move |source| RunError::Cache {
+            dir: dir.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// The cache directory is in use by another daemon (sled's lock is held).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cache dir '{}' is in use by {}; two mounts cannot share a cache: give this one its own --cache-dir",
+    cache_dir.display(),
+    match owner {
+        Some(o) => format!("another MusicFS mount (pid {}, mounted at {})", o.pid, o.mountpoint.display()),
+        None => "another MusicFS process".to_owned(),
+    }
+)]
+pub struct CacheInUse {
+    /// The cache directory.
+    pub cache_dir: PathBuf,
+    /// Who holds it, if its owner file says so.
+    pub owner: Option<CacheOwner>,
+}
+
+/// A first mount (nothing saved) where no origin answered.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no origin answers, and there is no saved tree to mount: {}. \
+     Fix the origins, or use --wait-for-origins to mount now (empty) and fill in once one answers",
+    failures.iter().map(|(what, why)| format!("origin '{what}': {}", error_chain(why))).collect::<Vec<_>>().join("; ")
+)]
+pub struct NoOriginAnswers {
+    /// Each origin (described) and why it could not be scanned.
+    pub failures: Vec<(String, OriginError)>,
+}
+
+/// How long a graceful shutdown waits for reads in flight.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a shutdown waits for a running sync to reach its next saved
+/// batch (or for the search build to finish).
+const SYNC_STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Mounts and serves until unmounted or signalled.
+pub fn run(plan: MountPlan) -> Result<(), RunError> {
+    let started = Instant::now();
+    // Before anything slow: a mount that cannot work fails now, not after
+    // a first scan of many minutes.
+    session::check_fuse_device(Path::new(FUSE_DEVICE))?;
+    let runtime = start_runtime()?;
+    let mut signals = Signals::install(&runtime, &plan.mountpoint);
+    let metrics_listener = bind_metrics(plan.metrics_addr)?;
+    let status = MountStatus::new(
+        &plan.mountpoint,
+        plan.origins.iter().map(OriginSpec::describe).collect(),
+    );
+    let socket = bind_control_socket(&status, runtime.handle());
+    let cache = open_cache(&plan)?;
+    let origins = open_origins(&plan)?;
+    status.set_phase("scanning");
+    let library = load_library(&plan, &origins, runtime.handle(), &cache.db, &status)?;
+    let db = Arc::clone(&cache.db);
+    let daemon = start_daemon(&plan, library.tree, cache, &origins, runtime.handle())?;
+    let services = start_services(&plan, &daemon, &db, &origins, &runtime, metrics_listener)?;
+    let kernel = mount_kernel(&plan, &daemon, &services, signals.as_ref())?;
+    tracing::info!(
+        mountpoint = %plan.mountpoint.display(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "mounted"
+    );
+    if let Some(socket) = &socket {
+        socket.serve(Arc::new(Control {
+            status: Arc::clone(&status),
+            daemon: Arc::clone(&daemon),
+            supervisor: Arc::clone(&services.supervisor),
+            syncer: Arc::clone(&services.syncer),
+            search: Arc::clone(&services.search),
+            pin_filler: Arc::clone(&services.pin_filler),
+            cache_dir: plan.cache_dir.clone(),
+            metrics_addr: services.metrics_addr,
+        }));
+    }
+    start_background(
+        &plan,
+        &daemon,
+        &db,
+        &services,
+        &origins,
+        &library.scanned_now,
+    );
+    status.set_phase("serving");
+    systemd::ready(&format!(
+        "serving {} tracks at {}",
+        library.tracks,
+        plan.mountpoint.display()
+    ));
+    let watchdog = systemd::start_watchdog(&plan.mountpoint);
+
+    let signal = runtime.block_on(wait_for_stop(signals.as_mut(), kernel.ended));
+    systemd::stopping();
+    status.set_phase("stopping");
+    if let Some(name) = signal {
+        tracing::info!(
+            signal = name,
+            "shutting down (a second signal exits at once)"
+        );
+    }
+    let saved = shut_down(&runtime, &daemon, &db, &services, &plan.cache_dir);
+    unmount(
+        &plan.mountpoint,
+        kernel.mount,
+        kernel.thread,
+        signal.is_some(),
+    );
+    if let Some(stop) = watchdog {
+        stop.store(true, Ordering::Relaxed);
+    }
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    CacheOwner::remove_if_mine(&plan.cache_dir);
+    saved?;
+    tracing::info!("unmounted; bye");
+    Ok(())
+}
+
+/// The tokio runtime: two workers (most work is on the blocking pool).
+fn start_runtime() -> Result<tokio::runtime::Runtime, RunError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("musicfs-io")
+        .enable_all()
+        .build()
+        .map_err(RunError::Runtime)
+}
+
+/// Binds `--metrics-addr` now, so that a taken port fails the mount before
+/// any scan.
+fn bind_metrics(addr: Option<SocketAddr>) -> Result<Option<std::net::TcpListener>, RunError> {
+    addr.map(|addr| metrics::bind(addr).map_err(|source| RunError::Metrics { addr, source }))
+        .transpose()
+}
+
+/// The control socket, up from the start so that a long first scan can be
+/// watched; a mount without one still works.
+fn bind_control_socket(
+    status: &Arc<MountStatus>,
+    rt: &tokio::runtime::Handle,
+) -> Option<ControlSocket> {
+    match ControlSocket::bind(status, rt) {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            tracing::warn!(error = %e, "no control socket; `musicfs status` will not see this mount");
+            None
+        }
+    }
+}
+
+/// The cache directory, opened.
+struct Cache {
+    db: Arc<Db>,
+    store: Arc<ChunkStore>,
+    /// The chunk files the index knows: id, length, last access.
+    chunk_index: Vec<(ChunkId, u32, u64)>,
+}
+
+/// Opens the cache: the database first, whose lock keeps a second daemon
+/// out before the chunk store empties the temp directory (which the first
+/// one uses); then the chunk store and its index (rebuilt from the chunk
+/// files if the database was damaged).
+fn open_cache(plan: &MountPlan) -> Result<Cache, RunError> {
+    let dir = &plan.cache_dir;
+    let opened = Db::open(dir).map_err(|e| {
+        if e.is_locked() {
+            RunError::CacheInUse(CacheInUse {
+                cache_dir: dir.clone(),
+                owner: CacheOwner::read(dir),
+            })
+        } else {
+            RunError::cache(dir)(e)
+        }
+    })?;
+    if let Err(e) = CacheOwner::this_process(&plan.mountpoint).write(dir) {
+        tracing::warn!(error = %e, "cannot write the cache's owner file");
+    }
+    let store = Arc::new(ChunkStore::open(dir).map_err(RunError::cache(dir))?);
+    let db = Arc::new(opened.db);
+    let mut chunk_index = db.load_chunk_index().map_err(RunError::cache(dir))?;
+    if let Some(what) = &opened.repaired {
+        tracing::warn!(what = %what, "the cache database was damaged and has been rebuilt");
+        chunk_index = rebuild_chunk_index(&store, &db).map_err(RunError::cache(dir))?;
+    }
+    Ok(Cache {
+        db,
+        store,
+        chunk_index,
+    })
+}
+
+/// Each origin once, shared by the first scan, the reads and the syncs.
+struct Origins {
+    /// What reads are served from, by origin id.
+    readers: Vec<Arc<dyn Origin>>,
+    /// How each origin is synced, by origin id.
+    sources: Vec<SyncSource>,
+}
+
+fn open_origins(plan: &MountPlan) -> Result<Origins, RunError> {
+    let mut readers: Vec<Arc<dyn Origin>> = Vec::with_capacity(plan.origins.len());
+    let mut sources: Vec<SyncSource> = Vec::with_capacity(plan.origins.len());
+    for (i, spec) in plan.origins.iter().enumerate() {
+        let id = OriginId(i as u16);
+        match &spec.kind {
+            OriginKind::Local(root) => {
+                readers.push(Arc::new(LocalOrigin::new(id, root.clone())));
+                sources.push(SyncSource::Local(root.clone()));
+            }
+            OriginKind::Remote(remote) => {
+                let opened: Arc<dyn RemoteOrigin> =
+                    remote.open(id).map_err(|source| RunError::Origin {
+                        origin: spec.describe(),
+                        source,
+                    })?;
+                readers.push(Arc::clone(&opened) as Arc<dyn Origin>);
+                sources.push(SyncSource::Remote(opened));
+            }
+        }
+    }
+    Ok(Origins { readers, sources })
+}
+
+/// The tree the mount starts with.
+struct Library {
+    tree: VirtualTree,
+    /// Tracks in it.
+    tracks: usize,
+    /// Which origins were scanned just now (their pollers need not list
+    /// them again at once).
+    scanned_now: Vec<bool>,
+}
+
+/// The saved catalog plus a first scan of new origins, built into the tree.
+fn load_library(
+    plan: &MountPlan,
+    origins: &Origins,
+    rt: &tokio::runtime::Handle,
+    db: &Db,
+    status: &MountStatus,
+) -> Result<Library, RunError> {
+    let (catalog, scanned_now) =
+        first_scan::load_catalog(plan, &origins.sources, rt, db, &status.scan)?;
+    let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
+    tracing::info!(
+        tracks = report.tracks,
+        mirrors = report.mirrors,
+        covers = report.covers,
+        renamed = report.renamed,
+        unreadable = report.unreadable,
+        lyrics = report.lyrics,
+        images = report.images,
+        artist_images = report.artist_images,
+        cue_sheets = report.cues,
+        playlists = report.playlists,
+        playlist_entries_not_in_library = report.playlist_entries_missing,
+        sidecars_left_out = report.sidecars_left_out,
+        "tree ready"
+    );
+    // The tree holds what it needs; the catalog is read from the db again
+    // when a sync needs it.
+    drop(catalog);
+    crate::sys::memory::release_free_memory();
+    Ok(Library {
+        tree,
+        tracks: report.tracks,
+        scanned_now,
+    })
+}
+
+/// The engine, with what the cache remembers (chunk maps, the chunk index,
+/// pins), and the daemon that runs it.
+fn start_daemon(
+    plan: &MountPlan,
+    tree: VirtualTree,
+    cache: Cache,
+    origins: &Origins,
+    rt: &tokio::runtime::Handle,
+) -> Result<Arc<Daemon>, RunError> {
+    let Cache {
+        db,
+        store,
+        chunk_index,
+    } = cache;
+    let manifests = db
+        .load_manifests()
+        .map_err(RunError::cache(&plan.cache_dir))?
+        .into_iter()
+        .map(|(origin, path, m)| ((origin, path), m));
+    let config = EngineConfig {
+        read_timeout: plan.read_timeout,
+        cache_capacity_bytes: plan.cache_size,
+        pin_share_pct: plan.pin_share,
+        uncached_origins: plan
+            .origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.cached)
+            .map(|(i, _)| OriginId(i as u16))
+            .collect(),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(config, tree, manifests, chunk_index, seed_from_clock());
+    for i in 0..plan.origins.len() {
+        engine.track_origin(musicfs_core::Time::ZERO, OriginId(i as u16));
+    }
+    engine.restore_pins(db.load_pins().map_err(RunError::cache(&plan.cache_dir))?);
+    Ok(Daemon::new(
+        engine,
+        rt.clone(),
+        origins.readers.clone(),
+        store,
+        db,
+    ))
+}
+
+/// What runs beside the daemon.
+struct Services {
+    supervisor: Arc<Supervisor>,
+    syncer: Arc<Syncer>,
+    pin_filler: Arc<PinFiller>,
+    /// The search index, once the background task opened it.
+    search: Arc<SearchSlot>,
+    /// Where metrics are served, if they are.
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// The supervisor, the syncer and who hears of its tree changes (the pin
+/// filler, `--on-change` and `--notify-mpd`, the search index), and the
+/// metrics endpoint.
+fn start_services(
+    plan: &MountPlan,
+    daemon: &Arc<Daemon>,
+    db: &Arc<Db>,
+    origins: &Origins,
+    runtime: &tokio::runtime::Runtime,
+    metrics_listener: Option<std::net::TcpListener>,
+) -> Result<Services, RunError> {
+    let supervisor = Arc::new(Supervisor::new(
+        runtime.handle().clone(),
+        RestartPolicy::default(),
+    ));
+    let syncer = Arc::new(Syncer::new(
+        Arc::clone(daemon),
+        Arc::clone(db),
+        plan.layout.clone(),
+        origins.sources.clone(),
+    ));
+    let metrics_addr = match metrics_listener {
+        Some(listener) => {
+            let labels = plan
+                .origins
+                .iter()
+                .enumerate()
+                .map(|(i, o)| o.name.clone().unwrap_or_else(|| i.to_string()))
+                .collect();
+            let metrics = metrics::Metrics::new(Arc::clone(daemon), Arc::clone(&syncer), labels);
+            let requested = plan.metrics_addr;
+            let addr = metrics::serve(listener, metrics, runtime.handle()).map_err(|source| {
+                RunError::Metrics {
+                    addr: requested.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    source,
+                }
+            })?;
+            tracing::info!(url = %format!("http://{addr}/metrics"), "serving metrics");
+            Some(addr)
+        }
+        None => None,
+    };
+    let pin_filler = PinFiller::new(Arc::clone(daemon));
+    {
+        // A sync may have changed pinned files (a retag): fetch them again.
+        let filler = Arc::clone(&pin_filler);
+        syncer.on_tree_change(Box::new(move |_| filler.kick()));
+    }
+    if plan.change_targets.any() {
+        let (queue, receiver) = changes::queue();
+        syncer.on_tree_change(Box::new(move |change| queue.push(change.tree, change.diff)));
+        runtime.spawn(changes::run(
+            receiver,
+            plan.mountpoint.clone(),
+            plan.change_targets.clone(),
+        ));
+    }
+    // The search index opens in the background (start_background): a
+    // rebuild must not delay the mount. Until it is ready, searches answer
+    // from the saved index.
+    let search = Arc::new(SearchSlot::default());
+    {
+        let search = Arc::clone(&search);
+        syncer.on_tree_change(Box::new(move |change| {
+            if let Some(live) = search.get()
+                && let Err(e) = live.tree_changed(change.tree, change.catalog)
+            {
+                tracing::warn!(error = %e, "could not update the search index");
+            }
+        }));
+    }
+    Ok(Services {
+        supervisor,
+        syncer,
+        pin_filler,
+        search,
+        metrics_addr,
+    })
+}
+
+/// The kernel mount, served.
+struct Kernel {
+    mount: KernelMount,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    /// Hears when the session ended (someone unmounted).
+    ended: tokio::sync::oneshot::Receiver<()>,
+}
+
+/// Mounts, tells the kernel of every tree change from now on, and serves
+/// the FUSE session on its own thread.
+fn mount_kernel(
+    plan: &MountPlan,
+    daemon: &Arc<Daemon>,
+    services: &Services,
+    signals: Option<&Signals>,
+) -> Result<Kernel, RunError> {
+    let fs = MusicFs::new(
+        Arc::clone(daemon),
+        plan.ownership,
+        Arc::clone(&services.search),
+    )
+    .with_xattrs(plan.xattrs)
+    .with_kernel_passthrough(
+        plan.origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| !o.cached)
+            .filter_map(|(i, o)| match &o.kind {
+                OriginKind::Local(root) => Some((OriginId(i as u16), root.clone())),
+                OriginKind::Remote(_) => None,
+            })
+            .collect(),
+    );
+    let options = MountOptions {
+        mountpoint: plan.mountpoint.clone(),
+        source: fsname(plan),
+        allow_other: plan.allow_other,
+    };
+    let (session, mount) = session::open_session(fs, &options)?;
+    // Tests: a signal between mount(2) and the flag below.
+    fail::fail_point!("mounted-before-serving");
+    // The kernel mount exists from here on: a signal must now unmount it
+    // through the graceful shutdown (not exit and leave a dead mount).
+    if let Some(s) = signals {
+        s.mounted();
+    }
+    // The kernel hears of a tree change before anyone else.
+    let invalidator = Invalidator::new(session.notifier());
+    services
+        .syncer
+        .on_tree_change_first(Box::new(move |change| {
+            invalidator.tree_changed(change.diff)
+        }));
+    let serving = session::serve(session).map_err(RunError::Thread)?;
+    Ok(Kernel {
+        mount,
+        thread: serving.thread,
+        ended: serving.ended,
+    })
+}
+
+/// The mount's source in the mount table: `musicfs:<first origin>`.
+fn fsname(plan: &MountPlan) -> String {
+    match plan.origins.first().map(|o| &o.kind) {
+        Some(OriginKind::Local(p)) => format!("musicfs:{}", p.display()),
+        Some(OriginKind::Remote(r)) => format!("musicfs:{}", r.key()),
+        None => "musicfs".into(),
+    }
+}
+
+/// The supervised background tasks: the daemon's loops, watchers and
+/// pollers, the pin filler and the search index's opening.
+fn start_background(
+    plan: &MountPlan,
+    daemon: &Arc<Daemon>,
+    db: &Arc<Db>,
+    services: &Services,
+    origins: &Origins,
+    scanned_now: &[bool],
+) {
+    let supervisor = &services.supervisor;
+    spawn_background(
+        supervisor,
+        daemon,
+        &services.syncer,
+        &origins.sources,
+        scanned_now,
+        plan.poll_interval,
+    );
+    {
+        let filler = Arc::clone(&services.pin_filler);
+        supervisor.spawn(
+            "pins",
+            false,
+            Arc::new(move || {
+                let filler = Arc::clone(&filler);
+                Box::pin(async move {
+                    filler.run().await;
+                    Err(TaskError::Ended("pin filler"))
+                })
+            }),
+        );
+    }
+    open_search(
+        supervisor,
+        &services.syncer,
+        daemon,
+        db,
+        &plan.cache_dir,
+        &services.search,
+    );
+}
+
+/// Graceful shutdown, in order: no new work; background tasks stopped;
+/// reads in flight drained (bounded: a slow origin ends in EIO, never a
+/// hang); state flushed. Each step is logged (`shutdown: ...`), so the
+/// order can be checked from outside (tests/e2e/lifecycle.rs). A database
+/// that cannot be flushed is the run's error, once the mount is gone.
+fn shut_down(
+    runtime: &tokio::runtime::Runtime,
+    daemon: &Arc<Daemon>,
+    db: &Db,
+    services: &Services,
+    cache_dir: &Path,
+) -> Result<(), RunError> {
+    daemon.with_engine(|e, _| e.begin_shutdown());
+    tracing::info!("shutdown: new reads get EIO");
+    services.supervisor.stop_all();
+    // A sync (or the search build) on the blocking pool outlives its
+    // aborted task: wait for it to reach a saved batch, so that nothing
+    // writes the catalog or the index after they are saved below.
+    let quiet = services.syncer.stop(SYNC_STOP_TIMEOUT);
+    if !quiet {
+        tracing::warn!(timeout = ?SYNC_STOP_TIMEOUT, "a sync or the search build still runs; it is left to finish or to resume at the next mount");
+    }
+    tracing::info!("shutdown: syncs, the watcher and the search build stopped");
+    if !runtime.block_on(drain(daemon, DRAIN_TIMEOUT)) {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "reads still in flight after the drain timeout get EIO");
+    }
+    daemon.with_engine(|e, _| e.abort_all());
+    daemon.cancel_fetches();
+    tracing::info!("shutdown: reads drained");
+    // Chunks already served from memory are made durable before the cache
+    // state that maps them is saved.
+    if !runtime.block_on(flush_writes(daemon, DRAIN_TIMEOUT)) {
+        tracing::warn!(timeout = ?DRAIN_TIMEOUT, "cached chunks still being written after the drain timeout are fetched again when read");
+    }
+    tracing::info!("shutdown: cached chunks written");
+    if let Err(e) = daemon.persist() {
+        tracing::warn!(error = %e, "could not save the cache state at exit");
+    }
+    tracing::info!("shutdown: cache state saved");
+    if let Some(live) = services.search.get() {
+        match live.commit() {
+            Ok(()) => tracing::info!("shutdown: search index committed"),
+            Err(e) => tracing::warn!(error = %e, "could not save the search index at exit"),
+        }
+    }
+    db.flush().map_err(RunError::cache(cache_dir))?;
+    tracing::info!("shutdown: database flushed");
+    Ok(())
+}
+
+/// Ends the kernel mount: after a signal it is unmounted here (whoever ran
+/// `musicfs unmount` did it already), then the FUSE thread is joined.
+fn unmount(
+    mountpoint: &Path,
+    mut mount: KernelMount,
+    thread: std::thread::JoinHandle<io::Result<()>>,
+    signalled: bool,
+) {
+    if signalled && let Err(e) = mount.unmount() {
+        tracing::warn!(error = %e, "unmount failed (busy?); detaching the mount instead");
+        lazy_unmount(mountpoint);
+    }
+    match thread.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "FUSE session ended with an error");
+            // Nothing serves the mount any more: leave no dead mount.
+            if matches!(mount, KernelMount::Direct(_)) {
+                let _ = mount.unmount();
+            }
+        }
+        Err(_) => tracing::error!("FUSE thread panicked"),
+    }
+}
+
+/// The daemon's background tasks, under the supervisor: timers,
+/// persistence, a watcher per local origin (which first catches up with
+/// changes made while unmounted, by a delta sync) and a poller per remote
+/// origin (a delta sync at once, unless it was scanned just now, then
+/// every `poll_interval`).
+fn spawn_background(
+    supervisor: &Supervisor,
+    daemon: &Arc<Daemon>,
+    syncer: &Arc<Syncer>,
+    sources: &[SyncSource],
+    scanned_now: &[bool],
+    poll_interval: Duration,
+) {
+    let d = Arc::clone(daemon);
+    supervisor.spawn(
+        "timers",
+        true,
+        Arc::new(move || {
+            let d = Arc::clone(&d);
+            Box::pin(async move {
+                d.run_timers().await;
+                Err(TaskError::Ended("timer loop"))
+            })
+        }),
+    );
+    let d = Arc::clone(daemon);
+    supervisor.spawn(
+        "persistence",
+        true,
+        Arc::new(move || {
+            let d = Arc::clone(&d);
+            Box::pin(async move {
+                d.run_persistence().await;
+                Err(TaskError::Ended("persistence loop"))
+            })
+        }),
+    );
+    for (i, source) in sources.iter().enumerate() {
+        let (s, origin) = (Arc::clone(syncer), OriginId(i as u16));
+        match source {
+            SyncSource::Local(root) => {
+                let root = root.clone();
+                supervisor.spawn(
+                    &format!("watch:{i}"),
+                    true,
+                    Arc::new(move || {
+                        let watching = watch::watch_origin(Arc::clone(&s), origin, root.clone());
+                        Box::pin(async move { watching.await.map_err(TaskError::failed) })
+                    }),
+                );
+            }
+            SyncSource::Remote(_) => {
+                let fresh = scanned_now.get(i).copied().unwrap_or(false);
+                // A restart of the task (after a panic) syncs at once.
+                let first = Arc::new(AtomicBool::new(fresh));
+                supervisor.spawn(
+                    &format!("poll:{i}"),
+                    true,
+                    Arc::new(move || {
+                        let skip_first = first.swap(false, Ordering::Relaxed);
+                        let polling =
+                            watch::poll_origin(Arc::clone(&s), origin, poll_interval, skip_first);
+                        Box::pin(async move {
+                            polling.await;
+                            Err(TaskError::Ended("poller"))
+                        })
+                    }),
+                );
+            }
+        }
+    }
+}
+
+/// Opens the search index in the background (rebuilding it if needed).
+fn open_search(
+    supervisor: &Supervisor,
+    syncer: &Arc<Syncer>,
+    daemon: &Arc<Daemon>,
+    db: &Arc<Db>,
+    cache_dir: &Path,
+    slot: &Arc<SearchSlot>,
+) {
+    let (syncer, d, db, dir, slot) = (
+        Arc::clone(syncer),
+        Arc::clone(daemon),
+        Arc::clone(db),
+        cache_dir.to_path_buf(),
+        Arc::clone(slot),
+    );
+    // Critical: an index that cannot be opened now (out of descriptors, a
+    // full disk) is tried again with growing pauses; once open, the task
+    // is finished for good.
+    supervisor.spawn(
+        "search-index",
+        true,
+        Arc::new(move || {
+            let (syncer, d, db, dir, slot) = (
+                Arc::clone(&syncer),
+                Arc::clone(&d),
+                Arc::clone(&db),
+                dir.clone(),
+                Arc::clone(&slot),
+            );
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || {
+                    // No sync in between: a tree change published while the
+                    // index opens would otherwise be missed by it.
+                    syncer.exclusive(|| {
+                        tracing::debug!("search index: opening");
+                        // Tests: a slow build, to stop the daemon during it.
+                        fail::fail_point!("search-index-open");
+                        let tree = d.inspect(|e| e.tree().clone());
+                        slot.set(LiveSearch::open(&dir, &db, &tree)?);
+                        Ok::<(), SearchError>(())
+                    })?;
+                    crate::sys::memory::release_free_memory();
+                    Ok::<(), SearchError>(())
+                })
+                .await
+                .map_err(TaskError::failed)?
+                .map_err(TaskError::failed)
+            })
+        }),
+    );
+}
+
+/// Waits until no read is in flight, or `timeout`. True if drained.
+async fn drain(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while daemon.inspect(|e| e.reads_in_flight()) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    true
+}
+
+/// Waits until the executor has no chunk waiting for the disk, or
+/// `timeout`. True if all were written.
+async fn flush_writes(daemon: &Arc<Daemon>, timeout: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while daemon.writes_pending() {
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    true
+}
+
+/// Rebuilds the chunk index from the chunk files after the database was
+/// lost: the files are the truth (each is verified when read).
+fn rebuild_chunk_index(
+    store: &ChunkStore,
+    db: &Db,
+) -> Result<Vec<(musicfs_core::ChunkId, u32, u64)>, StoreError> {
+    let found = store.scan()?;
+    let index: Vec<_> = found
+        .into_iter()
+        .filter_map(|(id, len)| u32::try_from(len).ok().map(|len| (id, len, 0)))
+        .collect();
+    db.put_chunks(&index)?;
+    tracing::info!(
+        chunks = index.len(),
+        "chunk index rebuilt from the chunk files"
+    );
+    Ok(index)
+}
+
+/// Retry jitter only needs to differ between daemons, not be secret.
+fn seed_from_clock() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id())
+}
