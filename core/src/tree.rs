@@ -171,7 +171,19 @@ impl VirtualTree {
 
     /// Builds the tree for `catalog` under `layout`.
     pub fn build(layout: &Layout, catalog: &[CatalogEntry]) -> (VirtualTree, BuildReport) {
-        Builder::new(layout).build(catalog)
+        let entries: Vec<&CatalogEntry> = catalog.iter().collect();
+        Builder::new(layout).build(&entries)
+    }
+
+    /// Builds the tree for the entries `catalog` points to, in any order
+    /// (the same tree as [`VirtualTree::build`]): for a caller that keeps
+    /// its catalog in another shape than a slice.
+    pub fn build_from<'c>(
+        layout: &Layout,
+        catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+    ) -> (VirtualTree, BuildReport) {
+        let entries: Vec<&CatalogEntry> = catalog.into_iter().collect();
+        Builder::new(layout).build(&entries)
     }
 
     /// The node with inode `ino`.
@@ -549,7 +561,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn build(mut self, catalog: &[CatalogEntry]) -> (VirtualTree, BuildReport) {
+    fn build(mut self, catalog: &[&'a CatalogEntry]) -> (VirtualTree, BuildReport) {
         if catalog
             .iter()
             .any(|e| matches!(e.kind, FileKind::Playlist(_)))
@@ -624,6 +636,7 @@ impl<'a> Builder<'a> {
         }
         let mut sidecars: Vec<&CatalogEntry> = catalog
             .iter()
+            .copied()
             .filter(|e| !matches!(e.kind, FileKind::Track(_) | FileKind::Unreadable(_)))
             .collect();
         sidecars.sort_by(|a, b| {
@@ -663,9 +676,10 @@ impl<'a> Builder<'a> {
     }
 
     /// Renders every track, deciding per album whether it spans several discs.
-    fn render_tracks(&self, catalog: &'a [CatalogEntry]) -> Vec<Placed<'a>> {
+    fn render_tracks(&self, catalog: &[&'a CatalogEntry]) -> Vec<Placed<'a>> {
         let tracks: Vec<(&CatalogEntry, &TrackTags, String, String)> = catalog
             .iter()
+            .copied()
             .filter_map(|e| match &e.kind {
                 FileKind::Track(tags) => Some((
                     e,

@@ -18,6 +18,7 @@ fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
         Arc::clone(&d.db),
         Layout::default_layout(),
         vec![SyncSource::Local(root.to_path_buf())],
+        d.db.load_catalog().expect("catalog"),
     )
 }
 
@@ -116,6 +117,11 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
             d.read_all(&before_path, T).unwrap(),
             std::fs::read(file).unwrap()
         );
+        // Reads are answered before their chunks are durable: count the
+        // store once the writes behind them are done.
+        assert!(musicfs_tests::wait_for(Duration::from_secs(30), || !d
+            .daemon
+            .writes_pending()));
         let stored_before = cached_bytes(&cache);
         let fetched_before = d.daemon.inspect(|e| e.stats().fetched_bytes);
         retag(file);
@@ -126,6 +132,9 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
             d.read_all(&after_path, T).unwrap(),
             std::fs::read(file).unwrap()
         );
+        assert!(musicfs_tests::wait_for(Duration::from_secs(30), || !d
+            .daemon
+            .writes_pending()));
         let new_bytes = cached_bytes(&cache) - stored_before;
         let fetched = d.daemon.inspect(|e| e.stats().fetched_bytes) - fetched_before;
         let new_size = std::fs::metadata(file).unwrap().len();
@@ -144,6 +153,88 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
         );
     }
     println!("{}", report.join("\n"));
+}
+
+/// A watcher's sync of a few files (new, retagged, removed) never loads the
+/// whole catalog from the database: the syncer keeps it in step in memory.
+/// And what it keeps is what the database holds: the tree a full rebuild
+/// from the database gives is the tree the engine now shows.
+#[test]
+fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
+    use musicfs_core::OriginPath;
+    use musicfs_core::tree::VirtualTree;
+    use musicfs_tests::fixtures::write_wav;
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("lib");
+    for i in 0..40 {
+        let title = format!("Song {i:02}");
+        write_wav(
+            &root.join(format!("a/{i:02}.wav")),
+            20_000,
+            i,
+            &title,
+            "Band",
+            "Album",
+        );
+    }
+    let cache = dir.path().join("cache");
+    let d = TestDaemon::local(&root, &cache, Config::default());
+    let s = syncer(&d, &root);
+    let loads = d.db.catalog_loads();
+    let paths = |names: &[&str]| -> BTreeSet<OriginPath> {
+        names
+            .iter()
+            .map(|n| OriginPath::new(n.as_bytes().to_vec()))
+            .collect()
+    };
+    // A new file, a retagged one, a removed one: one watcher sync each.
+    write_wav(
+        &root.join("b/new.wav"),
+        30_000,
+        99,
+        "New",
+        "Other Band",
+        "Other",
+    );
+    s.sync_paths(OriginId(0), &paths(&["b/new.wav"])).unwrap();
+    write_wav(
+        &root.join("a/03.wav"),
+        20_000,
+        3,
+        "Renamed",
+        "Band",
+        "Album",
+    );
+    s.sync_paths(OriginId(0), &paths(&["a/03.wav"])).unwrap();
+    std::fs::remove_file(root.join("a/07.wav")).unwrap();
+    s.sync_paths(OriginId(0), &paths(&["a/07.wav"])).unwrap();
+    assert_eq!(d.db.catalog_loads(), loads, "no whole-catalog load");
+    let shown = d.paths();
+    assert!(
+        shown
+            .iter()
+            .any(|p| p.ends_with("Other Band/Other/00 - New.wav")),
+        "{shown:?}"
+    );
+    assert!(
+        shown.iter().any(|p| p.ends_with("00 - Renamed.wav")),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.iter().any(|p| p.ends_with("00 - Song 07.wav")),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.iter().any(|p| p.ends_with("00 - Song 03.wav")),
+        "{shown:?}"
+    );
+    // The catalog kept in memory is the saved one.
+    let (want, _) = VirtualTree::build(&Layout::default_layout(), &d.db.load_catalog().unwrap());
+    assert!(
+        d.daemon.inspect(|e| e.tree() == &want),
+        "tree differs from the saved catalog's"
+    );
 }
 
 /// Tests that configure fail points: `scripts/test` runs only these with

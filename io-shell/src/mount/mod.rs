@@ -35,6 +35,7 @@ use crate::service::metrics;
 use crate::service::supervisor::{RestartPolicy, Supervisor, TaskError};
 use crate::service::systemd;
 use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
+use musicfs_core::CatalogEntry;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{ChunkId, OriginId};
@@ -171,7 +172,15 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     let library = load_library(&plan, &origins, runtime.handle(), &cache.db, &status)?;
     let db = Arc::clone(&cache.db);
     let daemon = start_daemon(&plan, library.tree, cache, &origins, runtime.handle())?;
-    let services = start_services(&plan, &daemon, &db, &origins, &runtime, metrics_listener)?;
+    let services = start_services(
+        &plan,
+        &daemon,
+        &db,
+        &origins,
+        library.catalog,
+        &runtime,
+        metrics_listener,
+    )?;
     let kernel = mount_kernel(&plan, &daemon, &services, signals.as_ref())?;
     tracing::info!(
         mountpoint = %plan.mountpoint.display(),
@@ -340,6 +349,9 @@ fn open_origins(plan: &MountPlan) -> Result<Origins, RunError> {
 /// The tree the mount starts with.
 struct Library {
     tree: VirtualTree,
+    /// The catalog the tree was built from: the syncer keeps it, so a
+    /// watcher's sync rebuilds the tree without loading it again.
+    catalog: Vec<CatalogEntry>,
     /// Tracks in it.
     tracks: usize,
     /// Which origins were scanned just now (their pollers need not list
@@ -373,12 +385,10 @@ fn load_library(
         sidecars_left_out = report.sidecars_left_out,
         "tree ready"
     );
-    // The tree holds what it needs; the catalog is read from the db again
-    // when a sync needs it.
-    drop(catalog);
     crate::sys::memory::release_free_memory();
     Ok(Library {
         tree,
+        catalog,
         tracks: report.tracks,
         scanned_now,
     })
@@ -449,6 +459,7 @@ fn start_services(
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     origins: &Origins,
+    catalog: Vec<CatalogEntry>,
     runtime: &tokio::runtime::Runtime,
     metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<Services, RunError> {
@@ -461,6 +472,7 @@ fn start_services(
         Arc::clone(db),
         plan.layout.clone(),
         origins.sources.clone(),
+        catalog,
     ));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
@@ -506,7 +518,7 @@ fn start_services(
         let search = Arc::clone(&search);
         syncer.on_tree_change(Box::new(move |change| {
             if let Some(live) = search.get()
-                && let Err(e) = live.tree_changed(change.tree, change.catalog)
+                && let Err(e) = live.tree_changed(change.tree, change.catalog.values())
             {
                 tracing::warn!(error = %e, "could not update the search index");
             }

@@ -69,10 +69,10 @@ impl LiveSearch {
 
     /// Follows a tree change: only what changed is written, then committed.
     /// `catalog` is what `new_tree` was built from.
-    pub fn tree_changed(
+    pub fn tree_changed<'c>(
         &self,
         new_tree: &VirtualTree,
-        catalog: &[CatalogEntry],
+        catalog: impl IntoIterator<Item = &'c CatalogEntry>,
     ) -> Result<(), SearchError> {
         let new_docs = docs_from_tree(new_tree, catalog);
         let mut held = self.held.lock();

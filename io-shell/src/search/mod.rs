@@ -169,9 +169,12 @@ impl SearchDoc {
 /// One document per track of `tree`, with the tags its catalog entry has,
 /// sorted by virtual path. A track with several mirrors takes the tags of
 /// its first source, the one the tree was named from.
-pub fn docs_from_tree(tree: &VirtualTree, catalog: &[CatalogEntry]) -> Vec<SearchDoc> {
+pub fn docs_from_tree<'c>(
+    tree: &VirtualTree,
+    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+) -> Vec<SearchDoc> {
     let tags: HashMap<(OriginId, &OriginPath), &TrackTags> = catalog
-        .iter()
+        .into_iter()
         .filter_map(|e| match &e.kind {
             FileKind::Track(t) => Some(((e.source.origin, &e.source.path), t)),
             _ => None,

@@ -77,6 +77,8 @@ pub struct Db {
     meta: sled::Tree,
     /// Pinned origin files (`musicfs pin`), keyed like `catalog`.
     pins: sled::Tree,
+    /// Whole-catalog loads so far (a watcher's sync must cause none).
+    catalog_loads: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Db {
@@ -196,6 +198,7 @@ impl Db {
             chunks: tree("chunks")?,
             meta: tree("meta")?,
             pins: tree("pins")?,
+            catalog_loads: std::sync::atomic::AtomicU64::new(0),
             db,
         };
         db.check_schema(existed)?;
@@ -262,6 +265,8 @@ impl Db {
     /// damaged: a caller that sees any rescans before trusting the catalog
     /// (a damaged record is a track missing from the tree).
     pub fn load_catalog_counted(&self) -> Result<(Vec<CatalogEntry>, usize), StoreError> {
+        self.catalog_loads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out = Vec::new();
         let mut skipped = 0usize;
         for item in self.catalog.iter() {
@@ -278,6 +283,13 @@ impl Db {
             );
         }
         Ok((out, skipped))
+    }
+
+    /// How many times the whole catalog was loaded since the database was
+    /// opened.
+    pub fn catalog_loads(&self) -> u64 {
+        self.catalog_loads
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The catalog entries of `origin` at or under each of `paths` (a file,
