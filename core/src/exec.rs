@@ -284,8 +284,10 @@ struct FetchRun {
     end: u64,
     /// Requests in flight, by offset.
     in_flight: BTreeMap<u64, (OpId, u32)>,
-    /// Bytes that arrived ahead of the cutter, by offset.
-    arrived: BTreeMap<u64, Vec<u8>>,
+    /// Answers that arrived ahead of the cutter, by offset. A failed one
+    /// waits its turn too: the pieces before it are still cut and reported,
+    /// so a retry starts where this fetch got to.
+    arrived: BTreeMap<u64, Result<Vec<u8>, FetchError>>,
     /// The reading side ended (all bytes cut, or an error).
     ended: Option<Result<(), FetchError>>,
 }
@@ -874,16 +876,13 @@ impl Exec {
         if run.ended.is_some() {
             return;
         }
-        let outcome = match result {
-            Err(err) => Err(err),
+        let result = match result {
             // Shorter than the version's size: the file changed.
             Ok(data) if data.len() != len as usize => Err(FetchError::Changed),
-            Ok(data) => {
-                run.arrived.insert(offset, data);
-                self.cut_arrived(e, now, id)
-            }
+            other => other,
         };
-        if let Err(err) = outcome {
+        run.arrived.insert(offset, result);
+        if let Err(err) = self.cut_arrived(e, now, id) {
             self.end_fetch(id, Err(err));
         }
         self.ask_pieces(id);
@@ -898,16 +897,25 @@ impl Exec {
         // failed).
         let mut report = Vec::new();
         let mut complete = false;
+        let mut outcome = Ok(());
         while let Some(run) = self.fetches.get_mut(&id) {
             let at = run.cutter.next_offset();
-            let Some(data) = run.arrived.remove(&at) else {
-                break;
+            let data = match run.arrived.remove(&at) {
+                None => break,
+                Some(Ok(data)) => data,
+                Some(Err(err)) => {
+                    outcome = Err(err);
+                    break;
+                }
             };
             let last = at + data.len() as u64 == run.end;
-            let chunks = run
-                .cutter
-                .push(&data, last)
-                .map_err(|_| FetchError::Changed)?;
+            let chunks = match run.cutter.push(&data, last) {
+                Ok(chunks) => chunks,
+                Err(_) => {
+                    outcome = Err(FetchError::Changed);
+                    break;
+                }
+            };
             complete = run.cutter.is_done() || last;
             let store = run.fetch.store;
             for c in chunks {
@@ -942,7 +950,7 @@ impl Exec {
         if !report.is_empty() {
             self.report(e, now, id, &report);
         }
-        Ok(())
+        outcome
     }
 
     /// A chunk was cut: keep its bytes in memory for the reads about to

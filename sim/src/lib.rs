@@ -7,7 +7,7 @@
 //! `u64` seed: a seed replays exactly, and `--trace` prints every event.
 //!
 //! - [`world`]: the discrete-event loop, phases, crashes, rescans.
-//! - [`shell`]: the simulated io-shell, mirroring `io-shell/src/daemon.rs`.
+//! - [`shell`]: the simulated io-shell, mirroring `io-shell/src/exec/daemon.rs`.
 //! - [`net`], [`origin`]: turmoil hosts, the wire protocol, the library.
 //! - [`disk`]: chunk files and database with their durability rules.
 //! - [`client`]: players, seekers, bursts, walkers and the verifier.

@@ -119,9 +119,7 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
         );
         // Reads are answered before their chunks are durable: count the
         // store once the writes behind them are done.
-        assert!(musicfs_tests::wait_for(Duration::from_secs(30), || !d
-            .daemon
-            .writes_pending()));
+        d.flush_writes();
         let stored_before = cached_bytes(&cache);
         let fetched_before = d.daemon.inspect(|e| e.stats().fetched_bytes);
         retag(file);
@@ -132,9 +130,7 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
             d.read_all(&after_path, T).unwrap(),
             std::fs::read(file).unwrap()
         );
-        assert!(musicfs_tests::wait_for(Duration::from_secs(30), || !d
-            .daemon
-            .writes_pending()));
+        d.flush_writes();
         let new_bytes = cached_bytes(&cache) - stored_before;
         let fetched = d.daemon.inspect(|e| e.stats().fetched_bytes) - fetched_before;
         let new_size = std::fs::metadata(file).unwrap().len();

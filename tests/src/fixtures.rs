@@ -147,8 +147,24 @@ impl TestDaemon {
         Ok(out)
     }
 
-    /// Saves the engine's state to the database and flushes it.
+    /// Waits until every chunk already served from memory is written (as
+    /// the daemon's shutdown does): reads are answered before their chunks
+    /// are durable.
+    pub fn flush_writes(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.daemon.writes_pending() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "chunk writes still pending after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Writes the chunks already served, then saves the engine's state to
+    /// the database and flushes it (what a clean shutdown leaves).
     pub fn persist(&self) {
+        self.flush_writes();
         self.daemon.persist().expect("persist");
         self.db.flush().expect("flush");
     }
