@@ -89,6 +89,10 @@ pub struct ScanReport {
     /// The files of [`ScanReport::skipped_other`] left out for their name,
     /// by extension (`.nfo`, `(none)`); the rest were not regular files.
     pub skipped_by_ext: BTreeMap<String, usize>,
+    /// Paths the walk could not look into (a folder it could not read, with
+    /// `EMFILE`, `EACCES`, `EIO`...), relative to the root: a sync must not
+    /// take what is under them for gone.
+    pub unseen: Vec<OriginPath>,
     /// Problems with the tree rather than with a file's content: directories
     /// that cannot be read, files that vanished or dangling links. At most
     /// [`ScanOptions::max_errors`] messages, then one saying how many more.
@@ -331,6 +335,9 @@ fn walk(
                 // Listed relative to the root, like the entries.
                 let rel = path.strip_prefix(root).unwrap_or(path);
                 errors.push(format!("{}: {reason}", rel.display()));
+                report
+                    .unseen
+                    .push(OriginPath::new(rel.as_os_str().as_bytes().to_vec()));
                 continue;
             }
         };
@@ -608,28 +615,71 @@ impl ErrorList {
     }
 }
 
+/// What a listing of a local origin saw, and what it could not see.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// The files, by path.
+    pub files: Vec<Listed>,
+    /// Folders that could not be read and files that could not be
+    /// `stat`ed (for another reason than being gone), relative to the
+    /// root: unreachable is unhealthy, never empty, so a sync keeps what
+    /// the catalog has under them ([`Listing::keep_unseen`]).
+    pub unseen: Vec<OriginPath>,
+}
+
+impl Listing {
+    /// Whether `path` is, or is under, a path the listing could not see.
+    pub fn is_unseen(&self, path: &OriginPath) -> bool {
+        self.unseen.iter().any(|u| {
+            let (u, p) = (u.as_bytes(), path.as_bytes());
+            u.is_empty() || p == u || (p.starts_with(u) && p.get(u.len()) == Some(&b'/'))
+        })
+    }
+
+    /// Drops from `plan` the removals of files the listing could not see
+    /// (out of descriptors, a folder without permission, a disk error):
+    /// they are not gone, and the next sync looks again.
+    pub fn keep_unseen(&self, plan: &mut musicfs_core::sync::SyncPlan) {
+        if self.unseen.is_empty() {
+            return;
+        }
+        let before = plan.removed.len();
+        plan.removed.retain(|p| !self.is_unseen(p));
+        let kept = before - plan.removed.len();
+        if kept > 0 {
+            tracing::warn!(
+                kept,
+                unseen = self.unseen.len(),
+                "kept files the listing could not see; the next sync looks again"
+            );
+        }
+    }
+}
+
 /// Lists a local origin for a delta sync: every file the scanner would read,
 /// with its version from a `stat`, but no tags read. This is what makes a
 /// later mount's catch-up cheap: only files whose version changed are
 /// opened.
-pub fn list_local(root: &Path) -> io::Result<Vec<Listed>> {
+pub fn list_local(root: &Path) -> io::Result<Listing> {
     drop(std::fs::read_dir(root)?);
     let mut report = ScanReport::default();
     let mut errors = ErrorList::new(100);
     let work = walk(root, &mut report, &mut errors, &NoProgress);
-    let listed = stat_all(root, &work);
+    let (files, mut unseen) = stat_all(root, &work);
+    unseen.extend(report.unseen);
     // The origin went away while it was listed (unmounted, renamed): what
     // the walk missed is not gone from the origin, and a sync must not
     // remove it. Unreachable is unhealthy, never empty.
     drop(std::fs::read_dir(root)?);
-    Ok(listed)
+    Ok(Listing { files, unseen })
 }
 
 /// Lists what is now at `paths` (relative to `root`): a file is stat'ed, a
 /// directory walked (a folder moved in brings its files), a missing path
 /// contributes nothing (the plan removes what the catalog had under it).
-pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Vec<Listed> {
+pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Listing {
     let mut work = Vec::new();
+    let mut unseen = Vec::new();
     for rel in paths {
         if validate_rel(rel.as_bytes()).is_err()
             || rel.as_bytes().split(|&b| b == b'/').any(is_hidden)
@@ -641,13 +691,24 @@ pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Vec<Listed> {
             Ok(meta) if meta.is_dir() => {
                 let mut report = ScanReport::default();
                 let mut errors = ErrorList::new(100);
-                for mut w in walk(&full, &mut report, &mut errors, &NoProgress) {
+                let join = |sub: &[u8]| {
                     let mut joined = rel.as_bytes().to_vec();
-                    joined.push(b'/');
-                    joined.extend_from_slice(&w.rel);
-                    w.rel = joined.into();
+                    if !sub.is_empty() {
+                        joined.push(b'/');
+                        joined.extend_from_slice(sub);
+                    }
+                    joined
+                };
+                for mut w in walk(&full, &mut report, &mut errors, &NoProgress) {
+                    w.rel = join(&w.rel).into();
                     work.push(w);
                 }
+                unseen.extend(
+                    report
+                        .unseen
+                        .iter()
+                        .map(|u| OriginPath::new(join(u.as_bytes()))),
+                );
             }
             Ok(_) => {
                 if let Some(class) = catalog::classify_name(rel.file_name()) {
@@ -657,26 +718,36 @@ pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Vec<Listed> {
                     });
                 }
             }
-            Err(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(_) => unseen.push(rel.clone()),
         }
     }
-    stat_all(root, &work)
+    let (files, stat_unseen) = stat_all(root, &work);
+    unseen.extend(stat_unseen);
+    Listing { files, unseen }
 }
 
-fn stat_all(root: &Path, work: &[Work]) -> Vec<Listed> {
+/// `stat`s each file: the listed ones, and those that could not be looked
+/// at for another reason than being gone.
+fn stat_all(root: &Path, work: &[Work]) -> (Vec<Listed>, Vec<OriginPath>) {
+    let mut unseen = Vec::new();
     let mut out: Vec<Listed> = work
         .iter()
-        .filter_map(|w| {
-            let meta = beneath::stat(root, &w.rel).ok()?;
-            meta.is_file().then(|| Listed {
+        .filter_map(|w| match beneath::stat(root, &w.rel) {
+            Ok(meta) => meta.is_file().then(|| Listed {
                 path: OriginPath::new(&*w.rel),
                 version: file_version(&meta),
-            })
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(_) => {
+                unseen.push(OriginPath::new(&*w.rel));
+                None
+            }
         })
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
-    out
+    (out, unseen)
 }
 
 /// Reads the named files of a local origin (tags for audio), in parallel,
@@ -700,6 +771,47 @@ pub fn read_files(
         .into_iter()
         .filter_map(|o| o.entry)
         .collect()
+}
+
+#[cfg(test)]
+mod unseen_tests {
+    use super::*;
+    use musicfs_core::sync::SyncPlan;
+
+    fn p(s: &str) -> OriginPath {
+        OriginPath::new(s.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn removals_under_what_the_listing_could_not_see_are_kept() {
+        let listing = Listing {
+            files: Vec::new(),
+            unseen: vec![p("a"), p("c/file.flac")],
+        };
+        let mut plan = SyncPlan {
+            removed: vec![
+                p("a/x.flac"),
+                p("ab/y.flac"),
+                p("b.flac"),
+                p("c/file.flac"),
+                p("a"),
+            ],
+            ..SyncPlan::default()
+        };
+        listing.keep_unseen(&mut plan);
+        assert_eq!(plan.removed, vec![p("ab/y.flac"), p("b.flac")]);
+        // The root itself unseen: nothing is removed.
+        let all = Listing {
+            files: Vec::new(),
+            unseen: vec![p("")],
+        };
+        let mut plan = SyncPlan {
+            removed: vec![p("x.flac")],
+            ..SyncPlan::default()
+        };
+        all.keep_unseen(&mut plan);
+        assert!(plan.removed.is_empty());
+    }
 }
 
 #[cfg(test)]

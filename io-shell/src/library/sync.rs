@@ -272,11 +272,15 @@ impl Syncer {
                 for problem in problems.iter().take(20) {
                     tracing::warn!(%origin, %problem, "listing problem");
                 }
-                files
+                scan::Listing {
+                    files,
+                    unseen: Vec::new(),
+                }
             }
         };
         let catalog = self.db.load_catalog()?;
-        let plan = sync::plan_full(origin, &catalog, &listing);
+        let mut plan = sync::plan_full(origin, &catalog, &listing.files);
+        listing.keep_unseen(&mut plan);
         drop((catalog, listing));
         let report = self.run(origin, &source, plan);
         // A full sync held the whole catalog and listing for a moment.
@@ -298,7 +302,7 @@ impl Syncer {
         if !root.is_dir() {
             return Err(SyncError::Unreachable(root.clone()));
         }
-        let stats = scan::list_paths(root, paths);
+        let listing = scan::list_paths(root, paths);
         if !root.is_dir() {
             // Gone while listed: the paths it missed are not deleted.
             return Err(SyncError::Unreachable(root.clone()));
@@ -306,7 +310,8 @@ impl Syncer {
         // Only what is under the named paths: a watcher's sync of one
         // retagged file must not hold the whole catalog in memory.
         let catalog = self.db.catalog_under(origin, paths)?;
-        let plan = sync::plan_paths(origin, &catalog, paths, &stats);
+        let mut plan = sync::plan_paths(origin, &catalog, paths, &listing.files);
+        listing.keep_unseen(&mut plan);
         self.run(origin, &source, plan)
     }
 
