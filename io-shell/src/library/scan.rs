@@ -335,9 +335,11 @@ fn walk(
                 // Listed relative to the root, like the entries.
                 let rel = path.strip_prefix(root).unwrap_or(path);
                 errors.push(format!("{}: {reason}", rel.display()));
-                report
-                    .unseen
-                    .push(OriginPath::new(rel.as_os_str().as_bytes().to_vec()));
+                if err.io_error().is_some_and(could_not_look) {
+                    report
+                        .unseen
+                        .push(OriginPath::new(rel.as_os_str().as_bytes().to_vec()));
+                }
                 continue;
             }
         };
@@ -718,13 +720,36 @@ pub fn list_paths(root: &Path, paths: &BTreeSet<OriginPath>) -> Listing {
                     });
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(_) => unseen.push(rel.clone()),
+            Err(e) if could_not_look(&e) => unseen.push(rel.clone()),
+            Err(_) => {}
         }
     }
     let (files, stat_unseen) = stat_all(root, &work);
     unseen.extend(stat_unseen);
     Listing { files, unseen }
+}
+
+/// Whether an error says the listing could not look (out of descriptors or
+/// memory, a disk or network error, no permission), rather than that the
+/// path is gone or is not a file of the origin (`ENOENT`, `ENOTDIR`, a link
+/// out of the root refused with `EXDEV` or `ELOOP`).
+fn could_not_look(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(
+            libc::EMFILE
+                | libc::ENFILE
+                | libc::ENOMEM
+                | libc::EIO
+                | libc::EAGAIN
+                | libc::EINTR
+                | libc::EACCES
+                | libc::EPERM
+                | libc::ETIMEDOUT
+                | libc::ESTALE
+                | libc::ENOTCONN
+        )
+    )
 }
 
 /// `stat`s each file: the listed ones, and those that could not be looked
@@ -738,11 +763,13 @@ fn stat_all(root: &Path, work: &[Work]) -> (Vec<Listed>, Vec<OriginPath>) {
                 path: OriginPath::new(&*w.rel),
                 version: file_version(&meta),
             }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(_) => {
+            Err(e) if could_not_look(&e) => {
                 unseen.push(OriginPath::new(&*w.rel));
                 None
             }
+            // Gone, or no longer a file of the origin (a link swapped in
+            // that leads out of it: refused beneath the root).
+            Err(_) => None,
         })
         .collect();
     out.sort_by(|a, b| a.path.cmp(&b.path));
