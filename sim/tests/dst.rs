@@ -332,6 +332,12 @@ const REGRESSIONS: &[Regression] = &[
         "an eviction decided while one fetch's chunks were reported was carried \
          out after the next report had cached the chunk again",
     ),
+    (
+        5150,
+        None,
+        "a passthrough of a cache=off file's old version failed as changed after a \
+         sync had swapped in the new one, and the new version was marked failed (EIO)",
+    ),
 ];
 
 /// Runs [`REGRESSIONS`].

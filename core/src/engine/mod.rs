@@ -185,8 +185,9 @@ struct InService {
     timed_out: bool,
     /// Its file changed while it was in service: never planned again.
     stale: bool,
-    /// The origin file a `Passthrough` reads, to blame if it fails.
-    source: Option<SourceKey>,
+    /// The origin file (and version) a `Passthrough` reads, to blame if it
+    /// fails.
+    source: Option<SourceFile>,
 }
 
 #[derive(Clone, Debug)]
@@ -683,8 +684,17 @@ impl Engine {
         let Some(service) = self.in_service.remove(&req) else {
             return;
         };
-        if let Some(key) = &service.source {
+        if let Some(src) = &service.source {
+            let key = &key_of(src);
+            // A version the tree no longer shows (a sync swapped it while
+            // the read was out) changed, of course: that says nothing about
+            // the version shown now.
+            let shown = self
+                .tree
+                .file(service.read.ino)
+                .is_some_and(|f| f.sources.contains(src));
             match error {
+                FetchError::Changed | FetchError::NotFound if !shown => {}
                 FetchError::Changed | FetchError::NotFound => {
                     self.outputs
                         .push_back(Output::Notice(Notice::SourceChanged(key.clone())));
@@ -754,7 +764,7 @@ impl Engine {
                         pinned: Vec::new(),
                         timed_out: false,
                         stale: false,
-                        source: Some(key_of(&source)),
+                        source: Some(source.clone()),
                     },
                 );
                 self.outputs.push_back(Output::Passthrough {
