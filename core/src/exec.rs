@@ -71,8 +71,8 @@ impl ExecConfig {
             memory_bytes: 16 << 20,
             // Together with the memory cache, what a burst of cold reads may
             // hold at once beyond the daemon's idle figure (under 100 MB).
-            write_batch_bytes: 16 << 20,
-            write_queue_bytes: 32 << 20,
+            write_batch_bytes: 8 << 20,
+            write_queue_bytes: 16 << 20,
             origin_request_timeout: config.fetch_stall_timeout,
             check_timeout: config.health.check_timeout,
         }
@@ -432,21 +432,9 @@ impl Exec {
         self.parked.len()
     }
 
-    /// Chunks of each serve reading from disk.
-    pub fn serving(&self) -> impl Iterator<Item = (ReqId, impl Iterator<Item = ChunkId> + '_)> {
-        self.serving
-            .iter()
-            .map(|(r, s)| (*r, s.pieces.iter().map(|p| p.id)))
-    }
-
     /// Whether chunks wait for the disk or are being written or indexed.
     pub fn writes_pending(&self) -> bool {
         !self.write_queue.is_empty() || self.writing.is_some()
-    }
-
-    /// Whether a delete of `id` is under way or waiting.
-    pub fn deleting(&self, id: ChunkId) -> bool {
-        self.deleting.contains_key(&id) || self.deferred.contains(&id)
     }
 
     /// Whether `id` is queued, being written or being indexed.
