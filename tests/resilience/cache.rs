@@ -183,6 +183,7 @@ fn test_passthrough_mode_when_cache_disk_dead() {
         "back from passthrough"
     );
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
+    d.flush_writes(); // reads are answered before their chunks are written
     assert!(chunk_files(&lib.cache()).len() > before, "caching resumed");
 }
 
@@ -215,8 +216,10 @@ fn test_cas_put_handles_enospc() {
     let d = lib.daemon(store, &db_dir);
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
+    // The reads were answered from memory; the writes failing behind them
+    // switch to passthrough.
     assert!(
-        d.daemon.inspect(|e| e.in_passthrough()),
+        wait_for(T, || d.daemon.inspect(|e| e.in_passthrough())),
         "ENOSPC switched to passthrough"
     );
     // More room: the probe puts it back to normal.
@@ -235,7 +238,7 @@ fn a_read_only_cache_disk_is_passthrough_until_writable() {
     disk.remount_read_only();
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
-    assert!(d.daemon.inspect(|e| e.in_passthrough()));
+    assert!(wait_for(T, || d.daemon.inspect(|e| e.in_passthrough())));
     disk.remount("", false);
     assert!(wait_for(T, || !d.daemon.inspect(|e| e.in_passthrough())));
 }
