@@ -192,6 +192,30 @@ fn test_status_reports_origins_cache_and_tasks() {
     assert_eq!(doc["origins"][0]["health"], "healthy");
     assert!(doc["cache"]["bytes"].as_u64().unwrap() > 0);
     assert!(doc["cache"]["reads_served"].as_u64().unwrap() > 0);
+    // What the origin was asked: the song's bytes, once.
+    let size = std::fs::metadata(m.mountpoint.join(SONG)).unwrap().len();
+    assert!(
+        doc["origins"][0]["requests"].as_u64().unwrap() >= 1,
+        "{doc:#}"
+    );
+    assert!(
+        doc["origins"][0]["bytes_read"].as_u64().unwrap() >= size,
+        "{doc:#}"
+    );
+    // Read again: answered by the cache, the origin is asked nothing more.
+    let _ = std::fs::read(m.mountpoint.join(SONG)).unwrap();
+    let again: serde_json::Value = serde_json::from_str(&control_ok(
+        Path::new(BIN),
+        &["status", "--json"],
+        &m.mountpoint,
+    ))
+    .unwrap();
+    assert_eq!(
+        again["origins"][0]["requests"],
+        doc["origins"][0]["requests"]
+    );
+    let text = control_ok(Path::new(BIN), &["status"], &m.mountpoint);
+    assert!(text.contains(" requests, "), "{text}");
     let tasks: Vec<&str> = doc["tasks"]
         .as_array()
         .unwrap()

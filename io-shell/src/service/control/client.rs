@@ -211,11 +211,19 @@ pub fn render_status(doc: &Value) -> String {
             .as_str()
             .map(|e| format!(" ({e})"))
             .unwrap_or_default();
+        let asked = match (o["requests"].as_u64(), o["bytes_read"].as_u64()) {
+            (Some(n), Some(b)) => format!(
+                ", {n} requests, {:.1} MiB read",
+                b as f64 / (1 << 20) as f64
+            ),
+            _ => String::new(),
+        };
         out.push_str(&format!(
-            "    [{}] {:<10} {}{}\n",
+            "    [{}] {:<10} {}{}{}\n",
             o["id"],
             s(&o["health"]),
             s(&o["origin"]),
+            asked,
             err
         ));
     }

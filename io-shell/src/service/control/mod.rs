@@ -154,6 +154,15 @@ impl Control {
                 .collect()
         });
         doc["origins"] = origins_doc(&self.status.origins, &health);
+        // What each origin was asked: a scan through the mount that the
+        // cache answers costs its origin nothing, and this shows it.
+        if let Some(list) = doc["origins"].as_array_mut() {
+            let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            for (entry, o) in list.iter_mut().zip(&self.daemon.io_stats.origins) {
+                entry["requests"] = json!(load(&o.requests) + load(&o.passthrough_reads));
+                entry["bytes_read"] = json!(load(&o.fetched_bytes) + load(&o.passthrough_bytes));
+            }
+        }
         doc["cache"] = self.daemon.inspect(|e| {
             let s = e.stats();
             let answered = s.reads_served + s.reads_passthrough;
