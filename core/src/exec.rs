@@ -1057,7 +1057,12 @@ impl Exec {
             .collect();
         let durable = batch.len() - failed.len();
         for (q, _) in &batch {
-            dec(&mut self.storing, q.extent.id);
+            if let Some((n, _)) = self.storing.get_mut(&q.extent.id) {
+                *n -= 1;
+                if *n == 0 {
+                    self.storing.remove(&q.extent.id);
+                }
+            }
         }
         self.observe(|| Observed::Durable {
             chunks: durable,
@@ -1094,33 +1099,12 @@ fn slices_of(pieces: &[Piece], have: &BTreeMap<ChunkId, Arc<[u8]>>) -> Vec<Slice
         .collect()
 }
 
-fn dec<V>(counts: &mut BTreeMap<ChunkId, V>, id: ChunkId)
-where
-    V: Counted,
-{
-    if let Some(n) = counts.get_mut(&id)
-        && n.decrement()
-    {
-        counts.remove(&id);
-    }
-}
-
-/// A map value with a count of holders.
-trait Counted {
-    /// Drops one holder; true when none is left.
-    fn decrement(&mut self) -> bool;
-}
-
-impl Counted for u32 {
-    fn decrement(&mut self) -> bool {
-        *self = self.saturating_sub(1);
-        *self == 0
-    }
-}
-
-impl Counted for (u32, Arc<[u8]>) {
-    fn decrement(&mut self) -> bool {
-        self.0 = self.0.saturating_sub(1);
-        self.0 == 0
+/// Drops one holder of `id` in a map of holder counts.
+fn dec(counts: &mut BTreeMap<ChunkId, u32>, id: ChunkId) {
+    if let Some(n) = counts.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&id);
+        }
     }
 }

@@ -142,18 +142,6 @@ impl Daemon {
         db: Arc<Db>,
     ) -> Arc<Daemon> {
         let exec = Exec::new(ExecConfig::for_engine(engine.config()));
-        Daemon::with_executor(engine, exec, rt, origins, store, db)
-    }
-
-    /// A daemon whose executor has the given limits.
-    pub fn with_executor(
-        engine: Engine,
-        exec: Exec,
-        rt: Handle,
-        origins: Vec<Arc<dyn Origin>>,
-        store: Arc<dyn ChunkBackend>,
-        db: Arc<Db>,
-    ) -> Arc<Daemon> {
         let origins_len = origins.len();
         let tree = RwLock::new(engine.tree_snapshot());
         let tree_epoch = AtomicU64::new(engine.tree_epoch());
