@@ -815,7 +815,12 @@ impl Exec {
         if run.ended.is_some() || (queue_full && run.fetch.store) {
             return;
         }
-        while run.in_flight.len() < self.config.pieces_in_flight && run.next_piece < run.end {
+        let most = if run.fetch.after_failure {
+            1
+        } else {
+            self.config.pieces_in_flight
+        };
+        while run.in_flight.len() < most && run.next_piece < run.end {
             let offset = run.next_piece;
             let len = (run.end - offset).min(u64::from(self.config.piece_bytes)) as u32;
             run.next_piece += u64::from(len);

@@ -972,6 +972,7 @@ impl Engine {
             start: offset,
             plan: FetchPlan::Verify { extents },
             store: true,
+            after_failure: self.backoff.contains_key(&key),
         };
         self.start_fetch(now, fetch);
         pos
@@ -1018,6 +1019,7 @@ impl Engine {
             start,
             plan: FetchPlan::Chunk { soft_end, hard_end },
             store: true,
+            after_failure: self.backoff.contains_key(&key),
         };
         let claim_end = fetch.read_end();
         self.start_fetch(now, fetch);

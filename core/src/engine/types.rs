@@ -70,6 +70,11 @@ pub struct Fetch {
     pub plan: FetchPlan,
     /// Whether to store the chunks (false while the cache disk is failing).
     pub store: bool,
+    /// The last fetch of this file failed without progress: ask the origin
+    /// one piece at a time, so a failing piece cannot take the pieces
+    /// after it down with it again and again (an origin that fails every
+    /// third request would otherwise fail the first piece of every retry).
+    pub after_failure: bool,
 }
 
 impl Fetch {
