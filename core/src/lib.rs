@@ -42,6 +42,6 @@ pub use catalog::{CatalogEntry, FileKind, SourceFile};
 pub use chunk::{ChunkId, Chunker};
 pub use ids::{Ino, OriginId, OriginPath};
 pub use layout::{Layout, LayoutError, TrackView};
-pub use manifest::{Extent, FileVersion, Manifest};
+pub use manifest::{Extent, FileVersion, Kept, Manifest};
 pub use tags::TrackTags;
 pub use time::Time;

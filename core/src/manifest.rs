@@ -40,12 +40,27 @@ pub enum ExtentError {
     Overlaps,
 }
 
+/// The part of a file a tag scan kept: its first `head` bytes and its last
+/// `tail` bytes, where tags, cover art and the headers players and media
+/// servers look at live. Chunks there are evicted last.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Kept {
+    /// Bytes from the start of the file.
+    pub head: u64,
+    /// Bytes up to the end of the file.
+    pub tail: u64,
+}
+
 /// The chunk map of one version of one file.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
     /// The version these extents were cut from.
     pub version: FileVersion,
     extents: BTreeMap<u64, Extent>,
+    /// What a tag scan kept of this version (manifests saved before there
+    /// was such a thing read as nothing kept).
+    #[serde(default)]
+    kept: Kept,
 }
 
 impl Manifest {
@@ -54,7 +69,41 @@ impl Manifest {
         Manifest {
             version,
             extents: BTreeMap::new(),
+            kept: Kept::default(),
         }
+    }
+
+    /// What a tag scan kept of this version.
+    pub fn kept(&self) -> Kept {
+        self.kept
+    }
+
+    /// Records what a tag scan kept (widening what was kept before; both
+    /// ends are clamped to the file).
+    pub fn keep(&mut self, kept: Kept) {
+        let size = self.size();
+        self.kept.head = self.kept.head.max(kept.head).min(size);
+        self.kept.tail = self.kept.tail.max(kept.tail).min(size);
+    }
+
+    /// Whether the extent at `offset` of `len` bytes lies in the kept head
+    /// or tail (touching either is enough: its chunk holds kept bytes).
+    pub fn is_kept(&self, offset: u64, len: u32) -> bool {
+        let end = offset.saturating_add(u64::from(len));
+        offset < self.kept.head || end > self.size().saturating_sub(self.kept.tail)
+    }
+
+    /// The extents holding kept bytes (see [`Manifest::is_kept`]).
+    pub fn kept_extents(&self) -> impl Iterator<Item = (u64, Extent)> + '_ {
+        let head = self.kept.head;
+        let tail_start = self.size().saturating_sub(self.kept.tail);
+        let heads = self.extents.range(..head).map(|(&o, &e)| (o, e));
+        let tails = (self.kept.tail > 0)
+            .then(|| self.overlapping(tail_start.max(head)..self.size()))
+            .into_iter()
+            .flatten()
+            .filter(move |(o, _)| *o >= head);
+        heads.chain(tails)
     }
 
     /// The file's size.
@@ -140,6 +189,7 @@ impl Manifest {
     pub fn reset(&mut self, version: FileVersion) {
         self.version = version;
         self.extents.clear();
+        self.kept = Kept::default();
     }
 }
 
@@ -184,5 +234,50 @@ mod tests {
         m.insert(20, ext(20)).unwrap();
         m.insert(60, ext(40)).unwrap();
         assert!(m.is_complete());
+    }
+
+    #[test]
+    fn kept_head_and_tail() {
+        let mut m = manifest(100);
+        for (o, l) in [(0, 10), (10, 10), (20, 40), (60, 30), (90, 10)] {
+            m.insert(o, ext(l)).unwrap();
+        }
+        assert_eq!(m.kept_extents().count(), 0, "nothing kept yet");
+        m.keep(Kept { head: 15, tail: 5 });
+        let kept: Vec<u64> = m.kept_extents().map(|(o, _)| o).collect();
+        assert_eq!(kept, vec![0, 10, 90]);
+        assert!(m.is_kept(10, 10) && m.is_kept(90, 10) && !m.is_kept(20, 40));
+        // Widening only; clamped to the file.
+        m.keep(Kept { head: 5, tail: 500 });
+        assert_eq!(
+            m.kept(),
+            Kept {
+                head: 15,
+                tail: 100
+            }
+        );
+        assert_eq!(m.kept_extents().count(), 5, "each extent once");
+        m.reset(m.version.clone());
+        assert_eq!(m.kept(), Kept::default());
+    }
+
+    #[test]
+    fn a_manifest_saved_before_kept_existed_still_reads() {
+        #[derive(Serialize)]
+        struct Old {
+            version: FileVersion,
+            extents: BTreeMap<u64, Extent>,
+        }
+        let old = Old {
+            version: FileVersion {
+                size: 10,
+                ..Default::default()
+            },
+            extents: [(0, ext(10))].into_iter().collect(),
+        };
+        let bytes = rmp_serde::to_vec(&old).unwrap();
+        let m: Manifest = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.kept(), Kept::default());
     }
 }

@@ -560,3 +560,162 @@ mod failpoints {
         s.check_all(&m);
     }
 }
+
+/// Makes one track per format, two minutes long, each with 300 kB of
+/// embedded art (a FLAC picture block, an ID3v2 APIC frame, an MP4 `covr`
+/// atom with `moov` at the end, an Ogg METADATA_BLOCK_PICTURE comment).
+const MAKE_TAGGED: &str = r#"
+import base64, os, random, subprocess, sys
+from mutagen.flac import FLAC, Picture
+from mutagen.id3 import APIC, ID3, TIT2, TPE1, TALB, TRCK
+from mutagen.mp4 import MP4, MP4Cover
+from mutagen.oggvorbis import OggVorbis
+from mutagen.oggopus import OggOpus
+out = sys.argv[1]
+codecs = {"flac": ["-c:a", "flac"], "mp3": ["-c:a", "libmp3lame", "-b:a", "128k"],
+          "ogg": ["-c:a", "libvorbis", "-q:a", "3"], "opus": ["-c:a", "libopus", "-b:a", "64k"],
+          "m4a": ["-c:a", "aac", "-b:a", "128k"]}
+for i, ext in enumerate(codecs):
+    path = os.path.join(out, f"t{i}.{ext}")
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    f"sine=frequency={300 + 40 * i}:duration=120", "-f", "lavfi", "-i",
+                    f"anoisesrc=amplitude=0.01:seed={i}:duration=120", "-filter_complex",
+                    "[0][1]amix=inputs=2", *codecs[ext], path], check=True)
+    rng = random.Random(i)
+    art = b"\x89PNG\r\n\x1a\n" + bytes(rng.randrange(256) for _ in range(300_000))
+    title, artist, album = f"Song {i}", "Kept Band", "Kept Album"
+    if ext == "mp3":
+        tags = ID3()
+        tags.add(TIT2(encoding=3, text=title)); tags.add(TPE1(encoding=3, text=artist))
+        tags.add(TALB(encoding=3, text=album)); tags.add(TRCK(encoding=3, text=str(i + 1)))
+        tags.add(APIC(encoding=3, mime="image/png", type=3, desc="front", data=art))
+        tags.save(path)
+        continue
+    f = {"flac": FLAC, "m4a": MP4, "ogg": OggVorbis, "opus": OggOpus}[ext](path)
+    pic = Picture(); pic.type = 3; pic.mime = "image/png"; pic.data = art
+    if ext == "m4a":
+        f["\xa9nam"] = title; f["\xa9ART"] = artist; f["\xa9alb"] = album; f["trkn"] = [(i + 1, 0)]
+        f["covr"] = [MP4Cover(art, imageformat=MP4Cover.FORMAT_PNG)]
+    else:
+        f["title"] = title; f["artist"] = artist; f["album"] = album; f["tracknumber"] = str(i + 1)
+        if ext == "flac":
+            f.add_picture(pic)
+        else:
+            f["metadata_block_picture"] = [base64.b64encode(pic.write()).decode()]
+    f.save()
+"#;
+
+/// Prints, per file, what a tag reader sees: every tag, the duration, and
+/// the SHA-256 of each embedded picture (one JSON line each, sorted).
+const READ_TAGS: &str = r#"
+import base64, hashlib, json, sys
+import mutagen
+from mutagen.flac import Picture
+lines = []
+for path in sys.argv[1:]:
+    f = mutagen.File(path)
+    if f is None:
+        sys.exit(f"not audio: {path}")
+    pics, tags = [], {}
+    for p in getattr(f, "pictures", []):
+        pics.append(p.data)
+    for key, value in (f.tags or {}).items():
+        if key.startswith("APIC"):
+            pics.append(value.data)
+        elif key == "covr":
+            pics.extend(bytes(c) for c in value)
+        elif key == "metadata_block_picture":
+            pics.extend(Picture(base64.b64decode(v)).data for v in value)
+        else:
+            tags[key] = str(value)
+    lines.append(json.dumps({"tags": tags, "seconds": round(f.info.length, 2),
+                             "pictures": sorted(hashlib.sha256(p).hexdigest() for p in pics)},
+                            sort_keys=True))
+print("\n".join(sorted(lines)))
+"#;
+
+fn python(script: &str, args: &[&Path]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs (scripts/install-deps installs it with mutagen)");
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn origin_requests(m: &Mounted) -> u64 {
+    let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    doc["origins"][0]["requests"].as_u64().unwrap()
+}
+
+#[test]
+fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    python(MAKE_TAGGED, &[&lib]);
+    let originals = files_under(&lib);
+    assert_eq!(originals.len(), 5, "one track per format");
+    let want = python(
+        READ_TAGS,
+        &originals
+            .iter()
+            .map(|p| lib.join(p))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(PathBuf::as_path)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(want.matches("\"pictures\": [\"").count(), 5, "{want}");
+    let library_bytes = bytes_under(&lib);
+
+    let command =
+        || MountCommand::in_dir(Path::new(BIN), dir.path()).args(["--read-timeout", "5s"]);
+    let m = command().start(UP);
+    let tracks: Vec<PathBuf> = files_under(&m.mountpoint)
+        .into_iter()
+        .map(|p| m.mountpoint.join(p))
+        .collect();
+    assert_eq!(tracks.len(), 5, "{tracks:?}");
+    // What a media server reads to scan a file: its first 128 KiB and its
+    // last 4 KiB. The first scan read them already: the origin is asked
+    // for nothing.
+    for t in &tracks {
+        let mut f = std::fs::File::open(t).unwrap();
+        let mut head = vec![0; 128 * 1024];
+        std::io::Read::read_exact(&mut f, &mut head).unwrap();
+        let len = f.metadata().unwrap().len();
+        let mut tail = vec![0; 4096];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut tail, len - 4096).unwrap();
+    }
+    assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
+    // Only heads and tails are kept, not whole files.
+    let cached = bytes_under(&dir.path().join("cache/chunks"));
+    assert!(
+        cached < library_bytes / 3,
+        "{cached} bytes cached of a {library_bytes}-byte library"
+    );
+
+    // The origin goes away: a tag reader still sees every tag, duration
+    // and picture, and still asks the origin nothing.
+    std::fs::rename(&lib, dir.path().join("gone")).unwrap();
+    let refs: Vec<&Path> = tracks.iter().map(PathBuf::as_path).collect();
+    assert_eq!(python(READ_TAGS, &refs), want, "{}", m.log_text());
+    assert_eq!(origin_requests(&m), 0);
+    assert!(m.stop().success());
+
+    // After a restart (the origin back), the kept bytes are still there:
+    // the tag reader is answered and the origin is asked nothing.
+    std::fs::rename(dir.path().join("gone"), &lib).unwrap();
+    let m = command().start(UP);
+    assert_eq!(python(READ_TAGS, &refs), want, "{}", m.log_text());
+    assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
+    assert!(m.stop().success());
+}

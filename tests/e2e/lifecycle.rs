@@ -192,16 +192,15 @@ fn test_status_reports_origins_cache_and_tasks() {
     assert_eq!(doc["origins"][0]["health"], "healthy");
     assert!(doc["cache"]["bytes"].as_u64().unwrap() > 0);
     assert!(doc["cache"]["reads_served"].as_u64().unwrap() > 0);
-    // What the origin was asked: the song's bytes, once.
+    // What the origin was asked: the song's bytes, once, but for the head
+    // and tail the first scan read and kept (well under 1 MiB of 4 MiB).
     let size = std::fs::metadata(m.mountpoint.join(SONG)).unwrap().len();
     assert!(
         doc["origins"][0]["requests"].as_u64().unwrap() >= 1,
         "{doc:#}"
     );
-    assert!(
-        doc["origins"][0]["bytes_read"].as_u64().unwrap() >= size,
-        "{doc:#}"
-    );
+    let read = doc["origins"][0]["bytes_read"].as_u64().unwrap();
+    assert!(read < size && read > size - (1 << 20), "{doc:#}");
     // Read again: answered by the cache, the origin is asked nothing more.
     let _ = std::fs::read(m.mountpoint.join(SONG)).unwrap();
     let again: serde_json::Value = serde_json::from_str(&control_ok(

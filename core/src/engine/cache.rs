@@ -189,15 +189,21 @@ impl ChunkCache {
 
     /// Picks least-recently-used chunks, neither pinned by a reply nor
     /// `held` (chunks of files the user pinned), until the cache would be
-    /// at or below the stop watermark, and forgets them. The caller deletes
-    /// their files.
-    pub fn evict(&mut self, held: impl Fn(ChunkId) -> bool) -> Vec<ChunkId> {
+    /// at or below the stop watermark, and forgets them. Chunks for which
+    /// `last` holds (the tags a scan kept) go only once every other
+    /// candidate has gone. The caller deletes their files.
+    pub fn evict(
+        &mut self,
+        held: impl Fn(ChunkId) -> bool,
+        last: impl Fn(ChunkId) -> bool,
+    ) -> Vec<ChunkId> {
         if !self.over_start_watermark() {
             return Vec::new();
         }
         let target = self.capacity_bytes.saturating_mul(self.evict_stop_pct) / 100;
         let mut victims = Vec::new();
         let mut remaining = self.bytes;
+        let mut deferred = Vec::new();
         for &(_, id) in &self.lru {
             if remaining <= target {
                 break;
@@ -205,10 +211,22 @@ impl ChunkCache {
             let Some(meta) = self.chunks.get(&id) else {
                 continue;
             };
-            if meta.pins == 0 && !held(id) {
-                remaining -= u64::from(meta.len);
-                victims.push(id);
+            if meta.pins > 0 || held(id) {
+                continue;
             }
+            if last(id) {
+                deferred.push((id, meta.len));
+                continue;
+            }
+            remaining -= u64::from(meta.len);
+            victims.push(id);
+        }
+        for (id, len) in deferred {
+            if remaining <= target {
+                break;
+            }
+            remaining -= u64::from(len);
+            victims.push(id);
         }
         for &id in &victims {
             self.remove(id);
@@ -248,14 +266,14 @@ mod tests {
         }
         assert_eq!(c.bytes(), 900);
         assert!(
-            c.evict(|_| false).is_empty(),
+            c.evict(|_| false, |_| false).is_empty(),
             "at 90% nothing is evicted yet"
         );
         c.pin(id(0));
         c.touch(id(1)); // 1 becomes the youngest
         c.insert(id(9), 100);
         assert!(c.over_start_watermark());
-        let victims = c.evict(|_| false);
+        let victims = c.evict(|_| false, |_| false);
         // Down to 80%: two chunks go, the oldest unpinned ones: 2 and 3.
         assert_eq!(victims, vec![id(2), id(3)]);
         assert_eq!(c.bytes(), 800);
@@ -265,13 +283,37 @@ mod tests {
     }
 
     #[test]
+    fn kept_chunks_go_last() {
+        let mut c = ChunkCache::new(1000, 90, 50);
+        for n in 0..10 {
+            c.insert(id(n), 100);
+        }
+        // 0..4 are kept tags, and the oldest: the others go first.
+        let kept = |i: ChunkId| i.0 < 4;
+        assert_eq!(
+            c.evict(|_| false, kept),
+            vec![id(4), id(5), id(6), id(7), id(8)]
+        );
+        // Only kept chunks left to take: the oldest of them go.
+        for n in 10..15 {
+            c.insert(id(n), 100);
+        }
+        c.pin(id(10));
+        assert_eq!(
+            c.evict(|i| i == id(11), kept),
+            vec![id(9), id(12), id(13), id(14), id(0)]
+        );
+        assert!(c.contains(id(10)) && c.contains(id(11)));
+    }
+
+    #[test]
     fn reloaded_entries_keep_their_order() {
         let mut c = ChunkCache::new(300, 50, 0);
         c.load(id(7), 100, 5);
         c.load(id(8), 100, 3);
         c.insert(id(9), 100);
         assert_eq!(c.get(id(9)).map(|m| m.last_access), Some(6));
-        assert_eq!(c.evict(|_| false), vec![id(8), id(7), id(9)]);
+        assert_eq!(c.evict(|_| false, |_| false), vec![id(8), id(7), id(9)]);
         assert_eq!(c.bytes(), 0);
     }
 }

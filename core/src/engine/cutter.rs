@@ -31,6 +31,25 @@ impl CutChunk {
     }
 }
 
+/// Cuts `data`, the bytes of a file from `offset`, into chunks exactly as
+/// a fetch of that range would: content-defined cuts, the last one forced
+/// at the end of the range. A tag scan keeps what it read this way.
+pub fn cut_run(offset: u64, data: &[u8]) -> Vec<CutChunk> {
+    let chunker = Chunker::new();
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    for len in chunker.cut_all(data) {
+        let bytes = data[pos..pos + len].to_vec();
+        out.push(CutChunk {
+            offset: offset + pos as u64,
+            id: ChunkId::of(&bytes),
+            data: bytes,
+        });
+        pos += len;
+    }
+    out
+}
+
 /// Why the stream does not fit the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CutError {
@@ -159,5 +178,57 @@ impl Cutter {
         };
         self.pos += len as u64;
         chunk
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::SourceFile;
+    use crate::engine::FetchId;
+    use crate::ids::{OriginId, OriginPath};
+    use crate::manifest::FileVersion;
+
+    #[test]
+    fn a_run_cuts_as_a_fetch_of_that_range() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let data: Vec<u8> = (0..700_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let (start, end) = (10_000u64, 600_000u64);
+        let fetch = Fetch {
+            id: FetchId(1),
+            source: SourceFile {
+                origin: OriginId(0),
+                path: OriginPath::new(b"a.flac".to_vec()),
+                version: FileVersion {
+                    size: data.len() as u64,
+                    ..Default::default()
+                },
+            },
+            start,
+            plan: FetchPlan::Chunk {
+                soft_end: end,
+                hard_end: end,
+            },
+            store: true,
+            after_failure: false,
+        };
+        let mut cutter = Cutter::new(&fetch);
+        let by_fetch = cutter
+            .push(&data[start as usize..end as usize], true)
+            .unwrap();
+        let by_run = cut_run(start, &data[start as usize..end as usize]);
+        assert!(by_run.len() > 3);
+        assert_eq!(by_fetch, by_run);
+        assert_eq!(
+            by_run.last().map(|c| c.offset + c.data.len() as u64),
+            Some(end)
+        );
     }
 }

@@ -16,7 +16,7 @@ mod pins;
 mod types;
 
 pub use cache::{ChunkCache, ChunkMeta};
-pub use cutter::{CutChunk, CutError, Cutter};
+pub use cutter::{CutChunk, CutError, Cutter, cut_run};
 pub use health::{CheckId, Health, HealthConfig, HealthTable, OriginStatus};
 pub use pins::{Cached, Pin, PinRefused, PinReport, PinnedFile};
 pub use types::*;
@@ -749,7 +749,7 @@ impl Engine {
                     },
                 );
                 self.outputs.push_back(Output::Serve { req, pieces });
-                if read.offset < read.end {
+                if read.offset < read.end && !self.in_kept_region(&read) {
                     self.prefetch(now, read.ino, read.end);
                 }
             }
@@ -1066,6 +1066,24 @@ impl Engine {
         {
             self.ensure_fetching(now, ino, &src, from, to);
         }
+    }
+
+    /// Whether `read` lies in what a tag scan kept of its file (its head
+    /// or its tail). Such reads fetch nothing ahead: a media server's tag
+    /// scan, and the kernel's read-ahead behind it, stay there, and asking
+    /// the origin for more would cost a request nobody needs. A player
+    /// that reads on past the kept head gets its read-ahead from there.
+    fn in_kept_region(&self, read: &Read) -> bool {
+        let Some(file) = self.tree.file(read.ino) else {
+            return false;
+        };
+        file.sources.iter().any(|s| {
+            self.manifests.get(&key_of(s)).is_some_and(|m| {
+                let kept = m.kept();
+                m.version == s.version
+                    && (read.end <= kept.head || read.offset >= m.size() - kept.tail)
+            })
+        })
     }
 
     /// Grows the read-ahead window of sequential readers, resets it on seeks.
@@ -1412,7 +1430,10 @@ impl Engine {
         } else {
             self.held_chunks()
         };
-        let victims = self.cache.evict(|id| held.contains(&id));
+        let kept = self.kept_chunks();
+        let victims = self
+            .cache
+            .evict(|id| held.contains(&id), |id| kept.contains(&id));
         if !victims.is_empty() {
             self.stats.chunks_evicted += victims.len() as u64;
             self.outputs.push_back(Output::Evict(victims));
@@ -1467,6 +1488,14 @@ impl Engine {
             self.manifests.remove(&key);
             self.dirty_manifests.insert(key);
         }
+    }
+
+    /// Chunks holding bytes a tag scan kept: evicted last.
+    fn kept_chunks(&self) -> BTreeSet<ChunkId> {
+        self.manifests
+            .values()
+            .flat_map(|m| m.kept_extents().map(|(_, e)| e.id))
+            .collect()
     }
 
     /// Changes whenever what is cached, or the tree, changes: a view of

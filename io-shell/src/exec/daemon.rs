@@ -260,6 +260,7 @@ impl Daemon {
                 timeout,
                 purpose,
             } => {
+                tracing::trace!(source = %source.path, offset, len, ?purpose, "origin read");
                 let d = Arc::clone(self);
                 // Under the lock, so the task cannot remove its handle
                 // before it is there.

@@ -371,6 +371,7 @@ impl Filesystem for MusicFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        tracing::trace!(ino = ino.0, offset, size, "read");
         self.daemon
             .read(tree_ino(ino.0).0, offset, size, Box::new(reply));
     }

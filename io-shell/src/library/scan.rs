@@ -28,6 +28,7 @@
 //! Paths are kept as raw bytes (`/`-separated, relative to the root), so file
 //! names that are not UTF-8 survive untouched.
 
+use crate::library::keep::{self, KeptBytes, TagKeeper};
 use crate::library::tags;
 use crate::origin::beneath::{self, Purpose};
 use crate::origin::path::file_version;
@@ -40,7 +41,9 @@ use std::ffi::OsStr;
 use std::io;
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -57,6 +60,9 @@ pub struct ScanOptions {
     /// unreadable directory per album would otherwise fill memory and logs
     /// with the same message; the count of the rest is still reported.
     pub max_errors: usize,
+    /// Where the bytes the tag parser read are kept (the first scan of a
+    /// cached origin, before any engine runs), if anywhere.
+    pub keep: Option<Arc<TagKeeper>>,
 }
 
 impl Default for ScanOptions {
@@ -64,6 +70,7 @@ impl Default for ScanOptions {
         ScanOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_errors: 1000,
+            keep: None,
         }
     }
 }
@@ -159,7 +166,7 @@ pub fn scan_file(origin: OriginId, root: &Path, rel: &[u8]) -> io::Result<Option
         Some(class) => class,
         None => return Ok(None),
     };
-    read_one(origin, root, rel, class).map(|o| o.entry)
+    read_one(origin, root, rel, class, None).map(|o| o.entry)
 }
 
 /// Scans a local origin: walks `root`, reads every audio file's tags in
@@ -201,7 +208,14 @@ fn scan_local_inner(
     let mut errors = ErrorList::new(opts.max_errors);
     let work = walk(root, &mut report, &mut errors, progress);
 
-    let outcomes = read_all(origin, root, &work, opts.threads.max(1), progress);
+    let outcomes = read_all(
+        origin,
+        root,
+        &work,
+        opts.threads.max(1),
+        opts.keep.as_deref(),
+        progress,
+    );
     let mut entries = Vec::with_capacity(outcomes.len());
     for outcome in outcomes {
         if let Some(message) = outcome.error {
@@ -397,6 +411,7 @@ fn read_all(
     root: &Path,
     work: &[Work],
     threads: usize,
+    keep: Option<&TagKeeper>,
     progress: &dyn ScanProgress,
 ) -> Vec<Outcome> {
     let next = AtomicUsize::new(0);
@@ -410,7 +425,7 @@ fn read_all(
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(item) = work.get(i) else { break };
-                    let outcome = match read_one(origin, root, &item.rel, item.class) {
+                    let outcome = match read_one(origin, root, &item.rel, item.class, keep) {
                         Ok(outcome) => outcome,
                         Err(err) => {
                             let rel = Path::new(OsStr::from_bytes(&item.rel));
@@ -454,7 +469,13 @@ fn read_all(
 /// Opens, stats and (for audio) parses one file: one `open`, one `fstat`,
 /// so the recorded version is the one of the bytes that were parsed, even if
 /// the file is replaced mid-scan.
-fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::Result<Outcome> {
+fn read_one(
+    origin: OriginId,
+    root: &Path,
+    rel: &[u8],
+    class: NameClass,
+    keep: Option<&TagKeeper>,
+) -> io::Result<Outcome> {
     let path: PathBuf = root.join(OsStr::from_bytes(rel));
     let source = |version| SourceFile {
         origin,
@@ -529,7 +550,31 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
                 return Ok(skipped);
             }
             let ext = OriginPath::new(rel).extension_lower();
-            let kind = match tags::read_tags_file(&file, meta.len(), &ext) {
+            let version = file_version(&meta);
+            let parsed = match keep.filter(|k| k.wants_more()) {
+                Some(keeper) => {
+                    let (parsed, trace) = tags::read_tags_file_touched(
+                        &file,
+                        meta.len(),
+                        &ext,
+                        keep::KEEP_HEAD_BYTES as usize,
+                    );
+                    if parsed.is_ok() {
+                        match read_kept(&file, &ext, source(version.clone()), trace) {
+                            Ok(Some(kept)) => keeper.keep(kept),
+                            Ok(None) => {}
+                            Err(e) => tracing::debug!(
+                                path = %path.display(),
+                                error = %e,
+                                "tag bytes not kept"
+                            ),
+                        }
+                    }
+                    parsed
+                }
+                None => tags::read_tags_file(&file, meta.len(), &ext),
+            };
+            let kind = match parsed {
                 Ok(tags) => FileKind::Track(tags),
                 Err(err) => {
                     let reason = err.to_string();
@@ -537,9 +582,42 @@ fn read_one(origin: OriginId, root: &Path, rel: &[u8], class: NameClass) -> io::
                     FileKind::Unreadable(reason)
                 }
             };
-            Ok(entry(source(file_version(&meta)), kind))
+            Ok(entry(source(version), kind))
         }
     }
+}
+
+/// Reads what a scan keeps of a file (its head and tail, see
+/// `library::keep`), reusing the head the parser read. `None` if the file
+/// changed while it was read: bytes of another version are never kept.
+fn read_kept(
+    file: &std::fs::File,
+    ext: &str,
+    source: SourceFile,
+    trace: tags::ReadTrace,
+) -> io::Result<Option<KeptBytes>> {
+    let size = source.version.size;
+    let region = keep::kept_region(size, keep::tail_bytes(ext), &trace.touched);
+    let mut head = trace.head;
+    let have = head.len();
+    let head_len = usize::try_from(region.head).map_err(io::Error::other)?;
+    if head_len < have {
+        head.truncate(head_len);
+    } else if head_len > have {
+        head.resize(head_len, 0);
+        file.read_exact_at(&mut head[have..], have as u64)?;
+    }
+    let mut tail = vec![0; usize::try_from(size - region.tail).map_err(io::Error::other)?];
+    file.read_exact_at(&mut tail, region.tail)?;
+    if file_version(&file.metadata()?) != source.version {
+        return Ok(None);
+    }
+    Ok(Some(KeptBytes {
+        source,
+        head,
+        tail_at: region.tail,
+        tail,
+    }))
 }
 
 /// Why a playlist is left out (the catalog lists it unreadable with this
@@ -794,7 +872,7 @@ pub fn read_files(
             })
         })
         .collect();
-    read_all(origin, root, &work, threads, &NoProgress)
+    read_all(origin, root, &work, threads, None, &NoProgress)
         .into_iter()
         .filter_map(|o| o.entry)
         .collect()

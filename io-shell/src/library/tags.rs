@@ -21,6 +21,7 @@
 //! what the file really says. Only empty and whitespace-only values become
 //! `None`, because to every consumer they mean "not set".
 
+use crate::library::keep::{Recording, Touched};
 use crate::origin::ranged::seek_target;
 use lofty::aac::AacFile;
 use lofty::config::{GlobalOptions, ParseOptions, ParsingMode, apply_global_options};
@@ -160,9 +161,47 @@ pub(crate) fn read_tags_file(file: &File, size: u64, ext: &str) -> Result<TrackT
     if size == 0 {
         return Err(TagError::new(TagErrorKind::Empty, "empty file"));
     }
-    let reader = CachedFileReader::new(file, size)
+    let reader = CachedFileReader::new(file, size, HEAD_BYTES)
         .map_err(|e| TagError::new(TagErrorKind::Io, format!("read error: {e}")))?;
     guarded_parse(reader, size, ext)
+}
+
+/// What [`read_tags_file_touched`] read besides the tags.
+pub(crate) struct ReadTrace {
+    /// What the parser asked for.
+    pub touched: Touched,
+    /// The first bytes of the file, read up front.
+    pub head: Vec<u8>,
+}
+
+/// [`read_tags_file`], reading the first `head` bytes up front (one
+/// `pread`) and recording what the parser touched, so a scan can keep
+/// those bytes in the cache (see `library::keep`).
+pub(crate) fn read_tags_file_touched(
+    file: &File,
+    size: u64,
+    ext: &str,
+    head: usize,
+) -> (Result<TrackTags, TagError>, ReadTrace) {
+    let mut trace = ReadTrace {
+        touched: Touched::default(),
+        head: Vec::new(),
+    };
+    if size == 0 {
+        return (Err(TagError::new(TagErrorKind::Empty, "empty file")), trace);
+    }
+    let reader = match CachedFileReader::new(file, size, head.max(HEAD_BYTES)) {
+        Ok(reader) => reader,
+        Err(e) => {
+            let err = TagError::new(TagErrorKind::Io, format!("read error: {e}"));
+            return (Err(err), trace);
+        }
+    };
+    let mut recording = Recording::new(reader);
+    let result = guarded_parse(&mut recording, size, ext);
+    trace.touched = std::mem::take(&mut recording.touched);
+    trace.head = recording.into_inner().head;
+    (result, trace)
 }
 
 /// Reads tags from any seekable byte stream, e.g. a remote object fetched
@@ -758,8 +797,8 @@ struct CachedFileReader<'a> {
 }
 
 impl<'a> CachedFileReader<'a> {
-    fn new(file: &'a File, size: u64) -> io::Result<CachedFileReader<'a>> {
-        let want = usize::try_from(size).map_or(HEAD_BYTES, |s| s.min(HEAD_BYTES));
+    fn new(file: &'a File, size: u64, head: usize) -> io::Result<CachedFileReader<'a>> {
+        let want = usize::try_from(size).map_or(head, |s| s.min(head));
         let mut head = vec![0; want];
         let got = read_full_at(file, &mut head, 0)?;
         head.truncate(got);
@@ -999,7 +1038,7 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 + i / 256) as u8).collect();
         std::fs::write(&path, &data).unwrap();
         let file = File::open(&path).unwrap();
-        let mut r = CachedFileReader::new(&file, data.len() as u64).unwrap();
+        let mut r = CachedFileReader::new(&file, data.len() as u64, HEAD_BYTES).unwrap();
         let mut cur = Cursor::new(&data);
         let steps: &[(SeekFrom, usize)] = &[
             (SeekFrom::Start(0), 10),

@@ -2,16 +2,17 @@
 //! progress on the terminal, in `musicfs status` and to systemd) of each
 //! origin the cache has never seen.
 
-use super::{MountPlan, NoOriginAnswers, RunError};
+use super::{Cache, MountPlan, NoOriginAnswers, RunError};
 use crate::cli::progress::TerminalProgress;
 use crate::errors::error_chain;
+use crate::library::keep::TagKeeper;
 use crate::library::remote_scan::{RemoteScanOptions, scan_remote_blocking};
 use crate::library::scan::{self, ScanOptions, ScanProgress};
 use crate::library::sync::SyncSource;
 use crate::origin::{OriginError, OriginSpec};
 use crate::service::control::ScanState;
 use crate::service::systemd;
-use crate::store::Db;
+use crate::store::StoreError;
 use musicfs_core::{CatalogEntry, OriginId};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,9 +27,15 @@ pub(super) fn load_catalog(
     plan: &MountPlan,
     sources: &[SyncSource],
     rt: &tokio::runtime::Handle,
-    db: &Db,
+    cache: &mut Cache,
     scan: &Arc<ScanState>,
 ) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
+    let db = &*Arc::clone(&cache.db);
+    let mut keep = KeepInto {
+        cache,
+        capacity: plan.cache_size,
+        keeper: None,
+    };
     let cache = |source| RunError::Cache {
         dir: plan.cache_dir.clone(),
         source,
@@ -59,7 +66,8 @@ pub(super) fn load_catalog(
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        let report = match scan_origin(id, spec, source, rt, scan)? {
+        let keeper = spec.cached.then(|| keep.keeper());
+        let report = match scan_origin(id, spec, source, rt, scan, keeper)? {
             Ok(report) => {
                 scanned_now[i] = true;
                 report
@@ -99,8 +107,42 @@ pub(super) fn load_catalog(
     }
     let configured = plan.origins.len();
     entries.retain(|e| usize::from(e.source.origin.0) < configured);
+    keep.finish().map_err(cache)?;
     db.flush().map_err(cache)?;
     Ok((entries, scanned_now))
+}
+
+/// Where a first scan keeps the tag bytes it read: the cache, through one
+/// [`TagKeeper`] made when the first origin is scanned.
+struct KeepInto<'a> {
+    cache: &'a mut Cache,
+    capacity: u64,
+    keeper: Option<Arc<TagKeeper>>,
+}
+
+impl KeepInto<'_> {
+    fn keeper(&mut self) -> Arc<TagKeeper> {
+        let cache = &*self.cache;
+        let capacity = self.capacity;
+        Arc::clone(self.keeper.get_or_insert_with(|| {
+            Arc::new(TagKeeper::new(
+                Arc::clone(&cache.store),
+                Arc::clone(&cache.db),
+                capacity,
+                cache.chunk_index.iter().map(|c| c.0),
+            ))
+        }))
+    }
+
+    /// Writes what is left; the engine that starts next loads the new
+    /// index entries with the others.
+    fn finish(self) -> Result<(), StoreError> {
+        if let Some(keeper) = self.keeper {
+            let report = keeper.finish()?;
+            self.cache.chunk_index.extend(report.indexed);
+        }
+        Ok(())
+    }
 }
 
 /// Scan progress for a first scan: the terminal bar, `musicfs status`, and
@@ -171,6 +213,7 @@ fn scan_origin(
     source: &SyncSource,
     rt: &tokio::runtime::Handle,
     state: &Arc<ScanState>,
+    keeper: Option<Arc<TagKeeper>>,
 ) -> Result<Result<Vec<CatalogEntry>, OriginError>, RunError> {
     let what = spec.describe();
     *state.what.lock() = what.clone();
@@ -178,12 +221,18 @@ fn scan_origin(
     let progress = FirstScanProgress::new(Arc::clone(state));
     let started = Instant::now();
     let entries = match source {
-        SyncSource::Local(root) => scan::scan_local(id, root, &ScanOptions::default(), &progress)
-            .map(|r| Ok(r.entries))
-            .map_err(|source| RunError::Scan {
-                origin: what.clone(),
-                source,
-            }),
+        SyncSource::Local(root) => {
+            let options = ScanOptions {
+                keep: keeper,
+                ..ScanOptions::default()
+            };
+            scan::scan_local(id, root, &options, &progress)
+                .map(|r| Ok(r.entries))
+                .map_err(|source| RunError::Scan {
+                    origin: what.clone(),
+                    source,
+                })
+        }
         SyncSource::Remote(remote) => match scan_remote_blocking(
             rt,
             id,

@@ -166,10 +166,10 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         plan.origins.iter().map(OriginSpec::describe).collect(),
     );
     let socket = bind_control_socket(&status, runtime.handle());
-    let cache = open_cache(&plan)?;
+    let mut cache = open_cache(&plan)?;
     let origins = open_origins(&plan)?;
     status.set_phase("scanning");
-    let library = load_library(&plan, &origins, runtime.handle(), &cache.db, &status)?;
+    let library = load_library(&plan, &origins, runtime.handle(), &mut cache, &status)?;
     let db = Arc::clone(&cache.db);
     let daemon = start_daemon(&plan, library.tree, cache, &origins, runtime.handle())?;
     let services = start_services(
@@ -364,11 +364,11 @@ fn load_library(
     plan: &MountPlan,
     origins: &Origins,
     rt: &tokio::runtime::Handle,
-    db: &Db,
+    cache: &mut Cache,
     status: &MountStatus,
 ) -> Result<Library, RunError> {
     let (catalog, scanned_now) =
-        first_scan::load_catalog(plan, &origins.sources, rt, db, &status.scan)?;
+        first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)?;
     let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
     tracing::info!(
         tracks = report.tracks,
