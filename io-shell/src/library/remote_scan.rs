@@ -23,6 +23,7 @@
 //! an origin that cannot be scanned is unhealthy, and a catalog missing
 //! tracks that are really there would make them vanish from the tree.
 
+use super::keep::{self, KeptBytes, Recording, TagKeeper, Touched};
 use super::scan::{self, ErrorList, ScanProgress, ScanReport};
 use super::tags;
 use crate::origin::path::is_hidden;
@@ -30,6 +31,7 @@ use crate::origin::ranged::{RangedOptions, RangedReader, ReadFailure};
 use crate::origin::{ListPage, Origin, OriginError, RemoteFile, RemoteOrigin};
 use musicfs_core::catalog::NameClass;
 use musicfs_core::{CatalogEntry, FileKind, OriginId, SourceFile, catalog};
+use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::runtime::Handle;
@@ -37,7 +39,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 
 /// How a remote scan runs.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct RemoteScanOptions {
     /// Files whose tags are read at once. Each waits mostly on the network,
     /// so this is well above the core count; the origin's
@@ -52,7 +54,23 @@ pub struct RemoteScanOptions {
     pub max_failed_files: usize,
     /// How many problem messages [`ScanReport::errors`] keeps.
     pub max_errors: usize,
+    /// Where the bytes the tag parser read are kept (the first scan, before
+    /// any engine runs), if anywhere.
+    pub keep: Option<Arc<TagKeeper>>,
 }
+
+impl PartialEq for RemoteScanOptions {
+    fn eq(&self, other: &RemoteScanOptions) -> bool {
+        self.concurrency == other.concurrency
+            && self.ranged == other.ranged
+            && self.file_attempts == other.file_attempts
+            && self.max_failed_files == other.max_failed_files
+            && self.max_errors == other.max_errors
+            && self.keep.is_some() == other.keep.is_some()
+    }
+}
+
+impl Eq for RemoteScanOptions {}
 
 impl Default for RemoteScanOptions {
     fn default() -> RemoteScanOptions {
@@ -62,6 +80,7 @@ impl Default for RemoteScanOptions {
             file_attempts: 3,
             max_failed_files: 0,
             max_errors: 1000,
+            keep: None,
         }
     }
 }
@@ -354,6 +373,31 @@ fn wants_tail(ext: &str) -> bool {
     matches!(ext, "mp3" | "aac" | "wv" | "ape" | "mpc")
 }
 
+/// Reads what a scan keeps of a remote file (see `library::keep`): the
+/// reader still holds most of it from the tag parse.
+fn read_kept(
+    reader: &mut RangedReader,
+    ext: &str,
+    source: SourceFile,
+    touched: &Touched,
+) -> std::io::Result<KeptBytes> {
+    let size = source.version.size;
+    let region = keep::kept_region(size, keep::tail_bytes(ext), touched);
+    let len = |n: u64| usize::try_from(n).map_err(std::io::Error::other);
+    let mut head = vec![0; len(region.head)?];
+    reader.seek(SeekFrom::Start(0))?;
+    reader.read_exact(&mut head)?;
+    let mut tail = vec![0; len(size - region.tail)?];
+    reader.seek(SeekFrom::Start(region.tail))?;
+    reader.read_exact(&mut tail)?;
+    Ok(KeptBytes {
+        source,
+        head,
+        tail_at: region.tail,
+        tail,
+    })
+}
+
 /// The file vanished from the origin while it was being read.
 struct Vanished;
 
@@ -503,13 +547,29 @@ async fn read_file(
         );
         reader.prefetch(wants_tail(&ext)).await;
         let ext_owned = ext.clone();
+        let keep = opts.keep.clone().filter(|k| k.wants_more());
+        let kept_source = source(origin_id, &file);
         let parsed = tokio::task::spawn_blocking(move || {
-            let result = if reader.failure().is_some() {
-                None
-            } else {
-                Some(tags::read_tags_from(&mut reader, &ext_owned))
-            };
-            (result, reader)
+            if reader.failure().is_some() {
+                return (None, reader);
+            }
+            let mut recording = Recording::new(&mut reader);
+            let result = tags::read_tags_from(&mut recording, &ext_owned);
+            let touched = std::mem::take(&mut recording.touched);
+            if let Some(keeper) = keep
+                && result.is_ok()
+                && reader.failure().is_none()
+            {
+                match read_kept(&mut reader, &ext_owned, kept_source, &touched) {
+                    Ok(kept) => keeper.keep(kept),
+                    Err(e) => {
+                        // Not kept; the tags stand.
+                        reader.take_failure();
+                        tracing::debug!(error = %e, "tag bytes not kept");
+                    }
+                }
+            }
+            (Some(result), reader)
         })
         .await;
         let (result, mut reader) = match parsed {

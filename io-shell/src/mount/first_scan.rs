@@ -237,7 +237,10 @@ fn scan_origin(
             rt,
             id,
             Arc::clone(remote),
-            &RemoteScanOptions::default(),
+            &RemoteScanOptions {
+                keep: keeper,
+                ..RemoteScanOptions::default()
+            },
             &progress,
         ) {
             Ok(report) => {
