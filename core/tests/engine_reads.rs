@@ -5,11 +5,14 @@
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::{
     Cached, ChunkFault, Config, DiskFault, Engine, FetchError, Health, Notice, Output, ReqId,
+    cut_run,
 };
 use musicfs_core::exec::{Exec, ExecConfig, Io, OpId, Purpose, Reply};
 use musicfs_core::fs::Errno;
 use musicfs_core::tree::VirtualTree;
-use musicfs_core::{ChunkId, FileVersion, Ino, Layout, OriginId, OriginPath, Time, TrackTags};
+use musicfs_core::{
+    ChunkId, FileVersion, Ino, Kept, Layout, Manifest, OriginId, OriginPath, Time, TrackTags,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -106,6 +109,34 @@ impl Harness {
             now: Time::ZERO,
             next_req: 1,
         }
+    }
+
+    /// [`Harness::new`], with what a first scan kept of each file: its
+    /// first `head` and last `tail` bytes, cut and on disk.
+    fn with_kept(files: &[(&str, usize)], head: usize, tail: usize, config: Config) -> Harness {
+        let mut h = Harness::new(files, config.clone());
+        let mut manifests = Vec::new();
+        let mut chunks = Vec::new();
+        for (key, bytes) in &h.world.origin {
+            let size = bytes.len();
+            let source = track(key.0, std::str::from_utf8(&key.1).unwrap(), "", size as u64).source;
+            let mut m = Manifest::new(source.version.clone());
+            let mut cut = cut_run(0, &bytes[..head]);
+            cut.extend(cut_run((size - tail) as u64, &bytes[size - tail..]));
+            for c in cut {
+                m.insert(c.offset, c.extent()).unwrap();
+                chunks.push((c.id, c.data.len() as u32, 0));
+                h.world.disk.insert(c.id, c.data);
+            }
+            m.keep(Kept {
+                head: head as u64,
+                tail: tail as u64,
+            });
+            manifests.push(((source.origin, source.path), m));
+        }
+        let tree = h.engine.tree().clone();
+        h.engine = Engine::new(config, tree, manifests, chunks, 42);
+        h
     }
 
     fn ino(&self, title: &str) -> Ino {
@@ -391,6 +422,68 @@ fn a_silent_origin_gives_eio_at_the_deadline() {
     assert_eq!(h.read("Song", 0, 4096), Err(Errno::Io));
     let waited = h.now.saturating_since(start);
     assert!(waited <= Duration::from_secs(30), "waited {waited:?}");
+}
+
+#[test]
+fn what_a_scan_kept_is_read_without_the_origin_and_evicted_last() {
+    let config = Config {
+        cache_capacity_bytes: 3 * MIB as u64,
+        ..Config::default()
+    };
+    let (head, tail) = (256 * 1024, 8192);
+    let mut h = Harness::with_kept(&[("A", 4 * MIB), ("B", 4 * MIB)], head, tail, config);
+    let a = h.origin_bytes("A").to_vec();
+    // A tag scan: the first 128 KiB, then the rest of the kept head (the
+    // kernel reading ahead), then the last 4 KiB. Nothing is fetched, not
+    // even ahead of the reader.
+    assert_eq!(h.read("A", 0, 128 * 1024).unwrap(), a[..128 * 1024]);
+    assert_eq!(
+        h.read("A", 128 * 1024, 128 * 1024).unwrap(),
+        a[128 * 1024..head]
+    );
+    let size = a.len() as u64;
+    assert_eq!(h.read("A", size - 4096, 4096).unwrap(), a[a.len() - 4096..]);
+    h.pump();
+    assert_eq!(h.world.fetches_by_origin[0], 0, "no origin request");
+    // With the origin down too.
+    h.set_down(0, true);
+    assert_eq!(
+        h.read("B", 0, 64 * 1024).unwrap(),
+        h.origin_bytes("B")[..64 * 1024]
+    );
+    h.set_down(0, false);
+    // Past the kept head, the origin is asked.
+    assert_eq!(
+        h.read("A", head as u64, 128 * 1024).unwrap(),
+        a[head..head + 128 * 1024]
+    );
+    assert!(h.world.fetches_by_origin[0] > 0);
+    // Reading both files whole through a 3 MiB cache evicts, but the kept
+    // chunks go last: every one of them is still cached after.
+    for title in ["A", "B"] {
+        let want = h.origin_bytes(title).to_vec();
+        let mut got = Vec::new();
+        while got.len() < want.len() {
+            got.extend(h.read(title, got.len() as u64, 256 * 1024).unwrap());
+        }
+        assert_eq!(got, want);
+    }
+    assert!(h.engine.stats().chunks_evicted > 0, "the cache was full");
+    for title in ["A", "B"] {
+        let key = (
+            OriginId(0),
+            OriginPath::new(format!("{title}.flac").into_bytes()),
+        );
+        let m = h.engine.manifest(&key).expect("manifest").clone();
+        let kept: Vec<_> = m.kept_extents().collect();
+        assert!(!kept.is_empty());
+        for (offset, e) in kept {
+            assert!(
+                h.engine.cache().contains(e.id),
+                "{title}: kept chunk at {offset} evicted"
+            );
+        }
+    }
 }
 
 #[test]
