@@ -155,6 +155,10 @@ pub struct Swarm {
     pub uncached_origins: u32,
     /// Origin requests of one fetch in flight together.
     pub pieces_in_flight: usize,
+    /// What a first scan kept of every track of a cached origin (head and
+    /// tail bytes), in half the seeds (drawn from their own stream,
+    /// `"kept"`, so the other options of a seed stay what they were).
+    pub kept: Option<(u64, u64)>,
     /// Bugs planted in the engine and the executor for this run.
     pub planted: PlantedBugs,
 }
@@ -246,6 +250,11 @@ impl Swarm {
                 }
             },
             pieces_in_flight: stream(seed, "exec").random_range(1..=4),
+            kept: {
+                let r = &mut stream(seed, "kept");
+                r.random_bool(0.5)
+                    .then(|| (r.random_range(1..=64) << 12, r.random_range(0..=16) << 12))
+            },
             planted,
         }
     }

@@ -24,12 +24,12 @@ use crate::shell::Shell;
 use crate::swarm::{Stream, Swarm, stream};
 use crate::trace::{Ev, Trace};
 use musicfs_core::ChunkId;
-use musicfs_core::catalog::CatalogEntry;
-use musicfs_core::engine::{Engine, ReqId, SourceKey};
+use musicfs_core::catalog::{CatalogEntry, FileKind};
+use musicfs_core::engine::{Engine, ReqId, SourceKey, cut_run};
 use musicfs_core::exec::OpId;
 use musicfs_core::sync::{self, Listed};
 use musicfs_core::tree::VirtualTree;
-use musicfs_core::{Ino, Layout, SourceFile, Time};
+use musicfs_core::{Ino, Kept, Layout, Manifest, SourceFile, Time};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -227,6 +227,7 @@ impl World {
             swarm,
         };
         w.disk.catalog = w.scan().0;
+        w.keep_scanned();
         w.start_engine();
         w.clients = Client::population(&w.swarm, &mut w.rng_clients);
         for i in 0..w.clients.len() {
@@ -427,6 +428,41 @@ impl World {
             catalog = sync::apply(&catalog, &plan, &read);
         }
         (catalog, moves)
+    }
+
+    /// What the daemon's first scan keeps before its engine starts
+    /// (`io-shell/src/library/keep.rs`): every cached track's head and tail,
+    /// cut as a fetch would cut them, durable, indexed, and mapped.
+    fn keep_scanned(&mut self) {
+        let Some((head, tail)) = self.swarm.kept else {
+            return;
+        };
+        let uncached = self.swarm.engine_config().uncached_origins;
+        for e in self.disk.catalog.clone() {
+            let src = &e.source;
+            if !matches!(e.kind, FileKind::Track(_)) || uncached.contains(&src.origin) {
+                continue;
+            }
+            let Some(bytes) = self.lib.bytes_of(src) else {
+                continue;
+            };
+            let size = bytes.len() as u64;
+            let head = head.min(size);
+            let tail = tail.min(size - head);
+            let mut cut = cut_run(0, &bytes[..head as usize]);
+            cut.extend(cut_run(size - tail, &bytes[(size - tail) as usize..]));
+            let mut m = Manifest::new(src.version.clone());
+            for c in cut {
+                if m.insert(c.offset, c.extent()).is_ok() {
+                    self.disk.write_file(c.id, &c.data);
+                    self.disk.index_chunks(&[(c.id, c.data.len() as u32)]);
+                }
+            }
+            m.keep(Kept { head, tail });
+            self.disk.manifests.put((src.origin, src.path.clone()), m);
+        }
+        self.disk.flush_disk();
+        self.disk.flush_db();
     }
 
     pub(crate) fn start_engine(&mut self) {
