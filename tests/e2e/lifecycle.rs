@@ -411,6 +411,73 @@ fn an_unusable_mountpoint_fails_before_any_scanning() {
     }
 }
 
+/// `musicfs mount` of the setup's library, run by `sh -c PREPARE` in a
+/// private mount namespace: what PREPARE mounts there (over `/dev`, say)
+/// vanishes with the command. Exit code, stderr.
+fn mount_in_namespace(s: &Setup, prepare: &str) -> (Option<i32>, String) {
+    std::fs::create_dir_all(s.path("mnt")).unwrap();
+    let script = format!("set -e; {prepare}; exec \"$@\"");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(BIN)
+        .args(["mount", "--origin"])
+        .arg(s.path("lib"))
+        .arg("--cache-dir")
+        .arg(s.path("cache"))
+        .arg(s.path("mnt"))
+        .env("RUST_LOG", "info")
+        .env("NOT_FUSE", s.path("not-fuse"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("unshare(1) runs (util-linux)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_or_unusable_fuse_device_fails_before_any_scanning() {
+    let s = Setup::new();
+    std::fs::write(s.path("not-fuse"), b"").unwrap();
+    for (prepare, says) in [
+        // A container started without --device /dev/fuse.
+        (
+            "mount -t tmpfs none /dev",
+            "cannot open the FUSE device /dev/fuse read-write: No such file or directory",
+        ),
+        // Something that is not a device where the device should be.
+        (
+            "mount --bind \"$NOT_FUSE\" /dev/fuse",
+            "/dev/fuse is not the FUSE device (not a character device)",
+        ),
+    ] {
+        let (code, stderr) = mount_in_namespace(&s, prepare);
+        assert_eq!(code, Some(1), "{prepare}: {stderr}");
+        assert!(stderr.contains(says), "{prepare}: {stderr}");
+        // Checked first: no scan started, and the cache was not even opened
+        // (its folder is made while the options are checked, and stays
+        // empty: no database, no chunks, no search index).
+        assert!(!stderr.contains("scanning"), "{prepare}: {stderr}");
+        let cache: Vec<_> = std::fs::read_dir(s.path("cache"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            cache.is_empty(),
+            "{prepare}: the cache was opened: {cache:?}"
+        );
+        assert!(!is_mounted(&s.path("mnt")));
+    }
+}
+
 #[test]
 fn a_cache_dir_in_use_names_the_mount_that_holds_it() {
     let s = Setup::new();
