@@ -410,6 +410,73 @@ fn an_unusable_mountpoint_fails_before_any_scanning() {
     }
 }
 
+/// `musicfs mount` of the setup's library, run by `sh -c PREPARE` in a
+/// private mount namespace: what PREPARE mounts there (over `/dev`, say)
+/// vanishes with the command. Exit code, stderr.
+fn mount_in_namespace(s: &Setup, prepare: &str) -> (Option<i32>, String) {
+    std::fs::create_dir_all(s.path("mnt")).unwrap();
+    let script = format!("set -e; {prepare}; exec \"$@\"");
+    let out = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(BIN)
+        .args(["mount", "--origin"])
+        .arg(s.path("lib"))
+        .arg("--cache-dir")
+        .arg(s.path("cache"))
+        .arg(s.path("mnt"))
+        .env("RUST_LOG", "info")
+        .env("NOT_FUSE", s.path("not-fuse"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("unshare(1) runs (util-linux)");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_missing_or_unusable_fuse_device_fails_before_any_scanning() {
+    let s = Setup::new();
+    std::fs::write(s.path("not-fuse"), b"").unwrap();
+    for (prepare, says) in [
+        // A container started without --device /dev/fuse.
+        (
+            "mount -t tmpfs none /dev",
+            "cannot open the FUSE device /dev/fuse read-write: No such file or directory",
+        ),
+        // Something that is not a device where the device should be.
+        (
+            "mount --bind \"$NOT_FUSE\" /dev/fuse",
+            "/dev/fuse is not the FUSE device (not a character device)",
+        ),
+    ] {
+        let (code, stderr) = mount_in_namespace(&s, prepare);
+        assert_eq!(code, Some(1), "{prepare}: {stderr}");
+        assert!(stderr.contains(says), "{prepare}: {stderr}");
+        // Checked first: no scan started, and the cache was not even opened
+        // (its folder is made while the options are checked, and stays
+        // empty: no database, no chunks, no search index).
+        assert!(!stderr.contains("scanning"), "{prepare}: {stderr}");
+        let cache: Vec<_> = std::fs::read_dir(s.path("cache"))
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(
+            cache.is_empty(),
+            "{prepare}: the cache was opened: {cache:?}"
+        );
+        assert!(!is_mounted(&s.path("mnt")));
+    }
+}
+
 #[test]
 fn a_cache_dir_in_use_names_the_mount_that_holds_it() {
     let s = Setup::new();
@@ -549,7 +616,7 @@ fn test_shutdown_order_on_sigterm() {
         musicfs_tests::wait_for(Duration::from_secs(20), || m.log_text().contains(what))
     };
     assert!(log_has(&m, "search index built"), "{}", m.log_text());
-    // A change just before the signal: synced, then saved at shutdown.
+    // A change just before the signal.
     write_wav(&s.path("lib/late.wav"), 100_000, 5, "Late", "Band", "Album");
     let late = m.mountpoint.join("Band/Album/00 - Late.wav");
     assert!(musicfs_tests::wait_for(Duration::from_secs(10), || late.exists()));
@@ -562,8 +629,52 @@ fn test_shutdown_order_on_sigterm() {
         &[&["shutting down"][..], &SHUTDOWN_STEPS[..]].concat(),
     );
     assert!(!is_mounted(&m.mountpoint));
-    // What the daemon's own commit saved: the late track is searchable
-    // offline.
+    // The late track is searchable offline. Not thanks to the shutdown's
+    // own commit, though: the sync that applied the change committed it to
+    // the index already (the next test shows it with a kill -9, which
+    // skips every shutdown step), so that commit finds nothing pending.
+    // No change can be pending at shutdown: each sync and the search
+    // build commit what they wrote, and a failed commit drops its changes
+    // from the writer (the next change writes them again, and a start
+    // that finds the index behind the catalog rebuilds it). The step
+    // stays as a cheap safety net, and is logged in its place.
+    assert_eq!(offline_search(&s, "title:late").len(), 1);
+}
+
+/// Every change is committed to the search index by the sync that applies
+/// it, not at shutdown: killed with SIGKILL (no shutdown step runs), the
+/// daemon leaves an index that finds the change.
+#[test]
+fn a_synced_change_is_committed_to_the_search_index_at_once() {
+    let s = Setup::new();
+    let mut m = s.mount();
+    assert!(
+        musicfs_tests::wait_for(Duration::from_secs(20), || m
+            .log_text()
+            .contains("search index built")),
+        "{}",
+        m.log_text()
+    );
+    write_wav(&s.path("lib/late.wav"), 100_000, 5, "Late", "Band", "Album");
+    // A search answered by the daemon sees committed documents only.
+    let searched = || {
+        let out = Command::new(BIN)
+            .args(["search", "--mount"])
+            .arg(&m.mountpoint)
+            .arg("title:late")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    assert!(
+        musicfs_tests::wait_for(Duration::from_secs(10), || searched() == 1),
+        "{}",
+        m.log_text()
+    );
+    m.signal(libc::SIGKILL);
+    assert!(m.wait_exit(Duration::from_secs(10)).is_some());
+    assert!(!m.log_text().contains("shutdown:"), "{}", m.log_text());
     assert_eq!(offline_search(&s, "title:late").len(), 1);
 }
 
@@ -789,8 +900,8 @@ mod failpoints {
     }
 
     /// SIGTERM while the search index is being built: the shutdown waits
-    /// for the build, then commits it, so a search right after finds the
-    /// library.
+    /// for the build (which commits what it built), so a search right
+    /// after finds the library.
     #[test]
     fn test_sigterm_during_the_search_build_waits_and_commits_it() {
         let s = Setup::new();

@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_musicfs");
-/// The target is 2 s; the bound here leaves room for a loaded CI
-/// machine, and the measured latency is printed.
+/// How long a test waits for a change to show before it calls it lost. The
+/// issue's target is 2 s; this leaves room for a loaded CI machine, and the
+/// measured latency is printed. (The watcher's own bound is asserted in the
+/// burst test.)
 const VISIBLE_WITHIN: Duration = Duration::from_secs(5);
 
 struct Setup {
@@ -41,6 +43,32 @@ impl Setup {
     fn mount(&self) -> Mounted {
         self.command().start(Duration::from_secs(60))
     }
+}
+
+/// The summary lines of the syncs that changed something, in order.
+fn applied(m: &Mounted) -> Vec<String> {
+    m.log_text()
+        .lines()
+        .filter(|l| l.contains("origin changes applied"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The number in `name=N` of a log line.
+fn field(line: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key.as_str()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {line}"))
+}
+
+/// Waits until every sync the watcher has started is done and logged:
+/// `musicfs rescan` runs a sync of its own, and syncs run one at a time.
+/// (Everything it could find was synced already: it logs no summary.)
+fn settle(m: &Mounted) {
+    let out = control_ok(Path::new(BIN), &["rescan"], &m.mountpoint);
+    assert!(out.contains("origin 0:"), "{out}");
 }
 
 /// Waits for `cond`, returning how long it took.
@@ -149,7 +177,6 @@ fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly
     let s = Setup::new();
     let m = s.mount();
     let mnt = m.mountpoint.clone();
-    let syncs = |m: &Mounted| m.log_text().matches("origin changes applied").count();
     // Let the watcher settle first: its catch-up sync done, and the sync
     // of one change seen through it.
     write_wav(
@@ -163,8 +190,8 @@ fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly
     shows(&m, "the warm-up file", || {
         mnt.join("Band/Burst/00 - Warm Up.wav").exists()
     });
-    std::thread::sleep(Duration::from_millis(600));
-    let before = syncs(&m);
+    settle(&m);
+    let before = applied(&m).len();
     // 1,000 new tracks over about 3.5 s, a group every 50 ms: the origin
     // is never quiet for the 200 ms debounce, so only the 1.5 s burst bound
     // makes the watcher sync while it goes on.
@@ -188,6 +215,8 @@ fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly
         std::thread::sleep(Duration::from_millis(50));
     }
     let burst = started.elapsed();
+    // The syncs that end from here on are the ones the last change waits for.
+    let ended_before = applied(&m).len();
     let last = mnt.join("Band/Burst/00 - Burst 0999.wav");
     let took = shows(&m, "the last file of the burst", || last.exists());
     assert!(
@@ -197,7 +226,9 @@ fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly
             == 1001),
         "every file of the burst shows"
     );
-    let ran = syncs(&m) - before;
+    settle(&m);
+    let lines = applied(&m);
+    let ran = lines.len() - before;
     println!(
         "burst of 1000 files over {burst:?}: {ran} syncs, first file visible after {first_seen:?}, last {took:?} after the burst"
     );
@@ -214,7 +245,74 @@ fn a_burst_of_1000_file_events_gives_few_syncs_and_shows_the_last_change_quickly
         ran >= 2 && ran <= bound,
         "{ran} syncs for a burst of {burst:?} (2 to {bound})"
     );
+    // The last change shows within the burst bound plus the time of the
+    // syncs it waited for: the one running when the burst ended (counted
+    // whole, from before the end) and the one that read it. Those syncs'
+    // own time is what a loaded machine stretches, so it is measured (each
+    // logs elapsed_ms), not guessed. What the logged time leaves out (the
+    // events' delivery, listing the changed paths, telling the kernel, this
+    // test's 20 ms polling) fits in what the bound leaves over: after its
+    // last event the watcher waits only the 200 ms debounce, not 1.5 s.
+    let syncing: u64 = lines[ended_before..]
+        .iter()
+        .map(|l| field(l, "elapsed_ms"))
+        .sum();
+    let within = musicfs::library::watch::BURST_MAX + Duration::from_millis(syncing);
+    assert!(
+        took <= within,
+        "the last change showed {took:?} after the burst, past {within:?} (1.5 s + {syncing} ms of syncing)"
+    );
     assert!(m.stop().success());
+}
+
+#[test]
+fn file_events_closer_than_the_debounce_give_exactly_one_sync() {
+    let s = Setup::new();
+    let m = s.mount();
+    let mnt = m.mountpoint.clone();
+    // The watch is set up, and its catch-up sync done.
+    assert!(wait_for(VISIBLE_WITHIN, || m
+        .log_text()
+        .contains("watching for changes")));
+    settle(&m);
+    const FILES: usize = 20;
+    // A machine too loaded to write the next small file within the 200 ms
+    // debounce breaks the premise (it would rightly sync twice): that is
+    // seen, and the case is run again with new files.
+    for attempt in 0..3 {
+        let before = applied(&m).len();
+        let mut last_write = Instant::now();
+        let mut widest = Duration::ZERO;
+        for i in 0..FILES {
+            write_wav(
+                &s.lib(&format!("close/{attempt}/{i:02}.wav")),
+                2_000,
+                2_000 + i as u64,
+                &format!("Close {attempt} {i:02}"),
+                "Band",
+                &format!("Close {attempt}"),
+            );
+            widest = widest.max(last_write.elapsed());
+            last_write = Instant::now();
+        }
+        let folder = mnt.join(format!("Band/Close {attempt}"));
+        let shown = wait_for(VISIBLE_WITHIN, || {
+            std::fs::read_dir(&folder).map_or(0, |d| d.count()) == FILES
+        });
+        assert!(shown, "{:?}\n{}", files_under(&mnt), m.log_text());
+        settle(&m);
+        let lines = applied(&m)[before..].to_vec();
+        if widest >= musicfs::library::watch::DEBOUNCE {
+            println!("attempt {attempt}: {widest:?} between two writes, past the debounce; again");
+            continue;
+        }
+        println!("{FILES} files, at most {widest:?} apart: {lines:?}");
+        assert_eq!(lines.len(), 1, "one sync for the whole group: {lines:#?}");
+        assert_eq!(field(&lines[0], "read"), FILES as u64, "{}", lines[0]);
+        assert!(m.stop().success());
+        return;
+    }
+    panic!("three times a write took longer than the 200 ms debounce");
 }
 
 /// Tests that configure fail points: `scripts/test` runs only these with

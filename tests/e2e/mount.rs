@@ -488,6 +488,51 @@ fn a_layout_without_a_track_field_is_a_usage_error() {
 }
 
 #[test]
+fn a_layout_without_ext_keeps_each_files_real_extension() {
+    let fx = Fixture::new();
+    let m = fx
+        .command()
+        .args(["--layout", "$artist/$album/$track $title"])
+        .start(MOUNT_TIMEOUT);
+    let lib = &library().1;
+    // Each track's extension in the origin, by its content.
+    let mut ext_of: HashMap<&str, Vec<String>> = HashMap::new();
+    for t in lib.tracks() {
+        let ext = Path::new(&t.path)
+            .extension()
+            .map(|e| e.to_string_lossy().to_lowercase())
+            .expect("generated tracks have an extension");
+        ext_of.entry(t.sha256.as_str()).or_default().push(ext);
+    }
+    let exts: std::collections::BTreeSet<&String> = ext_of.values().flatten().collect();
+    assert!(exts.len() >= 5, "the library has many formats: {exts:?}");
+    let mut tracks = 0;
+    for (rel, hash) in hash_all(&m.mountpoint) {
+        let Some(want) = ext_of.get(hash.as_str()) else {
+            assert!(is_cover(&rel), "{rel:?} is neither a track nor a cover");
+            continue;
+        };
+        tracks += 1;
+        let name = rel.file_name().unwrap().to_string_lossy();
+        let got = Path::new(name.as_ref())
+            .extension()
+            .map(|e| e.to_string_lossy().into_owned());
+        assert!(
+            got.as_ref().is_some_and(|g| want.contains(g)),
+            "{rel:?} does not end in its origin's extension {want:?}"
+        );
+        // The layout's name, then the extension: "$track $title.$ext".
+        assert_eq!(rel.components().count(), 3, "$artist/$album/...: {rel:?}");
+        assert!(
+            name.as_bytes()[0].is_ascii_digit(),
+            "{rel:?} starts with its track number"
+        );
+    }
+    assert_eq!(tracks, lib.tracks().count(), "every track is in the mount");
+    assert!(m.stop().success());
+}
+
+#[test]
 fn the_same_origin_twice_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let music = dir.path().join("music");

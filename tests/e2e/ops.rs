@@ -321,6 +321,154 @@ fn sighup_without_a_log_file_stops_cleanly() {
     assert!(m.log_text().contains("signal=\"SIGHUP\"") || m.log_text().contains("signal=SIGHUP"));
 }
 
+/// What a terminal shows of `raw`, line by line: within each line (split
+/// at `\n`), `\r` goes back to its start, `ESC[2K` erases it and `ESC[K`
+/// erases to its end; other escape sequences (colours, the cursor) draw
+/// nothing. Enough for indicatif's single-line bar and tracing's colours.
+fn screen_lines(raw: &str) -> Vec<String> {
+    raw.split('\n')
+        .map(|line| {
+            let mut cells: Vec<char> = Vec::new();
+            let mut col = 0;
+            let mut chars = line.chars().peekable();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\r' => col = 0,
+                    '\x1b' if chars.peek() == Some(&'[') => {
+                        chars.next();
+                        let mut params = String::new();
+                        let mut fin = None;
+                        for c in chars.by_ref() {
+                            if ('\x40'..='\x7e').contains(&c) {
+                                fin = Some(c);
+                                break;
+                            }
+                            params.push(c);
+                        }
+                        match (fin, params.as_str()) {
+                            (Some('K'), "2") => cells.clear(),
+                            (Some('K'), "" | "0") => cells.truncate(col),
+                            _ => {}
+                        }
+                    }
+                    '\x1b' => {
+                        chars.next();
+                    }
+                    c => {
+                        while cells.len() < col {
+                            cells.push(' ');
+                        }
+                        if col < cells.len() {
+                            cells[col] = c;
+                        } else {
+                            cells.push(c);
+                        }
+                        col += 1;
+                    }
+                }
+            }
+            cells.into_iter().collect::<String>().trim_end().to_owned()
+        })
+        .collect()
+}
+
+/// The first scan on a terminal (under `script`, which gives the daemon a
+/// pty): the progress bar is drawn, and each warning logged while it is
+/// up (an unreadable audio file) shows on a line of its own, whole, with
+/// no piece of the bar on it.
+#[test]
+fn scan_warnings_print_whole_lines_above_the_progress_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Enough small tracks for a scan the bar is drawn during, with broken
+    // ones among them all along.
+    let mut broken = Vec::new();
+    for album in 0..40 {
+        for t in 0..40 {
+            write_wav(
+                &d.join(format!("lib/{album:02}/{t:02}.wav")),
+                2_000,
+                (album * 100 + t) as u64,
+                &format!("T{t}"),
+                "Artist",
+                &format!("Album {album}"),
+            );
+        }
+        if album % 4 == 3 {
+            let path = d.join(format!("lib/{album:02}/broken.mp3"));
+            std::fs::write(&path, musicfs_tests::disk::noise(3_000, album as u64)).unwrap();
+            broken.push(path);
+        }
+    }
+    std::fs::create_dir_all(d.join("mnt")).unwrap();
+    let quote = |p: &Path| format!("'{}'", p.display());
+    let cmd = format!(
+        "{} mount --origin {} --cache-dir {} {}",
+        quote(Path::new(BIN)),
+        quote(&d.join("lib")),
+        quote(&d.join("cache")),
+        quote(&d.join("mnt")),
+    );
+    let out = std::fs::File::create(d.join("tty")).unwrap();
+    let mut script = Command::new("script")
+        .args(["-qfec", &cmd, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm")
+        .stdin(std::process::Stdio::piped())
+        .stdout(out)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("script(1) runs (util-linux)");
+    let tty = || std::fs::read_to_string(d.join("tty")).unwrap_or_default();
+    let up = wait_for(MOUNT_TIMEOUT, || {
+        screen_lines(&tty())
+            .iter()
+            .any(|l| l.contains(" mounted mountpoint="))
+    });
+    if up {
+        control_ok(Path::new(BIN), &["unmount"], &d.join("mnt"));
+    }
+    let exited = wait_for(Duration::from_secs(30), || {
+        script.try_wait().ok().flatten().is_some()
+    });
+    if !exited {
+        let _ = script.kill();
+    }
+    let raw = tty();
+    assert!(up && exited, "{raw}");
+    // The bar: "⠁ scanning 120/1610 files  ..." (the log's "scanning a new
+    // origin" line is no bar).
+    let first_bar = raw
+        .match_indices("scanning ")
+        .map(|(at, _)| at)
+        .find(|&at| raw[at + 9..].starts_with(|c: char| c.is_ascii_digit()))
+        .unwrap_or_else(|| panic!("the bar was never drawn: {raw:?}"));
+    let lines = screen_lines(&raw);
+    for path in &broken {
+        let shown = path.display().to_string();
+        let warned: Vec<&String> = lines.iter().filter(|l| l.contains(&shown)).collect();
+        assert_eq!(warned.len(), 1, "{shown}: {warned:#?}\n{raw:?}");
+        let line = warned[0];
+        assert!(
+            line.contains("WARN") && line.contains(&format!("unreadable audio file {shown}: ")),
+            "{line:?}"
+        );
+        // Whole and alone: it starts as every log line does (the
+        // timestamp), and no piece of the bar is on it.
+        assert!(
+            line.starts_with(|c: char| c.is_ascii_digit()),
+            "torn at its start: {line:?}"
+        );
+        assert!(
+            !line.contains(" files ") && !line.contains("files/s") && !line.contains("ETA"),
+            "the bar is on the line: {line:?}"
+        );
+    }
+    // At least one warning came while the bar was up.
+    let last_warning = raw.rfind("unreadable audio file").unwrap();
+    assert!(first_bar < last_warning, "{raw:?}");
+}
+
 /// `musicfs ARGS` run as `uid` (through setpriv), with no runtime directory
 /// of its own.
 fn as_user(uid: u32, program: &Path, args: &[&std::ffi::OsStr]) -> Output {

@@ -192,6 +192,9 @@ fn a_link_to_a_folder_outside_the_origin_is_never_served() {
     assert!(m.stop().success());
 }
 
+/// The watcher's side of a swap: the sync that sees the links drops both
+/// files. (The open's side, a read while the tree still lists a swapped
+/// file, is `failpoints::a_link_swapped_in_while_the_tree_still_lists_it_is_refused_at_open`.)
 #[test]
 fn a_link_swapped_in_after_the_scan_is_never_served() {
     let s = Setup::new();
@@ -276,4 +279,101 @@ fn dots_in_tags_never_lead_out_of_the_mount() {
     assert_eq!(sha256_bytes(&std::fs::read(&full).unwrap()), own);
     assert!(full.canonicalize().unwrap().starts_with(&m.mountpoint));
     assert!(m.stop().success());
+}
+
+/// Tests that configure fail points: `scripts/test` runs only these with
+/// the `failpoints` feature (`-- failpoints::`).
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use super::*;
+
+    /// The read itself refuses a link swapped in after the scan, while the
+    /// tree still lists the file: no sync has dropped it (the only sync,
+    /// the remount's catch-up, is stopped by the `delta-sync-after-batch`
+    /// fail point after its first batch, before its removals). So the bytes
+    /// can only be kept out by the open, `openat2(RESOLVE_BENEATH)` from the
+    /// origin's root, which the log shows refusing the link.
+    #[test]
+    fn a_link_swapped_in_while_the_tree_still_lists_it_is_refused_at_open() {
+        let s = Setup::new();
+        std::fs::write(s.lib("Band/Album/cover.jpg"), noise(2048, 7)).unwrap();
+        write_wav(
+            &s.lib("Band/Album/2.wav"),
+            200_000,
+            2,
+            "Two",
+            "Band",
+            "Album",
+        );
+        let swapped = ["Band/Album/cover.jpg", "Band/Album/00 - Two.wav"];
+        let m = s.mount();
+        for rel in swapped {
+            assert!(m.mountpoint.join(rel).exists(), "{rel}");
+        }
+        assert!(m.stop().success());
+
+        // While unmounted: both files become links out of the origin (each
+        // an atomic rename over the file), and a new track gives the
+        // catch-up sync a batch to read, after which the fail point stops it.
+        for (name, target) in [("cover.jpg", "secret.jpg"), ("2.wav", "secret.wav")] {
+            let tmp = s.lib(&format!("Band/Album/{name}.link"));
+            symlink(s.outside(target), &tmp).unwrap();
+            std::fs::rename(&tmp, s.lib(&format!("Band/Album/{name}"))).unwrap();
+        }
+        write_wav(
+            &s.lib("Band/Album/7.wav"),
+            100_000,
+            7,
+            "Seven",
+            "Band",
+            "Album",
+        );
+        let m = MountCommand::in_dir(Path::new(BIN), s.dir.path())
+            .env("FAILPOINTS", "delta-sync-after-batch=return")
+            .start(Duration::from_secs(60));
+        let mnt = &m.mountpoint;
+        assert!(
+            wait_for(Duration::from_secs(30), || m
+                .log_text()
+                .contains("sync failed; will retry later")),
+            "the catch-up sync was not stopped:\n{}",
+            m.log_text()
+        );
+        // The tree is the saved one: the swapped files are listed, the new
+        // track is not.
+        for rel in swapped {
+            assert!(is_listed(&mnt.join(rel)), "{rel}: {:?}", files_under(mnt));
+        }
+        assert!(!is_listed(&mnt.join("Band/Album/00 - Seven.wav")));
+
+        let secrets = s.secrets();
+        let refusals = |m: &Mounted| {
+            m.log_text()
+                .matches("refused to read through a link out of a local origin")
+                .count()
+        };
+        for rel in swapped {
+            let before = refusals(&m);
+            match std::fs::read(mnt.join(rel)) {
+                Ok(bytes) => panic!(
+                    "{rel}: {} bytes served through a link out of the origin (a secret: {})",
+                    bytes.len(),
+                    secrets.contains(&sha256_bytes(&bytes))
+                ),
+                Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{rel}: {e}"),
+            }
+            // The line is logged before the read is answered.
+            assert!(
+                refusals(&m) > before,
+                "{rel}: the read failed, but not at its open:\n{}",
+                m.log_text()
+            );
+        }
+        // Still listed (nothing dropped them: the refusal is the open's).
+        for rel in swapped {
+            assert!(is_listed(&mnt.join(rel)), "{rel}");
+        }
+        assert_no_secret_served(&s, mnt);
+        assert!(m.stop().success());
+    }
 }

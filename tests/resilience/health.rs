@@ -6,6 +6,17 @@
 //! an origin does, a read gets exactly the origin's bytes or an error, within
 //! the read timeout; cached bytes play while an origin is down; a mirror
 //! takes over from a failing origin, and gives the reads back once it heals.
+//!
+//! Why those run in-process (a `Daemon` with its engine and executor, no
+//! FUSE) and not on the `musicfs` binary: `FaultyOrigin` is an `Origin`
+//! wrapper, a Rust value handed to the daemon when it is built, and the
+//! binary builds its origins from `--origin` arguments only; there is no
+//! way to give it one. What the binary can be made to meet is tested on it
+//! here too: an origin on a file system that stops answering (the mount of
+//! a SIGSTOPped `musicfs`), with failover to a mirror and the way back
+//! (`test_origin_recovery_resumes_routing_on_the_binary`), and hung health
+//! checks through the `FAILPOINTS` environment variable
+//! (`failpoints::a_hung_health_check_on_the_binary_fails_at_its_timeout_and_heals`).
 
 use musicfs::library::scan::{NoProgress, ScanOptions, scan_local};
 use musicfs::origin::{BoxFuture, LocalOrigin, Origin, OriginError};
@@ -15,8 +26,8 @@ use musicfs_core::fs::Errno;
 use musicfs_core::{FileVersion, OriginId, OriginPath};
 use musicfs_tests::faults::{FailMode, FaultyCasStore, FaultyOrigin};
 use musicfs_tests::fixtures::{TestDaemon, local_origin, scan, write_wav};
-use musicfs_tests::mount::MountCommand;
-use musicfs_tests::wait_for;
+use musicfs_tests::mount::{MountCommand, control_ok};
+use musicfs_tests::{files_under, wait_for};
 use std::io::ErrorKind;
 use std::path::Path;
 use std::sync::Arc;
@@ -596,6 +607,121 @@ fn test_origin_recovery_resumes_routing() {
     assert_eq!(calls().1, before.1, "the mirror was still read from");
 }
 
+// ----- the real binary --------------------------------------------------------
+
+/// `musicfs status --json` of the mount at `mnt`.
+fn status_json(mnt: &Path) -> serde_json::Value {
+    let out = control_ok(Path::new(BIN), &["status", "--json"], mnt);
+    serde_json::from_str(&out).expect("status --json is JSON")
+}
+
+/// Origin `i`'s health and the requests it was asked, per `status --json`.
+fn origin_status(mnt: &Path, i: usize) -> (String, u64) {
+    let doc = status_json(mnt);
+    let o = &doc["origins"][i];
+    (
+        o["health"].as_str().unwrap_or_default().to_owned(),
+        o["requests"].as_u64().expect("requests counted"),
+    )
+}
+
+/// Sends SIGCONT to a stopped process when dropped, so that a failing test
+/// never leaves a frozen file system (and the threads blocked on it) behind.
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) with a pid we spawned and a valid signal number.
+        unsafe { libc::kill(self.0 as i32, libc::SIGCONT) };
+    }
+}
+
+/// Failover between two local mirrors on the real binary, and the way
+/// back. Origin 0 (preferred: given first) is the mount of another `musicfs`
+/// daemon, which SIGSTOP freezes as a dead NFS server freezes: every read
+/// of it blocks in the kernel. Origin 1 is a plain copy of the same files.
+#[test]
+fn test_origin_recovery_resumes_routing_on_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 4 MiB each: the first scan read their heads (and WAV tails) through
+    // origin 0, so the kernel holds a few pages of each; most are not.
+    let files = library(&d.join("inner-lib"), 3, 4 << 20);
+    std::fs::create_dir_all(d.join("lib1")).unwrap();
+    for i in 0..files.len() {
+        let name = format!("t{i}.wav");
+        std::fs::copy(d.join("inner-lib").join(&name), d.join("lib1").join(&name)).unwrap();
+    }
+    let inner = MountCommand::new(
+        Path::new(BIN),
+        &[&d.join("inner-lib")],
+        &d.join("inner-cache"),
+        &d.join("lib0"),
+        &d.join("inner.log"),
+    )
+    .start(Duration::from_secs(60));
+    let m = MountCommand::new(
+        Path::new(BIN),
+        &[&d.join("lib0"), &d.join("lib1")],
+        &d.join("cache"),
+        &d.join("mnt"),
+        &d.join("outer.log"),
+    )
+    .start(Duration::from_secs(60));
+    let mnt = m.mountpoint.clone();
+    assert_eq!(
+        files_under(&mnt).len(),
+        files.len(),
+        "mirrors are one entry each"
+    );
+    let read = |i: usize| {
+        let (path, want) = &files[i];
+        let got = std::fs::read(mnt.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        assert!(got == *want, "{path}: not the origin's bytes");
+    };
+
+    // Both healthy: the preferred origin serves.
+    read(0);
+    let (health0, asked0) = origin_status(&mnt, 0);
+    let (_, asked1) = origin_status(&mnt, 1);
+    assert_eq!(health0, "healthy");
+    assert!(asked0 > 0 && asked1 == 0, "{asked0} / {asked1}");
+
+    // Origin 0 stops answering: its fetch stalls, is given up, and the
+    // mirror serves the read, whole and within the read timeout (30 s).
+    inner.signal(libc::SIGSTOP);
+    let thaw = Thaw(inner.pid());
+    let started = Instant::now();
+    read(1);
+    let failover = started.elapsed();
+    let (health0, before0) = origin_status(&mnt, 0);
+    let (_, before1) = origin_status(&mnt, 1);
+    assert_ne!(health0, "healthy", "the stalled fetch counts against it");
+    assert!(before1 > asked1, "the mirror served: {asked1} -> {before1}");
+    let log = m.log_text();
+    assert!(log.contains("origin is failing"), "{log}");
+
+    // It answers again: once its health checks pass (a degraded origin is
+    // checked every 7.5 s, two passes make it healthy), reads go back to it
+    // and the mirror is left alone.
+    drop(thaw);
+    let healthy = wait_for(Duration::from_secs(60), || {
+        origin_status(&mnt, 0).0 == "healthy"
+    });
+    assert!(healthy, "{:?}\n{}", status_json(&mnt), m.log_text());
+    println!(
+        "failover read took {failover:?} (origin 0 {health0}); healthy again {:?} after the thaw",
+        started.elapsed() - failover
+    );
+    read(2);
+    let (_, after0) = origin_status(&mnt, 0);
+    let (_, after1) = origin_status(&mnt, 1);
+    assert!(after0 > before0, "routing resumed: {before0} -> {after0}");
+    assert_eq!(after1, before1, "the mirror was still read from");
+    assert!(m.stop().success());
+    assert!(inner.stop().success());
+}
+
 /// Tests that configure fail points: `scripts/test` runs only these, alone,
 /// with the `failpoints` feature (`-- failpoints::`). Fail points are global:
 /// run beside the other tests of this file, they would hang their checks too.
@@ -659,5 +785,72 @@ mod failpoints {
         assert!(read_file_checked(&d, cold, want_cold).is_empty());
         assert!(origins[0].calls() > asked);
         scenario.teardown();
+    }
+
+    /// The same fail point on the real binary (`FAILPOINTS`): its first
+    /// three checks hang for 20 s. Each fails at the 5 s check timeout,
+    /// three make the origin unhealthy, cached music plays meanwhile without
+    /// asking it, and once the checks answer again it is healthy and read.
+    #[test]
+    fn a_hung_health_check_on_the_binary_fails_at_its_timeout_and_heals() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let files = library(&d.join("lib"), 2, 1 << 20);
+        let command = || {
+            MountCommand::new(
+                Path::new(BIN),
+                &[&d.join("lib")],
+                &d.join("cache"),
+                &d.join("mnt"),
+                &d.join("log"),
+            )
+        };
+        let read = |mnt: &Path, i: usize| {
+            let (path, want) = &files[i];
+            let got = std::fs::read(mnt.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert!(got == *want, "{path}: not the origin's bytes");
+        };
+        // A first mount caches track 0 (its fetch, a success, is not mixed
+        // with the hung checks below).
+        let m = command().start(Duration::from_secs(60));
+        read(&m.mountpoint, 0);
+        assert!(m.stop().success());
+
+        let m = command()
+            .env("FAILPOINTS", "health-check-hang=3*sleep(20000)")
+            .start(Duration::from_secs(60));
+        let mnt = m.mountpoint.clone();
+        let failed = wait_for(Duration::from_secs(30), || {
+            status_json(&mnt)["origins"][0]["consecutive_failures"]
+                .as_u64()
+                .is_some_and(|n| n >= 1)
+        });
+        let doc = status_json(&mnt);
+        assert!(failed, "{doc:#}");
+        let error = doc["origins"][0]["last_error"].as_str().unwrap_or_default();
+        // The daemon's timer or the engine's (whichever fires first) ends it.
+        assert!(
+            error == "no answer within 5s" || error == "health check timed out",
+            "{doc:#}"
+        );
+        let down = wait_for(Duration::from_secs(60), || {
+            origin_status(&mnt, 0).0 == "unhealthy"
+        });
+        assert!(down, "{:#}\n{}", status_json(&mnt), m.log_text());
+
+        // Cached music plays, without asking the origin.
+        let (_, asked) = origin_status(&mnt, 0);
+        read(&mnt, 0);
+        assert_eq!(origin_status(&mnt, 0).1, asked);
+
+        // The three hangs are used up: the checks answer, the origin is
+        // healthy again and the uncached track is read from it.
+        let up = wait_for(Duration::from_secs(60), || {
+            origin_status(&mnt, 0).0 == "healthy"
+        });
+        assert!(up, "{:#}\n{}", status_json(&mnt), m.log_text());
+        read(&mnt, 1);
+        assert!(origin_status(&mnt, 0).1 > asked);
+        assert!(m.stop().success());
     }
 }
