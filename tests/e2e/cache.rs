@@ -719,3 +719,14 @@ fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
     assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
     assert!(m.stop().success());
 }
+
+#[test]
+fn with_no_keep_tags_the_first_scan_caches_nothing() {
+    let s = Setup::new(3);
+    let m = s.command().args(["--no-keep-tags"]).start(UP);
+    assert!(s.chunk_files().is_empty(), "{:?}", s.chunk_files());
+    let (rel, hash) = s.want.iter().next().unwrap();
+    assert_eq!(&sha256_file(&m.mountpoint.join(rel)).unwrap(), hash);
+    assert!(origin_requests(&m) > 0, "the head came from the origin");
+    assert!(m.stop().success());
+}

@@ -12,6 +12,7 @@
 //! allow_other = true
 //! allow_non_empty = false    # mount on a directory that is not empty
 //! xattrs = false             # user.musicfs.cached and .pinned on every file
+//! keep_tags = true           # keep each track's head and tail at the first scan
 //! wait_for_origins = false   # a first mount with no origin answering mounts empty
 //! read_timeout = "30s"        # or 1m30s, or a number of seconds
 //! poll_interval = "5m"        # between listings of remote origins
@@ -130,6 +131,7 @@ pub fn resolve(mut args: MountArgs) -> Result<MountArgs, ConfigFileError> {
     args.allow_other |= file.allow_other.unwrap_or(false);
     args.allow_non_empty |= file.allow_non_empty.unwrap_or(false);
     args.xattrs |= file.xattrs.unwrap_or(false);
+    args.no_keep_tags |= file.keep_tags == Some(false);
     args.wait_for_origins |= file.wait_for_origins.unwrap_or(false);
     if let Some(secs) = file.read_timeout.filter(|_| !given("read_timeout")) {
         args.read_timeout = secs;
@@ -179,6 +181,8 @@ pub struct FileConfig {
     pub allow_non_empty: Option<bool>,
     /// Give files the user.musicfs.* extended attributes.
     pub xattrs: Option<bool>,
+    /// Keep what the first scan reads of each track in the cache.
+    pub keep_tags: Option<bool>,
     /// A first mount with no origin answering mounts empty.
     pub wait_for_origins: Option<bool>,
     /// Read deadline in seconds.
@@ -329,6 +333,7 @@ pub fn parse(text: &str) -> Result<FileConfig, ConfigError> {
         allow_other: raw.allow_other,
         allow_non_empty: raw.allow_non_empty,
         xattrs: raw.xattrs,
+        keep_tags: raw.keep_tags,
         wait_for_origins: raw.wait_for_origins,
         read_timeout: raw.read_timeout.map(|t| t.0),
         poll_interval: raw.poll_interval.map(|t| t.0),
@@ -388,6 +393,7 @@ struct RawConfig {
     allow_other: Option<bool>,
     allow_non_empty: Option<bool>,
     xattrs: Option<bool>,
+    keep_tags: Option<bool>,
     wait_for_origins: Option<bool>,
     read_timeout: Option<ReadTimeout>,
     poll_interval: Option<PollInterval>,

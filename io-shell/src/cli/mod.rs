@@ -217,6 +217,14 @@ pub struct MountArgs {
     #[arg(long)]
     pub xattrs: bool,
 
+    /// Do not keep the bytes the first scan reads of each track (its head and
+    /// tail: tags, embedded art) in the cache. By default they are kept, so a
+    /// media server's tag scan right after the first mount, or with the origin
+    /// down, asks the origin nothing; that costs writing them at the first
+    /// mount (about 260 KiB per track) and up to half of --cache-size.
+    #[arg(long)]
+    pub no_keep_tags: bool,
+
     /// On a first mount, mount (empty) even when no origin answers, and fill in
     /// once one does; without it, such a mount fails with the origins' errors.
     #[arg(long)]

@@ -66,7 +66,7 @@ pub(super) fn load_catalog(
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
         entries.retain(|e| e.source.origin != id);
-        let keeper = spec.cached.then(|| keep.keeper());
+        let keeper = (spec.cached && plan.keep_tags).then(|| keep.keeper());
         let report = match scan_origin(id, spec, source, rt, scan, keeper)? {
             Ok(report) => {
                 scanned_now[i] = true;

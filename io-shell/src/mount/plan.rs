@@ -34,6 +34,8 @@ pub struct MountPlan {
     pub allow_non_empty: bool,
     /// Serve the user.musicfs.* extended attributes.
     pub xattrs: bool,
+    /// Keep the bytes the first scan reads in the cache (`library::keep`).
+    pub keep_tags: bool,
     /// A first mount comes up (empty) even when no origin answers.
     pub wait_for_origins: bool,
     /// Read deadline.
@@ -108,6 +110,7 @@ impl MountPlan {
             allow_other: args.allow_other,
             allow_non_empty: args.allow_non_empty,
             xattrs: args.xattrs,
+            keep_tags: !args.no_keep_tags,
             wait_for_origins: args.wait_for_origins,
             read_timeout: Duration::from_secs(args.read_timeout),
             poll_interval: Duration::from_secs(args.poll_interval),
