@@ -466,7 +466,10 @@ mod failpoints {
             .start(Duration::from_secs(60));
         let mnt = s.mnt();
         let pin = start_pin(&mnt);
-        assert!(wait_for(Duration::from_secs(30), || cached_bytes(&mnt) > 0));
+        // Past what the first scan kept of the four tracks (their heads and
+        // tails): the pin has fetched, so it is running and has its handler.
+        let kept = KEEPER_TRACKS * (300 << 10);
+        assert!(wait_for(Duration::from_secs(30), || cached_bytes(&mnt) > kept));
         // SAFETY: kill(2) on a child we spawned.
         unsafe { libc::kill(pin.id() as i32, libc::SIGINT) };
         let out = pin.wait_with_output().expect("pin exits");
