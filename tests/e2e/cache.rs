@@ -649,6 +649,18 @@ fn python(script: &str, args: &[&Path]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 fn origin_requests(m: &Mounted) -> u64 {
     let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -674,19 +686,22 @@ fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
             .collect::<Vec<_>>(),
     );
     assert_eq!(want.matches("\"pictures\": [\"").count(), 5, "{want}");
+    // And a cover beside them, which media servers read too.
+    let cover = noise_bytes(40_000, 9);
+    std::fs::write(lib.join("cover.jpg"), &cover).unwrap();
     let library_bytes = bytes_under(&lib);
 
     let command =
         || MountCommand::in_dir(Path::new(BIN), dir.path()).args(["--read-timeout", "5s"]);
     let m = command().start(UP);
-    let tracks: Vec<PathBuf> = files_under(&m.mountpoint)
+    let (covers, tracks): (Vec<PathBuf>, Vec<PathBuf>) = files_under(&m.mountpoint)
         .into_iter()
         .map(|p| m.mountpoint.join(p))
-        .collect();
+        .partition(|p| p.ends_with("cover.jpg"));
     assert_eq!(tracks.len(), 5, "{tracks:?}");
     // What a media server reads to scan a file: its first 128 KiB and its
-    // last 4 KiB. The first scan read them already: the origin is asked
-    // for nothing.
+    // last 4 KiB, and the cover whole. The first scan read them already:
+    // the origin is asked for nothing.
     for t in &tracks {
         let mut f = std::fs::File::open(t).unwrap();
         let mut head = vec![0; 128 * 1024];
@@ -695,6 +710,8 @@ fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
         let mut tail = vec![0; 4096];
         std::os::unix::fs::FileExt::read_exact_at(&f, &mut tail, len - 4096).unwrap();
     }
+    assert_eq!(covers.len(), 1, "{covers:?}");
+    assert_eq!(std::fs::read(&covers[0]).unwrap(), cover);
     assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
     // Only heads and tails are kept, not whole files.
     let cached = bytes_under(&dir.path().join("cache/chunks"));

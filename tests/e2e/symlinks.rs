@@ -296,7 +296,8 @@ mod failpoints {
     #[test]
     fn a_link_swapped_in_while_the_tree_still_lists_it_is_refused_at_open() {
         let s = Setup::new();
-        std::fs::write(s.lib("Band/Album/cover.jpg"), noise(2048, 7)).unwrap();
+        // Over the size of covers the first scan keeps whole (1 MiB).
+        std::fs::write(s.lib("Band/Album/cover.jpg"), noise(1_500_000, 7)).unwrap();
         // Longer than the head and tail the first scan keeps: reading it
         // whole needs the origin (the kept bytes are the listed version's
         // own, verified, and may be served).

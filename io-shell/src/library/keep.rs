@@ -53,6 +53,9 @@ const BRIDGE_BYTES: u64 = 2 * 1024 * 1024;
 /// reach 10-20 MiB; beyond that only garbage lengths).
 const KEEP_MAX_BYTES: u64 = 32 * 1024 * 1024;
 
+/// Covers, other images and lyrics up to this size are kept whole.
+pub const SIDECAR_KEEP_MAX_BYTES: u64 = 1 << 20;
+
 /// Kept bytes of all tracks may take at most this share of the cache.
 pub const KEEP_SHARE_PCT: u64 = 50;
 

@@ -507,7 +507,29 @@ fn read_one(
                 NameClass::Cue => FileKind::Cue,
                 _ => FileKind::Image,
             };
-            Ok(entry(source(file_version(&meta)), kind))
+            let version = file_version(&meta);
+            // Media servers read covers and lyrics with the tags: small
+            // ones are kept whole as well.
+            if let Some(keeper) = keep.filter(|k| k.wants_more())
+                && meta.len() > 0
+                && meta.len() <= keep::SIDECAR_KEEP_MAX_BYTES
+            {
+                match read_whole(root, rel, &version) {
+                    Ok(Some(bytes)) => keeper.keep(KeptBytes {
+                        source: source(version.clone()),
+                        tail_at: meta.len(),
+                        head: bytes,
+                        tail: Vec::new(),
+                    }),
+                    Ok(None) => {}
+                    Err(e) => tracing::debug!(
+                        path = %path.display(),
+                        error = %e,
+                        "sidecar not kept"
+                    ),
+                }
+            }
+            Ok(entry(source(version), kind))
         }
         NameClass::Playlist => {
             let file = beneath::open(root, rel, Purpose::Read)?;
@@ -618,6 +640,18 @@ fn read_kept(
         tail_at: region.tail,
         tail,
     }))
+}
+
+/// A small file whole, if it is still `version` after the read.
+fn read_whole(
+    root: &Path,
+    rel: &[u8],
+    version: &musicfs_core::FileVersion,
+) -> io::Result<Option<Vec<u8>>> {
+    let file = beneath::open(root, rel, Purpose::Read)?;
+    let mut bytes = vec![0; usize::try_from(version.size).map_err(io::Error::other)?];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok((file_version(&file.metadata()?) == *version).then_some(bytes))
 }
 
 /// Why a playlist is left out (the catalog lists it unreadable with this
