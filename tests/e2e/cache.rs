@@ -649,18 +649,6 @@ fn python(script: &str, args: &[&Path]) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn noise_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn origin_requests(m: &Mounted) -> u64 {
     let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -687,7 +675,7 @@ fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
     );
     assert_eq!(want.matches("\"pictures\": [\"").count(), 5, "{want}");
     // And a cover beside them, which media servers read too.
-    let cover = noise_bytes(40_000, 9);
+    let cover = musicfs_tests::disk::noise(40_000, 9);
     std::fs::write(lib.join("cover.jpg"), &cover).unwrap();
     let library_bytes = bytes_under(&lib);
 
