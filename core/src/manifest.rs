@@ -86,11 +86,10 @@ impl Manifest {
         self.kept.tail = self.kept.tail.max(kept.tail).min(size);
     }
 
-    /// Whether the extent at `offset` of `len` bytes lies in the kept head
-    /// or tail (touching either is enough: its chunk holds kept bytes).
-    pub fn is_kept(&self, offset: u64, len: u32) -> bool {
-        let end = offset.saturating_add(u64::from(len));
-        offset < self.kept.head || end > self.size().saturating_sub(self.kept.tail)
+    /// Whether `offset..end` lies wholly inside the kept head or the kept
+    /// tail.
+    pub fn within_kept(&self, offset: u64, end: u64) -> bool {
+        end <= self.kept.head || offset >= self.size().saturating_sub(self.kept.tail)
     }
 
     /// The extents holding kept bytes (see [`Manifest::is_kept`]).
@@ -246,7 +245,7 @@ mod tests {
         m.keep(Kept { head: 15, tail: 5 });
         let kept: Vec<u64> = m.kept_extents().map(|(o, _)| o).collect();
         assert_eq!(kept, vec![0, 10, 90]);
-        assert!(m.is_kept(10, 10) && m.is_kept(90, 10) && !m.is_kept(20, 40));
+        assert!(m.within_kept(10, 15) && m.within_kept(95, 100) && !m.within_kept(10, 20));
         // Widening only; clamped to the file.
         m.keep(Kept { head: 5, tail: 500 });
         assert_eq!(

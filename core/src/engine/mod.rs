@@ -1078,11 +1078,9 @@ impl Engine {
             return false;
         };
         file.sources.iter().any(|s| {
-            self.manifests.get(&key_of(s)).is_some_and(|m| {
-                let kept = m.kept();
-                m.version == s.version
-                    && (read.end <= kept.head || read.offset >= m.size() - kept.tail)
-            })
+            self.manifests
+                .get(&key_of(s))
+                .is_some_and(|m| m.version == s.version && m.within_kept(read.offset, read.end))
         })
     }
 

@@ -161,16 +161,6 @@ pub struct Region {
     pub tail: u64,
 }
 
-impl Region {
-    /// As the core records it.
-    pub fn kept(&self, size: u64) -> Kept {
-        Kept {
-            head: self.head,
-            tail: size - self.tail,
-        }
-    }
-}
-
 /// Reads this close to the end belong to the tail (ID3v1, APE and Lyrics3
 /// footers, an Ogg stream's last page): they never widen the head.
 const TAIL_ZONE_BYTES: u64 = 64 * 1024;
@@ -478,7 +468,6 @@ mod tests {
                 tail: size - 8192
             }
         );
-        assert_eq!(r.kept(size), Kept { head, tail: 8192 });
         // An MP4 with its moov atom at the end: the tail widens to it.
         let t = touched(&[
             (0, 64),

@@ -59,19 +59,6 @@ pub struct RemoteScanOptions {
     pub keep: Option<Arc<TagKeeper>>,
 }
 
-impl PartialEq for RemoteScanOptions {
-    fn eq(&self, other: &RemoteScanOptions) -> bool {
-        self.concurrency == other.concurrency
-            && self.ranged == other.ranged
-            && self.file_attempts == other.file_attempts
-            && self.max_failed_files == other.max_failed_files
-            && self.max_errors == other.max_errors
-            && self.keep.is_some() == other.keep.is_some()
-    }
-}
-
-impl Eq for RemoteScanOptions {}
-
 impl Default for RemoteScanOptions {
     fn default() -> RemoteScanOptions {
         RemoteScanOptions {
