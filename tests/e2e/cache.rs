@@ -192,13 +192,7 @@ fn descriptor_exhaustion_gives_errors_not_a_crash_and_passes() {
     let m = s.mount();
     // Settled first: the search index is built in the background, and the
     // descriptors it holds meanwhile would be spare ones later.
-    assert!(
-        musicfs_tests::wait_for(Duration::from_secs(20), || m
-            .log_text()
-            .contains("search index built")),
-        "{}",
-        m.log_text()
-    );
+    m.wait_search_index();
     std::thread::sleep(Duration::from_millis(300));
     // Leave the daemon almost no descriptors while 16 readers hit it.
     let pid = m.pid().to_string();

@@ -648,13 +648,7 @@ fn test_shutdown_order_on_sigterm() {
 fn a_synced_change_is_committed_to_the_search_index_at_once() {
     let s = Setup::new();
     let mut m = s.mount();
-    assert!(
-        musicfs_tests::wait_for(Duration::from_secs(20), || m
-            .log_text()
-            .contains("search index built")),
-        "{}",
-        m.log_text()
-    );
+    m.wait_search_index();
     write_wav(&s.path("lib/late.wav"), 100_000, 5, "Late", "Band", "Album");
     // A search answered by the daemon sees committed documents only.
     let searched = || {

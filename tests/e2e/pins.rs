@@ -126,16 +126,6 @@ fn xattr(path: &Path, name: &str) -> Option<String> {
     (len >= 0).then(|| String::from_utf8_lossy(&buf[..len as usize]).into_owned())
 }
 
-fn wait_search_index(m: &Mounted) {
-    assert!(
-        wait_for(Duration::from_secs(30), || m
-            .log_text()
-            .contains("search index built")),
-        "{}",
-        m.log_text()
-    );
-}
-
 /// Every pinned file is fully cached.
 #[cfg(feature = "failpoints")]
 fn all_pins_full(mnt: &Path) -> bool {
@@ -152,7 +142,7 @@ fn a_pinned_artist_plays_offline_while_other_reads_evict_around_it() {
     let s = Setup::new();
     let want = s.keeper_hashes();
     let m = s.mount();
-    wait_search_index(&m);
+    m.wait_search_index();
     let mnt = s.mnt();
     // The first scan kept the head and tail of every track, no more.
     assert_eq!(

@@ -193,6 +193,18 @@ impl Mounted {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (up to 20 s) for the search index the daemon builds after
+    /// mounting: its descriptors and work are then settled.
+    pub fn wait_search_index(&self) {
+        assert!(
+            crate::wait_for(Duration::from_secs(20), || self
+                .log_text()
+                .contains("search index built")),
+            "{}",
+            self.log_text()
+        );
+    }
+
     /// The daemon's process id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
