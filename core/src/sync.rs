@@ -66,9 +66,13 @@ fn identity(v: &FileVersion) -> Option<(u64, i64, &str)> {
 
 /// Plans a sync of `origin` from a complete listing. `catalog` holds the
 /// origin's saved entries (others are ignored).
-pub fn plan_full(origin: OriginId, catalog: &[CatalogEntry], listing: &[Listed]) -> SyncPlan {
+pub fn plan_full<'c>(
+    origin: OriginId,
+    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+    listing: &[Listed],
+) -> SyncPlan {
     let saved: BTreeMap<&OriginPath, &CatalogEntry> = catalog
-        .iter()
+        .into_iter()
         .filter(|e| e.source.origin == origin)
         .map(|e| (&e.source.path, e))
         .collect();

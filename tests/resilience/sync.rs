@@ -151,8 +151,9 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
     println!("{}", report.join("\n"));
 }
 
-/// A watcher's sync of a few files (new, retagged, removed) never loads the
-/// whole catalog from the database: the syncer keeps it in step in memory.
+/// A watcher's sync of a few files (new, retagged, removed), and a sync of
+/// the whole origin, never load the whole catalog from the database: the
+/// syncer keeps it in step in memory.
 /// And what it keeps is what the database holds: the tree a full rebuild
 /// from the database gives is the tree the engine now shows.
 #[test]
@@ -176,6 +177,9 @@ fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
     }
     let cache = dir.path().join("cache");
     let d = TestDaemon::local(&root, &cache, Config::default());
+    // As a mount's first scan leaves it: the catalog saved.
+    d.db.put_catalog(&musicfs_tests::fixtures::scan(&root))
+        .unwrap();
     let s = syncer(&d, &root);
     let loads = d.db.catalog_loads();
     let paths = |names: &[&str]| -> BTreeSet<OriginPath> {
@@ -223,6 +227,32 @@ fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
     );
     assert!(
         !shown.iter().any(|p| p.ends_with("00 - Song 03.wav")),
+        "{shown:?}"
+    );
+    // A whole-origin sync (at mount, after lost events, `musicfs rescan`)
+    // plans from the catalog kept in memory too: one more removal and one
+    // more new file, seen by the listing alone.
+    std::fs::remove_file(root.join("a/08.wav")).unwrap();
+    write_wav(
+        &root.join("c/unwatched.wav"),
+        25_000,
+        98,
+        "Unwatched",
+        "Third Band",
+        "Third",
+    );
+    let report = s.sync_origin(OriginId(0)).unwrap();
+    assert_eq!((report.reread, report.removed), (1, 1), "{report:?}");
+    assert_eq!(d.db.catalog_loads(), loads, "no whole-catalog load");
+    let shown = d.paths();
+    assert!(
+        shown
+            .iter()
+            .any(|p| p.ends_with("Third Band/Third/00 - Unwatched.wav")),
+        "{shown:?}"
+    );
+    assert!(
+        !shown.iter().any(|p| p.ends_with("00 - Song 08.wav")),
         "{shown:?}"
     );
     // The catalog kept in memory is the saved one.

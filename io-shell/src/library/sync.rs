@@ -278,12 +278,25 @@ impl Syncer {
                 }
             }
         };
-        let catalog = self.db.load_catalog()?;
-        let mut plan = sync::plan_full(origin, &catalog, &listing.files);
+        // The catalog kept in memory is the saved one (every sync updates
+        // both): loading a second copy of a 200,000-track catalog from the
+        // database would add ~170 MB to the daemon's peak.
+        let mut plan = {
+            let catalog = self.catalog.lock();
+            let ours = (origin, OriginPath::new(Vec::new()));
+            sync::plan_full(
+                origin,
+                catalog
+                    .range(ours..)
+                    .take_while(|((o, _), _)| *o == origin)
+                    .map(|(_, e)| e),
+                &listing.files,
+            )
+        };
         listing.keep_unseen(&mut plan);
-        drop((catalog, listing));
+        drop(listing);
         let report = self.run(origin, &source, plan);
-        // A full sync held the whole catalog and listing for a moment.
+        // A full sync held the whole listing for a moment.
         crate::sys::memory::release_free_memory();
         report
     }
