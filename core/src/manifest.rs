@@ -6,8 +6,7 @@
 //! overlapping; gaps are the bytes nobody has needed yet.
 
 use crate::chunk::ChunkId;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::ops::Range;
 
 /// Which version of an origin file a manifest describes. A manifest is only
@@ -56,7 +55,7 @@ pub struct Kept {
 pub struct Manifest {
     /// The version these extents were cut from.
     pub version: FileVersion,
-    extents: BTreeMap<u64, Extent>,
+    extents: Extents,
     /// What a tag scan kept of this version (manifests saved before there
     /// was such a thing read as nothing kept).
     #[serde(default)]
@@ -68,7 +67,7 @@ impl Manifest {
     pub fn new(version: FileVersion) -> Manifest {
         Manifest {
             version,
-            extents: BTreeMap::new(),
+            extents: Extents::default(),
             kept: Kept::default(),
         }
     }
@@ -96,7 +95,7 @@ impl Manifest {
     pub fn kept_extents(&self) -> impl Iterator<Item = (u64, Extent)> + '_ {
         let head = self.kept.head;
         let tail_start = self.size().saturating_sub(self.kept.tail);
-        let heads = self.extents.range(..head).map(|(&o, &e)| (o, e));
+        let heads = self.extents.before(head).iter().copied();
         let tails = (self.kept.tail > 0)
             .then(|| self.overlapping(tail_start.max(head)..self.size()))
             .into_iter()
@@ -116,33 +115,34 @@ impl Manifest {
         if extent.len == 0 || end > self.version.size {
             return Err(ExtentError::OutOfBounds);
         }
-        if let Some((&prev, e)) = self.extents.range(..=offset).next_back()
+        let at = self.extents.first_at_or_after(offset);
+        if let Some(&(prev, e)) = at.checked_sub(1).and_then(|i| self.extents.0.get(i))
             && prev + u64::from(e.len) > offset
         {
             return Err(ExtentError::Overlaps);
         }
-        if let Some((&next, _)) = self.extents.range(offset..).next()
+        if let Some(&(next, _)) = self.extents.0.get(at)
             && next < end
         {
             return Err(ExtentError::Overlaps);
         }
-        self.extents.insert(offset, extent);
+        self.extents.0.insert(at, (offset, extent));
         Ok(())
     }
 
     /// All extents, in file order, with their offsets.
     pub fn extents(&self) -> impl Iterator<Item = (u64, Extent)> + '_ {
-        self.extents.iter().map(|(&o, &e)| (o, e))
+        self.extents.0.iter().copied()
     }
 
     /// Number of extents.
     pub fn len(&self) -> usize {
-        self.extents.len()
+        self.extents.0.len()
     }
 
     /// True when no byte is mapped.
     pub fn is_empty(&self) -> bool {
-        self.extents.is_empty()
+        self.extents.0.is_empty()
     }
 
     /// True when every byte of the file is mapped.
@@ -152,14 +152,15 @@ impl Manifest {
 
     /// The extents that intersect `range`, in order, with their offsets.
     pub fn overlapping(&self, range: Range<u64>) -> impl Iterator<Item = (u64, Extent)> + '_ {
-        let first = self
-            .extents
-            .range(..=range.start)
-            .next_back()
-            .filter(|(o, e)| **o + u64::from(e.len) > range.start)
-            .map(|(o, _)| *o)
-            .unwrap_or(range.start);
-        self.extents.range(first..range.end).map(|(&o, &e)| (o, e))
+        let all = &self.extents.0;
+        let at = self.extents.first_at_or_after(range.start);
+        // The extent before `range.start` reaches into it, or not.
+        let from = match at.checked_sub(1).map(|i| (i, all[i])) {
+            Some((i, (o, e))) if o + u64::from(e.len) > range.start => i,
+            _ => at,
+        };
+        let to = self.extents.first_at_or_after(range.end).max(from);
+        all[from..to].iter().copied()
     }
 
     /// The first unmapped byte range inside `start..end`, if any.
@@ -177,24 +178,77 @@ impl Manifest {
 
     /// Where the next mapped extent at or after `offset` starts (EOF if none).
     pub fn next_mapped_start(&self, offset: u64) -> u64 {
-        self.extents
-            .range(offset..)
-            .next()
-            .map(|(&o, _)| o)
-            .unwrap_or(self.size())
+        let at = self.extents.first_at_or_after(offset);
+        self.extents.0.get(at).map_or(self.size(), |&(o, _)| o)
     }
 
     /// Forgets every extent (the file changed at its origin).
     pub fn reset(&mut self, version: FileVersion) {
         self.version = version;
-        self.extents.clear();
+        self.extents.0 = Vec::new();
         self.kept = Kept::default();
+    }
+}
+
+/// A manifest's extents, sorted by offset and never overlapping. A sorted
+/// vector rather than a map: a cache holds one manifest per file a scan
+/// kept the tags of (200,000 in a large collection), most with a handful
+/// of extents, and a `BTreeMap`'s first node alone takes ~450 bytes.
+/// Saved as a map from offset to extent, as it always was.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Extents(Vec<(u64, Extent)>);
+
+impl Extents {
+    /// Index of the first extent starting at or after `offset`.
+    fn first_at_or_after(&self, offset: u64) -> usize {
+        self.0.partition_point(|&(o, _)| o < offset)
+    }
+
+    /// The extents starting before `offset`.
+    fn before(&self, offset: u64) -> &[(u64, Extent)] {
+        &self.0[..self.first_at_or_after(offset)]
+    }
+}
+
+impl Serialize for Extents {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.0.iter().map(|(o, e)| (o, e)))
+    }
+}
+
+impl<'de> Deserialize<'de> for Extents {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Extents, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Extents;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map from offset to extent")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Extents, A::Error> {
+                let mut v = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+                while let Some(entry) = map.next_entry::<u64, Extent>()? {
+                    v.push(entry);
+                }
+                // Saved from a sorted map, so sorted already; a later
+                // duplicate wins, as it did when this was a map.
+                v.reverse();
+                v.sort_by_key(|&(o, _)| o);
+                v.dedup_by_key(|&mut (o, _)| o);
+                v.shrink_to_fit();
+                Ok(Extents(v))
+            }
+        }
+        d.deserialize_map(Visitor)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn ext(len: u32) -> Extent {
         Extent {
@@ -278,5 +332,29 @@ mod tests {
         let m: Manifest = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m.kept(), Kept::default());
+    }
+
+    #[test]
+    fn extents_are_saved_as_the_map_they_always_were() {
+        let mut m = manifest(100);
+        for (o, l) in [(60, 30), (0, 10), (20, 40), (10, 10)] {
+            m.insert(o, ext(l)).unwrap();
+        }
+        let offsets: Vec<u64> = m.extents().map(|(o, _)| o).collect();
+        assert_eq!(offsets, vec![0, 10, 20, 60], "kept in file order");
+        #[derive(Deserialize)]
+        struct AsMap {
+            #[allow(dead_code)]
+            version: FileVersion,
+            extents: BTreeMap<u64, Extent>,
+            #[allow(dead_code)]
+            kept: Kept,
+        }
+        let bytes = rmp_serde::to_vec(&m).unwrap();
+        let old: AsMap = rmp_serde::from_slice(&bytes).unwrap();
+        let want: BTreeMap<u64, Extent> = m.extents().collect();
+        assert_eq!(old.extents, want);
+        let back: Manifest = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, m);
     }
 }
