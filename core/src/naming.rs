@@ -49,6 +49,11 @@ fn is_trimmable(c: char) -> bool {
 /// because only they know whether "Unknown Album" or the file's stem is the
 /// right one. Applying it twice changes nothing.
 pub fn sanitize_component(raw: &str) -> String {
+    // Most tags need no change: one allocation, not two (a tree build
+    // sanitizes several components of every track).
+    if !raw.chars().any(|c| c == '/' || c.is_control()) {
+        return raw.trim_matches(is_trimmable).to_owned();
+    }
     let mapped: String = raw
         .chars()
         .map(|c| match c {

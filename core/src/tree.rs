@@ -139,7 +139,7 @@ pub struct VirtualTree {
     /// The sum of the files' sizes (statfs asks for it on every `df`).
     bytes: u64,
     /// Which file each origin file backs.
-    by_source: BTreeMap<(OriginId, crate::ids::OriginPath), Ino>,
+    by_source: BTreeMap<OriginId, BTreeMap<crate::ids::OriginPath, Ino>>,
 }
 
 impl Default for VirtualTree {
@@ -264,7 +264,7 @@ impl VirtualTree {
         origin: OriginId,
         path: &crate::ids::OriginPath,
     ) -> Option<(Ino, &SourceFile)> {
-        let ino = *self.by_source.get(&(origin, path.clone()))?;
+        let ino = *self.by_source.get(&origin)?.get(path)?;
         let file = self.file(ino)?;
         let src = file
             .sources
@@ -536,6 +536,19 @@ struct TrackPlaces<'c> {
 
 const ROOT: usize = 0;
 
+/// The folders of a rendered track path (all but the file name).
+fn album_key(components: &[String]) -> &[String] {
+    &components[..components.len().saturating_sub(1)]
+}
+
+/// `name` without ".`ext`", if it ends so (and `ext` is not empty).
+fn strip_ext<'n>(name: &'n str, ext: &str) -> Option<&'n str> {
+    if ext.is_empty() {
+        return None;
+    }
+    name.strip_suffix(ext)?.strip_suffix('.')
+}
+
 /// A file name without its last extension (the whole name when the dot is
 /// first or missing).
 fn stem_bytes(name: &[u8]) -> &[u8] {
@@ -703,22 +716,28 @@ impl<'a> Builder<'a> {
                 multi_disc,
             }
         }
-        let mut multi_disc_albums = BTreeSet::new();
-        let mut album_keys = Vec::with_capacity(tracks.len());
+        // Rendered as single-disc first: the folders this gives are the
+        // album's key, and only tracks of albums with a second disc are
+        // rendered again.
+        let mut multi_disc_albums: BTreeSet<Vec<String>> = BTreeSet::new();
+        let mut single = Vec::with_capacity(tracks.len());
         for (_, tags, ext, stem) in &tracks {
-            let mut comps = self.layout.render(&view(tags, ext, stem, false));
-            comps.pop();
+            let comps = self.layout.render(&view(tags, ext, stem, false));
             if tags.disc_total.is_some_and(|t| t > 1) || tags.disc.is_some_and(|d| d > 1) {
-                multi_disc_albums.insert(comps.clone());
+                multi_disc_albums.insert(album_key(&comps).to_vec());
             }
-            album_keys.push(comps);
+            single.push(comps);
         }
         tracks
             .into_iter()
-            .zip(album_keys)
-            .map(|((entry, tags, ext, stem), key)| {
-                let multi = multi_disc_albums.contains(&key);
-                let components = self.layout.render(&view(tags, &ext, &stem, multi));
+            .zip(single)
+            .map(|((entry, tags, ext, stem), comps)| {
+                let multi = multi_disc_albums.contains(album_key(&comps));
+                let components = if multi {
+                    self.layout.render(&view(tags, &ext, &stem, true))
+                } else {
+                    comps
+                };
                 Placed {
                     components,
                     ext,
@@ -746,7 +765,7 @@ impl<'a> Builder<'a> {
             role: FileRole::Track,
             generated: None,
         };
-        let ext = if file_name.ends_with(&format!(".{}", track.ext)) && !track.ext.is_empty() {
+        let ext = if strip_ext(file_name, &track.ext).is_some() {
             track.ext.as_str()
         } else {
             ""
@@ -758,6 +777,13 @@ impl<'a> Builder<'a> {
     /// The directory `name` in `parent`, created if needed. A file already
     /// holding that name pushes the directory to "name (2)".
     fn child_dir(&mut self, parent: usize, name: &str) -> usize {
+        // The common case, an existing folder, without making a name.
+        if let Some(&idx) = self.children(parent).get(name)
+            && matches!(self.protos[idx].kind, ProtoKind::Dir(_))
+            && Some(idx) != self.playlists_dir
+        {
+            return idx;
+        }
         for n in 1u32.. {
             let candidate = if n == 1 {
                 name.to_owned()
@@ -789,10 +815,7 @@ impl<'a> Builder<'a> {
         file: FileNode,
         mtime_ns: i64,
     ) -> usize {
-        let base = name
-            .strip_suffix(&format!(".{ext}"))
-            .filter(|_| !ext.is_empty())
-            .unwrap_or(name);
+        let base = strip_ext(name, ext).unwrap_or(name);
         for n in 1u32.. {
             let candidate = if n == 1 {
                 name.to_owned()
@@ -1023,17 +1046,27 @@ impl<'a> Builder<'a> {
     /// descendant.
     fn finish(mut self) -> VirtualTree {
         let mut order = Vec::with_capacity(self.protos.len());
-        let mut paths = vec![String::new(); self.protos.len()];
+        // Each node's path hash; paths themselves are kept for folders only
+        // (their children's paths start with them).
+        let mut hashes = vec![0u64; self.protos.len()];
+        let mut dir_paths: Vec<Option<String>> = vec![None; self.protos.len()];
+        let mut path = String::new();
         let mut stack = vec![ROOT];
         while let Some(idx) = stack.pop() {
             order.push(idx);
             if let ProtoKind::Dir(children) = &self.protos[idx].kind {
+                let parent = dir_paths[idx].take().unwrap_or_default();
                 for &child in children.values().rev() {
-                    paths[child] = if idx == ROOT {
-                        self.protos[child].name.clone()
-                    } else {
-                        format!("{}/{}", paths[idx], self.protos[child].name)
-                    };
+                    path.clear();
+                    if idx != ROOT {
+                        path.push_str(&parent);
+                        path.push('/');
+                    }
+                    path.push_str(&self.protos[child].name);
+                    hashes[child] = inode_hash(&path);
+                    if matches!(self.protos[child].kind, ProtoKind::Dir(_)) {
+                        dir_paths[child] = Some(path.clone());
+                    }
                     stack.push(child);
                 }
             }
@@ -1050,7 +1083,7 @@ impl<'a> Builder<'a> {
         let mut inos = vec![Ino::ROOT; self.protos.len()];
         let mut taken = BTreeSet::from([Ino::ROOT.0]);
         for &idx in order.iter().skip(1) {
-            let mut ino = inode_hash(&paths[idx]);
+            let mut ino = hashes[idx];
             while ino < 2 || !taken.insert(ino) {
                 ino = ino.wrapping_add(1) & !(INO_RESERVED_BIT | INO_VIEW_BIT);
             }
@@ -1104,18 +1137,18 @@ impl<'a> Builder<'a> {
                 d.subdirs = count;
             }
         }
-        let by_source = nodes
-            .iter()
-            .filter_map(|(&ino, n)| match &n.body {
-                Body::File(f) => Some((ino, f)),
-                Body::Dir(_) => None,
-            })
-            .flat_map(|(ino, f)| {
-                f.sources
-                    .iter()
-                    .map(move |s| ((s.origin, s.path.clone()), ino))
-            })
-            .collect();
+        let mut by_source: BTreeMap<OriginId, BTreeMap<crate::ids::OriginPath, Ino>> =
+            BTreeMap::new();
+        for (&ino, n) in &nodes {
+            if let Body::File(f) = &n.body {
+                for s in &f.sources {
+                    by_source
+                        .entry(s.origin)
+                        .or_default()
+                        .insert(s.path.clone(), ino);
+                }
+            }
+        }
         VirtualTree {
             nodes,
             files,

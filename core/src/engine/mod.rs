@@ -1470,16 +1470,14 @@ impl Engine {
 
     /// Forgets chunk maps that no longer match their file's version.
     fn drop_stale_manifests(&mut self) {
-        let mut current: BTreeMap<SourceKey, &crate::manifest::FileVersion> = BTreeMap::new();
-        for (_, f) in self.tree.files() {
-            for s in &f.sources {
-                current.insert(key_of(s), &s.version);
-            }
-        }
         let stale: Vec<SourceKey> = self
             .manifests
             .iter()
-            .filter(|(k, m)| current.get(k).is_none_or(|v| **v != m.version))
+            .filter(|((origin, path), m)| {
+                self.tree
+                    .find_source(*origin, path)
+                    .is_none_or(|(_, s)| s.version != m.version)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in stale {

@@ -185,6 +185,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     tracing::info!(
         mountpoint = %plan.mountpoint.display(),
         elapsed_ms = started.elapsed().as_millis() as u64,
+        rss_mib = crate::sys::memory::resident_mib(),
         "mounted"
     );
     if let Some(socket) = &socket {

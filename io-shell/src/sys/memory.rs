@@ -59,3 +59,12 @@ pub fn tune_allocator() {
         }
     }
 }
+
+/// This process's resident memory in MiB (`VmRSS`), for the logs of the
+/// mount's steps; `None` where /proc cannot tell.
+pub fn resident_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
