@@ -213,6 +213,16 @@ impl Syncer {
         job()
     }
 
+    /// Runs `job` over the catalog kept in memory: the saved one, from
+    /// which the tree being served was built (when no sync runs, as in
+    /// [`Syncer::exclusive`]).
+    pub fn with_catalog<R>(
+        &self,
+        job: impl FnOnce(std::collections::btree_map::Values<'_, SourceKey, CatalogEntry>) -> R,
+    ) -> R {
+        job(self.catalog.lock().values())
+    }
+
     /// Shutdown: no sync starts from now on, and a running one (or a search
     /// index build, which also runs under the sync lock) is waited for up
     /// to `wait`; a sync stops at its next saved batch. True when nothing

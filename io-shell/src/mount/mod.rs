@@ -200,14 +200,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             metrics_addr: services.metrics_addr,
         }));
     }
-    start_background(
-        &plan,
-        &daemon,
-        &db,
-        &services,
-        &origins,
-        &library.scanned_now,
-    );
+    start_background(&plan, &daemon, &services, &origins, &library.scanned_now);
     status.set_phase("serving");
     systemd::ready(&format!(
         "serving {} tracks at {}",
@@ -609,7 +602,6 @@ fn fsname(plan: &MountPlan) -> String {
 fn start_background(
     plan: &MountPlan,
     daemon: &Arc<Daemon>,
-    db: &Arc<Db>,
     services: &Services,
     origins: &Origins,
     scanned_now: &[bool],
@@ -641,7 +633,6 @@ fn start_background(
         supervisor,
         &services.syncer,
         daemon,
-        db,
         &plan.cache_dir,
         &services.search,
     );
@@ -800,14 +791,12 @@ fn open_search(
     supervisor: &Supervisor,
     syncer: &Arc<Syncer>,
     daemon: &Arc<Daemon>,
-    db: &Arc<Db>,
     cache_dir: &Path,
     slot: &Arc<SearchSlot>,
 ) {
-    let (syncer, d, db, dir, slot) = (
+    let (syncer, d, dir, slot) = (
         Arc::clone(syncer),
         Arc::clone(daemon),
-        Arc::clone(db),
         cache_dir.to_path_buf(),
         Arc::clone(slot),
     );
@@ -818,10 +807,9 @@ fn open_search(
         "search-index",
         true,
         Arc::new(move || {
-            let (syncer, d, db, dir, slot) = (
+            let (syncer, d, dir, slot) = (
                 Arc::clone(&syncer),
                 Arc::clone(&d),
-                Arc::clone(&db),
                 dir.clone(),
                 Arc::clone(&slot),
             );
@@ -833,8 +821,13 @@ fn open_search(
                         tracing::debug!("search index: opening");
                         // Tests: a slow build, to stop the daemon during it.
                         fail::fail_point!("search-index-open");
-                        let tree = d.inspect(|e| e.tree().clone());
-                        slot.set(LiveSearch::open(&dir, &db, &tree)?);
+                        // The tree being served and the catalog the syncer
+                        // keeps: no copy of either (each is ~100 MB or
+                        // more on a 200,000-track library).
+                        let tree = d.tree();
+                        let live = syncer
+                            .with_catalog(|catalog| LiveSearch::open(&dir, &tree, catalog))?;
+                        slot.set(live);
                         Ok::<(), SearchError>(())
                     })?;
                     crate::sys::memory::release_free_memory();

@@ -3,7 +3,6 @@
 //! change, committed after each sync and at shutdown.
 
 use super::{DocDigests, SearchError, SearchIndex, diff_docs, docs_from_tree, index_dir};
-use crate::store::Db;
 use musicfs_core::CatalogEntry;
 use musicfs_core::tree::VirtualTree;
 use parking_lot::Mutex;
@@ -36,19 +35,15 @@ pub struct LiveSearch {
 }
 
 impl LiveSearch {
-    /// Opens (or rebuilds) the index of the library in `cache_dir`.
-    pub fn open(
+    /// Opens (or rebuilds) the index of the library in `cache_dir`;
+    /// `catalog` is what `tree` was built from.
+    pub fn open<'c>(
         cache_dir: &Path,
-        db: &Db,
         tree: &VirtualTree,
+        catalog: impl IntoIterator<Item = &'c CatalogEntry>,
     ) -> Result<Arc<LiveSearch>, SearchError> {
         let opened = SearchIndex::open(&index_dir(cache_dir))?;
-        let catalog = db.load_catalog().map_err(|e| SearchError::Unusable {
-            path: cache_dir.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        let docs = docs_from_tree(tree, &catalog);
-        drop(catalog);
+        let docs = docs_from_tree(tree, catalog);
         let held = DocDigests::of(&docs);
         let want = held.stamp();
         let index = opened.index;
