@@ -131,6 +131,10 @@ pub struct BuildReport {
     pub sidecars_left_out: usize,
 }
 
+/// Which file each origin file backs, by origin then path (a lookup
+/// borrows the path, never clones it).
+type SourceIndex = BTreeMap<OriginId, BTreeMap<OriginPath, Ino>>;
+
 /// The virtual tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualTree {
@@ -139,7 +143,7 @@ pub struct VirtualTree {
     /// The sum of the files' sizes (statfs asks for it on every `df`).
     bytes: u64,
     /// Which file each origin file backs.
-    by_source: BTreeMap<OriginId, BTreeMap<crate::ids::OriginPath, Ino>>,
+    by_source: SourceIndex,
 }
 
 impl Default for VirtualTree {
@@ -165,7 +169,7 @@ impl VirtualTree {
             nodes,
             files: 0,
             bytes: 0,
-            by_source: BTreeMap::new(),
+            by_source: SourceIndex::default(),
         }
     }
 
@@ -1137,8 +1141,7 @@ impl<'a> Builder<'a> {
                 d.subdirs = count;
             }
         }
-        let mut by_source: BTreeMap<OriginId, BTreeMap<crate::ids::OriginPath, Ino>> =
-            BTreeMap::new();
+        let mut by_source = SourceIndex::default();
         for (&ino, n) in &nodes {
             if let Body::File(f) = &n.body {
                 for s in &f.sources {

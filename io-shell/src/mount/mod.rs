@@ -37,8 +37,9 @@ use crate::service::systemd;
 use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
 use musicfs_core::CatalogEntry;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
+use musicfs_core::manifest::Manifest;
 use musicfs_core::tree::VirtualTree;
-use musicfs_core::{ChunkId, OriginId};
+use musicfs_core::{ChunkId, OriginId, OriginPath};
 use signals::{Signals, wait_for_stop};
 use std::io;
 use std::net::SocketAddr;
@@ -171,7 +172,14 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     status.set_phase("scanning");
     let library = load_library(&plan, &origins, runtime.handle(), &mut cache, &status)?;
     let db = Arc::clone(&cache.db);
-    let daemon = start_daemon(&plan, library.tree, cache, &origins, runtime.handle())?;
+    let daemon = start_daemon(
+        &plan,
+        library.tree,
+        library.manifests,
+        cache,
+        &origins,
+        runtime.handle(),
+    )?;
     let services = start_services(
         &plan,
         &daemon,
@@ -343,6 +351,8 @@ fn open_origins(plan: &MountPlan) -> Result<Origins, RunError> {
 /// The tree the mount starts with.
 struct Library {
     tree: VirtualTree,
+    /// The chunk maps the cache holds, by origin file.
+    manifests: Vec<(OriginId, OriginPath, Manifest)>,
     /// The catalog the tree was built from: the syncer keeps it, so a
     /// watcher's sync rebuilds the tree without loading it again.
     catalog: Vec<CatalogEntry>,
@@ -363,7 +373,19 @@ fn load_library(
 ) -> Result<Library, RunError> {
     let (catalog, scanned_now) =
         first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)?;
-    let (tree, report) = VirtualTree::build(&plan.layout, &catalog);
+    // The chunk maps load while the tree builds: neither needs the other,
+    // and on a large library each takes a good part of a remount.
+    let db = &cache.db;
+    let (built, manifests) = std::thread::scope(|s| {
+        let manifests = s.spawn(|| db.load_manifests());
+        let built = VirtualTree::build(&plan.layout, &catalog);
+        let manifests = manifests
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (built, manifests)
+    });
+    let (tree, report) = built;
+    let manifests = manifests.map_err(RunError::cache(&plan.cache_dir))?;
     tracing::info!(
         tracks = report.tracks,
         mirrors = report.mirrors,
@@ -382,6 +404,7 @@ fn load_library(
     crate::sys::memory::release_free_memory();
     Ok(Library {
         tree,
+        manifests,
         catalog,
         tracks: report.tracks,
         scanned_now,
@@ -393,6 +416,7 @@ fn load_library(
 fn start_daemon(
     plan: &MountPlan,
     tree: VirtualTree,
+    manifests: Vec<(OriginId, OriginPath, Manifest)>,
     cache: Cache,
     origins: &Origins,
     rt: &tokio::runtime::Handle,
@@ -402,9 +426,7 @@ fn start_daemon(
         store,
         chunk_index,
     } = cache;
-    let manifests = db
-        .load_manifests()
-        .map_err(RunError::cache(&plan.cache_dir))?
+    let manifests = manifests
         .into_iter()
         .map(|(origin, path, m)| ((origin, path), m));
     let config = EngineConfig {
