@@ -45,6 +45,9 @@ pub struct IoStats {
     /// FUSE OPEN requests of files (none after the first where the kernel
     /// opens files by itself).
     pub file_opens: AtomicU64,
+    /// FUSE FLUSH requests (one at most: the first is answered ENOSYS and
+    /// the kernel sends no more).
+    pub file_flushes: AtomicU64,
     /// Per origin, by [`musicfs_core::OriginId`].
     pub origins: Vec<OriginIo>,
 }

@@ -174,6 +174,7 @@ impl Control {
                 "passthrough": e.in_passthrough(),
                 "reads_served": s.reads_served,
                 "file_opens": self.daemon.io_stats.file_opens.load(std::sync::atomic::Ordering::Relaxed),
+                "file_flushes": self.daemon.io_stats.file_flushes.load(std::sync::atomic::Ordering::Relaxed),
                 "reads_failed": s.reads_failed,
                 "reads_passthrough": s.reads_passthrough,
                 "fetched_bytes": s.fetched_bytes,
