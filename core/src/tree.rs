@@ -19,6 +19,7 @@ use crate::ids::{Ino, OriginId, OriginPath};
 use crate::layout::{Layout, TrackView};
 use crate::naming;
 use crate::tags::TrackTags;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -26,7 +27,7 @@ use std::sync::Arc;
 pub const PLAYLISTS_DIR: &str = "Playlists";
 
 /// What a file node stands for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileRole {
     /// An audio track.
     Track,
@@ -45,7 +46,7 @@ pub enum FileRole {
 }
 
 /// A file of the virtual tree and where its bytes come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileNode {
     /// Size in bytes.
     pub size: u64,
@@ -60,7 +61,7 @@ pub struct FileNode {
 }
 
 /// A directory's entries, sorted by name.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirNode {
     /// Name to inode.
     pub children: BTreeMap<String, Ino>,
@@ -68,7 +69,7 @@ pub struct DirNode {
 }
 
 /// What a node is.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Body {
     /// A directory.
     Dir(DirNode),
@@ -77,7 +78,7 @@ pub enum Body {
 }
 
 /// One node of the tree.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     /// The parent directory (the root is its own parent).
     pub parent: Ino,
@@ -99,7 +100,7 @@ impl Node {
 }
 
 /// Counts from building a tree, for the scan summary and the logs.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BuildReport {
     /// Tracks placed in the tree (mirrors count once).
     pub tracks: usize,
@@ -146,6 +147,45 @@ pub struct VirtualTree {
     by_source: SourceIndex,
 }
 
+/// A tree as saved: its nodes (the source index is derived from them).
+#[derive(Serialize)]
+struct SavedTreeRef<'t> {
+    nodes: &'t BTreeMap<Ino, Node>,
+    files: usize,
+    bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct SavedTree {
+    nodes: BTreeMap<Ino, Node>,
+    files: usize,
+    bytes: u64,
+}
+
+/// A tree saves as its nodes, so that a mount whose catalog and layout did
+/// not change can load the tree instead of building it again.
+impl Serialize for VirtualTree {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        SavedTreeRef {
+            nodes: &self.nodes,
+            files: self.files,
+            bytes: self.bytes,
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for VirtualTree {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<VirtualTree, D::Error> {
+        let saved = SavedTree::deserialize(d)?;
+        Ok(VirtualTree::from_nodes(
+            saved.nodes,
+            saved.files,
+            saved.bytes,
+        ))
+    }
+}
+
 impl Default for VirtualTree {
     fn default() -> Self {
         VirtualTree::empty()
@@ -170,6 +210,27 @@ impl VirtualTree {
             files: 0,
             bytes: 0,
             by_source: SourceIndex::default(),
+        }
+    }
+
+    /// A tree of `nodes`, with its source index.
+    fn from_nodes(nodes: BTreeMap<Ino, Node>, files: usize, bytes: u64) -> VirtualTree {
+        let mut by_source = SourceIndex::default();
+        for (&ino, n) in &nodes {
+            if let Body::File(f) = &n.body {
+                for s in &f.sources {
+                    by_source
+                        .entry(s.origin)
+                        .or_default()
+                        .insert(s.path.clone(), ino);
+                }
+            }
+        }
+        VirtualTree {
+            nodes,
+            files,
+            bytes,
+            by_source,
         }
     }
 
@@ -1093,18 +1154,23 @@ impl<'a> Builder<'a> {
             }
             inos[idx] = Ino(ino);
         }
-        let mut nodes = BTreeMap::new();
+        // Folders' subfolder counts, while the protos still say which
+        // child is a folder.
+        let is_dir: Vec<bool> = self
+            .protos
+            .iter()
+            .map(|p| matches!(p.kind, ProtoKind::Dir(_)))
+            .collect();
+        let mut nodes = Vec::with_capacity(self.protos.len());
         let mut files = 0;
         let mut bytes = 0u64;
         for (idx, proto) in self.protos.into_iter().enumerate() {
             let body = match proto.kind {
                 ProtoKind::Dir(children) => {
+                    let subdirs = children.values().filter(|&&c| is_dir[c]).count() as u32;
                     let children: BTreeMap<String, Ino> =
                         children.into_iter().map(|(n, c)| (n, inos[c])).collect();
-                    Body::Dir(DirNode {
-                        subdirs: 0,
-                        children,
-                    })
+                    Body::Dir(DirNode { subdirs, children })
                 }
                 ProtoKind::File { file, .. } => {
                     files += 1;
@@ -1118,46 +1184,12 @@ impl<'a> Builder<'a> {
                 mtime_ns: proto.mtime_ns,
                 body,
             };
-            nodes.insert(inos[idx], node);
+            nodes.push((inos[idx], node));
         }
-        let subdir_counts: Vec<(Ino, u32)> = nodes
-            .iter()
-            .filter_map(|(&ino, n)| match &n.body {
-                Body::Dir(d) => Some((
-                    ino,
-                    d.children
-                        .values()
-                        .filter(|c| matches!(nodes.get(c).map(|n| &n.body), Some(Body::Dir(_))))
-                        .count() as u32,
-                )),
-                Body::File(_) => None,
-            })
-            .collect();
-        for (ino, count) in subdir_counts {
-            if let Some(Node {
-                body: Body::Dir(d), ..
-            }) = nodes.get_mut(&ino)
-            {
-                d.subdirs = count;
-            }
-        }
-        let mut by_source = SourceIndex::default();
-        for (&ino, n) in &nodes {
-            if let Body::File(f) = &n.body {
-                for s in &f.sources {
-                    by_source
-                        .entry(s.origin)
-                        .or_default()
-                        .insert(s.path.clone(), ino);
-                }
-            }
-        }
-        VirtualTree {
-            nodes,
-            files,
-            bytes,
-            by_source,
-        }
+        // Sorted once and built in bulk, rather than inserted one by one
+        // in hash order.
+        let nodes: BTreeMap<Ino, Node> = nodes.into_iter().collect();
+        VirtualTree::from_nodes(nodes, files, bytes)
     }
 }
 

@@ -403,6 +403,33 @@ fn a_remount_opens_the_saved_tree_with_the_same_names_and_inodes() {
         !log.contains("scanning a new origin"),
         "second mount rescanned before mounting:\n{log}"
     );
+    // The second mount built its tree from the saved catalog and saved it;
+    // the third loads it instead of building, and shows the same tree.
+    let saved = fx.path("cache").join("tree.bin");
+    assert!(
+        musicfs_tests::wait_for(Duration::from_secs(30), || saved.exists()),
+        "the tree was not saved for the next mount:\n{}",
+        m.log_text()
+    );
+    assert!(m.stop().success());
+    let m = fx.mount();
+    assert!(
+        m.log_text().contains("saved_tree=true"),
+        "third mount built its tree:\n{}",
+        m.log_text()
+    );
+    assert_eq!(inodes(&m.mountpoint), first);
+    assert!(m.stop().success());
+    // A saved tree that does not read is built again, the same.
+    let bytes = std::fs::read(&saved).unwrap();
+    std::fs::write(&saved, &bytes[..bytes.len() / 3]).unwrap();
+    let m = fx.mount();
+    assert!(
+        m.log_text().contains("saved_tree=false"),
+        "{}",
+        m.log_text()
+    );
+    assert_eq!(inodes(&m.mountpoint), first);
     // A fresh cache (a fresh scan) gives the same tree too.
     drop(m);
     let other = Fixture::new();

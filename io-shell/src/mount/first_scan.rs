@@ -22,14 +22,16 @@ use std::time::{Duration, Instant};
 /// and scans the origins the cache has never seen (the first mount). Known
 /// origins are caught up with in the background by their watchers and
 /// pollers. Also says which origins were scanned just now (their pollers
-/// need not list them again at once).
+/// need not list them again at once), and, when the catalog is exactly
+/// the saved one (nothing scanned, dropped or damaged), the digest of its
+/// saved bytes (a saved tree is keyed by it).
 pub(super) fn load_catalog(
     plan: &MountPlan,
     sources: &[SyncSource],
     rt: &tokio::runtime::Handle,
     cache: &mut Cache,
     scan: &Arc<ScanState>,
-) -> Result<(Vec<CatalogEntry>, Vec<bool>), RunError> {
+) -> Result<LoadedCatalog, RunError> {
     let db = &*Arc::clone(&cache.db);
     let mut keep = KeepInto {
         cache,
@@ -43,7 +45,8 @@ pub(super) fn load_catalog(
     let mut scanned_now = vec![false; plan.origins.len()];
     let mut saved_tree = false;
     let mut failed: Vec<(OriginId, &OriginSpec, OriginError)> = Vec::new();
-    let (mut entries, damaged) = db.load_catalog_counted().map_err(cache)?;
+    let (mut entries, damaged, digest) = db.load_catalog_digested().map_err(cache)?;
+    let mut as_saved = damaged == 0;
     if damaged > 0 {
         // Damaged records are tracks missing from the tree: rebuild the
         // catalog from the origins before showing anything.
@@ -65,6 +68,7 @@ pub(super) fn load_catalog(
         }
         // New origin, or another origin now has this index: forget what was
         // saved for this index and scan it.
+        as_saved = false;
         entries.retain(|e| e.source.origin != id);
         let keeper = (spec.cached && plan.keep_tags).then(|| keep.keeper());
         let report = match scan_origin(id, spec, source, rt, scan, keeper)? {
@@ -106,10 +110,26 @@ pub(super) fn load_catalog(
             .map_err(cache)?;
     }
     let configured = plan.origins.len();
+    let loaded = entries.len();
     entries.retain(|e| usize::from(e.source.origin.0) < configured);
+    as_saved &= entries.len() == loaded;
     keep.finish().map_err(cache)?;
     db.flush().map_err(cache)?;
-    Ok((entries, scanned_now))
+    Ok(LoadedCatalog {
+        entries,
+        scanned_now,
+        digest: as_saved.then_some(digest),
+    })
+}
+
+/// What [`load_catalog`] gives.
+pub(super) struct LoadedCatalog {
+    /// Every entry, saved and scanned just now.
+    pub entries: Vec<CatalogEntry>,
+    /// Which origins were scanned just now.
+    pub scanned_now: Vec<bool>,
+    /// The digest of the saved catalog, when `entries` is exactly it.
+    pub digest: Option<u128>,
 }
 
 /// Where a first scan keeps the tag bytes it read: the cache, through one

@@ -34,11 +34,12 @@ use crate::service::control::{Control, ControlSocket, MountStatus};
 use crate::service::metrics;
 use crate::service::supervisor::{RestartPolicy, Supervisor, TaskError};
 use crate::service::systemd;
+use crate::store::tree_cache::{self, TreeKey};
 use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
 use musicfs_core::CatalogEntry;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::manifest::Manifest;
-use musicfs_core::tree::VirtualTree;
+use musicfs_core::tree::{BuildReport, VirtualTree};
 use musicfs_core::{ChunkId, OriginId, OriginPath};
 use signals::{Signals, wait_for_stop};
 use std::io;
@@ -172,6 +173,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     status.set_phase("scanning");
     let library = load_library(&plan, &origins, runtime.handle(), &mut cache, &status)?;
     let db = Arc::clone(&cache.db);
+    let save_tree = library.save_tree;
     let daemon = start_daemon(
         &plan,
         library.tree,
@@ -180,6 +182,8 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         &origins,
         runtime.handle(),
     )?;
+    // The tree as built from the loaded catalog, before any sync swaps it.
+    let save_tree = save_tree.map(|(key, report)| (key, report, daemon.tree()));
     let services = start_services(
         &plan,
         &daemon,
@@ -209,6 +213,9 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         }));
     }
     start_background(&plan, &daemon, &services, &origins, &library.scanned_now);
+    if let Some((key, report, tree)) = save_tree {
+        save_tree_behind(&plan.cache_dir, key, report, tree);
+    }
     status.set_phase("serving");
     systemd::ready(&format!(
         "serving {} tracks at {}",
@@ -241,6 +248,33 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     saved?;
     tracing::info!("unmounted; bye");
     Ok(())
+}
+
+/// Saves the tree just built for the next mount, on a thread of its own
+/// (the mount does not wait; a save cut short by an exit leaves only a
+/// temporary file, and the next mount builds the tree as it would anyway).
+fn save_tree_behind(cache_dir: &Path, key: TreeKey, report: BuildReport, tree: Arc<VirtualTree>) {
+    let dir = cache_dir.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("save-tree".into())
+        .spawn(move || {
+            let started = Instant::now();
+            match tree_cache::save(&dir, key, &tree, &report) {
+                Ok(()) => tracing::debug!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "tree saved for the next mount"
+                ),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "cannot save the tree for the next mount; it will be built again"
+                ),
+            }
+            drop(tree);
+            crate::sys::memory::release_free_memory();
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start saving the tree for the next mount");
+    }
 }
 
 /// The tokio runtime: two workers (most work is on the blocking pool).
@@ -351,6 +385,9 @@ fn open_origins(plan: &MountPlan) -> Result<Origins, RunError> {
 /// The tree the mount starts with.
 struct Library {
     tree: VirtualTree,
+    /// Set when the tree was built (not loaded) from the saved catalog:
+    /// the key to save it under, and its build report.
+    save_tree: Option<(TreeKey, BuildReport)>,
     /// The chunk maps the cache holds, by origin file.
     manifests: Vec<(OriginId, OriginPath, Manifest)>,
     /// The catalog the tree was built from: the syncer keeps it, so a
@@ -371,22 +408,29 @@ fn load_library(
     cache: &mut Cache,
     status: &MountStatus,
 ) -> Result<Library, RunError> {
-    let (catalog, scanned_now) =
-        first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)?;
-    // The chunk maps load while the tree builds: neither needs the other,
-    // and on a large library each takes a good part of a remount.
+    let first_scan::LoadedCatalog {
+        entries: catalog,
+        scanned_now,
+        digest,
+    } = first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)?;
+    let key = digest.and_then(|d| TreeKey::new(plan.layout.source(), d));
+    // The chunk maps load while the tree builds (or loads): neither needs
+    // the other, and on a large library each takes a good part of a
+    // remount.
     let db = &cache.db;
-    let (built, manifests) = std::thread::scope(|s| {
+    let (tree, report, saved, manifests) = std::thread::scope(|s| {
         let manifests = s.spawn(|| db.load_manifests());
-        let built = VirtualTree::build(&plan.layout, &catalog);
+        let saved = key.and_then(|key| tree_cache::load(&plan.cache_dir, key));
+        let loaded = saved.is_some();
+        let (tree, report) = saved.unwrap_or_else(|| VirtualTree::build(&plan.layout, &catalog));
         let manifests = manifests
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (built, manifests)
+        (tree, report, loaded, manifests)
     });
-    let (tree, report) = built;
     let manifests = manifests.map_err(RunError::cache(&plan.cache_dir))?;
     tracing::info!(
+        saved_tree = saved,
         tracks = report.tracks,
         mirrors = report.mirrors,
         covers = report.covers,
@@ -404,6 +448,8 @@ fn load_library(
     crate::sys::memory::release_free_memory();
     Ok(Library {
         tree,
+        // A tree just built is saved for the next mount, under its key.
+        save_tree: key.filter(|_| !saved).map(|key| (key, report.clone())),
         manifests,
         catalog,
         tracks: report.tracks,

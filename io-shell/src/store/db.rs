@@ -265,12 +265,25 @@ impl Db {
     /// damaged: a caller that sees any rescans before trusting the catalog
     /// (a damaged record is a track missing from the tree).
     pub fn load_catalog_counted(&self) -> Result<(Vec<CatalogEntry>, usize), StoreError> {
+        self.load_catalog_digested()
+            .map(|(entries, skipped, _)| (entries, skipped))
+    }
+
+    /// Like [`Db::load_catalog_counted`], also returning a hash of every
+    /// record's saved bytes, in order: two loads with the same digest
+    /// gave the same catalog (what a saved tree is keyed by).
+    pub fn load_catalog_digested(&self) -> Result<(Vec<CatalogEntry>, usize, u128), StoreError> {
         self.catalog_loads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut out = Vec::new();
         let mut skipped = 0usize;
+        let mut digest = xxhash_rust::xxh3::Xxh3::new();
         for item in self.catalog.iter() {
             let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+            for part in [&k[..], &v[..]] {
+                digest.update(&(part.len() as u64).to_le_bytes());
+                digest.update(part);
+            }
             match decode_catalog_entry(&k, &v) {
                 Some(entry) => out.push(entry),
                 None => skipped += 1,
@@ -282,7 +295,7 @@ impl Db {
                 "skipped catalog entries that could not be decoded; they will be rescanned"
             );
         }
-        Ok((out, skipped))
+        Ok((out, skipped, digest.digest128()))
     }
 
     /// How many times the whole catalog was loaded since the database was

@@ -26,6 +26,7 @@
 mod chunks;
 mod db;
 mod owner;
+pub mod tree_cache;
 
 pub use chunks::ChunkStore;
 pub use owner::{CacheOwner, OWNER_FILE};

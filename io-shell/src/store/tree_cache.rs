@@ -1,0 +1,159 @@
+//! The tree of the last mount, saved beside the database, so that a mount
+//! whose catalog, layout and binary did not change loads it instead of
+//! building it again (on a 200,000-track library the build was more than
+//! half of a remount).
+//!
+//! The saved tree carries a key: a hash of this binary's identity, the
+//! layout and the catalog's saved bytes. A tree build is deterministic, so
+//! a tree saved under the key a build would have is the tree that build
+//! gives. Any difference, or any trouble reading the file (missing, cut
+//! short, from another version), means a build, as if it were not there:
+//! the file is never trusted beyond its key, and losing it loses nothing.
+
+use musicfs_core::tree::{BuildReport, VirtualTree};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use xxhash_rust::xxh3::Xxh3;
+
+/// The file in the cache directory.
+pub const TREE_FILE: &str = "tree.bin";
+
+/// Bumped when what is saved changes shape.
+const FORMAT: u32 = 1;
+
+/// What a saved tree must match to be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TreeKey(u64, u64);
+
+impl TreeKey {
+    /// The key of the tree `layout` builds from a catalog whose saved
+    /// bytes hash to `catalog_digest` ([`crate::store::Db::load_catalog_digested`]),
+    /// built by this binary. `None` when the binary cannot be identified
+    /// (then nothing is saved or loaded).
+    pub fn new(layout: &str, catalog_digest: u128) -> Option<TreeKey> {
+        // The running binary's file: a rebuilt or upgraded binary is a new
+        // file (another inode, size or mtime), and may build trees
+        // differently.
+        let exe = fs::metadata("/proc/self/exe").ok()?;
+        let mut h = Xxh3::new();
+        h.update(&FORMAT.to_le_bytes());
+        h.update(env!("CARGO_PKG_VERSION").as_bytes());
+        for n in [exe.dev(), exe.ino(), exe.size()] {
+            h.update(&n.to_le_bytes());
+        }
+        h.update(&exe.mtime().to_le_bytes());
+        h.update(&exe.mtime_nsec().to_le_bytes());
+        h.update(&(layout.len() as u64).to_le_bytes());
+        h.update(layout.as_bytes());
+        h.update(&catalog_digest.to_le_bytes());
+        let d = h.digest128();
+        Some(TreeKey((d >> 64) as u64, d as u64))
+    }
+}
+
+/// The file: `FORMAT` and the key (20 bytes, little-endian), then the
+/// build report and the tree (MessagePack).
+const HEADER_LEN: usize = 4 + 16;
+
+impl TreeKey {
+    fn header(self) -> [u8; HEADER_LEN] {
+        let mut h = [0u8; HEADER_LEN];
+        h[..4].copy_from_slice(&FORMAT.to_le_bytes());
+        h[4..12].copy_from_slice(&self.0.to_le_bytes());
+        h[12..].copy_from_slice(&self.1.to_le_bytes());
+        h
+    }
+}
+
+/// The tree saved in `cache_dir` under `key`, if there is one.
+pub fn load(cache_dir: &Path, key: TreeKey) -> Option<(VirtualTree, BuildReport)> {
+    let bytes = fs::read(cache_dir.join(TREE_FILE)).ok()?;
+    // A tree saved under another key is not decoded at all.
+    let body = bytes.strip_prefix(&key.header()[..])?;
+    match rmp_serde::from_slice::<(BuildReport, VirtualTree)>(body) {
+        Ok((report, tree)) => Some((tree, report)),
+        Err(e) => {
+            tracing::warn!(error = %e, "the saved tree does not read; building it");
+            None
+        }
+    }
+}
+
+/// Saves `tree` (built from the catalog `key` was made of) in `cache_dir`:
+/// written whole, synced, then renamed over the last one.
+pub fn save(
+    cache_dir: &Path,
+    key: TreeKey,
+    tree: &VirtualTree,
+    report: &BuildReport,
+) -> io::Result<()> {
+    let body = rmp_serde::to_vec(&(report, tree)).map_err(io::Error::other)?;
+    let tmp = cache_dir.join(format!("{TREE_FILE}.tmp"));
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(&key.header())?;
+    f.write_all(&body)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, cache_dir.join(TREE_FILE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use musicfs_core::layout::Layout;
+    use musicfs_core::tags::TrackTags;
+    use musicfs_core::{CatalogEntry, FileKind, FileVersion, OriginId, OriginPath, SourceFile};
+
+    fn catalog() -> Vec<CatalogEntry> {
+        (0..30)
+            .map(|i| CatalogEntry {
+                source: SourceFile {
+                    origin: OriginId(0),
+                    path: OriginPath::new(format!("a/{i:02}.flac").into_bytes()),
+                    version: FileVersion {
+                        size: 1000 + i,
+                        mtime_ns: 7,
+                        token: Some(format!("1:{i}:3")),
+                    },
+                },
+                kind: FileKind::Track(TrackTags {
+                    title: Some(format!("Song {i}")),
+                    artist: Some("Band".into()),
+                    album: Some(if i < 15 { "One" } else { "Two" }.into()),
+                    track: Some(i as u32),
+                    ..TrackTags::default()
+                }),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_saved_tree_loads_under_its_key_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::default_layout();
+        let (tree, report) = VirtualTree::build(&layout, &catalog());
+        let key = TreeKey::new(layout.source(), 42).unwrap();
+        assert_eq!(load(dir.path(), key), None, "nothing saved yet");
+        save(dir.path(), key, &tree, &report).unwrap();
+        let (loaded, loaded_report) = load(dir.path(), key).expect("saved under this key");
+        assert_eq!(loaded, tree, "the same nodes and source index");
+        assert_eq!(loaded_report, report);
+        let path = &catalog()[3].source.path;
+        assert_eq!(
+            loaded.find_source(OriginId(0), path).map(|(ino, _)| ino),
+            tree.find_source(OriginId(0), path).map(|(ino, _)| ino),
+        );
+        // Another catalog or another layout: not used.
+        let other = TreeKey::new(layout.source(), 43).unwrap();
+        assert_eq!(load(dir.path(), other), None);
+        let other = TreeKey::new("$artist/$title", 42).unwrap();
+        assert_eq!(load(dir.path(), other), None);
+        // A file cut short is not used either.
+        let file = dir.path().join(TREE_FILE);
+        let bytes = fs::read(&file).unwrap();
+        fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(load(dir.path(), key), None);
+    }
+}
