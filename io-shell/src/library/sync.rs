@@ -17,12 +17,11 @@ use crate::library::scan::{self, NoProgress};
 use crate::origin::OriginError;
 use crate::origin::RemoteOrigin;
 use crate::store::{Db, StoreError};
-use musicfs_core::engine::{SourceKey, key_of};
 use musicfs_core::sync::{self, Listed, SyncPlan};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,16 +54,13 @@ pub enum SyncSource {
     Remote(Arc<dyn RemoteOrigin>),
 }
 
-/// The catalog as the syncer keeps it, by origin file.
-pub type Catalog = BTreeMap<SourceKey, CatalogEntry>;
-
 /// A published tree change.
 pub struct TreeChange<'a> {
     /// The new tree.
     pub tree: &'a VirtualTree,
     /// The catalog it was built from (the search index follows the tree
-    /// this way, without loading the catalog from the database).
-    pub catalog: &'a Catalog,
+    /// this way, without loading the catalog from the database again).
+    pub catalog: &'a [CatalogEntry],
     /// What changed from the tree before.
     pub diff: &'a musicfs_core::tree::TreeDiff,
 }
@@ -81,10 +77,6 @@ pub struct Syncer {
     sources: Vec<SyncSource>,
     /// Told of every tree change, in order.
     listeners: Mutex<Vec<TreeListener>>,
-    /// The catalog as saved, kept in step with the database by every sync:
-    /// a watcher's sync of one file rebuilds the tree from it instead of
-    /// loading every entry from the database again.
-    catalog: Mutex<Catalog>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
     /// checkpoint (a saved batch).
@@ -169,20 +161,14 @@ impl Syncer {
         db: Arc<Db>,
         layout: Layout,
         sources: Vec<SyncSource>,
-        catalog: Vec<CatalogEntry>,
     ) -> Syncer {
         let sources_len = sources.len();
-        let catalog = catalog
-            .into_iter()
-            .map(|e| (key_of(&e.source), e))
-            .collect();
         Syncer {
             daemon,
             db,
             layout,
             sources,
             listeners: Mutex::new(Vec::new()),
-            catalog: Mutex::new(catalog),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -213,14 +199,11 @@ impl Syncer {
         job()
     }
 
-    /// Runs `job` over the catalog kept in memory: the saved one, from
-    /// which the tree being served was built (when no sync runs, as in
-    /// [`Syncer::exclusive`]).
-    pub fn with_catalog<R>(
-        &self,
-        job: impl FnOnce(std::collections::btree_map::Values<'_, SourceKey, CatalogEntry>) -> R,
-    ) -> R {
-        job(self.catalog.lock().values())
+    /// The saved catalog, for a whole-catalog job run under
+    /// [`Syncer::exclusive`] (then it is what the tree being served was
+    /// built from). The syncer keeps none between syncs.
+    pub fn load_catalog(&self) -> Result<Vec<CatalogEntry>, crate::store::StoreError> {
+        self.db.load_catalog()
     }
 
     /// Shutdown: no sync starts from now on, and a running one (or a search
@@ -288,25 +271,14 @@ impl Syncer {
                 }
             }
         };
-        // The catalog kept in memory is the saved one (every sync updates
-        // both): loading a second copy of a 200,000-track catalog from the
-        // database would add ~170 MB to the daemon's peak.
-        let mut plan = {
-            let catalog = self.catalog.lock();
-            let ours = (origin, OriginPath::new(Vec::new()));
-            sync::plan_full(
-                origin,
-                catalog
-                    .range(ours..)
-                    .take_while(|((o, _), _)| *o == origin)
-                    .map(|(_, e)| e),
-                &listing.files,
-            )
-        };
+        // The catalog is held only while a sync needs it: planning, then
+        // (after the changes are saved) publishing.
+        let catalog = self.db.load_catalog()?;
+        let mut plan = sync::plan_full(origin, &catalog, &listing.files);
         listing.keep_unseen(&mut plan);
-        drop(listing);
+        drop((catalog, listing));
         let report = self.run(origin, &source, plan);
-        // A full sync held the whole listing for a moment.
+        // A full sync held the whole catalog and listing for a moment.
         crate::sys::memory::release_free_memory();
         report
     }
@@ -419,11 +391,6 @@ impl Syncer {
             self.db.put_catalog(&read)?;
             // The batch is the checkpoint only once it is on disk.
             self.db.flush()?;
-            let mut catalog = self.catalog.lock();
-            for e in read {
-                catalog.insert(key_of(&e.source), e);
-            }
-            drop(catalog);
             report.reread += batch.len();
             tracing::debug!(
                 %origin,
@@ -443,7 +410,6 @@ impl Syncer {
         }
         for path in &plan.removed {
             self.db.remove_catalog(origin, path)?;
-            self.catalog.lock().remove(&(origin, path.clone()));
         }
         let mut moves = Vec::with_capacity(plan.moved.len());
         for (old, entry) in &plan.moved {
@@ -452,15 +418,6 @@ impl Syncer {
         }
         let moved: Vec<CatalogEntry> = plan.moved.iter().map(|(_, e)| e.clone()).collect();
         self.db.put_catalog(&moved)?;
-        {
-            let mut catalog = self.catalog.lock();
-            for (old, _) in &plan.moved {
-                catalog.remove(&(origin, old.clone()));
-            }
-            for e in moved {
-                catalog.insert(key_of(&e.source), e);
-            }
-        }
         report.invalidated = self.publish(&moves)?;
         tracing::info!(
             %origin,
@@ -479,10 +436,11 @@ impl Syncer {
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
     ) -> Result<usize, SyncError> {
-        // From the catalog kept in memory, not loaded from the database: a
-        // one-file change costs one new tree, not a second whole catalog.
-        let catalog = self.catalog.lock();
-        let (tree, _) = VirtualTree::build_from(&self.layout, catalog.values());
+        // The saved catalog, loaded for this and dropped after it: the
+        // daemon keeps none between syncs (on 200,000 tracks that is ~90 MB
+        // it would hold for months), and a sync never holds two.
+        let catalog = self.db.load_catalog()?;
+        let (tree, _) = VirtualTree::build(&self.layout, &catalog);
         let (diff, new_tree) = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
             (e.replace_tree(now, tree), e.tree_snapshot())
@@ -495,6 +453,8 @@ impl Syncer {
         for listener in self.listeners.lock().iter() {
             listener(&change);
         }
+        drop(catalog);
+        crate::sys::memory::release_free_memory();
         Ok(diff.entries.len() + diff.inodes.len())
     }
 }
