@@ -17,11 +17,12 @@ use crate::library::scan::{self, NoProgress};
 use crate::origin::OriginError;
 use crate::origin::RemoteOrigin;
 use crate::store::{Db, StoreError};
+use musicfs_core::engine::{SourceKey, key_of};
 use musicfs_core::sync::{self, Listed, SyncPlan};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -54,13 +55,16 @@ pub enum SyncSource {
     Remote(Arc<dyn RemoteOrigin>),
 }
 
+/// The catalog as the syncer keeps it, by origin file.
+pub type Catalog = BTreeMap<SourceKey, CatalogEntry>;
+
 /// A published tree change.
 pub struct TreeChange<'a> {
     /// The new tree.
     pub tree: &'a VirtualTree,
     /// The catalog it was built from (the search index follows the tree
-    /// this way, without loading the catalog from the database again).
-    pub catalog: &'a [CatalogEntry],
+    /// this way, without loading the catalog from the database).
+    pub catalog: &'a Catalog,
     /// What changed from the tree before.
     pub diff: &'a musicfs_core::tree::TreeDiff,
 }
@@ -77,6 +81,10 @@ pub struct Syncer {
     sources: Vec<SyncSource>,
     /// Told of every tree change, in order.
     listeners: Mutex<Vec<TreeListener>>,
+    /// The catalog as saved, kept in step with the database by every sync:
+    /// a watcher's sync of one file rebuilds the tree from it instead of
+    /// loading every entry from the database again.
+    catalog: Mutex<Catalog>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
     /// checkpoint (a saved batch).
@@ -161,14 +169,20 @@ impl Syncer {
         db: Arc<Db>,
         layout: Layout,
         sources: Vec<SyncSource>,
+        catalog: Vec<CatalogEntry>,
     ) -> Syncer {
         let sources_len = sources.len();
+        let catalog = catalog
+            .into_iter()
+            .map(|e| (key_of(&e.source), e))
+            .collect();
         Syncer {
             daemon,
             db,
             layout,
             sources,
             listeners: Mutex::new(Vec::new()),
+            catalog: Mutex::new(catalog),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -199,11 +213,14 @@ impl Syncer {
         job()
     }
 
-    /// The saved catalog, for a whole-catalog job run under
-    /// [`Syncer::exclusive`] (then it is what the tree being served was
-    /// built from). The syncer keeps none between syncs.
-    pub fn load_catalog(&self) -> Result<Vec<CatalogEntry>, crate::store::StoreError> {
-        self.db.load_catalog()
+    /// Runs `job` over the catalog kept in memory: the saved one, from
+    /// which the tree being served was built (when no sync runs, as in
+    /// [`Syncer::exclusive`]).
+    pub fn with_catalog<R>(
+        &self,
+        job: impl FnOnce(std::collections::btree_map::Values<'_, SourceKey, CatalogEntry>) -> R,
+    ) -> R {
+        job(self.catalog.lock().values())
     }
 
     /// Shutdown: no sync starts from now on, and a running one (or a search
@@ -271,14 +288,25 @@ impl Syncer {
                 }
             }
         };
-        // The catalog is held only while a sync needs it: planning, then
-        // (after the changes are saved) publishing.
-        let catalog = self.db.load_catalog()?;
-        let mut plan = sync::plan_full(origin, &catalog, &listing.files);
+        // The catalog kept in memory is the saved one (every sync updates
+        // both): loading a second copy of a 200,000-track catalog from the
+        // database would add ~170 MB to the daemon's peak.
+        let mut plan = {
+            let catalog = self.catalog.lock();
+            let ours = (origin, OriginPath::new(Vec::new()));
+            sync::plan_full(
+                origin,
+                catalog
+                    .range(ours..)
+                    .take_while(|((o, _), _)| *o == origin)
+                    .map(|(_, e)| e),
+                &listing.files,
+            )
+        };
         listing.keep_unseen(&mut plan);
-        drop((catalog, listing));
+        drop(listing);
         let report = self.run(origin, &source, plan);
-        // A full sync held the whole catalog and listing for a moment.
+        // A full sync held the whole listing for a moment.
         crate::sys::memory::release_free_memory();
         report
     }
@@ -391,6 +419,11 @@ impl Syncer {
             self.db.put_catalog(&read)?;
             // The batch is the checkpoint only once it is on disk.
             self.db.flush()?;
+            let mut catalog = self.catalog.lock();
+            for e in read {
+                catalog.insert(key_of(&e.source), e);
+            }
+            drop(catalog);
             report.reread += batch.len();
             tracing::debug!(
                 %origin,
@@ -410,6 +443,7 @@ impl Syncer {
         }
         for path in &plan.removed {
             self.db.remove_catalog(origin, path)?;
+            self.catalog.lock().remove(&(origin, path.clone()));
         }
         let mut moves = Vec::with_capacity(plan.moved.len());
         for (old, entry) in &plan.moved {
@@ -418,6 +452,15 @@ impl Syncer {
         }
         let moved: Vec<CatalogEntry> = plan.moved.iter().map(|(_, e)| e.clone()).collect();
         self.db.put_catalog(&moved)?;
+        {
+            let mut catalog = self.catalog.lock();
+            for (old, _) in &plan.moved {
+                catalog.remove(&(origin, old.clone()));
+            }
+            for e in moved {
+                catalog.insert(key_of(&e.source), e);
+            }
+        }
         report.invalidated = self.publish(&moves)?;
         tracing::info!(
             %origin,
@@ -436,11 +479,10 @@ impl Syncer {
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
     ) -> Result<usize, SyncError> {
-        // The saved catalog, loaded for this and dropped after it: the
-        // daemon keeps none between syncs (on 200,000 tracks that is ~90 MB
-        // it would hold for months), and a sync never holds two.
-        let catalog = self.db.load_catalog()?;
-        let (tree, _) = VirtualTree::build(&self.layout, &catalog);
+        // From the catalog kept in memory, not loaded from the database: a
+        // one-file change costs one new tree, not a second whole catalog.
+        let catalog = self.catalog.lock();
+        let (tree, _) = VirtualTree::build_from(&self.layout, catalog.values());
         let (diff, new_tree) = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
             (e.replace_tree(now, tree), e.tree_snapshot())
@@ -453,8 +495,6 @@ impl Syncer {
         for listener in self.listeners.lock().iter() {
             listener(&change);
         }
-        drop(catalog);
-        crate::sys::memory::release_free_memory();
         Ok(diff.entries.len() + diff.inodes.len())
     }
 }

@@ -36,6 +36,7 @@ use crate::service::supervisor::{RestartPolicy, Supervisor, TaskError};
 use crate::service::systemd;
 use crate::store::tree_cache::{self, TreeKey};
 use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
+use musicfs_core::CatalogEntry;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::manifest::Manifest;
 use musicfs_core::tree::{BuildReport, VirtualTree};
@@ -183,7 +184,15 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     )?;
     // The tree as built from the loaded catalog, before any sync swaps it.
     let save_tree = save_tree.map(|(key, report)| (key, report, daemon.tree()));
-    let services = start_services(&plan, &daemon, &db, &origins, &runtime, metrics_listener)?;
+    let services = start_services(
+        &plan,
+        &daemon,
+        &db,
+        &origins,
+        library.catalog,
+        &runtime,
+        metrics_listener,
+    )?;
     let kernel = mount_kernel(&plan, &daemon, &services, signals.as_ref())?;
     tracing::info!(
         mountpoint = %plan.mountpoint.display(),
@@ -381,6 +390,9 @@ struct Library {
     save_tree: Option<(TreeKey, BuildReport)>,
     /// The chunk maps the cache holds, by origin file.
     manifests: Vec<(OriginId, OriginPath, Manifest)>,
+    /// The catalog the tree was built from: the syncer keeps it, so a
+    /// watcher's sync rebuilds the tree without loading it again.
+    catalog: Vec<CatalogEntry>,
     /// Tracks in it.
     tracks: usize,
     /// Which origins were scanned just now (their pollers need not list
@@ -439,6 +451,7 @@ fn load_library(
         // A tree just built is saved for the next mount, under its key.
         save_tree: key.filter(|_| !saved).map(|key| (key, report.clone())),
         manifests,
+        catalog,
         tracks: report.tracks,
         scanned_now,
     })
@@ -508,6 +521,7 @@ fn start_services(
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     origins: &Origins,
+    catalog: Vec<CatalogEntry>,
     runtime: &tokio::runtime::Runtime,
     metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<Services, RunError> {
@@ -520,6 +534,7 @@ fn start_services(
         Arc::clone(db),
         plan.layout.clone(),
         origins.sources.clone(),
+        catalog,
     ));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
@@ -565,7 +580,7 @@ fn start_services(
         let search = Arc::clone(&search);
         syncer.on_tree_change(Box::new(move |change| {
             if let Some(live) = search.get()
-                && let Err(e) = live.tree_changed(change.tree, change.catalog)
+                && let Err(e) = live.tree_changed(change.tree, change.catalog.values())
             {
                 tracing::warn!(error = %e, "could not update the search index");
             }
@@ -874,15 +889,13 @@ fn open_search(
                         tracing::debug!("search index: opening");
                         // Tests: a slow build, to stop the daemon during it.
                         fail::fail_point!("search-index-open");
-                        // The tree being served (not a copy: ~100 MB on a
-                        // 200,000-track library) and the saved catalog it
-                        // was built from, held only while the index opens.
+                        // The tree being served and the catalog the syncer
+                        // keeps: no copy of either (each is ~100 MB or
+                        // more on a 200,000-track library).
                         let tree = d.tree();
-                        let catalog = syncer.load_catalog().map_err(|e| SearchError::Unusable {
-                            path: dir.clone(),
-                            reason: e.to_string(),
-                        })?;
-                        slot.set(LiveSearch::open(&dir, &tree, &catalog)?);
+                        let live = syncer
+                            .with_catalog(|catalog| LiveSearch::open(&dir, &tree, catalog))?;
+                        slot.set(live);
                         Ok::<(), SearchError>(())
                     })?;
                     crate::sys::memory::release_free_memory();
