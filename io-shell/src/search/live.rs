@@ -2,7 +2,7 @@
 //! when it is missing, damaged or behind, then kept in step with every tree
 //! change, committed after each sync and at shutdown.
 
-use super::{DocDigests, SearchError, SearchIndex, diff_docs, docs_from_tree, index_dir};
+use super::{DocDigests, SearchError, SearchIndex, diff_docs, docs_from_tree, each_doc, index_dir};
 use musicfs_core::CatalogEntry;
 use musicfs_core::tree::VirtualTree;
 use parking_lot::Mutex;
@@ -43,14 +43,18 @@ impl LiveSearch {
         catalog: impl IntoIterator<Item = &'c CatalogEntry>,
     ) -> Result<Arc<LiveSearch>, SearchError> {
         let opened = SearchIndex::open(&index_dir(cache_dir))?;
-        let docs = docs_from_tree(tree, catalog);
-        let held = DocDigests::of(&docs);
+        let catalog: Vec<&CatalogEntry> = catalog.into_iter().collect();
+        // The digests first, one document at a time: an index that is
+        // current (most mounts) never needs every document at once.
+        let mut held = DocDigests::default();
+        each_doc(tree, catalog.iter().copied(), |doc| held.add(&doc));
         let want = held.stamp();
         let index = opened.index;
         if let Some(what) = &opened.rebuilt {
             tracing::warn!(what = %what, "the search index was damaged; rebuilding it from the catalog");
         }
         if opened.rebuilt.is_some() || index.stamp().as_deref() != Some(want.as_str()) {
+            let docs = docs_from_tree(tree, catalog.iter().copied());
             index.set_stamp(want);
             let tracks = docs.len();
             index.replace_all(docs)?;

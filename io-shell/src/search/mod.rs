@@ -173,6 +173,20 @@ pub fn docs_from_tree<'c>(
     tree: &VirtualTree,
     catalog: impl IntoIterator<Item = &'c CatalogEntry>,
 ) -> Vec<SearchDoc> {
+    let mut docs: Vec<SearchDoc> = Vec::new();
+    each_doc(tree, catalog, |doc| docs.push(doc));
+    docs.sort_by(|a, b| a.vpath.cmp(&b.vpath));
+    docs
+}
+
+/// Hands `f` the document of every track of `tree`, in no set order, one
+/// at a time: what needs only each document in turn (their digests) need
+/// not hold them all (on 200,000 tracks, some 80 MB).
+pub fn each_doc<'c>(
+    tree: &VirtualTree,
+    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+    mut f: impl FnMut(SearchDoc),
+) {
     let tags: HashMap<(OriginId, &OriginPath), &TrackTags> = catalog
         .into_iter()
         .filter_map(|e| match &e.kind {
@@ -180,17 +194,17 @@ pub fn docs_from_tree<'c>(
             _ => None,
         })
         .collect();
-    let mut docs: Vec<SearchDoc> = tree
-        .files()
-        .filter(|(_, f)| f.role == FileRole::Track)
-        .filter_map(|(ino, f)| {
-            let src = f.sources.first()?;
-            let tags = tags.get(&(src.origin, &src.path))?;
-            Some(SearchDoc::from_tags(tree.path_of(ino)?, tags))
-        })
-        .collect();
-    docs.sort_by(|a, b| a.vpath.cmp(&b.vpath));
-    docs
+    for (ino, file) in tree.files() {
+        if file.role != FileRole::Track {
+            continue;
+        }
+        let Some(src) = file.sources.first() else {
+            continue;
+        };
+        if let (Some(tags), Some(vpath)) = (tags.get(&(src.origin, &src.path)), tree.path_of(ino)) {
+            f(SearchDoc::from_tags(vpath, tags));
+        }
+    }
 }
 
 /// What a sync must do to the index to go from `old` to `new`.
@@ -220,11 +234,16 @@ pub struct DocDigests(BTreeMap<Box<str>, u64>);
 impl DocDigests {
     /// The digests of `docs` (in any order; one per virtual path).
     pub fn of(docs: &[SearchDoc]) -> DocDigests {
-        DocDigests(
-            docs.iter()
-                .map(|d| (d.vpath.as_str().into(), digest(d)))
-                .collect(),
-        )
+        let mut digests = DocDigests::default();
+        for d in docs {
+            digests.add(d);
+        }
+        digests
+    }
+
+    /// Adds the digest of one document.
+    pub fn add(&mut self, doc: &SearchDoc) {
+        self.0.insert(doc.vpath.as_str().into(), digest(doc));
     }
 
     /// A stamp of the whole set: the index records the stamp of what it
