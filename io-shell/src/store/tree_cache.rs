@@ -15,7 +15,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use xxhash_rust::xxh3::Xxh3;
+use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 
 /// The file in the cache directory.
 pub const TREE_FILE: &str = "tree.bin";
@@ -53,13 +53,16 @@ impl TreeKey {
     }
 }
 
-/// The file: `FORMAT` and the key (20 bytes, little-endian), then the
-/// build report and the tree (MessagePack).
-const HEADER_LEN: usize = 4 + 16;
+/// The file: `FORMAT` and the key (20 bytes, little-endian), the XXH3-128
+/// of the rest (16 bytes), then the build report and the tree
+/// (MessagePack). The digest matters: a tree names the origin file each
+/// of its files is read from, so a flipped bit that still decoded could
+/// serve one track's bytes under another's name.
+const KEY_LEN: usize = 4 + 16;
 
 impl TreeKey {
-    fn header(self) -> [u8; HEADER_LEN] {
-        let mut h = [0u8; HEADER_LEN];
+    fn header(self) -> [u8; KEY_LEN] {
+        let mut h = [0u8; KEY_LEN];
         h[..4].copy_from_slice(&FORMAT.to_le_bytes());
         h[4..12].copy_from_slice(&self.0.to_le_bytes());
         h[12..].copy_from_slice(&self.1.to_le_bytes());
@@ -71,7 +74,12 @@ impl TreeKey {
 pub fn load(cache_dir: &Path, key: TreeKey) -> Option<(VirtualTree, BuildReport)> {
     let bytes = fs::read(cache_dir.join(TREE_FILE)).ok()?;
     // A tree saved under another key is not decoded at all.
-    let body = bytes.strip_prefix(&key.header()[..])?;
+    let rest = bytes.strip_prefix(&key.header()[..])?;
+    let (digest, body) = rest.split_first_chunk::<16>()?;
+    if u128::from_le_bytes(*digest) != xxh3_128(body) {
+        tracing::warn!("the saved tree is damaged; building it");
+        return None;
+    }
     match rmp_serde::from_slice::<(BuildReport, VirtualTree)>(body) {
         Ok((report, tree)) => Some((tree, report)),
         Err(e) => {
@@ -93,6 +101,7 @@ pub fn save(
     let tmp = cache_dir.join(format!("{TREE_FILE}.tmp"));
     let mut f = fs::File::create(&tmp)?;
     f.write_all(&key.header())?;
+    f.write_all(&xxh3_128(&body).to_le_bytes())?;
     f.write_all(&body)?;
     f.sync_all()?;
     drop(f);
@@ -150,10 +159,18 @@ mod tests {
         assert_eq!(load(dir.path(), other), None);
         let other = TreeKey::new("$artist/$title", 42).unwrap();
         assert_eq!(load(dir.path(), other), None);
-        // A file cut short is not used either.
+        // Nor is a file with one byte changed (it might still decode), or
+        // one cut short.
         let file = dir.path().join(TREE_FILE);
         let bytes = fs::read(&file).unwrap();
+        let mut flipped = bytes.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 1;
+        fs::write(&file, &flipped).unwrap();
+        assert_eq!(load(dir.path(), key), None);
         fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
         assert_eq!(load(dir.path(), key), None);
+        fs::write(&file, &bytes).unwrap();
+        assert!(load(dir.path(), key).is_some(), "the intact file loads");
     }
 }
