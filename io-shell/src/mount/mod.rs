@@ -418,7 +418,7 @@ fn load_library(
     // the other, and on a large library each takes a good part of a
     // remount.
     let db = &cache.db;
-    let (tree, report, saved, manifests) = std::thread::scope(|s| {
+    let (tree, report, loaded, manifests) = std::thread::scope(|s| {
         let manifests = s.spawn(|| db.load_manifests());
         let saved = key.and_then(|key| tree_cache::load(&plan.cache_dir, key));
         let loaded = saved.is_some();
@@ -430,7 +430,7 @@ fn load_library(
     });
     let manifests = manifests.map_err(RunError::cache(&plan.cache_dir))?;
     tracing::info!(
-        saved_tree = saved,
+        saved_tree = loaded,
         tracks = report.tracks,
         mirrors = report.mirrors,
         covers = report.covers,
@@ -449,7 +449,7 @@ fn load_library(
     Ok(Library {
         tree,
         // A tree just built is saved for the next mount, under its key.
-        save_tree: key.filter(|_| !saved).map(|key| (key, report.clone())),
+        save_tree: key.filter(|_| !loaded).map(|key| (key, report.clone())),
         manifests,
         catalog,
         tracks: report.tracks,
