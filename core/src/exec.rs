@@ -273,7 +273,16 @@ enum Op {
     Delete {
         ids: Vec<ChunkId>,
     },
+    /// Chunks read ahead into memory (`Output::Warm`).
+    Warm {
+        chunks: Vec<(ChunkId, u32)>,
+    },
 }
+
+/// Chunks one read of an [`Output::Warm`] asks for: the reads run side by
+/// side, so the disk sees many at once, and the first files' chunks are
+/// in memory before the last ones are read.
+const WARM_CHUNKS_PER_READ: usize = 2;
 
 #[derive(Debug)]
 struct FetchRun {
@@ -374,6 +383,8 @@ pub struct Exec {
     deleting: BTreeMap<ChunkId, u32>,
     /// Evicted chunks whose delete waits for their store to end.
     deferred: BTreeSet<ChunkId>,
+    /// Chunks being read ahead into memory.
+    warming: BTreeSet<ChunkId>,
     /// Completions seen (for the planted lost-completion bug).
     completions: u64,
     tap: Option<Vec<Observed>>,
@@ -401,6 +412,7 @@ impl Exec {
             storing: BTreeMap::new(),
             deleting: BTreeMap::new(),
             deferred: BTreeSet::new(),
+            warming: BTreeSet::new(),
             completions: 0,
             tap: None,
         }
@@ -543,6 +555,12 @@ impl Exec {
         op: OpId,
         results: Vec<Result<Vec<u8>, ChunkFault>>,
     ) {
+        if let Some(Op::Warm { .. }) = self.ops.get(&op)
+            && let Some(Op::Warm { chunks }) = self.ops.remove(&op)
+        {
+            self.warmed(e, chunks, results);
+            return;
+        }
         self.completions += 1;
         if e.config().bugs().lose_completion && self.completions.is_multiple_of(16) {
             return; // planted: this serve never ends
@@ -703,6 +721,7 @@ impl Exec {
                 }
             }
             Output::Evict(ids) => self.evict(e, ids),
+            Output::Warm(chunks) => self.warm(chunks),
             Output::ProbeDisk => self.io.push_back(Io::ProbeDisk),
             Output::CheckOrigin { origin, check } => self.io.push_back(Io::CheckOrigin {
                 origin,
@@ -756,6 +775,53 @@ impl Exec {
             ids: ids.clone(),
         });
         self.serving.insert(req, Serving { pieces, have, ids });
+    }
+
+    /// Reads ahead into memory the chunks of `chunks` not already there,
+    /// being stored, deleted or read ahead.
+    fn warm(&mut self, chunks: Vec<(ChunkId, u32)>) {
+        let mut wanted: Vec<(ChunkId, u32)> = Vec::with_capacity(chunks.len());
+        for (id, len) in chunks {
+            let skip = self.memory.get(id).is_some()
+                || self.storing.contains_key(&id)
+                || self.deleting.contains_key(&id)
+                || self.warming.contains(&id)
+                || wanted.iter().any(|&(w, _)| w == id);
+            if !skip {
+                wanted.push((id, len));
+            }
+        }
+        for group in wanted.chunks(WARM_CHUNKS_PER_READ) {
+            let ids: Vec<ChunkId> = group.iter().map(|&(id, _)| id).collect();
+            self.warming.extend(ids.iter().copied());
+            let op = self.op(Op::Warm {
+                chunks: group.to_vec(),
+            });
+            self.io.push_back(Io::ReadChunks { op, ids });
+        }
+    }
+
+    /// Chunks read ahead arrived: the sound ones go to memory. One that is
+    /// missing, corrupt or being deleted is left alone: the read that
+    /// wants it finds that out and deals with it.
+    fn warmed(
+        &mut self,
+        e: &Engine,
+        chunks: Vec<(ChunkId, u32)>,
+        results: Vec<Result<Vec<u8>, ChunkFault>>,
+    ) {
+        let verify = !e.config().bugs().skip_verify;
+        let mut results = results.into_iter();
+        for (id, len) in chunks {
+            self.warming.remove(&id);
+            if let Some(Ok(bytes)) = results.next()
+                && bytes.len() == len as usize
+                && (!verify || id.matches(&bytes))
+                && !self.deleting.contains_key(&id)
+            {
+                self.memory.insert(id, bytes.into());
+            }
+        }
     }
 
     fn evict(&mut self, e: &Engine, ids: Vec<ChunkId>) {

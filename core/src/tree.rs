@@ -398,6 +398,59 @@ impl VirtualTree {
         Ok(out)
     }
 
+    /// The folder a walk in listing order reaches after `dir`: depth
+    /// first, each folder's entries in name order, the way `find`, a shell
+    /// glob or a media server's scan walks a tree. `None` after the last.
+    pub fn next_folder(&self, dir: Ino) -> Option<Ino> {
+        let is_dir = |ino: &Ino| matches!(self.nodes.get(ino).map(|n| &n.body), Some(Body::Dir(_)));
+        if let Some(Body::Dir(d)) = self.nodes.get(&dir).map(|n| &n.body)
+            && let Some(&first) = d.children.values().find(|c| is_dir(c))
+        {
+            return Some(first);
+        }
+        // No subfolder: the next folder beside it, or beside an ancestor.
+        let mut cur = dir;
+        for _ in 0..4096 {
+            if cur == Ino::ROOT {
+                return None;
+            }
+            let node = self.nodes.get(&cur)?;
+            let Some(Body::Dir(parent)) = self.nodes.get(&node.parent).map(|n| &n.body) else {
+                return None;
+            };
+            let after = (
+                std::ops::Bound::Excluded(node.name.as_str()),
+                std::ops::Bound::Unbounded,
+            );
+            if let Some(&next) = parent
+                .children
+                .range::<str, _>(after)
+                .map(|(_, c)| c)
+                .find(|c| is_dir(c))
+            {
+                return Some(next);
+            }
+            cur = node.parent;
+        }
+        None // a cycle would be a bug; never loop forever
+    }
+
+    /// The files directly in folder `dir`, in name order (none if it is
+    /// not a folder).
+    pub fn files_in(&self, dir: Ino) -> impl Iterator<Item = (Ino, &FileNode)> + '_ {
+        let children = match self.nodes.get(&dir).map(|n| &n.body) {
+            Some(Body::Dir(d)) => Some(d.children.values()),
+            _ => None,
+        };
+        children
+            .into_iter()
+            .flatten()
+            .filter_map(|&c| match self.nodes.get(&c).map(|n| &n.body) {
+                Some(Body::File(f)) => Some((c, f)),
+                _ => None,
+            })
+    }
+
     /// The path of `ino` from the root, `/`-separated, without a leading `/`.
     pub fn path_of(&self, ino: Ino) -> Option<String> {
         let mut parts = Vec::new();

@@ -37,6 +37,8 @@ struct World {
     disk: BTreeMap<ChunkId, Vec<u8>>,
     replies: BTreeMap<ReqId, Result<Vec<u8>, Errno>>,
     disk_full: bool,
+    /// Chunk files read.
+    chunk_reads: u64,
     /// Fetches the origin answers later (to test timeouts and concurrency).
     held: Vec<(OpId, Io)>,
     hold_fetches: bool,
@@ -53,7 +55,10 @@ struct Harness {
     next_req: u64,
 }
 
+/// A track of "Artist"; `title` may name its album first (`Other/Title`),
+/// else it is on "Album".
 fn track(origin: u16, path: &str, title: &str, size: u64) -> CatalogEntry {
+    let (album, title) = title.split_once('/').unwrap_or(("Album", title));
     CatalogEntry {
         source: SourceFile {
             origin: OriginId(origin),
@@ -67,7 +72,7 @@ fn track(origin: u16, path: &str, title: &str, size: u64) -> CatalogEntry {
         kind: FileKind::Track(TrackTags {
             title: Some(title.into()),
             artist: Some("Artist".into()),
-            album: Some("Album".into()),
+            album: Some(album.into()),
             track: Some(1),
             ..Default::default()
         }),
@@ -139,10 +144,20 @@ impl Harness {
         h
     }
 
+    /// The executor, with a memory cache of `bytes`.
+    fn with_memory(mut self, bytes: u64) -> Harness {
+        self.exec = Exec::new(ExecConfig {
+            memory_bytes: bytes,
+            ..self.exec.config().clone()
+        });
+        self
+    }
+
     fn ino(&self, title: &str) -> Ino {
+        let (album, title) = title.split_once('/').unwrap_or(("Album", title));
         self.engine
             .tree()
-            .resolve(&format!("Artist/Album/01 - {title}.flac"))
+            .resolve(&format!("Artist/{album}/01 - {title}.flac"))
             .expect("track in tree")
     }
 
@@ -254,6 +269,7 @@ impl Harness {
                 self.exec.check_done(e, now, origin, check, result);
             }
             Io::ReadChunks { op, ids } => {
+                self.world.chunk_reads += ids.len() as u64;
                 let results = ids
                     .iter()
                     .map(|id| self.world.disk.get(id).cloned().ok_or(ChunkFault::Missing))
@@ -484,6 +500,100 @@ fn what_a_scan_kept_is_read_without_the_origin_and_evicted_last() {
             );
         }
     }
+}
+
+#[test]
+fn a_scan_entering_a_folder_finds_the_kept_bytes_of_its_files_and_the_next_folders_in_memory() {
+    let (head, tail) = (192 * 1024, 8192);
+    let files = [
+        ("A", MIB),
+        ("B", MIB),
+        ("C", MIB),
+        ("D", MIB),
+        ("Second/E", MIB),
+        ("Second/F", MIB),
+        ("Third/G", MIB),
+    ];
+    let mut h = Harness::with_kept(&files, head, tail, Config::default()).with_memory(16 << 20);
+    // C's kept head is damaged on disk: read ahead, it must not reach
+    // memory, and its read must still return the origin's bytes.
+    let c_key = (OriginId(0), OriginPath::new(b"C.flac".to_vec()));
+    let c_first = h
+        .engine
+        .manifest(&c_key)
+        .unwrap()
+        .kept_extents()
+        .next()
+        .unwrap()
+        .1
+        .id;
+    h.world.disk.get_mut(&c_first).unwrap()[7] ^= 1;
+
+    let scan = |h: &mut Harness, title: &str| {
+        let want = h.origin_bytes(title).to_vec();
+        assert_eq!(
+            h.read(title, 0, 128 * 1024).unwrap(),
+            want[..128 * 1024],
+            "{title}"
+        );
+        let size = want.len() as u64;
+        assert_eq!(
+            h.read(title, size - 4096, 4096).unwrap(),
+            want[want.len() - 4096..],
+            "{title}"
+        );
+    };
+    // The scan enters the folder with A: the kept chunks of B, C, D and
+    // those of the next folder (E, F) are read at once, not those of the
+    // folder after (G).
+    scan(&mut h, "A");
+    h.pump();
+    let after_a = h.world.chunk_reads;
+    let kept_chunks = |h: &Harness, title: &str| {
+        let key = (
+            OriginId(0),
+            OriginPath::new(format!("{title}.flac").into_bytes()),
+        );
+        h.engine.manifest(&key).unwrap().kept_extents().count() as u64
+    };
+    // A's own reads: the chunks under its first 128 KiB and last 4 KiB.
+    let a = {
+        let key = (OriginId(0), OriginPath::new(b"A.flac".to_vec()));
+        let m = h.engine.manifest(&key).unwrap();
+        let size = MIB as u64;
+        (m.overlapping(0..128 * 1024).count() + m.overlapping(size - 4096..size).count()) as u64
+    };
+    let ahead: u64 = ["B", "C", "D", "Second/E", "Second/F"]
+        .iter()
+        .map(|t| kept_chunks(&h, t))
+        .sum();
+    assert_eq!(
+        after_a,
+        a + ahead,
+        "A's chunks, then every kept chunk of B to F"
+    );
+    // B and D are answered from memory: no chunk file is read again.
+    scan(&mut h, "B");
+    scan(&mut h, "D");
+    assert_eq!(h.world.chunk_reads, after_a);
+    assert_eq!(h.world.fetches_by_origin[0], 0);
+    // C's damaged chunk was not kept in memory: its read goes to the disk,
+    // finds the damage, and is answered from a verified fetch.
+    scan(&mut h, "C");
+    assert!(h.world.chunk_reads > after_a);
+    assert!(
+        h.world.fetches_by_origin[0] > 0,
+        "C's damaged chunk, fetched again"
+    );
+    // Entering the second folder reads ahead the third's, once.
+    let before = h.world.chunk_reads;
+    scan(&mut h, "Second/E");
+    h.pump();
+    assert_eq!(h.world.chunk_reads, before + kept_chunks(&h, "Third/G"));
+    scan(&mut h, "Second/F");
+    scan(&mut h, "Third/G");
+    h.pump();
+    assert_eq!(h.world.chunk_reads, before + kept_chunks(&h, "Third/G"));
 }
 
 #[test]

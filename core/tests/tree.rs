@@ -302,3 +302,75 @@ fn diff_names_deletions_and_the_folders_a_media_server_should_rescan() {
     let folders = diff(&old, &new).changed_folders(&new, 1);
     assert_eq!(folders.into_iter().collect::<Vec<_>>(), vec![String::new()]);
 }
+
+/// Every folder and file as a depth-first walk in listing order finds
+/// them (what `find` and a media server's scan see), through `readdir`.
+fn walk(tree: &VirtualTree, dir: Ino, folders: &mut Vec<Ino>, files: &mut Vec<(Ino, Ino)>) {
+    folders.push(dir);
+    let entries = tree.readdir(dir, 2, usize::MAX).unwrap();
+    for e in &entries {
+        if e.kind == NodeKind::File {
+            files.push((dir, e.ino));
+        }
+    }
+    for e in entries {
+        if e.kind == NodeKind::Dir {
+            walk(tree, e.ino, folders, files);
+        }
+    }
+}
+
+#[test]
+fn next_folder_follows_a_walk_in_listing_order_and_files_in_lists_a_folders_files() {
+    // Artists with one and several albums, a multi-disc album, covers,
+    // and a compilation: folders at several depths, some with no file.
+    let mut catalog = Vec::new();
+    for (artist, albums) in [("Zed", 1), ("Abba", 3), ("Mika", 2)] {
+        for a in 0..albums {
+            for t in 1..=3 {
+                let path = format!("{artist}/{a}/{t}.flac");
+                catalog.push(entry(
+                    0,
+                    &path,
+                    100 + t,
+                    tags(artist, &format!("Album {a}"), t as u32, "t"),
+                ));
+            }
+            catalog.push(cover(0, &format!("{artist}/{a}/cover.jpg")));
+        }
+    }
+    let mut disc2 = tags("Abba", "Double", 1, "second disc");
+    disc2.disc = Some(2);
+    catalog.push(entry(0, "Abba/Double/d2.flac", 7, disc2));
+    catalog.push(entry(
+        0,
+        "Abba/Double/d1.flac",
+        8,
+        tags("Abba", "Double", 1, "first disc"),
+    ));
+    let mut various = tags("Various", "Hits", 1, "hit");
+    various.compilation = true;
+    catalog.push(entry(0, "comp/1.flac", 9, various));
+    let tree = build(&catalog);
+
+    let (mut folders, mut files) = (Vec::new(), Vec::new());
+    walk(&tree, Ino::ROOT, &mut folders, &mut files);
+    assert!(folders.len() > 8, "{folders:?}");
+    let mut chained = vec![Ino::ROOT];
+    while let Some(next) = tree.next_folder(*chained.last().unwrap()) {
+        chained.push(next);
+        assert!(chained.len() <= folders.len(), "next_folder went round");
+    }
+    assert_eq!(chained, folders);
+
+    let mut listed = Vec::new();
+    for &dir in &folders {
+        listed.extend(tree.files_in(dir).map(|(ino, _)| (dir, ino)));
+    }
+    assert_eq!(listed, files);
+    assert_eq!(
+        tree.files_in(files[0].1).count(),
+        0,
+        "a file has no files in it"
+    );
+}

@@ -241,6 +241,15 @@ enum Plan {
 /// Bounds the read-ahead bookkeeping: it is a hint, not state worth memory.
 const READAHEAD_ENTRIES_MAX: usize = 4096;
 
+/// Kept bytes read into memory ahead of a scan, at most, each time it
+/// enters a folder (the executor's memory cache holds 16 MiB: room for
+/// the folders of a few scans at once).
+const WARM_BYTES_MAX: u64 = 4 << 20;
+/// Folders a scan entered lately; each is warmed once (a hint, bounded).
+const WARMED_FOLDERS_MAX: usize = 64;
+/// Folders past the current one looked at for the next one with files.
+const WARM_FOLDERS_AHEAD: usize = 8;
+
 /// The MusicFS state machine.
 pub struct Engine {
     config: Config,
@@ -254,6 +263,8 @@ pub struct Engine {
     fetches: BTreeMap<FetchId, FetchState>,
     backoff: BTreeMap<SourceKey, Backoff>,
     readahead: BTreeMap<Ino, Readahead>,
+    /// Folders whose kept bytes were warmed lately, oldest first.
+    warmed: VecDeque<Ino>,
     disk: DiskMode,
     /// Shutting down: no new reads, no new fetches.
     draining: bool,
@@ -304,6 +315,7 @@ impl Engine {
             fetches: BTreeMap::new(),
             backoff: BTreeMap::new(),
             readahead: BTreeMap::new(),
+            warmed: VecDeque::new(),
             disk: DiskMode::Normal,
             next_fetch: 1,
             rng: SplitMix64(seed),
@@ -749,8 +761,12 @@ impl Engine {
                     },
                 );
                 self.outputs.push_back(Output::Serve { req, pieces });
-                if read.offset < read.end && !self.in_kept_region(&read) {
-                    self.prefetch(now, read.ino, read.end);
+                if read.offset < read.end {
+                    if self.in_kept_region(&read) {
+                        self.warm_folder(read.ino);
+                    } else {
+                        self.prefetch(now, read.ino, read.end);
+                    }
                 }
             }
             Plan::Passthrough(source) => {
@@ -1065,6 +1081,62 @@ impl Engine {
             && !self.config.uncached_origins.contains(&src.origin)
         {
             self.ensure_fetching(now, ino, &src, from, to);
+        }
+    }
+
+    /// A read inside what a first scan kept of a file is, most likely, a
+    /// media server's tag scan: it reads the kept bytes of the folder's
+    /// other files next, then those of the next folder of its walk. Their
+    /// chunks still on disk are read into memory now (`Output::Warm`), all
+    /// at once, so the scan finds each file's tags in memory rather than
+    /// waiting for the cache disk file by file: a read-ahead across files
+    /// that asks no origin for anything. Each folder is warmed once while
+    /// it is among the last [`WARMED_FOLDERS_MAX`] entered.
+    fn warm_folder(&mut self, ino: Ino) {
+        if self.in_passthrough() || self.draining {
+            return;
+        }
+        let tree = Arc::clone(&self.tree);
+        let Some(folder) = tree.get(ino).map(|n| n.parent) else {
+            return;
+        };
+        if self.warmed.contains(&folder) {
+            return;
+        }
+        if self.warmed.len() >= WARMED_FOLDERS_MAX {
+            self.warmed.pop_front();
+        }
+        self.warmed.push_back(folder);
+        // The files after this one (a scan on several threads may have
+        // entered the folder anywhere), then the next folder's.
+        let here = tree.files_in(folder).skip_while(|&(f, _)| f != ino).skip(1);
+        let next = std::iter::successors(tree.next_folder(folder), |&f| tree.next_folder(f))
+            .take(WARM_FOLDERS_AHEAD)
+            .find(|&f| tree.files_in(f).next().is_some());
+        let there = next.into_iter().flat_map(|f| tree.files_in(f));
+        let mut chunks = Vec::new();
+        let mut bytes = 0;
+        'files: for (_, file) in here.chain(there) {
+            let Some(manifest) = file.sources.iter().find_map(|s| {
+                self.manifests
+                    .get(&key_of(s))
+                    .filter(|m| m.version == s.version)
+            }) else {
+                continue;
+            };
+            for (_, extent) in manifest.kept_extents() {
+                if !self.cache.contains(extent.id) {
+                    continue;
+                }
+                bytes += u64::from(extent.len);
+                if bytes > WARM_BYTES_MAX {
+                    break 'files;
+                }
+                chunks.push((extent.id, extent.len));
+            }
+        }
+        if !chunks.is_empty() {
+            self.outputs.push_back(Output::Warm(chunks));
         }
     }
 

@@ -236,6 +236,11 @@ pub enum Output {
     CancelFetch(FetchId),
     /// Delete these chunks from the disk and the index.
     Evict(Vec<ChunkId>),
+    /// Read these cached chunks (id, length) into memory, verified, if
+    /// there is room: reads are likely to want them soon. A hint: nothing
+    /// is reported, and a chunk that cannot be read is left to the read
+    /// that wants it.
+    Warm(Vec<(ChunkId, u32)>),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
     /// Check that an origin answers (cheaply: stat its root, list one key)
