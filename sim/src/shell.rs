@@ -234,6 +234,12 @@ impl World {
                 self.push(Ev::Evict { chunks: ids.len() });
                 self.check_evict(&ids);
             }
+            Observed::Output(Output::Warm(chunks)) => {
+                self.stats.warms += 1;
+                self.push(Ev::Warm {
+                    chunks: chunks.len(),
+                });
+            }
             Observed::Output(Output::Notice(Notice::ChunkDropped(id, _))) => {
                 self.shell.dropped.insert(id);
             }

@@ -175,6 +175,8 @@ pub struct RunStats {
     pub crashes: u64,
     /// Rescans.
     pub rescans: u64,
+    /// Read-aheads of kept chunks into memory the engine asked for.
+    pub warms: u64,
     /// Loop iterations.
     pub steps: u64,
     /// turmoil ticks.
