@@ -23,7 +23,7 @@ use crate::SourceFile;
 use crate::chunk::ChunkId;
 use crate::engine::{
     CheckId, ChunkFault, CutChunk, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId,
-    FetchedChunk, Notice, Output, Piece, ReqId, Stored,
+    FetchedChunk, Notice, Output, Piece, ReqId, Stored, WarmRun,
 };
 use crate::fs::Errno;
 use crate::ids::OriginId;
@@ -273,16 +273,13 @@ enum Op {
     Delete {
         ids: Vec<ChunkId>,
     },
-    /// Chunks read ahead into memory (`Output::Warm`).
+    /// The chunks of a run read ahead (`Output::Warm`) that were not in
+    /// memory.
     Warm {
-        chunks: Vec<(ChunkId, u32)>,
+        run: WarmRun,
+        have: BTreeMap<ChunkId, Arc<[u8]>>,
     },
 }
-
-/// Chunks one read of an [`Output::Warm`] asks for: the reads run side by
-/// side, so the disk sees many at once, and the first files' chunks are
-/// in memory before the last ones are read.
-const WARM_CHUNKS_PER_READ: usize = 2;
 
 #[derive(Debug)]
 struct FetchRun {
@@ -308,6 +305,9 @@ struct Serving {
     have: BTreeMap<ChunkId, Arc<[u8]>>,
     /// Chunks asked of the disk, in the order of the [`Io::ReadChunks`].
     ids: Vec<ChunkId>,
+    /// Chunks a read-ahead is reading: the read waits for it rather than
+    /// read them a second time.
+    awaiting: Vec<ChunkId>,
 }
 
 /// Verified chunk bytes, least recently used first out.
@@ -358,6 +358,17 @@ impl Memory {
     }
 }
 
+/// What the executor did, for `musicfs status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecStats {
+    /// Reads whose chunks were all in memory (or being stored).
+    pub served_from_memory: u64,
+    /// Reads that had chunk files read from the cache disk.
+    pub served_from_disk: u64,
+    /// Chunks read ahead into memory (`Output::Warm`) and found sound.
+    pub chunks_warmed: u64,
+}
+
 /// The executor's state: everything a crash forgets.
 #[derive(Debug)]
 pub struct Exec {
@@ -383,10 +394,11 @@ pub struct Exec {
     deleting: BTreeMap<ChunkId, u32>,
     /// Evicted chunks whose delete waits for their store to end.
     deferred: BTreeSet<ChunkId>,
-    /// Chunks being read ahead into memory.
+    /// Chunks a read-ahead is reading.
     warming: BTreeSet<ChunkId>,
     /// Completions seen (for the planted lost-completion bug).
     completions: u64,
+    stats: ExecStats,
     tap: Option<Vec<Observed>>,
 }
 
@@ -414,6 +426,7 @@ impl Exec {
             deferred: BTreeSet::new(),
             warming: BTreeSet::new(),
             completions: 0,
+            stats: ExecStats::default(),
             tap: None,
         }
     }
@@ -421,6 +434,11 @@ impl Exec {
     /// The limits.
     pub fn config(&self) -> &ExecConfig {
         &self.config
+    }
+
+    /// What it did so far.
+    pub fn stats(&self) -> &ExecStats {
+        &self.stats
     }
 
     /// Records every engine output and report from now on, for
@@ -556,9 +574,9 @@ impl Exec {
         results: Vec<Result<Vec<u8>, ChunkFault>>,
     ) {
         if let Some(Op::Warm { .. }) = self.ops.get(&op)
-            && let Some(Op::Warm { chunks }) = self.ops.remove(&op)
+            && let Some(Op::Warm { run, have }) = self.ops.remove(&op)
         {
-            self.warmed(e, chunks, results);
+            self.warmed(e, now, run, have, results);
             return;
         }
         self.completions += 1;
@@ -721,7 +739,11 @@ impl Exec {
                 }
             }
             Output::Evict(ids) => self.evict(e, ids),
-            Output::Warm(chunks) => self.warm(chunks),
+            Output::Warm(runs) => {
+                for run in runs {
+                    self.warm(e, now, run);
+                }
+            }
             Output::ProbeDisk => self.io.push_back(Io::ProbeDisk),
             Output::CheckOrigin { origin, check } => self.io.push_back(Io::CheckOrigin {
                 origin,
@@ -765,62 +787,154 @@ impl Exec {
         }
         if ids.is_empty() {
             // Every piece in memory (or none at all: end of file).
+            self.stats.served_from_memory += 1;
             self.reply(req, Reply::Slices(slices_of(&pieces, &have)));
             e.read_finished(now, req, &[]);
             return;
         }
+        if ids.iter().all(|id| self.warming.contains(id)) {
+            // A read-ahead is reading them: wait for it (`warmed`).
+            self.stats.served_from_memory += 1;
+            let serving = Serving {
+                pieces,
+                have,
+                ids: Vec::new(),
+                awaiting: ids,
+            };
+            self.serving.insert(req, serving);
+            return;
+        }
+        self.stats.served_from_disk += 1;
+        self.read_chunks(
+            req,
+            Serving {
+                pieces,
+                have,
+                ids,
+                awaiting: Vec::new(),
+            },
+        );
+    }
+
+    /// Asks the disk for the chunks of `serving.ids`.
+    fn read_chunks(&mut self, req: ReqId, serving: Serving) {
         let op = self.op(Op::Read { req });
         self.io.push_back(Io::ReadChunks {
             op,
-            ids: ids.clone(),
+            ids: serving.ids.clone(),
         });
-        self.serving.insert(req, Serving { pieces, have, ids });
+        self.serving.insert(req, serving);
     }
 
-    /// Reads ahead into memory the chunks of `chunks` not already there,
-    /// being stored, deleted or read ahead.
-    fn warm(&mut self, chunks: Vec<(ChunkId, u32)>) {
-        let mut wanted: Vec<(ChunkId, u32)> = Vec::with_capacity(chunks.len());
-        for (id, len) in chunks {
-            let skip = self.memory.get(id).is_some()
-                || self.storing.contains_key(&id)
-                || self.deleting.contains_key(&id)
-                || self.warming.contains(&id)
-                || wanted.iter().any(|&(w, _)| w == id);
-            if !skip {
-                wanted.push((id, len));
+    /// A read-ahead ended: the reads waiting for its chunks take them from
+    /// memory, or, for a chunk it could not bring (missing, damaged), read
+    /// the disk themselves, which reports the fault to the engine.
+    fn serve_awaiting(&mut self, e: &mut Engine, now: Time) {
+        let ready: Vec<ReqId> = self
+            .serving
+            .iter()
+            .filter(|(_, s)| {
+                !s.awaiting.is_empty() && s.awaiting.iter().all(|id| !self.warming.contains(id))
+            })
+            .map(|(&req, _)| req)
+            .collect();
+        for req in ready {
+            let Some(mut serving) = self.serving.remove(&req) else {
+                continue;
+            };
+            for id in std::mem::take(&mut serving.awaiting) {
+                match self.memory.get(id) {
+                    Some(chunk) => {
+                        serving.have.insert(id, chunk);
+                    }
+                    None => serving.ids.push(id),
+                }
+            }
+            if serving.ids.is_empty() {
+                self.reply(
+                    req,
+                    Reply::Slices(slices_of(&serving.pieces, &serving.have)),
+                );
+                e.read_finished(now, req, &[]);
+            } else {
+                self.read_chunks(req, serving);
             }
         }
-        for group in wanted.chunks(WARM_CHUNKS_PER_READ) {
-            let ids: Vec<ChunkId> = group.iter().map(|&(id, _)| id).collect();
-            self.warming.extend(ids.iter().copied());
-            let op = self.op(Op::Warm {
-                chunks: group.to_vec(),
-            });
-            self.io.push_back(Io::ReadChunks { op, ids });
-        }
     }
 
-    /// Chunks read ahead arrived: the sound ones go to memory. One that is
-    /// missing, corrupt or being deleted is left alone: the read that
-    /// wants it finds that out and deals with it.
+    /// Reads ahead into memory the chunks of `run` not there yet (each run
+    /// is one read, so the disk sees many at once).
+    fn warm(&mut self, e: &mut Engine, now: Time, run: WarmRun) {
+        let mut have = BTreeMap::new();
+        let mut ids = Vec::new();
+        for &(id, _) in &run.chunks {
+            if have.contains_key(&id) || ids.contains(&id) {
+                continue;
+            }
+            let at_hand = self
+                .memory
+                .get(id)
+                .or_else(|| self.storing.get(&id).map(|(_, d)| Arc::clone(d)));
+            match at_hand {
+                Some(chunk) => {
+                    have.insert(id, chunk);
+                }
+                None if self.deleting.contains_key(&id) || self.warming.contains(&id) => return,
+                None => ids.push(id),
+            }
+        }
+        if ids.is_empty() {
+            self.warmed(e, now, run, have, Vec::new());
+            return;
+        }
+        self.warming.extend(ids.iter().copied());
+        let op = self.op(Op::Warm { run, have });
+        self.io.push_back(Io::ReadChunks { op, ids });
+    }
+
+    /// The chunks of a run read ahead arrived (`results`, for those not in
+    /// `have`, in order): the sound ones go to memory, and reads waiting
+    /// for them are answered. A chunk missing, damaged or being deleted is
+    /// left alone: the read that wants it finds that out and deals with it.
     fn warmed(
         &mut self,
-        e: &Engine,
-        chunks: Vec<(ChunkId, u32)>,
+        e: &mut Engine,
+        now: Time,
+        run: WarmRun,
+        mut have: BTreeMap<ChunkId, Arc<[u8]>>,
         results: Vec<Result<Vec<u8>, ChunkFault>>,
     ) {
         let verify = !e.config().bugs().skip_verify;
+        let lens: BTreeMap<ChunkId, u32> = run.chunks.iter().copied().collect();
+        let asked: Vec<ChunkId> = run
+            .chunks
+            .iter()
+            .map(|&(id, _)| id)
+            .filter(|id| !have.contains_key(id))
+            .fold(Vec::new(), |mut v, id| {
+                if !v.contains(&id) {
+                    v.push(id);
+                }
+                v
+            });
         let mut results = results.into_iter();
-        for (id, len) in chunks {
+        let any_asked = !asked.is_empty();
+        for id in asked {
             self.warming.remove(&id);
+            let want = lens.get(&id).copied().unwrap_or(0) as usize;
             if let Some(Ok(bytes)) = results.next()
-                && bytes.len() == len as usize
+                && bytes.len() == want
                 && (!verify || id.matches(&bytes))
                 && !self.deleting.contains_key(&id)
             {
-                self.memory.insert(id, bytes.into());
+                let bytes: Arc<[u8]> = bytes.into();
+                self.stats.chunks_warmed += 1;
+                self.memory.insert(id, Arc::clone(&bytes));
+                have.insert(id, bytes);
             }
+        }
+        if any_asked {
+            self.serve_awaiting(e, now);
         }
     }
 

@@ -503,17 +503,11 @@ fn what_a_scan_kept_is_read_without_the_origin_and_evicted_last() {
 }
 
 #[test]
-fn a_scan_entering_a_folder_finds_the_kept_bytes_of_its_files_and_the_next_folders_in_memory() {
+fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory() {
     let (head, tail) = (192 * 1024, 8192);
-    let files = [
-        ("A", MIB),
-        ("B", MIB),
-        ("C", MIB),
-        ("D", MIB),
-        ("Second/E", MIB),
-        ("Second/F", MIB),
-        ("Third/G", MIB),
-    ];
+    let later = ["B", "C", "D", "Second/E", "Second/F", "Third/G"];
+    let mut files = vec![("A", MIB)];
+    files.extend(later.iter().map(|&t| (t, MIB)));
     let mut h = Harness::with_kept(&files, head, tail, Config::default()).with_memory(16 << 20);
     // C's kept head is damaged on disk: read ahead, it must not reach
     // memory, and its read must still return the origin's bytes.
@@ -543,12 +537,6 @@ fn a_scan_entering_a_folder_finds_the_kept_bytes_of_its_files_and_the_next_folde
             "{title}"
         );
     };
-    // The scan enters the folder with A: the kept chunks of B, C, D and
-    // those of the next folder (E, F) are read at once, not those of the
-    // folder after (G).
-    scan(&mut h, "A");
-    h.pump();
-    let after_a = h.world.chunk_reads;
     let kept_chunks = |h: &Harness, title: &str| {
         let key = (
             OriginId(0),
@@ -556,44 +544,43 @@ fn a_scan_entering_a_folder_finds_the_kept_bytes_of_its_files_and_the_next_folde
         );
         h.engine.manifest(&key).unwrap().kept_extents().count() as u64
     };
-    // A's own reads: the chunks under its first 128 KiB and last 4 KiB.
+    // The scan's first read (A's): A's own chunks, under its first 128 KiB
+    // and last 4 KiB, then every kept chunk of the files after it, in this
+    // folder and the next ones.
+    scan(&mut h, "A");
+    h.pump();
     let a = {
-        let key = (OriginId(0), OriginPath::new(b"A.flac".to_vec()));
-        let m = h.engine.manifest(&key).unwrap();
+        let m = h
+            .engine
+            .manifest(&(OriginId(0), OriginPath::new(b"A.flac".to_vec())))
+            .unwrap();
         let size = MIB as u64;
         (m.overlapping(0..128 * 1024).count() + m.overlapping(size - 4096..size).count()) as u64
     };
-    let ahead: u64 = ["B", "C", "D", "Second/E", "Second/F"]
-        .iter()
-        .map(|t| kept_chunks(&h, t))
-        .sum();
-    assert_eq!(
-        after_a,
-        a + ahead,
-        "A's chunks, then every kept chunk of B to F"
-    );
-    // B and D are answered from memory: no chunk file is read again.
-    scan(&mut h, "B");
-    scan(&mut h, "D");
+    let ahead: u64 = later.iter().map(|t| kept_chunks(&h, t)).sum();
+    assert_eq!(h.world.chunk_reads, a + ahead);
+    // The later files are answered from memory: no chunk file is read
+    // again, no origin asked.
+    let after_a = h.world.chunk_reads;
+    for title in ["B", "D", "Second/E", "Second/F", "Third/G"] {
+        scan(&mut h, title);
+    }
     assert_eq!(h.world.chunk_reads, after_a);
     assert_eq!(h.world.fetches_by_origin[0], 0);
-    // C's damaged chunk was not kept in memory: its read goes to the disk,
-    // finds the damage, and is answered from a verified fetch.
+    // C's damaged chunk was not kept: its read goes to the disk, finds the
+    // damage, and is answered from a verified fetch.
     scan(&mut h, "C");
     assert!(h.world.chunk_reads > after_a);
     assert!(
         h.world.fetches_by_origin[0] > 0,
         "C's damaged chunk, fetched again"
     );
-    // Entering the second folder reads ahead the third's, once.
+    // Each file is read ahead once: the reads above read nothing more.
     let before = h.world.chunk_reads;
-    scan(&mut h, "Second/E");
-    h.pump();
-    assert_eq!(h.world.chunk_reads, before + kept_chunks(&h, "Third/G"));
-    scan(&mut h, "Second/F");
-    scan(&mut h, "Third/G");
-    h.pump();
-    assert_eq!(h.world.chunk_reads, before + kept_chunks(&h, "Third/G"));
+    for title in later {
+        scan(&mut h, title);
+    }
+    assert_eq!(h.world.chunk_reads, before);
 }
 
 #[test]

@@ -234,11 +234,9 @@ impl World {
                 self.push(Ev::Evict { chunks: ids.len() });
                 self.check_evict(&ids);
             }
-            Observed::Output(Output::Warm(chunks)) => {
+            Observed::Output(Output::Warm(runs)) => {
                 self.stats.warms += 1;
-                self.push(Ev::Warm {
-                    chunks: chunks.len(),
-                });
+                self.push(Ev::Warm { runs: runs.len() });
             }
             Observed::Output(Output::Notice(Notice::ChunkDropped(id, _))) => {
                 self.shell.dropped.insert(id);

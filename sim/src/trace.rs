@@ -72,8 +72,8 @@ pub enum Ev {
     },
     /// The engine evicted chunks.
     Evict { chunks: usize },
-    /// The engine asked for kept chunks to be read ahead into memory.
-    Warm { chunks: usize },
+    /// The engine asked for runs of kept chunks to be read ahead.
+    Warm { runs: usize },
     /// The executor deletes chunk files (evicted ones, once no store of
     /// them is under way).
     Delete { chunks: usize },

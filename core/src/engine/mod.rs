@@ -241,13 +241,16 @@ enum Plan {
 /// Bounds the read-ahead bookkeeping: it is a hint, not state worth memory.
 const READAHEAD_ENTRIES_MAX: usize = 4096;
 
-/// Kept bytes read into memory ahead of a scan, at most, each time it
-/// enters a folder (the executor's memory cache holds 16 MiB: room for
-/// the folders of a few scans at once).
+/// Kept bytes read ahead of a scan, at most, each time one of its reads
+/// reaches the engine (the executor's memory cache holds 16 MiB: room for
+/// the windows of a few scans at once; more would evict what a scan on
+/// several threads has not read yet).
 const WARM_BYTES_MAX: u64 = 4 << 20;
-/// Folders a scan entered lately; each is warmed once (a hint, bounded).
-const WARMED_FOLDERS_MAX: usize = 64;
-/// Folders past the current one looked at for the next one with files.
+/// Files warmed lately, remembered so that a scan's window is not warmed
+/// again at each of its reads. Bounded: a file warmed long ago (since
+/// evicted from memory) is warmed again by the next scan.
+const WARMED_FILES_MAX: usize = 2048;
+/// Folders past the current one a scan is read ahead into.
 const WARM_FOLDERS_AHEAD: usize = 8;
 
 /// The MusicFS state machine.
@@ -263,8 +266,10 @@ pub struct Engine {
     fetches: BTreeMap<FetchId, FetchState>,
     backoff: BTreeMap<SourceKey, Backoff>,
     readahead: BTreeMap<Ino, Readahead>,
-    /// Folders whose kept bytes were warmed lately, oldest first.
-    warmed: VecDeque<Ino>,
+    /// Files whose kept bytes were warmed lately (since the last tree
+    /// swap), and their order, oldest first.
+    warmed: BTreeSet<Ino>,
+    warmed_order: VecDeque<Ino>,
     disk: DiskMode,
     /// Shutting down: no new reads, no new fetches.
     draining: bool,
@@ -315,7 +320,8 @@ impl Engine {
             fetches: BTreeMap::new(),
             backoff: BTreeMap::new(),
             readahead: BTreeMap::new(),
-            warmed: VecDeque::new(),
+            warmed: BTreeSet::new(),
+            warmed_order: VecDeque::new(),
             disk: DiskMode::Normal,
             next_fetch: 1,
             rng: SplitMix64(seed),
@@ -563,6 +569,9 @@ impl Engine {
         });
         self.tree = Arc::new(tree);
         self.tree_epoch += 1;
+        // Files may have changed: warm anew.
+        self.warmed.clear();
+        self.warmed_order.clear();
         self.drop_stale_manifests();
         self.settle_pins();
         self.track_tree_origins(now);
@@ -763,7 +772,7 @@ impl Engine {
                 self.outputs.push_back(Output::Serve { req, pieces });
                 if read.offset < read.end {
                     if self.in_kept_region(&read) {
-                        self.warm_folder(read.ino);
+                        self.warm_ahead(read.ino);
                     } else {
                         self.prefetch(now, read.ino, read.end);
                     }
@@ -1086,13 +1095,15 @@ impl Engine {
 
     /// A read inside what a first scan kept of a file is, most likely, a
     /// media server's tag scan: it reads the kept bytes of the folder's
-    /// other files next, then those of the next folder of its walk. Their
-    /// chunks still on disk are read into memory now (`Output::Warm`), all
-    /// at once, so the scan finds each file's tags in memory rather than
-    /// waiting for the cache disk file by file: a read-ahead across files
-    /// that asks no origin for anything. Each folder is warmed once while
-    /// it is among the last [`WARMED_FOLDERS_MAX`] entered.
-    fn warm_folder(&mut self, ino: Ino) {
+    /// other files next, then those of the next folders of its walk. The
+    /// kept chunks of those files still on disk are read into memory now
+    /// (`Output::Warm`), side by side, so the scan finds each file's tags
+    /// there rather than waiting for the cache disk file by file: a
+    /// read-ahead across files that asks no origin for anything. Each read
+    /// moves the window on: the files after this one up to
+    /// [`WARM_FOLDERS_AHEAD`] folders on, at most [`WARM_BYTES_MAX`] bytes
+    /// not warmed lately.
+    fn warm_ahead(&mut self, ino: Ino) {
         if self.in_passthrough() || self.draining {
             return;
         }
@@ -1100,23 +1111,21 @@ impl Engine {
         let Some(folder) = tree.get(ino).map(|n| n.parent) else {
             return;
         };
-        if self.warmed.contains(&folder) {
-            return;
-        }
-        if self.warmed.len() >= WARMED_FOLDERS_MAX {
-            self.warmed.pop_front();
-        }
-        self.warmed.push_back(folder);
         // The files after this one (a scan on several threads may have
-        // entered the folder anywhere), then the next folder's.
+        // entered the folder anywhere), then the next folders'.
         let here = tree.files_in(folder).skip_while(|&(f, _)| f != ino).skip(1);
-        let next = std::iter::successors(tree.next_folder(folder), |&f| tree.next_folder(f))
+        let there = std::iter::successors(tree.next_folder(folder), |&f| tree.next_folder(f))
             .take(WARM_FOLDERS_AHEAD)
-            .find(|&f| tree.files_in(f).next().is_some());
-        let there = next.into_iter().flat_map(|f| tree.files_in(f));
-        let mut chunks = Vec::new();
+            .flat_map(|f| tree.files_in(f));
+        let mut runs = Vec::new();
         let mut bytes = 0;
-        'files: for (_, file) in here.chain(there) {
+        for (file_ino, file) in here.chain(there) {
+            if bytes >= WARM_BYTES_MAX {
+                break;
+            }
+            if self.warmed.contains(&file_ino) {
+                continue;
+            }
             let Some(manifest) = file.sources.iter().find_map(|s| {
                 self.manifests
                     .get(&key_of(s))
@@ -1124,19 +1133,38 @@ impl Engine {
             }) else {
                 continue;
             };
-            for (_, extent) in manifest.kept_extents() {
-                if !self.cache.contains(extent.id) {
-                    continue;
-                }
-                bytes += u64::from(extent.len);
-                if bytes > WARM_BYTES_MAX {
-                    break 'files;
-                }
-                chunks.push((extent.id, extent.len));
+            if self.warmed_order.len() >= WARMED_FILES_MAX
+                && let Some(old) = self.warmed_order.pop_front()
+            {
+                self.warmed.remove(&old);
             }
+            self.warmed.insert(file_ino);
+            self.warmed_order.push_back(file_ino);
+            // Back-to-back cached chunks make one run (the head, the tail).
+            let mut run: Option<WarmRun> = None;
+            for (offset, extent) in manifest.kept_extents() {
+                let joins = run.as_ref().is_some_and(|r| {
+                    let len: u64 = r.chunks.iter().map(|&(_, l)| u64::from(l)).sum();
+                    r.offset + len == offset
+                });
+                if !self.cache.contains(extent.id) || !joins {
+                    runs.extend(run.take());
+                }
+                if self.cache.contains(extent.id) {
+                    bytes += u64::from(extent.len);
+                    run.get_or_insert_with(|| WarmRun {
+                        ino: file_ino,
+                        offset,
+                        chunks: Vec::new(),
+                    })
+                    .chunks
+                    .push((extent.id, extent.len));
+                }
+            }
+            runs.extend(run);
         }
-        if !chunks.is_empty() {
-            self.outputs.push_back(Output::Warm(chunks));
+        if !runs.is_empty() {
+            self.outputs.push_back(Output::Warm(runs));
         }
     }
 

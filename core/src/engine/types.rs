@@ -188,6 +188,17 @@ pub enum Notice {
     OriginHealth(OriginId, super::Health, super::Health),
 }
 
+/// Bytes of a file a scan will likely read soon, all in cached chunks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WarmRun {
+    /// The file.
+    pub ino: Ino,
+    /// Where the run starts in the file.
+    pub offset: u64,
+    /// Its chunks (id, length), back to back from `offset`.
+    pub chunks: Vec<(ChunkId, u32)>,
+}
+
 /// Everything the engine asks of the io-shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -236,11 +247,11 @@ pub enum Output {
     CancelFetch(FetchId),
     /// Delete these chunks from the disk and the index.
     Evict(Vec<ChunkId>),
-    /// Read these cached chunks (id, length) into memory, verified, if
-    /// there is room: reads are likely to want them soon. A hint: nothing
+    /// Read these runs of cached chunks into memory, verified, ahead of
+    /// the reads likely to want them (in the order given). A hint: nothing
     /// is reported, and a chunk that cannot be read is left to the read
     /// that wants it.
-    Warm(Vec<(ChunkId, u32)>),
+    Warm(Vec<WarmRun>),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
     /// Check that an origin answers (cheaply: stat its root, list one key)

@@ -237,6 +237,11 @@ impl Daemon {
         self.state.lock().exec.writes_pending()
     }
 
+    /// What the executor did so far.
+    pub fn exec_stats(&self) -> musicfs_core::exec::ExecStats {
+        self.state.lock().exec.stats().clone()
+    }
+
     /// Reads the engine without changing it.
     pub fn inspect<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
         f(&self.state.lock().engine)

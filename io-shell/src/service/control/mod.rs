@@ -163,6 +163,7 @@ impl Control {
                 entry["bytes_read"] = json!(load(&o.fetched_bytes) + load(&o.passthrough_bytes));
             }
         }
+        let x = self.daemon.exec_stats();
         doc["cache"] = self.daemon.inspect(|e| {
             let s = e.stats();
             let answered = s.reads_served + s.reads_passthrough;
@@ -173,6 +174,11 @@ impl Control {
                 "hit_ratio": if answered == 0 { Value::Null } else { json!(s.reads_hit as f64 / answered as f64) },
                 "passthrough": e.in_passthrough(),
                 "reads_served": s.reads_served,
+                // Of those: answered from memory (kept bytes read ahead of a
+                // scan, or just fetched), or with chunk files read.
+                "reads_from_memory": x.served_from_memory,
+                "reads_from_disk": x.served_from_disk,
+                "chunks_read_ahead": x.chunks_warmed,
                 "file_opens": self.daemon.io_stats.file_opens.load(std::sync::atomic::Ordering::Relaxed),
                 "file_flushes": self.daemon.io_stats.file_flushes.load(std::sync::atomic::Ordering::Relaxed),
                 "reads_failed": s.reads_failed,
