@@ -226,6 +226,33 @@ enum DiskMode {
     Passthrough { next_probe: Time, probing: bool },
 }
 
+/// Files whose kept bytes were warmed lately (since the last tree swap).
+#[derive(Debug, Default)]
+struct Warmed {
+    files: BTreeSet<Ino>,
+    /// `files` in the order they were warmed, oldest first.
+    order: VecDeque<Ino>,
+    /// Files in the middle of a window: a read of one moves it on.
+    marks: BTreeSet<Ino>,
+}
+
+impl Warmed {
+    /// Remembers that `ino` was warmed, forgetting the oldest beyond
+    /// [`WARMED_FILES_MAX`].
+    fn note(&mut self, ino: Ino) {
+        if !self.files.insert(ino) {
+            return;
+        }
+        if self.order.len() >= WARMED_FILES_MAX
+            && let Some(old) = self.order.pop_front()
+        {
+            self.files.remove(&old);
+            self.marks.remove(&old);
+        }
+        self.order.push_back(ino);
+    }
+}
+
 /// What a read plan found.
 enum Plan {
     /// Every byte is cached: reply from these pieces.
@@ -268,8 +295,7 @@ pub struct Engine {
     readahead: BTreeMap<Ino, Readahead>,
     /// Files whose kept bytes were warmed lately (since the last tree
     /// swap), and their order, oldest first.
-    warmed: BTreeSet<Ino>,
-    warmed_order: VecDeque<Ino>,
+    warmed: Warmed,
     disk: DiskMode,
     /// Shutting down: no new reads, no new fetches.
     draining: bool,
@@ -320,8 +346,7 @@ impl Engine {
             fetches: BTreeMap::new(),
             backoff: BTreeMap::new(),
             readahead: BTreeMap::new(),
-            warmed: BTreeSet::new(),
-            warmed_order: VecDeque::new(),
+            warmed: Warmed::default(),
             disk: DiskMode::Normal,
             next_fetch: 1,
             rng: SplitMix64(seed),
@@ -570,8 +595,7 @@ impl Engine {
         self.tree = Arc::new(tree);
         self.tree_epoch += 1;
         // Files may have changed: warm anew.
-        self.warmed.clear();
-        self.warmed_order.clear();
+        self.warmed = Warmed::default();
         self.drop_stale_manifests();
         self.settle_pins();
         self.track_tree_origins(now);
@@ -772,7 +796,13 @@ impl Engine {
                 self.outputs.push_back(Output::Serve { req, pieces });
                 if read.offset < read.end {
                     if self.in_kept_region(&read) {
-                        self.warm_ahead(read.ino);
+                        // A scan outside any window starts one; one inside
+                        // moves it on at its middle mark.
+                        if !self.warmed.files.contains(&read.ino)
+                            || self.warmed.marks.remove(&read.ino)
+                        {
+                            self.warm_ahead(read.ino);
+                        }
                     } else {
                         self.prefetch(now, read.ino, read.end);
                     }
@@ -1099,10 +1129,11 @@ impl Engine {
     /// kept chunks of those files still on disk are read into memory now
     /// (`Output::Warm`), side by side, so the scan finds each file's tags
     /// there rather than waiting for the cache disk file by file: a
-    /// read-ahead across files that asks no origin for anything. Each read
-    /// moves the window on: the files after this one up to
-    /// [`WARM_FOLDERS_AHEAD`] folders on, at most [`WARM_BYTES_MAX`] bytes
-    /// not warmed lately.
+    /// read-ahead across files that asks no origin for anything. The
+    /// window: the files after this one up to [`WARM_FOLDERS_AHEAD`]
+    /// folders on, at most [`WARM_BYTES_MAX`] bytes not warmed lately. A
+    /// read of the file in its middle moves it on (`Warmed::marks`), so a
+    /// scan's other reads cost the engine one set lookup each.
     fn warm_ahead(&mut self, ino: Ino) {
         if self.in_passthrough() || self.draining {
             return;
@@ -1119,11 +1150,13 @@ impl Engine {
             .flat_map(|f| tree.files_in(f));
         let mut runs = Vec::new();
         let mut bytes = 0;
+        let mut new_files = Vec::new();
+        self.warmed.note(ino);
         for (file_ino, file) in here.chain(there) {
             if bytes >= WARM_BYTES_MAX {
                 break;
             }
-            if self.warmed.contains(&file_ino) {
+            if self.warmed.files.contains(&file_ino) {
                 continue;
             }
             let Some(manifest) = file.sources.iter().find_map(|s| {
@@ -1133,13 +1166,8 @@ impl Engine {
             }) else {
                 continue;
             };
-            if self.warmed_order.len() >= WARMED_FILES_MAX
-                && let Some(old) = self.warmed_order.pop_front()
-            {
-                self.warmed.remove(&old);
-            }
-            self.warmed.insert(file_ino);
-            self.warmed_order.push_back(file_ino);
+            self.warmed.note(file_ino);
+            new_files.push(file_ino);
             // Back-to-back cached chunks make one run (the head, the tail).
             let mut run: Option<WarmRun> = None;
             for (offset, extent) in manifest.kept_extents() {
@@ -1162,6 +1190,9 @@ impl Engine {
                 }
             }
             runs.extend(run);
+        }
+        if let Some(&mid) = new_files.get(new_files.len() / 2) {
+            self.warmed.marks.insert(mid);
         }
         if !runs.is_empty() {
             self.outputs.push_back(Output::Warm(runs));
