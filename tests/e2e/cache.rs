@@ -731,3 +731,76 @@ fn with_no_keep_tags_the_first_scan_caches_nothing() {
     assert!(origin_requests(&m) > 0, "the head came from the origin");
     assert!(m.stop().success());
 }
+
+#[test]
+fn a_tag_scan_through_the_mount_finds_the_next_files_and_folders_read_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    // 3 artists, 2 albums each, 8 tracks of 400 KB: the scan crosses
+    // folders and artists, and only each track's head and tail are kept.
+    let mut originals = BTreeMap::new();
+    for a in 1..=3 {
+        for b in 1..=2 {
+            for t in 1..=8 {
+                let rel = format!("a{a}/b{b}/t{t}.wav");
+                let path = lib.join(&rel);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let (artist, album) = (format!("Artist{a}"), format!("Album{b}"));
+                let title = format!("T{t}");
+                write_wav(
+                    &path,
+                    400_000,
+                    (a * 100 + b * 10 + t) as u64,
+                    &title,
+                    &artist,
+                    &album,
+                );
+                originals.insert(format!("{artist}/{album}/00 - {title}.wav"), path);
+            }
+        }
+    }
+    let m = MountCommand::in_dir(Path::new(BIN), dir.path()).start(UP);
+    let stats = || {
+        let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let n = |k: &str| doc["cache"][k].as_u64().unwrap();
+        (
+            n("reads_served"),
+            n("reads_from_memory"),
+            n("reads_from_disk"),
+            n("chunks_read_ahead"),
+        )
+    };
+    // A media server's scan: walk, then each file's first 128 KiB and last
+    // 4 KiB, in the walk's order (names sort as the listing does here), with
+    // the page cache dropped (as root) so every read reaches the mount.
+    let tracks = files_under(&m.mountpoint);
+    let names: Vec<String> = tracks
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, originals.keys().cloned().collect::<Vec<_>>());
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
+    let (served, memory, disk, _) = stats();
+    for (name, origin) in &originals {
+        let want = std::fs::read(origin).unwrap();
+        let f = std::fs::File::open(m.mountpoint.join(name)).unwrap();
+        let mut head = vec![0; 128 * 1024];
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut head, 0).unwrap();
+        assert!(head == want[..128 * 1024], "{name}: head");
+        let mut tail = vec![0; 4096];
+        let len = want.len() as u64;
+        std::os::unix::fs::FileExt::read_exact_at(&f, &mut tail, len - 4096).unwrap();
+        assert!(tail == want[want.len() - 4096..], "{name}: tail");
+    }
+    let (served2, memory2, disk2, ahead) = stats();
+    let (served, memory, disk) = (served2 - served, memory2 - memory, disk2 - disk);
+    // The first file's reads go to the disk (nothing was read ahead of
+    // them); every other file, in every folder, was read ahead.
+    assert!(served >= originals.len() as u64 * 2, "{served} reads");
+    assert!(disk <= 4, "{disk} of {served} reads went to the cache disk");
+    assert_eq!(memory + disk, served);
+    assert!(ahead > 0);
+    assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
+    assert!(m.stop().success());
+}
