@@ -642,7 +642,8 @@ fn mount_kernel(
         s.mounted();
     }
     // The kernel hears of a tree change before anyone else.
-    let invalidator = Invalidator::new(session.notifier());
+    let (invalidator, pages) = Invalidator::new(session.notifier());
+    daemon.set_kernel_pages(Arc::new(pages));
     services
         .syncer
         .on_tree_change_first(Box::new(move |change| {
