@@ -26,7 +26,7 @@ use crate::engine::{
     FetchedChunk, Notice, Output, Piece, ReqId, Stored, WarmRun,
 };
 use crate::fs::Errno;
-use crate::ids::{Ino, OriginId};
+use crate::ids::OriginId;
 use crate::manifest::Extent;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -168,23 +168,6 @@ pub enum Io {
         /// Fail if no answer by then.
         timeout: Duration,
     },
-    /// Put these verified bytes of file `ino` at `offset` into the
-    /// kernel's page cache (FUSE_NOTIFY_STORE), if the engine's tree is
-    /// still the one of `epoch` (else drop them: a sync may show another
-    /// version of the file by now), checked and sent so that no
-    /// invalidation can come between the check and the store. Nothing is
-    /// reported; a store the kernel refuses (it forgot the inode) is
-    /// dropped.
-    StorePages {
-        /// The file.
-        ino: Ino,
-        /// Where the bytes start.
-        offset: u64,
-        /// The tree epoch they belong to.
-        epoch: u64,
-        /// The bytes, in order.
-        slices: Vec<Slice>,
-    },
     /// Read these chunk files (unverified: the executor checks them) and
     /// report [`Exec::chunks_read`], one result per chunk, in order.
     ReadChunks {
@@ -293,7 +276,6 @@ enum Op {
     /// The chunks of a run read ahead (`Output::Warm`) that were not in
     /// memory.
     Warm {
-        epoch: u64,
         run: WarmRun,
         have: BTreeMap<ChunkId, Arc<[u8]>>,
     },
@@ -592,9 +574,9 @@ impl Exec {
         results: Vec<Result<Vec<u8>, ChunkFault>>,
     ) {
         if let Some(Op::Warm { .. }) = self.ops.get(&op)
-            && let Some(Op::Warm { epoch, run, have }) = self.ops.remove(&op)
+            && let Some(Op::Warm { run, have }) = self.ops.remove(&op)
         {
-            self.warmed(e, now, epoch, run, have, results);
+            self.warmed(e, now, run, have, results);
             return;
         }
         self.completions += 1;
@@ -757,9 +739,9 @@ impl Exec {
                 }
             }
             Output::Evict(ids) => self.evict(e, ids),
-            Output::Warm { epoch, runs } => {
+            Output::Warm(runs) => {
                 for run in runs {
-                    self.warm(e, now, epoch, run);
+                    self.warm(e, now, run);
                 }
             }
             Output::ProbeDisk => self.io.push_back(Io::ProbeDisk),
@@ -881,9 +863,8 @@ impl Exec {
     }
 
     /// Reads ahead into memory the chunks of `run` not there yet (each run
-    /// is one read, so the disk sees many at once), then hands the run to
-    /// the kernel's page cache.
-    fn warm(&mut self, e: &mut Engine, now: Time, epoch: u64, run: WarmRun) {
+    /// is one read, so the disk sees many at once).
+    fn warm(&mut self, e: &mut Engine, now: Time, run: WarmRun) {
         let mut have = BTreeMap::new();
         let mut ids = Vec::new();
         for &(id, _) in &run.chunks {
@@ -903,26 +884,22 @@ impl Exec {
             }
         }
         if ids.is_empty() {
-            self.warmed(e, now, epoch, run, have, Vec::new());
+            self.warmed(e, now, run, have, Vec::new());
             return;
         }
         self.warming.extend(ids.iter().copied());
-        let op = self.op(Op::Warm { epoch, run, have });
+        let op = self.op(Op::Warm { run, have });
         self.io.push_back(Io::ReadChunks { op, ids });
     }
 
     /// The chunks of a run read ahead arrived (`results`, for those not in
     /// `have`, in order): the sound ones go to memory, and reads waiting
-    /// for them are answered. If every chunk is sound and no read of them
-    /// came first, the run goes to the kernel's page cache
-    /// ([`Io::StorePages`]): the scan's reads of it then need no round trip
-    /// at all. A chunk missing, damaged or being deleted is left alone: the
-    /// read that wants it finds that out and deals with it.
+    /// for them are answered. A chunk missing, damaged or being deleted is
+    /// left alone: the read that wants it finds that out and deals with it.
     fn warmed(
         &mut self,
         e: &mut Engine,
         now: Time,
-        epoch: u64,
         run: WarmRun,
         mut have: BTreeMap<ChunkId, Arc<[u8]>>,
         results: Vec<Result<Vec<u8>, ChunkFault>>,
@@ -955,32 +932,6 @@ impl Exec {
                 self.memory.insert(id, Arc::clone(&bytes));
                 have.insert(id, bytes);
             }
-        }
-        // A read waiting for these chunks hands the kernel the pages
-        // itself: a store too would only cost a copy.
-        let read_first = self
-            .serving
-            .values()
-            .any(|s| s.awaiting.iter().any(|id| lens.contains_key(id)));
-        if !read_first && !run.memory_only && run.chunks.iter().all(|(id, _)| have.contains_key(id))
-        {
-            let slices = run
-                .chunks
-                .iter()
-                .filter_map(|&(id, len)| {
-                    have.get(&id).map(|chunk| Slice {
-                        chunk: Arc::clone(chunk),
-                        from: 0,
-                        len,
-                    })
-                })
-                .collect();
-            self.io.push_back(Io::StorePages {
-                ino: run.ino,
-                offset: run.offset,
-                epoch,
-                slices,
-            });
         }
         if any_asked {
             self.serve_awaiting(e, now);

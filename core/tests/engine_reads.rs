@@ -39,8 +39,6 @@ struct World {
     disk_full: bool,
     /// Chunk files read.
     chunk_reads: u64,
-    /// Bytes handed to the kernel's page cache: (file, offset, bytes).
-    pages: Vec<(Ino, u64, Vec<u8>)>,
     /// Fetches the origin answers later (to test timeouts and concurrency).
     held: Vec<(OpId, Io)>,
     hold_fetches: bool,
@@ -299,17 +297,6 @@ impl Harness {
                 }
                 self.exec.chunks_deleted(e, now, op);
             }
-            Io::StorePages {
-                ino,
-                offset,
-                epoch,
-                slices,
-            } => {
-                if epoch == e.tree_epoch() {
-                    let bytes = Reply::Slices(slices).assemble();
-                    self.world.pages.push((ino, offset, bytes));
-                }
-            }
             Io::ProbeDisk => {
                 let ok = !self.world.disk_full;
                 self.exec.disk_probed(e, now, ok);
@@ -516,15 +503,14 @@ fn what_a_scan_kept_is_read_without_the_origin_and_evicted_last() {
 }
 
 #[test]
-fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory_and_the_page_cache() {
+fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory() {
     let (head, tail) = (192 * 1024, 8192);
     let later = ["B", "C", "D", "Second/E", "Second/F", "Third/G"];
     let mut files = vec![("A", MIB)];
     files.extend(later.iter().map(|&t| (t, MIB)));
     let mut h = Harness::with_kept(&files, head, tail, Config::default()).with_memory(16 << 20);
-    // C's kept head is damaged on disk: read ahead, it must reach neither
-    // memory nor the kernel, and its read must still return the origin's
-    // bytes.
+    // C's kept head is damaged on disk: read ahead, it must not reach
+    // memory, and its read must still return the origin's bytes.
     let c_key = (OriginId(0), OriginPath::new(b"C.flac".to_vec()));
     let c_first = h
         .engine
@@ -573,41 +559,8 @@ fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory_and_the_p
     };
     let ahead: u64 = later.iter().map(|t| kept_chunks(&h, t)).sum();
     assert_eq!(h.world.chunk_reads, a + ahead);
-    // The kernel was handed each later file's kept head and tail, exactly
-    // the origin's bytes, once, except C's head (its chunk is damaged) and
-    // E's (the middle of the window: its read must reach the engine, to
-    // move the window on).
-    let mut stored = std::collections::BTreeSet::new();
-    for (ino, offset, bytes) in &h.world.pages {
-        let title = later
-            .into_iter()
-            .find(|t| h.ino(t) == *ino)
-            .expect("a later file");
-        let at = *offset as usize;
-        assert_eq!(
-            &h.origin_bytes(title)[at..at + bytes.len()],
-            &bytes[..],
-            "{title} at {offset}"
-        );
-        let part = if *offset == 0 { "head" } else { "tail" };
-        assert!(stored.insert((title, part)), "{title} {part} stored twice");
-        assert_eq!(
-            bytes.len(),
-            if *offset == 0 { head } else { tail },
-            "{title} {part}"
-        );
-    }
-    let missing: Vec<_> = later
-        .into_iter()
-        .flat_map(|t| [(t, "head"), (t, "tail")])
-        .filter(|k| !stored.contains(k))
-        .collect();
-    assert_eq!(
-        missing,
-        [("C", "head"), ("Second/E", "head"), ("Second/E", "tail")]
-    );
-    // The reads the kernel still sends are answered from memory: no chunk
-    // file is read again, no origin asked.
+    // The later files are answered from memory: no chunk file is read
+    // again, no origin asked.
     let after_a = h.world.chunk_reads;
     for title in ["B", "D", "Second/E", "Second/F", "Third/G"] {
         scan(&mut h, title);
@@ -628,7 +581,6 @@ fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory_and_the_p
         scan(&mut h, title);
     }
     assert_eq!(h.world.chunk_reads, before);
-    assert_eq!(h.world.pages.len(), stored.len());
 }
 
 #[test]

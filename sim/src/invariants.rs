@@ -75,35 +75,6 @@ impl World {
         }
     }
 
-    /// Bytes the executor hands the kernel's page cache are the file's, in
-    /// the version the tree shows (the kernel would serve them as such).
-    pub(crate) fn check_pages(&mut self, ino: musicfs_core::Ino, offset: u64, data: &[u8]) {
-        let Some(e) = self.engine.as_ref() else {
-            return;
-        };
-        let Some(file) = e.tree().file(ino) else {
-            let v = Violation::new("pages", format!("stored pages of {ino:?}, not a file"));
-            return self.fail(v);
-        };
-        let start = usize::try_from(offset).unwrap_or(usize::MAX);
-        let fits = file.sources.iter().any(|s| {
-            self.lib.bytes_of(s).is_some_and(|b| {
-                b.len() as u64 == file.size
-                    && b.get(start..start.saturating_add(data.len())) == Some(data)
-            })
-        });
-        if !fits {
-            let v = Violation::new(
-                "safety (pages)",
-                format!(
-                    "{} bytes stored at {offset} of {ino:?} are not its shown version's",
-                    data.len()
-                ),
-            );
-            self.fail(v);
-        }
-    }
-
     /// After every step: pins balance, the cache is within its limit,
     /// no read is past its deadline, the verifier is on time.
     pub(crate) fn check_step(&mut self) {

@@ -204,28 +204,6 @@ impl World {
                 let t = self.disk_latency();
                 self.schedule(t, Event::DeleteDone { life, op, ids });
             }
-            Io::StorePages {
-                ino,
-                offset,
-                epoch,
-                slices,
-            } => {
-                // The daemon's rule: stored only while the tree is the one
-                // of `epoch`; then the bytes must be the file's (the
-                // kernel would serve them as such).
-                if self
-                    .engine
-                    .as_ref()
-                    .is_some_and(|e| e.tree_epoch() == epoch)
-                {
-                    let bytes = musicfs_core::exec::Reply::Slices(slices).assemble();
-                    self.stats.pages_stored += 1;
-                    self.push(Ev::StorePages {
-                        len: bytes.len() as u64,
-                    });
-                    self.check_pages(ino, offset, &bytes);
-                }
-            }
             Io::ProbeDisk => {
                 let t = self.disk_latency();
                 self.schedule(t, Event::ProbeDone { life });
@@ -256,7 +234,7 @@ impl World {
                 self.push(Ev::Evict { chunks: ids.len() });
                 self.check_evict(&ids);
             }
-            Observed::Output(Output::Warm { runs, .. }) => {
+            Observed::Output(Output::Warm(runs)) => {
                 self.stats.warms += 1;
                 self.push(Ev::Warm { runs: runs.len() });
             }

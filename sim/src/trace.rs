@@ -74,8 +74,6 @@ pub enum Ev {
     Evict { chunks: usize },
     /// The engine asked for runs of kept chunks to be read ahead.
     Warm { runs: usize },
-    /// Read-ahead bytes went to the (simulated) kernel's page cache.
-    StorePages { len: u64 },
     /// The executor deletes chunk files (evicted ones, once no store of
     /// them is under way).
     Delete { chunks: usize },

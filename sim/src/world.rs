@@ -177,8 +177,6 @@ pub struct RunStats {
     pub rescans: u64,
     /// Read-aheads of kept chunks into memory the engine asked for.
     pub warms: u64,
-    /// Runs of read-ahead bytes handed to the kernel (and checked).
-    pub pages_stored: u64,
     /// Loop iterations.
     pub steps: u64,
     /// turmoil ticks.

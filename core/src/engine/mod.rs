@@ -1126,10 +1126,9 @@ impl Engine {
     /// A read inside what a first scan kept of a file is, most likely, a
     /// media server's tag scan: it reads the kept bytes of the folder's
     /// other files next, then those of the next folders of its walk. The
-    /// kept chunks of those files still on disk are read now
-    /// (`Output::Warm`), side by side, into memory and into the kernel's
-    /// page cache, so the scan finds each file's tags there rather than
-    /// waiting for the cache disk file by file: a
+    /// kept chunks of those files still on disk are read into memory now
+    /// (`Output::Warm`), side by side, so the scan finds each file's tags
+    /// there rather than waiting for the cache disk file by file: a
     /// read-ahead across files that asks no origin for anything. The
     /// window: the files after this one up to [`WARM_FOLDERS_AHEAD`]
     /// folders on, at most [`WARM_BYTES_MAX`] bytes not warmed lately. A
@@ -1185,7 +1184,6 @@ impl Engine {
                         ino: file_ino,
                         offset,
                         chunks: Vec::new(),
-                        memory_only: false,
                     })
                     .chunks
                     .push((extent.id, extent.len));
@@ -1195,16 +1193,9 @@ impl Engine {
         }
         if let Some(&mid) = new_files.get(new_files.len() / 2) {
             self.warmed.marks.insert(mid);
-            // Its read must reach the engine: not in the page cache.
-            for r in runs.iter_mut().filter(|r| r.ino == mid) {
-                r.memory_only = true;
-            }
         }
         if !runs.is_empty() {
-            self.outputs.push_back(Output::Warm {
-                epoch: self.tree_epoch,
-                runs,
-            });
+            self.outputs.push_back(Output::Warm(runs));
         }
     }
 

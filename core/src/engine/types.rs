@@ -197,9 +197,6 @@ pub struct WarmRun {
     pub offset: u64,
     /// Its chunks (id, length), back to back from `offset`.
     pub chunks: Vec<(ChunkId, u32)>,
-    /// Into memory only, not the page cache: the file's read must reach
-    /// the engine, to move the read-ahead window on.
-    pub memory_only: bool,
 }
 
 /// Everything the engine asks of the io-shell.
@@ -250,17 +247,11 @@ pub enum Output {
     CancelFetch(FetchId),
     /// Delete these chunks from the disk and the index.
     Evict(Vec<ChunkId>),
-    /// Read these runs of cached chunks ahead of the reads likely to want
-    /// them (in the order given), verified: into memory, and into the
-    /// kernel's page cache of their file while the tree is still the one
-    /// of `epoch`. A hint: nothing is reported, and a chunk that cannot be
-    /// read is left to the read that wants it.
-    Warm {
-        /// The tree epoch ([`super::Engine::tree_epoch`]) the runs belong to.
-        epoch: u64,
-        /// The runs.
-        runs: Vec<WarmRun>,
-    },
+    /// Read these runs of cached chunks into memory, verified, ahead of
+    /// the reads likely to want them (in the order given). A hint: nothing
+    /// is reported, and a chunk that cannot be read is left to the read
+    /// that wants it.
+    Warm(Vec<WarmRun>),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
     /// Check that an origin answers (cheaply: stat its root, list one key)

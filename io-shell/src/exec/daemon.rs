@@ -13,7 +13,7 @@
 use crate::origin::{Origin, OriginError};
 use crate::store::{ChunkBackend, ChunkReadError, Db, StoreError};
 use musicfs_core::engine::{ChunkFault, DiskFault, Engine, FetchError, Notice, ReqId};
-use musicfs_core::exec::{Exec, ExecConfig, Io, OpId, Purpose, Reply, Slice};
+use musicfs_core::exec::{Exec, ExecConfig, Io, OpId, Purpose, Reply};
 use musicfs_core::tree::VirtualTree;
 use musicfs_core::{ChunkId, Time};
 use parking_lot::{Mutex, RwLock};
@@ -48,8 +48,6 @@ pub struct IoStats {
     /// FUSE FLUSH requests (one at most: the first is answered ENOSYS and
     /// the kernel sends no more).
     pub file_flushes: AtomicU64,
-    /// Bytes read ahead of a scan and handed to the kernel's page cache.
-    pub pages_stored_bytes: AtomicU64,
     /// Per origin, by [`musicfs_core::OriginId`].
     pub origins: Vec<OriginIo>,
 }
@@ -111,32 +109,9 @@ struct State {
     exec: Exec,
 }
 
-/// The kernel's page cache of the mount's files (FUSE_NOTIFY_STORE): the
-/// kernel module gives it once the session is open.
-pub trait KernelPages: Send + Sync {
-    /// Puts `data` at `offset` of file `ino` into the page cache if
-    /// `current()` holds, checked so that no invalidation of any file can
-    /// come between the check and the store. Whether it was stored.
-    fn store(
-        &self,
-        ino: u64,
-        offset: u64,
-        data: &[u8],
-        current: &dyn Fn() -> bool,
-    ) -> std::io::Result<bool>;
-}
-
-thread_local! {
-    /// Set on the blocking pool's threads while they run a chunk read: a
-    /// store of pages may wait there, never on a FUSE thread.
-    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// The running daemon's shared state.
 pub struct Daemon {
     state: Mutex<State>,
-    /// Where read-ahead bytes go, once the mount is there.
-    kernel_pages: std::sync::OnceLock<Arc<dyn KernelPages>>,
     /// The engine's tree as of its last swap: metadata operations read it
     /// without taking the engine's lock.
     tree: RwLock<Arc<VirtualTree>>,
@@ -186,7 +161,6 @@ impl Daemon {
             origin_reads: Mutex::new(HashMap::new()),
             timer: Notify::new(),
             persisting: Mutex::new(()),
-            kernel_pages: std::sync::OnceLock::new(),
             epoch: Instant::now(),
             io_stats: IoStats::new(origins_len),
         })
@@ -239,16 +213,11 @@ impl Daemon {
             let epoch = engine.tree_epoch();
             if self.tree_epoch.load(Ordering::Relaxed) != epoch {
                 *self.tree.write() = engine.tree_snapshot();
-                self.tree_epoch.store(epoch, Ordering::Release);
+                self.tree_epoch.store(epoch, Ordering::Relaxed);
             }
             (result, ios, sooner)
         };
-        // Stores of pages last: one may wait for the pages a read holds, so
-        // every reply this call sends goes out before it.
-        let (stores, others): (Vec<Io>, Vec<Io>) = ios
-            .into_iter()
-            .partition(|io| matches!(io, Io::StorePages { .. }));
-        for io in others.into_iter().chain(stores) {
+        for io in ios {
             self.start(io);
         }
         if sooner {
@@ -266,37 +235,6 @@ impl Daemon {
     /// Whether chunks wait for the disk or are being written.
     pub fn writes_pending(&self) -> bool {
         self.state.lock().exec.writes_pending()
-    }
-
-    /// From now on, read-ahead bytes also go to the kernel's page cache.
-    pub fn set_kernel_pages(&self, pages: Arc<dyn KernelPages>) {
-        let _ = self.kernel_pages.set(pages);
-    }
-
-    /// Hands read-ahead bytes to the kernel's page cache, unless a sync
-    /// swapped the tree since they were planned (it may show another
-    /// version of the file by now).
-    fn store_pages(
-        &self,
-        pages: &dyn KernelPages,
-        ino: u64,
-        offset: u64,
-        epoch: u64,
-        slices: Vec<Slice>,
-    ) {
-        let data = Reply::Slices(slices).assemble();
-        let current = || self.tree_epoch.load(Ordering::Acquire) == epoch;
-        match pages.store(ino, offset, &data, &current) {
-            Ok(true) => {
-                self.io_stats
-                    .pages_stored_bytes
-                    .fetch_add(data.len() as u64, Ordering::Relaxed);
-            }
-            Ok(false) => {}
-            // The kernel forgot the inode: the read, if it comes, is
-            // answered as ever.
-            Err(e) => tracing::trace!(ino, error = %e, "pages not stored"),
-        }
     }
 
     /// What the executor did so far.
@@ -359,31 +297,9 @@ impl Daemon {
                     d.with_exec(|x, e, now| x.check_done(e, now, origin, check, result));
                 });
             }
-            Io::StorePages {
-                ino,
-                offset,
-                epoch,
-                slices,
-            } => {
-                let Some(pages) = self.kernel_pages.get().map(Arc::clone) else {
-                    return;
-                };
-                // At once on the thread that read the chunks (before the
-                // scan gets there), never on a FUSE thread: a store waits
-                // for the pages it fills, which a read being answered holds.
-                if MAY_BLOCK.with(std::cell::Cell::get) {
-                    self.store_pages(&*pages, ino.0, offset, epoch, slices);
-                } else {
-                    let d = Arc::clone(self);
-                    self.rt.spawn_blocking(move || {
-                        d.store_pages(&*pages, ino.0, offset, epoch, slices)
-                    });
-                }
-            }
             Io::ReadChunks { op, ids } => {
                 let d = Arc::clone(self);
                 self.rt.spawn_blocking(move || {
-                    MAY_BLOCK.with(|b| b.set(true));
                     let results: Vec<Result<Vec<u8>, ChunkFault>> = ids
                         .iter()
                         .map(|&id| d.store.read(id).map_err(|e| chunk_fault(&e)))

@@ -4,67 +4,23 @@
 //! library side publishes the change (`Syncer::on_tree_change_first`); this is
 //! the only place that turns it into FUSE notifications.
 
-use crate::exec::daemon::KernelPages;
 use musicfs_core::tree::TreeDiff;
-use parking_lot::Mutex;
 use std::ffi::OsStr;
-use std::sync::Arc;
 
 /// Sends a mount's invalidations (FUSE notify messages).
 pub struct Invalidator {
     notifier: fuser::Notifier,
-    /// Held while invalidating, and by [`PageStore`] from its check to its
-    /// store.
-    pages: Arc<Mutex<()>>,
 }
 
 impl Invalidator {
-    /// Invalidations for the session `notifier` belongs to, and the store
-    /// of read-ahead pages that must never come between a tree swap and
-    /// its invalidations.
-    pub fn new(notifier: fuser::Notifier) -> (Invalidator, PageStore) {
-        let pages = Arc::new(Mutex::new(()));
-        let store = PageStore {
-            notifier: notifier.clone(),
-            pages: Arc::clone(&pages),
-        };
-        (Invalidator { notifier, pages }, store)
+    /// Invalidations for the session `notifier` belongs to.
+    pub fn new(notifier: fuser::Notifier) -> Invalidator {
+        Invalidator { notifier }
     }
 
     /// Tells the kernel what `diff` changed.
     pub fn tree_changed(&self, diff: &TreeDiff) {
-        let _pages = self.pages.lock();
         invalidate(&self.notifier, diff);
-    }
-}
-
-/// Puts read-ahead bytes into the kernel's page cache (FUSE_NOTIFY_STORE,
-/// Linux 2.6.36+), so a scan's reads of them need no FUSE round trip.
-///
-/// Why a stored page is never stale: the daemon checks, under the lock the
-/// invalidations take, that no tree swap happened since the bytes were
-/// planned. A swap after the check waits, for its invalidations, until the
-/// store is sent; then it drops the pages of every file it changed, the
-/// stored ones with them.
-pub struct PageStore {
-    notifier: fuser::Notifier,
-    pages: Arc<Mutex<()>>,
-}
-
-impl KernelPages for PageStore {
-    fn store(
-        &self,
-        ino: u64,
-        offset: u64,
-        data: &[u8],
-        current: &dyn Fn() -> bool,
-    ) -> std::io::Result<bool> {
-        let _pages = self.pages.lock();
-        if !current() {
-            return Ok(false);
-        }
-        self.notifier.store(fuser::INodeNo(ino), offset, data)?;
-        Ok(true)
     }
 }
 

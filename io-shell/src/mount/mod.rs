@@ -642,8 +642,7 @@ fn mount_kernel(
         s.mounted();
     }
     // The kernel hears of a tree change before anyone else.
-    let (invalidator, pages) = Invalidator::new(session.notifier());
-    daemon.set_kernel_pages(Arc::new(pages));
+    let invalidator = Invalidator::new(session.notifier());
     services
         .syncer
         .on_tree_change_first(Box::new(move |change| {

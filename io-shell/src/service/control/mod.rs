@@ -179,9 +179,6 @@ impl Control {
                 "reads_from_memory": x.served_from_memory,
                 "reads_from_disk": x.served_from_disk,
                 "chunks_read_ahead": x.chunks_warmed,
-                // Read ahead and handed to the kernel's page cache: reads of
-                // these never reach the daemon at all.
-                "pages_stored_bytes": self.daemon.io_stats.pages_stored_bytes.load(std::sync::atomic::Ordering::Relaxed),
                 "file_opens": self.daemon.io_stats.file_opens.load(std::sync::atomic::Ordering::Relaxed),
                 "file_flushes": self.daemon.io_stats.file_flushes.load(std::sync::atomic::Ordering::Relaxed),
                 "reads_failed": s.reads_failed,
