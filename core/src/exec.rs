@@ -23,7 +23,7 @@ use crate::SourceFile;
 use crate::chunk::ChunkId;
 use crate::engine::{
     CheckId, ChunkFault, CutChunk, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId,
-    FetchedChunk, Notice, Output, Piece, ReqId, Stored, WarmRun,
+    FetchedChunk, Notice, Output, Piece, ReqId, Stored,
 };
 use crate::fs::Errno;
 use crate::ids::OriginId;
@@ -273,11 +273,9 @@ enum Op {
     Delete {
         ids: Vec<ChunkId>,
     },
-    /// The chunks of a run read ahead (`Output::Warm`) that were not in
-    /// memory.
+    /// Chunks read ahead (`Output::Warm`): id and length.
     Warm {
-        run: WarmRun,
-        have: BTreeMap<ChunkId, Arc<[u8]>>,
+        chunks: Vec<(ChunkId, u32)>,
     },
 }
 
@@ -574,9 +572,9 @@ impl Exec {
         results: Vec<Result<Vec<u8>, ChunkFault>>,
     ) {
         if let Some(Op::Warm { .. }) = self.ops.get(&op)
-            && let Some(Op::Warm { run, have }) = self.ops.remove(&op)
+            && let Some(Op::Warm { chunks }) = self.ops.remove(&op)
         {
-            self.warmed(e, now, run, have, results);
+            self.warmed(e, now, chunks, results);
             return;
         }
         self.completions += 1;
@@ -741,7 +739,7 @@ impl Exec {
             Output::Evict(ids) => self.evict(e, ids),
             Output::Warm(runs) => {
                 for run in runs {
-                    self.warm(e, now, run);
+                    self.warm(run);
                 }
             }
             Output::ProbeDisk => self.io.push_back(Io::ProbeDisk),
@@ -863,79 +861,56 @@ impl Exec {
     }
 
     /// Reads ahead into memory the chunks of `run` not there yet (each run
-    /// is one read, so the disk sees many at once).
-    fn warm(&mut self, e: &mut Engine, now: Time, run: WarmRun) {
-        let mut have = BTreeMap::new();
-        let mut ids = Vec::new();
-        for &(id, _) in &run.chunks {
-            if have.contains_key(&id) || ids.contains(&id) {
+    /// is one read, so the disk sees many at once). A run with a chunk
+    /// being deleted or read ahead already is left alone.
+    fn warm(&mut self, run: Vec<(ChunkId, u32)>) {
+        let mut chunks: Vec<(ChunkId, u32)> = Vec::with_capacity(run.len());
+        for (id, len) in run {
+            if chunks.iter().any(|&(c, _)| c == id)
+                || self.memory.get(id).is_some()
+                || self.storing.contains_key(&id)
+            {
                 continue;
             }
-            let at_hand = self
-                .memory
-                .get(id)
-                .or_else(|| self.storing.get(&id).map(|(_, d)| Arc::clone(d)));
-            match at_hand {
-                Some(chunk) => {
-                    have.insert(id, chunk);
-                }
-                None if self.deleting.contains_key(&id) || self.warming.contains(&id) => return,
-                None => ids.push(id),
+            if self.deleting.contains_key(&id) || self.warming.contains(&id) {
+                return;
             }
+            chunks.push((id, len));
         }
-        if ids.is_empty() {
-            self.warmed(e, now, run, have, Vec::new());
+        if chunks.is_empty() {
             return;
         }
+        let ids: Vec<ChunkId> = chunks.iter().map(|&(id, _)| id).collect();
         self.warming.extend(ids.iter().copied());
-        let op = self.op(Op::Warm { run, have });
+        let op = self.op(Op::Warm { chunks });
         self.io.push_back(Io::ReadChunks { op, ids });
     }
 
-    /// The chunks of a run read ahead arrived (`results`, for those not in
-    /// `have`, in order): the sound ones go to memory, and reads waiting
-    /// for them are answered. A chunk missing, damaged or being deleted is
-    /// left alone: the read that wants it finds that out and deals with it.
+    /// The chunks a read-ahead asked for arrived (`results`, in order):
+    /// the sound ones go to memory, and reads waiting for them are
+    /// answered. A chunk missing, damaged or being deleted is left alone:
+    /// the read that wants it finds that out and deals with it.
     fn warmed(
         &mut self,
         e: &mut Engine,
         now: Time,
-        run: WarmRun,
-        mut have: BTreeMap<ChunkId, Arc<[u8]>>,
+        chunks: Vec<(ChunkId, u32)>,
         results: Vec<Result<Vec<u8>, ChunkFault>>,
     ) {
         let verify = !e.config().bugs().skip_verify;
-        let lens: BTreeMap<ChunkId, u32> = run.chunks.iter().copied().collect();
-        let asked: Vec<ChunkId> = run
-            .chunks
-            .iter()
-            .map(|&(id, _)| id)
-            .filter(|id| !have.contains_key(id))
-            .fold(Vec::new(), |mut v, id| {
-                if !v.contains(&id) {
-                    v.push(id);
-                }
-                v
-            });
         let mut results = results.into_iter();
-        let any_asked = !asked.is_empty();
-        for id in asked {
+        for (id, len) in chunks {
             self.warming.remove(&id);
-            let want = lens.get(&id).copied().unwrap_or(0) as usize;
             if let Some(Ok(bytes)) = results.next()
-                && bytes.len() == want
+                && bytes.len() == len as usize
                 && (!verify || id.matches(&bytes))
                 && !self.deleting.contains_key(&id)
             {
-                let bytes: Arc<[u8]> = bytes.into();
                 self.stats.chunks_warmed += 1;
-                self.memory.insert(id, Arc::clone(&bytes));
-                have.insert(id, bytes);
+                self.memory.insert(id, bytes.into());
             }
         }
-        if any_asked {
-            self.serve_awaiting(e, now);
-        }
+        self.serve_awaiting(e, now);
     }
 
     fn evict(&mut self, e: &Engine, ids: Vec<ChunkId>) {

@@ -1168,28 +1168,29 @@ impl Engine {
             };
             self.warmed.note(file_ino);
             new_files.push(file_ino);
-            // Back-to-back cached chunks make one run (the head, the tail).
-            let mut run: Option<WarmRun> = None;
+            // Back-to-back cached chunks make one run (the head, the tail):
+            // the chunks and where they end.
+            let mut run: Option<(Vec<(ChunkId, u32)>, u64)> = None;
             for (offset, extent) in manifest.kept_extents() {
-                let joins = run.as_ref().is_some_and(|r| {
-                    let len: u64 = r.chunks.iter().map(|&(_, l)| u64::from(l)).sum();
-                    r.offset + len == offset
-                });
-                if !self.cache.contains(extent.id) || !joins {
-                    runs.extend(run.take());
+                let cached = self.cache.contains(extent.id);
+                let end = offset + u64::from(extent.len);
+                match &mut run {
+                    Some((chunks, at)) if cached && *at == offset => {
+                        chunks.push((extent.id, extent.len));
+                        *at = end;
+                    }
+                    _ => {
+                        runs.extend(run.take().map(|(chunks, _)| chunks));
+                        if cached {
+                            run = Some((vec![(extent.id, extent.len)], end));
+                        }
+                    }
                 }
-                if self.cache.contains(extent.id) {
+                if cached {
                     bytes += u64::from(extent.len);
-                    run.get_or_insert_with(|| WarmRun {
-                        ino: file_ino,
-                        offset,
-                        chunks: Vec::new(),
-                    })
-                    .chunks
-                    .push((extent.id, extent.len));
                 }
             }
-            runs.extend(run);
+            runs.extend(run.map(|(chunks, _)| chunks));
         }
         if let Some(&mid) = new_files.get(new_files.len() / 2) {
             self.warmed.marks.insert(mid);

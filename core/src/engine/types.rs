@@ -188,17 +188,6 @@ pub enum Notice {
     OriginHealth(OriginId, super::Health, super::Health),
 }
 
-/// Bytes of a file a scan will likely read soon, all in cached chunks.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct WarmRun {
-    /// The file.
-    pub ino: Ino,
-    /// Where the run starts in the file.
-    pub offset: u64,
-    /// Its chunks (id, length), back to back from `offset`.
-    pub chunks: Vec<(ChunkId, u32)>,
-}
-
 /// Everything the engine asks of the io-shell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Output {
@@ -251,7 +240,8 @@ pub enum Output {
     /// the reads likely to want them (in the order given). A hint: nothing
     /// is reported, and a chunk that cannot be read is left to the read
     /// that wants it.
-    Warm(Vec<WarmRun>),
+    /// Each run is a file's back-to-back chunks (id, length), read as one.
+    Warm(Vec<Vec<(ChunkId, u32)>>),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
     /// Check that an origin answers (cheaply: stat its root, list one key)
