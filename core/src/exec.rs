@@ -1105,7 +1105,7 @@ impl Exec {
     /// want them.
     fn cut(&mut self, c: CutChunk) -> Queued {
         let extent = c.extent();
-        let data: Arc<[u8]> = c.data.into();
+        let data = c.data;
         self.memory.insert(c.id, Arc::clone(&data));
         Queued {
             offset: c.offset,

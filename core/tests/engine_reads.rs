@@ -131,7 +131,7 @@ impl Harness {
             for c in cut {
                 m.insert(c.offset, c.extent()).unwrap();
                 chunks.push((c.id, c.data.len() as u32, 0));
-                h.world.disk.insert(c.id, c.data);
+                h.world.disk.insert(c.id, c.data.to_vec());
             }
             m.keep(Kept {
                 head: head as u64,

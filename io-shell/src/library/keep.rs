@@ -241,7 +241,7 @@ impl std::fmt::Debug for TagKeeper {
 
 #[derive(Default)]
 struct State {
-    batch: Vec<(ChunkId, Vec<u8>)>,
+    batch: Vec<(ChunkId, Arc<[u8]>)>,
     batch_bytes: usize,
     manifests: Vec<(SourceFile, Manifest)>,
     /// Chunks already in the cache or in a batch.
@@ -400,10 +400,10 @@ impl TagKeeper {
     /// every chunk of its batch is durable and indexed.
     fn write(
         &self,
-        batch: &[(ChunkId, Vec<u8>)],
+        batch: &[(ChunkId, Arc<[u8]>)],
         manifests: &[(SourceFile, Manifest)],
     ) -> Result<Vec<(ChunkId, u32, u64)>, StoreError> {
-        let refs: Vec<(ChunkId, &[u8])> = batch.iter().map(|(id, d)| (*id, d.as_slice())).collect();
+        let refs: Vec<(ChunkId, &[u8])> = batch.iter().map(|(id, d)| (*id, &d[..])).collect();
         let mut stored = Vec::with_capacity(batch.len());
         let mut first_error = None;
         for ((id, data), result) in batch.iter().zip(self.store.put_batch(&refs)) {
