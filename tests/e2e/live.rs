@@ -397,3 +397,94 @@ mod failpoints {
         assert!(fresh.stop().success());
     }
 }
+
+/// Every file of the mount and its inode.
+fn inodes(root: &Path) -> std::collections::BTreeMap<PathBuf, u64> {
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let ino = std::fs::metadata(root.join(&p)).unwrap().ino();
+            (p, ino)
+        })
+        .collect()
+}
+
+#[test]
+fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
+    let s = Setup::new();
+    let log = || std::fs::read_to_string(s.dir.path().join("log")).unwrap_or_default();
+    let stop = |m: Mounted| {
+        assert!(m.stop().success());
+        log()
+    };
+    // A first mount scans: its catalog had no saved copy to key the tree
+    // by while it mounted, so the tree is saved when it stops.
+    let m = s.mount();
+    let first = inodes(&m.mountpoint);
+    assert_eq!(first.len(), 3);
+    let stopped = stop(m);
+    assert!(
+        stopped.contains("shutdown: tree saved for the next mount"),
+        "{stopped}"
+    );
+    let m = s.mount();
+    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
+    assert_eq!(inodes(&m.mountpoint), first);
+
+    // A change synced while mounted: the tree the sync built is saved at
+    // the stop, under the key of the new catalog.
+    write_wav(
+        &s.lib("incoming/new.wav"),
+        200_000,
+        9,
+        "New",
+        "Band",
+        "Second",
+    );
+    let mnt = m.mountpoint.clone();
+    shows(&m, "new track", || {
+        mnt.join("Band/Second/00 - New.wav").exists()
+    });
+    settle(&m);
+    let synced = inodes(&mnt);
+    assert_eq!(synced.len(), 4);
+    let stopped = stop(m);
+    assert!(
+        stopped.contains("shutdown: tree saved for the next mount"),
+        "{stopped}"
+    );
+    let m = s.mount();
+    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
+    assert_eq!(inodes(&m.mountpoint), synced);
+    assert_eq!(
+        sha256_file(&m.mountpoint.join("Band/Second/00 - New.wav")).unwrap(),
+        sha256_file(&s.lib("incoming/new.wav")).unwrap()
+    );
+    // Nothing changed since: nothing to save.
+    let stopped = stop(m);
+    assert!(
+        !stopped.contains("tree saved for the next mount"),
+        "{stopped}"
+    );
+
+    // A change while unmounted: the saved tree is the saved catalog's, and
+    // the catch-up sync after the mount shows the change.
+    std::fs::remove_file(s.lib("incoming/new.wav")).unwrap();
+    let m = s.mount();
+    let mnt = m.mountpoint.clone();
+    shows(&m, "removal made while unmounted", || {
+        !mnt.join("Band/Second/00 - New.wav").exists()
+    });
+    assert_eq!(inodes(&mnt), first);
+    // The tree without the file is saved at the stop, and the next
+    // mount loads it.
+    settle(&m);
+    let stopped = stop(m);
+    assert!(
+        stopped.contains("shutdown: tree saved for the next mount"),
+        "{stopped}"
+    );
+    let m = s.mount();
+    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
+    assert_eq!(inodes(&m.mountpoint), first);
+}

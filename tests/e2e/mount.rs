@@ -403,8 +403,12 @@ fn a_remount_opens_the_saved_tree_with_the_same_names_and_inodes() {
         !log.contains("scanning a new origin"),
         "second mount rescanned before mounting:\n{log}"
     );
-    // The second mount built its tree from the saved catalog and saved it;
-    // the third loads it instead of building, and shows the same tree.
+    // The first mount saved its tree when it stopped; the second loaded
+    // it, and so does the third, and they show the same tree.
+    assert!(
+        log.contains("saved_tree=true"),
+        "second mount built its tree:\n{log}"
+    );
     let saved = fx.path("cache").join("tree.bin");
     assert!(
         musicfs_tests::wait_for(Duration::from_secs(30), || saved.exists()),

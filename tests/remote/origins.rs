@@ -1077,7 +1077,7 @@ fn s3_delta_sync_reads_only_what_changed() {
         Arc::clone(&d.db),
         Layout::default_layout(),
         vec![SyncSource::Remote(Arc::clone(&origin))],
-        d.db.load_catalog().expect("catalog"),
+        d.db.load_catalog().expect("catalog").into(),
     );
     // Called from a plain thread, as the daemon calls it from its blocking
     // pool: the syncer waits on the daemon's runtime.

@@ -18,7 +18,7 @@ fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
         Arc::clone(&d.db),
         Layout::default_layout(),
         vec![SyncSource::Local(root.to_path_buf())],
-        d.db.load_catalog().expect("catalog"),
+        d.db.load_catalog().expect("catalog").into(),
     )
 }
 

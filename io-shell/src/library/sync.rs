@@ -16,14 +16,15 @@ use crate::library::remote_scan::{RemoteScanOptions, list_remote, scan_remote_fi
 use crate::library::scan::{self, NoProgress};
 use crate::origin::OriginError;
 use crate::origin::RemoteOrigin;
+use crate::store::tree_cache::{self, TreeKey};
 use crate::store::{Db, StoreError};
 use musicfs_core::engine::{SourceKey, key_of};
 use musicfs_core::sync::{self, Listed, SyncPlan};
-use musicfs_core::tree::VirtualTree;
+use musicfs_core::tree::{BuildReport, VirtualTree};
 use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -58,6 +59,25 @@ pub enum SyncSource {
 /// The catalog as the syncer keeps it, by origin file.
 pub type Catalog = BTreeMap<SourceKey, CatalogEntry>;
 
+/// What a syncer starts from: the catalog the mount's tree was built
+/// from, and that tree if it is not saved for the next mount yet.
+pub struct StartingCatalog {
+    /// The catalog as saved.
+    pub entries: Vec<CatalogEntry>,
+    /// The tree built from it, and its report, if not saved.
+    pub unsaved_tree: Option<(Arc<VirtualTree>, BuildReport)>,
+}
+
+impl From<Vec<CatalogEntry>> for StartingCatalog {
+    /// A catalog whose tree is saved, or need not be.
+    fn from(entries: Vec<CatalogEntry>) -> StartingCatalog {
+        StartingCatalog {
+            entries,
+            unsaved_tree: None,
+        }
+    }
+}
+
 /// A published tree change.
 pub struct TreeChange<'a> {
     /// The new tree.
@@ -85,6 +105,11 @@ pub struct Syncer {
     /// a watcher's sync of one file rebuilds the tree from it instead of
     /// loading every entry from the database again.
     catalog: Mutex<Catalog>,
+    /// The tree built from the catalog as it is now, and its report, while
+    /// it is not saved for the next mount: set when a sync swaps a tree in
+    /// (or by the mount, for a tree it built and could not save), cleared
+    /// when the catalog changes without a new tree. See [`Syncer::save_tree`].
+    unsaved_tree: Mutex<Option<(Arc<VirtualTree>, BuildReport)>>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
     /// checkpoint (a saved batch).
@@ -169,8 +194,12 @@ impl Syncer {
         db: Arc<Db>,
         layout: Layout,
         sources: Vec<SyncSource>,
-        catalog: Vec<CatalogEntry>,
+        start: StartingCatalog,
     ) -> Syncer {
+        let StartingCatalog {
+            entries: catalog,
+            unsaved_tree,
+        } = start;
         let sources_len = sources.len();
         let catalog = catalog
             .into_iter()
@@ -183,6 +212,7 @@ impl Syncer {
             sources,
             listeners: Mutex::new(Vec::new()),
             catalog: Mutex::new(catalog),
+            unsaved_tree: Mutex::new(unsaved_tree),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -221,6 +251,39 @@ impl Syncer {
         job: impl FnOnce(std::collections::btree_map::Values<'_, SourceKey, CatalogEntry>) -> R,
     ) -> R {
         job(self.catalog.lock().values())
+    }
+
+    /// The catalog, to change it: the tree built from it before is no
+    /// longer its tree.
+    fn edit_catalog(&self) -> parking_lot::MutexGuard<'_, Catalog> {
+        let catalog = self.catalog.lock();
+        *self.unsaved_tree.lock() = None;
+        catalog
+    }
+
+    /// Saves the tree built from the catalog as it is now in `cache_dir`,
+    /// under the key the next mount computes from that catalog (the same
+    /// binary and layout, and the catalog's saved bytes, which every sync
+    /// keeps equal to this one), so that it loads the tree instead of
+    /// building it. Nothing to do when that tree is saved already, or when
+    /// the catalog changed after it was built (a sync stopped midway):
+    /// then the next mount builds, as it would anyway. Run at shutdown,
+    /// after [`Syncer::stop`].
+    pub fn save_tree(&self, cache_dir: &Path) -> Result<bool, SyncError> {
+        let catalog = self.catalog.lock();
+        let Some((tree, report)) = self.unsaved_tree.lock().take() else {
+            return Ok(false);
+        };
+        let Some(digest) = Db::catalog_digest_of(catalog.values())? else {
+            return Ok(false);
+        };
+        let Some(key) = TreeKey::new(self.layout.source(), digest) else {
+            return Ok(false);
+        };
+        drop(catalog);
+        tree_cache::save(cache_dir, key, &tree, &report)
+            .map_err(|e| SyncError::Store(StoreError::io("save the tree", cache_dir, e)))?;
+        Ok(true)
     }
 
     /// Shutdown: no sync starts from now on, and a running one (or a search
@@ -419,7 +482,7 @@ impl Syncer {
             self.db.put_catalog(&read)?;
             // The batch is the checkpoint only once it is on disk.
             self.db.flush()?;
-            let mut catalog = self.catalog.lock();
+            let mut catalog = self.edit_catalog();
             for e in read {
                 catalog.insert(key_of(&e.source), e);
             }
@@ -443,7 +506,7 @@ impl Syncer {
         }
         for path in &plan.removed {
             self.db.remove_catalog(origin, path)?;
-            self.catalog.lock().remove(&(origin, path.clone()));
+            self.edit_catalog().remove(&(origin, path.clone()));
         }
         let mut moves = Vec::with_capacity(plan.moved.len());
         for (old, entry) in &plan.moved {
@@ -453,7 +516,7 @@ impl Syncer {
         let moved: Vec<CatalogEntry> = plan.moved.iter().map(|(_, e)| e.clone()).collect();
         self.db.put_catalog(&moved)?;
         {
-            let mut catalog = self.catalog.lock();
+            let mut catalog = self.edit_catalog();
             for (old, _) in &plan.moved {
                 catalog.remove(&(origin, old.clone()));
             }
@@ -482,11 +545,12 @@ impl Syncer {
         // From the catalog kept in memory, not loaded from the database: a
         // one-file change costs one new tree, not a second whole catalog.
         let catalog = self.catalog.lock();
-        let (tree, _) = VirtualTree::build_from(&self.layout, catalog.values());
+        let (tree, report) = VirtualTree::build_from(&self.layout, catalog.values());
         let (diff, new_tree) = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
             (e.replace_tree(now, tree), e.tree_snapshot())
         });
+        *self.unsaved_tree.lock() = Some((Arc::clone(&new_tree), report));
         let change = TreeChange {
             tree: &new_tree,
             catalog: &catalog,

@@ -24,7 +24,7 @@ use crate::kernel::session::{
 };
 use crate::kernel::unmount::lazy_unmount;
 use crate::library::changes;
-use crate::library::sync::{SyncSource, Syncer};
+use crate::library::sync::{StartingCatalog, SyncSource, Syncer};
 use crate::library::watch;
 use crate::origin::{LocalOrigin, Origin, OriginError, OriginKind, OriginSpec, RemoteOrigin};
 use crate::pins::fill::PinFiller;
@@ -184,12 +184,16 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     )?;
     // The tree as built from the loaded catalog, before any sync swaps it.
     let save_tree = save_tree.map(|(key, report)| (key, report, daemon.tree()));
+    let unsaved_tree = library.unsaved_tree.map(|report| (daemon.tree(), report));
     let services = start_services(
         &plan,
         &daemon,
         &db,
         &origins,
-        library.catalog,
+        StartingCatalog {
+            entries: library.catalog,
+            unsaved_tree,
+        },
         &runtime,
         metrics_listener,
     )?;
@@ -388,6 +392,9 @@ struct Library {
     /// Set when the tree was built (not loaded) from the saved catalog:
     /// the key to save it under, and its build report.
     save_tree: Option<(TreeKey, BuildReport)>,
+    /// Set when the tree was built from a catalog with no key yet (a first
+    /// scan's): its build report. The syncer saves the tree at shutdown.
+    unsaved_tree: Option<BuildReport>,
     /// The chunk maps the cache holds, by origin file.
     manifests: Vec<(OriginId, OriginPath, Manifest)>,
     /// The catalog the tree was built from: the syncer keeps it, so a
@@ -450,6 +457,7 @@ fn load_library(
         tree,
         // A tree just built is saved for the next mount, under its key.
         save_tree: key.filter(|_| !loaded).map(|key| (key, report.clone())),
+        unsaved_tree: (key.is_none() && !loaded).then(|| report.clone()),
         manifests,
         catalog,
         tracks: report.tracks,
@@ -521,7 +529,7 @@ fn start_services(
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     origins: &Origins,
-    catalog: Vec<CatalogEntry>,
+    catalog: StartingCatalog,
     runtime: &tokio::runtime::Runtime,
     metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<Services, RunError> {
@@ -745,6 +753,20 @@ fn shut_down(
         tracing::warn!(error = %e, "could not save the cache state at exit");
     }
     tracing::info!("shutdown: cache state saved");
+    // Only when no sync runs any more: the tree must be the catalog's.
+    if quiet {
+        let started = Instant::now();
+        match services.syncer.save_tree(cache_dir) {
+            Ok(true) => tracing::info!(
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "shutdown: tree saved for the next mount"
+            ),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not save the tree for the next mount; it will be built")
+            }
+        }
+    }
     if let Some(live) = services.search.get() {
         match live.commit() {
             Ok(()) => tracing::info!("shutdown: search index committed"),

@@ -280,10 +280,7 @@ impl Db {
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
         for item in self.catalog.iter() {
             let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
-            for part in [&k[..], &v[..]] {
-                digest.update(&(part.len() as u64).to_le_bytes());
-                digest.update(part);
-            }
+            digest_record(&mut digest, &k, &v);
             match decode_catalog_entry(&k, &v) {
                 Some(entry) => out.push(entry),
                 None => skipped += 1,
@@ -296,6 +293,26 @@ impl Db {
             );
         }
         Ok((out, skipped, digest.digest128()))
+    }
+
+    /// The digest [`Db::load_catalog_digested`] gives for a database whose
+    /// catalog is exactly `entries`, which must come in the database's
+    /// order (by origin, then path; `None` if they do not). What a mount
+    /// that changed its catalog saves its tree under, for the next mount.
+    pub fn catalog_digest_of<'a>(
+        entries: impl IntoIterator<Item = &'a CatalogEntry>,
+    ) -> Result<Option<u128>, StoreError> {
+        let mut digest = xxhash_rust::xxh3::Xxh3::new();
+        let mut last: Option<Vec<u8>> = None;
+        for entry in entries {
+            let key = entry_key(entry.source.origin, &entry.source.path);
+            if last.as_ref().is_some_and(|l| *l >= key) {
+                return Ok(None);
+            }
+            digest_record(&mut digest, &key, &encode("catalog entry", entry)?);
+            last = Some(key);
+        }
+        Ok(Some(digest.digest128()))
     }
 
     /// How many times the whole catalog was loaded since the database was
@@ -610,6 +627,14 @@ fn entry_key(origin: OriginId, path: &OriginPath) -> Vec<u8> {
     key
 }
 
+/// Adds one catalog record to a catalog digest.
+fn digest_record(digest: &mut xxhash_rust::xxh3::Xxh3, key: &[u8], value: &[u8]) {
+    for part in [key, value] {
+        digest.update(&(part.len() as u64).to_le_bytes());
+        digest.update(part);
+    }
+}
+
 /// A catalog record, if it decodes and its key agrees with its contents.
 fn decode_catalog_entry(key: &[u8], value: &[u8]) -> Option<CatalogEntry> {
     let entry = rmp_serde::from_slice::<CatalogEntry>(value).ok()?;
@@ -742,6 +767,49 @@ mod tests {
         assert_eq!(db.load_chunk_index().unwrap(), vec![(a, 1, 20)]);
         db.touch_chunks(&[(a, 5)]).unwrap();
         assert_eq!(db.load_chunk_index().unwrap(), vec![(a, 1, 20)]);
+    }
+
+    #[test]
+    fn the_digest_of_a_catalog_in_memory_is_the_one_its_saved_copy_loads_with() {
+        use musicfs_core::tags::TrackTags;
+        use musicfs_core::{FileKind, FileVersion, SourceFile};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let entry = |origin: u16, path: &str, title: &str| CatalogEntry {
+            source: SourceFile {
+                origin: OriginId(origin),
+                path: OriginPath::new(path.as_bytes()),
+                version: FileVersion {
+                    size: 1000,
+                    mtime_ns: 7,
+                    token: Some("1:2:3".into()),
+                },
+            },
+            kind: FileKind::Track(TrackTags {
+                title: Some(title.into()),
+                ..TrackTags::default()
+            }),
+        };
+        // In the database's order: by origin (0x0100 after 0x00ff), then path.
+        let entries = vec![
+            entry(0x00ff, "z.flac", "Z"),
+            entry(0x0100, "a/b.flac", "B"),
+            entry(0x0100, "a/c.flac", "C"),
+            entry(0x0100, "b.flac", "D"),
+        ];
+        db.put_catalog(&entries).unwrap();
+        let (loaded, _, digest) = db.load_catalog_digested().unwrap();
+        assert_eq!(loaded, entries);
+        assert_eq!(Db::catalog_digest_of(&entries).unwrap(), Some(digest));
+        // Any other catalog has another digest...
+        let mut retagged = entries.clone();
+        retagged[2] = entry(0x0100, "a/c.flac", "C (live)");
+        assert_ne!(Db::catalog_digest_of(&retagged).unwrap(), Some(digest));
+        assert_ne!(Db::catalog_digest_of(&entries[1..]).unwrap(), Some(digest));
+        // ...and entries out of the database's order have none.
+        let mut shuffled = entries.clone();
+        shuffled.swap(1, 2);
+        assert_eq!(Db::catalog_digest_of(&shuffled).unwrap(), None);
     }
 
     #[test]

@@ -97,6 +97,10 @@ pub fn save(
     tree: &VirtualTree,
     report: &BuildReport,
 ) -> io::Result<()> {
+    // One save at a time (the mount's, behind, and the shutdown's share
+    // the temporary file).
+    static SAVING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+    let _one = SAVING.lock();
     let body = rmp_serde::to_vec(&(report, tree)).map_err(io::Error::other)?;
     let tmp = cache_dir.join(format!("{TREE_FILE}.tmp"));
     let mut f = fs::File::create(&tmp)?;
