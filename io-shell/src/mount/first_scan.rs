@@ -122,6 +122,18 @@ pub(super) fn load_catalog(
     })
 }
 
+/// Whether every configured origin is one the cache knows as it is
+/// configured: then [`load_catalog`] scans nothing (unless the saved
+/// catalog turns out damaged).
+pub(super) fn nothing_to_scan(plan: &MountPlan, db: &crate::store::Db) -> Result<bool, StoreError> {
+    for (i, spec) in plan.origins.iter().enumerate() {
+        if db.get_meta(&format!("origin/{i}"))?.as_deref() != Some(spec.key().as_bytes()) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// What [`load_catalog`] gives.
 pub(super) struct LoadedCatalog {
     /// Every entry, saved and scanned just now.

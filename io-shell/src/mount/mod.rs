@@ -317,8 +317,12 @@ fn bind_control_socket(
 struct Cache {
     db: Arc<Db>,
     store: Arc<ChunkStore>,
-    /// The chunk files the index knows: id, length, last access.
+    /// The chunk files the index knows: id, length, last access (read by
+    /// [`load_library`]).
     chunk_index: Vec<(ChunkId, u32, u64)>,
+    /// Set when the database was damaged and set aside: the chunk index is
+    /// rebuilt from the chunk files.
+    repaired: Option<String>,
 }
 
 /// Opens the cache: the database first, whose lock keeps a second daemon
@@ -327,6 +331,7 @@ struct Cache {
 /// files if the database was damaged).
 fn open_cache(plan: &MountPlan) -> Result<Cache, RunError> {
     let dir = &plan.cache_dir;
+    let started = Instant::now();
     let opened = Db::open(dir).map_err(|e| {
         if e.is_locked() {
             RunError::CacheInUse(CacheInUse {
@@ -342,15 +347,18 @@ fn open_cache(plan: &MountPlan) -> Result<Cache, RunError> {
     }
     let store = Arc::new(ChunkStore::open(dir).map_err(RunError::cache(dir))?);
     let db = Arc::new(opened.db);
-    let mut chunk_index = db.load_chunk_index().map_err(RunError::cache(dir))?;
+    tracing::debug!(
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "cache database open"
+    );
     if let Some(what) = &opened.repaired {
         tracing::warn!(what = %what, "the cache database was damaged and has been rebuilt");
-        chunk_index = rebuild_chunk_index(&store, &db).map_err(RunError::cache(dir))?;
     }
     Ok(Cache {
         db,
         store,
-        chunk_index,
+        chunk_index: Vec::new(),
+        repaired: opened.repaired,
     })
 }
 
@@ -408,6 +416,15 @@ struct Library {
 }
 
 /// The saved catalog plus a first scan of new origins, built into the tree.
+///
+/// A remount (every origin known, nothing to scan) reads what the cache
+/// remembers side by side: the catalog, the chunk index, the chunk maps
+/// and the saved tree are independent, and on a large library each is a
+/// good part of a remount. The saved tree is decoded before its key (the
+/// catalog's digest) is known, and used only if the key then matches.
+/// When the catalog is not the saved one after all (damaged records
+/// rescanned, an origin dropped), the chunk index and maps are read again
+/// after the scan, which may have added to them.
 fn load_library(
     plan: &MountPlan,
     origins: &Origins,
@@ -415,26 +432,72 @@ fn load_library(
     cache: &mut Cache,
     status: &MountStatus,
 ) -> Result<Library, RunError> {
+    let db = Arc::clone(&cache.db);
+    let ahead = first_scan::nothing_to_scan(plan, &db).map_err(RunError::cache(&plan.cache_dir))?;
+    if !ahead {
+        // A first scan keeps tag bytes: it must know the chunks already
+        // cached. (The chunk maps are read after it, with what it kept.)
+        let store = Arc::clone(&cache.store);
+        cache.chunk_index = timed("chunk index loaded", || {
+            if cache.repaired.is_some() {
+                rebuild_chunk_index(&store, &db)
+            } else {
+                db.load_chunk_index()
+            }
+        })
+        .map_err(RunError::cache(&plan.cache_dir))?;
+    }
+    let (store, repaired) = (Arc::clone(&cache.store), cache.repaired.is_some());
+    let (loaded_catalog, ahead_results, saved) = std::thread::scope(|s| {
+        let remembered = ahead.then(|| s.spawn(|| load_remembered(&db, repaired, &store)));
+        let saved = ahead.then(|| {
+            s.spawn(|| timed("saved tree read", || tree_cache::load_any(&plan.cache_dir)))
+        });
+        let loaded = timed("catalog ready", || {
+            first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)
+        });
+        (loaded, remembered.map(join), saved.and_then(join))
+    });
     let first_scan::LoadedCatalog {
         entries: catalog,
         scanned_now,
         digest,
-    } = first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)?;
+    } = loaded_catalog?;
     let key = digest.and_then(|d| TreeKey::new(plan.layout.source(), d));
-    // The chunk maps load while the tree builds (or loads): neither needs
-    // the other, and on a large library each takes a good part of a
-    // remount.
-    let db = &cache.db;
-    let (tree, report, loaded, manifests) = std::thread::scope(|s| {
-        let manifests = s.spawn(|| db.load_manifests());
-        let saved = key.and_then(|key| tree_cache::load(&plan.cache_dir, key));
+    // What the cache remembers, if not read ahead (or read before a scan
+    // that added to it), is read while the tree loads or builds.
+    let read_ahead = ahead_results.filter(|_| digest.is_some());
+    let (index, manifests, (tree, report, loaded)) = std::thread::scope(|s| {
+        let (db, store) = (&cache.db, &cache.store);
+        // Ok: read ahead; Err: being read now.
+        let remembered = match read_ahead {
+            Some((index, manifests)) => Ok((Some(index), manifests)),
+            None => Err(s.spawn(move || {
+                if ahead {
+                    // Read ahead, then a scan after all: read both again.
+                    let (index, manifests) = load_remembered(db, false, store);
+                    (Some(index), manifests)
+                } else {
+                    // The index was read before the scan, which extended it.
+                    (None, timed("chunk maps loaded", || db.load_manifests()))
+                }
+            })),
+        };
+        let saved = match saved {
+            Some((saved_key, tree, report)) if Some(saved_key) == key => Some((tree, report)),
+            Some(_) => None,
+            // Not read ahead: read it now if it is this catalog's.
+            None => key.and_then(|key| tree_cache::load(&plan.cache_dir, key)),
+        };
         let loaded = saved.is_some();
-        let (tree, report) = saved.unwrap_or_else(|| VirtualTree::build(&plan.layout, &catalog));
-        let manifests = manifests
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (tree, report, loaded, manifests)
+        let (tree, report) = saved
+            .unwrap_or_else(|| timed("tree built", || VirtualTree::build(&plan.layout, &catalog)));
+        let (index, manifests) = remembered.unwrap_or_else(join);
+        (index, manifests, (tree, report, loaded))
     });
+    if let Some(index) = index {
+        cache.chunk_index = index.map_err(RunError::cache(&plan.cache_dir))?;
+    }
     let manifests = manifests.map_err(RunError::cache(&plan.cache_dir))?;
     tracing::info!(
         saved_tree = loaded,
@@ -465,6 +528,45 @@ fn load_library(
     })
 }
 
+/// The result of a scoped thread (its panic goes on in the caller).
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// Runs `job`, and logs (debug) how long it took.
+fn timed<R>(what: &'static str, job: impl FnOnce() -> R) -> R {
+    let started = Instant::now();
+    let out = job();
+    tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "{what}");
+    out
+}
+
+/// The chunk index and the chunk maps, read from the database (the index
+/// rebuilt from the chunk files if the database was damaged), on two
+/// threads.
+#[allow(clippy::type_complexity)]
+fn load_remembered(
+    db: &Db,
+    repaired: bool,
+    store: &ChunkStore,
+) -> (
+    Result<Vec<(ChunkId, u32, u64)>, StoreError>,
+    Result<Vec<(OriginId, OriginPath, Manifest)>, StoreError>,
+) {
+    std::thread::scope(|s| {
+        let manifests = s.spawn(|| timed("chunk maps loaded", || db.load_manifests()));
+        let index = timed("chunk index loaded", || {
+            if repaired {
+                rebuild_chunk_index(store, db)
+            } else {
+                db.load_chunk_index()
+            }
+        });
+        (index, join(manifests))
+    })
+}
+
 /// The engine, with what the cache remembers (chunk maps, the chunk index,
 /// pins), and the daemon that runs it.
 fn start_daemon(
@@ -479,6 +581,7 @@ fn start_daemon(
         db,
         store,
         chunk_index,
+        ..
     } = cache;
     let manifests = manifests
         .into_iter()

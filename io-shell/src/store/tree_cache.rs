@@ -68,6 +68,15 @@ impl TreeKey {
         h[12..].copy_from_slice(&self.1.to_le_bytes());
         h
     }
+
+    /// The key of a header of this format.
+    fn from_header(h: &[u8; KEY_LEN]) -> Option<TreeKey> {
+        let (format, rest) = h.split_first_chunk::<4>()?;
+        let (a, b) = rest.split_first_chunk::<8>()?;
+        let b: &[u8; 8] = b.try_into().ok()?;
+        (u32::from_le_bytes(*format) == FORMAT)
+            .then(|| TreeKey(u64::from_le_bytes(*a), u64::from_le_bytes(*b)))
+    }
 }
 
 /// The tree saved in `cache_dir` under `key`, if there is one.
@@ -75,6 +84,22 @@ pub fn load(cache_dir: &Path, key: TreeKey) -> Option<(VirtualTree, BuildReport)
     let bytes = fs::read(cache_dir.join(TREE_FILE)).ok()?;
     // A tree saved under another key is not decoded at all.
     let rest = bytes.strip_prefix(&key.header()[..])?;
+    decode(rest)
+}
+
+/// The tree saved in `cache_dir` and the key it was saved under, if it
+/// reads: for a mount that reads it while it works out the key it needs
+/// (and uses it only if the keys are equal).
+pub fn load_any(cache_dir: &Path) -> Option<(TreeKey, VirtualTree, BuildReport)> {
+    let bytes = fs::read(cache_dir.join(TREE_FILE)).ok()?;
+    let (header, rest) = bytes.split_first_chunk::<KEY_LEN>()?;
+    let key = TreeKey::from_header(header)?;
+    let (tree, report) = decode(rest)?;
+    Some((key, tree, report))
+}
+
+/// The digest and the body after the key.
+fn decode(rest: &[u8]) -> Option<(VirtualTree, BuildReport)> {
     let (digest, body) = rest.split_first_chunk::<16>()?;
     if u128::from_le_bytes(*digest) != xxh3_128(body) {
         tracing::warn!("the saved tree is damaged; building it");
