@@ -262,6 +262,10 @@ fn save_tree_behind(cache_dir: &Path, key: TreeKey, report: BuildReport, tree: A
     let spawned = std::thread::Builder::new()
         .name("save-tree".into())
         .spawn(move || {
+            // Beside the readers, not before them.
+            if let Err(e) = crate::sys::lower_this_threads_priority() {
+                tracing::debug!(error = %e, "cannot lower the priority of the tree's save");
+            }
             let started = Instant::now();
             match tree_cache::save(&dir, key, &tree, &report) {
                 Ok(()) => tracing::debug!(
@@ -1009,20 +1013,30 @@ fn open_search(
             Box::pin(async move {
                 tokio::task::spawn_blocking(move || {
                     // No sync in between: a tree change published while the
-                    // index opens would otherwise be missed by it.
-                    syncer.exclusive(|| {
-                        tracing::debug!("search index: opening");
-                        // Tests: a slow build, to stop the daemon during it.
-                        fail::fail_point!("search-index-open");
-                        // The tree being served and the catalog the syncer
-                        // keeps: no copy of either (each is ~100 MB or
-                        // more on a 200,000-track library).
-                        let tree = d.tree();
-                        let live = syncer
-                            .with_catalog(|catalog| LiveSearch::open(&dir, &tree, catalog))?;
-                        slot.set(live);
-                        Ok::<(), SearchError>(())
-                    })?;
+                    // index opens would otherwise be missed by it. Beside
+                    // the readers, not before them: a build takes seconds
+                    // of CPU on a large library (tantivy's threads inherit
+                    // the priority).
+                    let built = crate::sys::in_background("search-index", || {
+                        syncer.exclusive(|| {
+                            tracing::debug!("search index: opening");
+                            // Tests: a slow build, to stop the daemon during it.
+                            fail::fail_point!("search-index-open");
+                            // The tree being served and the catalog the syncer
+                            // keeps: no copy of either (each is ~100 MB or
+                            // more on a 200,000-track library).
+                            let tree = d.tree();
+                            let live = syncer
+                                .with_catalog(|catalog| LiveSearch::open(&dir, &tree, catalog))?;
+                            slot.set(live);
+                            Ok::<(), SearchError>(())
+                        })
+                    });
+                    built.map_err(|source| SearchError::Io {
+                        op: "start the search index's build",
+                        path: dir.clone(),
+                        source,
+                    })??;
                     crate::sys::memory::release_free_memory();
                     Ok::<(), SearchError>(())
                 })

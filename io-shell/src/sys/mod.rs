@@ -206,6 +206,65 @@ pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
     }
 }
 
+/// The nice value of background work: it runs when serving leaves the
+/// CPU free, and gets about a tenth of a busy one beside a reader.
+pub const BACKGROUND_NICE: i32 = 10;
+
+/// setpriority(2) on the calling thread only (Linux gives each thread its
+/// own nice value; threads it starts inherit it): lowers it to
+/// [`BACKGROUND_NICE`]. Without privileges it cannot be raised again, so
+/// call it only on a thread of its own.
+pub fn lower_this_threads_priority() -> io::Result<()> {
+    if this_threads_nice()? >= BACKGROUND_NICE {
+        return Ok(());
+    }
+    // SAFETY: gettid takes nothing; setpriority takes integers.
+    let tid = unsafe { libc::gettid() };
+    let id = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, id, BACKGROUND_NICE) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's nice value (getpriority(2)).
+pub fn this_threads_nice() -> io::Result<i32> {
+    // SAFETY: as in `lower_this_threads_priority`.
+    let tid = unsafe { libc::gettid() };
+    let id = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // getpriority may return -1 as a value: clear errno first.
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: integers only.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, id) };
+    match io::Error::last_os_error().raw_os_error() {
+        Some(0) | None => Ok(nice),
+        Some(_) => Err(io::Error::last_os_error()),
+    }
+}
+
+/// Runs `job` on a thread of its own at background priority (see
+/// [`lower_this_threads_priority`]), and waits for it: for work the
+/// daemon does beside serving (building the search index, saving the
+/// tree), so that it takes the CPU readers leave.
+pub fn in_background<R: Send>(name: &str, job: impl FnOnce() -> R + Send) -> io::Result<R> {
+    std::thread::scope(|s| {
+        let handle = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn_scoped(s, || {
+                if let Err(e) = lower_this_threads_priority() {
+                    tracing::debug!(error = %e, "cannot lower the priority of background work");
+                }
+                job()
+            })?;
+        handle
+            .join()
+            .map_err(|_| io::Error::other("background work panicked"))
+    })
+}
+
 /// statvfs(2) on `path`: the bytes an unprivileged user may still write
 /// there (`f_bavail` blocks of `f_frsize`).
 pub fn available_bytes(path: &Path) -> io::Result<u64> {
@@ -288,6 +347,21 @@ pub fn catch_interrupts() -> &'static std::sync::atomic::AtomicBool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn background_work_runs_at_background_priority_and_leaves_the_caller_as_it_was() {
+        let before = this_threads_nice().unwrap();
+        let (inside, name) = in_background("bg-test", || {
+            (
+                this_threads_nice().unwrap(),
+                std::thread::current().name().map(str::to_owned),
+            )
+        })
+        .unwrap();
+        assert_eq!(inside, BACKGROUND_NICE.max(before));
+        assert_eq!(name.as_deref(), Some("bg-test"));
+        assert_eq!(this_threads_nice().unwrap(), before);
+    }
 
     const SAMPLE: &str = "\
 22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
