@@ -128,13 +128,21 @@ pub fn save(
     let _one = SAVING.lock();
     let body = rmp_serde::to_vec(&(report, tree)).map_err(io::Error::other)?;
     let tmp = cache_dir.join(format!("{TREE_FILE}.tmp"));
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(&key.header())?;
-    f.write_all(&xxh3_128(&body).to_le_bytes())?;
-    f.write_all(&body)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, cache_dir.join(TREE_FILE))
+    let written = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&key.header())?;
+        f.write_all(&xxh3_128(&body).to_le_bytes())?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, cache_dir.join(TREE_FILE))
+    })();
+    if written.is_err() {
+        // A full disk keeps no half-written copy (tens of MB on a large
+        // library); the last saved tree, if any, is still whole.
+        let _ = fs::remove_file(&tmp);
+    }
+    written
 }
 
 #[cfg(test)]
@@ -165,6 +173,41 @@ mod tests {
                 }),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_save_that_fails_leaves_no_temporary_file_and_the_tree_is_built() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::default_layout();
+        let (tree, report) = VirtualTree::build(&layout, &catalog());
+        let key = TreeKey::new(layout.source(), 42).unwrap();
+        // Something that is not a file where the tree goes: the rename fails.
+        fs::create_dir(dir.path().join(TREE_FILE)).unwrap();
+        assert!(save(dir.path(), key, &tree, &report).is_err());
+        assert!(!dir.path().join(format!("{TREE_FILE}.tmp")).exists());
+        assert_eq!(load(dir.path(), key), None);
+        assert!(load_any(dir.path()).is_none());
+    }
+
+    #[test]
+    fn a_tree_read_before_its_key_is_known_carries_the_key_it_was_saved_under() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::default_layout();
+        let (tree, report) = VirtualTree::build(&layout, &catalog());
+        assert!(load_any(dir.path()).is_none(), "nothing saved yet");
+        let key = TreeKey::new(layout.source(), 42).unwrap();
+        save(dir.path(), key, &tree, &report).unwrap();
+        let (saved_key, loaded, loaded_report) = load_any(dir.path()).unwrap();
+        assert_eq!(saved_key, key);
+        assert_ne!(saved_key, TreeKey::new(layout.source(), 43).unwrap());
+        assert_eq!((loaded, loaded_report), (tree, report));
+        // A damaged body is not decoded, whatever its key.
+        let file = dir.path().join(TREE_FILE);
+        let mut bytes = fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&file, &bytes).unwrap();
+        assert!(load_any(dir.path()).is_none());
     }
 
     #[test]
