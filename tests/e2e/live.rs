@@ -2,7 +2,7 @@
 
 use musicfs_tests::fixtures::write_wav;
 use musicfs_tests::mount::{MountCommand, Mounted, control_ok};
-use musicfs_tests::{files_under, sha256_file, wait_for};
+use musicfs_tests::{files_under, inodes_under, sha256_file, wait_for};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -321,17 +321,6 @@ fn file_events_closer_than_the_debounce_give_exactly_one_sync() {
 mod failpoints {
     use super::*;
 
-    /// Every file of the mount with its inode number.
-    fn tree_of(mnt: &Path) -> Vec<(PathBuf, u64)> {
-        files_under(mnt)
-            .into_iter()
-            .map(|rel| {
-                let ino = std::fs::metadata(mnt.join(&rel)).unwrap().ino();
-                (rel, ino)
-            })
-            .collect()
-    }
-
     #[test]
     fn a_kill_9_during_a_large_rescan_resumes_on_the_next_mount() {
         let s = Setup::new();
@@ -382,7 +371,7 @@ mod failpoints {
             added - 2 * 256
         );
         // ...and ends with the tree a fresh scan gives: same names, same inodes.
-        let resumed = tree_of(&m.mountpoint);
+        let resumed = inodes_under(&m.mountpoint);
         assert!(m.stop().success());
         let d = s.dir.path();
         let fresh = MountCommand::new(
@@ -393,20 +382,9 @@ mod failpoints {
             &d.join("fresh-log"),
         )
         .start(Duration::from_secs(60));
-        assert_eq!(resumed, tree_of(&fresh.mountpoint));
+        assert_eq!(resumed, inodes_under(&fresh.mountpoint));
         assert!(fresh.stop().success());
     }
-}
-
-/// Every file of the mount and its inode.
-fn inodes(root: &Path) -> std::collections::BTreeMap<PathBuf, u64> {
-    files_under(root)
-        .into_iter()
-        .map(|p| {
-            let ino = std::fs::metadata(root.join(&p)).unwrap().ino();
-            (p, ino)
-        })
-        .collect()
 }
 
 #[test]
@@ -420,7 +398,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     // A first mount scans: its catalog had no saved copy to key the tree
     // by while it mounted, so the tree is saved when it stops.
     let m = s.mount();
-    let first = inodes(&m.mountpoint);
+    let first = inodes_under(&m.mountpoint);
     assert_eq!(first.len(), 3);
     let stopped = stop(m);
     assert!(
@@ -429,7 +407,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     );
     let m = s.mount();
     assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
-    assert_eq!(inodes(&m.mountpoint), first);
+    assert_eq!(inodes_under(&m.mountpoint), first);
 
     // A change synced while mounted: the tree the sync built is saved at
     // the stop, under the key of the new catalog.
@@ -446,7 +424,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
         mnt.join("Band/Second/00 - New.wav").exists()
     });
     settle(&m);
-    let synced = inodes(&mnt);
+    let synced = inodes_under(&mnt);
     assert_eq!(synced.len(), 4);
     let stopped = stop(m);
     assert!(
@@ -455,7 +433,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     );
     let m = s.mount();
     assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
-    assert_eq!(inodes(&m.mountpoint), synced);
+    assert_eq!(inodes_under(&m.mountpoint), synced);
     assert_eq!(
         sha256_file(&m.mountpoint.join("Band/Second/00 - New.wav")).unwrap(),
         sha256_file(&s.lib("incoming/new.wav")).unwrap()
@@ -475,7 +453,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     shows(&m, "removal made while unmounted", || {
         !mnt.join("Band/Second/00 - New.wav").exists()
     });
-    assert_eq!(inodes(&mnt), first);
+    assert_eq!(inodes_under(&mnt), first);
     // The tree without the file is saved at the stop, and the next
     // mount loads it.
     settle(&m);
@@ -486,5 +464,5 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     );
     let m = s.mount();
     assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
-    assert_eq!(inodes(&m.mountpoint), first);
+    assert_eq!(inodes_under(&m.mountpoint), first);
 }

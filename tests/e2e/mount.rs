@@ -384,15 +384,7 @@ fn unmount_from_another_shell_ends_the_daemon_cleanly() {
 #[test]
 fn a_remount_opens_the_saved_tree_with_the_same_names_and_inodes() {
     let fx = Fixture::new();
-    let inodes = |root: &Path| -> BTreeMap<PathBuf, u64> {
-        files_under(root)
-            .into_iter()
-            .map(|p| {
-                let ino = std::fs::metadata(root.join(&p)).unwrap().ino();
-                (p, ino)
-            })
-            .collect()
-    };
+    let inodes = musicfs_tests::inodes_under;
     let m = fx.mount();
     let first = inodes(&m.mountpoint);
     assert!(m.stop().success());

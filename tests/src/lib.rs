@@ -53,6 +53,20 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
 }
 
+/// Every regular file under `root`, relative, with its inode number.
+pub fn inodes_under(root: &Path) -> std::collections::BTreeMap<std::path::PathBuf, u64> {
+    use std::os::unix::fs::MetadataExt;
+    files_under(root)
+        .into_iter()
+        .map(|p| {
+            let ino = std::fs::metadata(root.join(&p))
+                .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+                .ino();
+            (p, ino)
+        })
+        .collect()
+}
+
 /// Every regular file under `root`, relative, sorted.
 pub fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();

@@ -228,21 +228,14 @@ impl Cutter {
 mod tests {
     use super::*;
     use crate::catalog::SourceFile;
+    use crate::chunk::noise;
     use crate::engine::FetchId;
     use crate::ids::{OriginId, OriginPath};
     use crate::manifest::FileVersion;
 
     #[test]
     fn a_run_cuts_as_a_fetch_of_that_range() {
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let data: Vec<u8> = (0..700_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = noise(700_000, 0x9E37_79B9_7F4A_7C15);
         let (start, end) = (10_000u64, 600_000u64);
         let fetch = Fetch {
             id: FetchId(1),
@@ -273,18 +266,6 @@ mod tests {
             by_run.last().map(|c| c.offset + c.data.len() as u64),
             Some(end)
         );
-    }
-
-    fn bytes(n: usize, seed: u64) -> Vec<u8> {
-        let mut x = seed | 1;
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect()
     }
 
     fn fetch(start: u64, size: u64, plan: FetchPlan) -> Fetch {
@@ -360,7 +341,7 @@ mod tests {
             hard_at in 0.0f64..1.0,
             splits in proptest::collection::vec(0usize..2_000_000, 0..40),
         ) {
-            let data = bytes(size, seed);
+            let data = noise(size, seed);
             let start = (start_at * size as f64) as usize;
             let hard_end = start + 1 + ((hard_at * (size - start) as f64) as usize).min(size - start - 1);
             let soft_end = start + 1 + ((soft_at * (hard_end - start) as f64) as usize).min(hard_end - start - 1);
@@ -392,7 +373,7 @@ mod tests {
 
     #[test]
     fn a_stream_that_ends_early_is_a_short_read() {
-        let data = bytes(600_000, 7);
+        let data = noise(600_000, 7);
         let plan = FetchPlan::Chunk {
             soft_end: 600_000,
             hard_end: 600_000,
