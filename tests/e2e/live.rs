@@ -449,6 +449,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     // the catch-up sync after the mount shows the change.
     std::fs::remove_file(s.lib("incoming/new.wav")).unwrap();
     let m = s.mount();
+    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
     let mnt = m.mountpoint.clone();
     shows(&m, "removal made while unmounted", || {
         !mnt.join("Band/Second/00 - New.wav").exists()
