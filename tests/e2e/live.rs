@@ -3,6 +3,7 @@
 use musicfs_tests::fixtures::write_wav;
 use musicfs_tests::mount::{MountCommand, Mounted, control_ok};
 use musicfs_tests::{files_under, inodes_under, sha256_file, wait_for};
+use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -395,19 +396,25 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
         assert!(m.stop().success());
         log()
     };
+    // Stops `m`, which must save its tree, and mounts again, which must
+    // load it and show `want`.
+    let saved_and_loaded = |m: Mounted, want: &BTreeMap<PathBuf, u64>| {
+        let stopped = stop(m);
+        assert!(
+            stopped.contains("shutdown: tree saved for the next mount"),
+            "{stopped}"
+        );
+        let m = s.mount();
+        assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
+        assert_eq!(&inodes_under(&m.mountpoint), want);
+        m
+    };
     // A first mount scans: its catalog had no saved copy to key the tree
     // by while it mounted, so the tree is saved when it stops.
     let m = s.mount();
     let first = inodes_under(&m.mountpoint);
     assert_eq!(first.len(), 3);
-    let stopped = stop(m);
-    assert!(
-        stopped.contains("shutdown: tree saved for the next mount"),
-        "{stopped}"
-    );
-    let m = s.mount();
-    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
-    assert_eq!(inodes_under(&m.mountpoint), first);
+    let m = saved_and_loaded(m, &first);
 
     // A change synced while mounted: the tree the sync built is saved at
     // the stop, under the key of the new catalog.
@@ -426,14 +433,7 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     settle(&m);
     let synced = inodes_under(&mnt);
     assert_eq!(synced.len(), 4);
-    let stopped = stop(m);
-    assert!(
-        stopped.contains("shutdown: tree saved for the next mount"),
-        "{stopped}"
-    );
-    let m = s.mount();
-    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
-    assert_eq!(inodes_under(&m.mountpoint), synced);
+    let m = saved_and_loaded(m, &synced);
     assert_eq!(
         sha256_file(&m.mountpoint.join("Band/Second/00 - New.wav")).unwrap(),
         sha256_file(&s.lib("incoming/new.wav")).unwrap()
@@ -458,12 +458,5 @@ fn a_clean_stop_saves_the_tree_of_the_catalog_and_the_next_mount_loads_it() {
     // The tree without the file is saved at the stop, and the next
     // mount loads it.
     settle(&m);
-    let stopped = stop(m);
-    assert!(
-        stopped.contains("shutdown: tree saved for the next mount"),
-        "{stopped}"
-    );
-    let m = s.mount();
-    assert!(m.log_text().contains("saved_tree=true"), "{}", m.log_text());
-    assert_eq!(inodes_under(&m.mountpoint), first);
+    drop(saved_and_loaded(m, &first));
 }

@@ -441,15 +441,8 @@ fn load_library(
     if !ahead {
         // A first scan keeps tag bytes: it must know the chunks already
         // cached. (The chunk maps are read after it, with what it kept.)
-        let store = Arc::clone(&cache.store);
-        cache.chunk_index = timed("chunk index loaded", || {
-            if cache.repaired.is_some() {
-                rebuild_chunk_index(&store, &db)
-            } else {
-                db.load_chunk_index()
-            }
-        })
-        .map_err(RunError::cache(&plan.cache_dir))?;
+        cache.chunk_index = load_chunk_index(&db, cache.repaired.is_some(), &cache.store)
+            .map_err(RunError::cache(&plan.cache_dir))?;
     }
     let (store, repaired) = (Arc::clone(&cache.store), cache.repaired.is_some());
     let (loaded_catalog, ahead_results, saved) = std::thread::scope(|s| {
@@ -560,14 +553,23 @@ fn load_remembered(
 ) {
     std::thread::scope(|s| {
         let manifests = s.spawn(|| timed("chunk maps loaded", || db.load_manifests()));
-        let index = timed("chunk index loaded", || {
-            if repaired {
-                rebuild_chunk_index(store, db)
-            } else {
-                db.load_chunk_index()
-            }
-        });
-        (index, join(manifests))
+        (load_chunk_index(db, repaired, store), join(manifests))
+    })
+}
+
+/// The chunk index from the database, or rebuilt from the chunk files if
+/// the database was damaged.
+fn load_chunk_index(
+    db: &Db,
+    repaired: bool,
+    store: &ChunkStore,
+) -> Result<Vec<(ChunkId, u32, u64)>, StoreError> {
+    timed("chunk index loaded", || {
+        if repaired {
+            rebuild_chunk_index(store, db)
+        } else {
+            db.load_chunk_index()
+        }
     })
 }
 
