@@ -23,6 +23,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+mod table;
+
+pub use table::Table;
+
 /// The top-level folder playlists are shown in.
 pub const PLAYLISTS_DIR: &str = "Playlists";
 
@@ -64,7 +68,7 @@ pub struct FileNode {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirNode {
     /// Name to inode.
-    pub children: BTreeMap<String, Ino>,
+    pub children: Table<String, Ino>,
     subdirs: u32,
 }
 
@@ -134,12 +138,12 @@ pub struct BuildReport {
 
 /// Which file each origin file backs, by origin then path (a lookup
 /// borrows the path, never clones it).
-type SourceIndex = BTreeMap<OriginId, BTreeMap<OriginPath, Ino>>;
+type SourceIndex = Table<(OriginId, OriginPath), Ino>;
 
 /// The virtual tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VirtualTree {
-    nodes: BTreeMap<Ino, Node>,
+    nodes: Table<Ino, Node>,
     files: usize,
     /// The sum of the files' sizes (statfs asks for it on every `df`).
     bytes: u64,
@@ -150,14 +154,14 @@ pub struct VirtualTree {
 /// A tree as saved: its nodes (the source index is derived from them).
 #[derive(Serialize)]
 struct SavedTreeRef<'t> {
-    nodes: &'t BTreeMap<Ino, Node>,
+    nodes: &'t Table<Ino, Node>,
     files: usize,
     bytes: u64,
 }
 
 #[derive(Deserialize)]
 struct SavedTree {
-    nodes: BTreeMap<Ino, Node>,
+    nodes: Table<Ino, Node>,
     files: usize,
     bytes: u64,
 }
@@ -195,16 +199,13 @@ impl Default for VirtualTree {
 impl VirtualTree {
     /// A tree with only its root.
     pub fn empty() -> VirtualTree {
-        let mut nodes = BTreeMap::new();
-        nodes.insert(
-            Ino::ROOT,
-            Node {
-                parent: Ino::ROOT,
-                name: String::new(),
-                mtime_ns: 0,
-                body: Body::Dir(DirNode::default()),
-            },
-        );
+        let root = Node {
+            parent: Ino::ROOT,
+            name: String::new(),
+            mtime_ns: 0,
+            body: Body::Dir(DirNode::default()),
+        };
+        let nodes = [(Ino::ROOT, root)].into_iter().collect();
         VirtualTree {
             nodes,
             files: 0,
@@ -214,18 +215,19 @@ impl VirtualTree {
     }
 
     /// A tree of `nodes`, with its source index.
-    fn from_nodes(nodes: BTreeMap<Ino, Node>, files: usize, bytes: u64) -> VirtualTree {
-        let mut by_source = SourceIndex::default();
-        for (&ino, n) in &nodes {
-            if let Body::File(f) = &n.body {
-                for s in &f.sources {
-                    by_source
-                        .entry(s.origin)
-                        .or_default()
-                        .insert(s.path.clone(), ino);
-                }
-            }
-        }
+    fn from_nodes(nodes: Table<Ino, Node>, files: usize, bytes: u64) -> VirtualTree {
+        let by_source = nodes
+            .iter()
+            .filter_map(|(&ino, n)| match &n.body {
+                Body::File(f) => Some((ino, f)),
+                Body::Dir(_) => None,
+            })
+            .flat_map(|(ino, f)| {
+                f.sources
+                    .iter()
+                    .map(move |s| ((s.origin, s.path.clone()), ino))
+            })
+            .collect();
         VirtualTree {
             nodes,
             files,
@@ -329,7 +331,7 @@ impl VirtualTree {
         origin: OriginId,
         path: &crate::ids::OriginPath,
     ) -> Option<(Ino, &SourceFile)> {
-        let ino = *self.by_source.get(&origin)?.get(path)?;
+        let ino = *self.by_source.get(&(origin, path.clone()))?;
         let file = self.file(ino)?;
         let src = file
             .sources
@@ -418,13 +420,9 @@ impl VirtualTree {
             let Some(Body::Dir(parent)) = self.nodes.get(&node.parent).map(|n| &n.body) else {
                 return None;
             };
-            let after = (
-                std::ops::Bound::Excluded(node.name.as_str()),
-                std::ops::Bound::Unbounded,
-            );
             if let Some(&next) = parent
                 .children
-                .range::<str, _>(after)
+                .after(node.name.as_str())
                 .map(|(_, c)| c)
                 .find(|c| is_dir(c))
             {
@@ -1221,7 +1219,7 @@ impl<'a> Builder<'a> {
             let body = match proto.kind {
                 ProtoKind::Dir(children) => {
                     let subdirs = children.values().filter(|&&c| is_dir[c]).count() as u32;
-                    let children: BTreeMap<String, Ino> =
+                    let children: Table<String, Ino> =
                         children.into_iter().map(|(n, c)| (n, inos[c])).collect();
                     Body::Dir(DirNode { subdirs, children })
                 }
@@ -1239,9 +1237,7 @@ impl<'a> Builder<'a> {
             };
             nodes.push((inos[idx], node));
         }
-        // Sorted once and built in bulk, rather than inserted one by one
-        // in hash order.
-        let nodes: BTreeMap<Ino, Node> = nodes.into_iter().collect();
+        let nodes: Table<Ino, Node> = nodes.into_iter().collect();
         VirtualTree::from_nodes(nodes, files, bytes)
     }
 }

@@ -73,6 +73,37 @@ impl ChunkCache {
         );
     }
 
+    /// Records the chunks of a saved index, `(id, len, last_access)`. Into
+    /// an empty cache (a mount) the maps are built in bulk: filled one by
+    /// one in ascending order, as an index is read, a `BTreeMap`'s nodes
+    /// stay half full.
+    pub fn load_all(&mut self, entries: impl IntoIterator<Item = (ChunkId, u32, u64)>) {
+        if !self.chunks.is_empty() {
+            for (id, len, last_access) in entries {
+                self.load(id, len, last_access);
+            }
+            return;
+        }
+        let mut clock = self.clock;
+        let chunks: BTreeMap<ChunkId, ChunkMeta> = entries
+            .into_iter()
+            .map(|(id, len, last_access)| {
+                clock = clock.max(last_access);
+                let meta = ChunkMeta {
+                    len,
+                    last_access,
+                    pins: 0,
+                };
+                (id, meta)
+            })
+            .collect();
+        self.lru = chunks.iter().map(|(&id, m)| (m.last_access, id)).collect();
+        self.bytes = chunks.values().map(|m| u64::from(m.len)).sum();
+        self.clock = clock;
+        self.changes += chunks.len() as u64;
+        self.chunks = chunks;
+    }
+
     /// Records a chunk that has just been stored (or found already stored).
     pub fn insert(&mut self, id: ChunkId, len: u32) {
         if self.chunks.contains_key(&id) {
@@ -304,6 +335,45 @@ mod tests {
             vec![id(9), id(12), id(13), id(14), id(0)]
         );
         assert!(c.contains(id(10)) && c.contains(id(11)));
+    }
+
+    #[test]
+    fn a_bulk_load_is_the_same_cache_as_loads_one_by_one() {
+        let entries = [
+            (id(3), 10, 7),
+            (id(1), 20, 9),
+            (id(2), 30, 2),
+            (id(1), 25, 4),
+        ];
+        let mut one_by_one = ChunkCache::new(100, 50, 0);
+        for (i, len, at) in entries {
+            one_by_one.load(i, len, at);
+        }
+        let mut bulk = ChunkCache::new(100, 50, 0);
+        bulk.load_all(entries);
+        assert_eq!(bulk.bytes(), one_by_one.bytes());
+        assert_eq!(bulk.bytes(), 65);
+        for i in 0..5 {
+            assert_eq!(bulk.get(id(i)), one_by_one.get(id(i)), "chunk {i}");
+        }
+        bulk.insert(id(4), 5);
+        one_by_one.insert(id(4), 5);
+        assert_eq!(
+            bulk.get(id(4)),
+            one_by_one.get(id(4)),
+            "the clock goes on alike"
+        );
+        // Into a cache that holds chunks, a load adds to them.
+        bulk.load_all([(id(7), 1, 1)]);
+        one_by_one.load(id(7), 1, 1);
+        let never = |_| false;
+        let evicted = bulk.evict(never, never);
+        assert_eq!(
+            evicted,
+            vec![id(7), id(2), id(1), id(3), id(4)],
+            "oldest use first"
+        );
+        assert_eq!(evicted, one_by_one.evict(never, never));
     }
 
     #[test]

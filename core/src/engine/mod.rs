@@ -329,9 +329,7 @@ impl Engine {
             config.evict_start_pct,
             config.evict_stop_pct,
         );
-        for (id, len, last_access) in chunks {
-            cache.load(id, len, last_access);
-        }
+        cache.load_all(chunks);
         let health = HealthTable::new(config.health.clone());
         let mut engine = Engine {
             config,
