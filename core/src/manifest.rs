@@ -18,7 +18,7 @@ pub struct FileVersion {
     /// Modification time, nanoseconds since the Unix epoch.
     pub mtime_ns: i64,
     /// An origin-specific change token (an S3 ETag, a local inode/ctime pair).
-    pub token: Option<String>,
+    pub token: Option<Box<str>>,
 }
 
 /// One chunk placed in a file.

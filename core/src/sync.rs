@@ -215,7 +215,7 @@ mod tests {
         FileVersion {
             size,
             mtime_ns: 1000 + size as i64,
-            token: Some(format!("1:{ino}:{}", 5000 + ino)),
+            token: Some(format!("1:{ino}:{}", 5000 + ino).into()),
         }
     }
 

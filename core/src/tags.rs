@@ -10,13 +10,13 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct TrackTags {
     /// Track title.
-    pub title: Option<String>,
+    pub title: Option<Box<str>>,
     /// Track artist.
-    pub artist: Option<String>,
+    pub artist: Option<Box<str>>,
     /// Album artist (`ALBUMARTIST`, `TPE2`, `aART`).
-    pub album_artist: Option<String>,
+    pub album_artist: Option<Box<str>>,
     /// Album title.
-    pub album: Option<String>,
+    pub album: Option<Box<str>>,
     /// Track number within its disc.
     pub track: Option<u32>,
     /// Number of tracks on the disc.
@@ -28,11 +28,11 @@ pub struct TrackTags {
     /// Release year.
     pub year: Option<i32>,
     /// Genre.
-    pub genre: Option<String>,
+    pub genre: Option<Box<str>>,
     /// The compilation flag (`TCMP`, `cpil`, `COMPILATION=1`).
     pub compilation: bool,
     /// Audio format as a short label: "FLAC", "MP3", "Vorbis", "Opus", "AAC", ...
-    pub format: Option<String>,
+    pub format: Option<Box<str>>,
 }
 
 impl TrackTags {

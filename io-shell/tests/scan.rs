@@ -116,7 +116,7 @@ fn expected_tags(rec: &Value) -> TrackTags {
         tags.get(k)
             .and_then(Value::as_str)
             .filter(|s| !s.trim().is_empty())
-            .map(str::to_owned)
+            .map(Box::<str>::from)
     };
     let format = rec["format"].as_str().unwrap_or_default();
     let (mut track, track_total) = pair(tags.get("tracknumber").and_then(Value::as_str));
@@ -146,7 +146,7 @@ fn expected_tags(rec: &Value) -> TrackTags {
                 "m4a" => "AAC",
                 other => panic!("unexpected format {other} in manifest"),
             }
-            .to_owned(),
+            .into(),
         ),
     }
 }
@@ -260,7 +260,7 @@ fn generated_library_matches_manifest() {
                     rec["size"].as_u64().expect("size")
                 );
                 *seen_formats
-                    .entry(want.format.clone().unwrap_or_default())
+                    .entry(want.format.as_deref().unwrap_or_default().to_owned())
                     .or_default() += 1;
                 compilations += usize::from(want.compilation);
                 discs += usize::from(want.disc.is_some());
@@ -438,9 +438,9 @@ enc("layer2.mp2", "-c:a", "mp2")
 
 fn track(title: &str, artist: &str, format: &str) -> TrackTags {
     TrackTags {
-        title: Some(title.to_owned()),
-        artist: Some(artist.to_owned()),
-        format: Some(format.to_owned()),
+        title: Some(title.into()),
+        artist: Some(artist.into()),
+        format: Some(format.into()),
         ..TrackTags::default()
     }
 }

@@ -726,12 +726,12 @@ fn offline_search_works_beside_a_live_writer() {
 #[test]
 fn documents_come_from_the_tree() {
     let tags = |artist: &str, title: &str| TrackTags {
-        artist: Some(artist.to_owned()),
-        album: Some("Homogenic".to_owned()),
-        title: Some(title.to_owned()),
+        artist: Some(artist.into()),
+        album: Some("Homogenic".into()),
+        title: Some(title.into()),
         track: Some(1),
         year: Some(1997),
-        format: Some("FLAC".to_owned()),
+        format: Some("FLAC".into()),
         ..TrackTags::default()
     };
     let entry = |path: &str, kind: FileKind| CatalogEntry {

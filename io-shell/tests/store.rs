@@ -451,7 +451,7 @@ fn entry(origin: u16, path: &[u8], kind: FileKind) -> CatalogEntry {
             version: FileVersion {
                 size: 1234 + path.len() as u64,
                 mtime_ns: -5,
-                token: Some(format!("etag-{}", path.len())),
+                token: Some(format!("etag-{}", path.len()).into()),
             },
         },
         kind,
@@ -460,8 +460,8 @@ fn entry(origin: u16, path: &[u8], kind: FileKind) -> CatalogEntry {
 
 fn track(title: &str) -> FileKind {
     FileKind::Track(TrackTags {
-        title: Some(title.to_owned()),
-        artist: Some("Artist".to_owned()),
+        title: Some(title.into()),
+        artist: Some("Artist".into()),
         track: Some(3),
         year: Some(1999),
         compilation: true,

@@ -36,7 +36,7 @@ pub const STATUS_CHANGED: u8 = 2;
 pub const STATUS_ERROR: u8 = 3;
 
 /// A version of one origin file, as a map key (`FileVersion` is not `Ord`).
-pub type VersionKey = (OriginId, OriginPath, u64, i64, Option<String>);
+pub type VersionKey = (OriginId, OriginPath, u64, i64, Option<Box<str>>);
 
 /// The key of a source file at its version.
 pub fn version_key(src: &SourceFile) -> VersionKey {
@@ -235,7 +235,7 @@ fn decode_request(origin: OriginId, b: &[u8]) -> Option<Request> {
     let mtime_ns = i64::from_le_bytes(take(8)?.try_into().ok()?);
     let tlen = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let token = take(tlen)?;
-    let token = (!token.is_empty()).then(|| String::from_utf8_lossy(token).into_owned());
+    let token = (!token.is_empty()).then(|| String::from_utf8_lossy(token).into());
     let plen = u16::from_le_bytes(take(2)?.try_into().ok()?) as usize;
     let path = OriginPath::new(take(plen)?.to_vec());
     Some(Request {
@@ -363,10 +363,10 @@ impl Library {
         };
         let artist = ARTISTS[self.rng.random_range(0..ARTISTS.len())].to_owned();
         TrackTags {
-            title: Some(title),
-            artist: Some(artist.clone()),
-            album_artist: self.rng.random_bool(0.3).then_some(artist),
-            album: Some(ALBUMS[self.rng.random_range(0..ALBUMS.len())].to_owned()),
+            title: Some(title.into()),
+            artist: Some(artist.clone().into()),
+            album_artist: self.rng.random_bool(0.3).then_some(artist.into()),
+            album: Some(ALBUMS[self.rng.random_range(0..ALBUMS.len())].into()),
             track: self
                 .rng
                 .random_bool(0.8)
@@ -404,7 +404,7 @@ impl Library {
         let version = FileVersion {
             size: bytes.len() as u64,
             mtime_ns: self.mtime_base + self.next_inode as i64 * 1_000_000_000,
-            token: Some(format!("ino{}", self.next_inode)),
+            token: Some(format!("ino{}", self.next_inode).into()),
         };
         self.next_inode += 1;
         self.record(origin, &path, &version, &bytes);
@@ -463,7 +463,7 @@ impl Library {
                         if self.rng.random_bool(0.5) {
                             tags.year = tags.year.map(|y| y + 1);
                         } else {
-                            tags.title = Some(format!("Retagged {}", self.next_title));
+                            tags.title = Some(format!("Retagged {}", self.next_title).into());
                             self.next_title += 1;
                         }
                         FileKind::Track(tags)

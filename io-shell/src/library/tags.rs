@@ -315,7 +315,7 @@ fn parse<R: Read + Seek>(reader: &mut R, ext: &str) -> Result<TrackTags, TagErro
         match read_as(reader, file_type) {
             Ok((tagged, label)) => {
                 let mut tags = map_tags(&tagged);
-                tags.format = Some(label);
+                tags.format = Some(label.into());
                 return Ok(tags);
             }
             Err(err) => {
@@ -633,16 +633,16 @@ fn map_tags(file: &TaggedFile) -> TrackTags {
     let compilation = first_text(&tags, ItemKey::FlagCompilation).is_some_and(is_truthy);
 
     TrackTags {
-        title: text(ItemKey::TrackTitle),
-        artist: text(ItemKey::TrackArtist),
-        album_artist: text(ItemKey::AlbumArtist),
-        album: text(ItemKey::AlbumTitle),
+        title: text(ItemKey::TrackTitle).map(Into::into),
+        artist: text(ItemKey::TrackArtist).map(Into::into),
+        album_artist: text(ItemKey::AlbumArtist).map(Into::into),
+        album: text(ItemKey::AlbumTitle).map(Into::into),
         track,
         track_total,
         disc,
         disc_total,
         year,
-        genre,
+        genre: genre.map(Into::into),
         compilation,
         format: None,
     }

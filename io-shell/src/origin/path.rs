@@ -45,12 +45,15 @@ pub fn file_version(meta: &std::fs::Metadata) -> FileVersion {
     FileVersion {
         size: meta.len(),
         mtime_ns: ns(meta.mtime(), meta.mtime_nsec()),
-        token: Some(format!(
-            "{}:{}:{}",
-            meta.dev(),
-            meta.ino(),
-            ns(meta.ctime(), meta.ctime_nsec())
-        )),
+        token: Some(
+            format!(
+                "{}:{}:{}",
+                meta.dev(),
+                meta.ino(),
+                ns(meta.ctime(), meta.ctime_nsec())
+            )
+            .into(),
+        ),
     }
 }
 

@@ -521,7 +521,7 @@ fn version_of(meta: &Metadata) -> FileVersion {
         mtime_ns: i64::try_from(secs)
             .unwrap_or(i64::MAX / 1_000_000_000)
             .saturating_mul(1_000_000_000),
-        token: meta.etag().map(normalize_etag),
+        token: meta.etag().map(|e| normalize_etag(e).into()),
     }
 }
 

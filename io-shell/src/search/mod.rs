@@ -144,13 +144,13 @@ impl SearchDoc {
     pub fn from_tags(vpath: impl Into<String>, tags: &TrackTags) -> SearchDoc {
         SearchDoc {
             vpath: vpath.into(),
-            artist: tags.artist.clone(),
-            album_artist: tags.album_artist.clone(),
-            album: tags.album.clone(),
-            title: tags.title.clone(),
-            genre: tags.genre.clone(),
+            artist: tags.artist.as_deref().map(str::to_owned),
+            album_artist: tags.album_artist.as_deref().map(str::to_owned),
+            album: tags.album.as_deref().map(str::to_owned),
+            title: tags.title.as_deref().map(str::to_owned),
+            genre: tags.genre.as_deref().map(str::to_owned),
             year: tags.year,
-            format: tags.format.clone(),
+            format: tags.format.as_deref().map(str::to_owned),
         }
     }
 

@@ -161,11 +161,11 @@ mod tests {
                     version: FileVersion {
                         size: 1000 + i,
                         mtime_ns: 7,
-                        token: Some(format!("1:{i}:3")),
+                        token: Some(format!("1:{i}:3").into()),
                     },
                 },
                 kind: FileKind::Track(TrackTags {
-                    title: Some(format!("Song {i}")),
+                    title: Some(format!("Song {i}").into()),
                     artist: Some("Band".into()),
                     album: Some(if i < 15 { "One" } else { "Two" }.into()),
                     track: Some(i as u32),
