@@ -830,9 +830,11 @@ fn twenty_thousand_tracks() {
     for d in &changes.upsert {
         idx.upsert(d).unwrap();
     }
-    for p in &changes.remove {
-        idx.remove(p).unwrap();
-    }
+    assert_eq!(
+        idx.remove_keys(&changes.remove).unwrap(),
+        100,
+        "every path gone is found"
+    );
     idx.commit().unwrap();
     assert_eq!(idx.len(), (N - 100) as u64);
     assert_eq!(idx.search("title:\"live\"", MAX_LIMIT).unwrap().len(), 100);

@@ -138,6 +138,16 @@ fn search_by_field_accent_case_and_typo_against_the_daemon_and_offline() {
             == 1),
         "new album searchable"
     );
+    // A track removed from the origin is no longer found; the others are.
+    std::fs::remove_file(s.path("lib").join("e.wav")).unwrap();
+    assert!(
+        wait_for(Duration::from_secs(10), || s
+            .search("radiohead")
+            .1
+            .is_empty()),
+        "removed track no longer searchable"
+    );
+    assert_eq!(s.search("bjork").1.len(), 2, "the others stay");
     // Asked by mountpoint: absolute paths that open as the tracks.
     let out = Command::new(BIN)
         .args(["search", "--mount"])

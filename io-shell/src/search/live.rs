@@ -79,9 +79,9 @@ impl LiveSearch {
         if changes.is_empty() {
             return Ok(());
         }
-        for vpath in &changes.remove {
-            self.index.remove(vpath)?;
-        }
+        // Before the upserts: the paths are looked up among the committed
+        // documents, and a key that is gone is no new document's.
+        self.index.remove_keys(&changes.remove)?;
         for doc in &changes.upsert {
             self.index.upsert(doc)?;
         }
