@@ -185,26 +185,32 @@ pub fn docs_from_tree<'c>(
 pub fn each_doc<'c>(
     tree: &VirtualTree,
     catalog: impl IntoIterator<Item = &'c CatalogEntry>,
-    mut f: impl FnMut(SearchDoc),
+    f: impl FnMut(SearchDoc),
 ) {
-    let tags: HashMap<(OriginId, &OriginPath), &TrackTags> = catalog
+    tree_docs(tree, catalog).for_each(f);
+}
+
+/// The document of every track of `tree`, in no set order, made as they
+/// are taken (see [`each_doc`]).
+pub fn tree_docs<'t, 'c>(
+    tree: &'t VirtualTree,
+    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+) -> impl Iterator<Item = SearchDoc> {
+    let tags: HashMap<(OriginId, &'c OriginPath), &'c TrackTags> = catalog
         .into_iter()
         .filter_map(|e| match &e.kind {
             FileKind::Track(t) => Some(((e.source.origin, &e.source.path), t)),
             _ => None,
         })
         .collect();
-    for (ino, file) in tree.files() {
+    tree.files().filter_map(move |(ino, file)| {
         if file.role != FileRole::Track {
-            continue;
+            return None;
         }
-        let Some(src) = file.sources.first() else {
-            continue;
-        };
-        if let (Some(tags), Some(vpath)) = (tags.get(&(src.origin, &src.path)), tree.path_of(ino)) {
-            f(SearchDoc::from_tags(vpath, tags));
-        }
-    }
+        let src = file.sources.first()?;
+        let tags = tags.get(&(src.origin, &src.path))?;
+        Some(SearchDoc::from_tags(tree.path_of(ino)?, tags))
+    })
 }
 
 /// What a sync must do to the index to go from `old` to `new`.
@@ -246,6 +252,16 @@ impl DocDigests {
     /// Adds the digest of one document.
     pub fn add(&mut self, doc: &SearchDoc) {
         self.0.insert(doc_key(&doc.vpath), digest(doc));
+    }
+
+    /// Number of documents.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// A stamp of the whole set: the index records the stamp of what it
