@@ -136,8 +136,8 @@ pub struct BuildReport {
     pub sidecars_left_out: usize,
 }
 
-/// Which file each origin file backs, by origin then path (a lookup
-/// borrows the path, never clones it).
+/// Which file each origin file backs, by origin and path (a lookup clones
+/// the path's `Arc`, never its bytes).
 type SourceIndex = Table<(OriginId, OriginPath), Ino>;
 
 /// The virtual tree.

@@ -58,8 +58,7 @@ impl LiveSearch {
         if opened.rebuilt.is_some() || index.stamp().as_deref() != Some(want.as_str()) {
             index.set_stamp(want);
             // One document at a time into the writer: on 200,000 tracks
-            // the documents held together took some 80 MB, at the peak of
-            // a first mount.
+            // the documents held together took some 80 MB.
             index.replace_all(tree_docs(tree, catalog.iter().copied()))?;
             tracing::info!(tracks = held.len(), "search index built");
         }
