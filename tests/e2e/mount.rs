@@ -17,12 +17,11 @@ const MOUNT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One library for the whole file: 230 tracks of every format, the awkward
 /// edge cases, and one 48 MiB FLAC.
-fn library() -> &'static (tempfile::TempDir, Library) {
-    static LIB: OnceLock<(tempfile::TempDir, Library)> = OnceLock::new();
+fn library() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
     LIB.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let lib = Library::generate(
-            dir.path(),
+        Library::cached(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
             &[
                 "--tracks",
                 "230",
@@ -34,8 +33,7 @@ fn library() -> &'static (tempfile::TempDir, Library) {
                 "--big-mb",
                 "48",
             ],
-        );
-        (dir, lib)
+        )
     })
 }
 
@@ -53,7 +51,7 @@ impl Fixture {
         self.dir.path().join(name)
     }
     fn command(&self) -> MountCommand {
-        let lib = &library().1;
+        let lib = library();
         MountCommand::new(
             Path::new(BIN),
             &[&lib.root],
@@ -94,7 +92,7 @@ fn is_cover(p: &Path) -> bool {
 fn every_track_appears_once_byte_identical_under_valid_names() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let lib = &library().1;
+    let lib = library();
     let listed = hash_all(&m.mountpoint);
     let mut want: HashMap<&str, usize> = HashMap::new();
     for t in lib.tracks() {
@@ -127,7 +125,7 @@ fn every_track_appears_once_byte_identical_under_valid_names() {
 fn getattr_shows_real_sizes_and_origin_mtimes() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let lib = &library().1;
+    let lib = library();
     let by_hash: HashMap<&str, &str> = lib
         .tracks()
         .map(|t| (t.sha256.as_str(), t.path.as_str()))
@@ -180,7 +178,7 @@ fn ffprobe(path: &Path) -> serde_json::Value {
 fn ffprobe_through_the_mount_sees_the_same_tags_and_duration() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let lib = &library().1;
+    let lib = library();
     let by_hash: HashMap<&str, &str> = lib
         .tracks()
         .map(|t| (t.sha256.as_str(), t.path.as_str()))
@@ -240,7 +238,7 @@ fn tar_and_cp_of_the_whole_mount_work() {
 fn two_hundred_concurrent_readers_all_complete() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let lib = &library().1;
+    let lib = library();
     let want: HashMap<String, usize> = lib.tracks().fold(HashMap::new(), |mut acc, t| {
         *acc.entry(t.sha256.clone()).or_default() += 1;
         acc
@@ -279,7 +277,7 @@ fn two_hundred_concurrent_readers_all_complete() {
 fn a_seek_into_a_large_uncached_file_does_not_fetch_the_whole_file() {
     let fx = Fixture::new();
     let m = fx.mount();
-    let lib = &library().1;
+    let lib = library();
     let big = lib
         .tracks()
         .find(|t| t.path.starts_with("big/"))
@@ -517,7 +515,7 @@ fn a_layout_without_ext_keeps_each_files_real_extension() {
         .command()
         .args(["--layout", "$artist/$album/$track $title"])
         .start(MOUNT_TIMEOUT);
-    let lib = &library().1;
+    let lib = library();
     // Each track's extension in the origin, by its content.
     let mut ext_of: HashMap<&str, Vec<String>> = HashMap::new();
     for t in lib.tracks() {
@@ -626,7 +624,7 @@ fn version_names_the_git_commit_and_the_features() {
 #[test]
 fn bad_arguments_give_one_line_and_exit_code_2() {
     let fx = Fixture::new();
-    let lib = library().1.root.to_str().unwrap().to_owned();
+    let lib = library().root.to_str().unwrap().to_owned();
     let mnt = fx.path("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let mnt = mnt.to_str().unwrap().to_owned();

@@ -90,15 +90,13 @@ fn logs() -> &'static Arc<Mutex<Vec<u8>>> {
 
 /// One generated library for the whole file: every format, the awkward
 /// edge cases (empty, garbage and truncated files, hidden files).
-fn library() -> &'static (tempfile::TempDir, Library) {
-    static LIB: OnceLock<(tempfile::TempDir, Library)> = OnceLock::new();
+fn library() -> &'static Library {
+    static LIB: OnceLock<Library> = OnceLock::new();
     LIB.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let lib = Library::generate(
-            dir.path(),
+        Library::cached(
+            Path::new(env!("CARGO_TARGET_TMPDIR")),
             &["--tracks", "60", "--seed", "3", "--edge-cases"],
-        );
-        (dir, lib)
+        )
     })
 }
 
@@ -156,7 +154,7 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 #[test]
 fn s3_scan_matches_local_scan_with_ranged_reads() {
     logs();
-    let (_, lib) = library();
+    let lib = library();
     let moto = MotoServer::start();
     moto.create_bucket(BUCKET);
     let uploaded = moto.upload_dir(BUCKET, "lib", &lib.root);
@@ -295,7 +293,7 @@ fn tags_of_big_files_cost_a_few_blocks() {
 #[test]
 fn sftp_scan_matches_local_scan_including_odd_names_and_links() {
     logs();
-    let (_, lib) = library();
+    let lib = library();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("lib");
     copy_tree(&lib.root, &root);

@@ -59,6 +59,54 @@ impl Library {
         Library::open(&root, &manifest)
     }
 
+    /// The library `make-library.py` generates with `args`, kept under
+    /// `cache` (a test target's `CARGO_TARGET_TMPDIR`) and generated only
+    /// when no earlier run left it there. For libraries the tests only read.
+    /// A test binary holds its shared library in a static, which is never
+    /// dropped: a temporary directory would be left behind by every run.
+    /// The key covers the generator's source and the arguments, and a kept
+    /// library whose files do not have their manifest's sizes is generated
+    /// again, so a stale or damaged copy is never used.
+    pub fn cached(cache: &Path, args: &[&str]) -> Library {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/make-library.py");
+        let mut key = std::fs::read(&script).expect("make-library.py readable");
+        for a in args {
+            key.push(0);
+            key.extend_from_slice(a.as_bytes());
+        }
+        let dir = cache
+            .join("libraries")
+            .join(&crate::sha256_bytes(&key)[..16]);
+        if let Some(lib) = Library::open_intact(&dir) {
+            return lib;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        let staging = dir.with_extension(format!("tmp{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&staging);
+        std::fs::create_dir_all(&staging).expect("library cache directory");
+        Library::generate(&staging, args);
+        // Another test binary may have raced us here: either copy will do.
+        if std::fs::rename(&staging, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        Library::open_intact(&dir).expect("a generated library is intact")
+    }
+
+    /// The library generated into `dir`, if every file of its manifest is
+    /// there with its recorded size.
+    fn open_intact(dir: &Path) -> Option<Library> {
+        let manifest = dir.join("lib.manifest.jsonl");
+        if !manifest.exists() {
+            return None;
+        }
+        let lib = Library::open(&dir.join("lib"), &manifest);
+        let intact = lib
+            .manifest
+            .iter()
+            .all(|e| std::fs::metadata(lib.root.join(&e.path)).is_ok_and(|m| m.len() == e.size));
+        intact.then_some(lib)
+    }
+
     /// Opens a library generated earlier.
     pub fn open(root: &Path, manifest: &Path) -> Library {
         let text = std::fs::read_to_string(manifest).expect("manifest readable");
