@@ -1075,7 +1075,7 @@ fn s3_delta_sync_reads_only_what_changed() {
         Arc::clone(&d.db),
         Layout::default_layout(),
         vec![SyncSource::Remote(Arc::clone(&origin))],
-        d.db.load_catalog().expect("catalog").into(),
+        None,
     );
     // Called from a plain thread, as the daemon calls it from its blocking
     // pool: the syncer waits on the daemon's runtime.

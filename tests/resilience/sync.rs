@@ -18,7 +18,7 @@ fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
         Arc::clone(&d.db),
         Layout::default_layout(),
         vec![SyncSource::Local(root.to_path_buf())],
-        d.db.load_catalog().expect("catalog").into(),
+        None,
     )
 }
 
@@ -151,13 +151,13 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
     println!("{}", report.join("\n"));
 }
 
-/// A watcher's sync of a few files (new, retagged, removed), and a sync of
-/// the whole origin, never load the whole catalog from the database: the
-/// syncer keeps it in step in memory.
-/// And what it keeps is what the database holds: the tree a full rebuild
-/// from the database gives is the tree the engine now shows.
+/// The syncer keeps no catalog in memory: a watcher's sync of a few files
+/// (new, retagged, removed) and a sync of the whole origin each load the
+/// saved catalog exactly once, to build the new tree from it, and a sync
+/// that finds nothing to change loads none. The tree the engine then shows
+/// is the one a full rebuild from the database gives.
 #[test]
-fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
+fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog() {
     use musicfs_core::OriginPath;
     use musicfs_core::tree::VirtualTree;
     use musicfs_tests::fixtures::write_wav;
@@ -209,7 +209,7 @@ fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
     s.sync_paths(OriginId(0), &paths(&["a/03.wav"])).unwrap();
     std::fs::remove_file(root.join("a/07.wav")).unwrap();
     s.sync_paths(OriginId(0), &paths(&["a/07.wav"])).unwrap();
-    assert_eq!(d.db.catalog_loads(), loads, "no whole-catalog load");
+    assert_eq!(d.db.catalog_loads(), loads + 3, "one load per sync");
     let shown = d.paths();
     assert!(
         shown
@@ -230,7 +230,7 @@ fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
         "{shown:?}"
     );
     // A whole-origin sync (at mount, after lost events, `musicfs rescan`)
-    // plans from the catalog kept in memory too: one more removal and one
+    // plans against the origin's saved entries: one more removal and one
     // more new file, seen by the listing alone.
     std::fs::remove_file(root.join("a/08.wav")).unwrap();
     write_wav(
@@ -243,7 +243,7 @@ fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
     );
     let report = s.sync_origin(OriginId(0)).unwrap();
     assert_eq!((report.reread, report.removed), (1, 1), "{report:?}");
-    assert_eq!(d.db.catalog_loads(), loads, "no whole-catalog load");
+    assert_eq!(d.db.catalog_loads(), loads + 4, "one load per sync");
     let shown = d.paths();
     assert!(
         shown
@@ -255,12 +255,16 @@ fn a_watchers_sync_publishes_without_loading_the_whole_catalog() {
         !shown.iter().any(|p| p.ends_with("00 - Song 08.wav")),
         "{shown:?}"
     );
-    // The catalog kept in memory is the saved one.
     let (want, _) = VirtualTree::build(&Layout::default_layout(), &d.db.load_catalog().unwrap());
     assert!(
         d.daemon.inspect(|e| e.tree() == &want),
         "tree differs from the saved catalog's"
     );
+    // Nothing changed since: nothing to build, nothing loaded.
+    let loads = d.db.catalog_loads();
+    let report = s.sync_origin(OriginId(0)).unwrap();
+    assert_eq!((report.reread, report.removed), (0, 0), "{report:?}");
+    assert_eq!(d.db.catalog_loads(), loads, "nothing loaded");
 }
 
 /// Tests that configure fail points: `scripts/test` runs only these with

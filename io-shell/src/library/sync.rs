@@ -18,12 +18,11 @@ use crate::origin::OriginError;
 use crate::origin::RemoteOrigin;
 use crate::store::tree_cache::{self, TreeKey};
 use crate::store::{Db, StoreError};
-use musicfs_core::engine::{SourceKey, key_of};
 use musicfs_core::sync::{self, Listed, SyncPlan};
 use musicfs_core::tree::{BuildReport, VirtualTree};
 use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -56,35 +55,13 @@ pub enum SyncSource {
     Remote(Arc<dyn RemoteOrigin>),
 }
 
-/// The catalog as the syncer keeps it, by origin file.
-pub type Catalog = BTreeMap<SourceKey, CatalogEntry>;
-
-/// What a syncer starts from: the catalog the mount's tree was built
-/// from, and that tree if it is not saved for the next mount yet.
-pub struct StartingCatalog {
-    /// The catalog as saved.
-    pub entries: Vec<CatalogEntry>,
-    /// The tree built from it, and its report, if not saved.
-    pub unsaved_tree: Option<(Arc<VirtualTree>, BuildReport)>,
-}
-
-impl From<Vec<CatalogEntry>> for StartingCatalog {
-    /// A catalog whose tree is saved, or need not be.
-    fn from(entries: Vec<CatalogEntry>) -> StartingCatalog {
-        StartingCatalog {
-            entries,
-            unsaved_tree: None,
-        }
-    }
-}
-
 /// A published tree change.
 pub struct TreeChange<'a> {
     /// The new tree.
     pub tree: &'a VirtualTree,
-    /// The catalog it was built from (the search index follows the tree
-    /// this way, without loading the catalog from the database).
-    pub catalog: &'a Catalog,
+    /// The catalog it was built from, as saved (the search index follows
+    /// the tree this way, without loading the catalog again).
+    pub catalog: &'a [CatalogEntry],
     /// What changed from the tree before.
     pub diff: &'a musicfs_core::tree::TreeDiff,
 }
@@ -101,11 +78,7 @@ pub struct Syncer {
     sources: Vec<SyncSource>,
     /// Told of every tree change, in order.
     listeners: Mutex<Vec<TreeListener>>,
-    /// The catalog as saved, kept in step with the database by every sync:
-    /// a watcher's sync of one file rebuilds the tree from it instead of
-    /// loading every entry from the database again.
-    catalog: Mutex<Catalog>,
-    /// The tree built from the catalog as it is now, and its report, while
+    /// The tree built from the saved catalog as it is now, and its report, while
     /// it is not saved for the next mount: set when a sync swaps a tree in
     /// (or by the mount, for a tree it built and could not save), cleared
     /// when the catalog changes without a new tree. See [`Syncer::save_tree`].
@@ -188,30 +161,28 @@ pub enum SyncError {
 }
 
 impl Syncer {
-    /// A syncer for the daemon's origins.
+    /// A syncer for the daemon's origins, whose tree was built from the
+    /// catalog saved in `db`. `unsaved_tree` is that tree and its report
+    /// when it is not saved for the next mount yet.
+    ///
+    /// The syncer keeps no catalog in memory (on 200,000 tracks that was
+    /// ~100 MB for as long as the daemon ran): a sync plans against the
+    /// origin's saved entries and builds the new tree from the saved
+    /// catalog, and holds either only while it runs.
     pub fn new(
         daemon: Arc<Daemon>,
         db: Arc<Db>,
         layout: Layout,
         sources: Vec<SyncSource>,
-        start: StartingCatalog,
+        unsaved_tree: Option<(Arc<VirtualTree>, BuildReport)>,
     ) -> Syncer {
-        let StartingCatalog {
-            entries: catalog,
-            unsaved_tree,
-        } = start;
         let sources_len = sources.len();
-        let catalog = catalog
-            .into_iter()
-            .map(|e| (key_of(&e.source), e))
-            .collect();
         Syncer {
             daemon,
             db,
             layout,
             sources,
             listeners: Mutex::new(Vec::new()),
-            catalog: Mutex::new(catalog),
             unsaved_tree: Mutex::new(unsaved_tree),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
@@ -243,22 +214,17 @@ impl Syncer {
         job()
     }
 
-    /// Runs `job` over the catalog kept in memory: the saved one, from
-    /// which the tree being served was built (when no sync runs, as in
-    /// [`Syncer::exclusive`]).
-    pub fn with_catalog<R>(
-        &self,
-        job: impl FnOnce(std::collections::btree_map::Values<'_, SourceKey, CatalogEntry>) -> R,
-    ) -> R {
-        job(self.catalog.lock().values())
+    /// The saved catalog, entry by entry, read as it is taken: the one the
+    /// tree being served was built from when no sync runs (as in
+    /// [`Syncer::exclusive`]). See [`Db::catalog_entries`].
+    pub fn catalog_entries(&self) -> impl Iterator<Item = CatalogEntry> + use<> {
+        self.db.catalog_entries()
     }
 
-    /// The catalog, to change it: the tree built from it before is no
-    /// longer its tree.
-    fn edit_catalog(&self) -> parking_lot::MutexGuard<'_, Catalog> {
-        let catalog = self.catalog.lock();
+    /// After a change to the saved catalog: the tree built from it before
+    /// is no longer its tree.
+    fn catalog_changed(&self) {
         *self.unsaved_tree.lock() = None;
-        catalog
     }
 
     /// Saves the tree built from the catalog as it is now in `cache_dir`,
@@ -270,17 +236,12 @@ impl Syncer {
     /// then the next mount builds, as it would anyway. Run at shutdown,
     /// after [`Syncer::stop`].
     pub fn save_tree(&self, cache_dir: &Path) -> Result<bool, SyncError> {
-        let catalog = self.catalog.lock();
         let Some((tree, report)) = self.unsaved_tree.lock().take() else {
             return Ok(false);
         };
-        let Some(digest) = Db::catalog_digest_of(catalog.values())? else {
+        let Some(key) = TreeKey::new(self.layout.source(), self.db.catalog_digest()?) else {
             return Ok(false);
         };
-        let Some(key) = TreeKey::new(self.layout.source(), digest) else {
-            return Ok(false);
-        };
-        drop(catalog);
         tree_cache::save(cache_dir, key, &tree, &report)
             .map_err(|e| SyncError::Store(StoreError::io("save the tree", cache_dir, e)))?;
         Ok(true)
@@ -351,20 +312,9 @@ impl Syncer {
                 }
             }
         };
-        // The catalog kept in memory is the saved one (every sync updates
-        // both): loading a second copy of a 200,000-track catalog from the
-        // database would add ~170 MB to the daemon's peak.
         let mut plan = {
-            let catalog = self.catalog.lock();
-            let ours = (origin, OriginPath::new(Vec::new()));
-            sync::plan_full(
-                origin,
-                catalog
-                    .range(ours..)
-                    .take_while(|((o, _), _)| *o == origin)
-                    .map(|(_, e)| e),
-                &listing.files,
-            )
+            let saved = self.db.catalog_of(origin)?;
+            sync::plan_full(origin, &saved, &listing.files)
         };
         listing.keep_unseen(&mut plan);
         drop(listing);
@@ -480,13 +430,9 @@ impl Syncer {
         for batch in plan.batches(SYNC_BATCH_FILES) {
             let read = self.read_batch(origin, source, batch)?;
             self.db.put_catalog(&read)?;
+            self.catalog_changed();
             // The batch is the checkpoint only once it is on disk.
             self.db.flush()?;
-            let mut catalog = self.edit_catalog();
-            for e in read {
-                catalog.insert(key_of(&e.source), e);
-            }
-            drop(catalog);
             report.reread += batch.len();
             tracing::debug!(
                 %origin,
@@ -504,9 +450,9 @@ impl Syncer {
                 return Err(SyncError::Stopping);
             }
         }
+        self.catalog_changed();
         for path in &plan.removed {
             self.db.remove_catalog(origin, path)?;
-            self.edit_catalog().remove(&(origin, path.clone()));
         }
         let mut moves = Vec::with_capacity(plan.moved.len());
         for (old, entry) in &plan.moved {
@@ -515,15 +461,7 @@ impl Syncer {
         }
         let moved: Vec<CatalogEntry> = plan.moved.iter().map(|(_, e)| e.clone()).collect();
         self.db.put_catalog(&moved)?;
-        {
-            let mut catalog = self.edit_catalog();
-            for (old, _) in &plan.moved {
-                catalog.remove(&(origin, old.clone()));
-            }
-            for e in moved {
-                catalog.insert(key_of(&e.source), e);
-            }
-        }
+        drop(moved);
         report.invalidated = self.publish(&moves)?;
         tracing::info!(
             %origin,
@@ -542,10 +480,10 @@ impl Syncer {
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
     ) -> Result<usize, SyncError> {
-        // From the catalog kept in memory, not loaded from the database: a
-        // one-file change costs one new tree, not a second whole catalog.
-        let catalog = self.catalog.lock();
-        let (tree, report) = VirtualTree::build_from(&self.layout, catalog.values());
+        // Held only for the build and the listeners. A failed read fails
+        // the sync: it never leaves tracks out of the tree.
+        let catalog = self.db.load_catalog()?;
+        let (tree, report) = VirtualTree::build(&self.layout, &catalog);
         let (diff, new_tree) = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
             (e.replace_tree(now, tree), e.tree_snapshot())
@@ -559,6 +497,10 @@ impl Syncer {
         for listener in self.listeners.lock().iter() {
             listener(&change);
         }
-        Ok(diff.entries.len() + diff.inodes.len())
+        let changed = diff.entries.len() + diff.inodes.len();
+        drop((catalog, diff, new_tree));
+        // The catalog and the old tree were the daemon's peak.
+        crate::sys::memory::release_free_memory();
+        Ok(changed)
     }
 }

@@ -24,7 +24,7 @@ use crate::kernel::session::{
 };
 use crate::kernel::unmount::lazy_unmount;
 use crate::library::changes;
-use crate::library::sync::{StartingCatalog, SyncSource, Syncer};
+use crate::library::sync::{SyncSource, Syncer};
 use crate::library::watch;
 use crate::origin::{LocalOrigin, Origin, OriginError, OriginKind, OriginSpec, RemoteOrigin};
 use crate::pins::fill::PinFiller;
@@ -36,7 +36,6 @@ use crate::service::supervisor::{RestartPolicy, Supervisor, TaskError};
 use crate::service::systemd;
 use crate::store::tree_cache::{self, TreeKey};
 use crate::store::{CacheOwner, ChunkStore, Db, StoreError};
-use musicfs_core::CatalogEntry;
 use musicfs_core::engine::{Config as EngineConfig, Engine};
 use musicfs_core::manifest::Manifest;
 use musicfs_core::tree::{BuildReport, VirtualTree};
@@ -190,10 +189,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         &daemon,
         &db,
         &origins,
-        StartingCatalog {
-            entries: library.catalog,
-            unsaved_tree,
-        },
+        unsaved_tree,
         &runtime,
         metrics_listener,
     )?;
@@ -409,9 +405,6 @@ struct Library {
     unsaved_tree: Option<BuildReport>,
     /// The chunk maps the cache holds, by origin file.
     manifests: Vec<(OriginId, OriginPath, Manifest)>,
-    /// The catalog the tree was built from: the syncer keeps it, so a
-    /// watcher's sync rebuilds the tree without loading it again.
-    catalog: Vec<CatalogEntry>,
     /// Tracks in it.
     tracks: usize,
     /// Which origins were scanned just now (their pollers need not list
@@ -512,6 +505,9 @@ fn load_library(
         sidecars_left_out = report.sidecars_left_out,
         "tree ready"
     );
+    // The tree is all a mount keeps of the catalog: syncs read it from the
+    // database.
+    drop(catalog);
     crate::sys::memory::release_free_memory();
     Ok(Library {
         tree,
@@ -519,7 +515,6 @@ fn load_library(
         save_tree: key.filter(|_| !loaded).map(|key| (key, report.clone())),
         unsaved_tree: (key.is_none() && !loaded).then(|| report.clone()),
         manifests,
-        catalog,
         tracks: report.tracks,
         scanned_now,
     })
@@ -638,7 +633,7 @@ fn start_services(
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     origins: &Origins,
-    catalog: StartingCatalog,
+    unsaved_tree: Option<(Arc<VirtualTree>, BuildReport)>,
     runtime: &tokio::runtime::Runtime,
     metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<Services, RunError> {
@@ -651,7 +646,7 @@ fn start_services(
         Arc::clone(db),
         plan.layout.clone(),
         origins.sources.clone(),
-        catalog,
+        unsaved_tree,
     ));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
@@ -697,7 +692,7 @@ fn start_services(
         let search = Arc::clone(&search);
         syncer.on_tree_change(Box::new(move |change| {
             if let Some(live) = search.get()
-                && let Err(e) = live.tree_changed(change.tree, change.catalog.values())
+                && let Err(e) = live.tree_changed(change.tree, change.catalog)
             {
                 tracing::warn!(error = %e, "could not update the search index");
             }
@@ -1024,12 +1019,11 @@ fn open_search(
                             tracing::debug!("search index: opening");
                             // Tests: a slow build, to stop the daemon during it.
                             fail::fail_point!("search-index-open");
-                            // The tree being served and the catalog the syncer
-                            // keeps: no copy of either (each is ~100 MB or
-                            // more on a 200,000-track library).
+                            // The tree being served, and the catalog read one
+                            // entry at a time: neither is copied whole (each is
+                            // ~100 MB on a 200,000-track library).
                             let tree = d.tree();
-                            let live = syncer
-                                .with_catalog(|catalog| LiveSearch::open(&dir, &tree, catalog))?;
+                            let live = LiveSearch::open(&dir, &tree, || syncer.catalog_entries())?;
                             slot.set(live);
                             Ok::<(), SearchError>(())
                         })

@@ -3,11 +3,12 @@
 //! change, committed after each sync and at shutdown.
 
 use super::{
-    DocDigests, SearchError, SearchIndex, diff_docs, docs_from_tree, each_doc, index_dir, tree_docs,
+    DocDigests, SearchError, SearchIndex, diff_docs, docs_from_tree, index_dir, tree_docs,
 };
 use musicfs_core::CatalogEntry;
 use musicfs_core::tree::VirtualTree;
 use parking_lot::Mutex;
+use std::borrow::Borrow;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
@@ -38,18 +39,23 @@ pub struct LiveSearch {
 
 impl LiveSearch {
     /// Opens (or rebuilds) the index of the library in `cache_dir`;
-    /// `catalog` is what `tree` was built from.
-    pub fn open<'c>(
+    /// `catalog` gives the entries `tree` was built from, once for the
+    /// digests and once more if the index must be rebuilt (a database's
+    /// [`crate::store::Db::catalog_entries`], read as it goes).
+    pub fn open<I, E>(
         cache_dir: &Path,
         tree: &VirtualTree,
-        catalog: impl IntoIterator<Item = &'c CatalogEntry>,
-    ) -> Result<Arc<LiveSearch>, SearchError> {
+        catalog: impl Fn() -> I,
+    ) -> Result<Arc<LiveSearch>, SearchError>
+    where
+        I: IntoIterator<Item = E>,
+        E: Borrow<CatalogEntry>,
+    {
         let opened = SearchIndex::open(&index_dir(cache_dir))?;
-        let catalog: Vec<&CatalogEntry> = catalog.into_iter().collect();
         // The digests first, one document at a time: an index that is
         // current (most mounts) never needs every document at once.
         let mut held = DocDigests::default();
-        each_doc(tree, catalog.iter().copied(), |doc| held.add(&doc));
+        tree_docs(tree, catalog()).for_each(|doc| held.add(&doc));
         let want = held.stamp();
         let index = opened.index;
         if let Some(what) = &opened.rebuilt {
@@ -59,7 +65,7 @@ impl LiveSearch {
             index.set_stamp(want);
             // One document at a time into the writer: on 200,000 tracks
             // the documents held together took some 80 MB.
-            index.replace_all(tree_docs(tree, catalog.iter().copied()))?;
+            index.replace_all(tree_docs(tree, catalog()))?;
             tracing::info!(tracks = held.len(), "search index built");
         }
         Ok(Arc::new(LiveSearch {

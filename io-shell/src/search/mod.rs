@@ -78,12 +78,13 @@ mod schema;
 
 pub use query::{MAX_QUERY_BYTES, MAX_QUERY_TERMS, QUERY_HELP};
 
+use musicfs_core::TrackTags;
 use musicfs_core::catalog::{CatalogEntry, FileKind};
 use musicfs_core::tree::{FileRole, VirtualTree};
-use musicfs_core::{OriginId, OriginPath, TrackTags};
 use parking_lot::Mutex;
 use schema::{Fields, TextField, VPATH};
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::fs;
 use std::hash::{Hash, Hasher};
@@ -169,46 +170,36 @@ impl SearchDoc {
 /// One document per track of `tree`, with the tags its catalog entry has,
 /// sorted by virtual path. A track with several mirrors takes the tags of
 /// its first source, the one the tree was named from.
-pub fn docs_from_tree<'c>(
+pub fn docs_from_tree<E: Borrow<CatalogEntry>>(
     tree: &VirtualTree,
-    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+    catalog: impl IntoIterator<Item = E>,
 ) -> Vec<SearchDoc> {
-    let mut docs: Vec<SearchDoc> = Vec::new();
-    each_doc(tree, catalog, |doc| docs.push(doc));
+    let mut docs: Vec<SearchDoc> = tree_docs(tree, catalog).collect();
     docs.sort_by(|a, b| a.vpath.cmp(&b.vpath));
     docs
 }
 
-/// Hands `f` the document of every track of `tree`, in no set order, one
-/// at a time: what needs only each document in turn (their digests) need
-/// not hold them all (on 200,000 tracks, some 80 MB).
-pub fn each_doc<'c>(
+/// The documents of [`docs_from_tree`], in the catalog's order, each made
+/// as it is taken: what needs each document once (their digests, a
+/// rebuild's writer) holds neither all of them (on 200,000 tracks, some
+/// 80 MB) nor the catalog, which may be read as it goes
+/// ([`crate::store::Db::catalog_entries`]).
+pub fn tree_docs<E: Borrow<CatalogEntry>>(
     tree: &VirtualTree,
-    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
-    f: impl FnMut(SearchDoc),
-) {
-    tree_docs(tree, catalog).for_each(f);
-}
-
-/// The document of every track of `tree`, in no set order, made as they
-/// are taken (see [`each_doc`]).
-pub fn tree_docs<'t, 'c>(
-    tree: &'t VirtualTree,
-    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+    catalog: impl IntoIterator<Item = E>,
 ) -> impl Iterator<Item = SearchDoc> {
-    let tags: HashMap<(OriginId, &'c OriginPath), &'c TrackTags> = catalog
-        .into_iter()
-        .filter_map(|e| match &e.kind {
-            FileKind::Track(t) => Some(((e.source.origin, &e.source.path), t)),
-            _ => None,
-        })
-        .collect();
-    tree.files().filter_map(move |(ino, file)| {
-        if file.role != FileRole::Track {
+    catalog.into_iter().filter_map(move |entry| {
+        let entry = entry.borrow();
+        let FileKind::Track(tags) = &entry.kind else {
+            return None;
+        };
+        let (origin, path) = (entry.source.origin, &entry.source.path);
+        let (ino, _) = tree.find_source(origin, path)?;
+        let file = tree.file(ino)?;
+        let first = file.sources.first()?;
+        if file.role != FileRole::Track || first.origin != origin || first.path != *path {
             return None;
         }
-        let src = file.sources.first()?;
-        let tags = tags.get(&(src.origin, &src.path))?;
         Some(SearchDoc::from_tags(tree.path_of(ino)?, tags))
     })
 }

@@ -77,7 +77,7 @@ pub struct Db {
     meta: sled::Tree,
     /// Pinned origin files (`musicfs pin`), keyed like `catalog`.
     pins: sled::Tree,
-    /// Whole-catalog loads so far (a watcher's sync must cause none).
+    /// Whole-catalog loads so far (one per sync that changes the tree).
     catalog_loads: std::sync::atomic::AtomicU64,
 }
 
@@ -295,24 +295,52 @@ impl Db {
         Ok((out, skipped, digest.digest128()))
     }
 
-    /// The digest [`Db::load_catalog_digested`] gives for a database whose
-    /// catalog is exactly `entries`, which must come in the database's
-    /// order (by origin, then path; `None` if they do not). What a mount
-    /// that changed its catalog saves its tree under, for the next mount.
-    pub fn catalog_digest_of<'a>(
-        entries: impl IntoIterator<Item = &'a CatalogEntry>,
-    ) -> Result<Option<u128>, StoreError> {
+    /// The digest [`Db::load_catalog_digested`] gives now, read without
+    /// holding the catalog: the key of the tree built from it.
+    pub fn catalog_digest(&self) -> Result<u128, StoreError> {
         let mut digest = xxhash_rust::xxh3::Xxh3::new();
-        let mut last: Option<Vec<u8>> = None;
-        for entry in entries {
-            let key = entry_key(entry.source.origin, &entry.source.path);
-            if last.as_ref().is_some_and(|l| *l >= key) {
-                return Ok(None);
-            }
-            digest_record(&mut digest, &key, &encode("catalog entry", entry)?);
-            last = Some(key);
+        for item in self.catalog.iter() {
+            let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+            digest_record(&mut digest, &k, &v);
         }
-        Ok(Some(digest.digest128()))
+        Ok(digest.digest128())
+    }
+
+    /// Every catalog entry, in (origin, path) order, decoded as the
+    /// iterator is taken: for work that needs each entry once and may miss
+    /// one (the search documents), without holding the whole catalog.
+    /// Undecodable records are skipped as in [`Db::load_catalog`]; a read
+    /// error ends the walk early and is logged. What must see every entry
+    /// (a tree) uses [`Db::load_catalog`], which fails instead.
+    pub fn catalog_entries(&self) -> impl Iterator<Item = CatalogEntry> + use<> {
+        let mut records = self.catalog.iter();
+        std::iter::from_fn(move || {
+            loop {
+                match records.next()? {
+                    Ok((k, v)) => {
+                        if let Some(entry) = decode_catalog_entry(&k, &v) {
+                            return Some(entry);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stopped reading the catalog early");
+                        return None;
+                    }
+                }
+            }
+        })
+    }
+
+    /// The catalog entries of `origin`, in path order: what a sync of the
+    /// whole origin plans against. Undecodable records are skipped as in
+    /// [`Db::load_catalog`] (their files are new to the sync).
+    pub fn catalog_of(&self, origin: OriginId) -> Result<Vec<CatalogEntry>, StoreError> {
+        let mut entries = Vec::new();
+        for item in self.catalog.scan_prefix(origin.0.to_be_bytes()) {
+            let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+            entries.extend(decode_catalog_entry(&k, &v));
+        }
+        Ok(entries)
     }
 
     /// How many times the whole catalog was loaded since the database was
@@ -770,7 +798,7 @@ mod tests {
     }
 
     #[test]
-    fn the_digest_of_a_catalog_in_memory_is_the_one_its_saved_copy_loads_with() {
+    fn a_catalog_read_whole_one_at_a_time_or_by_origin_is_the_same_and_has_one_digest() {
         use musicfs_core::tags::TrackTags;
         use musicfs_core::{FileKind, FileVersion, SourceFile};
         let dir = tempfile::tempdir().unwrap();
@@ -800,16 +828,21 @@ mod tests {
         db.put_catalog(&entries).unwrap();
         let (loaded, _, digest) = db.load_catalog_digested().unwrap();
         assert_eq!(loaded, entries);
-        assert_eq!(Db::catalog_digest_of(&entries).unwrap(), Some(digest));
-        // Any other catalog has another digest...
-        let mut retagged = entries.clone();
-        retagged[2] = entry(0x0100, "a/c.flac", "C (live)");
-        assert_ne!(Db::catalog_digest_of(&retagged).unwrap(), Some(digest));
-        assert_ne!(Db::catalog_digest_of(&entries[1..]).unwrap(), Some(digest));
-        // ...and entries out of the database's order have none.
-        let mut shuffled = entries.clone();
-        shuffled.swap(1, 2);
-        assert_eq!(Db::catalog_digest_of(&shuffled).unwrap(), None);
+        assert_eq!(db.catalog_digest().unwrap(), digest);
+        // Read one at a time, and one origin's part, it is the same.
+        assert_eq!(db.catalog_entries().collect::<Vec<_>>(), entries);
+        assert_eq!(db.catalog_of(OriginId(0x0100)).unwrap(), entries[1..]);
+        // Any other catalog has another digest: a retag...
+        db.put_catalog(&[entry(0x0100, "a/c.flac", "C (live)")])
+            .unwrap();
+        let retagged = db.catalog_digest().unwrap();
+        assert_ne!(retagged, digest);
+        assert_eq!(db.load_catalog_digested().unwrap().2, retagged);
+        // ...or a removal.
+        db.remove_catalog(OriginId(0x00ff), &OriginPath::new(&b"z.flac"[..]))
+            .unwrap();
+        assert_ne!(db.catalog_digest().unwrap(), retagged);
+        assert_eq!(db.catalog_of(OriginId(0x00ff)).unwrap(), []);
     }
 
     #[test]
