@@ -13,6 +13,7 @@
 use crate::catalog::{CatalogEntry, SourceFile};
 use crate::ids::{OriginId, OriginPath};
 use crate::manifest::FileVersion;
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One file as a listing sees it.
@@ -65,41 +66,50 @@ fn identity(v: &FileVersion) -> Option<(u64, i64, &str)> {
 }
 
 /// Plans a sync of `origin` from a complete listing. `catalog` holds the
-/// origin's saved entries (others are ignored).
-pub fn plan_full<'c>(
+/// origin's saved entries (others are ignored), owned or borrowed: each is
+/// looked at once, and only those that are gone are kept, so a caller may
+/// stream them from where they are saved instead of holding them all.
+pub fn plan_full<E: Borrow<CatalogEntry>>(
     origin: OriginId,
-    catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+    catalog: impl IntoIterator<Item = E>,
     listing: &[Listed],
 ) -> SyncPlan {
-    let saved: BTreeMap<&OriginPath, &CatalogEntry> = catalog
-        .into_iter()
-        .filter(|e| e.source.origin == origin)
-        .map(|e| (&e.source.path, e))
-        .collect();
-    let listed: BTreeMap<&OriginPath, &Listed> = listing.iter().map(|l| (&l.path, l)).collect();
-    let gone: Vec<&CatalogEntry> = saved
+    // Each listed path, and whether a saved entry has it.
+    let listed: BTreeMap<&OriginPath, usize> = listing
         .iter()
-        .filter(|(p, _)| !listed.contains_key(*p))
-        .map(|(_, e)| *e)
+        .enumerate()
+        .map(|(i, l)| (&l.path, i))
         .collect();
+    let mut saved = vec![false; listing.len()];
     let mut plan = SyncPlan {
         origin: Some(origin),
         ..SyncPlan::default()
     };
+    let mut gone: Vec<E> = Vec::new();
+    for entry in catalog {
+        let e = entry.borrow();
+        if e.source.origin != origin {
+            continue;
+        }
+        match listed.get(&e.source.path) {
+            None => gone.push(entry),
+            Some(&i) => {
+                saved[i] = true;
+                let l = &listing[i];
+                if e.source.version == l.version {
+                    plan.unchanged += 1;
+                } else {
+                    plan.reread.push(l.clone());
+                }
+            }
+        }
+    }
+    gone.sort_by(|a, b| a.borrow().source.path.cmp(&b.borrow().source.path));
+    let gone: Vec<&CatalogEntry> = gone.iter().map(Borrow::borrow).collect();
     let new: Vec<&Listed> = listed
         .values()
-        .filter(|l| match saved.get(&l.path) {
-            Some(e) if e.source.version == l.version => {
-                plan.unchanged += 1;
-                false
-            }
-            Some(_) => {
-                plan.reread.push((**l).clone());
-                false
-            }
-            None => true,
-        })
-        .copied()
+        .filter(|&&i| !saved[i])
+        .map(|&i| &listing[i])
         .collect();
     resolve_moves(origin, &gone, &new, &mut plan);
     plan.reread.sort_by(|a, b| a.path.cmp(&b.path));
@@ -282,6 +292,14 @@ mod tests {
         // Planning again after applying finds nothing to do: applied batches
         // are the checkpoint.
         assert!(plan_full(OriginId(0), &after, &listing).is_empty());
+        // Entries streamed as owned values, in any order and among another
+        // origin's, plan the same.
+        let mut streamed = catalog.clone();
+        streamed.reverse();
+        let mut elsewhere = entry("d.flac", v(40, 4), "D");
+        elsewhere.source.origin = OriginId(1);
+        streamed.insert(1, elsewhere);
+        assert_eq!(plan_full(OriginId(0), streamed, &listing), plan);
     }
 
     #[test]

@@ -331,16 +331,20 @@ impl Db {
         })
     }
 
-    /// The catalog entries of `origin`, in path order: what a sync of the
-    /// whole origin plans against. Undecodable records are skipped as in
+    /// The catalog entries of `origin`, in path order, decoded as the
+    /// iterator is taken: what a sync of the whole origin plans against,
+    /// without holding them all. Undecodable records are skipped as in
     /// [`Db::load_catalog`] (their files are new to the sync).
-    pub fn catalog_of(&self, origin: OriginId) -> Result<Vec<CatalogEntry>, StoreError> {
-        let mut entries = Vec::new();
-        for item in self.catalog.scan_prefix(origin.0.to_be_bytes()) {
-            let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
-            entries.extend(decode_catalog_entry(&k, &v));
-        }
-        Ok(entries)
+    pub fn catalog_of(
+        &self,
+        origin: OriginId,
+    ) -> impl Iterator<Item = Result<CatalogEntry, StoreError>> + use<> {
+        self.catalog
+            .scan_prefix(origin.0.to_be_bytes())
+            .filter_map(|item| match item {
+                Ok((k, v)) => decode_catalog_entry(&k, &v).map(Ok),
+                Err(e) => Some(Err(StoreError::db("read catalog", e))),
+            })
     }
 
     /// How many times the whole catalog was loaded since the database was
@@ -831,7 +835,12 @@ mod tests {
         assert_eq!(db.catalog_digest().unwrap(), digest);
         // Read one at a time, and one origin's part, it is the same.
         assert_eq!(db.catalog_entries().collect::<Vec<_>>(), entries);
-        assert_eq!(db.catalog_of(OriginId(0x0100)).unwrap(), entries[1..]);
+        assert_eq!(
+            db.catalog_of(OriginId(0x0100))
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap(),
+            entries[1..]
+        );
         // Any other catalog has another digest: a retag...
         db.put_catalog(&[entry(0x0100, "a/c.flac", "C (live)")])
             .unwrap();
@@ -842,7 +851,7 @@ mod tests {
         db.remove_catalog(OriginId(0x00ff), &OriginPath::new(&b"z.flac"[..]))
             .unwrap();
         assert_ne!(db.catalog_digest().unwrap(), retagged);
-        assert_eq!(db.catalog_of(OriginId(0x00ff)).unwrap(), []);
+        assert_eq!(db.catalog_of(OriginId(0x00ff)).count(), 0);
     }
 
     #[test]
