@@ -10,6 +10,10 @@ const EXIT_USAGE: u8 = 2;
 /// A failure while running.
 const EXIT_FAILURE: u8 = 1;
 
+/// jemalloc, set up for a long-running daemon in `musicfs::sys::memory`.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     // The watchdog's probe (see systemd::start_watchdog): statfs and exit.
     let args: Vec<std::ffi::OsString> = std::env::args_os().take(3).collect();
@@ -50,7 +54,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_USAGE);
                 }
             };
-            musicfs::sys::memory::tune_allocator();
             if let Err(e) = musicfs::cli::logging::init(&args.log_level, args.log_file.as_deref()) {
                 eprintln!("musicfs: {e}");
                 return ExitCode::from(EXIT_USAGE);

@@ -924,9 +924,9 @@ fn writer_options() -> IndexWriterOptions {
 /// commit to the next commit, allocates about 14 MB even for a batch of a
 /// few documents (its term hash table is sized from the heap budget), and a
 /// full build of 20,000 tracks peaks at about 30 MB. All of it is freed at
-/// the commit, but glibc keeps freed memory in the indexing thread's arena,
-/// so without this the daemon's RSS would stay 20-30 MB higher for good.
-/// `malloc_trim` returns it (measured: 38 MB → 14 MB after a build; 1.5 ms).
+/// the commit, and given back at once rather than by the allocator's
+/// decay (glibc's malloc, before jemalloc, kept it for good: 38 MB → 14
+/// MB after a build with `malloc_trim`).
 fn release_freed_memory() {
     crate::sys::memory::release_free_memory();
 }

@@ -1,7 +1,7 @@
 //! The system: every libc call of the io-shell has one safe wrapper here,
 //! returning `io::Result` where the call can fail (mount(2), umount2(2),
 //! statfs(2), statvfs(2), syncfs(2), the process's ids, a client's Ctrl-C
-//! handler; glibc's allocator in [`memory`]); and what is mounted where
+//! handler; the allocator in [`memory`]); and what is mounted where
 //! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
 //! functions (it uses libc's constants and types).
 
