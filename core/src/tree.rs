@@ -749,18 +749,21 @@ impl<'a> Builder<'a> {
             }
         }
         places.node_of = node_of.into_iter().collect();
+        // The rendered paths are placed: what follows needs only the
+        // entries (on 200,000 tracks the renderings were ~45 MB, held
+        // through the rest of the build).
+        let mut by_path: Vec<&CatalogEntry> = tracks.iter().map(|t| t.entry).collect();
+        drop(tracks);
         // Lyrics go to the first track of their stem in path order. A table
         // keeps the last of equal keys: the tracks go in backwards.
-        let mut by_path: Vec<&Placed<'_>> = tracks.iter().collect();
         by_path.sort_by(|a, b| {
-            (a.entry.source.origin, &a.entry.source.path)
-                .cmp(&(b.entry.source.origin, &b.entry.source.path))
+            (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path))
         });
         places.by_stem = by_path
             .iter()
             .rev()
-            .filter_map(|track| {
-                let src = &track.entry.source;
+            .filter_map(|entry| {
+                let src = &entry.source;
                 let node = *places.node_of.get(&(src.origin, src.path.as_bytes()))?;
                 let key = (
                     (src.origin, src.path.parent()),
