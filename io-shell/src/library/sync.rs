@@ -78,10 +78,11 @@ pub struct Syncer {
     sources: Vec<SyncSource>,
     /// Told of every tree change, in order.
     listeners: Mutex<Vec<TreeListener>>,
-    /// The tree built from the saved catalog as it is now, and its report, while
-    /// it is not saved for the next mount: set when a sync swaps a tree in
-    /// (or by the mount, for a tree it built and could not save), cleared
-    /// when the catalog changes without a new tree. See [`Syncer::save_tree`].
+    /// The tree built from the saved catalog as it is now, and its report,
+    /// while it is not saved for the next mount: set when a sync swaps a
+    /// tree in (or by the mount, for a tree it built and could not save),
+    /// cleared when the catalog changes without a new tree. See
+    /// [`Syncer::save_tree`].
     unsaved_tree: Mutex<Option<(Arc<VirtualTree>, BuildReport)>>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
