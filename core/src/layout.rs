@@ -345,11 +345,13 @@ impl Layout {
     /// path; resolving that is the tree's job
     /// ([`crate::naming::with_collision_suffix`]).
     pub fn render(&self, track: &TrackView<'_>) -> Vec<String> {
-        let mut path: Vec<String> = self
-            .dirs
-            .iter()
-            .map(|dir| fit_name(&render_tokens(dir, track), ""))
-            .collect();
+        // Sized for the file name too: a tree build holds one per track.
+        let mut path = Vec::with_capacity(self.dirs.len() + 1);
+        path.extend(
+            self.dirs
+                .iter()
+                .map(|dir| fit_name(&render_tokens(dir, track), "")),
+        );
         path.push(self.render_file(track));
         path
     }
