@@ -313,21 +313,10 @@ impl Db {
     /// error ends the walk early and is logged. What must see every entry
     /// (a tree) uses [`Db::load_catalog`], which fails instead.
     pub fn catalog_entries(&self) -> impl Iterator<Item = CatalogEntry> + use<> {
-        let mut records = self.catalog.iter();
-        std::iter::from_fn(move || {
-            loop {
-                match records.next()? {
-                    Ok((k, v)) => {
-                        if let Some(entry) = decode_catalog_entry(&k, &v) {
-                            return Some(entry);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "stopped reading the catalog early");
-                        return None;
-                    }
-                }
-            }
+        decoded(self.catalog.iter()).map_while(|entry| {
+            entry
+                .map_err(|e| tracing::warn!(error = %e, "stopped reading the catalog early"))
+                .ok()
         })
     }
 
@@ -339,12 +328,7 @@ impl Db {
         &self,
         origin: OriginId,
     ) -> impl Iterator<Item = Result<CatalogEntry, StoreError>> + use<> {
-        self.catalog
-            .scan_prefix(origin.0.to_be_bytes())
-            .filter_map(|item| match item {
-                Ok((k, v)) => decode_catalog_entry(&k, &v).map(Ok),
-                Err(e) => Some(Err(StoreError::db("read catalog", e))),
-            })
+        decoded(self.catalog.scan_prefix(origin.0.to_be_bytes()))
     }
 
     /// How many times the whole catalog was loaded since the database was
@@ -665,6 +649,15 @@ fn digest_record(digest: &mut xxhash_rust::xxh3::Xxh3, key: &[u8], value: &[u8])
         digest.update(&(part.len() as u64).to_le_bytes());
         digest.update(part);
     }
+}
+
+/// The entries of catalog records as they are read, undecodable ones
+/// skipped ([`decode_catalog_entry`]).
+fn decoded(records: sled::Iter) -> impl Iterator<Item = Result<CatalogEntry, StoreError>> + use<> {
+    records.filter_map(|item| match item {
+        Ok((k, v)) => decode_catalog_entry(&k, &v).map(Ok),
+        Err(e) => Some(Err(StoreError::db("read catalog", e))),
+    })
 }
 
 /// A catalog record, if it decodes and its key agrees with its contents.
