@@ -54,17 +54,26 @@ pub async fn watch_origin(
             let _ = tx.send(seen);
         }
     };
-    let mut watcher =
-        notify::RecommendedWatcher::new(handler, watch_config()).map_err(|source| WatchError {
-            root: root.clone(),
-            source,
-        })?;
-    watcher
-        .watch(&root, RecursiveMode::Recursive)
-        .map_err(|source| WatchError {
-            root: root.clone(),
-            source,
-        })?;
+    // Watching walks every folder of the origin: on a thread of its own,
+    // at background priority, beside the readers of a fresh mount rather
+    // than before them (and never on a runtime worker).
+    let watch_root = root.clone();
+    let watcher = tokio::task::spawn_blocking(move || {
+        crate::sys::in_background("watch-origin", || {
+            let mut watcher = notify::RecommendedWatcher::new(handler, watch_config())?;
+            watcher.watch(&watch_root, RecursiveMode::Recursive)?;
+            Ok(watcher)
+        })
+        .map_err(notify::Error::io)
+        .and_then(|r| r)
+    })
+    .await
+    .map_err(|e| notify::Error::generic(&format!("watch task failed: {e}")))
+    .and_then(|r| r);
+    let _watcher = watcher.map_err(|source| WatchError {
+        root: root.clone(),
+        source,
+    })?;
     tracing::info!(%origin, root = %root.display(), "watching for changes");
     // Catch up with what changed before the watch existed.
     sync_blocking(&syncer, origin, None).await;
@@ -180,15 +189,23 @@ async fn sync_blocking(
     paths: Option<BTreeSet<OriginPath>>,
 ) -> bool {
     let s = Arc::clone(syncer);
-    let result = tokio::task::spawn_blocking(move || match paths {
-        Some(paths) => s.sync_paths(origin, &paths),
-        None => s.sync_origin(origin),
+    // At background priority: a sync's walk and tag reads yield the CPU
+    // and the disk to readers.
+    let result = tokio::task::spawn_blocking(move || {
+        crate::sys::in_background("sync", || match paths {
+            Some(paths) => s.sync_paths(origin, &paths),
+            None => s.sync_origin(origin),
+        })
     })
     .await;
     match result {
-        Ok(Ok(_)) => true,
-        Ok(Err(e)) => {
+        Ok(Ok(Ok(_))) => true,
+        Ok(Ok(Err(e))) => {
             tracing::warn!(%origin, error = %e, "sync failed; will retry later");
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%origin, error = %e, "cannot start a sync; will retry later");
             false
         }
         Err(e) => {

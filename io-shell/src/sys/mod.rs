@@ -210,23 +210,54 @@ pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
 /// CPU free, and gets about a tenth of a busy one beside a reader.
 pub const BACKGROUND_NICE: i32 = 10;
 
-/// setpriority(2) on the calling thread only (Linux gives each thread its
-/// own nice value; threads it starts inherit it): lowers it to
-/// [`BACKGROUND_NICE`]. Without privileges it cannot be raised again, so
-/// call it only on a thread of its own.
+/// ioprio_set(2)'s "idle" class: the thread's disk requests are served
+/// when nobody else's wait (the block layer ages them, so they are never
+/// starved for long).
+const IOPRIO_CLASS_IDLE: libc::c_int = 3;
+const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
+const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+
+/// Lowers the calling thread's CPU priority to [`BACKGROUND_NICE`]
+/// (setpriority(2)) and its disk priority to the idle class
+/// (ioprio_set(2)). Linux keeps both per thread, and threads it starts
+/// inherit them. Without privileges they cannot be raised again, so call
+/// it only on a thread of its own.
 pub fn lower_this_threads_priority() -> io::Result<()> {
+    // SAFETY: gettid takes nothing.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: integers only; a scheduler without I/O priorities accepts
+    // and ignores it. Best effort: the CPU priority below matters more.
+    let _ = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            tid,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
     if this_threads_nice()? >= BACKGROUND_NICE {
         return Ok(());
     }
-    // SAFETY: gettid takes nothing; setpriority takes integers.
-    let tid = unsafe { libc::gettid() };
     let id = libc::id_t::try_from(tid).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: as above.
+    // SAFETY: integers only.
     if unsafe { libc::setpriority(libc::PRIO_PROCESS, id, BACKGROUND_NICE) } == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
     }
+}
+
+/// The calling thread's I/O priority class (ioprio_get(2)): 0 none (it
+/// follows its nice value), 1 real time, 2 best effort, 3 idle.
+pub fn this_threads_io_class() -> io::Result<i32> {
+    // SAFETY: integers only.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: as above.
+    let prio = unsafe { libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) };
+    if prio < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((prio >> IOPRIO_CLASS_SHIFT) as i32)
 }
 
 /// The calling thread's nice value (getpriority(2)).
@@ -351,16 +382,20 @@ mod tests {
     #[test]
     fn background_work_runs_at_background_priority_and_leaves_the_caller_as_it_was() {
         let before = this_threads_nice().unwrap();
-        let (inside, name) = in_background("bg-test", || {
+        let io_before = this_threads_io_class().unwrap();
+        let (inside, io_inside, name) = in_background("bg-test", || {
             (
                 this_threads_nice().unwrap(),
+                this_threads_io_class().unwrap(),
                 std::thread::current().name().map(str::to_owned),
             )
         })
         .unwrap();
         assert_eq!(inside, BACKGROUND_NICE.max(before));
+        assert_eq!(io_inside, IOPRIO_CLASS_IDLE);
         assert_eq!(name.as_deref(), Some("bg-test"));
         assert_eq!(this_threads_nice().unwrap(), before);
+        assert_eq!(this_threads_io_class().unwrap(), io_before);
     }
 
     const SAMPLE: &str = "\
