@@ -53,6 +53,9 @@ pub struct ExecConfig {
     /// Chunk bytes one durable write carries at most (group commit: chunks
     /// cut while a write is under way share the next one).
     pub write_batch_bytes: u64,
+    /// Group writes under way together. The next batch is written while
+    /// the last one waits for its sync, so the disk and the CPU overlap.
+    pub writes_in_flight: usize,
     /// Cut chunk bytes waiting for the disk, at most: fetches stop asking
     /// their origins for more until the disk catches up.
     pub write_queue_bytes: u64,
@@ -71,7 +74,8 @@ impl ExecConfig {
             memory_bytes: 16 << 20,
             // Together with the memory cache, what a burst of cold reads may
             // hold at once beyond the daemon's idle figure (under 100 MB).
-            write_batch_bytes: 8 << 20,
+            write_batch_bytes: 4 << 20,
+            writes_in_flight: 2,
             write_queue_bytes: 16 << 20,
             origin_request_timeout: config.fetch_stall_timeout,
             check_timeout: config.health.check_timeout,
@@ -382,8 +386,9 @@ pub struct Exec {
     /// Chunks waiting for the disk, in the order they were cut.
     write_queue: VecDeque<Queued>,
     write_queue_bytes: u64,
-    /// The write or index op under way (one at a time: group commit).
-    writing: Option<OpId>,
+    /// Group writes under way, each until its index update ends (at most
+    /// [`ExecConfig::writes_in_flight`]).
+    writing: usize,
     /// Chunks queued, being written or being indexed (with multiplicity),
     /// and their bytes: the engine serves them from here until they are
     /// durable.
@@ -418,7 +423,7 @@ impl Exec {
             memory,
             write_queue: VecDeque::new(),
             write_queue_bytes: 0,
-            writing: None,
+            writing: 0,
             storing: BTreeMap::new(),
             deleting: BTreeMap::new(),
             deferred: BTreeSet::new(),
@@ -462,7 +467,7 @@ impl Exec {
 
     /// Whether chunks wait for the disk or are being written or indexed.
     pub fn writes_pending(&self) -> bool {
-        !self.write_queue.is_empty() || self.writing.is_some()
+        !self.write_queue.is_empty() || self.writing > 0
     }
 
     /// Whether `id` is queued, being written or being indexed.
@@ -637,7 +642,7 @@ impl Exec {
             .collect();
         if e.config().bugs().index_before_durable {
             // Planted: the index was told before the write (see write_next).
-            self.writing = None;
+            self.writing -= 1;
             self.stored(e, now, done);
         } else {
             // The index learns of a chunk only once its file is durable.
@@ -647,11 +652,11 @@ impl Exec {
                 .map(|(q, _)| (q.extent.id, q.extent.len))
                 .collect();
             if chunks.is_empty() {
-                self.writing = None;
+                self.writing -= 1;
                 self.stored(e, now, done);
             } else {
+                // Still in flight: the write becomes an index update.
                 let op = self.op(Op::Index { batch: done });
-                self.writing = Some(op);
                 self.io.push_back(Io::IndexChunks { op, chunks });
             }
         }
@@ -682,7 +687,7 @@ impl Exec {
                 }
             }
         }
-        self.writing = None;
+        self.writing -= 1;
         self.stored(e, now, batch);
         self.write_next(e);
         self.drain(e, now);
@@ -1160,7 +1165,7 @@ impl Exec {
     /// chunk, in order, up to the batch limit and up to the first chunk
     /// whose delete is under way (it is written after the delete).
     fn write_next(&mut self, e: &Engine) {
-        if self.writing.is_some() {
+        if self.writing >= self.config.writes_in_flight.max(1) {
             return;
         }
         let race = e.config().bugs().store_during_evict;
@@ -1188,7 +1193,7 @@ impl Exec {
         let index: Vec<(ChunkId, u32)> =
             batch.iter().map(|q| (q.extent.id, q.extent.len)).collect();
         let op = self.op(Op::Write { batch });
-        self.writing = Some(op);
+        self.writing += 1;
         if e.config().bugs().index_before_durable {
             let iop = self.op(Op::EarlyIndex);
             self.io.push_back(Io::IndexChunks {

@@ -155,6 +155,10 @@ pub struct Swarm {
     pub uncached_origins: u32,
     /// Origin requests of one fetch in flight together.
     pub pieces_in_flight: usize,
+    /// Group writes of the cache in flight together: 1 in half the seeds,
+    /// else 2 or 3 (drawn from their own stream, `"writes"`, so the other
+    /// options of a seed stay what they were).
+    pub writes_in_flight: usize,
     /// What a first scan kept of every track of a cached origin (head and
     /// tail bytes), in half the seeds (drawn from their own stream,
     /// `"kept"`, so the other options of a seed stay what they were).
@@ -250,6 +254,16 @@ impl Swarm {
                 }
             },
             pieces_in_flight: stream(seed, "exec").random_range(1..=4),
+            writes_in_flight: {
+                // One at a time in half the seeds: the executor as it was
+                // before writes overlapped, so older seeds replay as they did.
+                let r = &mut stream(seed, "writes");
+                if r.random_bool(0.5) {
+                    1
+                } else {
+                    r.random_range(2..=3)
+                }
+            },
             kept: {
                 let r = &mut stream(seed, "kept");
                 r.random_bool(0.5)
@@ -260,8 +274,8 @@ impl Swarm {
     }
 
     /// The executor's limits, scaled to simulated files: small pieces, a
-    /// small memory (so most serves read the disk), small write batches,
-    /// and 1 to 4 requests per fetch in flight (drawn from their own
+    /// small memory (so most serves read the disk), small write batches
+    /// (1 to 3 in flight), and 1 to 4 requests per fetch in flight (drawn from their own
     /// stream, `"exec"`, so the other options of a seed stay what they were).
     pub fn exec_config(&self) -> ExecConfig {
         let base = ExecConfig::for_engine(&self.engine_config());
@@ -270,6 +284,7 @@ impl Swarm {
             pieces_in_flight: self.pieces_in_flight,
             memory_bytes: 256 << 10,
             write_batch_bytes: 1 << 20,
+            writes_in_flight: self.writes_in_flight,
             write_queue_bytes: 2 << 20,
             ..base
         }
