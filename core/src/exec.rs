@@ -73,10 +73,11 @@ impl ExecConfig {
             pieces_in_flight: 4,
             memory_bytes: 16 << 20,
             // Together with the memory cache, what a burst of cold reads may
-            // hold at once beyond the daemon's idle figure (under 100 MB).
-            write_batch_bytes: 4 << 20,
+            // hold at once beyond the daemon's idle figure: 8 MiB queued and
+            // two 8 MiB batches being written.
+            write_batch_bytes: 8 << 20,
             writes_in_flight: 2,
-            write_queue_bytes: 16 << 20,
+            write_queue_bytes: 8 << 20,
             origin_request_timeout: config.fetch_stall_timeout,
             check_timeout: config.health.check_timeout,
         }
