@@ -50,6 +50,10 @@ pub struct ExecConfig {
     /// Verified chunk bytes kept in memory, so consecutive kernel reads
     /// through one chunk do not read and hash it from disk again.
     pub memory_bytes: u64,
+    /// After this long without a read, the memory cache is emptied (its
+    /// chunks are on disk, and the kernel's page cache holds what was
+    /// read): a daemon between albums keeps only what it needs.
+    pub memory_idle: Duration,
     /// Chunk bytes one durable write carries at most (group commit: chunks
     /// cut while a write is under way share the next one).
     pub write_batch_bytes: u64,
@@ -72,6 +76,7 @@ impl ExecConfig {
             piece_bytes: 1 << 20,
             pieces_in_flight: 4,
             memory_bytes: 16 << 20,
+            memory_idle: Duration::from_secs(5),
             // Together with the memory cache, what a burst of cold reads may
             // hold at once beyond the daemon's idle figure: 8 MiB queued and
             // two 8 MiB batches being written.
@@ -359,6 +364,12 @@ impl Memory {
             self.bytes -= d.len() as u64;
         }
     }
+
+    fn clear(&mut self) {
+        self.chunks.clear();
+        self.lru.clear();
+        self.bytes = 0;
+    }
 }
 
 /// What the executor did, for `musicfs status`.
@@ -370,6 +381,8 @@ pub struct ExecStats {
     pub served_from_disk: u64,
     /// Chunks read ahead into memory (`Output::Warm`) and found sound.
     pub chunks_warmed: u64,
+    /// Bytes of the memory cache let go after reads went idle.
+    pub memory_released_bytes: u64,
 }
 
 /// The executor's state: everything a crash forgets.
@@ -400,6 +413,8 @@ pub struct Exec {
     deferred: BTreeSet<ChunkId>,
     /// Chunks a read-ahead is reading.
     warming: BTreeSet<ChunkId>,
+    /// When the last read came in.
+    last_read: Option<Time>,
     /// Completions seen (for the planted lost-completion bug).
     completions: u64,
     stats: ExecStats,
@@ -429,6 +444,7 @@ impl Exec {
             deleting: BTreeMap::new(),
             deferred: BTreeSet::new(),
             warming: BTreeSet::new(),
+            last_read: None,
             completions: 0,
             stats: ExecStats::default(),
             tap: None,
@@ -502,8 +518,26 @@ impl Exec {
         size: u32,
     ) {
         self.parked.insert(req);
+        self.last_read = Some(now);
         e.read(now, req, ino, off, size);
         self.drain(e, now);
+    }
+
+    /// Empties the memory cache if no read came in for
+    /// [`ExecConfig::memory_idle`] and none is under way; returns the bytes
+    /// let go (0 if it kept them). Chunks not yet durable are kept: they
+    /// live in the write queue, not here.
+    pub fn release_idle_memory(&mut self, now: Time) -> u64 {
+        let idle = self
+            .last_read
+            .is_none_or(|at| now.saturating_since(at) >= self.config.memory_idle);
+        if !idle || !self.parked.is_empty() || !self.fetches.is_empty() || self.memory.bytes == 0 {
+            return 0;
+        }
+        let freed = self.memory.bytes;
+        self.memory.clear();
+        self.stats.memory_released_bytes += freed;
+        freed
     }
 
     /// The engine's timer fired.

@@ -954,3 +954,40 @@ fn reads_past_the_in_flight_limit_get_eagain_and_the_others_complete() {
     let want = h.origin_bytes("C")[..4096].to_vec();
     assert_eq!(h.run_until_replied(again).unwrap(), want);
 }
+
+#[test]
+fn the_memory_cache_is_let_go_once_reads_go_idle_and_reads_go_on_from_disk() {
+    let mut h = Harness::new(&[("Song", 3 * MIB)], Config::default()).with_memory(16 << 20);
+    let idle = h.exec.config().memory_idle;
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(h.read("Song", 0, 128 * 1024).unwrap(), want[..128 * 1024]);
+    h.pump();
+    // Just read: kept, however often the shell asks.
+    assert_eq!(h.exec.release_idle_memory(h.now), 0);
+    h.now += idle / 2;
+    assert_eq!(h.exec.release_idle_memory(h.now), 0);
+    // A read under way keeps it too, even past the idle time.
+    let ino = h.ino("Song");
+    h.world.hold_fetches = true;
+    let req = h.start_read(ino, 2 * MIB as u64, 4096);
+    h.pump();
+    h.now += idle * 2;
+    assert_eq!(h.exec.release_idle_memory(h.now), 0, "a read is under way");
+    h.release_held();
+    assert_eq!(
+        h.run_until_replied(req).unwrap(),
+        want[2 * MIB..2 * MIB + 4096]
+    );
+    h.pump();
+    // Idle long enough: the bytes go, and the next read finds them on disk.
+    h.now += idle;
+    let released = h.exec.release_idle_memory(h.now);
+    assert!(released > 0, "nothing released");
+    assert_eq!(h.exec.stats().memory_released_bytes, released);
+    assert_eq!(h.exec.release_idle_memory(h.now), 0, "already empty");
+    let disk_reads = h.world.chunk_reads;
+    let fetched = h.world.fetched_bytes;
+    assert_eq!(h.read("Song", 0, 128 * 1024).unwrap(), want[..128 * 1024]);
+    assert!(h.world.chunk_reads > disk_reads, "served from disk");
+    assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
+}

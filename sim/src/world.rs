@@ -327,6 +327,9 @@ impl World {
         }
         if let Some(e) = self.engine.as_mut() {
             e.handle_timeout(now);
+            // The daemon offers it every second; the engine's timers come
+            // often enough to stand for that tick.
+            self.shell.exec.release_idle_memory(now);
         }
     }
 

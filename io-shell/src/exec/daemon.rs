@@ -504,7 +504,8 @@ impl Daemon {
         Ok(())
     }
 
-    /// Persists every second until the runtime shuts down.
+    /// Persists every second until the runtime shuts down; once reads go
+    /// idle, lets the memory cache go and hands the pages back.
     pub async fn run_persistence(self: Arc<Self>) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -514,6 +515,11 @@ impl Daemon {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::warn!(error = %e, "could not save cache state"),
                 Err(e) => tracing::warn!(error = %e, "cache state task failed"),
+            }
+            let released = self.with_exec(|x, _, now| x.release_idle_memory(now));
+            if released > 0 {
+                tracing::debug!(bytes = released, "reads idle: memory cache released");
+                let _ = tokio::task::spawn_blocking(crate::sys::memory::release_free_memory).await;
             }
         }
     }

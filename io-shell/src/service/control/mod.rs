@@ -179,6 +179,7 @@ impl Control {
                 "reads_from_memory": x.served_from_memory,
                 "reads_from_disk": x.served_from_disk,
                 "chunks_read_ahead": x.chunks_warmed,
+                "memory_released_bytes": x.memory_released_bytes,
                 "file_opens": self.daemon.io_stats.file_opens.load(std::sync::atomic::Ordering::Relaxed),
                 "file_flushes": self.daemon.io_stats.file_flushes.load(std::sync::atomic::Ordering::Relaxed),
                 "reads_failed": s.reads_failed,
