@@ -4,6 +4,7 @@
 //! servers what changed ([`changes`]).
 
 pub mod changes;
+pub mod folder_watch;
 pub mod keep;
 pub mod remote_scan;
 pub mod scan;

@@ -1,4 +1,5 @@
-//! Live changes of origins. Local ones: inotify (through the `notify` crate),
+//! Live changes of origins. Local ones: inotify (one watch per folder, see
+//! [`crate::library::folder_watch`]),
 //! debounced, turned into delta syncs of exactly the paths that changed.
 //!
 //! Bursts are gathered until the origin has been quiet for the debounce
@@ -7,10 +8,12 @@
 //! still synced. A lost event (inotify queue overflow) or a watcher error
 //! means nothing can be trusted: the whole origin is synced.
 
+use crate::library::folder_watch::{Change, FolderWatch};
 use crate::library::sync::Syncer;
+use futures::StreamExt;
 use musicfs_core::{OriginId, OriginPath};
-use notify::{RecursiveMode, Watcher};
 use std::collections::BTreeSet;
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,13 +24,8 @@ use tokio::sync::mpsc;
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Longest a burst is gathered before syncing anyway.
 pub const BURST_MAX: Duration = Duration::from_millis(1500);
-
-/// What the watcher callback hands to the sync loop.
-enum Seen {
-    Paths(Vec<PathBuf>),
-    /// Events were lost or the watcher failed: sync everything.
-    Rescan(String),
-}
+/// Bytes of inotify events read at once.
+const EVENT_BUFFER: usize = 64 << 10;
 
 /// An origin that cannot be watched (the supervisor tries again later).
 #[derive(Debug, thiserror::Error)]
@@ -37,44 +35,84 @@ pub struct WatchError {
     pub root: PathBuf,
     /// inotify's error.
     #[source]
-    pub source: notify::Error,
+    pub source: io::Error,
+}
+
+/// Stops a task when dropped (the watch loop's reader of file events ends
+/// with it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Watches one local origin until the task is stopped; every burst of
 /// changes becomes one sync. Returns an error if the watch cannot be set
-/// up (the supervisor then retries later).
+/// up or its events stop (the supervisor then retries later).
 pub async fn watch_origin(
     syncer: Arc<Syncer>,
     origin: OriginId,
     root: PathBuf,
 ) -> Result<(), WatchError> {
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let handler = move |res: notify::Result<notify::Event>| {
-        if let Some(seen) = classify(res) {
-            let _ = tx.send(seen);
-        }
+    let failed = |source: io::Error| WatchError {
+        root: root.clone(),
+        source,
     };
+    let inotify = inotify::Inotify::init().map_err(failed)?;
     // Watching walks every folder of the origin: on a thread of its own,
     // at background priority, beside the readers of a fresh mount rather
     // than before them (and never on a runtime worker).
-    let watch_root = root.clone();
-    let watcher = tokio::task::spawn_blocking(move || {
-        crate::sys::in_background("watch-origin", || {
-            let mut watcher = notify::RecommendedWatcher::new(handler, watch_config())?;
-            watcher.watch(&watch_root, RecursiveMode::Recursive)?;
-            Ok(watcher)
-        })
-        .map_err(notify::Error::io)
-        .and_then(|r| r)
+    let (walk_root, watches) = (root.clone(), inotify.watches());
+    let mut folders = tokio::task::spawn_blocking(move || {
+        crate::sys::in_background("watch-origin", || FolderWatch::new(&walk_root, watches))
+            .and_then(|r| r)
     })
     .await
-    .map_err(|e| notify::Error::generic(&format!("watch task failed: {e}")))
-    .and_then(|r| r);
-    let _watcher = watcher.map_err(|source| WatchError {
-        root: root.clone(),
-        source,
-    })?;
-    tracing::info!(%origin, root = %root.display(), "watching for changes");
+    .map_err(|e| failed(io::Error::other(e)))?
+    .map_err(failed)?;
+    let mut events = inotify
+        .into_event_stream(vec![0u8; EVENT_BUFFER])
+        .map_err(failed)?;
+    tracing::info!(%origin, root = %root.display(), folders = folders.len(), "watching for changes");
+
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _reader = AbortOnDrop(tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            let change = match event {
+                // A folder that appeared is walked to watch its tree: off
+                // the runtime's workers.
+                Ok(event) if FolderWatch::walks(&event) => {
+                    let walked = tokio::task::spawn_blocking(move || {
+                        let change = folders.event(&event);
+                        (folders, change)
+                    })
+                    .await;
+                    match walked {
+                        Ok((f, change)) => {
+                            folders = f;
+                            change
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Change::Rescan(format!("watching a new folder: {e}")));
+                            return;
+                        }
+                    }
+                }
+                Ok(event) => folders.event(&event),
+                Err(e) => {
+                    let _ = tx.send(Change::Rescan(format!("reading file events: {e}")));
+                    return;
+                }
+            };
+            if let Some(change) = change
+                && tx.send(change).is_err()
+            {
+                return;
+            }
+        }
+    }));
     // Catch up with what changed before the watch existed.
     sync_blocking(&syncer, origin, None).await;
     while let Some(first) = rx.recv().await {
@@ -87,7 +125,7 @@ pub async fn watch_origin(
             tokio::select! {
                 more = rx.recv() => match more {
                     Some(seen) => absorb(seen, &root, &mut paths, &mut rescan),
-                    None => return Ok(()),
+                    None => break,
                 },
                 _ = quiet => break,
             }
@@ -106,7 +144,8 @@ pub async fn watch_origin(
             None => {}
         }
     }
-    Ok(())
+    // The reader ended: its events can no longer be trusted.
+    Err(failed(io::Error::other("file events stopped")))
 }
 
 /// Keeps one remote origin in step by polling: a delta sync at once (catch
@@ -132,52 +171,19 @@ pub async fn poll_origin(
     }
 }
 
-/// What the kernel is asked to report: changes and a written file's close,
-/// not opens or reads. An origin of 200,000 tracks has some 10,000 folders;
-/// the catch-up sync's own walk opens each, and with opens watched that
-/// alone overflowed inotify's queue (16,384 events by default), which
-/// costs a second sync of the whole origin. So would any backup or player
-/// reading the origin directly.
-fn watch_config() -> notify::Config {
-    use notify::EventKindMask;
-    notify::Config::default().with_event_kinds(EventKindMask::CORE | EventKindMask::ACCESS_CLOSE)
-}
-
-/// What one watcher event means for the sync loop; `None` for events that
-/// change nothing. notify watches opens too (`IN_OPEN`): without this
-/// filter every read of an origin file, every directory a walk opens (our
-/// own catch-up sync's included) and every player reading the origin
-/// directly would start a sync of that path.
-fn classify(res: notify::Result<notify::Event>) -> Option<Seen> {
-    use notify::EventKind;
-    use notify::event::{AccessKind, AccessMode};
-    match res {
-        Ok(event) if event.need_rescan() => {
-            Some(Seen::Rescan("the kernel dropped file events".into()))
-        }
-        Ok(event) => match event.kind {
-            // A file written and closed is the end of a change; every other
-            // access (open, read, a close after reading) leaves it as it was.
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
-                Some(Seen::Paths(event.paths))
-            }
-            EventKind::Access(_) => None,
-            _ => Some(Seen::Paths(event.paths)),
-        },
-        Err(e) => Some(Seen::Rescan(format!("watcher error: {e}"))),
-    }
-}
-
-fn absorb(seen: Seen, root: &Path, paths: &mut BTreeSet<OriginPath>, rescan: &mut Option<String>) {
-    match seen {
-        Seen::Rescan(why) => *rescan = Some(why),
-        Seen::Paths(list) => {
-            for p in list {
-                if let Ok(rel) = p.strip_prefix(root)
-                    && !rel.as_os_str().is_empty()
-                {
-                    paths.insert(OriginPath::new(rel.as_os_str().as_bytes()));
-                }
+fn absorb(
+    change: Change,
+    root: &Path,
+    paths: &mut BTreeSet<OriginPath>,
+    rescan: &mut Option<String>,
+) {
+    match change {
+        Change::Rescan(why) => *rescan = Some(why),
+        Change::Path(p) => {
+            if let Ok(rel) = p.strip_prefix(root)
+                && !rel.as_os_str().is_empty()
+            {
+                paths.insert(OriginPath::new(rel.as_os_str().as_bytes()));
             }
         }
     }
@@ -212,79 +218,5 @@ async fn sync_blocking(
             tracing::error!(%origin, error = %e, "sync task failed");
             false
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::sync::mpsc;
-
-    /// Runs `action` under a real inotify watch of `dir` and returns how
-    /// many raw events the kernel delivered and what [`classify`] kept.
-    fn watched(dir: &Path, action: impl FnOnce()) -> (usize, Vec<Seen>) {
-        let (tx, rx) = mpsc::channel();
-        let handler = move |res| {
-            let _ = tx.send(res);
-        };
-        let mut watcher =
-            notify::RecommendedWatcher::new(handler, watch_config()).expect("inotify watcher");
-        watcher
-            .watch(dir, RecursiveMode::Recursive)
-            .expect("watch the temp dir");
-        action();
-        let mut raw = 0;
-        let mut kept = Vec::new();
-        while let Ok(res) = rx.recv_timeout(Duration::from_millis(300)) {
-            raw += 1;
-            kept.extend(classify(res));
-        }
-        (raw, kept)
-    }
-
-    #[test]
-    fn reading_an_origin_reports_nothing_but_writing_does() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join("album")).unwrap();
-        let track = dir.path().join("album/01.flac");
-        std::fs::write(&track, b"fLaC and some audio").unwrap();
-
-        // What a player, a scanner or our own sync walk does, over many
-        // folders: the kernel is not even asked to report it, so no walk
-        // can overflow its queue.
-        for i in 0..200 {
-            std::fs::create_dir(dir.path().join(format!("album/{i}"))).unwrap();
-        }
-        let (raw, kept) = watched(dir.path(), || {
-            let mut bytes = Vec::new();
-            std::fs::File::open(&track)
-                .unwrap()
-                .read_to_end(&mut bytes)
-                .unwrap();
-            for entry in walkdir::WalkDir::new(dir.path()) {
-                entry.unwrap().metadata().unwrap();
-            }
-        });
-        assert_eq!((raw, kept.len()), (0, 0), "reads and walks were reported");
-
-        let (_, kept) = watched(dir.path(), || {
-            let mut f = std::fs::OpenOptions::new()
-                .append(true)
-                .open(&track)
-                .unwrap();
-            f.write_all(b" retagged").unwrap();
-        });
-        let named: Vec<PathBuf> = kept
-            .into_iter()
-            .flat_map(|s| match s {
-                Seen::Paths(p) => p,
-                Seen::Rescan(why) => panic!("unexpected rescan: {why}"),
-            })
-            .collect();
-        assert!(
-            named.iter().any(|p| p.ends_with("album/01.flac")),
-            "{named:?}"
-        );
     }
 }
