@@ -169,48 +169,40 @@ impl FolderWatch {
         Some(Change::Path(path))
     }
 
-    /// The path of a watched folder.
+    /// The folder watched as `wd`, then its parent, and so on up to the
+    /// origin's folder (fewer if one is missing; at most `DEPTH_MAX + 2`).
+    fn chain(&self, wd: i32) -> impl Iterator<Item = &Folder> {
+        let mut next = self.folders.get(&wd);
+        std::iter::from_fn(move || {
+            let at = next?;
+            next = at.parent.and_then(|p| self.folders.get(&p));
+            Some(at)
+        })
+        .take(DEPTH_MAX + 2)
+    }
+
+    /// The path of a watched folder; `None` if its chain of parents does
+    /// not reach the origin's folder (a watch being dropped).
     fn path_of(&self, wd: i32) -> Option<PathBuf> {
-        let mut names: Vec<&[u8]> = Vec::new();
-        let mut at = self.folders.get(&wd)?;
-        while let Some(parent) = at.parent {
-            names.push(&at.name);
-            at = self.folders.get(&parent)?;
-            if names.len() > DEPTH_MAX {
-                return None;
-            }
+        let chain: Vec<&Folder> = self.chain(wd).collect();
+        if chain.last()?.parent.is_some() {
+            return None;
         }
         let mut path = self.root.clone();
-        for name in names.iter().rev() {
-            path.push(OsStr::from_bytes(name));
+        for folder in chain.iter().rev().skip(1) {
+            path.push(OsStr::from_bytes(&folder.name));
         }
         Some(path)
     }
 
     /// Watches a folder that appeared in `parent`, and its tree.
     fn add_folder(&mut self, path: &Path, parent: i32, name: &[u8]) -> io::Result<()> {
-        let depth = self.depth_of(parent);
+        // The parent's depth: the origin's folder is at 0.
+        let depth = self.chain(parent).count().saturating_sub(1);
         let Some(wd) = self.watch(path, parent, name)? else {
             return Ok(());
         };
         self.add_beneath(path.to_path_buf(), wd, depth + 1)
-    }
-
-    fn depth_of(&self, wd: i32) -> usize {
-        let mut depth = 0;
-        let mut at = self.folders.get(&wd);
-        while let Some(Folder {
-            parent: Some(parent),
-            ..
-        }) = at
-        {
-            depth += 1;
-            if depth > DEPTH_MAX {
-                break;
-            }
-            at = self.folders.get(parent);
-        }
-        depth
     }
 
     /// Adds one watch. A folder gone meanwhile, or one we may not read,
