@@ -157,7 +157,7 @@ impl FolderWatch {
         {
             if mask.contains(EventMask::MOVED_FROM) {
                 self.forget(wd, name.as_bytes());
-            } else if mask.intersects(EventMask::CREATE | EventMask::MOVED_TO)
+            } else if Self::walks(event)
                 && let Err(e) = self.add_folder(&path, wd, name.as_bytes())
             {
                 return Some(Change::Rescan(format!(
