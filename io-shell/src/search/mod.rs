@@ -413,7 +413,7 @@ pub struct SearchIndex {
 }
 
 struct WriterState {
-    writer: IndexWriter,
+    writer: Writer,
     /// Upserts and removes since the last commit.
     pending: u64,
     /// The stamp the next commit records.
@@ -424,6 +424,37 @@ struct WriterState {
     /// (the caller's iterator panicked): the writer must be reset before
     /// anything else, or the next commit would publish half a rebuild.
     half_rebuilt: bool,
+}
+
+/// tantivy's writer, which waits for its merges when dropped. Dropping an
+/// `IndexWriter` leaves a merge under way running on tantivy's threads,
+/// writing segment files into a folder its owner may be removing (a test's
+/// temporary folder, an index set aside for a rebuild) or that a new
+/// writer already owns.
+struct Writer(std::mem::ManuallyDrop<IndexWriter>);
+
+impl std::ops::Deref for Writer {
+    type Target = IndexWriter;
+    fn deref(&self) -> &IndexWriter {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Writer {
+    fn deref_mut(&mut self) -> &mut IndexWriter {
+        &mut self.0
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // SAFETY: the writer is taken out once, here, and `self` is not
+        // used again.
+        let writer = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        if let Err(e) = writer.wait_merging_threads() {
+            tracing::debug!("search index: a merge failed at close: {e}");
+        }
+    }
 }
 
 impl WriterState {
@@ -590,7 +621,7 @@ impl SearchIndex {
             fields,
             reader,
             writer: Mutex::new(WriterState {
-                writer,
+                writer: Writer(std::mem::ManuallyDrop::new(writer)),
                 pending: 0,
                 stamp: committed_stamp.clone(),
                 committed_stamp,
