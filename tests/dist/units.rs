@@ -192,11 +192,6 @@ fn check_unit(file: &str, instance: Option<(&str, &str)>) -> Unit {
     let words: Vec<&str> = command.split_whitespace().collect();
     assert!(words[0].ends_with("/fusermount3"), "{file}: {stop}");
     assert_eq!(words[1], "-uz", "{file}: {stop}");
-    // ExecStartPost widens the mount's read-ahead, as root, and its failure
-    // is not the unit's either.
-    let post = expand(unit.one("ExecStartPost"));
-    assert!(post.starts_with("-+/bin/sh -c '"), "{file}: {post}");
-    assert!(post.contains("/read_ahead_kb"), "{file}: {post}");
     // ExecStart is a command line musicfs accepts.
     let start = expand(unit.one("ExecStart"));
     let argv: Vec<&str> = start.split_whitespace().collect();
@@ -226,41 +221,6 @@ fn single_unit_keeps_the_mount_visible_and_supervised() {
             .ends_with(&format!(" {}", mountpoint.display())),
         "ExecStopPost and musicfs.toml disagree on the mountpoint"
     );
-    assert!(
-        unit.one("ExecStartPost")
-            .contains(&format!(" {})", mountpoint.display())),
-        "ExecStartPost and musicfs.toml disagree on the mountpoint"
-    );
-}
-
-/// The shell command of the unit's ExecStartPost, for the mount at
-/// `mountpoint`, as systemd would run it (`$$` is a `$`).
-fn start_post_command(unit: &Unit, mountpoint: &Path) -> String {
-    let post = unit.one("ExecStartPost");
-    let quoted = post
-        .split_once('\'')
-        .and_then(|(_, rest)| rest.rsplit_once('\''))
-        .map(|(inner, _)| inner.to_owned())
-        .unwrap_or_else(|| panic!("ExecStartPost is not /bin/sh -c '...': {post}"));
-    quoted
-        .replace("$$", "$")
-        .replace("/mnt/music", &mountpoint.display().to_string())
-}
-
-/// The kernel read-ahead of the mount at `mountpoint`, in KiB.
-fn read_ahead_kib(mountpoint: &Path) -> u32 {
-    let out = Command::new("mountpoint")
-        .arg("-d")
-        .arg(mountpoint)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "mountpoint -d: {}", text(&out));
-    let device = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    std::fs::read_to_string(format!("/sys/class/bdi/{device}/read_ahead_kb"))
-        .unwrap_or_else(|e| panic!("read-ahead of {device}: {e}"))
-        .trim()
-        .parse()
-        .unwrap()
 }
 
 #[test]
@@ -712,18 +672,6 @@ fn unit_privileges_suffice_to_mount() {
     fx.assert_serves_the_track();
     let owner = std::fs::metadata(fx.mnt().join(TRACK)).unwrap().uid();
     assert_eq!(owner, DAEMON_UID, "the daemon runs as the unit's user");
-    // Without root the daemon cannot widen the read-ahead, and says so;
-    // the unit's ExecStartPost, run as root, does.
-    assert_eq!(read_ahead_kib(&fx.mnt()), 128);
-    let log = std::fs::read_to_string(fx.path("daemon.log")).unwrap_or_default();
-    assert!(log.contains("setting it takes root"), "{log}");
-    let post = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(start_post_command(&unit, &fx.mnt()))
-        .output()
-        .unwrap();
-    assert!(post.status.success(), "ExecStartPost: {}", text(&post));
-    assert_eq!(read_ahead_kib(&fx.mnt()), 1024);
     let status = m.stop();
     assert!(
         status.success(),

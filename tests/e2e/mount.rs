@@ -305,37 +305,6 @@ fn a_seek_into_a_large_uncached_file_does_not_fetch_the_whole_file() {
     );
 }
 
-/// The kernel reads a MusicFS file ahead in 1 MiB requests, not the
-/// 128 KiB every FUSE mount starts with: the daemon widens its mount's
-/// read-ahead in sysfs. That takes root; without it the log says why.
-#[test]
-fn the_mount_reads_ahead_a_mebibyte() {
-    let fx = Fixture::new();
-    let m = fx.mount();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let mountpoint = m.mountpoint.canonicalize().unwrap();
-    let device = info
-        .lines()
-        .map(|l| l.split(' ').collect::<Vec<_>>())
-        .find(|f| f.get(4).is_some_and(|p| Path::new(p) == mountpoint))
-        .and_then(|f| f.get(2).map(|d| d.to_string()))
-        .unwrap_or_else(|| panic!("{} not in the mount table:\n{info}", mountpoint.display()));
-    let kib: u32 = std::fs::read_to_string(format!("/sys/class/bdi/{device}/read_ahead_kb"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    if musicfs::sys::geteuid() == 0 {
-        assert_eq!(kib, 1024, "{}", m.log_text());
-    } else {
-        assert!(
-            m.log_text().contains("setting it takes root"),
-            "{}",
-            m.log_text()
-        );
-    }
-}
-
 fn bytes_under(dir: &Path) -> u64 {
     files_under(dir)
         .iter()

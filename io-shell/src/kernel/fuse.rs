@@ -225,14 +225,6 @@ pub fn kernel_protocol() -> Option<&'static str> {
     KERNEL_PROTOCOL.get().map(String::as_str)
 }
 
-/// How far the kernel may read ahead of a reader of a MusicFS file: asked
-/// for at FUSE init, and set on the mount's backing device after mount(2)
-/// (`session::widen_read_ahead`), since the kernel caps init's value at
-/// the device's (128 KiB by default). A first scan keeps each track's head
-/// this far past what the tag parser read (`library::keep`), so a media
-/// server's tag scan with this read-ahead still asks no origin.
-pub const READ_AHEAD_BYTES: u32 = 1 << 20;
-
 impl Filesystem for MusicFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let abi = config.kernel_abi();
@@ -254,7 +246,7 @@ impl Filesystem for MusicFs {
         self.no_opendir = config
             .capabilities()
             .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
-        if let Err(nearest) = config.set_max_readahead(READ_AHEAD_BYTES) {
+        if let Err(nearest) = config.set_max_readahead(1 << 20) {
             let _ = config.set_max_readahead(nearest);
         }
         // Many players and scanners read at once; let the kernel queue them.

@@ -2,7 +2,7 @@
 //! fusermount3 without the privilege), the fuser session and its thread,
 //! and how the mount ends.
 
-use super::fuse::{MusicFs, READ_AHEAD_BYTES};
+use super::fuse::MusicFs;
 use super::unmount::lazy_unmount;
 use crate::sys;
 use std::io;
@@ -64,50 +64,6 @@ pub enum SessionError {
         #[source]
         source: io::Error,
     },
-}
-
-/// Lets the kernel read ahead [`READ_AHEAD_BYTES`] on the mount at
-/// `mountpoint` (canonical), rather than the 128 KiB every new FUSE mount
-/// starts with: it sends a sequential reader's READs as 1 MiB requests
-/// instead of 128 KiB ones, and keeps more of them in flight. That is a
-/// write to the mount's backing device in sysfs
-/// (`/sys/class/bdi/<major:minor>/read_ahead_kb`), which takes root (the
-/// systemd units do it with `ExecStartPost=+`); without it the mount works
-/// as before, and the log says so. Called after mount(2): the device exists
-/// from then on, and FUSE init (later) keeps the smaller of this and what
-/// init asked for. Touches nothing inside the mount, so it cannot wait on
-/// the session that is not serving yet.
-pub fn widen_read_ahead(mountpoint: &Path) {
-    let want_kib = READ_AHEAD_BYTES / 1024;
-    let device = match sys::mount_at(mountpoint) {
-        Ok(Some(m)) if m.is_musicfs() => m.device,
-        Ok(_) => {
-            tracing::debug!(mountpoint = %mountpoint.display(), "no MusicFS mount there: read-ahead left alone");
-            return;
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "cannot read the mount table: read-ahead left alone");
-            return;
-        }
-    };
-    let path = PathBuf::from(format!("/sys/class/bdi/{device}/read_ahead_kb"));
-    let now_kib = std::fs::read_to_string(&path)
-        .ok()
-        .and_then(|s| s.trim().parse::<u32>().ok());
-    if now_kib.is_some_and(|kib| kib >= want_kib) {
-        return;
-    }
-    match std::fs::write(&path, format!("{want_kib}\n")) {
-        Ok(()) => {
-            tracing::debug!(path = %path.display(), kib = want_kib, "kernel read-ahead widened")
-        }
-        Err(e) => tracing::info!(
-            path = %path.display(),
-            error = %e,
-            now_kib,
-            "the kernel reads ahead less than {want_kib} KiB on this mount (setting it takes root; the systemd units do it once the daemon is ready): large sequential reads of cached files are slower"
-        ),
-    }
 }
 
 /// Mounts and opens the FUSE session. fuser 0.18 mounts with type `fuse`

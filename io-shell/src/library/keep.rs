@@ -38,8 +38,7 @@ pub const KEEP_HEAD_BYTES: u64 = 128 * 1024;
 const KERNEL_REQUEST_BYTES: u64 = 128 * 1024;
 
 /// The kernel's read-ahead on a MusicFS mount at most (the mount's
-/// `max_readahead` and its device's read-ahead,
-/// `kernel::fuse::READ_AHEAD_BYTES`).
+/// `max_readahead`).
 const KERNEL_READ_AHEAD_MAX: u64 = 1 << 20;
 
 /// The kernel reads whole pages: the kept tail starts on one.

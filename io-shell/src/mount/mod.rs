@@ -746,7 +746,6 @@ fn mount_kernel(
         allow_other: plan.allow_other,
     };
     let (session, mount) = session::open_session(fs, &options)?;
-    session::widen_read_ahead(&options.mountpoint);
     // Tests: a signal between mount(2) and the flag below.
     fail::fail_point!("mounted-before-serving");
     // The kernel mount exists from here on: a signal must now unmount it
