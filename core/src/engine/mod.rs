@@ -1225,10 +1225,14 @@ impl Engine {
             last_end: 0,
             window: min,
         });
-        // The kernel splits and reorders reads a little; "near" is sequential.
-        let near = offset.abs_diff(ra.last_end) <= 256 * 1024;
+        // The kernel splits a reader's reads, and its read-ahead requests
+        // (up to 1 MiB each, several in flight, taken by two FUSE threads)
+        // reach the engine a little out of order: a read within two of its
+        // own lengths of the furthest one so far is still sequential.
+        let slack = end.saturating_sub(offset).saturating_mul(2).max(256 * 1024);
+        let near = offset.abs_diff(ra.last_end) <= slack;
         ra.window = if near { (ra.window * 2).min(max) } else { min };
-        ra.last_end = end;
+        ra.last_end = if near { ra.last_end.max(end) } else { end };
     }
 
     // ----- fetch results ---------------------------------------------------
