@@ -1226,7 +1226,8 @@ impl Engine {
             window: min,
         });
         // The kernel splits a reader's reads, and its read-ahead requests
-        // (up to 1 MiB each, several in flight, taken by two FUSE threads)
+        // (several in flight, taken by two FUSE threads; up to 1 MiB each
+        // where an admin widened the mount's read-ahead, or for O_DIRECT)
         // reach the engine a little out of order: a read within two of its
         // own lengths of the furthest one so far is still sequential.
         let slack = end.saturating_sub(offset).saturating_mul(2).max(256 * 1024);
