@@ -37,8 +37,10 @@ pub const KEEP_HEAD_BYTES: u64 = 128 * 1024;
 /// anything.
 const KERNEL_REQUEST_BYTES: u64 = 128 * 1024;
 
-/// The kernel's read-ahead on a MusicFS mount at most (the mount's
-/// `max_readahead`).
+/// The most a kept head is widened by for the kernel's read-ahead (the
+/// mount's `max_readahead`). The kernel really reads ahead at most the
+/// mount device's 128 KiB (see `kernel/fuse.rs`): with 1 MiB it read past
+/// heads kept this way behind a tag reader going through a big picture.
 const KERNEL_READ_AHEAD_MAX: u64 = 1 << 20;
 
 /// The kernel reads whole pages: the kept tail starts on one.
