@@ -359,8 +359,9 @@ fn reads_return_the_origin_bytes_everywhere() {
     assert_eq!(h.engine.cache().total_pins(), 0, "every pin released");
 }
 
-/// The kernel's read-ahead requests (1 MiB each, several in flight, taken
-/// by two FUSE threads) reach the engine a little out of order. That is
+/// The kernel's read-ahead requests (several in flight, taken by two FUSE
+/// threads; 1 MiB each where the mount's read-ahead was widened) reach the
+/// engine a little out of order. That is
 /// still a sequential reader: its fetches grow to the engine's whole
 /// read-ahead window instead of starting over at every swap.
 #[test]
