@@ -1022,3 +1022,109 @@ fn the_memory_cache_is_let_go_once_reads_go_idle_and_reads_go_on_from_disk() {
     assert!(h.world.chunk_reads > disk_reads, "served from disk");
     assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
 }
+
+/// Runs the clock until no read of a fill-behind origin waits to be
+/// cached and no fetch is under way.
+fn until_filled(h: &mut Harness) {
+    for _ in 0..10_000 {
+        h.pump();
+        let (files, _, fills) = h.engine.fills_waiting();
+        if files == 0 && fills == 0 && h.engine.fetches_in_flight() == 0 {
+            return;
+        }
+        let next = h
+            .engine
+            .poll_timeout()
+            .expect("a waiting fill needs a timer");
+        assert!(next >= h.now, "timer in the past would spin");
+        h.now = next;
+        h.exec.handle_timeout(&mut h.engine, h.now);
+    }
+    panic!("the fills never ended");
+}
+
+#[test]
+fn a_fill_behind_origin_answers_from_the_origin_then_caches_what_was_read() {
+    let config = Config {
+        fill_behind_origins: [OriginId(0)].into_iter().collect(),
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 3 * MIB + 11), ("B", 4 * MIB)], config);
+    let want_a = h.origin_bytes("A").to_vec();
+    let want_b = h.origin_bytes("B").to_vec();
+    // The reader is answered straight from the origin: nothing fetched, no
+    // chunk written, while it reads.
+    assert_eq!(read_whole(&mut h, "A"), want_a);
+    let b_part = (MIB as u64, MIB as u32 / 2);
+    assert_eq!(
+        h.read("B", b_part.0, b_part.1).unwrap(),
+        want_b[MIB..MIB + MIB / 2]
+    );
+    assert_eq!(h.world.fetches_by_origin[0], 0);
+    assert!(h.world.passthroughs_by_origin[0] > 0);
+    assert_eq!(h.engine.cache().bytes(), 0);
+    let (files, bytes, fills) = h.engine.fills_waiting();
+    assert_eq!(
+        (files, bytes, fills),
+        (2, want_a.len() as u64 + MIB as u64 / 2, 0)
+    );
+    // Once the files rest, what was read is fetched into the cache once:
+    // all of A, B's part (to the chunk boundaries around it) and no more.
+    until_filled(&mut h);
+    assert_eq!(h.engine.cached(h.ino("A")), Cached::Full);
+    let b_cached = h.engine.cached_bytes(h.ino("B"));
+    assert!(
+        (MIB as u64 / 2..2 * MIB as u64).contains(&b_cached),
+        "B: {b_cached} bytes cached"
+    );
+    assert!(
+        h.world.fetched_bytes <= want_a.len() as u64 + 2 * MIB as u64,
+        "fetched {} bytes",
+        h.world.fetched_bytes
+    );
+    assert_eq!(h.engine.stats().fills_behind, 2);
+    // And it plays with the origin gone.
+    h.set_down(0, true);
+    assert_eq!(read_whole(&mut h, "A"), want_a);
+    assert_eq!(
+        h.read("B", b_part.0, b_part.1).unwrap(),
+        want_b[MIB..MIB + MIB / 2]
+    );
+    assert_eq!(
+        h.read("B", 3 * MIB as u64, 4096),
+        Err(Errno::Io),
+        "what nobody read was not cached"
+    );
+}
+
+#[test]
+fn a_fill_waits_for_the_reader_to_rest_and_a_pinned_file_fills_inline() {
+    let config = Config {
+        fill_behind_origins: [OriginId(0)].into_iter().collect(),
+        fill_behind_after: Duration::from_secs(2),
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 2 * MIB), ("P", 2 * MIB)], config);
+    let ino = h.ino("A");
+    // A player reading a little every second never waits for a fill, and
+    // none starts until it stops for fill_behind_after.
+    for i in 0..4u64 {
+        let want = h.origin_bytes("A")[(i * 256 * 1024) as usize..][..4096].to_vec();
+        assert_eq!(h.read("A", i * 256 * 1024, 4096).unwrap(), want);
+        h.now += Duration::from_secs(1);
+        h.exec.handle_timeout(&mut h.engine, h.now);
+        h.pump();
+        assert_eq!(h.world.fetches_by_origin[0], 0, "read {i}");
+    }
+    until_filled(&mut h);
+    assert!(h.world.fetches_by_origin[0] > 0);
+    assert!(h.engine.cached_bytes(ino) >= 4 * 4096);
+    // A pinned file's reads wait for the cache, as its filler needs.
+    let p = h.ino("P");
+    h.engine.pin(&[p]).unwrap();
+    let before = h.world.fetches_by_origin[0];
+    let want = h.origin_bytes("P")[..65536].to_vec();
+    assert_eq!(h.read("P", 0, 65536).unwrap(), want);
+    assert!(h.world.fetches_by_origin[0] > before);
+    assert_eq!(h.engine.fills_waiting().0, 0);
+}

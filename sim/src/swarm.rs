@@ -153,6 +153,11 @@ pub struct Swarm {
     /// one seed in five has one (drawn from its own stream, `"uncached"`,
     /// so the other options of a seed stay what they were).
     pub uncached_origins: u32,
+    /// Origins whose readers are answered straight from them while the
+    /// cache fills behind (`fill=behind`), as a bit set: one seed in three
+    /// has one (drawn from its own stream, `"behind"`, so the other
+    /// options of a seed stay what they were).
+    pub fill_behind_origins: u32,
     /// Origin requests of one fetch in flight together.
     pub pieces_in_flight: usize,
     /// Group writes of the cache in flight together: 1 in half the seeds,
@@ -253,6 +258,14 @@ impl Swarm {
                     0
                 }
             },
+            fill_behind_origins: {
+                let r = &mut stream(seed, "behind");
+                if r.random_bool(1.0 / 3.0) {
+                    1 << r.random_range(0..origins)
+                } else {
+                    0
+                }
+            },
             pieces_in_flight: stream(seed, "exec").random_range(1..=4),
             writes_in_flight: {
                 // One at a time in half the seeds: the executor as it was
@@ -313,6 +326,11 @@ impl Swarm {
                 .filter(|i| self.uncached_origins & (1 << i) != 0)
                 .map(OriginId)
                 .collect(),
+            fill_behind_origins: (0..self.origins)
+                .filter(|i| self.fill_behind_origins & (1 << i) != 0)
+                .map(OriginId)
+                .collect(),
+            fill_behind_after: Duration::from_millis(300),
             health: HealthConfig {
                 check_interval: Duration::from_millis(self.health_check_ms),
                 check_timeout: Duration::from_secs(1),
@@ -406,6 +424,11 @@ impl fmt::Display for Swarm {
             f,
             "  cache=off origins (bit set): {:#b}",
             self.uncached_origins
+        )?;
+        writeln!(
+            f,
+            "  fill=behind origins (bit set): {:#b}",
+            self.fill_behind_origins
         )?;
         write!(f, "  planted bugs: {:?}", self.planted)
     }

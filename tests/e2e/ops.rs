@@ -626,8 +626,10 @@ fn metrics_count_reads_fetches_syncs_and_the_cache() {
         "Artist C",
         "Album Z",
     );
-    let m = fx
-        .command()
+    // fill=inline: the reads below wait for the fetches that cache their
+    // bytes, as every remote origin's do, so the first pass is counted as
+    // fetches and the reads as cache reads at once.
+    let m = MountCommand::in_dir_with(Path::new(BIN), fx.dir.path(), ",fill=inline")
         .args(["--metrics-addr", "127.0.0.1:0"])
         .start(MOUNT_TIMEOUT);
     // Port 0: the daemon picked one; status says which.

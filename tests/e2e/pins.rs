@@ -177,6 +177,8 @@ fn a_pinned_artist_plays_offline_while_other_reads_evict_around_it() {
         let hash = sha256_file(&s.path(&format!("lib/filler/{n}.wav"))).unwrap();
         assert_eq!(sha256_file(&track).unwrap(), hash);
     }
+    // Those reads were answered from the origin; the cache fills behind.
+    m.wait_filled(Path::new(BIN));
     let status = status_json(&mnt);
     assert!(
         status["cache"]["chunks_evicted"].as_u64().unwrap_or(0) > 0,

@@ -680,8 +680,10 @@ fn test_origin_recovery_resumes_routing_on_the_binary() {
         assert!(got == *want, "{path}: not the origin's bytes");
     };
 
-    // Both healthy: the preferred origin serves.
+    // Both healthy: the preferred origin serves (and fills the cache
+    // behind the reader).
     read(0);
+    m.wait_filled(Path::new(BIN));
     let (health0, asked0) = origin_status(&mnt, 0);
     let (_, asked1) = origin_status(&mnt, 1);
     assert_eq!(health0, "healthy");
@@ -694,6 +696,8 @@ fn test_origin_recovery_resumes_routing_on_the_binary() {
     let started = Instant::now();
     read(1);
     let failover = started.elapsed();
+    // The mirror answered the reader; it also fills the cache behind it.
+    m.wait_filled(Path::new(BIN));
     let (health0, before0) = origin_status(&mnt, 0);
     let (_, before1) = origin_status(&mnt, 1);
     assert_ne!(health0, "healthy", "the stalled fetch counts against it");

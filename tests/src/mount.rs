@@ -129,6 +129,20 @@ impl MountCommand {
         )
     }
 
+    /// The usual layout of [`MountCommand::in_dir`], the origin given with
+    /// `options` (such as `",fill=inline"`).
+    pub fn in_dir_with(bin: &Path, dir: &Path, options: &str) -> MountCommand {
+        let mut origin = dir.join("lib").into_os_string();
+        origin.push(options);
+        MountCommand::new(
+            bin,
+            &[Path::new(&origin)],
+            &dir.join("cache"),
+            &dir.join("mnt"),
+            &dir.join("log"),
+        )
+    }
+
     /// Sets an environment variable of the daemon.
     pub fn env(mut self, key: &str, value: &str) -> MountCommand {
         self.cmd.env(key, value);
@@ -201,6 +215,34 @@ impl Mounted {
                 .log_text()
                 .contains("search index built")),
             "{}",
+            self.log_text()
+        );
+    }
+
+    /// Waits (up to 60 s) until what readers read from `fill=behind`
+    /// origins is in the cache: `musicfs status` (run with `bin`) shows no
+    /// file waiting, no fill, no fetch and no write under way.
+    pub fn wait_filled(&self, bin: &Path) {
+        let filled = || {
+            let Ok(out) = Command::new(bin)
+                .args(["status", "--json"])
+                .arg(&self.mountpoint)
+                .output()
+            else {
+                return false;
+            };
+            let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+                return false;
+            };
+            let c = &doc["cache"];
+            c["fill_behind"]["files_waiting"] == 0
+                && c["fill_behind"]["fills_in_flight"] == 0
+                && c["fetches_in_flight"] == 0
+                && c["writes_pending"] == false
+        };
+        assert!(
+            crate::wait_for(Duration::from_secs(60), filled),
+            "the cache did not fill behind the readers:\n{}",
             self.log_text()
         );
     }

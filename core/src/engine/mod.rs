@@ -9,6 +9,7 @@
 //! when the cache disk has failed; and it is answered with EIO if its
 //! deadline passes first, so no reader ever hangs.
 
+mod behind;
 mod cache;
 mod cutter;
 mod health;
@@ -71,6 +72,17 @@ pub struct Config {
     /// Origins whose bytes never go through the cache (`cache=off`): reads
     /// of them pass straight through, nothing is fetched ahead or pinned.
     pub uncached_origins: BTreeSet<OriginId>,
+    /// Origins whose readers are answered straight from the origin file
+    /// while the cache fills behind them (local folders, where reading a
+    /// file twice costs little): a read of bytes not cached is a
+    /// `Passthrough`, and the bytes read are fetched into the cache once
+    /// the file has had no such read for `fill_behind_after` (see
+    /// `behind.rs`). Other origins fill the cache as they are read, and
+    /// their readers wait for the fetch.
+    pub fill_behind_origins: BTreeSet<OriginId>,
+    /// How long a file read from a fill-behind origin rests before what
+    /// was read of it is cached.
+    pub fill_behind_after: Duration,
     /// Origin health checks.
     pub health: HealthConfig,
     /// Known bugs, planted on purpose so the simulator can prove it finds
@@ -137,6 +149,8 @@ impl Default for Config {
             reads_in_flight_max: 4096,
             pin_share_pct: 80,
             uncached_origins: BTreeSet::new(),
+            fill_behind_origins: BTreeSet::new(),
+            fill_behind_after: Duration::from_millis(500),
             health: HealthConfig::default(),
             #[cfg(feature = "planted")]
             planted: PlantedBugs::default(),
@@ -163,6 +177,8 @@ pub struct Stats {
     pub chunks_dropped: u64,
     /// Chunks evicted.
     pub chunks_evicted: u64,
+    /// Files whose reads were cached behind their readers (fills started).
+    pub fills_behind: u64,
 }
 
 /// A read from arrival to reply.
@@ -296,6 +312,8 @@ pub struct Engine {
     /// Files whose kept bytes were warmed lately (since the last tree
     /// swap), and their order, oldest first.
     warmed: Warmed,
+    /// Reads of fill-behind origins still to be cached (`behind.rs`).
+    behind: behind::Behind,
     disk: DiskMode,
     /// Shutting down: no new reads, no new fetches.
     draining: bool,
@@ -345,6 +363,7 @@ impl Engine {
             backoff: BTreeMap::new(),
             readahead: BTreeMap::new(),
             warmed: Warmed::default(),
+            behind: behind::Behind::default(),
             disk: DiskMode::Normal,
             next_fetch: 1,
             rng: SplitMix64(seed),
@@ -884,6 +903,10 @@ impl Engine {
         if self.in_passthrough() || self.config.uncached_origins.contains(&src.origin) {
             return Plan::Passthrough(src);
         }
+        if self.fills_behind(read.ino, &src) {
+            self.behind.note(now, read.ino, &src, read.offset, read.end);
+            return Plan::Passthrough(src);
+        }
         self.ensure_fetching(now, read.ino, &src, read.offset, read.end);
         Plan::Wait
     }
@@ -942,11 +965,23 @@ impl Engine {
     /// Makes sure fetches are under way for every byte of `offset..end` of
     /// `src` that is not cached.
     fn ensure_fetching(&mut self, now: Time, ino: Ino, src: &SourceFile, offset: u64, end: u64) {
-        let key = key_of(src);
         let window = self
             .readahead
             .get(&ino)
             .map_or(self.config.readahead_min_bytes, |r| r.window);
+        self.ensure_fetching_ahead(now, src, offset, end, window);
+    }
+
+    /// [`Engine::ensure_fetching`], reading `window` bytes past `end`.
+    fn ensure_fetching_ahead(
+        &mut self,
+        now: Time,
+        src: &SourceFile,
+        offset: u64,
+        end: u64,
+        window: u64,
+    ) {
+        let key = key_of(src);
         // Taken out while the fetches are planned (nothing below reads or
         // writes the map), and put back: no copy of the whole chunk map on
         // every read.
@@ -1097,6 +1132,70 @@ impl Engine {
         id
     }
 
+    /// Whether a read of `ino` from `src` is answered straight from the
+    /// origin and cached behind the reader (see `behind.rs`). Not for a
+    /// pinned file (its filler waits for the bytes to be cached), nor for
+    /// a new file while the fills are far behind.
+    fn fills_behind(&self, ino: Ino, src: &SourceFile) -> bool {
+        self.config.fill_behind_origins.contains(&src.origin)
+            && !self.is_pinned(ino)
+            && (!self.behind.is_full() || self.behind.is_waiting(&key_of(src)))
+    }
+
+    /// Fills started behind readers and still fetching.
+    fn fills_in_flight(&self) -> usize {
+        self.behind
+            .fetches
+            .iter()
+            .filter(|f| self.fetches.contains_key(f))
+            .count()
+    }
+
+    /// Starts caching what readers of fill-behind origins read, for the
+    /// files that have rested long enough, a few files at a time. A fill
+    /// is a plain fetch of the ranges read (no read-ahead): chunked,
+    /// verified and durable before indexed like any other. A file the tree
+    /// no longer shows as read, or whose origin is down or pausing after a
+    /// failure, is not filled (a later read notes it again).
+    fn start_due_fills(&mut self, now: Time) {
+        let fetches = &self.fetches;
+        self.behind.fetches.retain(|f| fetches.contains_key(f));
+        if self.draining || self.in_passthrough() {
+            self.behind.clear();
+            return;
+        }
+        let after = self.config.fill_behind_after;
+        while let Some(p) = self.behind.take_due(now, after) {
+            let src = &p.source;
+            let shown = self
+                .tree
+                .file(p.ino)
+                .is_some_and(|f| f.sources.contains(src));
+            let pausing = self
+                .backoff
+                .get(&key_of(src))
+                .is_some_and(|b| b.until > now);
+            if !shown || pausing || self.health.health(src.origin) == Health::Unhealthy {
+                continue;
+            }
+            let first = self.next_fetch;
+            for (&start, &end) in &p.ranges {
+                self.ensure_fetching_ahead(now, src, start, end, 0);
+            }
+            self.behind
+                .fetches
+                .extend((first..self.next_fetch).map(FetchId));
+            self.stats.fills_behind += 1;
+        }
+    }
+
+    /// Files read from fill-behind origins whose bytes are still to be
+    /// cached, the bytes read of them, and the fills under way.
+    pub fn fills_waiting(&self) -> (usize, u64, usize) {
+        let (files, bytes) = self.behind.waiting();
+        (files, bytes, self.fills_in_flight())
+    }
+
     /// Keeps a sequential reader's bytes arriving before it asks for them.
     fn prefetch(&mut self, now: Time, ino: Ino, from: u64) {
         if self.in_passthrough() || self.draining {
@@ -1116,6 +1215,7 @@ impl Engine {
         let sources = file.sources.clone();
         if let Some(src) = self.pick_source(now, &sources)
             && !self.config.uncached_origins.contains(&src.origin)
+            && !self.fills_behind(ino, &src)
         {
             self.ensure_fetching(now, ino, &src, from, to);
         }
@@ -1375,6 +1475,7 @@ impl Engine {
             }
         }
         self.replan_key(now, &key);
+        self.start_due_fills(now);
     }
 
     fn mark_failed(&mut self, now: Time, key: &SourceKey, weight: u32) {
@@ -1419,11 +1520,17 @@ impl Engine {
             } => Some(next_probe),
             _ => None,
         };
+        let fills = if self.draining || self.fills_in_flight() >= behind::FILL_FETCHES_MAX {
+            None // a fill's end starts the next
+        } else {
+            self.behind.next_due(self.config.fill_behind_after)
+        };
         reads
             .chain(stalls)
             .chain(retries)
             .chain(probe)
             .chain(health)
+            .chain(fills)
             .min()
     }
 
@@ -1492,6 +1599,7 @@ impl Engine {
         for req in late_service {
             self.fail_read(req, Errno::Io);
         }
+        self.start_due_fills(now);
     }
 
     // ----- the cache disk --------------------------------------------------

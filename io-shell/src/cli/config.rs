@@ -5,6 +5,7 @@
 //!
 //! ```toml
 //! origins = ["/srv/flac", { url = "sftp://nas/music", name = "nas", priority = 1 }]
+//! # a table may also say cache = false, or fill = "inline" (see --origin)
 //! mountpoint = "/mnt/music"
 //! cache_dir = "/var/cache/musicfs"
 //! cache_size = "20G"          # or a number of bytes
@@ -375,6 +376,9 @@ fn order_origins(list: Vec<Spanned<OriginEntry>>) -> Result<Vec<String>, ConfigE
             if e.cache == Some(false) {
                 origin.push_str(",cache=off");
             }
+            if let Some(fill) = e.fill {
+                origin.push_str(&format!(",fill={fill}"));
+            }
             origin
         })
         .collect())
@@ -415,6 +419,7 @@ struct OriginEntry {
     name: Option<String>,
     priority: Option<i64>,
     cache: Option<bool>,
+    fill: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -424,6 +429,7 @@ struct OriginTable {
     name: Option<String>,
     priority: Option<i64>,
     cache: Option<bool>,
+    fill: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for OriginEntry {
@@ -433,7 +439,7 @@ impl<'de> Deserialize<'de> for OriginEntry {
             type Value = OriginEntry;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
-                    "an origin: a path or URL string, or a table { url = \"...\", name = \"...\", priority = N, cache = false }",
+                    "an origin: a path or URL string, or a table { url = \"...\", name = \"...\", priority = N, cache = false, fill = \"inline\" }",
                 )
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<OriginEntry, E> {
@@ -442,6 +448,7 @@ impl<'de> Deserialize<'de> for OriginEntry {
                     name: None,
                     priority: None,
                     cache: None,
+                    fill: None,
                 })
             }
             // A hand-written visitor rather than an untagged enum: the table's
@@ -461,6 +468,7 @@ impl<'de> Deserialize<'de> for OriginEntry {
                     name: t.name,
                     priority: t.priority,
                     cache: t.cache,
+                    fill: t.fill,
                 })
             }
         }

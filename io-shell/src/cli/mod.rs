@@ -178,7 +178,9 @@ pub struct MountArgs {
     /// A folder, s3://bucket/prefix or sftp://user@host/path to include, with optional
     /// ,name=NAME and ,priority=N (repeat for several origins; earlier ones are preferred),
     /// and for a folder ,cache=off: read it directly (kernel passthrough where possible),
-    /// never cache it (no offline play, no pins).
+    /// never cache it (no offline play, no pins). A folder's readers are answered straight
+    /// from its files and what they read is cached half a second after they stop (fill=behind);
+    /// ,fill=inline makes them wait for the cache instead, as remote origins always do.
     /// At least one is needed, here or in --config; any given here replace the file's.
     #[arg(long = "origin", value_name = "DIR|URL")]
     pub origins: Vec<String>,

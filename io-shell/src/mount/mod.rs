@@ -598,6 +598,13 @@ fn start_daemon(
             .filter(|(_, o)| !o.cached)
             .map(|(i, _)| OriginId(i as u16))
             .collect(),
+        fill_behind_origins: plan
+            .origins
+            .iter()
+            .enumerate()
+            .filter(|(_, o)| o.fill_behind)
+            .map(|(i, _)| OriginId(i as u16))
+            .collect(),
         ..EngineConfig::default()
     };
     let mut engine = Engine::new(config, tree, manifests, chunk_index, seed_from_clock());

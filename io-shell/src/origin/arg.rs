@@ -1,5 +1,5 @@
 //! One origin as the command line or the config file gives it:
-//! `--origin WHERE[,name=NAME][,priority=N][,cache=off]`.
+//! `--origin WHERE[,name=NAME][,priority=N][,cache=off][,fill=inline]`.
 
 use super::spec::{RemoteSpec, UrlError, is_remote_url, parse_remote_url, redact_url};
 use crate::errors::io_reason;
@@ -16,7 +16,7 @@ pub enum OriginKind {
 }
 
 /// One origin, as configured:
-/// `--origin WHERE[,name=NAME][,priority=N][,cache=off]`.
+/// `--origin WHERE[,name=NAME][,priority=N][,cache=off][,fill=inline]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OriginSpec {
     /// Where its files are.
@@ -28,6 +28,12 @@ pub struct OriginSpec {
     /// Its bytes go through the chunk cache (the default); `cache=off`
     /// (local folders only) reads them straight from the origin.
     pub cached: bool,
+    /// How a cached origin's bytes reach the cache. `fill=behind` (a local
+    /// folder's default): a reader is answered straight from the file, and
+    /// what it read is cached once the file rests. `fill=inline` (the only
+    /// way for remote origins, where each byte is asked for once): a
+    /// reader waits for the fetch that caches the bytes.
+    pub fill_behind: bool,
 }
 
 impl OriginSpec {
@@ -38,6 +44,7 @@ impl OriginSpec {
             name: None,
             priority: 0,
             cached: true,
+            fill_behind: true,
         }
     }
 
@@ -104,6 +111,22 @@ pub enum OriginArgError {
         origin: String,
         /// Which option.
         what: &'static str,
+    },
+    /// `,fill=` neither `behind` nor `inline`.
+    #[error("origin '{origin}': fill is 'behind' or 'inline', not '{value}'")]
+    Fill {
+        /// The origin, redacted.
+        origin: String,
+        /// What was given.
+        value: String,
+    },
+    /// `fill=behind` on a remote origin.
+    #[error(
+        "origin '{origin}': fill=behind is for local folders (a remote origin's bytes are cached as they are read, so that each is asked for once)"
+    )]
+    FillBehindRemote {
+        /// The origin, redacted.
+        origin: String,
     },
     /// `,cache=` neither `on` nor `off`.
     #[error("origin '{origin}': cache is 'on' or 'off', not '{value}'")]
@@ -173,16 +196,38 @@ pub enum OriginArgError {
     },
 }
 
-/// Parses `WHERE[,name=NAME][,priority=N][,cache=off]`: a local directory
-/// (which must exist), or an `s3://` or `sftp://` URL (checked, not
-/// contacted). Only trailing `,name=`, `,priority=` and `,cache=` parts are
-/// options, so a path with a comma in it still works.
+/// Parses `WHERE[,name=NAME][,priority=N][,cache=off][,fill=inline]`: a
+/// local directory (which must exist), or an `s3://` or `sftp://` URL
+/// (checked, not contacted). Only trailing `,name=`, `,priority=`,
+/// `,cache=` and `,fill=` parts are options, so a path with a comma in it
+/// still works.
 pub fn parse_origin(raw: &str) -> Result<OriginSpec, OriginArgError> {
     let mut place = raw;
     let mut name = None;
     let mut priority = None;
     let mut cached = None;
+    let mut fill = None;
     while let Some((head, tail)) = place.rsplit_once(',') {
+        if let Some(f) = tail.strip_prefix("fill=") {
+            if fill.is_some() {
+                return Err(OriginArgError::Twice {
+                    origin: redact_url(raw),
+                    what: "fill",
+                });
+            }
+            fill = Some(match f {
+                "behind" => true,
+                "inline" => false,
+                other => {
+                    return Err(OriginArgError::Fill {
+                        origin: redact_url(raw),
+                        value: other.to_owned(),
+                    });
+                }
+            });
+            place = head;
+            continue;
+        }
         if let Some(c) = tail.strip_prefix("cache=") {
             if cached.is_some() {
                 return Err(OriginArgError::Twice {
@@ -243,11 +288,18 @@ pub fn parse_origin(raw: &str) -> Result<OriginSpec, OriginArgError> {
             origin: redact_url(raw),
         });
     }
+    let local = matches!(kind, OriginKind::Local(_));
+    if fill == Some(true) && !local {
+        return Err(OriginArgError::FillBehindRemote {
+            origin: redact_url(raw),
+        });
+    }
     Ok(OriginSpec {
         kind,
         name,
         priority: priority.unwrap_or(0),
         cached,
+        fill_behind: cached && local && fill.unwrap_or(true),
     })
 }
 
@@ -336,9 +388,25 @@ mod tests {
             (format!("{d},name=a,name=b"), "twice"),
             ("ftp://host/x".to_owned(), "not supported"),
             ("s3://".to_owned(), "bucket"),
+            (format!("{d},fill=later"), "'behind' or 'inline'"),
+            (format!("{d},fill=inline,fill=behind"), "twice"),
+            ("s3://b/p,fill=behind".to_owned(), "for local folders"),
         ] {
             let err = parse_origin(&raw).unwrap_err().to_string();
             assert!(err.contains(says), "{raw}: {err}");
         }
+    }
+
+    #[test]
+    fn local_folders_fill_behind_unless_told_inline_and_remote_ones_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        let fills = |raw: String| parse_origin(&raw).unwrap().fill_behind;
+        assert!(fills(format!("{d}")));
+        assert!(fills(format!("{d},fill=behind,name=x")));
+        assert!(!fills(format!("{d},fill=inline")));
+        assert!(!fills(format!("{d},cache=off")), "nothing to fill");
+        assert!(!fills("sftp://me@nas/srv/music".to_owned()));
+        assert!(!fills("s3://b/p,fill=inline".to_owned()));
     }
 }

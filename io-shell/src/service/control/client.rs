@@ -249,6 +249,15 @@ pub fn render_status(doc: &Value) -> String {
             "  tracks: {}; reads in flight {}, fetches {}; failed reads {}\n",
             c["tracks"], c["reads_in_flight"], c["fetches_in_flight"], c["reads_failed"]
         ));
+        let fb = &c["fill_behind"];
+        let waiting = fb["files_waiting"].as_u64().unwrap_or(0);
+        let filling = fb["fills_in_flight"].as_u64().unwrap_or(0);
+        if waiting + filling > 0 {
+            out.push_str(&format!(
+                "  caching behind readers: {waiting} files ({:.1} MiB read) waiting, {filling} fills under way\n",
+                mib(&fb["bytes_waiting"]),
+            ));
+        }
     }
     let p = &doc["pins"];
     if p["files"].as_u64().unwrap_or(0) > 0 {

@@ -164,9 +164,12 @@ impl Control {
             }
         }
         let x = self.daemon.exec_stats();
+        let writes_pending = self.daemon.writes_pending();
         doc["cache"] = self.daemon.inspect(|e| {
             let s = e.stats();
             let answered = s.reads_served + s.reads_passthrough;
+            let (files, bytes, fills) = e.fills_waiting();
+            let fill_behind = json!({"files_waiting": files, "bytes_waiting": bytes, "fills_in_flight": fills, "files_filled": s.fills_behind});
             json!({
                 "bytes": e.cache().bytes(),
                 "capacity_bytes": e.cache().capacity_bytes(),
@@ -189,6 +192,12 @@ impl Control {
                 "chunks_evicted": s.chunks_evicted,
                 "reads_in_flight": e.reads_in_flight(),
                 "fetches_in_flight": e.fetches_in_flight(),
+                // Cut chunks still on their way to the cache disk.
+                "writes_pending": writes_pending,
+                // Reads of fill=behind origins answered from the origin,
+                // whose bytes are still to be cached (and the fills under
+                // way): 0 and 0 once the cache holds what was read.
+                "fill_behind": fill_behind,
                 "tracks": e.tree().file_count(),
             })
         });
