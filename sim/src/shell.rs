@@ -84,7 +84,8 @@ fn fetch_error(e: OriginError) -> FetchError {
 }
 
 impl World {
-    /// Runs `f` on the executor and the engine, if the daemon is up.
+    /// Runs `f` on the executor and the engine, if the daemon is up, then
+    /// checks what the executor carried out.
     pub(crate) fn with_exec(
         &mut self,
         f: impl FnOnce(&mut Exec, &mut musicfs_core::engine::Engine, Time),
@@ -92,6 +93,16 @@ impl World {
         let now = self.now;
         if let Some(e) = self.engine.as_mut() {
             f(&mut self.shell.exec, e, now);
+        }
+        // At once, not at the next `pump`: one step can make several
+        // executor calls (a network tick completes several origin reads),
+        // and the checks of a decision (`check_evict`) read the engine's
+        // state, which a later call may change. Seed 1406: one report's
+        // eviction took an unpinned chunk, then the next report put the
+        // same chunk (dedup across a retag) into a pinned file's new chunk
+        // map, and a check run after both saw "a pinned file's chunk".
+        for o in self.shell.exec.take_observed() {
+            self.observed(o);
         }
     }
 

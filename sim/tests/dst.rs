@@ -339,6 +339,12 @@ const REGRESSIONS: &[Regression] = &[
         "a passthrough of a cache=off file's old version failed as changed after a \
          sync had swapped in the new one, and the new version was marked failed (EIO)",
     ),
+    (
+        1406,
+        Some(("evict-pinned", "pinned evicted")),
+        "the simulator checked an eviction after the next report had put the \
+         evicted chunk (dedup across a retag) into a pinned file's chunk map",
+    ),
 ];
 
 /// Runs [`REGRESSIONS`].
