@@ -1010,7 +1010,7 @@ impl Exec {
         if run.ended.is_some() || (queue_full && run.fetch.store) {
             return;
         }
-        let most = if run.fetch.after_failure {
+        let most = if run.fetch.after_failure || run.fetch.behind {
             1
         } else {
             self.config.pieces_in_flight
@@ -1106,8 +1106,9 @@ impl Exec {
             };
             complete = run.cutter.is_done() || last;
             let store = run.fetch.store;
+            let keep_in_memory = !run.fetch.behind;
             for c in chunks {
-                let q = self.cut(c);
+                let q = self.cut(c, keep_in_memory);
                 let stored = if store {
                     let entry = self
                         .storing
@@ -1142,11 +1143,13 @@ impl Exec {
     }
 
     /// A chunk was cut: keep its bytes in memory for the reads about to
-    /// want them.
-    fn cut(&mut self, c: CutChunk) -> Queued {
+    /// want them (unless `keep_in_memory` is false: a fill behind readers).
+    fn cut(&mut self, c: CutChunk, keep_in_memory: bool) -> Queued {
         let extent = c.extent();
         let data = c.data;
-        self.memory.insert(c.id, Arc::clone(&data));
+        if keep_in_memory {
+            self.memory.insert(c.id, Arc::clone(&data));
+        }
         Queued {
             offset: c.offset,
             extent,

@@ -254,6 +254,7 @@ mod tests {
             },
             store: true,
             after_failure: false,
+            behind: false,
         };
         let mut cutter = Cutter::new(&fetch);
         let by_fetch = cutter
@@ -283,6 +284,7 @@ mod tests {
             plan,
             store: true,
             after_failure: false,
+            behind: false,
         }
     }
 

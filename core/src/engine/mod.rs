@@ -969,10 +969,11 @@ impl Engine {
             .readahead
             .get(&ino)
             .map_or(self.config.readahead_min_bytes, |r| r.window);
-        self.ensure_fetching_ahead(now, src, offset, end, window);
+        self.ensure_fetching_ahead(now, src, offset, end, window, false);
     }
 
-    /// [`Engine::ensure_fetching`], reading `window` bytes past `end`.
+    /// [`Engine::ensure_fetching`], reading `window` bytes past `end`; the
+    /// fetches it starts are fills behind readers if `behind`.
     fn ensure_fetching_ahead(
         &mut self,
         now: Time,
@@ -980,6 +981,7 @@ impl Engine {
         offset: u64,
         end: u64,
         window: u64,
+        behind: bool,
     ) {
         let key = key_of(src);
         // Taken out while the fetches are planned (nothing below reads or
@@ -1000,8 +1002,10 @@ impl Engine {
             }
             match manifest.overlapping(pos..pos + 1).next() {
                 Some((o, e)) if self.cache.contains(e.id) => pos = o + u64::from(e.len),
-                Some((o, _)) => pos = self.start_verify(now, src, &manifest, o),
-                None => pos = self.start_chunking(now, src, &manifest, pos, end, window),
+                Some((o, _)) => pos = self.start_verify(now, src, &manifest, o, behind),
+                None => {
+                    pos = self.start_chunking(now, src, &manifest, pos, end, window, behind);
+                }
             }
         }
         self.manifests.insert(key, manifest);
@@ -1029,7 +1033,14 @@ impl Engine {
 
     /// Starts a verify fetch for the run of absent extents from `offset`.
     /// Returns where the run ends (always past `offset`).
-    fn start_verify(&mut self, now: Time, src: &SourceFile, m: &Manifest, offset: u64) -> u64 {
+    fn start_verify(
+        &mut self,
+        now: Time,
+        src: &SourceFile,
+        m: &Manifest,
+        offset: u64,
+        behind: bool,
+    ) -> u64 {
         let key = key_of(src);
         let limit = offset.saturating_add(self.config.verify_batch_bytes);
         let mut extents: Vec<(u64, Extent)> = Vec::new();
@@ -1061,6 +1072,7 @@ impl Engine {
             plan: FetchPlan::Verify { extents },
             store: true,
             after_failure: self.backoff.contains_key(&key),
+            behind,
         };
         self.start_fetch(now, fetch);
         pos
@@ -1076,6 +1088,7 @@ impl Engine {
         pos: u64,
         want_end: u64,
         window: u64,
+        behind: bool,
     ) -> u64 {
         let key = key_of(src);
         // Where the unmapped stretch holding `pos` begins: the end of the
@@ -1108,6 +1121,7 @@ impl Engine {
             plan: FetchPlan::Chunk { soft_end, hard_end },
             store: true,
             after_failure: self.backoff.contains_key(&key),
+            behind,
         };
         let claim_end = fetch.read_end();
         self.start_fetch(now, fetch);
@@ -1180,7 +1194,7 @@ impl Engine {
             }
             let first = self.next_fetch;
             for (&start, &end) in &p.ranges {
-                self.ensure_fetching_ahead(now, src, start, end, 0);
+                self.ensure_fetching_ahead(now, src, start, end, 0, true);
             }
             self.behind
                 .fetches

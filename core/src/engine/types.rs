@@ -75,6 +75,12 @@ pub struct Fetch {
     /// after it down with it again and again (an origin that fails every
     /// third request would otherwise fail the first piece of every retry).
     pub after_failure: bool,
+    /// A fill behind readers (`engine/behind.rs`): no reader waits for its
+    /// bytes, so it asks one piece at a time and keeps no chunk in the
+    /// memory cache (each stays readable from the write queue until it is
+    /// durable): the cache fills without the memory a waiting reader's
+    /// fetch may use.
+    pub behind: bool,
 }
 
 impl Fetch {
