@@ -269,6 +269,16 @@ impl Warmed {
     }
 }
 
+/// Whom a fetch is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum For {
+    /// A reader (waiting, or about to): read `window` bytes past what it
+    /// wants, to keep a sequential reader ahead.
+    Reader { window: u64 },
+    /// A fill behind readers (`behind.rs`): exactly the ranges read.
+    Fill,
+}
+
 /// What a read plan found.
 enum Plan {
     /// Every byte is cached: reply from these pieces.
@@ -969,19 +979,17 @@ impl Engine {
             .readahead
             .get(&ino)
             .map_or(self.config.readahead_min_bytes, |r| r.window);
-        self.ensure_fetching_ahead(now, src, offset, end, window, false);
+        self.ensure_fetching_for(now, src, offset, end, For::Reader { window });
     }
 
-    /// [`Engine::ensure_fetching`], reading `window` bytes past `end`; the
-    /// fetches it starts are fills behind readers if `behind`.
-    fn ensure_fetching_ahead(
+    /// [`Engine::ensure_fetching`], for a reader or for a fill behind one.
+    fn ensure_fetching_for(
         &mut self,
         now: Time,
         src: &SourceFile,
         offset: u64,
         end: u64,
-        window: u64,
-        behind: bool,
+        wanted: For,
     ) {
         let key = key_of(src);
         // Taken out while the fetches are planned (nothing below reads or
@@ -1002,10 +1010,8 @@ impl Engine {
             }
             match manifest.overlapping(pos..pos + 1).next() {
                 Some((o, e)) if self.cache.contains(e.id) => pos = o + u64::from(e.len),
-                Some((o, _)) => pos = self.start_verify(now, src, &manifest, o, behind),
-                None => {
-                    pos = self.start_chunking(now, src, &manifest, pos, end, window, behind);
-                }
+                Some((o, _)) => pos = self.start_verify(now, src, &manifest, o, wanted),
+                None => pos = self.start_chunking(now, src, &manifest, pos, end, wanted),
             }
         }
         self.manifests.insert(key, manifest);
@@ -1039,7 +1045,7 @@ impl Engine {
         src: &SourceFile,
         m: &Manifest,
         offset: u64,
-        behind: bool,
+        wanted: For,
     ) -> u64 {
         let key = key_of(src);
         let limit = offset.saturating_add(self.config.verify_batch_bytes);
@@ -1072,7 +1078,7 @@ impl Engine {
             plan: FetchPlan::Verify { extents },
             store: true,
             after_failure: self.backoff.contains_key(&key),
-            behind,
+            behind: wanted == For::Fill,
         };
         self.start_fetch(now, fetch);
         pos
@@ -1087,8 +1093,7 @@ impl Engine {
         m: &Manifest,
         pos: u64,
         want_end: u64,
-        window: u64,
-        behind: bool,
+        wanted: For,
     ) -> u64 {
         let key = key_of(src);
         // Where the unmapped stretch holding `pos` begins: the end of the
@@ -1113,6 +1118,10 @@ impl Engine {
         if let Some(c) = self.next_claim_start(&key, start) {
             hard_end = hard_end.min(c);
         }
+        let window = match wanted {
+            For::Reader { window } => window,
+            For::Fill => 0,
+        };
         let soft_end = want_end.max(start).saturating_add(window).min(hard_end);
         let fetch = Fetch {
             id: self.next_fetch_id(),
@@ -1121,7 +1130,7 @@ impl Engine {
             plan: FetchPlan::Chunk { soft_end, hard_end },
             store: true,
             after_failure: self.backoff.contains_key(&key),
-            behind,
+            behind: wanted == For::Fill,
         };
         let claim_end = fetch.read_end();
         self.start_fetch(now, fetch);
@@ -1194,7 +1203,7 @@ impl Engine {
             }
             let first = self.next_fetch;
             for (&start, &end) in &p.ranges {
-                self.ensure_fetching_ahead(now, src, start, end, 0, true);
+                self.ensure_fetching_for(now, src, start, end, For::Fill);
             }
             self.behind
                 .fetches
