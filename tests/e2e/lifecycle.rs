@@ -689,8 +689,10 @@ mod failpoints {
     #[test]
     fn test_shutdown_with_inflight_reads() {
         let s = Setup::new();
-        let mut m = s
-            .command()
+        // fill=inline: the read waits for a fetch the drain gives up on.
+        // (From a fill=behind folder it is a passthrough, which its own
+        // origin request timeout, as long as the drain's, ends with EIO.)
+        let mut m = MountCommand::in_dir_with(Path::new(BIN), s.dir.path(), ",fill=inline")
             .env("FAILPOINTS", "origin-read-delay=return(60000)")
             .start(UP);
         let reader = read_in_background(m.mountpoint.join(SONG));

@@ -818,6 +818,7 @@ mod failpoints {
         // with the hung checks below).
         let m = command().start(Duration::from_secs(60));
         read(&m.mountpoint, 0);
+        m.wait_filled(Path::new(BIN));
         assert!(m.stop().success());
 
         let m = command()

@@ -401,8 +401,10 @@ impl Daemon {
                 fail::fail_point!("reader-manifest-fetch", |_| Err(OriginError::Unavailable(
                     "injected: reader-manifest-fetch".into()
                 )));
-                injected_delay("origin-read-delay").await;
             }
+            // A slow origin is slow for every read of it: fetches, and the
+            // passthroughs that answer a fill=behind folder's readers.
+            injected_delay("origin-read-delay").await;
             origin
                 .read_at(&source.path, &source.version, offset, len as usize)
                 .await

@@ -115,6 +115,7 @@ impl Collector for Metrics {
             passthrough: bool,
             reads_in_flight: u64,
             fetches_in_flight: u64,
+            fill_waiting: (usize, u64, usize),
             tracks: u64,
             health: Vec<(usize, String, u32)>,
             pinned_files: u64,
@@ -132,6 +133,7 @@ impl Collector for Metrics {
                 passthrough: e.in_passthrough(),
                 reads_in_flight: e.reads_in_flight() as u64,
                 fetches_in_flight: e.fetches_in_flight() as u64,
+                fill_waiting: e.fills_waiting(),
                 tracks: e.tree().file_count() as u64,
                 health: e
                     .origin_statuses()
@@ -274,6 +276,25 @@ impl Collector for Metrics {
             "musicfs_fetches_in_flight",
             "Fetches running",
             &gauge(s.fetches_in_flight),
+        )?;
+        let (fill_files, fill_bytes, _) = s.fill_waiting;
+        one(
+            &mut enc,
+            "musicfs_fill_behind_waiting_files",
+            "Files read from fill=behind origins whose bytes are not cached yet",
+            &gauge(fill_files as u64),
+        )?;
+        one(
+            &mut enc,
+            "musicfs_fill_behind_waiting_bytes",
+            "Bytes read from fill=behind origins not cached yet",
+            &gauge(fill_bytes),
+        )?;
+        one(
+            &mut enc,
+            "musicfs_fill_behind_files",
+            "Files whose reads were cached behind their readers",
+            &counter(st.fills_behind),
         )?;
 
         // Cache.
