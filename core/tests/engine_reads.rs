@@ -188,20 +188,31 @@ impl Harness {
     }
 
     fn run_until_replied(&mut self, req: ReqId) -> Result<Vec<u8>, Errno> {
+        let mut reply = None;
+        self.run_clock_until("read never completed", |h| {
+            reply = h.world.replies.remove(&req);
+            reply.is_some()
+        });
+        reply.expect("replied")
+    }
+
+    /// Carries out what is asked and moves the clock to each next timer
+    /// until `done`; panics with `what` if it never is.
+    fn run_clock_until(&mut self, what: &str, mut done: impl FnMut(&mut Harness) -> bool) {
         for _ in 0..10_000 {
             self.pump();
-            if let Some(r) = self.world.replies.remove(&req) {
-                return r;
+            if done(self) {
+                return;
             }
             let next = self
                 .engine
                 .poll_timeout()
-                .expect("a waiting read needs a timer");
+                .expect("something waiting needs a timer");
             assert!(next >= self.now, "timer in the past would spin");
             self.now = next;
             self.exec.handle_timeout(&mut self.engine, self.now);
         }
-        panic!("read never completed");
+        panic!("{what}");
     }
 
     /// Carries out every I/O the executor asks for, at once (origin reads
@@ -1026,21 +1037,10 @@ fn the_memory_cache_is_let_go_once_reads_go_idle_and_reads_go_on_from_disk() {
 /// Runs the clock until no read of a fill-behind origin waits to be
 /// cached and no fetch is under way.
 fn until_filled(h: &mut Harness) {
-    for _ in 0..10_000 {
-        h.pump();
+    h.run_clock_until("the fills never ended", |h| {
         let (files, _, fills) = h.engine.fills_waiting();
-        if files == 0 && fills == 0 && h.engine.fetches_in_flight() == 0 {
-            return;
-        }
-        let next = h
-            .engine
-            .poll_timeout()
-            .expect("a waiting fill needs a timer");
-        assert!(next >= h.now, "timer in the past would spin");
-        h.now = next;
-        h.exec.handle_timeout(&mut h.engine, h.now);
-    }
-    panic!("the fills never ended");
+        files == 0 && fills == 0 && h.engine.fetches_in_flight() == 0
+    });
 }
 
 #[test]

@@ -207,53 +207,32 @@ pub fn parse_origin(raw: &str) -> Result<OriginSpec, OriginArgError> {
     let mut priority = None;
     let mut cached = None;
     let mut fill = None;
+    let twice = |what| OriginArgError::Twice {
+        origin: redact_url(raw),
+        what,
+    };
     while let Some((head, tail)) = place.rsplit_once(',') {
         if let Some(f) = tail.strip_prefix("fill=") {
             if fill.is_some() {
-                return Err(OriginArgError::Twice {
-                    origin: redact_url(raw),
-                    what: "fill",
-                });
+                return Err(twice("fill"));
             }
-            fill = Some(match f {
-                "behind" => true,
-                "inline" => false,
-                other => {
-                    return Err(OriginArgError::Fill {
-                        origin: redact_url(raw),
-                        value: other.to_owned(),
-                    });
-                }
-            });
-            place = head;
-            continue;
-        }
-        if let Some(c) = tail.strip_prefix("cache=") {
+            fill = Some(
+                switch(f, "behind", "inline").ok_or_else(|| OriginArgError::Fill {
+                    origin: redact_url(raw),
+                    value: f.to_owned(),
+                })?,
+            );
+        } else if let Some(c) = tail.strip_prefix("cache=") {
             if cached.is_some() {
-                return Err(OriginArgError::Twice {
-                    origin: redact_url(raw),
-                    what: "cache",
-                });
+                return Err(twice("cache"));
             }
-            cached = Some(match c {
-                "on" => true,
-                "off" => false,
-                other => {
-                    return Err(OriginArgError::Cache {
-                        origin: redact_url(raw),
-                        value: other.to_owned(),
-                    });
-                }
-            });
-            place = head;
-            continue;
-        }
-        if let Some(n) = tail.strip_prefix("name=") {
+            cached = Some(switch(c, "on", "off").ok_or_else(|| OriginArgError::Cache {
+                origin: redact_url(raw),
+                value: c.to_owned(),
+            })?);
+        } else if let Some(n) = tail.strip_prefix("name=") {
             if name.is_some() {
-                return Err(OriginArgError::Twice {
-                    origin: redact_url(raw),
-                    what: "name",
-                });
+                return Err(twice("name"));
             }
             if n.trim().is_empty() || n.contains('=') {
                 return Err(OriginArgError::Name {
@@ -263,10 +242,7 @@ pub fn parse_origin(raw: &str) -> Result<OriginSpec, OriginArgError> {
             name = Some(n.to_owned());
         } else if let Some(p) = tail.strip_prefix("priority=") {
             if priority.is_some() {
-                return Err(OriginArgError::Twice {
-                    origin: redact_url(raw),
-                    what: "priority",
-                });
+                return Err(twice("priority"));
             }
             priority = Some(
                 p.parse::<i64>()
@@ -301,6 +277,17 @@ pub fn parse_origin(raw: &str) -> Result<OriginSpec, OriginArgError> {
         cached,
         fill_behind: cached && local && fill.unwrap_or(true),
     })
+}
+
+/// A two-way option's value: true for `yes`, false for `no`, else none.
+fn switch(value: &str, yes: &str, no: &str) -> Option<bool> {
+    if value == yes {
+        Some(true)
+    } else if value == no {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 fn parse_place(raw: &str) -> Result<OriginKind, OriginArgError> {
