@@ -1034,6 +1034,36 @@ fn the_memory_cache_is_let_go_once_reads_go_idle_and_reads_go_on_from_disk() {
     assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
 }
 
+/// A sequential reader of a cached file whose bytes are on the cache disk
+/// only (a reboot, a track played again) finds its chunks already read
+/// into memory, side by side ahead of it, rather than one disk read per
+/// kernel read.
+#[test]
+fn a_sequential_reader_of_a_cached_file_finds_its_chunks_read_ahead() {
+    const READ: usize = 128 * 1024;
+    let mut h = Harness::new(&[("Song", 12 * MIB)], Config::default()).with_memory(16 << 20);
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(read_whole(&mut h, "Song"), want);
+    h.pump();
+    h.now += h.exec.config().memory_idle;
+    assert!(h.exec.release_idle_memory(h.now) > 0);
+    let before = h.exec.stats().clone();
+    let fetched = h.world.fetched_bytes;
+    for at in (0..want.len()).step_by(READ) {
+        let got = h.read("Song", at as u64, READ as u32).unwrap();
+        assert_eq!(got, want[at..(at + READ).min(want.len())]);
+    }
+    let after = h.exec.stats().clone();
+    let from_memory = after.served_from_memory - before.served_from_memory;
+    let from_disk = after.served_from_disk - before.served_from_disk;
+    assert!(after.chunks_warmed > before.chunks_warmed, "{after:?}");
+    assert!(
+        from_disk * 10 < from_memory,
+        "{from_memory} reads from memory, {from_disk} waited for the disk"
+    );
+    assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
+}
+
 /// Runs the clock until no read of a fill-behind origin waits to be
 /// cached and no fetch is under way.
 fn until_filled(h: &mut Harness) {

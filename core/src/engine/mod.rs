@@ -234,6 +234,8 @@ struct Backoff {
 struct Readahead {
     last_end: u64,
     window: u64,
+    /// How far its cached chunks were read ahead into memory.
+    warmed_to: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -305,6 +307,9 @@ const WARM_BYTES_MAX: u64 = 4 << 20;
 const WARMED_FILES_MAX: usize = 2048;
 /// Folders past the current one a scan is read ahead into.
 const WARM_FOLDERS_AHEAD: usize = 8;
+/// Bytes of one run a sequential reader's cached chunks are read ahead in
+/// (`warm_cached_ahead`): several runs are read side by side.
+const WARM_RUN_BYTES: u64 = 1 << 20;
 
 /// The MusicFS state machine.
 pub struct Engine {
@@ -1236,11 +1241,64 @@ impl Engine {
             return;
         }
         let sources = file.sources.clone();
+        self.warm_cached_ahead(ino, from, to);
         if let Some(src) = self.pick_source(now, &sources)
             && !self.config.uncached_origins.contains(&src.origin)
             && !self.fills_behind(ino, &src)
         {
             self.ensure_fetching(now, ino, &src, from, to);
+        }
+    }
+
+    /// Reads the cached chunks of `from..to` of `ino` into memory ahead of
+    /// its sequential reader (`Output::Warm`), in runs of about
+    /// [`WARM_RUN_BYTES`] that the cache disk reads side by side: a reader
+    /// of a cached file whose pages the kernel no longer holds (a reboot, a
+    /// track played again) finds its chunks in memory rather than waiting
+    /// for the disk read by read. It tops up once less than half of the
+    /// range ahead was read (`Readahead::warmed_to`), so each chunk is asked
+    /// for once per pass.
+    fn warm_cached_ahead(&mut self, ino: Ino, from: u64, to: u64) {
+        let Some(warmed_to) = self.readahead.get(&ino).map(|r| r.warmed_to) else {
+            return;
+        };
+        if warmed_to >= from + (to - from) / 2 {
+            return;
+        }
+        let start = from.max(warmed_to);
+        let Some(file) = self.tree.file(ino) else {
+            return;
+        };
+        let Some(manifest) = file.sources.iter().find_map(|s| {
+            self.manifests
+                .get(&key_of(s))
+                .filter(|m| m.version == s.version)
+        }) else {
+            return;
+        };
+        let mut runs = Vec::new();
+        let mut run: Vec<(ChunkId, u32)> = Vec::new();
+        let mut run_bytes = 0;
+        for (_, e) in manifest.overlapping(start..to) {
+            if self.cache.contains(e.id) {
+                run.push((e.id, e.len));
+                run_bytes += u64::from(e.len);
+            }
+            if !self.cache.contains(e.id) || run_bytes >= WARM_RUN_BYTES {
+                if !run.is_empty() {
+                    runs.push(std::mem::take(&mut run));
+                }
+                run_bytes = 0;
+            }
+        }
+        if !run.is_empty() {
+            runs.push(run);
+        }
+        if let Some(r) = self.readahead.get_mut(&ino) {
+            r.warmed_to = to;
+        }
+        if !runs.is_empty() {
+            self.outputs.push_back(Output::Warm(runs));
         }
     }
 
@@ -1347,6 +1405,7 @@ impl Engine {
         let ra = self.readahead.entry(ino).or_insert(Readahead {
             last_end: 0,
             window: min,
+            warmed_to: 0,
         });
         // The kernel splits a reader's reads, and its read-ahead requests
         // (several in flight, taken by two FUSE threads; up to 1 MiB each
@@ -1357,6 +1416,9 @@ impl Engine {
         let near = offset.abs_diff(ra.last_end) <= slack;
         ra.window = if near { (ra.window * 2).min(max) } else { min };
         ra.last_end = if near { ra.last_end.max(end) } else { end };
+        if !near {
+            ra.warmed_to = 0;
+        }
     }
 
     // ----- fetch results ---------------------------------------------------
