@@ -323,6 +323,15 @@ type Regression = (u64, Option<(&'static str, &'static str)>, &'static str);
 const REGRESSIONS: &[Regression] = &[
     (
         0,
+        None,
+        "a store found an evicted chunk's file in place and kept it while the \
+         eviction deleted it; the engine believed it cached (write_temp vs evict)",
+    ),
+    (
+        // The same race: since sequential readers of cached files read
+        // ahead into memory (e50b03d), seed 0 no longer reaches it, seed 3
+        // does.
+        3,
         Some(("store-during-evict", "cached but deleted")),
         "a store found an evicted chunk's file in place and kept it while the \
          eviction deleted it; the engine believed it cached (write_temp vs evict)",
