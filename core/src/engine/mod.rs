@@ -1250,6 +1250,17 @@ impl Engine {
         }
     }
 
+    /// The chunk map, in `manifests`, of the first source of `file` that
+    /// has one for the version the tree shows.
+    fn current_manifest<'m>(
+        manifests: &'m BTreeMap<SourceKey, Manifest>,
+        file: &tree::FileNode,
+    ) -> Option<&'m Manifest> {
+        file.sources
+            .iter()
+            .find_map(|s| manifests.get(&key_of(s)).filter(|m| m.version == s.version))
+    }
+
     /// Reads the cached chunks of `from..to` of `ino` into memory ahead of
     /// its sequential reader (`Output::Warm`), in runs of about
     /// [`WARM_RUN_BYTES`] that the cache disk reads side by side: a reader
@@ -1269,11 +1280,7 @@ impl Engine {
         let Some(file) = self.tree.file(ino) else {
             return;
         };
-        let Some(manifest) = file.sources.iter().find_map(|s| {
-            self.manifests
-                .get(&key_of(s))
-                .filter(|m| m.version == s.version)
-        }) else {
+        let Some(manifest) = Self::current_manifest(&self.manifests, file) else {
             return;
         };
         let mut runs = Vec::new();
@@ -1338,11 +1345,7 @@ impl Engine {
             if self.warmed.files.contains(&file_ino) {
                 continue;
             }
-            let Some(manifest) = file.sources.iter().find_map(|s| {
-                self.manifests
-                    .get(&key_of(s))
-                    .filter(|m| m.version == s.version)
-            }) else {
+            let Some(manifest) = Self::current_manifest(&self.manifests, file) else {
                 continue;
             };
             self.warmed.note(file_ino);
