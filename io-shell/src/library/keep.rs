@@ -14,13 +14,14 @@
 //! [`TagKeeper`] stores them as the executor stores a fetch's chunks, in
 //! the same order of steps: chunk files durable first (one batch, two
 //! `syncfs`), then their index entries, then the manifests that name them.
-//! Batches are written one at a time, in the order they were filled, so a
-//! manifest never names a chunk of a later batch. It runs only while no
+//! Batches are written one at a time, by one writer thread, in the order
+//! they were filled, so a manifest never names a chunk of a later batch;
+//! after a batch failed, no later one is written. It runs only while no
 //! engine does (the first scan before a mount): nothing else deletes
 //! chunks then.
 
-use crate::store::{ChunkStore, Db, StoreError};
-use musicfs_core::engine::cut_run;
+use crate::store::{ChunkStore, Db, Staged, StoreError};
+use musicfs_core::engine::{CutChunk, cut_run};
 use musicfs_core::{ChunkId, Kept, Manifest, SourceFile};
 use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
@@ -223,15 +224,29 @@ pub struct KeptBytes {
 }
 
 /// Writes kept bytes into the cache (see the module docs).
+///
+/// The scan's workers cut, hash and write temp files on their own threads
+/// ([`ChunkStore::stage`]), and hand each full batch to one writer thread
+/// that makes it durable, renames it into place and indexes it
+/// ([`ChunkStore::commit`]), so no worker waits for a `syncfs`. A worker
+/// that filled a batch used to write all of it itself: with two workers on
+/// two cores one of them mostly waited on the disk. At most
+/// [`BATCHES_QUEUED`] full batches wait for the writer; past that a worker
+/// that fills one waits.
 pub struct TagKeeper {
     store: Arc<ChunkStore>,
-    db: Arc<Db>,
     budget: u64,
     state: parking_lot::Mutex<State>,
-    /// Held while a batch is written: batches go out one at a time, in
-    /// the order they were filled.
-    writing: parking_lot::Mutex<()>,
+    /// Full batches, in the order they were filled; `None` once finished.
+    /// Sent to while `state` is held, so the order of the queue is the
+    /// order of the batches.
+    to_writer: parking_lot::Mutex<Option<std::sync::mpsc::SyncSender<Batch>>>,
+    writer: parking_lot::Mutex<Option<std::thread::JoinHandle<()>>>,
+    written: Arc<Written>,
 }
+
+/// Full batches that may wait for the writer while it writes another.
+const BATCHES_QUEUED: usize = 1;
 
 impl std::fmt::Debug for TagKeeper {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,19 +258,40 @@ impl std::fmt::Debug for TagKeeper {
 
 #[derive(Default)]
 struct State {
-    batch: Vec<(ChunkId, Arc<[u8]>)>,
-    batch_bytes: usize,
-    manifests: Vec<(SourceFile, Manifest)>,
+    batch: Batch,
     /// Chunks already in the cache or in a batch.
     known: HashSet<ChunkId>,
     /// Bytes of new chunks so far.
     used: u64,
     kept_files: u64,
     over_budget: u64,
+}
+
+/// New chunks, staged, and the manifests that name them (or chunks of
+/// earlier batches).
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<(ChunkId, u32, Result<Option<Staged>, StoreError>)>,
+    bytes: usize,
+    manifests: Vec<(SourceFile, Manifest)>,
+}
+
+/// What the writer thread did; it never takes the state lock (a worker
+/// holds that while it waits to hand over a batch).
+struct Written {
+    store: Arc<ChunkStore>,
+    db: Arc<Db>,
+    /// Set after a write failed: nothing more is kept or written.
+    failed: std::sync::atomic::AtomicBool,
+    outcome: parking_lot::Mutex<WrittenSoFar>,
+}
+
+#[derive(Default)]
+struct WrittenSoFar {
     /// Index entries written, for the engine that starts next.
     indexed: Vec<(ChunkId, u32, u64)>,
-    /// Set after a write failed: nothing more is kept.
-    failed: bool,
+    /// Files whose manifests were not written.
+    files_lost: u64,
 }
 
 /// What a keeper did.
@@ -274,28 +310,52 @@ pub struct KeepReport {
 
 impl TagKeeper {
     /// A keeper over the cache of `capacity` bytes, which holds `known`.
+    /// Starts its writer thread.
     pub fn new(
         store: Arc<ChunkStore>,
         db: Arc<Db>,
         capacity: u64,
         known: impl IntoIterator<Item = ChunkId>,
-    ) -> TagKeeper {
-        TagKeeper {
-            store,
+    ) -> io::Result<TagKeeper> {
+        let written = Arc::new(Written {
+            store: Arc::clone(&store),
             db,
+            failed: Default::default(),
+            outcome: Default::default(),
+        });
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Batch>(BATCHES_QUEUED);
+        let writer = std::thread::Builder::new()
+            .name("tag-keeper".into())
+            .spawn({
+                let written = Arc::clone(&written);
+                move || {
+                    for batch in rx {
+                        written.write_batch(batch);
+                    }
+                }
+            })?;
+        Ok(TagKeeper {
+            store,
             budget: capacity.saturating_mul(KEEP_SHARE_PCT) / 100,
             state: parking_lot::Mutex::new(State {
                 known: known.into_iter().collect(),
                 ..State::default()
             }),
-            writing: parking_lot::Mutex::new(()),
-        }
+            to_writer: parking_lot::Mutex::new(Some(tx)),
+            writer: parking_lot::Mutex::new(Some(writer)),
+            written,
+        })
+    }
+
+    fn failed(&self) -> bool {
+        self.written
+            .failed
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether more is kept (the budget is not spent, nothing failed).
     pub fn wants_more(&self) -> bool {
-        let s = self.state.lock();
-        !s.failed && s.used < self.budget
+        !self.failed() && self.state.lock().used < self.budget
     }
 
     /// Keeps one file's bytes. Cutting happens on the caller's thread.
@@ -319,38 +379,82 @@ impl TagKeeper {
                 size - kept.tail_at
             },
         });
-        let full = {
-            let mut s = self.state.lock();
-            if s.failed || s.used >= self.budget {
-                s.over_budget += u64::from(!s.failed);
-                return;
+        // Written to temp files here, on the scan's worker, outside the
+        // lock: the chunks not yet in the cache, each once.
+        let mut new: Vec<&CutChunk> = {
+            let s = self.state.lock();
+            if !self.failed() && s.used < self.budget {
+                chunks.iter().filter(|c| !s.known.contains(&c.id)).collect()
+            } else {
+                Vec::new()
             }
-            for c in chunks {
-                if s.known.insert(c.id) {
-                    s.used += c.data.len() as u64;
-                    s.batch_bytes += c.data.len();
-                    s.batch.push((c.id, c.data));
-                }
-            }
-            s.kept_files += 1;
-            s.manifests.push((kept.source, manifest));
-            s.batch_bytes >= BATCH_BYTES
         };
-        if full {
-            self.write_batch();
+        new.sort_unstable_by_key(|c| c.id);
+        new.dedup_by_key(|c| c.id);
+        let staged: Vec<_> = new
+            .into_iter()
+            .map(|c| (c.id, c.data.len() as u32, self.store.stage(c.id, &c.data)))
+            .collect();
+        drop(chunks);
+        // Another worker may have staged one of them meanwhile: the first
+        // to get here keeps it, the other's temp file is removed (outside
+        // the lock, as these drop).
+        let mut duplicates = Vec::new();
+        let mut s = self.state.lock();
+        if self.failed() || s.used >= self.budget {
+            s.over_budget += u64::from(!self.failed());
+            drop(s);
+            return;
+        }
+        for (id, len, st) in staged {
+            if s.known.insert(id) {
+                s.used += u64::from(len);
+                s.batch.bytes += len as usize;
+                s.batch.chunks.push((id, len, st));
+            } else {
+                duplicates.push(st);
+            }
+        }
+        s.kept_files += 1;
+        s.batch.manifests.push((kept.source, manifest));
+        if s.batch.bytes >= BATCH_BYTES {
+            let full = std::mem::take(&mut s.batch);
+            // Under the state lock: batches queue in the order they were
+            // filled. Waits while the writer is BATCHES_QUEUED behind.
+            self.hand_over(full);
+        }
+        drop(s);
+        drop(duplicates);
+    }
+
+    fn hand_over(&self, batch: Batch) {
+        let sent = match self.to_writer.lock().as_ref() {
+            Some(tx) => tx.send(batch).is_ok(),
+            None => false,
+        };
+        if !sent {
+            // Only after `finish`, or if the writer thread is gone.
+            self.written.fail(None);
         }
     }
 
-    /// Writes what is left and says what was kept.
+    /// Writes what is left, waits for the writer and says what was kept.
     pub fn finish(&self) -> Result<KeepReport, StoreError> {
-        self.write_batch();
-        self.db.flush()?;
         let mut s = self.state.lock();
+        let last = std::mem::take(&mut s.batch);
+        if !last.chunks.is_empty() || !last.manifests.is_empty() {
+            self.hand_over(last);
+        }
+        drop(s);
+        self.stop_writer();
+        self.written.db.flush()?;
+        let s = self.state.lock();
+        let mut outcome = self.written.outcome.lock();
         let report = KeepReport {
-            files: s.kept_files,
+            files: s.kept_files.saturating_sub(outcome.files_lost),
             bytes: s.used,
             over_budget: s.over_budget,
-            indexed: std::mem::take(&mut s.indexed),
+            indexed: std::mem::take(&mut outcome.indexed),
         };
         if report.files > 0 {
             tracing::info!(
@@ -369,61 +473,91 @@ impl TagKeeper {
         Ok(report)
     }
 
-    fn write_batch(&self) {
-        let _one_at_a_time = self.writing.lock();
-        let (batch, manifests) = {
-            let mut s = self.state.lock();
-            s.batch_bytes = 0;
-            (
-                std::mem::take(&mut s.batch),
-                std::mem::take(&mut s.manifests),
-            )
-        };
-        if batch.is_empty() && manifests.is_empty() {
+    /// Closes the queue and waits until the writer wrote (or dropped)
+    /// every batch in it.
+    fn stop_writer(&self) {
+        drop(self.to_writer.lock().take());
+        if let Some(writer) = self.writer.lock().take()
+            && writer.join().is_err()
+        {
+            self.written.fail(None);
+        }
+    }
+}
+
+impl Drop for TagKeeper {
+    /// A scan that ended early (an error) still leaves no thread behind.
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+impl Written {
+    fn fail(&self, error: Option<&StoreError>) {
+        let was = self.failed.swap(true, std::sync::atomic::Ordering::Relaxed);
+        if let (false, Some(e)) = (was, error) {
+            tracing::warn!(
+                error = %crate::errors::error_chain(e),
+                "cannot keep tag bytes in the cache; the first reads of tags will go to the origins"
+            );
+        }
+    }
+
+    /// Writes one batch, unless an earlier one failed: its manifests may
+    /// name chunks of the batch that failed.
+    fn write_batch(&self, batch: Batch) {
+        let files = batch.manifests.len() as u64;
+        if self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.outcome.lock().files_lost += files;
             return;
         }
-        match self.write(&batch, &manifests) {
-            Ok(indexed) => self.state.lock().indexed.extend(indexed),
-            Err(e) => {
-                let mut s = self.state.lock();
-                if !s.failed {
-                    tracing::warn!(
-                        error = %crate::errors::error_chain(&e),
-                        "cannot keep tag bytes in the cache; the first reads of tags will go to the origins"
-                    );
-                }
-                s.failed = true;
-                s.kept_files = s.kept_files.saturating_sub(manifests.len() as u64);
+        let indexed = self.write(batch);
+        let mut outcome = self.outcome.lock();
+        match indexed {
+            Ok(indexed) => outcome.indexed.extend(indexed),
+            Err((indexed, e)) => {
+                outcome.indexed.extend(indexed);
+                outcome.files_lost += files;
+                drop(outcome);
+                self.fail(Some(&e));
             }
         }
     }
 
     /// Files, then index, then manifests. A manifest is written only if
-    /// every chunk of its batch is durable and indexed.
+    /// every chunk of its batch is durable and indexed. What is durable is
+    /// indexed even if the rest failed (a chunk file nobody indexes is only
+    /// space), and returned with the error.
+    #[allow(clippy::type_complexity)]
     fn write(
         &self,
-        batch: &[(ChunkId, Arc<[u8]>)],
-        manifests: &[(SourceFile, Manifest)],
-    ) -> Result<Vec<(ChunkId, u32, u64)>, StoreError> {
-        let refs: Vec<(ChunkId, &[u8])> = batch.iter().map(|(id, d)| (*id, &d[..])).collect();
-        let mut stored = Vec::with_capacity(batch.len());
+        batch: Batch,
+    ) -> Result<Vec<(ChunkId, u32, u64)>, (Vec<(ChunkId, u32, u64)>, StoreError)> {
+        let (chunks, staged): (Vec<(ChunkId, u32)>, Vec<_>) = batch
+            .chunks
+            .into_iter()
+            .map(|(id, len, st)| ((id, len), st))
+            .unzip();
+        let mut stored = Vec::with_capacity(chunks.len());
         let mut first_error = None;
-        for ((id, data), result) in batch.iter().zip(self.store.put_batch(&refs)) {
+        for ((id, len), result) in chunks.into_iter().zip(self.store.commit(staged)) {
             match result {
-                Ok(()) => stored.push((*id, data.len() as u32, 0u64)),
+                Ok(()) => stored.push((id, len, 0u64)),
                 Err(e) => {
                     first_error.get_or_insert(e);
                 }
             }
         }
-        // What is durable is indexed even if the rest failed: a chunk file
-        // nobody indexes is only space.
-        self.db.put_chunks(&stored)?;
-        if let Some(e) = first_error {
-            return Err(e);
+        if let Err(e) = self.db.put_chunks(&stored) {
+            return Err((Vec::new(), e));
         }
-        for (source, m) in manifests {
-            self.db.put_manifest(source.origin, &source.path, m)?;
+        if let Some(e) = first_error {
+            return Err((stored, e));
+        }
+        for (source, m) in &batch.manifests {
+            if let Err(e) = self.db.put_manifest(source.origin, &source.path, m) {
+                return Err((stored, e));
+            }
         }
         Ok(stored)
     }

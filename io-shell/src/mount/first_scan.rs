@@ -70,7 +70,9 @@ pub(super) fn load_catalog(
         // saved for this index and scan it.
         as_saved = false;
         entries.retain(|e| e.source.origin != id);
-        let keeper = (spec.cached && plan.keep_tags).then(|| keep.keeper());
+        let keeper = (spec.cached && plan.keep_tags)
+            .then(|| keep.keeper())
+            .flatten();
         let report = match scan_origin(id, spec, source, rt, scan, keeper)? {
             Ok(report) => {
                 scanned_now[i] = true;
@@ -153,17 +155,25 @@ struct KeepInto<'a> {
 }
 
 impl KeepInto<'_> {
-    fn keeper(&mut self) -> Arc<TagKeeper> {
-        let cache = &*self.cache;
-        let capacity = self.capacity;
-        Arc::clone(self.keeper.get_or_insert_with(|| {
-            Arc::new(TagKeeper::new(
+    /// The keeper, made at the first call; `None` if it cannot start (the
+    /// scan then keeps nothing, and the first tag reads go to the origin).
+    fn keeper(&mut self) -> Option<Arc<TagKeeper>> {
+        if self.keeper.is_none() {
+            let cache = &*self.cache;
+            match TagKeeper::new(
                 Arc::clone(&cache.store),
                 Arc::clone(&cache.db),
-                capacity,
+                self.capacity,
                 cache.chunk_index.iter().map(|c| c.0),
-            ))
-        }))
+            ) {
+                Ok(keeper) => self.keeper = Some(Arc::new(keeper)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the tag keeper; the first reads of tags will go to the origins");
+                    return None;
+                }
+            }
+        }
+        self.keeper.clone()
     }
 
     /// Writes what is left; the engine that starts next loads the new

@@ -30,6 +30,40 @@ pub struct ChunkStore {
     tmp: PathBuf,
 }
 
+/// A chunk written to a temp file by [`ChunkStore::stage`]: not yet
+/// durable, not yet in place. Dropped without [`ChunkStore::commit`], its
+/// temp file is removed.
+#[derive(Debug)]
+pub struct Staged {
+    /// `None` once renamed into place.
+    tmp: Option<PathBuf>,
+    path: PathBuf,
+}
+
+impl Staged {
+    fn rename_into_place(mut self) -> Result<(), StoreError> {
+        let Some(tmp) = self.tmp.take() else {
+            return Ok(());
+        };
+        match fs::rename(&tmp, &self.path) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.tmp = Some(tmp);
+                Err(StoreError::io("rename chunk into place", &self.path, e))
+            }
+        }
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(tmp) = &self.tmp {
+            // Best effort: a leftover is also removed at the next open.
+            let _ = fs::remove_file(tmp);
+        }
+    }
+}
+
 impl ChunkStore {
     /// Opens the chunk store under `cache_dir`, creating `chunks/`, its 256
     /// shard directories and `chunks/tmp/` as needed.
@@ -127,32 +161,38 @@ impl ChunkStore {
     /// chunks. A crash at any point still leaves either no chunk file or a
     /// complete one. The results are in the order of `chunks`.
     pub fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<(), StoreError>> {
-        let staged: Vec<Result<Option<(PathBuf, PathBuf)>, StoreError>> = chunks
-            .iter()
-            .map(|&(id, data)| self.write_temp(id, data))
-            .collect();
+        self.commit(
+            chunks
+                .iter()
+                .map(|&(id, data)| self.stage(id, data))
+                .collect(),
+        )
+    }
+
+    /// The second half of [`ChunkStore::put_batch`]: makes the staged temp
+    /// files durable, renames them into place and makes the renames
+    /// durable. `Ok(None)` (already in place) stays `Ok`, an error stays
+    /// that error. The results are in the order of `staged`.
+    pub fn commit(
+        &self,
+        staged: Vec<Result<Option<Staged>, StoreError>>,
+    ) -> Vec<Result<(), StoreError>> {
         let flush_failed = |step: &'static str, e: &io::Error| {
             StoreError::io(step, &self.root, io::Error::from(e.kind()))
         };
-        let pending = || staged.iter().any(|s| matches!(s, Ok(Some(_))));
+        let pending = staged.iter().any(|s| matches!(s, Ok(Some(_))));
         // The bytes are durable before any file is renamed into place...
-        let synced = if pending() { self.flush() } else { Ok(()) };
+        let synced = if pending { self.flush() } else { Ok(()) };
         let mut results: Vec<Result<(), StoreError>> = staged
             .into_iter()
             .map(|s| match s {
                 Ok(None) => Ok(()),
-                Ok(Some((tmp, path))) => {
-                    let renamed = match &synced {
-                        Ok(()) => fs::rename(&tmp, &path)
-                            .map_err(|e| StoreError::io("rename chunk into place", &path, e)),
-                        Err(e) => Err(flush_failed("flush chunk files", e)),
-                    };
-                    if renamed.is_err() {
-                        // Best effort: a leftover is also removed at the next open.
-                        let _ = fs::remove_file(&tmp);
-                    }
-                    renamed
-                }
+                // A staged file that is not renamed is removed as it drops
+                // (and any leftover at the next open).
+                Ok(Some(staged)) => match &synced {
+                    Ok(()) => staged.rename_into_place(),
+                    Err(e) => Err(flush_failed("flush chunk files", e)),
+                },
                 Err(e) => Err(e),
             })
             .collect();
@@ -181,14 +221,11 @@ impl ChunkStore {
         crate::sys::syncfs(&File::open(&self.root)?)
     }
 
-    /// Checks a chunk and writes its bytes to a temp file (not yet durable,
-    /// not yet in place). `None` if a file with exactly these bytes is
-    /// already in place.
-    fn write_temp(
-        &self,
-        id: ChunkId,
-        data: &[u8],
-    ) -> Result<Option<(PathBuf, PathBuf)>, StoreError> {
+    /// The first half of [`ChunkStore::put_batch`], which many threads may
+    /// run at once: checks a chunk and writes its bytes to a temp file (not
+    /// yet durable, not yet in place; [`ChunkStore::commit`] does that).
+    /// `None` if a file with exactly these bytes is already in place.
+    pub fn stage(&self, id: ChunkId, data: &[u8]) -> Result<Option<Staged>, StoreError> {
         let actual = ChunkId::of(data);
         debug_assert_eq!(actual, id, "ChunkStore::put: bytes do not match their id");
         if actual != id {
@@ -217,7 +254,7 @@ impl ChunkStore {
             Err(e) => return Err(StoreError::io("stat chunk", &path, e)),
         }
 
-        let tmp_path = self.tmp.join(format!(
+        let tmp = self.tmp.join(format!(
             "{}.{}.{}",
             id.to_hex(),
             std::process::id(),
@@ -226,19 +263,18 @@ impl ChunkStore {
         let written = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&tmp_path)
-            .map_err(|e| StoreError::io("create temp file", &tmp_path, e))
+            .open(&tmp)
+            .map_err(|e| StoreError::io("create temp file", &tmp, e))
             .and_then(|mut file| {
                 file.write_all(data)
-                    .map_err(|e| StoreError::io("write temp file", &tmp_path, e))
+                    .map_err(|e| StoreError::io("write temp file", &tmp, e))
             });
-        match written {
-            Ok(()) => Ok(Some((tmp_path, path))),
-            Err(e) => {
-                let _ = fs::remove_file(&tmp_path);
-                Err(e)
-            }
-        }
+        let staged = Staged {
+            tmp: Some(tmp),
+            path,
+        };
+        // On an error, dropping `staged` removes what was written.
+        written.map(|()| Some(staged))
     }
 
     /// Reads the chunk `id` and verifies it against its id.

@@ -28,7 +28,7 @@ mod db;
 mod owner;
 pub mod tree_cache;
 
-pub use chunks::ChunkStore;
+pub use chunks::{ChunkStore, Staged};
 pub use owner::{CacheOwner, OWNER_FILE};
 
 /// What the daemon needs of a chunk store. [`ChunkStore`] is the real one;
