@@ -403,6 +403,8 @@ pub struct Exec {
     /// Group writes under way, each until its index update ends (at most
     /// [`ExecConfig::writes_in_flight`]).
     writing: usize,
+    /// Chunk bytes of the group writes under way.
+    writing_bytes: u64,
     /// Chunks queued, being written or being indexed (with multiplicity),
     /// and their bytes: the engine serves them from here until they are
     /// durable.
@@ -440,6 +442,7 @@ impl Exec {
             write_queue: VecDeque::new(),
             write_queue_bytes: 0,
             writing: 0,
+            writing_bytes: 0,
             storing: BTreeMap::new(),
             deleting: BTreeMap::new(),
             deferred: BTreeSet::new(),
@@ -677,7 +680,7 @@ impl Exec {
             .collect();
         if e.config().bugs().index_before_durable {
             // Planted: the index was told before the write (see write_next).
-            self.writing -= 1;
+            self.write_ended(&done);
             self.stored(e, now, done);
         } else {
             // The index learns of a chunk only once its file is durable.
@@ -687,7 +690,7 @@ impl Exec {
                 .map(|(q, _)| (q.extent.id, q.extent.len))
                 .collect();
             if chunks.is_empty() {
-                self.writing -= 1;
+                self.write_ended(&done);
                 self.stored(e, now, done);
             } else {
                 // Still in flight: the write becomes an index update.
@@ -722,7 +725,7 @@ impl Exec {
                 }
             }
         }
-        self.writing -= 1;
+        self.write_ended(&batch);
         self.stored(e, now, batch);
         self.write_next(e);
         self.drain(e, now);
@@ -1004,10 +1007,16 @@ impl Exec {
     /// the disk keeps up.
     fn ask_pieces(&mut self, id: FetchId) {
         let queue_full = self.write_queue_bytes >= self.config.write_queue_bytes;
+        // A fill behind readers holds at most the queue's worth of bytes
+        // between the origin and the disk, written or not: nobody waits
+        // for it, and its peak is the daemon's peak.
+        let fill_full =
+            self.write_queue_bytes + self.writing_bytes >= self.config.write_queue_bytes;
         let Some(run) = self.fetches.get_mut(&id) else {
             return;
         };
-        if run.ended.is_some() || (queue_full && run.fetch.store) {
+        if run.ended.is_some() || (queue_full && run.fetch.store) || (fill_full && run.fetch.behind)
+        {
             return;
         }
         let most = if run.fetch.after_failure || run.fetch.behind {
@@ -1224,6 +1233,7 @@ impl Exec {
             return;
         }
         self.write_queue_bytes -= bytes;
+        self.writing_bytes += bytes;
         let chunks: Vec<(ChunkId, Arc<[u8]>)> = batch
             .iter()
             .map(|q| (q.extent.id, Arc::clone(&q.data)))
@@ -1242,6 +1252,25 @@ impl Exec {
         self.io.push_back(Io::WriteChunks { op, chunks });
         // Room in the queue again: fetches that paused may go on.
         let paused: Vec<FetchId> = self.fetches.keys().copied().collect();
+        for id in paused {
+            self.ask_pieces(id);
+        }
+    }
+
+    /// A group write (with its index update) is no longer under way:
+    /// fills behind readers that paused for it go on.
+    fn write_ended(&mut self, batch: &[(Queued, Stored)]) {
+        self.writing -= 1;
+        self.writing_bytes -= batch
+            .iter()
+            .map(|(q, _)| u64::from(q.extent.len))
+            .sum::<u64>();
+        let paused: Vec<FetchId> = self
+            .fetches
+            .iter()
+            .filter(|(_, run)| run.fetch.behind)
+            .map(|(id, _)| *id)
+            .collect();
         for id in paused {
             self.ask_pieces(id);
         }

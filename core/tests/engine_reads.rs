@@ -45,6 +45,11 @@ struct World {
     fetched_bytes: u64,
     fetches_by_origin: [u64; 4],
     passthroughs_by_origin: [u64; 4],
+    /// Writes the disk finishes later (a slow disk).
+    held_writes: Vec<Io>,
+    hold_writes: bool,
+    /// Chunk bytes whose write finished.
+    written_bytes: u64,
 }
 
 struct Harness {
@@ -287,7 +292,9 @@ impl Harness {
                     .collect();
                 self.exec.chunks_read(e, now, op, results);
             }
+            Io::WriteChunks { .. } if self.world.hold_writes => self.world.held_writes.push(io),
             Io::WriteChunks { op, chunks } => {
+                self.world.written_bytes += chunks.iter().map(|(_, d)| d.len() as u64).sum::<u64>();
                 let results = chunks
                     .into_iter()
                     .map(|(id, data)| {
@@ -314,6 +321,19 @@ impl Harness {
             }
             Io::Notice(_) => {}
         }
+    }
+
+    /// Lets the disk finish the oldest write it held; false if none was.
+    fn finish_held_write(&mut self) -> bool {
+        if self.world.held_writes.is_empty() {
+            return false;
+        }
+        let io = self.world.held_writes.remove(0);
+        let hold = std::mem::replace(&mut self.world.hold_writes, false);
+        self.execute(io);
+        self.world.hold_writes = hold;
+        self.pump();
+        true
     }
 
     /// Lets the origin answer the fetch requests it held.
@@ -1125,6 +1145,43 @@ fn a_fill_behind_origin_answers_from_the_origin_then_caches_what_was_read() {
         Err(Errno::Io),
         "what nobody read was not cached"
     );
+}
+
+#[test]
+fn a_fill_holds_at_most_the_write_queue_between_the_origin_and_the_disk() {
+    let config = Config {
+        fill_behind_origins: [OriginId(0)].into_iter().collect(),
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 40 * MIB)], config);
+    let want = h.origin_bytes("A").to_vec();
+    assert_eq!(read_whole(&mut h, "A"), want);
+    // A slow disk: the fill must stop asking the origin for more, not
+    // pile its bytes up in memory (nobody waits for a fill, and its peak
+    // is the daemon's).
+    h.world.hold_writes = true;
+    h.run_clock_until("the fill never reached the disk", |h| {
+        !h.world.held_writes.is_empty()
+    });
+    let config = h.exec.config().clone();
+    let bound = config.write_queue_bytes
+        + u64::from(config.piece_bytes)
+        + musicfs_core::chunk::CHUNK_MAX_BYTES as u64;
+    let mut most = 0;
+    loop {
+        most = most.max(h.world.fetched_bytes - h.world.written_bytes);
+        if !h.finish_held_write() {
+            break;
+        }
+    }
+    assert!(
+        (MIB as u64..=bound).contains(&most),
+        "{most} bytes fetched and not yet written (at most {bound})"
+    );
+    until_filled(&mut h);
+    assert_eq!(h.engine.cached(h.ino("A")), Cached::Full);
+    h.set_down(0, true);
+    assert_eq!(read_whole(&mut h, "A"), want);
 }
 
 #[test]
