@@ -61,7 +61,9 @@ pub struct ExecConfig {
     /// the last one waits for its sync, so the disk and the CPU overlap.
     pub writes_in_flight: usize,
     /// Cut chunk bytes waiting for the disk, at most: fetches stop asking
-    /// their origins for more until the disk catches up.
+    /// their origins for more until the disk catches up. A fill behind
+    /// readers counts the bytes being written too: it holds at most this
+    /// much between its origin and the disk.
     pub write_queue_bytes: u64,
     /// An origin request not answered by then fails.
     pub origin_request_timeout: Duration,

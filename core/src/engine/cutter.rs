@@ -55,6 +55,27 @@ pub fn cut_run(offset: u64, data: &[u8]) -> Vec<CutChunk> {
     out
 }
 
+/// Where [`cut_run`] cuts `data` (the bytes of a file from `offset`), and
+/// each chunk's id, without copying the bytes: the chunks are
+/// `data[from..from + len]`, each at `offset + from` in the file.
+pub fn cut_points(offset: u64, data: &[u8]) -> Vec<(u64, Extent)> {
+    let chunker = Chunker::new();
+    let mut out = Vec::new();
+    let mut pos = 0usize;
+    for len in chunker.cut_all(data) {
+        let bytes = &data[pos..pos + len];
+        out.push((
+            offset + pos as u64,
+            Extent {
+                len: u32::try_from(len).unwrap_or(u32::MAX),
+                id: ChunkId::of(bytes),
+            },
+        ));
+        pos += len;
+    }
+    out
+}
+
 /// Why the stream does not fit the plan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CutError {
@@ -263,6 +284,10 @@ mod tests {
         let by_run = cut_run(start, &data[start as usize..end as usize]);
         assert!(by_run.len() > 3);
         assert_eq!(by_fetch, by_run);
+        // The same cuts and ids without the copies.
+        let points = cut_points(start, &data[start as usize..end as usize]);
+        let by_points: Vec<(u64, Extent)> = by_run.iter().map(|c| (c.offset, c.extent())).collect();
+        assert_eq!(points, by_points);
         assert_eq!(
             by_run.last().map(|c| c.offset + c.data.len() as u64),
             Some(end)

@@ -17,7 +17,7 @@ mod pins;
 mod types;
 
 pub use cache::{ChunkCache, ChunkMeta};
-pub use cutter::{CutChunk, CutError, Cutter, cut_run};
+pub use cutter::{CutChunk, CutError, Cutter, cut_points, cut_run};
 pub use health::{CheckId, Health, HealthConfig, HealthTable, OriginStatus};
 pub use pins::{Cached, Pin, PinRefused, PinReport, PinnedFile};
 pub use types::*;

@@ -21,8 +21,8 @@
 //! chunks then.
 
 use crate::store::{ChunkStore, Db, Staged, StoreError};
-use musicfs_core::engine::{CutChunk, cut_run};
-use musicfs_core::{ChunkId, Kept, Manifest, SourceFile};
+use musicfs_core::engine::cut_points;
+use musicfs_core::{ChunkId, Extent, Kept, Manifest, SourceFile};
 use std::collections::HashSet;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
@@ -361,13 +361,21 @@ impl TagKeeper {
     /// Keeps one file's bytes. Cutting happens on the caller's thread.
     pub fn keep(&self, kept: KeptBytes) {
         let size = kept.source.version.size;
-        let mut chunks = cut_run(0, &kept.head);
-        if !kept.tail.is_empty() {
-            chunks.extend(cut_run(kept.tail_at, &kept.tail));
+        // The chunks, as slices of the bytes read: nothing is copied on
+        // the way to the temp files.
+        let mut chunks: Vec<(u64, Extent, &[u8])> = Vec::new();
+        for (at, part) in [(0, &kept.head), (kept.tail_at, &kept.tail)] {
+            for (offset, extent) in cut_points(at, part) {
+                let from = usize::try_from(offset - at).unwrap_or(usize::MAX);
+                let Some(bytes) = part.get(from..from.saturating_add(extent.len as usize)) else {
+                    return;
+                };
+                chunks.push((offset, extent, bytes));
+            }
         }
         let mut manifest = Manifest::new(kept.source.version.clone());
-        for c in &chunks {
-            if manifest.insert(c.offset, c.extent()).is_err() {
+        for &(offset, extent, _) in &chunks {
+            if manifest.insert(offset, extent).is_err() {
                 return;
             }
         }
@@ -381,21 +389,24 @@ impl TagKeeper {
         });
         // Written to temp files here, on the scan's worker, outside the
         // lock: the chunks not yet in the cache, each once.
-        let mut new: Vec<&CutChunk> = {
+        let mut new: Vec<(Extent, &[u8])> = {
             let s = self.state.lock();
             if !self.failed() && s.used < self.budget {
-                chunks.iter().filter(|c| !s.known.contains(&c.id)).collect()
+                chunks
+                    .iter()
+                    .filter(|(_, e, _)| !s.known.contains(&e.id))
+                    .map(|&(_, e, bytes)| (e, bytes))
+                    .collect()
             } else {
                 Vec::new()
             }
         };
-        new.sort_unstable_by_key(|c| c.id);
-        new.dedup_by_key(|c| c.id);
+        new.sort_unstable_by_key(|(e, _)| e.id);
+        new.dedup_by_key(|(e, _)| e.id);
         let staged: Vec<_> = new
             .into_iter()
-            .map(|c| (c.id, c.data.len() as u32, self.store.stage(c.id, &c.data)))
+            .map(|(e, bytes)| (e.id, e.len, self.store.stage(e.id, bytes)))
             .collect();
-        drop(chunks);
         // Another worker may have staged one of them meanwhile: the first
         // to get here keeps it, the other's temp file is removed (outside
         // the lock, as these drop).
