@@ -7,6 +7,7 @@
 //! first: a test that switches `cas-put-before-write` on must not make
 //! another test's `put` fail.
 
+use musicfs::library::keep::{KeptBytes, TagKeeper};
 use musicfs::store::{ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, StoreError};
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::DiskFault;
@@ -16,6 +17,7 @@ use parking_lot::{Mutex, MutexGuard};
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -217,11 +219,126 @@ fn bytes_are_never_stored_under_the_wrong_id() {
     assert!(!store.path_of(id).exists());
 }
 
+// ------------------------------------------------------------ tag keeper --
+
+/// Keeps a 300 KiB head of `files` tracks (past the keeper's 8 MiB batch
+/// several times over) with `keeper`, on as many threads as a scan.
+fn keep_heads(keeper: &Arc<TagKeeper>, files: u64) -> Vec<(SourceFile, Vec<u8>)> {
+    let kept: Vec<(SourceFile, Vec<u8>)> = (0..files)
+        .map(|i| {
+            let source = SourceFile {
+                origin: OriginId(0),
+                path: OriginPath::new(format!("a/{i:03}.flac").into_bytes()),
+                version: FileVersion {
+                    size: 4 << 20,
+                    mtime_ns: 1,
+                    token: None,
+                },
+            };
+            (source, noise(300 << 10, 1000 + i))
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for half in kept.chunks(kept.len().div_ceil(2)) {
+            s.spawn(move || {
+                for (source, head) in half {
+                    keeper.keep(KeptBytes {
+                        source: source.clone(),
+                        head: head.clone(),
+                        tail_at: source.version.size,
+                        tail: Vec::new(),
+                    });
+                }
+            });
+        }
+    });
+    kept
+}
+
+/// Every manifest in `db` names only chunks that are indexed, on disk and
+/// sound, and maps exactly the bytes kept of its file. Returns how many
+/// manifests there are.
+fn check_kept(cache: &Path, db: &Db, store: &ChunkStore, kept: &[(SourceFile, Vec<u8>)]) -> usize {
+    let indexed: std::collections::HashSet<ChunkId> = db
+        .load_chunk_index()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _, _)| id)
+        .collect();
+    let manifests = db.load_manifests().unwrap();
+    for (origin, path, m) in &manifests {
+        let (_, head) = kept
+            .iter()
+            .find(|(s, _)| s.origin == *origin && &s.path == path)
+            .expect("a manifest of a kept file");
+        let mut bytes = Vec::new();
+        for (offset, e) in m.extents() {
+            assert_eq!(offset, bytes.len() as u64);
+            assert!(
+                indexed.contains(&e.id),
+                "a manifest names a chunk not indexed"
+            );
+            bytes.extend(
+                store
+                    .get(e.id)
+                    .expect("an indexed chunk is on disk and sound"),
+            );
+        }
+        assert_eq!(&bytes, head);
+    }
+    assert!(tmp_entries(cache).is_empty(), "no temp file left");
+    manifests.len()
+}
+
+#[test]
+fn a_keeper_stores_every_batch_and_the_manifests_that_name_them() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(ChunkStore::open(dir.path()).unwrap());
+    let db = Arc::new(Db::open(dir.path()).unwrap().db);
+    let keeper =
+        Arc::new(TagKeeper::new(Arc::clone(&store), Arc::clone(&db), 1 << 40, []).unwrap());
+    let kept = keep_heads(&keeper, 80);
+    let report = keeper.finish().unwrap();
+    assert_eq!(report.files, 80);
+    assert_eq!(report.bytes, 80 * (300 << 10));
+    assert_eq!(report.indexed.len(), db.load_chunk_index().unwrap().len());
+    assert_eq!(check_kept(dir.path(), &db, &store, &kept), 80);
+}
+
 // ----------------------------------------------------------- fail points --
 
 #[cfg(feature = "failpoints")]
 mod failpoints {
     use super::*;
+
+    #[test]
+    fn a_keeper_whose_write_fails_writes_no_manifest_after_it() {
+        let _g = serial();
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(ChunkStore::open(dir.path()).unwrap());
+        let db = Arc::new(Db::open(dir.path()).unwrap().db);
+        let keeper =
+            Arc::new(TagKeeper::new(Arc::clone(&store), Arc::clone(&db), 1 << 40, []).unwrap());
+        // The disk fills after 200 chunks: in the second batch (a batch is
+        // 8 MiB, some 130 chunks).
+        fail::cfg("cas-put-before-write", "200*off->return(ENOSPC)").unwrap();
+        let kept = keep_heads(&keeper, 80);
+        let report = keeper.finish().unwrap();
+        fail::remove("cas-put-before-write");
+        assert!(
+            !keeper.wants_more(),
+            "nothing more is kept after a failed write"
+        );
+        let manifests = check_kept(dir.path(), &db, &store, &kept);
+        assert_eq!(report.files as usize, manifests);
+        assert!(
+            (1..80).contains(&manifests),
+            "{manifests} files kept: the batches before the failure, none after"
+        );
+        scenario.teardown();
+    }
 
     #[test]
     fn put_failing_before_the_write_leaves_no_file() {
