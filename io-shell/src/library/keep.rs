@@ -286,10 +286,14 @@ struct Written {
     outcome: parking_lot::Mutex<WrittenSoFar>,
 }
 
+/// Index entries written (id, length, last access), as `Db::put_chunks` takes
+/// them.
+type Indexed = Vec<(ChunkId, u32, u64)>;
+
 #[derive(Default)]
 struct WrittenSoFar {
     /// Index entries written, for the engine that starts next.
-    indexed: Vec<(ChunkId, u32, u64)>,
+    indexed: Indexed,
     /// Files whose manifests were not written.
     files_lost: u64,
 }
@@ -539,11 +543,7 @@ impl Written {
     /// every chunk of its batch is durable and indexed. What is durable is
     /// indexed even if the rest failed (a chunk file nobody indexes is only
     /// space), and returned with the error.
-    #[allow(clippy::type_complexity)]
-    fn write(
-        &self,
-        batch: Batch,
-    ) -> Result<Vec<(ChunkId, u32, u64)>, (Vec<(ChunkId, u32, u64)>, StoreError)> {
+    fn write(&self, batch: Batch) -> Result<Indexed, (Indexed, StoreError)> {
         let (chunks, staged): (Vec<(ChunkId, u32)>, Vec<_>) = batch
             .chunks
             .into_iter()
