@@ -70,9 +70,11 @@ pub(super) fn load_catalog(
         // saved for this index and scan it.
         as_saved = false;
         entries.retain(|e| e.source.origin != id);
-        let keeper = (spec.cached && plan.keep_tags)
-            .then(|| keep.keeper())
-            .flatten();
+        let keeper = if spec.cached && plan.keep_tags {
+            keep.keeper()
+        } else {
+            None
+        };
         let report = match scan_origin(id, spec, source, rt, scan, keeper)? {
             Ok(report) => {
                 scanned_now[i] = true;
