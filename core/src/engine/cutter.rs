@@ -45,14 +45,17 @@ impl CutChunk {
 /// a fetch of that range would: content-defined cuts, the last one forced
 /// at the end of the range. A tag scan keeps what it read this way.
 pub fn cut_run(offset: u64, data: &[u8]) -> Vec<CutChunk> {
-    let chunker = Chunker::new();
-    let mut out = Vec::new();
-    let mut pos = 0usize;
-    for len in chunker.cut_all(data) {
-        out.push(CutChunk::of(offset + pos as u64, &data[pos..pos + len]));
-        pos += len;
-    }
-    out
+    cut_points(offset, data)
+        .into_iter()
+        .map(|(at, extent)| {
+            let from = (at - offset) as usize;
+            CutChunk {
+                offset: at,
+                id: extent.id,
+                data: Arc::from(&data[from..from + extent.len as usize]),
+            }
+        })
+        .collect()
 }
 
 /// Where [`cut_run`] cuts `data` (the bytes of a file from `offset`), and
