@@ -8,7 +8,9 @@
 //! another test's `put` fail.
 
 use musicfs::library::keep::{KeptBytes, TagKeeper};
-use musicfs::store::{ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, StoreError};
+use musicfs::store::{
+    ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, PackBuf, StoreError,
+};
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::DiskFault;
 use musicfs_core::{ChunkId, Extent, FileVersion, Manifest, OriginId, OriginPath, TrackTags};
@@ -302,8 +304,178 @@ fn a_keeper_stores_every_batch_and_the_manifests_that_name_them() {
     let report = keeper.finish().unwrap();
     assert_eq!(report.files, 80);
     assert_eq!(report.bytes, 80 * (300 << 10));
-    assert_eq!(report.indexed.len(), db.load_chunk_index().unwrap().len());
+    let index = db.load_chunk_index().unwrap();
+    assert_eq!(report.indexed.len(), index.len());
     assert_eq!(check_kept(dir.path(), &db, &store, &kept), 80);
+    // All in packs, one per batch of 8 MiB: no chunk file.
+    assert!(
+        index
+            .iter()
+            .all(|(id, _, _)| store.packed_at(*id).is_some())
+    );
+    assert_eq!(fs::read_dir(dir.path().join("packs")).unwrap().count(), 3);
+    assert!(chunk_files(dir.path()).is_empty());
+    // They are all there after a restart.
+    drop((keeper, store));
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.forget_unindexed(&index), 0);
+    assert_eq!(check_kept(dir.path(), &db, &store, &kept), 80);
+}
+
+/// The chunk files under `cache`, not counting the temp folder.
+fn chunk_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for shard in fs::read_dir(cache.join("chunks")).unwrap() {
+        let shard = shard.unwrap().path();
+        if shard.ends_with("tmp") {
+            continue;
+        }
+        out.extend(fs::read_dir(shard).unwrap().map(|e| e.unwrap().path()));
+    }
+    out
+}
+
+// ----------------------------------------------------------------- packs --
+
+/// `n` chunks of `len` bytes, as a pack and as they are.
+fn pack_of(n: u64, len: usize, seed: u64) -> (PackBuf, Vec<(ChunkId, Vec<u8>)>) {
+    let chunks: Vec<(ChunkId, Vec<u8>)> = (0..n).map(|i| chunk(len, seed + i)).collect();
+    let mut pack = PackBuf::with_capacity(0);
+    for (id, data) in &chunks {
+        assert!(pack.push(*id, data));
+    }
+    (pack, chunks)
+}
+
+fn the_pack(cache: &Path) -> Vec<PathBuf> {
+    fs::read_dir(cache.join("packs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect()
+}
+
+#[test]
+fn a_pack_is_read_back_after_a_restart_and_listed_by_a_scan() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (pack, chunks) = pack_of(50, 40_000, 1);
+    let stored = store.put_pack(pack).unwrap();
+    assert_eq!(stored.len(), 50);
+    assert!(chunk_files(dir.path()).is_empty());
+    assert!(tmp_entries(dir.path()).is_empty());
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    for (id, data) in &chunks {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    let mut listed = store.scan().unwrap();
+    listed.sort();
+    let mut want: Vec<(ChunkId, u64)> =
+        chunks.iter().map(|(id, d)| (*id, d.len() as u64)).collect();
+    want.sort();
+    assert_eq!(listed, want);
+    // Storing a packed chunk again writes no file.
+    store.put(chunks[3].0, &chunks[3].1).unwrap();
+    assert!(chunk_files(dir.path()).is_empty());
+}
+
+#[test]
+fn removing_packed_chunks_frees_their_blocks_and_the_last_one_the_pack() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (pack, chunks) = pack_of(20, 64 << 10, 100);
+    store.put_pack(pack).unwrap();
+    let pack_file = the_pack(dir.path()).pop().unwrap();
+    let blocks = || fs::metadata(&pack_file).unwrap().blocks() * 512;
+    let before = blocks();
+    for (id, _) in &chunks[..10] {
+        store.remove(*id).unwrap();
+        assert!(matches!(store.get(*id), Err(ChunkReadError::Missing)));
+    }
+    assert!(
+        blocks() + 10 * (60 << 10) <= before,
+        "{} bytes allocated, {before} before removing half",
+        blocks()
+    );
+    for (id, data) in &chunks[10..] {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    for (id, _) in &chunks[10..] {
+        store.remove(*id).unwrap();
+    }
+    assert!(!pack_file.exists(), "the pack goes with its last chunk");
+    assert!(store.scan().unwrap().is_empty());
+}
+
+#[test]
+fn at_open_packed_chunks_the_index_does_not_name_are_dropped() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (pack, chunks) = pack_of(12, 30_000, 200);
+    store.put_pack(pack).unwrap();
+    let (pack, others) = pack_of(5, 30_000, 300);
+    store.put_pack(pack).unwrap();
+    // Evicted in this run: the pack's table still lists them.
+    for (id, _) in &chunks[..4] {
+        store.remove(*id).unwrap();
+    }
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.scan().unwrap().len(), 17, "the tables list all");
+    // The index names the 8 left of the first pack, none of the second
+    // (written by a run that crashed before indexing it).
+    let index: Vec<(ChunkId, u32, u64)> = chunks[4..]
+        .iter()
+        .map(|(id, d)| (*id, d.len() as u32, 0))
+        .collect();
+    assert_eq!(store.forget_unindexed(&index), 9);
+    assert_eq!(the_pack(dir.path()).len(), 1, "the unindexed pack is gone");
+    for (id, _) in chunks[..4].iter().chain(&others) {
+        assert!(matches!(store.get(*id), Err(ChunkReadError::Missing)));
+    }
+    for (id, data) in &chunks[4..] {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    assert_eq!(store.scan().unwrap().len(), 8);
+}
+
+#[test]
+fn a_damaged_pack_is_reported_never_served() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let (pack, chunks) = pack_of(6, 30_000, 400);
+    store.put_pack(pack).unwrap();
+    let path = the_pack(dir.path()).pop().unwrap();
+    // A flipped byte in the second chunk: that chunk is corrupt; a fresh
+    // copy of its bytes replaces it.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[30_000 + 17] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    assert!(matches!(
+        store.get(chunks[1].0),
+        Err(ChunkReadError::Corrupt { .. })
+    ));
+    assert_eq!(store.get(chunks[2].0).unwrap(), chunks[2].1);
+    store.put(chunks[1].0, &chunks[1].1).unwrap();
+    assert_eq!(store.get(chunks[1].0).unwrap(), chunks[1].1);
+    assert!(store.packed_at(chunks[1].0).is_none(), "now a chunk file");
+    // A damaged table: the pack is deleted at the next open, its chunks
+    // are missing (fetched again), the rest of the store opens.
+    let len = bytes.len();
+    bytes[len - 30] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert!(!path.exists());
+    assert!(matches!(
+        store.get(chunks[2].0),
+        Err(ChunkReadError::Missing)
+    ));
+    assert_eq!(store.get(chunks[1].0).unwrap(), chunks[1].1);
 }
 
 // ----------------------------------------------------------- fail points --
@@ -321,12 +493,11 @@ mod failpoints {
         let db = Arc::new(Db::open(dir.path()).unwrap().db);
         let keeper =
             Arc::new(TagKeeper::new(Arc::clone(&store), Arc::clone(&db), 1 << 40, []).unwrap());
-        // The disk fills after 200 chunks: in the second batch (a batch is
-        // 8 MiB, some 130 chunks).
-        fail::cfg("cas-put-before-write", "200*off->return(ENOSPC)").unwrap();
+        // The disk fills after the first batch (8 MiB, of 23 MiB).
+        fail::cfg("cas-pack-before-write", "1*off->return(ENOSPC)").unwrap();
         let kept = keep_heads(&keeper, 80);
         let report = keeper.finish().unwrap();
-        fail::remove("cas-put-before-write");
+        fail::remove("cas-pack-before-write");
         assert!(
             !keeper.wants_more(),
             "nothing more is kept after a failed write"
@@ -337,6 +508,37 @@ mod failpoints {
             (1..80).contains(&manifests),
             "{manifests} files kept: the batches before the failure, none after"
         );
+        scenario.teardown();
+    }
+
+    #[test]
+    fn a_pack_that_fails_leaves_nothing_a_restart_keeps() {
+        let _g = serial();
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let (pack, chunks) = pack_of(8, 30_000, 500);
+        fail::cfg("cas-pack-before-write", "return(ENOSPC)").unwrap();
+        let err = store.put_pack(pack).unwrap_err();
+        fail::remove("cas-pack-before-write");
+        assert_eq!(err.disk_fault(), Some(DiskFault::NoSpace), "{err:?}");
+        assert!(the_pack(dir.path()).is_empty());
+        assert!(tmp_entries(dir.path()).is_empty());
+        // Written and in place, then the write "fails" before the caller
+        // indexes it: the next open drops what the index does not name.
+        let (pack, _) = pack_of(8, 30_000, 500);
+        fail::cfg("cas-put-after-write-before-index", "return").unwrap();
+        assert!(store.put_pack(pack).is_err());
+        fail::remove("cas-put-after-write-before-index");
+        assert_eq!(the_pack(dir.path()).len(), 1);
+        drop(store);
+        let store = ChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.forget_unindexed(&[]), 8);
+        assert!(the_pack(dir.path()).is_empty());
+        assert!(matches!(
+            store.get(chunks[0].0),
+            Err(ChunkReadError::Missing)
+        ));
         scenario.teardown();
     }
 

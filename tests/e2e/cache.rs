@@ -46,9 +46,9 @@ impl Setup {
         self.dir.path().join(p)
     }
     /// Nothing is indexed that is not on disk: every chunk the index of a
-    /// killed mount lists has its file, whole. (Reads are served from
-    /// memory before their chunks are durable; the index must still learn
-    /// of a chunk only after its file is in place.)
+    /// killed mount lists is in its file or pack, whole. (Reads are served
+    /// from memory before their chunks are durable; the index must still
+    /// learn of a chunk only after its file is in place.)
     fn index_is_on_disk(&self, round: u64) {
         let cache = self.path("cache");
         let db = musicfs::store::Db::open(&cache)
@@ -57,16 +57,11 @@ impl Setup {
         let store = musicfs::store::ChunkStore::open(&cache).expect("chunk store");
         let index = db.load_chunk_index().expect("chunk index");
         for (id, len, _) in &index {
-            let path = store.path_of(*id);
-            let on_disk = std::fs::metadata(&path).map(|m| m.len());
-            assert_eq!(
-                on_disk.ok(),
-                Some(u64::from(*len)),
-                "round {round}: chunk {id} is indexed but its file is {}",
-                path.display()
-            );
-            let bytes = std::fs::read(&path).expect("read chunk");
-            assert!(id.matches(&bytes), "round {round}: chunk {id} is torn");
+            // `get` verifies the bytes against the id.
+            let bytes = store.get(*id).unwrap_or_else(|e| {
+                panic!("round {round}: chunk {id} is indexed but not whole on disk: {e:?}")
+            });
+            assert_eq!(bytes.len(), *len as usize, "round {round}: chunk {id}");
         }
     }
     fn command(&self) -> MountCommand {
@@ -94,6 +89,14 @@ impl Setup {
             .map(|p| root.join(p))
             .collect()
     }
+    /// The packs of tag bytes the first scan kept.
+    fn pack_files(&self) -> Vec<PathBuf> {
+        let root = self.path("cache/packs");
+        files_under(&root)
+            .into_iter()
+            .map(|p| root.join(p))
+            .collect()
+    }
 }
 
 #[test]
@@ -105,7 +108,11 @@ fn flipped_bytes_in_half_the_chunk_files_never_reach_a_reader() {
     assert!(m.stop().success());
     let files = s.chunk_files();
     assert!(files.len() > 100, "{} chunk files", files.len());
-    for f in files.iter().step_by(2) {
+    let packs = s.pack_files();
+    assert!(!packs.is_empty(), "the first scan kept tag bytes in packs");
+    // Half the chunk files, and every pack (a third of the way in: in a
+    // chunk's bytes, before the table at its end).
+    for f in files.iter().step_by(2).chain(&packs) {
         let mut b = std::fs::read(f).unwrap();
         let at = b.len() / 3;
         b[at] ^= 0x01;

@@ -166,10 +166,14 @@ impl ChunkBackend for FaultyCasStore {
             return Err(ChunkReadError::Io(os_error(libc::EIO, "read chunk")));
         }
         if self.inject_corruption.load(Ordering::SeqCst) {
-            // Corrupt the file for real, then let the store's check find it.
-            let path = self.inner.path_of(id);
+            // Corrupt the file (or the chunk's bytes in its pack) for
+            // real, then let the store's check find it.
+            let (path, at) = match self.inner.packed_at(id) {
+                Some((pack, offset, _)) => (pack, offset as usize),
+                None => (self.inner.path_of(id), 0),
+            };
             if let Ok(mut bytes) = std::fs::read(&path)
-                && let Some(b) = bytes.first_mut()
+                && let Some(b) = bytes.get_mut(at)
             {
                 *b ^= 0x01;
                 let _ = std::fs::write(&path, &bytes);

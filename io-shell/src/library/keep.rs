@@ -11,16 +11,18 @@
 //! `Manifest::kept`), and all of them together may take at most
 //! [`KEEP_SHARE_PCT`] of the cache.
 //!
-//! [`TagKeeper`] stores them as the executor stores a fetch's chunks, in
-//! the same order of steps: chunk files durable first (one batch, two
-//! `syncfs`), then their index entries, then the manifests that name them.
-//! Batches are written one at a time, by one writer thread, in the order
-//! they were filled, so a manifest never names a chunk of a later batch;
-//! after a batch failed, no later one is written. It runs only while no
-//! engine does (the first scan before a mount): nothing else deletes
-//! chunks then.
+//! [`TagKeeper`] stores each batch of them as one pack file
+//! ([`ChunkStore::put_pack`]): a media server's scan reads them back
+//! together, and one file for thousands of chunks spares it an open and a
+//! lookup per chunk. The order of steps is the executor's for a fetch's
+//! chunks: the pack durable and in place first, then its index entries,
+//! then the manifests that name them. Batches are written one at a time,
+//! by one writer thread, in the order they were filled, so a manifest
+//! never names a chunk of a later batch; after a batch failed, no later
+//! one is written. It runs only while no engine does (the first scan
+//! before a mount): nothing else deletes chunks then.
 
-use crate::store::{ChunkStore, Db, Staged, StoreError};
+use crate::store::{ChunkStore, Db, PackBuf, StoreError};
 use musicfs_core::engine::cut_points;
 use musicfs_core::{ChunkId, Extent, Kept, Manifest, SourceFile};
 use std::collections::HashSet;
@@ -225,16 +227,14 @@ pub struct KeptBytes {
 
 /// Writes kept bytes into the cache (see the module docs).
 ///
-/// The scan's workers cut, hash and write temp files on their own threads
-/// ([`ChunkStore::stage`]), and hand each full batch to one writer thread
-/// that makes it durable, renames it into place and indexes it
-/// ([`ChunkStore::commit`]), so no worker waits for a `syncfs`. A worker
-/// that filled a batch used to write all of it itself: with two workers on
-/// two cores one of them mostly waited on the disk. At most
-/// [`BATCHES_QUEUED`] full batches wait for the writer; past that a worker
-/// that fills one waits.
+/// The scan's workers cut and hash on their own threads and copy the new
+/// chunks into the batch, and hand each full batch to one writer thread
+/// that writes it as a pack and indexes it, so no worker waits for the
+/// disk. (A worker that filled a batch used to write all of it itself:
+/// with two workers on two cores one of them mostly waited on the disk.)
+/// At most [`BATCHES_QUEUED`] full batches wait for the writer; past that
+/// a worker that fills one waits.
 pub struct TagKeeper {
-    store: Arc<ChunkStore>,
     budget: u64,
     state: parking_lot::Mutex<State>,
     /// Full batches, in the order they were filled; `None` once finished.
@@ -267,12 +267,11 @@ struct State {
     over_budget: u64,
 }
 
-/// New chunks, staged, and the manifests that name them (or chunks of
-/// earlier batches).
+/// New chunks, in the order of the files and of their bytes, and the
+/// manifests that name them (or chunks of earlier batches).
 #[derive(Default)]
 struct Batch {
-    chunks: Vec<(ChunkId, u32, Result<Option<Staged>, StoreError>)>,
-    bytes: usize,
+    pack: PackBuf,
     manifests: Vec<(SourceFile, Manifest)>,
 }
 
@@ -322,7 +321,7 @@ impl TagKeeper {
         known: impl IntoIterator<Item = ChunkId>,
     ) -> io::Result<TagKeeper> {
         let written = Arc::new(Written {
-            store: Arc::clone(&store),
+            store,
             db,
             failed: Default::default(),
             outcome: Default::default(),
@@ -339,7 +338,6 @@ impl TagKeeper {
                 }
             })?;
         Ok(TagKeeper {
-            store,
             budget: capacity.saturating_mul(KEEP_SHARE_PCT) / 100,
             state: parking_lot::Mutex::new(State {
                 known: known.into_iter().collect(),
@@ -365,8 +363,8 @@ impl TagKeeper {
     /// Keeps one file's bytes. Cutting happens on the caller's thread.
     pub fn keep(&self, kept: KeptBytes) {
         let size = kept.source.version.size;
-        // The chunks, as slices of the bytes read: nothing is copied on
-        // the way to the temp files.
+        // The chunks, as slices of the bytes read: they are copied once,
+        // into the batch.
         let mut chunks: Vec<(u64, Extent, &[u8])> = Vec::new();
         for (at, part) in [(0, &kept.head), (kept.tail_at, &kept.tail)] {
             for (offset, extent) in cut_points(at, part) {
@@ -391,55 +389,38 @@ impl TagKeeper {
                 size - kept.tail_at
             },
         });
-        // Written to temp files here, on the scan's worker, outside the
-        // lock: the chunks not yet in the cache, each once.
-        let mut new: Vec<(Extent, &[u8])> = {
-            let s = self.state.lock();
-            if !self.failed() && s.used < self.budget {
-                chunks
-                    .iter()
-                    .filter(|(_, e, _)| !s.known.contains(&e.id))
-                    .map(|&(_, e, bytes)| (e, bytes))
-                    .collect()
-            } else {
-                Vec::new()
-            }
-        };
-        new.sort_unstable_by_key(|(e, _)| e.id);
-        new.dedup_by_key(|(e, _)| e.id);
-        let staged: Vec<_> = new
-            .into_iter()
-            .map(|(e, bytes)| (e.id, e.len, self.store.stage(e.id, bytes)))
-            .collect();
-        // Another worker may have staged one of them meanwhile: the first
-        // to get here keeps it, the other's temp file is removed (outside
-        // the lock, as these drop).
-        let mut duplicates = Vec::new();
+        // The chunks not yet in the cache, each once, in the file's order:
+        // a reader of the head reads the pack forward.
         let mut s = self.state.lock();
         if self.failed() || s.used >= self.budget {
             s.over_budget += u64::from(!self.failed());
             drop(s);
             return;
         }
-        for (id, len, st) in staged {
-            if s.known.insert(id) {
-                s.used += u64::from(len);
-                s.batch.bytes += len as usize;
-                s.batch.chunks.push((id, len, st));
-            } else {
-                duplicates.push(st);
+        let s = &mut *s;
+        for &(_, extent, bytes) in &chunks {
+            if s.known.contains(&extent.id) {
+                continue;
             }
+            if s.batch.pack.is_empty() {
+                s.batch.pack = PackBuf::with_capacity(BATCH_BYTES);
+            }
+            if !s.batch.pack.push(extent.id, bytes) {
+                // Past 4 GiB in one batch: not with BATCH_BYTES batches
+                // and KEEP_MAX_BYTES ends; the file is left out.
+                return;
+            }
+            s.known.insert(extent.id);
+            s.used += u64::from(extent.len);
         }
         s.kept_files += 1;
         s.batch.manifests.push((kept.source, manifest));
-        if s.batch.bytes >= BATCH_BYTES {
+        if s.batch.pack.bytes() >= BATCH_BYTES {
             let full = std::mem::take(&mut s.batch);
             // Under the state lock: batches queue in the order they were
             // filled. Waits while the writer is BATCHES_QUEUED behind.
             self.hand_over(full);
         }
-        drop(s);
-        drop(duplicates);
     }
 
     fn hand_over(&self, batch: Batch) {
@@ -457,7 +438,7 @@ impl TagKeeper {
     pub fn finish(&self) -> Result<KeepReport, StoreError> {
         let mut s = self.state.lock();
         let last = std::mem::take(&mut s.batch);
-        if !last.chunks.is_empty() || !last.manifests.is_empty() {
+        if !last.pack.is_empty() || !last.manifests.is_empty() {
             self.hand_over(last);
         }
         drop(s);
@@ -539,31 +520,16 @@ impl Written {
         }
     }
 
-    /// Files, then index, then manifests. A manifest is written only if
-    /// every chunk of its batch is durable and indexed. What is durable is
-    /// indexed even if the rest failed (a chunk file nobody indexes is only
-    /// space), and returned with the error.
+    /// The pack, then index, then manifests. A manifest is written only if
+    /// every chunk of its batch is durable and indexed. What is indexed is
+    /// returned with an error that follows.
     fn write(&self, batch: Batch) -> Result<Indexed, (Indexed, StoreError)> {
-        let (chunks, staged): (Vec<(ChunkId, u32)>, Vec<_>) = batch
-            .chunks
-            .into_iter()
-            .map(|(id, len, st)| ((id, len), st))
-            .unzip();
-        let mut stored = Vec::with_capacity(chunks.len());
-        let mut first_error = None;
-        for ((id, len), result) in chunks.into_iter().zip(self.store.commit(staged)) {
-            match result {
-                Ok(()) => stored.push((id, len, 0u64)),
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
-            }
-        }
+        let stored: Indexed = match self.store.put_pack(batch.pack) {
+            Ok(stored) => stored.into_iter().map(|(id, len)| (id, len, 0)).collect(),
+            Err(e) => return Err((Vec::new(), e)),
+        };
         if let Err(e) = self.db.put_chunks(&stored) {
             return Err((Vec::new(), e));
-        }
-        if let Some(e) = first_error {
-            return Err((stored, e));
         }
         for (source, m) in &batch.manifests {
             if let Err(e) = self.db.put_manifest(source.origin, &source.path, m) {

@@ -584,6 +584,11 @@ fn start_daemon(
         chunk_index,
         ..
     } = cache;
+    // The index is final here (a first scan is over): packed chunks it
+    // does not name were evicted in an earlier run or never indexed.
+    timed("packs checked against the index", || {
+        store.forget_unindexed(&chunk_index)
+    });
     let manifests = manifests
         .into_iter()
         .map(|(origin, path, m)| ((origin, path), m));

@@ -1,10 +1,12 @@
-//! Chunk files: one file per chunk, named by its content id.
+//! Chunk files: one file per chunk, named by its content id; and packs of
+//! many chunks (`super::packs`) for the tag bytes a first scan keeps.
 //!
 //! `<cache_dir>/chunks/<xx>/<32-hex-id>`, where `xx` is [`ChunkId::shard`]
 //! in two hex digits: 256 directories keep each one small (a multi-terabyte
 //! cache holds tens of millions of chunks). Writes go to `chunks/tmp/` first
 //! and are renamed into place, so a chunk file is either absent or complete.
 
+use super::packs::{PackBuf, Packs};
 use super::{ChunkReadError, StoreError};
 use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
@@ -18,8 +20,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The chunk-file half of the cache.
 ///
-/// It is `Send + Sync` and holds no open files: every call opens what it
-/// needs, so many threads can read and write chunks at once.
+/// It is `Send + Sync` and holds no open chunk files (only a few packs):
+/// every call opens what it needs, so many threads can read and write
+/// chunks at once.
 ///
 /// It assumes it is the only user of its cache directory (open the [`super::Db`]
 /// first: sled locks the database, which keeps a second daemon out), because
@@ -28,13 +31,14 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 pub struct ChunkStore {
     root: PathBuf,
     tmp: PathBuf,
+    packs: Packs,
 }
 
 /// A chunk written to a temp file by [`ChunkStore::stage`]: not yet
 /// durable, not yet in place. Dropped without [`ChunkStore::commit`], its
 /// temp file is removed.
 #[derive(Debug)]
-pub struct Staged {
+struct Staged {
     /// `None` once renamed into place.
     tmp: Option<PathBuf>,
     path: PathBuf,
@@ -83,7 +87,8 @@ impl ChunkStore {
                 Err(e) => return Err(StoreError::io("create directory", &dir, e)),
             }
         }
-        let store = ChunkStore { root, tmp };
+        let packs = Packs::open(cache_dir, &tmp)?;
+        let store = ChunkStore { root, tmp, packs };
         store.clear_temp()?;
         Ok(store)
     }
@@ -114,9 +119,38 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Where the chunk `id` lives (whether or not it is there).
+    /// Where the chunk file of `id` lives (whether or not it is there). A
+    /// packed chunk is elsewhere: see [`ChunkStore::packed_at`].
     pub fn path_of(&self, id: ChunkId) -> PathBuf {
         self.shard_dir(id).join(id.to_hex())
+    }
+
+    /// The pack file, offset and length of `id`, if it is packed.
+    pub fn packed_at(&self, id: ChunkId) -> Option<(PathBuf, u64, u32)> {
+        self.packs.location(id)
+    }
+
+    /// Stores many chunks as one pack file (see `packs`): for the tag
+    /// bytes of a first scan, which are read back together. The same
+    /// order of steps as [`ChunkStore::put_batch`] (temp file, flush,
+    /// rename, flush; the caller indexes after). Returns each chunk's id
+    /// and length.
+    pub fn put_pack(&self, pack: PackBuf) -> Result<Vec<(ChunkId, u32)>, StoreError> {
+        self.packs.put(pack)
+    }
+
+    /// Drops the packed chunks the index does not name: evicted in an
+    /// earlier run (the pack's table still lists them), or written by a
+    /// run that crashed before indexing them. Their space is freed.
+    /// Returns how many. Chunk files need no such step: eviction deletes
+    /// them.
+    pub fn forget_unindexed(&self, index: &[(ChunkId, u32, u64)]) -> usize {
+        let indexed: std::collections::HashSet<ChunkId> = index
+            .iter()
+            .map(|&(id, _, _)| id)
+            .filter(|&id| self.packs.contains(id))
+            .collect();
+        self.packs.retain(|id| indexed.contains(&id))
     }
 
     fn shard_dir(&self, id: ChunkId) -> PathBuf {
@@ -173,7 +207,7 @@ impl ChunkStore {
     /// files durable, renames them into place and makes the renames
     /// durable. `Ok(None)` (already in place) stays `Ok`, an error stays
     /// that error. The results are in the order of `staged`.
-    pub fn commit(
+    fn commit(
         &self,
         staged: Vec<Result<Option<Staged>, StoreError>>,
     ) -> Vec<Result<(), StoreError>> {
@@ -225,7 +259,7 @@ impl ChunkStore {
     /// run at once: checks a chunk and writes its bytes to a temp file (not
     /// yet durable, not yet in place; [`ChunkStore::commit`] does that).
     /// `None` if a file with exactly these bytes is already in place.
-    pub fn stage(&self, id: ChunkId, data: &[u8]) -> Result<Option<Staged>, StoreError> {
+    fn stage(&self, id: ChunkId, data: &[u8]) -> Result<Option<Staged>, StoreError> {
         let actual = ChunkId::of(data);
         debug_assert_eq!(actual, id, "ChunkStore::put: bytes do not match their id");
         if actual != id {
@@ -242,6 +276,15 @@ impl ChunkStore {
             arg
         )));
 
+        // Already packed: kept if its bytes are sound, else dropped for
+        // the file written below.
+        match self.packs.read(id) {
+            Some(Ok(old)) if old == data => return Ok(None),
+            Some(_) => {
+                self.packs.remove(id)?;
+            }
+            None => {}
+        }
         let path = self.path_of(id);
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => {
@@ -300,6 +343,9 @@ impl ChunkStore {
     /// but the hash: for a caller that hashes it anyway (the executor
     /// verifies every chunk it serves).
     pub fn read_unverified(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
+        if let Some(packed) = self.packs.read(id) {
+            return packed;
+        }
         let path = self.path_of(id);
         let mut file = match File::open(&path) {
             Ok(f) => f,
@@ -340,6 +386,9 @@ impl ChunkStore {
     /// Deletes the chunk `id`. A chunk that is already gone is fine: eviction
     /// and corruption handling may both get there.
     pub fn remove(&self, id: ChunkId) -> Result<(), StoreError> {
+        if self.packs.remove(id)? {
+            return Ok(());
+        }
         let path = self.path_of(id);
         match fs::remove_file(&path) {
             Ok(()) => Ok(()),
@@ -348,14 +397,15 @@ impl ChunkStore {
         }
     }
 
-    /// Every chunk file on disk, with its length, in no particular order.
+    /// Every chunk on disk, with its length, in no particular order: the
+    /// packed ones, then the chunk files.
     ///
     /// This is how a lost or corrupt index is rebuilt. Only regular files
     /// whose name is exactly the 32 lower-case hex digits of an id in the
     /// right shard are listed; the temp directory and anything else are
     /// skipped. Lengths are not verified here: reads verify.
     pub fn scan(&self) -> Result<Vec<(ChunkId, u64)>, StoreError> {
-        let mut out = Vec::new();
+        let mut out = self.packs.scan();
         let mut foreign = 0usize;
         for shard in 0..=255u8 {
             let dir = self.root.join(format!("{shard:02x}"));

@@ -6,6 +6,7 @@
 //! <cache_dir>/
 //!   chunks/00 .. chunks/ff/<32-hex-id>   one file per chunk, named by ChunkId
 //!   chunks/tmp/                          in-progress writes (emptied at open)
+//!   packs/<8-hex number>.pack            many chunks each: the tag bytes a first scan keeps
 //!   db/                                  sled: catalog, manifests, chunk index, meta
 //!   db.corrupt-<unix-time>/              a database that failed to open, set aside
 //! ```
@@ -26,10 +27,12 @@
 mod chunks;
 mod db;
 mod owner;
+mod packs;
 pub mod tree_cache;
 
-pub use chunks::{ChunkStore, Staged};
+pub use chunks::ChunkStore;
 pub use owner::{CacheOwner, OWNER_FILE};
+pub use packs::PackBuf;
 
 /// What the daemon needs of a chunk store. [`ChunkStore`] is the real one;
 /// tests wrap it to inject full disks, I/O errors and corruption.

@@ -1,6 +1,6 @@
 //! The system: every libc call of the io-shell has one safe wrapper here,
 //! returning `io::Result` where the call can fail (mount(2), umount2(2),
-//! statfs(2), statvfs(2), syncfs(2), the process's ids, a client's Ctrl-C
+//! statfs(2), statvfs(2), syncfs(2), fallocate(2), the process's ids, a client's Ctrl-C
 //! handler; the allocator in [`memory`]); and what is mounted where
 //! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
 //! functions (it uses libc's constants and types).
@@ -200,6 +200,30 @@ pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     // SAFETY: the descriptor is owned by `file`, open for the call.
     if unsafe { libc::syncfs(file.as_raw_fd()) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Frees the blocks of `len` bytes at `offset` in `file` without changing
+/// its length (`fallocate` with `FALLOC_FL_PUNCH_HOLE`): the range then
+/// reads as zeros. `EOPNOTSUPP` where the file system cannot.
+pub fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::ErrorKind::InvalidInput.into());
+    };
+    // SAFETY: the descriptor is owned by `file`, open for the call.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if r == 0 {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
