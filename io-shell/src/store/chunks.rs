@@ -145,12 +145,7 @@ impl ChunkStore {
     /// Returns how many. Chunk files need no such step: eviction deletes
     /// them.
     pub fn forget_unindexed(&self, index: &[(ChunkId, u32, u64)]) -> usize {
-        let indexed: std::collections::HashSet<ChunkId> = index
-            .iter()
-            .map(|&(id, _, _)| id)
-            .filter(|&id| self.packs.contains(id))
-            .collect();
-        self.packs.retain(|id| indexed.contains(&id))
+        self.packs.retain_indexed(index)
     }
 
     fn shard_dir(&self, id: ChunkId) -> PathBuf {

@@ -23,7 +23,7 @@
 //! Removing a chunk punches a hole over its bytes (the space is free at
 //! once); the pack file goes with its last chunk. The table says what a
 //! pack held, the database's index what is still cached: at open,
-//! [`Packs::retain`] drops what the index does not name (chunks evicted
+//! [`Packs::retain_indexed`] drops what the index does not name (chunks evicted
 //! in an earlier run, a pack a crash left unindexed).
 
 use super::{ChunkReadError, StoreError};
@@ -112,6 +112,9 @@ struct Packed {
     pack: u32,
     offset: u32,
     len: u32,
+    /// Named by the index ([`Packs::retain_indexed`]'s mark; it fits in
+    /// the map entry's padding).
+    indexed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -161,6 +164,7 @@ impl Packs {
                                 pack: n,
                                 offset,
                                 len,
+                                indexed: false,
                             });
                             live += 1;
                         }
@@ -258,6 +262,7 @@ impl Packs {
                     pack: n,
                     offset,
                     len,
+                    indexed: false,
                 });
                 live += 1;
             }
@@ -269,11 +274,6 @@ impl Packs {
             let _ = fs::remove_file(&path);
         }
         Ok(stored)
-    }
-
-    /// Whether `id` is in a pack.
-    pub(super) fn contains(&self, id: ChunkId) -> bool {
-        self.state.read().chunks.contains_key(&id)
     }
 
     /// The pack file, offset and length of `id`, if it is packed.
@@ -351,16 +351,26 @@ impl Packs {
         Ok(true)
     }
 
-    /// Drops every packed chunk `keep` says no to (see the module docs).
-    /// Returns how many.
-    pub(super) fn retain(&self, keep: impl Fn(ChunkId) -> bool) -> usize {
+    /// Drops every packed chunk `index` does not name (see the module
+    /// docs). Returns how many.
+    pub(super) fn retain_indexed(&self, index: &[(ChunkId, u32, u64)]) -> usize {
         let mut st = self.state.write();
-        let dead: Vec<(ChunkId, Packed)> = st
-            .chunks
-            .iter()
-            .filter(|(id, _)| !keep(**id))
-            .map(|(&id, &p)| (id, p))
-            .collect();
+        if st.chunks.is_empty() {
+            return 0;
+        }
+        // Marked in place: a set of the index's ids would cost a few MB on
+        // a large cache, at the mount's peak.
+        for (id, _, _) in index {
+            if let Some(p) = st.chunks.get_mut(id) {
+                p.indexed = true;
+            }
+        }
+        let mut dead: Vec<(ChunkId, Packed)> = Vec::new();
+        for (&id, p) in st.chunks.iter_mut() {
+            if !std::mem::take(&mut p.indexed) {
+                dead.push((id, *p));
+            }
+        }
         let mut by_pack: HashMap<u32, (bool, Vec<Packed>)> = HashMap::new();
         for &(id, p) in &dead {
             st.chunks.remove(&id);
