@@ -159,6 +159,13 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     // Before anything slow: a mount that cannot work fails now, not after
     // a first scan of many minutes.
     session::check_fuse_device(Path::new(FUSE_DEVICE))?;
+    // Packs, chunk files read side by side, the index, the search index
+    // and the origins' connections share the descriptors; EMFILE only
+    // delays reads (the store reports it as transient), but need not come.
+    match crate::sys::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::debug!(error = %e, "cannot raise the open files limit"),
+    }
     let runtime = start_runtime()?;
     let mut signals = Signals::install(&runtime, &plan.mountpoint);
     let metrics_listener = bind_metrics(plan.metrics_addr)?;

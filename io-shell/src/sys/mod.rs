@@ -1,6 +1,6 @@
 //! The system: every libc call of the io-shell has one safe wrapper here,
 //! returning `io::Result` where the call can fail (mount(2), umount2(2),
-//! statfs(2), statvfs(2), syncfs(2), fallocate(2), the process's ids, a client's Ctrl-C
+//! statfs(2), statvfs(2), syncfs(2), fallocate(2), setrlimit(2), the process's ids, a client's Ctrl-C
 //! handler; the allocator in [`memory`]); and what is mounted where
 //! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
 //! functions (it uses libc's constants and types).
@@ -230,6 +230,33 @@ pub fn punch_hole(file: &std::fs::File, offset: u64, len: u64) -> io::Result<()>
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit
+/// (`RLIMIT_NOFILE`), as daemons that keep many files open do: the soft
+/// limit is often 1,024 where the hard one is 500,000 or more. Returns
+/// the soft limit now in force.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the call to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: `raised` is a valid rlimit, read by the call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// The nice value of background work: it runs when serving leaves the
 /// CPU free, and gets about a tenth of a busy one beside a reader.
 pub const BACKGROUND_NICE: i32 = 10;
@@ -402,6 +429,39 @@ pub fn catch_interrupts() -> &'static std::sync::atomic::AtomicBool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_one() {
+        let limit = raise_open_files_limit().unwrap();
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: `lim` is a valid rlimit for the call to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
+        assert_eq!(lim.rlim_cur, lim.rlim_max);
+        assert_eq!(limit, lim.rlim_cur);
+    }
+
+    #[test]
+    fn holes_punched_in_a_file_read_as_zeros_and_free_their_blocks() {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::MetadataExt;
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let before = f.metadata().unwrap().blocks();
+        punch_hole(&f, 256 << 10, 512 << 10).unwrap();
+        let meta = f.metadata().unwrap();
+        assert_eq!(meta.len(), 1 << 20, "the length stays");
+        assert!(meta.blocks() * 512 + (512 << 10) <= before * 512);
+        let mut back = Vec::new();
+        std::io::Seek::rewind(&mut f).unwrap();
+        f.read_to_end(&mut back).unwrap();
+        assert!(back[..256 << 10].iter().all(|&b| b == 7));
+        assert!(back[256 << 10..768 << 10].iter().all(|&b| b == 0));
+        assert!(back[768 << 10..].iter().all(|&b| b == 7));
+    }
 
     #[test]
     fn background_work_runs_at_background_priority_and_leaves_the_caller_as_it_was() {
