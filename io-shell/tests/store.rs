@@ -9,7 +9,7 @@
 
 use musicfs::library::keep::{KeptBytes, TagKeeper};
 use musicfs::store::{
-    ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, PackBuf, StoreError,
+    ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, PackWriter, StoreError,
 };
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::engine::DiskFault;
@@ -337,13 +337,27 @@ fn chunk_files(cache: &Path) -> Vec<PathBuf> {
 
 // ----------------------------------------------------------------- packs --
 
-/// `n` chunks of `len` bytes, as a pack and as they are.
-fn pack_of(n: u64, len: usize, seed: u64) -> (PackBuf, Vec<(ChunkId, Vec<u8>)>) {
+/// `n` chunks of `len` bytes, written into a pack of `store` from two
+/// threads (not yet put in place), and as they are.
+fn pack_of(
+    store: &ChunkStore,
+    n: u64,
+    len: usize,
+    seed: u64,
+) -> (PackWriter, Vec<(ChunkId, Vec<u8>)>) {
     let chunks: Vec<(ChunkId, Vec<u8>)> = (0..n).map(|i| chunk(len, seed + i)).collect();
-    let mut pack = PackBuf::with_capacity(0);
-    for (id, data) in &chunks {
-        assert!(pack.push(*id, data));
-    }
+    let pack = store.start_pack().unwrap();
+    std::thread::scope(|s| {
+        for part in chunks.chunks(chunks.len().div_ceil(2)) {
+            let pack = &pack;
+            s.spawn(move || {
+                for (id, data) in part {
+                    let slot = pack.reserve(&[(*id, data.len() as u32)]).unwrap();
+                    slot.write(&[(*id, &data[..])]);
+                }
+            });
+        }
+    });
     (pack, chunks)
 }
 
@@ -359,8 +373,8 @@ fn a_pack_is_read_back_after_a_restart_and_listed_by_a_scan() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
-    let (pack, chunks) = pack_of(50, 40_000, 1);
-    let stored = store.put_pack(pack).unwrap();
+    let (pack, chunks) = pack_of(&store, 50, 40_000, 1);
+    let stored = store.put_pack(&pack).unwrap();
     assert_eq!(stored.len(), 50);
     assert!(chunk_files(dir.path()).is_empty());
     assert!(tmp_entries(dir.path()).is_empty());
@@ -385,8 +399,8 @@ fn removing_packed_chunks_frees_their_blocks_and_the_last_one_the_pack() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
-    let (pack, chunks) = pack_of(20, 64 << 10, 100);
-    store.put_pack(pack).unwrap();
+    let (pack, chunks) = pack_of(&store, 20, 64 << 10, 100);
+    store.put_pack(&pack).unwrap();
     let pack_file = the_pack(dir.path()).pop().unwrap();
     let blocks = || fs::metadata(&pack_file).unwrap().blocks() * 512;
     let before = blocks();
@@ -414,10 +428,10 @@ fn at_open_packed_chunks_the_index_does_not_name_are_dropped() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
-    let (pack, chunks) = pack_of(12, 30_000, 200);
-    store.put_pack(pack).unwrap();
-    let (pack, others) = pack_of(5, 30_000, 300);
-    store.put_pack(pack).unwrap();
+    let (pack, chunks) = pack_of(&store, 12, 30_000, 200);
+    store.put_pack(&pack).unwrap();
+    let (pack, others) = pack_of(&store, 5, 30_000, 300);
+    store.put_pack(&pack).unwrap();
     // Evicted in this run: the pack's table still lists them.
     for (id, _) in &chunks[..4] {
         store.remove(*id).unwrap();
@@ -447,13 +461,14 @@ fn a_damaged_pack_is_reported_never_served() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let store = ChunkStore::open(dir.path()).unwrap();
-    let (pack, chunks) = pack_of(6, 30_000, 400);
-    store.put_pack(pack).unwrap();
+    let (pack, chunks) = pack_of(&store, 6, 30_000, 400);
+    store.put_pack(&pack).unwrap();
     let path = the_pack(dir.path()).pop().unwrap();
     // A flipped byte in the second chunk: that chunk is corrupt; a fresh
     // copy of its bytes replaces it.
     let mut bytes = fs::read(&path).unwrap();
-    bytes[30_000 + 17] ^= 1;
+    let (_, at, _) = store.packed_at(chunks[1].0).unwrap();
+    bytes[at as usize + 17] ^= 1;
     fs::write(&path, &bytes).unwrap();
     assert!(matches!(
         store.get(chunks[1].0),
@@ -517,18 +532,18 @@ mod failpoints {
         let scenario = fail::FailScenario::setup();
         let dir = tempfile::tempdir().unwrap();
         let store = ChunkStore::open(dir.path()).unwrap();
-        let (pack, chunks) = pack_of(8, 30_000, 500);
+        let (pack, chunks) = pack_of(&store, 8, 30_000, 500);
         fail::cfg("cas-pack-before-write", "return(ENOSPC)").unwrap();
-        let err = store.put_pack(pack).unwrap_err();
+        let err = store.put_pack(&pack).unwrap_err();
         fail::remove("cas-pack-before-write");
         assert_eq!(err.disk_fault(), Some(DiskFault::NoSpace), "{err:?}");
         assert!(the_pack(dir.path()).is_empty());
         assert!(tmp_entries(dir.path()).is_empty());
         // Written and in place, then the write "fails" before the caller
         // indexes it: the next open drops what the index does not name.
-        let (pack, _) = pack_of(8, 30_000, 500);
+        let (pack, _) = pack_of(&store, 8, 30_000, 500);
         fail::cfg("cas-put-after-write-before-index", "return").unwrap();
-        assert!(store.put_pack(pack).is_err());
+        assert!(store.put_pack(&pack).is_err());
         fail::remove("cas-put-after-write-before-index");
         assert_eq!(the_pack(dir.path()).len(), 1);
         drop(store);

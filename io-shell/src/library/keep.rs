@@ -22,7 +22,7 @@
 //! one is written. It runs only while no engine does (the first scan
 //! before a mount): nothing else deletes chunks then.
 
-use crate::store::{ChunkStore, Db, PackBuf, StoreError};
+use crate::store::{ChunkStore, Db, PackWriter, StoreError};
 use musicfs_core::engine::cut_points;
 use musicfs_core::{ChunkId, Extent, Kept, Manifest, SourceFile};
 use std::collections::HashSet;
@@ -227,10 +227,10 @@ pub struct KeptBytes {
 
 /// Writes kept bytes into the cache (see the module docs).
 ///
-/// The scan's workers cut and hash on their own threads and copy the new
-/// chunks into the batch, and hand each full batch to one writer thread
-/// that writes it as a pack and indexes it, so no worker waits for the
-/// disk. (A worker that filled a batch used to write all of it itself:
+/// The scan's workers cut and hash on their own threads, reserve room for
+/// the new chunks in the batch's pack and write them there side by side,
+/// and hand each full batch to one writer thread that ends the pack, puts
+/// it in place and indexes it, so no worker waits for a flush. (A worker that filled a batch used to write all of it itself:
 /// with two workers on two cores one of them mostly waited on the disk.)
 /// At most [`BATCHES_QUEUED`] full batches wait for the writer; past that
 /// a worker that fills one waits.
@@ -271,7 +271,8 @@ struct State {
 /// manifests that name them (or chunks of earlier batches).
 #[derive(Default)]
 struct Batch {
-    pack: PackBuf,
+    /// Started with the batch's first new chunk.
+    pack: Option<Arc<PackWriter>>,
     manifests: Vec<(SourceFile, Manifest)>,
 }
 
@@ -363,8 +364,8 @@ impl TagKeeper {
     /// Keeps one file's bytes. Cutting happens on the caller's thread.
     pub fn keep(&self, kept: KeptBytes) {
         let size = kept.source.version.size;
-        // The chunks, as slices of the bytes read: they are copied once,
-        // into the batch.
+        // The chunks, as slices of the bytes read: nothing is copied on
+        // the way to the pack.
         let mut chunks: Vec<(u64, Extent, &[u8])> = Vec::new();
         for (at, part) in [(0, &kept.head), (kept.tail_at, &kept.tail)] {
             for (offset, extent) in cut_points(at, part) {
@@ -389,37 +390,67 @@ impl TagKeeper {
                 size - kept.tail_at
             },
         });
-        // The chunks not yet in the cache, each once, in the file's order:
-        // a reader of the head reads the pack forward.
+        // The chunks not yet in the cache, each once, in the file's order
+        // (a reader of the head reads the pack forward): room is reserved
+        // for them in the batch's pack under the lock, and they are
+        // written after it, beside the other workers' chunks.
         let mut s = self.state.lock();
         if self.failed() || s.used >= self.budget {
             s.over_budget += u64::from(!self.failed());
             drop(s);
             return;
         }
-        let s = &mut *s;
+        let mut new: Vec<(ChunkId, &[u8])> = Vec::new();
         for &(_, extent, bytes) in &chunks {
-            if s.known.contains(&extent.id) {
-                continue;
+            if !s.known.contains(&extent.id) && !new.iter().any(|&(id, _)| id == extent.id) {
+                new.push((extent.id, bytes));
             }
-            if s.batch.pack.is_empty() {
-                s.batch.pack = PackBuf::with_capacity(BATCH_BYTES);
+        }
+        let pack = match (&s.batch.pack, new.is_empty()) {
+            (_, true) => None,
+            (Some(pack), false) => Some(Arc::clone(pack)),
+            (None, false) => match self.written.store.start_pack() {
+                Ok(pack) => Some(Arc::clone(s.batch.pack.insert(Arc::new(pack)))),
+                Err(e) => {
+                    drop(s);
+                    self.written.fail(Some(&e));
+                    return;
+                }
+            },
+        };
+        let slot = match &pack {
+            Some(pack) => {
+                let lens: Vec<(ChunkId, u32)> =
+                    new.iter().map(|&(id, b)| (id, b.len() as u32)).collect();
+                // None past 4 GiB in one pack: not with BATCH_BYTES
+                // batches and KEEP_MAX_BYTES ends; the file is left out.
+                let Some(slot) = pack.reserve(&lens) else {
+                    return;
+                };
+                Some(slot)
             }
-            if !s.batch.pack.push(extent.id, bytes) {
-                // Past 4 GiB in one batch: not with BATCH_BYTES batches
-                // and KEEP_MAX_BYTES ends; the file is left out.
-                return;
-            }
-            s.known.insert(extent.id);
-            s.used += u64::from(extent.len);
+            None => None,
+        };
+        for &(id, bytes) in &new {
+            s.known.insert(id);
+            s.used += bytes.len() as u64;
         }
         s.kept_files += 1;
         s.batch.manifests.push((kept.source, manifest));
-        if s.batch.pack.bytes() >= BATCH_BYTES {
+        if pack
+            .as_ref()
+            .is_some_and(|p| p.bytes() >= BATCH_BYTES as u64)
+        {
             let full = std::mem::take(&mut s.batch);
             // Under the state lock: batches queue in the order they were
-            // filled. Waits while the writer is BATCHES_QUEUED behind.
+            // filled. Waits while the writer is BATCHES_QUEUED behind;
+            // the writer waits for no lock to end a pack, only for its
+            // reservations, which are written without one.
             self.hand_over(full);
+        }
+        drop(s);
+        if let Some(slot) = slot {
+            slot.write(&new);
         }
     }
 
@@ -438,7 +469,7 @@ impl TagKeeper {
     pub fn finish(&self) -> Result<KeepReport, StoreError> {
         let mut s = self.state.lock();
         let last = std::mem::take(&mut s.batch);
-        if !last.pack.is_empty() || !last.manifests.is_empty() {
+        if last.pack.is_some() || !last.manifests.is_empty() {
             self.hand_over(last);
         }
         drop(s);
@@ -524,9 +555,10 @@ impl Written {
     /// every chunk of its batch is durable and indexed. What is indexed is
     /// returned with an error that follows.
     fn write(&self, batch: Batch) -> Result<Indexed, (Indexed, StoreError)> {
-        let stored: Indexed = match self.store.put_pack(batch.pack) {
-            Ok(stored) => stored.into_iter().map(|(id, len)| (id, len, 0)).collect(),
-            Err(e) => return Err((Vec::new(), e)),
+        let stored: Indexed = match batch.pack.map(|pack| self.store.put_pack(&pack)) {
+            Some(Ok(stored)) => stored.into_iter().map(|(id, len)| (id, len, 0)).collect(),
+            Some(Err(e)) => return Err((Vec::new(), e)),
+            None => Vec::new(),
         };
         if let Err(e) = self.db.put_chunks(&stored) {
             return Err((Vec::new(), e));

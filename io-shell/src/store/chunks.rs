@@ -6,7 +6,7 @@
 //! cache holds tens of millions of chunks). Writes go to `chunks/tmp/` first
 //! and are renamed into place, so a chunk file is either absent or complete.
 
-use super::packs::{PackBuf, Packs};
+use super::packs::{PackWriter, Packs};
 use super::{ChunkReadError, StoreError};
 use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
@@ -130,12 +130,19 @@ impl ChunkStore {
         self.packs.location(id)
     }
 
-    /// Stores many chunks as one pack file (see `packs`): for the tag
-    /// bytes of a first scan, which are read back together. The same
-    /// order of steps as [`ChunkStore::put_batch`] (temp file, flush,
-    /// rename, flush; the caller indexes after). Returns each chunk's id
-    /// and length.
-    pub fn put_pack(&self, pack: PackBuf) -> Result<Vec<(ChunkId, u32)>, StoreError> {
+    /// Starts a pack file, many chunks in one (see `packs`): for the tag
+    /// bytes of a first scan, which are read back together. Threads
+    /// reserve room in it and write their chunks side by side; then
+    /// [`ChunkStore::put_pack`].
+    pub fn start_pack(&self) -> Result<PackWriter, StoreError> {
+        self.packs.start()
+    }
+
+    /// Ends a pack once every reservation in it is written, in the order
+    /// of steps of [`ChunkStore::put_batch`] (temp file, flush, rename,
+    /// flush; the caller indexes after). Returns each chunk's id and
+    /// length.
+    pub fn put_pack(&self, pack: &PackWriter) -> Result<Vec<(ChunkId, u32)>, StoreError> {
         self.packs.put(pack)
     }
 
