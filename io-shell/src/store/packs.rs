@@ -437,7 +437,12 @@ impl Packs {
     }
 
     fn open_pack(&self, pack: u32) -> io::Result<Arc<File>> {
-        let file = Arc::new(File::open(self.path_of(pack))?);
+        let file = File::open(self.path_of(pack))?;
+        // A scan reads a pack all over it (the tree's order is not the
+        // first scan's), a chunk at a time: the kernel's read-ahead
+        // would read three times the bytes asked for, for other tracks.
+        let _ = crate::sys::advise_random(&file);
+        let file = Arc::new(file);
         let mut st = self.state.write();
         if st.open.len() >= OPEN_MAX
             && let Some(&some) = st.open.keys().next()
