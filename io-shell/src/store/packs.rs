@@ -48,8 +48,9 @@ type Table = Vec<(ChunkId, u32, u32)>;
 /// Pack files kept open for reads: the 20,000-track bench library's
 /// heads are some 120 packs, which a scan reads in the tree's order, all
 /// over them (with 64 open, a scan opened 7,500). Bounded, as the daemon's
-/// descriptors (1,024 by default) are shared with FUSE, sled and the
-/// origins; others are opened when read.
+/// descriptors are shared with FUSE, sled, tantivy and the origins (and a
+/// cache of terabytes has tens of thousands of packs); others are opened
+/// when read.
 const OPEN_MAX: usize = 256;
 
 /// A pack being written: a temp file that several threads write chunks
