@@ -461,12 +461,11 @@ impl Packs {
             return Ok(false);
         };
         let emptied = forget(&mut st, p.pack);
-        let file = st.open.get(&p.pack).cloned();
         drop(st);
         if emptied {
             self.delete(p.pack)?;
         } else {
-            self.punch(p.pack, file, &[p]);
+            self.punch(p.pack, &[p]);
         }
         Ok(true)
     }
@@ -499,10 +498,6 @@ impl Packs {
             slot.0 |= emptied;
             slot.1.push(p);
         }
-        let files: HashMap<u32, Arc<File>> = by_pack
-            .keys()
-            .filter_map(|n| Some((*n, Arc::clone(st.open.get(n)?))))
-            .collect();
         drop(st);
         for (n, (emptied, gone)) in by_pack {
             if emptied {
@@ -510,7 +505,7 @@ impl Packs {
                     tracing::warn!(error = %e, "cannot delete a pack nothing uses");
                 }
             } else {
-                self.punch(n, files.get(&n).cloned(), &gone);
+                self.punch(n, &gone);
             }
         }
         if !dead.is_empty() {
@@ -524,13 +519,12 @@ impl Packs {
 
     /// Frees the blocks of `gone` in pack `n`. Only space is at stake: a
     /// file system that cannot punch holes keeps it until the pack goes.
-    fn punch(&self, n: u32, file: Option<Arc<File>>, gone: &[Packed]) {
-        let file = match file {
-            Some(f) => f,
-            None => match File::options().write(true).open(self.path_of(n)) {
-                Ok(f) => Arc::new(f),
-                Err(_) => return,
-            },
+    ///
+    /// Opened for writing here: the packs kept open are open for reading,
+    /// which `fallocate` refuses (`EBADF`).
+    fn punch(&self, n: u32, gone: &[Packed]) {
+        let Ok(file) = File::options().write(true).open(self.path_of(n)) else {
+            return;
         };
         for p in gone {
             if let Err(e) = crate::sys::punch_hole(&file, u64::from(p.offset), u64::from(p.len)) {
