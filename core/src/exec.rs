@@ -60,6 +60,12 @@ pub struct ExecConfig {
     /// Group writes under way together. The next batch is written while
     /// the last one waits for its sync, so the disk and the CPU overlap.
     pub writes_in_flight: usize,
+    /// Read-ahead reads of the cache disk (`Output::Warm`) under way
+    /// together; the rest wait their turn, and one a read waits for goes
+    /// at once. A tag scan's read-ahead asks for a run per file, some
+    /// hundred at a time: each its own blocking-pool thread, they made a
+    /// hundred threads fight over two cores and the engine's lock.
+    pub warm_reads_in_flight: usize,
     /// Cut chunk bytes waiting for the disk, at most: fetches stop asking
     /// their origins for more until the disk catches up. A fill behind
     /// readers counts the bytes being written too: it holds at most this
@@ -84,6 +90,9 @@ impl ExecConfig {
             // two 8 MiB batches being written.
             write_batch_bytes: 8 << 20,
             writes_in_flight: 2,
+            // Enough to keep a disk busy; a tag scan's next file is in
+            // memory well before the scan gets to it.
+            warm_reads_in_flight: 4,
             write_queue_bytes: 8 << 20,
             origin_request_timeout: config.fetch_stall_timeout,
             check_timeout: config.health.check_timeout,
@@ -415,8 +424,13 @@ pub struct Exec {
     deleting: BTreeMap<ChunkId, u32>,
     /// Evicted chunks whose delete waits for their store to end.
     deferred: BTreeSet<ChunkId>,
-    /// Chunks a read-ahead is reading.
+    /// Chunks a read-ahead is reading, or is to read.
     warming: BTreeSet<ChunkId>,
+    /// Read-ahead reads waiting their turn ([`ExecConfig::warm_reads_in_flight`]),
+    /// oldest first: their ops are in `ops`, their chunks in `warming`.
+    warm_queue: VecDeque<OpId>,
+    /// Read-ahead reads under way.
+    warms_started: usize,
     /// When the last read came in.
     last_read: Option<Time>,
     /// Completions seen (for the planted lost-completion bug).
@@ -449,6 +463,8 @@ impl Exec {
             deleting: BTreeMap::new(),
             deferred: BTreeSet::new(),
             warming: BTreeSet::new(),
+            warm_queue: VecDeque::new(),
+            warms_started: 0,
             last_read: None,
             completions: 0,
             stats: ExecStats::default(),
@@ -619,6 +635,7 @@ impl Exec {
         if let Some(Op::Warm { .. }) = self.ops.get(&op)
             && let Some(Op::Warm { chunks }) = self.ops.remove(&op)
         {
+            self.warm_ended();
             self.warmed(e, now, chunks, results);
             return;
         }
@@ -836,7 +853,9 @@ impl Exec {
             return;
         }
         if ids.iter().all(|id| self.warming.contains(id)) {
-            // A read-ahead is reading them: wait for it (`warmed`).
+            // A read-ahead is reading them: wait for it (`warmed`), and
+            // start it now if it is still waiting its turn.
+            self.hurry_warms(&ids);
             self.stats.served_from_memory += 1;
             let serving = Serving {
                 pieces,
@@ -905,9 +924,10 @@ impl Exec {
         }
     }
 
-    /// Reads ahead into memory the chunks of `run` not there yet (each run
-    /// is one read, so the disk sees many at once). A run with a chunk
-    /// being deleted or read ahead already is left alone.
+    /// Reads ahead into memory the chunks of `run` not there yet: each run
+    /// is one read, up to [`ExecConfig::warm_reads_in_flight`] of them side
+    /// by side. A run with a chunk being deleted or read ahead already is
+    /// left alone.
     fn warm(&mut self, run: Vec<(ChunkId, u32)>) {
         let mut chunks: Vec<(ChunkId, u32)> = Vec::with_capacity(run.len());
         for (id, len) in run {
@@ -925,10 +945,56 @@ impl Exec {
         if chunks.is_empty() {
             return;
         }
-        let ids: Vec<ChunkId> = chunks.iter().map(|&(id, _)| id).collect();
-        self.warming.extend(ids.iter().copied());
+        self.warming.extend(chunks.iter().map(|&(id, _)| id));
         let op = self.op(Op::Warm { chunks });
+        if self.warms_started < self.config.warm_reads_in_flight.max(1) {
+            self.start_warm(op);
+        } else {
+            self.warm_queue.push_back(op);
+        }
+    }
+
+    /// Asks the disk for the chunks of the read-ahead `op`.
+    fn start_warm(&mut self, op: OpId) {
+        let Some(Op::Warm { chunks }) = self.ops.get(&op) else {
+            return;
+        };
+        let ids = chunks.iter().map(|&(id, _)| id).collect();
+        self.warms_started += 1;
         self.io.push_back(Io::ReadChunks { op, ids });
+    }
+
+    /// Starts the queued read-aheads that hold any of `ids` (a read waits
+    /// for them), whatever the limit: a reader never waits behind the
+    /// read-ahead of files it has not asked for.
+    fn hurry_warms(&mut self, ids: &[ChunkId]) {
+        let hurried: Vec<OpId> = self
+            .warm_queue
+            .iter()
+            .copied()
+            .filter(|op| {
+                matches!(self.ops.get(op), Some(Op::Warm { chunks })
+                    if chunks.iter().any(|(c, _)| ids.contains(c)))
+            })
+            .collect();
+        if hurried.is_empty() {
+            return;
+        }
+        self.warm_queue.retain(|op| !hurried.contains(op));
+        for op in hurried {
+            self.start_warm(op);
+        }
+    }
+
+    /// A read-ahead ended: the next ones in line start.
+    fn warm_ended(&mut self) {
+        self.warms_started = self.warms_started.saturating_sub(1);
+        while self.warms_started < self.config.warm_reads_in_flight.max(1) {
+            let Some(op) = self.warm_queue.pop_front() else {
+                break;
+            };
+            self.start_warm(op);
+        }
     }
 
     /// The chunks a read-ahead asked for arrived (`results`, in order):

@@ -50,6 +50,9 @@ struct World {
     hold_writes: bool,
     /// Chunk bytes whose write finished.
     written_bytes: u64,
+    /// Chunk reads the disk answers later (a slow cache disk), by op.
+    held_chunk_reads: Vec<(OpId, Vec<ChunkId>)>,
+    hold_chunk_reads: bool,
 }
 
 struct Harness {
@@ -284,6 +287,9 @@ impl Harness {
                 };
                 self.exec.check_done(e, now, origin, check, result);
             }
+            Io::ReadChunks { op, ids } if self.world.hold_chunk_reads => {
+                self.world.held_chunk_reads.push((op, ids));
+            }
             Io::ReadChunks { op, ids } => {
                 self.world.chunk_reads += ids.len() as u64;
                 let results = ids
@@ -334,6 +340,16 @@ impl Harness {
         self.world.hold_writes = hold;
         self.pump();
         true
+    }
+
+    /// Lets the disk answer the chunk reads it held, and any asked for
+    /// meanwhile.
+    fn release_chunk_reads(&mut self) {
+        self.world.hold_chunk_reads = false;
+        for (op, ids) in std::mem::take(&mut self.world.held_chunk_reads) {
+            self.execute(Io::ReadChunks { op, ids });
+        }
+        self.pump();
     }
 
     /// Lets the origin answer the fetch requests it held.
@@ -643,6 +659,75 @@ fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory() {
         scan(&mut h, title);
     }
     assert_eq!(h.world.chunk_reads, before);
+}
+
+#[test]
+fn a_scans_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_a_reader_wait_behind_it() {
+    // Files of 256 KiB of which a first scan kept 64 KiB, read there.
+    const READ: u32 = 64 * 1024;
+    let (head, tail) = (READ as usize, 4096);
+    let titles: Vec<String> = (0..12).map(|i| format!("T{i:02}")).collect();
+    let files: Vec<(&str, usize)> = titles.iter().map(|t| (t.as_str(), MIB / 4)).collect();
+    let mut h = Harness::with_kept(&files, head, tail, Config::default()).with_memory(16 << 20);
+    h.exec = Exec::new(ExecConfig {
+        warm_reads_in_flight: 2,
+        ..h.exec.config().clone()
+    });
+    h.world.hold_chunk_reads = true;
+    let head_chunks = |h: &Harness, title: &str| -> Vec<ChunkId> {
+        let key = (
+            OriginId(0),
+            OriginPath::new(format!("{title}.flac").into_bytes()),
+        );
+        let m = h.engine.manifest(&key).unwrap();
+        m.overlapping(0..u64::from(READ))
+            .map(|(_, e)| e.id)
+            .collect()
+    };
+    let held_holds = |h: &Harness, i: usize, ids: &[ChunkId]| {
+        ids.iter()
+            .all(|id| h.world.held_chunk_reads[i].1.contains(id))
+    };
+    // The first file's read: its own chunks, then the read-ahead of the
+    // eleven files after it (a run for each head and each tail), of which
+    // two go to the disk at once.
+    let first = h.start_read(h.ino("T00"), 0, READ);
+    h.pump();
+    assert_eq!(
+        h.world.held_chunk_reads.len(),
+        1 + 2,
+        "{:?}",
+        h.world.held_chunk_reads
+    );
+    assert!(held_holds(&h, 0, &head_chunks(&h, "T00")));
+    assert!(held_holds(&h, 1, &head_chunks(&h, "T01")));
+    // A reader that skips ahead waits for nobody's turn: its file's
+    // read-ahead starts at once, beyond the limit.
+    let last = h.start_read(h.ino("T11"), 0, READ);
+    h.pump();
+    assert_eq!(h.world.held_chunk_reads.len(), 2 + 1 + 1);
+    assert!(
+        held_holds(&h, 3, &head_chunks(&h, "T11")),
+        "T11's read-ahead went next, and holds what its reader waits for"
+    );
+    // As reads end, the queued ones follow, two at a time, until every
+    // file is in memory; both readers get the origin's bytes.
+    h.release_chunk_reads();
+    assert_eq!(
+        h.run_until_replied(first).unwrap(),
+        h.origin_bytes("T00")[..READ as usize]
+    );
+    assert_eq!(
+        h.run_until_replied(last).unwrap(),
+        h.origin_bytes("T11")[..READ as usize]
+    );
+    let reads = h.world.chunk_reads;
+    for t in &titles[1..11] {
+        let want = h.origin_bytes(t)[..READ as usize].to_vec();
+        assert_eq!(h.read(t, 0, READ).unwrap(), want, "{t}");
+    }
+    assert_eq!(h.world.chunk_reads, reads, "every file was read ahead once");
+    assert_eq!(h.world.fetches_by_origin[0], 0);
 }
 
 #[test]

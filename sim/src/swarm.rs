@@ -164,6 +164,11 @@ pub struct Swarm {
     /// else 2 or 3 (drawn from their own stream, `"writes"`, so the other
     /// options of a seed stay what they were).
     pub writes_in_flight: usize,
+    /// Read-ahead reads of the cache disk under way together: 1 to 4, or
+    /// 64 (as good as no limit) in a quarter of the seeds (drawn from their
+    /// own stream, `"warms"`, so the other options of a seed stay what
+    /// they were).
+    pub warm_reads_in_flight: usize,
     /// What a first scan kept of every track of a cached origin (head and
     /// tail bytes), in half the seeds (drawn from their own stream,
     /// `"kept"`, so the other options of a seed stay what they were).
@@ -277,6 +282,14 @@ impl Swarm {
                     r.random_range(2..=3)
                 }
             },
+            warm_reads_in_flight: {
+                let r = &mut stream(seed, "warms");
+                if r.random_bool(0.25) {
+                    64
+                } else {
+                    r.random_range(1..=4)
+                }
+            },
             kept: {
                 let r = &mut stream(seed, "kept");
                 r.random_bool(0.5)
@@ -298,6 +311,7 @@ impl Swarm {
             memory_bytes: 256 << 10,
             write_batch_bytes: 1 << 20,
             writes_in_flight: self.writes_in_flight,
+            warm_reads_in_flight: self.warm_reads_in_flight,
             write_queue_bytes: 2 << 20,
             ..base
         }
