@@ -710,8 +710,11 @@ impl<'a> Builder<'a> {
         }
         let mut tracks = self.render_tracks(catalog);
         // A fixed order makes collision suffixes, mirrors and inode probing
-        // the same on every mount, whatever order the scan finished in.
-        tracks.sort_by(|a, b| {
+        // the same on every mount, whatever order the scan finished in. The
+        // keys are unique (one entry per origin file), so an unstable sort
+        // gives that order too, in place (a stable one copies into a
+        // buffer: on 200,000 tracks, a tenth of a remount's build).
+        tracks.sort_unstable_by(|a, b| {
             (&a.components, a.entry.source.origin, &a.entry.source.path).cmp(&(
                 &b.components,
                 b.entry.source.origin,
@@ -761,7 +764,7 @@ impl<'a> Builder<'a> {
         drop(tracks);
         // Lyrics go to the first track of their stem in path order. A table
         // keeps the last of equal keys: the tracks go in backwards.
-        by_path.sort_by(|a, b| {
+        by_path.sort_unstable_by(|a, b| {
             (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path))
         });
         places.by_stem = by_path
@@ -783,7 +786,7 @@ impl<'a> Builder<'a> {
             .copied()
             .filter(|e| !matches!(e.kind, FileKind::Track(_) | FileKind::Unreadable(_)))
             .collect();
-        sidecars.sort_by(|a, b| {
+        sidecars.sort_unstable_by(|a, b| {
             (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path))
         });
         // Album files first, as covers always were, so their names do not
