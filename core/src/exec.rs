@@ -947,10 +947,18 @@ impl Exec {
         }
         self.warming.extend(chunks.iter().map(|&(id, _)| id));
         let op = self.op(Op::Warm { chunks });
-        if self.warms_started < self.config.warm_reads_in_flight.max(1) {
+        self.warm_queue.push_back(op);
+        self.start_queued_warms();
+    }
+
+    /// Starts queued read-aheads, oldest first, while fewer than
+    /// [`ExecConfig::warm_reads_in_flight`] are under way.
+    fn start_queued_warms(&mut self) {
+        while self.warms_started < self.config.warm_reads_in_flight.max(1) {
+            let Some(op) = self.warm_queue.pop_front() else {
+                break;
+            };
             self.start_warm(op);
-        } else {
-            self.warm_queue.push_back(op);
         }
     }
 
@@ -989,12 +997,7 @@ impl Exec {
     /// A read-ahead ended: the next ones in line start.
     fn warm_ended(&mut self) {
         self.warms_started = self.warms_started.saturating_sub(1);
-        while self.warms_started < self.config.warm_reads_in_flight.max(1) {
-            let Some(op) = self.warm_queue.pop_front() else {
-                break;
-            };
-            self.start_warm(op);
-        }
+        self.start_queued_warms();
     }
 
     /// The chunks a read-ahead asked for arrived (`results`, in order):
