@@ -662,7 +662,7 @@ fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory() {
 }
 
 #[test]
-fn a_scans_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_a_reader_wait_behind_it() {
+fn a_scans_read_ahead_goes_to_the_disk_at_once_whatever_the_streams_limit() {
     // Files of 256 KiB of which a first scan kept 64 KiB, read there.
     const READ: u32 = 64 * 1024;
     let (head, tail) = (READ as usize, 4096);
@@ -674,24 +674,56 @@ fn a_scans_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_a_reader_wa
         ..h.exec.config().clone()
     });
     h.world.hold_chunk_reads = true;
-    let head_chunks = |h: &Harness, title: &str| -> Vec<ChunkId> {
-        let key = (
-            OriginId(0),
-            OriginPath::new(format!("{title}.flac").into_bytes()),
-        );
-        let m = h.engine.manifest(&key).unwrap();
-        m.overlapping(0..u64::from(READ))
-            .map(|(_, e)| e.id)
-            .collect()
-    };
-    let held_holds = |h: &Harness, i: usize, ids: &[ChunkId]| {
-        ids.iter()
-            .all(|id| h.world.held_chunk_reads[i].1.contains(id))
-    };
-    // The first file's read: its own chunks, then the read-ahead of the
-    // eleven files after it (a run for each head and each tail), of which
-    // two go to the disk at once.
+    // The first file's read: its own chunks, and the read-ahead of the
+    // eleven files after it, a run for each head and each tail, all on the
+    // disk at once: a scan that caught up with a queue would wait for the
+    // disk file by file.
     let first = h.start_read(h.ino("T00"), 0, READ);
+    h.pump();
+    assert_eq!(
+        h.world.held_chunk_reads.len(),
+        1 + 11 * 2,
+        "{:?}",
+        h.world.held_chunk_reads
+    );
+    h.release_chunk_reads();
+    assert_eq!(
+        h.run_until_replied(first).unwrap(),
+        h.origin_bytes("T00")[..READ as usize]
+    );
+    let reads = h.world.chunk_reads;
+    for t in &titles[1..] {
+        let want = h.origin_bytes(t)[..READ as usize].to_vec();
+        assert_eq!(h.read(t, 0, READ).unwrap(), want, "{t}");
+    }
+    assert_eq!(h.world.chunk_reads, reads, "every file was read ahead once");
+    assert_eq!(h.world.fetches_by_origin[0], 0);
+}
+
+#[test]
+fn a_streams_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_its_reader_wait_behind_it() {
+    // A cached 12 MiB song whose bytes are on the cache disk only; its
+    // reader's read-ahead reaches 4 MiB past the read, in runs of a MiB.
+    const READ: u32 = 128 * 1024;
+    let config = Config {
+        readahead_min_bytes: 8 * MIB as u64,
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("Song", 12 * MIB)], config).with_memory(16 << 20);
+    h.exec = Exec::new(ExecConfig {
+        warm_reads_in_flight: 2,
+        ..h.exec.config().clone()
+    });
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(read_whole(&mut h, "Song"), want);
+    h.pump();
+    h.now += h.exec.config().memory_idle;
+    assert!(h.exec.release_idle_memory(h.now) > 0);
+    let fetched = h.world.fetched_bytes;
+    h.world.hold_chunk_reads = true;
+    // The read at the start: its own chunks, and two of the four runs
+    // ahead; the other two wait their turn.
+    let first = h.start_read(h.ino("Song"), 0, READ);
     h.pump();
     assert_eq!(
         h.world.held_chunk_reads.len(),
@@ -699,35 +731,36 @@ fn a_scans_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_a_reader_wa
         "{:?}",
         h.world.held_chunk_reads
     );
-    assert!(held_holds(&h, 0, &head_chunks(&h, "T00")));
-    assert!(held_holds(&h, 1, &head_chunks(&h, "T01")));
-    // A reader that skips ahead waits for nobody's turn: its file's
-    // read-ahead starts at once, beyond the limit.
-    let last = h.start_read(h.ino("T11"), 0, READ);
+    // A read of the last run's bytes does not wait for the turn of the
+    // runs before it: that run goes to the disk at once.
+    let ahead = 3 * MIB as u64 + 512 * 1024;
+    let later = h.start_read(h.ino("Song"), ahead, READ);
     h.pump();
-    assert_eq!(h.world.held_chunk_reads.len(), 2 + 1 + 1);
-    assert!(
-        held_holds(&h, 3, &head_chunks(&h, "T11")),
-        "T11's read-ahead went next, and holds what its reader waits for"
+    assert_eq!(
+        h.world.held_chunk_reads.len(),
+        3 + 1,
+        "the last run went at once, and holds what the read wants"
     );
-    // As reads end, the queued ones follow, two at a time, until every
-    // file is in memory; both readers get the origin's bytes.
+    // The disk answers: both readers get the origin's bytes, and every
+    // byte of the first 4 MiB is then read from memory.
     h.release_chunk_reads();
+    assert_eq!(h.run_until_replied(first).unwrap(), want[..READ as usize]);
+    let at = ahead as usize;
     assert_eq!(
-        h.run_until_replied(first).unwrap(),
-        h.origin_bytes("T00")[..READ as usize]
+        h.run_until_replied(later).unwrap(),
+        want[at..at + READ as usize]
     );
-    assert_eq!(
-        h.run_until_replied(last).unwrap(),
-        h.origin_bytes("T11")[..READ as usize]
-    );
-    let reads = h.world.chunk_reads;
-    for t in &titles[1..11] {
-        let want = h.origin_bytes(t)[..READ as usize].to_vec();
-        assert_eq!(h.read(t, 0, READ).unwrap(), want, "{t}");
+    let before = h.exec.stats().clone();
+    for at in (0..4 * MIB).step_by(READ as usize) {
+        let got = h.read("Song", at as u64, READ).unwrap();
+        assert_eq!(got, want[at..at + READ as usize]);
     }
-    assert_eq!(h.world.chunk_reads, reads, "every file was read ahead once");
-    assert_eq!(h.world.fetches_by_origin[0], 0);
+    let after = h.exec.stats().clone();
+    assert_eq!(
+        after.served_from_disk, before.served_from_disk,
+        "the queued runs were read too"
+    );
+    assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
 }
 
 #[test]

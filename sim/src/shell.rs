@@ -245,7 +245,7 @@ impl World {
                 self.push(Ev::Evict { chunks: ids.len() });
                 self.check_evict(&ids);
             }
-            Observed::Output(Output::Warm(runs)) => {
+            Observed::Output(Output::Warm(runs, _)) => {
                 self.stats.warms += 1;
                 self.push(Ev::Warm { runs: runs.len() });
             }

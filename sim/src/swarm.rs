@@ -164,7 +164,7 @@ pub struct Swarm {
     /// else 2 or 3 (drawn from their own stream, `"writes"`, so the other
     /// options of a seed stay what they were).
     pub writes_in_flight: usize,
-    /// Read-ahead reads of the cache disk under way together: 1 to 4, or
+    /// Streams' read-ahead reads of the cache disk under way together: 1 to 4, or
     /// 64 (as good as no limit) in a quarter of the seeds (drawn from their
     /// own stream, `"warms"`, so the other options of a seed stay what
     /// they were).

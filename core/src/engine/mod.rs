@@ -1305,7 +1305,7 @@ impl Engine {
             r.warmed_to = to;
         }
         if !runs.is_empty() {
-            self.outputs.push_back(Output::Warm(runs));
+            self.outputs.push_back(Output::Warm(runs, WarmFor::Stream));
         }
     }
 
@@ -1378,7 +1378,7 @@ impl Engine {
             self.warmed.marks.insert(mid);
         }
         if !runs.is_empty() {
-            self.outputs.push_back(Output::Warm(runs));
+            self.outputs.push_back(Output::Warm(runs, WarmFor::Scan));
         }
     }
 

@@ -247,7 +247,7 @@ pub enum Output {
     /// is reported, and a chunk that cannot be read is left to the read
     /// that wants it.
     /// Each run is a file's back-to-back chunks (id, length), read as one.
-    Warm(Vec<Vec<(ChunkId, u32)>>),
+    Warm(Vec<Vec<(ChunkId, u32)>>, WarmFor),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
     /// Check that an origin answers (cheaply: stat its root, list one key)
@@ -261,4 +261,18 @@ pub enum Output {
     },
     /// Worth a log line.
     Notice(Notice),
+}
+
+/// Whom a read-ahead of the cache disk (`Output::Warm`) is for, which sets
+/// how many of its reads go to the disk at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WarmFor {
+    /// A tag scan's next files: small runs (a head, a tail) that the scan
+    /// reads within milliseconds. All go to the disk at once: a scan that
+    /// catches up with a queue waits for the disk file by file.
+    Scan,
+    /// A sequential reader's next megabytes: runs of about a MiB, at most
+    /// `ExecConfig::warm_reads_in_flight` at once, so that a cold read of
+    /// a long cached file holds few of them in memory.
+    Stream,
 }
