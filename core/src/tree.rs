@@ -768,8 +768,13 @@ impl<'a> Builder<'a> {
         // Sorted tables, not maps filled one entry at a time: on 200,000
         // tracks those were a good part of a build's peak.
         let mut node_of = Vec::with_capacity(tracks.len());
-        for track in &tracks {
-            let (dir, node) = self.place_track(track);
+        let mut by_path: Vec<&CatalogEntry> = Vec::with_capacity(tracks.len());
+        // Each rendering is let go once placed: the nodes' names take its
+        // room as they are made (on 200,000 tracks the renderings were
+        // ~45 MB, then held through the rest of the build).
+        for track in tracks {
+            let (dir, node) = self.place_track(&track);
+            by_path.push(track.entry);
             let src = &track.entry.source;
             let folder = (src.origin, src.path.parent());
             places
@@ -799,11 +804,6 @@ impl<'a> Builder<'a> {
             }
         }
         places.node_of = node_of.into_iter().collect();
-        // The rendered paths are placed: what follows needs only the
-        // entries (on 200,000 tracks the renderings were ~45 MB, held
-        // through the rest of the build).
-        let mut by_path: Vec<&CatalogEntry> = tracks.iter().map(|t| t.entry).collect();
-        drop(tracks);
         // Lyrics go to the first track of their stem in path order. A table
         // keeps the last of equal keys: the tracks go in backwards.
         by_path.sort_unstable_by(|a, b| {
