@@ -448,7 +448,11 @@ fn load_library(
     let (loaded_catalog, ahead_results, saved) = std::thread::scope(|s| {
         let remembered = ahead.then(|| s.spawn(|| load_remembered(&db, repaired, &store)));
         let saved = ahead.then(|| {
-            s.spawn(|| timed("saved tree read", || tree_cache::load_any(&plan.cache_dir)))
+            s.spawn(|| {
+                timed("saved tree read", || {
+                    tree_cache::load_any(&plan.cache_dir, plan.layout.source())
+                })
+            })
         });
         let loaded = timed("catalog ready", || {
             first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)
@@ -482,7 +486,12 @@ fn load_library(
         };
         let saved = match saved {
             Some((saved_key, tree, report)) if Some(saved_key) == key => Some((tree, report)),
-            Some(_) => None,
+            // Another catalog's (a sync whose tree was not saved): let go
+            // before the build, not held beside it.
+            Some(stale) => {
+                drop(stale);
+                None
+            }
             // Not read ahead: read it now if it is this catalog's.
             None => key.and_then(|key| tree_cache::load(&plan.cache_dir, key)),
         };
