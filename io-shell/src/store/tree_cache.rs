@@ -39,7 +39,8 @@ impl TreeKey {
     pub fn new(layout: &str, catalog_digest: u128) -> Option<TreeKey> {
         Some(TreeKey {
             builder: builder_hash(layout)?,
-            catalog: xxhash_rust::xxh3::xxh3_64(&catalog_digest.to_le_bytes()),
+            // Already a hash: its low half is enough.
+            catalog: catalog_digest as u64,
         })
     }
 }
@@ -94,10 +95,7 @@ impl TreeKey {
 
 /// The tree saved in `cache_dir` under `key`, if there is one.
 pub fn load(cache_dir: &Path, key: TreeKey) -> Option<(VirtualTree, BuildReport)> {
-    let bytes = fs::read(cache_dir.join(TREE_FILE)).ok()?;
-    // A tree saved under another key is not decoded at all.
-    let rest = bytes.strip_prefix(&key.header()[..])?;
-    decode(rest)
+    read_if(cache_dir, |saved| saved == key).map(|(_, tree, report)| (tree, report))
 }
 
 /// The tree saved in `cache_dir` by this binary under `layout`, and the
@@ -109,10 +107,20 @@ pub fn load(cache_dir: &Path, key: TreeKey) -> Option<(VirtualTree, BuildReport)
 /// mount of a new binary peaked at 460-470 MB, against 356-381 MB).
 pub fn load_any(cache_dir: &Path, layout: &str) -> Option<(TreeKey, VirtualTree, BuildReport)> {
     let builder = builder_hash(layout)?;
+    read_if(cache_dir, |saved| saved.builder == builder)
+}
+
+/// The saved tree and its key, if `wanted` accepts the key: the header is
+/// read first, and a tree under a key it refuses is neither read further
+/// nor decoded.
+fn read_if(
+    cache_dir: &Path,
+    wanted: impl FnOnce(TreeKey) -> bool,
+) -> Option<(TreeKey, VirtualTree, BuildReport)> {
     let mut file = fs::File::open(cache_dir.join(TREE_FILE)).ok()?;
     let mut header = [0u8; KEY_LEN];
     file.read_exact(&mut header).ok()?;
-    let key = TreeKey::from_header(&header).filter(|k| k.builder == builder)?;
+    let key = TreeKey::from_header(&header).filter(|&k| wanted(k))?;
     let mut rest = Vec::new();
     file.read_to_end(&mut rest).ok()?;
     let (tree, report) = decode(&rest)?;
