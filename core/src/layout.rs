@@ -337,6 +337,18 @@ impl Layout {
         })
     }
 
+    /// Whether a track's top folder follows from its own tags alone: the
+    /// layout has folders, and the first does not show the track number
+    /// (the one field that depends on the album's other tracks, through
+    /// its disc count). Then tracks under different top folders never
+    /// change each other's names, which lets a sync patch the tree
+    /// ([`crate::tree::update`]) instead of building it whole.
+    pub fn top_folder_is_per_track(&self) -> bool {
+        self.dirs
+            .first()
+            .is_some_and(|top| !top.iter().any(|t| matches!(t, Token::Field(Field::Track))))
+    }
+
     /// Renders one track to its path components: the directories, then the
     /// file name.
     ///

@@ -24,6 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 mod table;
+pub mod update;
 
 pub use table::Table;
 
@@ -149,6 +150,10 @@ pub struct VirtualTree {
     bytes: u64,
     /// Which file each origin file backs.
     by_source: SourceIndex,
+    /// Whether some node did not get the inode its path hashes to (its
+    /// hash was taken): then only a whole build knows every number, and
+    /// [`update`] does not patch the tree.
+    probed: bool,
 }
 
 /// A tree as saved: its nodes (the source index is derived from them).
@@ -157,6 +162,7 @@ struct SavedTreeRef<'t> {
     nodes: &'t Table<Ino, Node>,
     files: usize,
     bytes: u64,
+    probed: bool,
 }
 
 #[derive(Deserialize)]
@@ -164,6 +170,7 @@ struct SavedTree {
     nodes: Table<Ino, Node>,
     files: usize,
     bytes: u64,
+    probed: bool,
 }
 
 /// A tree saves as its nodes, so that a mount whose catalog and layout did
@@ -174,6 +181,7 @@ impl Serialize for VirtualTree {
             nodes: &self.nodes,
             files: self.files,
             bytes: self.bytes,
+            probed: self.probed,
         }
         .serialize(s)
     }
@@ -186,6 +194,7 @@ impl<'de> Deserialize<'de> for VirtualTree {
             saved.nodes,
             saved.files,
             saved.bytes,
+            saved.probed,
         ))
     }
 }
@@ -211,11 +220,12 @@ impl VirtualTree {
             files: 0,
             bytes: 0,
             by_source: SourceIndex::default(),
+            probed: false,
         }
     }
 
     /// A tree of `nodes`, with its source index.
-    fn from_nodes(nodes: Table<Ino, Node>, files: usize, bytes: u64) -> VirtualTree {
+    fn from_nodes(nodes: Table<Ino, Node>, files: usize, bytes: u64, probed: bool) -> VirtualTree {
         let by_source = nodes
             .iter()
             .filter_map(|(&ino, n)| match &n.body {
@@ -233,6 +243,7 @@ impl VirtualTree {
             files,
             bytes,
             by_source,
+            probed,
         }
     }
 
@@ -1250,7 +1261,8 @@ impl<'a> Builder<'a> {
         }
         let mut inos = vec![Ino::ROOT; self.protos.len()];
         let wanted: Vec<u64> = order.iter().skip(1).map(|&idx| hashes[idx]).collect();
-        for (&idx, ino) in order.iter().skip(1).zip(probe_inodes(wanted)) {
+        let (probed_inos, probed) = probe_inodes(wanted);
+        for (&idx, ino) in order.iter().skip(1).zip(probed_inos) {
             inos[idx] = Ino(ino);
         }
         // Folders' subfolder counts, while the protos still say which
@@ -1286,14 +1298,14 @@ impl<'a> Builder<'a> {
             nodes.push((inos[idx], node));
         }
         let nodes: Table<Ino, Node> = nodes.into_iter().collect();
-        VirtualTree::from_nodes(nodes, files, bytes)
+        VirtualTree::from_nodes(nodes, files, bytes, probed)
     }
 }
 
 /// The inode of each node, given their path hashes in path order: its
 /// hash, or, when that is taken (or below 2: 1 is the root), the next free
-/// number past it.
-fn probe_inodes(mut hashes: Vec<u64>) -> Vec<u64> {
+/// number past it; and whether any node took another number than its hash.
+fn probe_inodes(mut hashes: Vec<u64>) -> (Vec<u64>, bool) {
     // Almost always every hash is free and distinct: that is seen in one
     // sorted copy, cheaper than a set built one entry at a time (10 MB on
     // 200,000 tracks).
@@ -1310,7 +1322,7 @@ fn probe_inodes(mut hashes: Vec<u64>) -> Vec<u64> {
             }
         }
     }
-    hashes
+    (hashes, !distinct)
 }
 
 /// Two files are mirrors when they come from different origins and have the
@@ -1373,9 +1385,12 @@ mod tests {
 
     #[test]
     fn an_inode_is_its_hash_unless_taken_then_the_next_free_number() {
-        assert_eq!(probe_inodes(vec![9, 4, 7]), [9, 4, 7]);
+        assert_eq!(probe_inodes(vec![9, 4, 7]), (vec![9, 4, 7], false));
         // 1 is the root's; 0 and 1 are never given.
-        assert_eq!(probe_inodes(vec![5, 5, 0, 1, 6]), [5, 6, 2, 3, 7]);
-        assert_eq!(probe_inodes(Vec::new()), Vec::<u64>::new());
+        assert_eq!(
+            probe_inodes(vec![5, 5, 0, 1, 6]),
+            (vec![5, 6, 2, 3, 7], true)
+        );
+        assert_eq!(probe_inodes(Vec::new()), (Vec::<u64>::new(), false));
     }
 }

@@ -1076,6 +1076,7 @@ fn s3_delta_sync_reads_only_what_changed() {
         Layout::default_layout(),
         vec![SyncSource::Remote(Arc::clone(&origin))],
         None,
+        None,
     );
     // Called from a plain thread, as the daemon calls it from its blocking
     // pool: the syncer waits on the daemon's runtime.

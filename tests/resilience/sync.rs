@@ -19,6 +19,7 @@ fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
         Layout::default_layout(),
         vec![SyncSource::Local(root.to_path_buf())],
         None,
+        None,
     )
 }
 
@@ -152,12 +153,13 @@ fn a_retagged_track_reuses_its_cached_audio_chunks() {
 }
 
 /// The syncer keeps no catalog in memory: a watcher's sync of a few files
-/// (new, retagged, removed) and a sync of the whole origin each load the
-/// saved catalog exactly once, to build the new tree from it, and a sync
-/// that finds nothing to change loads none. The tree the engine then shows
-/// is the one a full rebuild from the database gives.
+/// (new, retagged, removed) and a sync of the whole origin each patch the
+/// tree served without loading the saved catalog, and a sync that finds
+/// nothing to change loads none. The tree the engine then shows is the one
+/// a full rebuild from the database gives. A syncer that does not know the
+/// served tree's build report builds whole, from one load.
 #[test]
-fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog() {
+fn a_sync_patches_the_tree_without_loading_the_catalog_into_the_one_it_gives() {
     use musicfs_core::OriginPath;
     use musicfs_core::tree::VirtualTree;
     use musicfs_tests::fixtures::write_wav;
@@ -177,11 +179,25 @@ fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog(
     }
     let cache = dir.path().join("cache");
     let d = TestDaemon::local(&root, &cache, Config::default());
-    // As a mount's first scan leaves it: the catalog saved.
-    d.db.put_catalog(&musicfs_tests::fixtures::scan(&root))
-        .unwrap();
-    let s = syncer(&d, &root);
+    // As a mount's first scan leaves it: the catalog saved, and the tree
+    // served is its tree, with its build report.
+    let scanned = musicfs_tests::fixtures::scan(&root);
+    d.db.put_catalog(&scanned).unwrap();
+    let (_, built) = VirtualTree::build(&Layout::default_layout(), &scanned);
+    let s = Syncer::new(
+        Arc::clone(&d.daemon),
+        Arc::clone(&d.db),
+        Layout::default_layout(),
+        vec![SyncSource::Local(root.to_path_buf())],
+        Some(built),
+        None,
+    );
     let loads = d.db.catalog_loads();
+    let is_the_catalogs_tree = || {
+        let (want, _) =
+            VirtualTree::build(&Layout::default_layout(), &d.db.load_catalog().unwrap());
+        d.daemon.inspect(|e| e.tree() == &want)
+    };
     let paths = |names: &[&str]| -> BTreeSet<OriginPath> {
         names
             .iter()
@@ -209,7 +225,16 @@ fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog(
     s.sync_paths(OriginId(0), &paths(&["a/03.wav"])).unwrap();
     std::fs::remove_file(root.join("a/07.wav")).unwrap();
     s.sync_paths(OriginId(0), &paths(&["a/07.wav"])).unwrap();
-    assert_eq!(d.db.catalog_loads(), loads + 3, "one load per sync");
+    // Each sync patched the tree: none loaded the catalog.
+    assert_eq!(
+        d.db.catalog_loads(),
+        loads,
+        "a sync of a few files loads no catalog"
+    );
+    assert!(
+        is_the_catalogs_tree(),
+        "the patched tree is the saved catalog's"
+    );
     let shown = d.paths();
     assert!(
         shown
@@ -232,6 +257,7 @@ fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog(
     // A whole-origin sync (at mount, after lost events, `musicfs rescan`)
     // plans against the origin's saved entries: one more removal and one
     // more new file, seen by the listing alone.
+    let loads = d.db.catalog_loads();
     std::fs::remove_file(root.join("a/08.wav")).unwrap();
     write_wav(
         &root.join("c/unwatched.wav"),
@@ -243,7 +269,7 @@ fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog(
     );
     let report = s.sync_origin(OriginId(0)).unwrap();
     assert_eq!((report.reread, report.removed), (1, 1), "{report:?}");
-    assert_eq!(d.db.catalog_loads(), loads + 4, "one load per sync");
+    assert_eq!(d.db.catalog_loads(), loads, "patched again");
     let shown = d.paths();
     assert!(
         shown
@@ -255,9 +281,8 @@ fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog(
         !shown.iter().any(|p| p.ends_with("00 - Song 08.wav")),
         "{shown:?}"
     );
-    let (want, _) = VirtualTree::build(&Layout::default_layout(), &d.db.load_catalog().unwrap());
     assert!(
-        d.daemon.inspect(|e| e.tree() == &want),
+        is_the_catalogs_tree(),
         "tree differs from the saved catalog's"
     );
     // Nothing changed since: nothing to build, nothing loaded.
@@ -265,6 +290,17 @@ fn each_sync_that_changes_the_tree_builds_it_from_one_load_of_the_saved_catalog(
     let report = s.sync_origin(OriginId(0)).unwrap();
     assert_eq!((report.reread, report.removed), (0, 0), "{report:?}");
     assert_eq!(d.db.catalog_loads(), loads, "nothing loaded");
+    // Without the served tree's report, a sync builds whole: one load.
+    let blind = syncer(&d, &root);
+    std::fs::remove_file(root.join("a/09.wav")).unwrap();
+    blind
+        .sync_paths(OriginId(0), &paths(&["a/09.wav"]))
+        .unwrap();
+    assert_eq!(d.db.catalog_loads(), loads + 1, "one load");
+    assert!(
+        is_the_catalogs_tree(),
+        "tree differs from the saved catalog's"
+    );
 }
 
 /// Tests that configure fail points: `scripts/test` runs only these with
@@ -299,7 +335,18 @@ mod failpoints {
             &dir.path().join("cache"),
             Config::default(),
         );
-        let s = syncer(&d, &root);
+        // The syncer knows the (empty) tree served is the (empty)
+        // catalog's, so it would patch: the cut sync must make the next
+        // one build whole, as it missed the changes saved before the cut.
+        let (_, empty) = VirtualTree::build(&Layout::default_layout(), &[]);
+        let s = Syncer::new(
+            Arc::clone(&d.daemon),
+            Arc::clone(&d.db),
+            Layout::default_layout(),
+            vec![SyncSource::Local(root.to_path_buf())],
+            Some(empty),
+            None,
+        );
         let scenario = fail::FailScenario::setup();
         // The first batch goes through, the sync is cut after the second.
         fail::cfg("delta-sync-after-batch", "1*off->return").unwrap();

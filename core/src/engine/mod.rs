@@ -610,19 +610,13 @@ impl Engine {
             s.stale |= file_changed(&self.tree, &tree, s.read.ino);
         }
         // A pause earned by an old version says nothing about the new one.
-        let versions: BTreeMap<SourceKey, &crate::manifest::FileVersion> = tree
-            .files()
-            .flat_map(|(_, f)| f.sources.iter().map(|s| (key_of(s), &s.version)))
-            .collect();
-        let old_versions: BTreeMap<SourceKey, crate::manifest::FileVersion> = self
-            .tree
-            .files()
-            .flat_map(|(_, f)| f.sources.iter().map(|s| (key_of(s), s.version.clone())))
-            .collect();
-        self.backoff.retain(|k, _| {
-            versions
-                .get(k)
-                .is_some_and(|v| old_versions.get(k) == Some(*v))
+        // (Looked up per paused file: maps of every file's version were
+        // tens of MB at a sync's peak on a large library.)
+        let old_tree = &self.tree;
+        self.backoff.retain(|(origin, path), _| {
+            let version =
+                |t: &VirtualTree| t.find_source(*origin, path).map(|(_, s)| s.version.clone());
+            version(&tree).is_some_and(|v| version(old_tree) == Some(v))
         });
         self.tree = Arc::new(tree);
         self.tree_epoch += 1;

@@ -76,8 +76,13 @@ impl<K: Ord, V> Table<K, V> {
         self.values.iter()
     }
 
+    /// The keys and the values, in key order.
+    pub(crate) fn into_parts(self) -> (Vec<K>, Vec<V>) {
+        (self.keys.into_vec(), self.values.into_vec())
+    }
+
     /// A table of entries already in strictly ascending key order.
-    fn from_sorted(keys: Vec<K>, values: Vec<V>) -> Table<K, V> {
+    pub(crate) fn from_sorted(keys: Vec<K>, values: Vec<V>) -> Table<K, V> {
         debug_assert!(keys.windows(2).all(|w| w[0] < w[1]), "keys out of order");
         debug_assert_eq!(keys.len(), values.len());
         Table {

@@ -19,10 +19,11 @@ use crate::origin::RemoteOrigin;
 use crate::store::tree_cache::{self, TreeKey};
 use crate::store::{Db, StoreError};
 use musicfs_core::sync::{self, Listed, SyncPlan};
-use musicfs_core::tree::{BuildReport, VirtualTree};
-use musicfs_core::{CatalogEntry, Layout, OriginId, OriginPath};
+use musicfs_core::tree::update::{Change, FileKey, Need, TreeUpdate, Updated};
+use musicfs_core::tree::{BuildReport, FileRole, VirtualTree};
+use musicfs_core::{CatalogEntry, Ino, Layout, OriginId, OriginPath};
 use parking_lot::Mutex;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -55,15 +56,35 @@ pub enum SyncSource {
     Remote(Arc<dyn RemoteOrigin>),
 }
 
+/// Changed files a sync remembers, with their catalog entries from before
+/// it, to patch the tree rather than build it whole. Past this many, it
+/// forgets them and builds whole (a patch reaching that far would decline).
+const CHANGES_REMEMBERED: usize = 16_384;
+
 /// A published tree change.
 pub struct TreeChange<'a> {
     /// The new tree.
     pub tree: &'a VirtualTree,
-    /// The catalog it was built from, as saved (the search index follows
+    /// What of the catalog it may have changed (the search index follows
     /// the tree this way, without loading the catalog again).
-    pub catalog: &'a [CatalogEntry],
+    pub touched: Touched<'a>,
     /// What changed from the tree before.
     pub diff: &'a musicfs_core::tree::TreeDiff,
+}
+
+/// What a tree change may have changed, for those who follow the catalog.
+pub enum Touched<'a> {
+    /// Anything: here is the whole catalog the new tree was built from.
+    All(&'a [CatalogEntry]),
+    /// Only what is in some top folders of the tree (a patched tree,
+    /// [`musicfs_core::tree::update`]).
+    Tops {
+        /// The catalog entries every file now in those folders comes from
+        /// (and a few more of their origin folders).
+        entries: &'a [CatalogEntry],
+        /// The paths of the tracks that were in those folders before.
+        old_tracks: &'a [String],
+    },
 }
 
 /// Called after every tree change.
@@ -84,6 +105,12 @@ pub struct Syncer {
     /// cleared when the catalog changes without a new tree. See
     /// [`Syncer::save_tree`].
     unsaved_tree: Mutex<Option<(Arc<VirtualTree>, BuildReport)>>,
+    /// The build report of the tree being served, while that tree is the
+    /// one the saved catalog gives: then a sync can patch it. Taken by a
+    /// sync when it starts changing the catalog, put back with its new
+    /// tree; a sync that stops midway leaves it empty, and the next one
+    /// builds whole.
+    served_report: Mutex<Option<BuildReport>>,
     one_at_a_time: Mutex<()>,
     /// Set at shutdown: no sync starts, a running one stops at its next
     /// checkpoint (a saved batch).
@@ -163,8 +190,10 @@ pub enum SyncError {
 
 impl Syncer {
     /// A syncer for the daemon's origins, whose tree was built from the
-    /// catalog saved in `db`. `unsaved_tree` is that tree and its report
-    /// when it is not saved for the next mount yet.
+    /// catalog saved in `db`. `report` is that build's report, if known
+    /// (without it the first sync builds the tree whole). `unsaved_tree`
+    /// is that tree and its report when it is not saved for the next mount
+    /// yet.
     ///
     /// The syncer keeps no catalog in memory (on 200,000 tracks that was
     /// ~100 MB for as long as the daemon ran): a sync plans against the
@@ -175,6 +204,7 @@ impl Syncer {
         db: Arc<Db>,
         layout: Layout,
         sources: Vec<SyncSource>,
+        report: Option<BuildReport>,
         unsaved_tree: Option<(Arc<VirtualTree>, BuildReport)>,
     ) -> Syncer {
         let sources_len = sources.len();
@@ -185,6 +215,7 @@ impl Syncer {
             sources,
             listeners: Mutex::new(Vec::new()),
             unsaved_tree: Mutex::new(unsaved_tree),
+            served_report: Mutex::new(report),
             one_at_a_time: Mutex::new(()),
             stopping: AtomicBool::new(false),
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -435,8 +466,16 @@ impl Syncer {
         if plan.is_empty() {
             return Ok(report);
         }
+        // From here the catalog changes: the tree served is its tree again
+        // only once this sync publishes.
+        let base = self.served_report.lock().take();
+        let mut changes = base.as_ref().map(|_| ChangeLog::default());
         for batch in plan.batches(SYNC_BATCH_FILES) {
             let read = self.read_batch(origin, source, batch)?;
+            self.remember(
+                &mut changes,
+                read.iter().map(|e| (origin, e.source.path.clone())),
+            )?;
             self.db.put_catalog(&read)?;
             self.catalog_changed();
             // The batch is the checkpoint only once it is on disk.
@@ -459,9 +498,19 @@ impl Syncer {
             }
         }
         self.catalog_changed();
+        self.remember(
+            &mut changes,
+            plan.removed.iter().map(|path| (origin, path.clone())),
+        )?;
         for path in &plan.removed {
             self.db.remove_catalog(origin, path)?;
         }
+        self.remember(
+            &mut changes,
+            plan.moved.iter().flat_map(|(old, entry)| {
+                [(origin, old.clone()), (origin, entry.source.path.clone())]
+            }),
+        )?;
         let mut moves = Vec::with_capacity(plan.moved.len());
         for (old, entry) in &plan.moved {
             self.db.remove_catalog(origin, old)?;
@@ -470,7 +519,8 @@ impl Syncer {
         let moved: Vec<CatalogEntry> = plan.moved.iter().map(|(_, e)| e.clone()).collect();
         self.db.put_catalog(&moved)?;
         drop(moved);
-        report.invalidated = self.publish(&moves)?;
+        let base = base.zip(changes);
+        report.invalidated = self.publish(&moves, base)?;
         tracing::info!(
             %origin,
             read = report.reread,
@@ -483,32 +533,167 @@ impl Syncer {
         Ok(report)
     }
 
-    /// Rebuilds the tree from the saved catalog and swaps it in.
+    /// Notes the catalog entries `files` have before they change, unless
+    /// noted already or too many are: then `changes` is let go.
+    fn remember(
+        &self,
+        changes: &mut Option<ChangeLog>,
+        files: impl IntoIterator<Item = FileKey>,
+    ) -> Result<(), SyncError> {
+        let Some(log) = changes else {
+            return Ok(());
+        };
+        for (origin, path) in files {
+            if log.len() >= CHANGES_REMEMBERED {
+                *changes = None;
+                return Ok(());
+            }
+            if !log.contains_key(&(origin, path.clone())) {
+                let before = self.db.catalog_entry(origin, &path)?;
+                log.insert((origin, path), before);
+            }
+        }
+        Ok(())
+    }
+
+    /// The tree served, patched for the changed files in `log` (their
+    /// entries from before; the catalog has them as they are now), if the
+    /// patch can be made: see [`musicfs_core::tree::update`].
+    fn patch(
+        &self,
+        report: &BuildReport,
+        log: ChangeLog,
+    ) -> Result<Option<(Updated, Vec<String>)>, SyncError> {
+        let old = self.daemon.with_engine(|e, _| e.tree_snapshot());
+        let mut changes = Vec::with_capacity(log.len());
+        for ((origin, path), before) in log {
+            let now = self.db.catalog_entry(origin, &path)?;
+            changes.push(Change {
+                old: before,
+                new: now,
+            });
+        }
+        let mut update = TreeUpdate::new(&old, report, &self.layout, changes);
+        while let Some(need) = update.need() {
+            let entries = match &need {
+                Need::Files(files) => self.db.catalog_files(files)?,
+                Need::Folder {
+                    origin,
+                    folder,
+                    children,
+                } => self.db.catalog_in_folder(*origin, folder, *children)?,
+            };
+            match &need {
+                Need::Files(files) => {
+                    tracing::trace!(
+                        files = files.len(),
+                        found = entries.len(),
+                        "tree patch read"
+                    )
+                }
+                Need::Folder {
+                    folder, children, ..
+                } => tracing::trace!(
+                    folder = %String::from_utf8_lossy(folder.as_bytes()),
+                    children,
+                    found = entries.len(),
+                    "tree patch read"
+                ),
+            }
+            update.supply(entries);
+        }
+        let updated = match update.finish() {
+            Ok(updated) => updated,
+            Err(why) => {
+                tracing::info!(why = %why, "building the whole tree");
+                return Ok(None);
+            }
+        };
+        let old_tracks = updated
+            .tops
+            .iter()
+            .filter_map(|top| old.lookup(Ino::ROOT, top.as_bytes()).ok())
+            .flat_map(|dir| old.files_under(dir))
+            .filter(|&ino| old.file(ino).is_some_and(|f| f.role == FileRole::Track))
+            .filter_map(|ino| old.path_of(ino))
+            .collect();
+        Ok(Some((updated, old_tracks)))
+    }
+
+    /// Patches the tree served for the changes noted in `base` (with the
+    /// served tree's report), or rebuilds it from the saved catalog, then
+    /// swaps it in and tells the listeners. Returns how many entries and
+    /// inodes changed.
     fn publish(
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
+        base: Option<(BuildReport, ChangeLog)>,
     ) -> Result<usize, SyncError> {
+        let changed = self.swap_in(moves, base);
+        // The catalog (or the entries of a patch) and the old tree were
+        // the daemon's peak.
+        crate::sys::memory::release_free_memory();
+        changed
+    }
+
+    fn swap_in(
+        &self,
+        moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
+        base: Option<(BuildReport, ChangeLog)>,
+    ) -> Result<usize, SyncError> {
+        let started = Instant::now();
+        let patched = match base {
+            Some((report, log)) => self.patch(&report, log)?,
+            None => None,
+        };
+        let was_patched = patched.is_some();
         // Held only for the build and the listeners. A failed read fails
         // the sync: it never leaves tracks out of the tree.
-        let catalog = self.db.load_catalog()?;
-        let (tree, report) = VirtualTree::build(&self.layout, &catalog);
+        let (catalog, entries, old_tracks);
+        let (tree, report, touched) = match patched {
+            Some((updated, tracks)) => {
+                tracing::debug!(
+                    tops = updated.tops.len(),
+                    entries = updated.entries.len(),
+                    "tree patched"
+                );
+                (entries, old_tracks) = (updated.entries, tracks);
+                let touched = Touched::Tops {
+                    entries: &entries,
+                    old_tracks: &old_tracks,
+                };
+                (updated.tree, updated.report, touched)
+            }
+            None => {
+                catalog = self.db.load_catalog()?;
+                let (tree, report) = VirtualTree::build(&self.layout, &catalog);
+                (tree, report, Touched::All(&catalog))
+            }
+        };
         let (diff, new_tree) = self.daemon.with_engine(|e, now| {
             e.move_sources(moves);
             (e.replace_tree(now, tree), e.tree_snapshot())
         });
-        *self.unsaved_tree.lock() = Some((Arc::clone(&new_tree), report));
+        *self.unsaved_tree.lock() = Some((Arc::clone(&new_tree), report.clone()));
+        *self.served_report.lock() = Some(report);
         let change = TreeChange {
             tree: &new_tree,
-            catalog: &catalog,
+            touched,
             diff: &diff,
         };
         for listener in self.listeners.lock().iter() {
             listener(&change);
         }
         let changed = diff.entries.len() + diff.inodes.len();
-        drop((catalog, diff, new_tree));
-        // The catalog and the old tree were the daemon's peak.
-        crate::sys::memory::release_free_memory();
+        tracing::debug!(
+            patched = was_patched,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "tree published"
+        );
         Ok(changed)
     }
 }
+
+/// Files a sync changed, each with its catalog entry from before the sync
+/// (`None`: it had none).
+type ChangeLog = BTreeMap<FileKey, Option<CatalogEntry>>;

@@ -24,7 +24,7 @@ use crate::kernel::session::{
 };
 use crate::kernel::unmount::lazy_unmount;
 use crate::library::changes;
-use crate::library::sync::{SyncSource, Syncer};
+use crate::library::sync::{SyncSource, Syncer, Touched};
 use crate::library::watch;
 use crate::origin::{LocalOrigin, Origin, OriginError, OriginKind, OriginSpec, RemoteOrigin};
 use crate::pins::fill::PinFiller;
@@ -190,13 +190,17 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     )?;
     // The tree as built from the loaded catalog, before any sync swaps it.
     let save_tree = save_tree.map(|(key, report)| (key, report, daemon.tree()));
-    let unsaved_tree = library.unsaved_tree.map(|report| (daemon.tree(), report));
+    let tracks = library.report.tracks;
+    let served = Served {
+        unsaved: library.unsaved.then(|| daemon.tree()),
+        report: library.report,
+    };
     let services = start_services(
         &plan,
         &daemon,
         &db,
         &origins,
-        unsaved_tree,
+        served,
         &runtime,
         metrics_listener,
     )?;
@@ -226,7 +230,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     status.set_phase("serving");
     systemd::ready(&format!(
         "serving {} tracks at {}",
-        library.tracks,
+        tracks,
         plan.mountpoint.display()
     ));
     let watchdog = systemd::start_watchdog(&plan.mountpoint);
@@ -401,6 +405,15 @@ fn open_origins(plan: &MountPlan) -> Result<Origins, RunError> {
     Ok(Origins { readers, sources })
 }
 
+/// The tree the daemon starts serving, for the syncer.
+struct Served {
+    /// Its build report.
+    report: BuildReport,
+    /// The tree, when it is not saved for the next mount (the syncer then
+    /// saves it at shutdown).
+    unsaved: Option<Arc<VirtualTree>>,
+}
+
 /// The tree the mount starts with.
 struct Library {
     tree: VirtualTree,
@@ -408,12 +421,12 @@ struct Library {
     /// the key to save it under, and its build report.
     save_tree: Option<(TreeKey, BuildReport)>,
     /// Set when the tree was built from a catalog with no key yet (a first
-    /// scan's): its build report. The syncer saves the tree at shutdown.
-    unsaved_tree: Option<BuildReport>,
+    /// scan's): the syncer saves the tree at shutdown.
+    unsaved: bool,
     /// The chunk maps the cache holds, by origin file.
     manifests: Vec<(OriginId, OriginPath, Manifest)>,
-    /// Tracks in it.
-    tracks: usize,
+    /// Its build report.
+    report: BuildReport,
     /// Which origins were scanned just now (their pollers need not list
     /// them again at once).
     scanned_now: Vec<bool>,
@@ -529,9 +542,9 @@ fn load_library(
         tree,
         // A tree just built is saved for the next mount, under its key.
         save_tree: key.filter(|_| !loaded).map(|key| (key, report.clone())),
-        unsaved_tree: (key.is_none() && !loaded).then(|| report.clone()),
+        unsaved: key.is_none() && !loaded,
         manifests,
-        tracks: report.tracks,
+        report,
         scanned_now,
     })
 }
@@ -661,7 +674,7 @@ fn start_services(
     daemon: &Arc<Daemon>,
     db: &Arc<Db>,
     origins: &Origins,
-    unsaved_tree: Option<(Arc<VirtualTree>, BuildReport)>,
+    served: Served,
     runtime: &tokio::runtime::Runtime,
     metrics_listener: Option<std::net::TcpListener>,
 ) -> Result<Services, RunError> {
@@ -674,7 +687,8 @@ fn start_services(
         Arc::clone(db),
         plan.layout.clone(),
         origins.sources.clone(),
-        unsaved_tree,
+        Some(served.report.clone()),
+        served.unsaved.map(|tree| (tree, served.report)),
     ));
     let metrics_addr = match metrics_listener {
         Some(listener) => {
@@ -720,7 +734,13 @@ fn start_services(
         let search = Arc::clone(&search);
         syncer.on_tree_change(Box::new(move |change| {
             if let Some(live) = search.get()
-                && let Err(e) = live.tree_changed(change.tree, change.catalog)
+                && let Err(e) = match change.touched {
+                    Touched::All(catalog) => live.tree_changed(change.tree, catalog, None),
+                    Touched::Tops {
+                        entries,
+                        old_tracks,
+                    } => live.tree_changed(change.tree, entries, Some(old_tracks)),
+                }
             {
                 tracing::warn!(error = %e, "could not update the search index");
             }

@@ -3,7 +3,8 @@
 //! change, committed after each sync and at shutdown.
 
 use super::{
-    DocDigests, SearchError, SearchIndex, diff_docs, docs_from_tree, index_dir, tree_docs,
+    DocDigests, SearchError, SearchIndex, diff_docs, diff_docs_within, docs_from_tree, index_dir,
+    tree_docs,
 };
 use musicfs_core::CatalogEntry;
 use musicfs_core::tree::VirtualTree;
@@ -75,15 +76,22 @@ impl LiveSearch {
     }
 
     /// Follows a tree change: only what changed is written, then committed.
-    /// `catalog` is what `new_tree` was built from.
+    /// `catalog` is what `new_tree` was built from, or, for a change
+    /// confined to some folders, the entries of the files in them now,
+    /// with `gone` the paths of the tracks that were in them before.
     pub fn tree_changed<'c>(
         &self,
         new_tree: &VirtualTree,
         catalog: impl IntoIterator<Item = &'c CatalogEntry>,
+        gone: Option<&[String]>,
     ) -> Result<(), SearchError> {
         let new_docs = docs_from_tree(new_tree, catalog);
         let mut held = self.held.lock();
-        let changes = diff_docs(&held, &new_docs);
+        let changes = match gone {
+            None => diff_docs(&held, &new_docs),
+            Some(gone) => diff_docs_within(&held, gone.iter().map(String::as_str), &new_docs),
+        };
+        drop(new_docs);
         if changes.is_empty() {
             return Ok(());
         }
@@ -93,7 +101,8 @@ impl LiveSearch {
         for doc in &changes.upsert {
             self.index.upsert(doc)?;
         }
-        let new_held = DocDigests::of(&new_docs);
+        let mut new_held = held.clone();
+        new_held.apply(&changes);
         self.index.set_stamp(new_held.stamp());
         self.index.commit()?;
         *held = new_held;

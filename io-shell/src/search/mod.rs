@@ -245,6 +245,16 @@ impl DocDigests {
         self.0.insert(doc_key(&doc.vpath), digest(doc));
     }
 
+    /// What the index holds once `changes` are made.
+    pub fn apply(&mut self, changes: &DocChanges) {
+        for key in &changes.remove {
+            self.0.remove(key);
+        }
+        for doc in &changes.upsert {
+            self.add(doc);
+        }
+    }
+
     /// Number of documents.
     pub fn len(&self) -> usize {
         self.0.len()
@@ -295,6 +305,32 @@ pub fn diff_docs(old: &DocDigests, new: &[SearchDoc]) -> DocChanges {
             .keys()
             .filter(|k| !new_keys.contains(k))
             .copied()
+            .collect(),
+    }
+}
+
+/// Like [`diff_docs`], for a tree change confined to some folders:
+/// `gone` are the virtual paths of the tracks that were in them before,
+/// `new` the documents of the tracks in them now. Nothing outside them is
+/// looked at.
+pub fn diff_docs_within<'p>(
+    old: &DocDigests,
+    gone: impl IntoIterator<Item = &'p str>,
+    new: &[SearchDoc],
+) -> DocChanges {
+    let new_keys: HashSet<u64> = new.iter().map(|d| doc_key(&d.vpath)).collect();
+    let mut upsert: Vec<SearchDoc> = new
+        .iter()
+        .filter(|d| old.0.get(&doc_key(&d.vpath)) != Some(&digest(d)))
+        .cloned()
+        .collect();
+    upsert.sort_by(|a, b| a.vpath.cmp(&b.vpath));
+    DocChanges {
+        upsert,
+        remove: gone
+            .into_iter()
+            .map(doc_key)
+            .filter(|k| !new_keys.contains(k) && old.0.contains_key(k))
             .collect(),
     }
 }

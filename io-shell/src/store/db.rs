@@ -373,6 +373,79 @@ impl Db {
         Ok(found.into_values().collect())
     }
 
+    /// The catalog entry of one file, if it has one that decodes.
+    pub fn catalog_entry(
+        &self,
+        origin: OriginId,
+        path: &OriginPath,
+    ) -> Result<Option<CatalogEntry>, StoreError> {
+        let key = entry_key(origin, path);
+        let value = self
+            .catalog
+            .get(&key)
+            .map_err(|e| StoreError::db("read catalog", e))?;
+        Ok(value.and_then(|v| decode_catalog_entry(&key, &v)))
+    }
+
+    /// The catalog entries of those of `files` that have one (what a tree
+    /// update asks for, [`musicfs_core::tree::update::Need`]).
+    pub fn catalog_files(
+        &self,
+        files: &[(OriginId, OriginPath)],
+    ) -> Result<Vec<CatalogEntry>, StoreError> {
+        let mut out = Vec::with_capacity(files.len());
+        for (origin, path) in files {
+            out.extend(self.catalog_entry(*origin, path)?);
+        }
+        Ok(out)
+    }
+
+    /// The catalog entries of `origin` directly in `folder` (the origin's
+    /// top when empty) and, with `children`, those one folder further
+    /// down; nothing deeper.
+    pub fn catalog_in_folder(
+        &self,
+        origin: OriginId,
+        folder: &OriginPath,
+        children: bool,
+    ) -> Result<Vec<CatalogEntry>, StoreError> {
+        let mut prefix = entry_key(origin, folder);
+        if !folder.as_bytes().is_empty() {
+            prefix.push(b'/');
+        }
+        let allowed = usize::from(children);
+        let mut out = Vec::new();
+        let mut from = prefix.clone();
+        'seek: loop {
+            for item in self.catalog.range(from.as_slice()..) {
+                let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+                let Some(rest) = k.strip_prefix(prefix.as_slice()) else {
+                    break 'seek;
+                };
+                // The folder too deep, if any: jump past all of it ('0'
+                // is the byte after '/'), rather than read its records
+                // (the top of an origin holds the whole library below).
+                match rest
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == b'/')
+                    .nth(allowed)
+                {
+                    Some((slash, _)) => {
+                        from.clear();
+                        from.extend_from_slice(&prefix);
+                        from.extend_from_slice(&rest[..slash]);
+                        from.push(b'/' + 1);
+                        continue 'seek;
+                    }
+                    None => out.extend(decode_catalog_entry(&k, &v)),
+                }
+            }
+            break;
+        }
+        Ok(out)
+    }
+
     /// Stores catalog entries (inserting or replacing), all at once.
     pub fn put_catalog(&self, entries: &[CatalogEntry]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
@@ -923,6 +996,57 @@ mod tests {
         assert_eq!(under(&["a", "a/b", "a/1.flac"]), under(&["a"]));
         assert_eq!(under(&["c.flac", "gone"]), vec![all[4].clone()]);
         assert_eq!(under(&[]), vec![]);
+    }
+
+    #[test]
+    fn a_folders_entries_are_those_in_it_or_one_folder_down_and_no_deeper() {
+        use musicfs_core::{FileKind, FileVersion, SourceFile};
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let entry = |origin: u16, path: &str| CatalogEntry {
+            source: SourceFile {
+                origin: OriginId(origin),
+                path: OriginPath::new(path.as_bytes()),
+                version: FileVersion::default(),
+            },
+            kind: FileKind::Cover,
+        };
+        let all = [
+            entry(0, "a.flac"),
+            entry(0, "a/1.flac"),
+            entry(0, "a/b/2.flac"),
+            entry(0, "a/b/c/3.flac"),
+            entry(0, "a/b0/4.flac"),
+            entry(0, "a0/5.flac"),
+            entry(0, "ab/6.flac"),
+            entry(0, "top.flac"),
+            entry(1, "x.flac"),
+        ];
+        db.put_catalog(&all).unwrap();
+        let paths = |origin: u16, folder: &str, children: bool| -> Vec<String> {
+            db.catalog_in_folder(
+                OriginId(origin),
+                &OriginPath::new(folder.as_bytes()),
+                children,
+            )
+            .unwrap()
+            .iter()
+            .map(|e| String::from_utf8_lossy(e.source.path.as_bytes()).into_owned())
+            .collect()
+        };
+        assert_eq!(paths(0, "", false), ["a.flac", "top.flac"]);
+        assert_eq!(
+            paths(0, "", true),
+            ["a.flac", "a/1.flac", "a0/5.flac", "ab/6.flac", "top.flac"]
+        );
+        assert_eq!(paths(0, "a", false), ["a/1.flac"]);
+        assert_eq!(
+            paths(0, "a", true),
+            ["a/1.flac", "a/b/2.flac", "a/b0/4.flac"]
+        );
+        assert_eq!(paths(0, "a/b", true), ["a/b/2.flac", "a/b/c/3.flac"]);
+        assert_eq!(paths(1, "", false), ["x.flac"]);
+        assert!(paths(0, "none", true).is_empty());
     }
 
     #[test]

@@ -20,8 +20,9 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_128};
 /// The file in the cache directory.
 pub const TREE_FILE: &str = "tree.bin";
 
-/// Bumped when what is saved changes shape (2: the key's two halves).
-const FORMAT: u32 = 2;
+/// Bumped when what is saved changes shape (2: the key's two halves; 3:
+/// whether the tree probed an inode).
+const FORMAT: u32 = 3;
 
 /// What a saved tree must match to be used: who built it (this binary,
 /// this layout) and from what (the catalog), each a 64-bit hash.
