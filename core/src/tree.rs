@@ -10,8 +10,10 @@
 //! The tree is a pure function of the catalog and the layout: the same
 //! library gives the same names and the same inode numbers on every mount,
 //! because names are decided in a fixed order and an inode number is a hash
-//! of the node's virtual path. A sync rebuilds the tree and [`diff`]s it
-//! against the old one to tell the kernel precisely what changed.
+//! of the node's virtual path. A sync patches the tree where its changes
+//! reach ([`update`]; the result is what a whole build gives) or builds it
+//! anew, then [`diff`]s it against the old one to tell the kernel
+//! precisely what changed.
 
 use crate::catalog::{self, CatalogEntry, FileKind, SourceFile};
 use crate::fs::{Attr, DirEntry, Errno, NodeKind};
