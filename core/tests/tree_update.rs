@@ -14,6 +14,15 @@ type Catalog = BTreeMap<FileKey, CatalogEntry>;
 /// Origin folders: artist and album folders, a loose folder, the top.
 const FOLDERS: &[&str] = &["A/X", "A/Y", "A", "B/Z", "C", ""];
 const TRACK_NAMES: &[&str] = &["01.flac", "02.flac", "03.mp3", "a.flac"];
+/// Layouts: the default, a deeper one whose artist folder is the second, one
+/// with the disc in a folder, and one with no artist folder (artist images
+/// have nowhere to go).
+const LAYOUTS: &[&str] = &[
+    "$albumartist/$album/$track - $title",
+    "$genre/$albumartist/$album/$track - $title",
+    "$albumartist/$album/Disc $disc/$track $title",
+    "$album/$title",
+];
 
 fn track_tags() -> impl Strategy<Value = TrackTags> {
     (
@@ -24,9 +33,10 @@ fn track_tags() -> impl Strategy<Value = TrackTags> {
         prop::sample::select(vec!["t", "u", "01"]),
         prop::option::of(1u32..3),
         prop::option::of(1u32..3),
+        prop::option::of(prop::sample::select(vec!["Pop", "Jazz"])),
     )
         .prop_map(
-            |(artist, album_artist, album, track, title, disc, disc_total)| TrackTags {
+            |(artist, album_artist, album, track, title, disc, disc_total, genre)| TrackTags {
                 artist: Some(artist.into()),
                 album_artist: album_artist.map(Into::into),
                 album: Some(album.into()),
@@ -34,6 +44,7 @@ fn track_tags() -> impl Strategy<Value = TrackTags> {
                 title: Some(title.into()),
                 disc,
                 disc_total,
+                genre: genre.map(Into::into),
                 ..Default::default()
             },
         )
@@ -210,8 +221,9 @@ proptest! {
     fn a_patched_tree_is_the_tree_a_whole_build_gives(
         old in prop::collection::vec(entry(), 0..40),
         edits in prop::collection::vec(edit(), 1..4),
+        layout in prop::sample::select(LAYOUTS.to_vec()),
     ) {
-        let layout = Layout::default_layout();
+        let layout = Layout::parse(layout).expect("a valid layout");
         let old = catalog(old);
         let new = apply(&old, &edits);
         let (result, _) = update(&layout, &old, &new);

@@ -157,6 +157,14 @@ fn added_retagged_deleted_and_moved_files_show_without_a_remount() {
         "the move was recognised as a move:\n{log}"
     );
     assert_eq!(files_under(&mnt).len(), 6);
+    // Each sync patched the tree where its changes reached: none loaded
+    // the whole catalog to build it again.
+    let applied = applied(&m);
+    assert!(applied.len() >= 4, "{applied:#?}");
+    assert!(
+        applied.iter().all(|l| l.contains("tree=patched")),
+        "{applied:#?}"
+    );
 }
 
 #[test]

@@ -45,6 +45,9 @@ pub struct SyncReport {
     pub unchanged: usize,
     /// Entries and inodes that changed (listeners were told of each).
     pub invalidated: usize,
+    /// The tree was patched where the changes reached, not built whole
+    /// ([`musicfs_core::tree::update`]).
+    pub patched: bool,
 }
 
 /// How one origin is synced.
@@ -520,13 +523,15 @@ impl Syncer {
         self.db.put_catalog(&moved)?;
         drop(moved);
         let base = base.zip(changes);
-        report.invalidated = self.publish(&moves, base)?;
+        (report.invalidated, report.patched) = self.publish(&moves, base)?;
+        let tree = if report.patched { "patched" } else { "built" };
         tracing::info!(
             %origin,
             read = report.reread,
             removed = report.removed,
             moved = report.moved,
             invalidated = report.invalidated,
+            tree = %tree,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "origin changes applied"
         );
@@ -623,12 +628,12 @@ impl Syncer {
     /// Patches the tree served for the changes noted in `base` (with the
     /// served tree's report), or rebuilds it from the saved catalog, then
     /// swaps it in and tells the listeners. Returns how many entries and
-    /// inodes changed.
+    /// inodes changed, and whether the tree was patched.
     fn publish(
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
         base: Option<(BuildReport, ChangeLog)>,
-    ) -> Result<usize, SyncError> {
+    ) -> Result<(usize, bool), SyncError> {
         let changed = self.swap_in(moves, base);
         // The catalog (or the entries of a patch) and the old tree were
         // the daemon's peak.
@@ -640,7 +645,7 @@ impl Syncer {
         &self,
         moves: &[(musicfs_core::engine::SourceKey, musicfs_core::SourceFile)],
         base: Option<(BuildReport, ChangeLog)>,
-    ) -> Result<usize, SyncError> {
+    ) -> Result<(usize, bool), SyncError> {
         let started = Instant::now();
         let patched = match base {
             Some((report, log)) => self.patch(&report, log)?,
@@ -690,7 +695,7 @@ impl Syncer {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "tree published"
         );
-        Ok(changed)
+        Ok((changed, was_patched))
     }
 }
 
