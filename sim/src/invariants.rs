@@ -48,7 +48,7 @@ fn before(t: Time, d: std::time::Duration) -> Time {
 }
 
 impl World {
-    fn fail(&mut self, v: Violation) {
+    pub(crate) fn fail(&mut self, v: Violation) {
         self.violation.get_or_insert(v);
     }
 

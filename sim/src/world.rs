@@ -175,6 +175,9 @@ pub struct RunStats {
     pub crashes: u64,
     /// Rescans.
     pub rescans: u64,
+    /// Rescans that changed the catalog and patched the tree (checked
+    /// equal to the whole build).
+    pub tree_patches: u64,
     /// Read-aheads of kept chunks into memory the engine asked for.
     pub warms: u64,
     /// Loop iterations.
@@ -518,8 +521,24 @@ impl World {
         }
         self.stats.rescans += 1;
         let (catalog, moves) = self.scan();
-        self.disk.catalog = catalog;
+        let old_catalog = std::mem::replace(&mut self.disk.catalog, catalog);
         let (tree, _) = VirtualTree::build(&self.layout, &self.disk.catalog);
+        // The io-shell's syncs patch the tree where the changes reach: the
+        // patch must be exactly the whole build.
+        let tree = match self.patched_tree(&old_catalog) {
+            Some((patched, _)) if patched != tree => {
+                self.fail(Violation::new(
+                    "tree patch",
+                    "a patched tree differs from the whole build of the same catalog",
+                ));
+                return;
+            }
+            Some((patched, changed)) => {
+                self.stats.tree_patches += u64::from(changed > 0);
+                patched
+            }
+            None => tree,
+        };
         let now = self.now;
         let Some(e) = self.engine.as_mut() else {
             return;
@@ -535,6 +554,57 @@ impl World {
         self.note_tree_change();
         self.note_shown();
         self.check_tree(Some(&old));
+    }
+
+    /// The engine's tree patched from `old` (the catalog it was built
+    /// from) to the catalog on disk, as a sync patches it, and how many
+    /// entries changed; `None` when the patch declines.
+    fn patched_tree(&self, old: &[CatalogEntry]) -> Option<(VirtualTree, usize)> {
+        use musicfs_core::tree::update::{Change, Need, TreeUpdate};
+        let e = self.engine.as_ref()?;
+        let key = |c: &CatalogEntry| (c.source.origin, c.source.path.clone());
+        let before: BTreeMap<_, &CatalogEntry> = old.iter().map(|c| (key(c), c)).collect();
+        let now: BTreeMap<_, &CatalogEntry> =
+            self.disk.catalog.iter().map(|c| (key(c), c)).collect();
+        let changes: Vec<Change> = before
+            .keys()
+            .chain(now.keys())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .filter(|k| before.get(*k) != now.get(*k))
+            .map(|k| Change {
+                old: before.get(k).map(|c| (*c).clone()),
+                new: now.get(k).map(|c| (*c).clone()),
+            })
+            .collect();
+        let changed = changes.len();
+        let (_, report) = VirtualTree::build(&self.layout, old);
+        let mut update = TreeUpdate::new(e.tree(), &report, &self.layout, changes);
+        while let Some(need) = update.need() {
+            let entries: Vec<CatalogEntry> = match need {
+                Need::Files(files) => files
+                    .iter()
+                    .filter_map(|k| now.get(k).map(|c| (*c).clone()))
+                    .collect(),
+                Need::Folder {
+                    origin,
+                    folder,
+                    children,
+                } => now
+                    .values()
+                    .filter(|c| c.source.origin == origin)
+                    .filter(|c| {
+                        let parent = c.source.path.parent();
+                        let up = musicfs_core::OriginPath::new(parent);
+                        parent == folder.as_bytes()
+                            || (children && !parent.is_empty() && up.parent() == folder.as_bytes())
+                    })
+                    .map(|c| (*c).clone())
+                    .collect(),
+            };
+            update.supply(entries);
+        }
+        update.finish().ok().map(|u| (u.tree, changed))
     }
 
     /// Gives every read in flight the versions the new tree shows for its
