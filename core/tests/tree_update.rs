@@ -294,25 +294,33 @@ fn an_update_touches_only_the_top_folders_of_what_changed() {
     assert!(updated.tree.resolve("Artist 8/Al/01 - t.flac").is_some());
 }
 
-#[test]
-fn playlists_and_a_layout_without_folders_are_built_whole() {
-    let folderless = Layout::parse("$artist - $title").expect("a valid layout");
-    let mut old = Catalog::new();
-    let t = CatalogEntry {
+/// An origin-0 file of 1 byte at `path`.
+fn at(path: &str, kind: FileKind) -> CatalogEntry {
+    CatalogEntry {
         source: SourceFile {
             origin: OriginId(0),
-            path: OriginPath::new(b"a.flac".to_vec()),
+            path: OriginPath::new(path.as_bytes().to_vec()),
             version: FileVersion {
                 size: 1,
                 mtime_ns: 1,
                 token: None,
             },
         },
-        kind: FileKind::Track(TrackTags {
+        kind,
+    }
+}
+
+#[test]
+fn playlists_and_a_layout_without_folders_are_built_whole() {
+    let folderless = Layout::parse("$artist - $title").expect("a valid layout");
+    let mut old = Catalog::new();
+    let t = at(
+        "a.flac",
+        FileKind::Track(TrackTags {
             title: Some("t".into()),
             ..Default::default()
         }),
-    };
+    );
     old.insert(key(&t), t.clone());
     let mut new = old.clone();
     let mut t2 = t.clone();
@@ -322,18 +330,7 @@ fn playlists_and_a_layout_without_folders_are_built_whole() {
     assert_eq!(result.err(), Some(Declined::Layout));
 
     let mut with_list = new.clone();
-    let list = CatalogEntry {
-        source: SourceFile {
-            origin: OriginId(0),
-            path: OriginPath::new(b"l.m3u".to_vec()),
-            version: FileVersion {
-                size: 6,
-                mtime_ns: 1,
-                token: None,
-            },
-        },
-        kind: FileKind::Playlist(b"a.flac".to_vec().into()),
-    };
+    let list = at("l.m3u", FileKind::Playlist(b"a.flac".to_vec().into()));
     with_list.insert(key(&list), list);
     let (result, _) = update(&Layout::default_layout(), &new, &with_list);
     assert_eq!(result.err(), Some(Declined::Playlists));

@@ -12,13 +12,24 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(60);
 
+/// A syncer that does not know the tree served: its first sync builds whole.
 fn syncer(d: &TestDaemon, root: &Path) -> Syncer {
+    syncer_of(d, root, None)
+}
+
+/// A syncer told the build report of the tree served, which is the saved
+/// catalog's: its syncs patch that tree.
+fn syncer_of(
+    d: &TestDaemon,
+    root: &Path,
+    served: Option<musicfs_core::tree::BuildReport>,
+) -> Syncer {
     Syncer::new(
         Arc::clone(&d.daemon),
         Arc::clone(&d.db),
         Layout::default_layout(),
         vec![SyncSource::Local(root.to_path_buf())],
-        None,
+        served,
         None,
     )
 }
@@ -184,14 +195,7 @@ fn a_sync_patches_the_tree_without_loading_the_catalog_into_the_one_it_gives() {
     let scanned = musicfs_tests::fixtures::scan(&root);
     d.db.put_catalog(&scanned).unwrap();
     let (_, built) = VirtualTree::build(&Layout::default_layout(), &scanned);
-    let s = Syncer::new(
-        Arc::clone(&d.daemon),
-        Arc::clone(&d.db),
-        Layout::default_layout(),
-        vec![SyncSource::Local(root.to_path_buf())],
-        Some(built),
-        None,
-    );
+    let s = syncer_of(&d, &root, Some(built));
     let loads = d.db.catalog_loads();
     let is_the_catalogs_tree = || {
         let (want, _) =
@@ -339,14 +343,7 @@ mod failpoints {
         // catalog's, so it would patch: the cut sync must make the next
         // one build whole, as it missed the changes saved before the cut.
         let (_, empty) = VirtualTree::build(&Layout::default_layout(), &[]);
-        let s = Syncer::new(
-            Arc::clone(&d.daemon),
-            Arc::clone(&d.db),
-            Layout::default_layout(),
-            vec![SyncSource::Local(root.to_path_buf())],
-            Some(empty),
-            None,
-        );
+        let s = syncer_of(&d, &root, Some(empty));
         let scenario = fail::FailScenario::setup();
         // The first batch goes through, the sync is cut after the second.
         fail::cfg("delta-sync-after-batch", "1*off->return").unwrap();

@@ -652,32 +652,27 @@ fn key_of(entry: &CatalogEntry) -> FileKey {
 /// `old` without what `minus` counted, plus what `plus` counted; `None` if
 /// `minus` counted more than `old` (then `old` was not this catalog's).
 fn patch_report(old: &BuildReport, minus: &BuildReport, plus: &BuildReport) -> Option<BuildReport> {
-    let f = |o: usize, m: usize, p: usize| o.checked_sub(m).map(|v| v + p);
-    Some(BuildReport {
-        tracks: f(old.tracks, minus.tracks, plus.tracks)?,
-        mirrors: f(old.mirrors, minus.mirrors, plus.mirrors)?,
-        renamed: f(old.renamed, minus.renamed, plus.renamed)?,
-        covers: f(old.covers, minus.covers, plus.covers)?,
-        covers_ambiguous: f(
-            old.covers_ambiguous,
-            minus.covers_ambiguous,
-            plus.covers_ambiguous,
-        )?,
-        unreadable: f(old.unreadable, minus.unreadable, plus.unreadable)?,
-        lyrics: f(old.lyrics, minus.lyrics, plus.lyrics)?,
-        images: f(old.images, minus.images, plus.images)?,
-        artist_images: f(old.artist_images, minus.artist_images, plus.artist_images)?,
-        cues: f(old.cues, minus.cues, plus.cues)?,
-        playlists: f(old.playlists, minus.playlists, plus.playlists)?,
-        playlist_entries_missing: f(
-            old.playlist_entries_missing,
-            minus.playlist_entries_missing,
-            plus.playlist_entries_missing,
-        )?,
-        sidecars_left_out: f(
-            old.sidecars_left_out,
-            minus.sidecars_left_out,
-            plus.sidecars_left_out,
-        )?,
-    })
+    // Every field, each named once (a new field fails to compile here).
+    macro_rules! patched {
+        ($($field:ident),* $(,)?) => {
+            BuildReport {
+                $($field: old.$field.checked_sub(minus.$field)? + plus.$field),*
+            }
+        };
+    }
+    Some(patched!(
+        tracks,
+        mirrors,
+        renamed,
+        covers,
+        covers_ambiguous,
+        unreadable,
+        lyrics,
+        images,
+        artist_images,
+        cues,
+        playlists,
+        playlist_entries_missing,
+        sidecars_left_out,
+    ))
 }

@@ -292,14 +292,8 @@ fn digest(doc: &SearchDoc) -> u64 {
 /// by virtual path.
 pub fn diff_docs(old: &DocDigests, new: &[SearchDoc]) -> DocChanges {
     let new_keys: HashSet<u64> = new.iter().map(|d| doc_key(&d.vpath)).collect();
-    let mut upsert: Vec<SearchDoc> = new
-        .iter()
-        .filter(|d| old.0.get(&doc_key(&d.vpath)) != Some(&digest(d)))
-        .cloned()
-        .collect();
-    upsert.sort_by(|a, b| a.vpath.cmp(&b.vpath));
     DocChanges {
-        upsert,
+        upsert: upserts(old, new),
         remove: old
             .0
             .keys()
@@ -307,6 +301,18 @@ pub fn diff_docs(old: &DocDigests, new: &[SearchDoc]) -> DocChanges {
             .copied()
             .collect(),
     }
+}
+
+/// The documents of `new` the index lacks or holds with other contents,
+/// by path.
+fn upserts(old: &DocDigests, new: &[SearchDoc]) -> Vec<SearchDoc> {
+    let mut upsert: Vec<SearchDoc> = new
+        .iter()
+        .filter(|d| old.0.get(&doc_key(&d.vpath)) != Some(&digest(d)))
+        .cloned()
+        .collect();
+    upsert.sort_by(|a, b| a.vpath.cmp(&b.vpath));
+    upsert
 }
 
 /// Like [`diff_docs`], for a tree change confined to some folders:
@@ -319,14 +325,8 @@ pub fn diff_docs_within<'p>(
     new: &[SearchDoc],
 ) -> DocChanges {
     let new_keys: HashSet<u64> = new.iter().map(|d| doc_key(&d.vpath)).collect();
-    let mut upsert: Vec<SearchDoc> = new
-        .iter()
-        .filter(|d| old.0.get(&doc_key(&d.vpath)) != Some(&digest(d)))
-        .cloned()
-        .collect();
-    upsert.sort_by(|a, b| a.vpath.cmp(&b.vpath));
     DocChanges {
-        upsert,
+        upsert: upserts(old, new),
         remove: gone
             .into_iter()
             .map(doc_key)
@@ -1157,6 +1157,32 @@ mod tests {
         );
         assert_eq!(one.stamp(), two.stamp());
         assert_ne!(one.stamp(), DocDigests::of(&[b2]).stamp());
+    }
+
+    #[test]
+    fn a_diff_within_some_folders_leaves_the_rest_alone_and_applies_like_a_whole_one() {
+        let a = doc("A/x.flac", "A", "x");
+        let b = doc("B/y.flac", "B", "y");
+        let b2 = doc("B/y.flac", "B", "y (remaster)");
+        let c = doc("C/z.flac", "C", "z");
+        let d = doc("B/w.flac", "B", "w");
+        let old = DocDigests::of(&[a.clone(), b.clone(), c.clone()]);
+        // Folders A and B were rebuilt: x went, y was retagged, w is new;
+        // C was not looked at, and a path never held is not removed.
+        let changes = diff_docs_within(
+            &old,
+            ["A/x.flac", "B/y.flac", "B/never.flac"],
+            &[b2.clone(), d.clone()],
+        );
+        assert_eq!(changes.upsert, vec![d.clone(), b2.clone()]);
+        assert_eq!(changes.remove, BTreeSet::from([doc_key("A/x.flac")]));
+        let mut held = old.clone();
+        held.apply(&changes);
+        assert_eq!(held, DocDigests::of(&[b2.clone(), c.clone(), d.clone()]));
+        // The same change seen whole applies to the same digests.
+        let mut whole = old.clone();
+        whole.apply(&diff_docs(&old, &[b2, c, d]));
+        assert_eq!(whole, held);
     }
 
     #[test]

@@ -961,19 +961,24 @@ mod tests {
         assert_eq!(db.load_chunk_index().unwrap(), vec![(ChunkId(9), 1, 2)]);
     }
 
-    #[test]
-    fn catalog_under_gives_a_file_or_a_folder_and_nothing_beside_it() {
+    /// A cover's catalog entry at `path` of `origin`.
+    fn cover_at(origin: u16, path: &str) -> CatalogEntry {
         use musicfs_core::{FileKind, FileVersion, SourceFile};
-        let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(dir.path()).unwrap().db;
-        let entry = |origin: u16, path: &str| CatalogEntry {
+        CatalogEntry {
             source: SourceFile {
                 origin: OriginId(origin),
                 path: OriginPath::new(path.as_bytes()),
                 version: FileVersion::default(),
             },
             kind: FileKind::Cover,
-        };
+        }
+    }
+
+    #[test]
+    fn catalog_under_gives_a_file_or_a_folder_and_nothing_beside_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let entry = cover_at;
         let all = [
             entry(0, "a/1.flac"),
             entry(0, "a/b/2.flac"),
@@ -1000,17 +1005,9 @@ mod tests {
 
     #[test]
     fn a_folders_entries_are_those_in_it_or_one_folder_down_and_no_deeper() {
-        use musicfs_core::{FileKind, FileVersion, SourceFile};
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path()).unwrap().db;
-        let entry = |origin: u16, path: &str| CatalogEntry {
-            source: SourceFile {
-                origin: OriginId(origin),
-                path: OriginPath::new(path.as_bytes()),
-                version: FileVersion::default(),
-            },
-            kind: FileKind::Cover,
-        };
+        let entry = cover_at;
         let all = [
             entry(0, "a.flac"),
             entry(0, "a/1.flac"),
