@@ -634,6 +634,28 @@ struct Builder<'a> {
     /// The `Playlists/` folder, when there are playlists: no artist folder
     /// may merge into it (an artist called "Playlists" gets "Playlists (2)").
     playlists_dir: Option<usize>,
+    /// For a patch ([`update`]), which builds only part of the tree: the
+    /// tracks outside that part, as the tree being patched shows them.
+    outside: Option<&'a Outside<'a>>,
+}
+
+/// The tracks of a tree outside the part a patch rebuilds, for its
+/// playlists: an origin file's mount path and mtime, and every origin that
+/// holds such a track.
+pub(crate) struct Outside<'a> {
+    track: Box<TrackOutside<'a>>,
+    origins: BTreeSet<OriginId>,
+}
+
+/// An origin file's mount path and mtime, if it is a track outside.
+type TrackOutside<'a> = dyn Fn(OriginId, &[u8]) -> Option<(String, i64)> + 'a;
+
+/// Where a playlist entry leads.
+enum Target {
+    /// A track being built.
+    Built(usize),
+    /// A track outside the part built: its mount path and mtime.
+    Outside(String, i64),
 }
 
 /// A track with its rendered path, ready to be placed.
@@ -742,6 +764,7 @@ impl<'a> Builder<'a> {
             protos: vec![root],
             report: BuildReport::default(),
             playlists_dir: None,
+            outside: None,
         }
     }
 
@@ -1151,20 +1174,34 @@ impl<'a> Builder<'a> {
         };
         let src = &e.source;
         let mut mtime_ns = src.version.mtime_ns;
-        let found = |path: &[u8]| -> Option<usize> {
-            if let Some(&n) = places.node_of.get(&(src.origin, path)) {
-                return Some(n);
+        let outside = self.outside;
+        let track_at = |origin: OriginId, path: &[u8]| -> Option<Target> {
+            if let Some(&n) = places.node_of.get(&(origin, path)) {
+                return Some(Target::Built(n));
             }
-            places
-                .origins
-                .iter()
-                .find_map(|&o| places.node_of.get(&(o, path)).copied())
+            let (path, mtime) = (outside?.track)(origin, path)?;
+            Some(Target::Outside(path, mtime))
         };
-        let rewritten = crate::playlist::rewrite(bytes, src.path.parent(), "../", |path| {
-            let node = found(path)?;
-            mtime_ns = mtime_ns.max(self.protos[node].mtime_ns);
-            self.proto_path(node)
-        });
+        let found = |path: &[u8]| -> Option<Target> {
+            track_at(src.origin, path).or_else(|| match outside {
+                None => places.origins.iter().find_map(|&o| track_at(o, path)),
+                Some(out) => places
+                    .origins
+                    .union(&out.origins)
+                    .find_map(|&o| track_at(o, path)),
+            })
+        };
+        let rewritten =
+            crate::playlist::rewrite(bytes, src.path.parent(), "../", |path| match found(path)? {
+                Target::Built(node) => {
+                    mtime_ns = mtime_ns.max(self.protos[node].mtime_ns);
+                    self.proto_path(node)
+                }
+                Target::Outside(path, mtime) => {
+                    mtime_ns = mtime_ns.max(mtime);
+                    Some(path)
+                }
+            });
         self.report.playlist_entries_missing += rewritten.missing;
         let ext = src.path.extension_lower();
         let stem = naming::sanitize_component(&src.path.stem_lossy());

@@ -14,6 +14,17 @@ type Catalog = BTreeMap<FileKey, CatalogEntry>;
 /// Origin folders: artist and album folders, a loose folder, the top.
 const FOLDERS: &[&str] = &["A/X", "A/Y", "A", "B/Z", "C", ""];
 const TRACK_NAMES: &[&str] = &["01.flac", "02.flac", "03.mp3", "a.flac"];
+/// Playlist lines: tracks beside the playlist, below it, above it, at an
+/// absolute path, and a comment.
+const PLAYLIST_LINES: &[&str] = &[
+    "#EXTM3U",
+    "01.flac",
+    "X/02.flac",
+    "../A/X/01.flac",
+    "../../C/a.flac",
+    "a.flac",
+    "/abs/none.flac",
+];
 /// Layouts: the default, a deeper one whose artist folder is the second, one
 /// with the disc in a folder, and one with no artist folder (artist images
 /// have nowhere to go).
@@ -64,6 +75,8 @@ fn entry() -> impl Strategy<Value = CatalogEntry> {
         1 => prop::sample::select(vec!["01.lrc", "a.lrc"]).prop_map(|n| (FileKind::Lyrics, n)),
         1 => Just((FileKind::Cue, "x.cue")),
         1 => Just((FileKind::Unreadable("bad".into()), "bad.flac")),
+        1 => (prop::sample::subsequence(PLAYLIST_LINES.to_vec(), 1..4), prop::sample::select(vec!["l.m3u", "m.m3u8"]))
+            .prop_map(|(lines, name)| (FileKind::Playlist(lines.join("\n").into_bytes().into()), name)),
     ];
     (origin, folder, version, kind_and_name).prop_map(
         |(origin, folder, (size, mtime), (kind, name))| {
@@ -173,6 +186,14 @@ fn supply(catalog: &Catalog, need: &Need) -> Vec<CatalogEntry> {
             .filter_map(|k| catalog.get(k))
             .cloned()
             .collect(),
+        Need::Playlists => catalog
+            .values()
+            .filter(|e| {
+                musicfs_core::catalog::classify_name(e.source.path.file_name())
+                    == Some(musicfs_core::catalog::NameClass::Playlist)
+            })
+            .cloned()
+            .collect(),
         Need::Folder {
             origin,
             folder,
@@ -239,8 +260,8 @@ proptest! {
                 }
             }
             // A whole build never probed for these few paths, and nothing
-            // here is a playlist or a file at the top: declining would be
-            // a bug.
+            // here is a file at the top or called "Playlists": declining
+            // would be a bug.
             Err(why) => prop_assert!(false, "declined: {}", why),
         }
     }
@@ -311,7 +332,7 @@ fn at(path: &str, kind: FileKind) -> CatalogEntry {
 }
 
 #[test]
-fn playlists_and_a_layout_without_folders_are_built_whole() {
+fn a_layout_without_folders_is_built_whole_and_playlists_are_patched() {
     let folderless = Layout::parse("$artist - $title").expect("a valid layout");
     let mut old = Catalog::new();
     let t = at(
@@ -329,9 +350,57 @@ fn playlists_and_a_layout_without_folders_are_built_whole() {
     let (result, _) = update(&folderless, &old, &new);
     assert_eq!(result.err(), Some(Declined::Layout));
 
-    let mut with_list = new.clone();
-    let list = at("l.m3u", FileKind::Playlist(b"a.flac".to_vec().into()));
-    with_list.insert(key(&list), list);
-    let (result, _) = update(&Layout::default_layout(), &new, &with_list);
-    assert_eq!(result.err(), Some(Declined::Playlists));
+    // Playlists are rebuilt with the folders a change reaches, naming
+    // tracks outside them as the old tree shows those.
+    let layout = Layout::default_layout();
+    let mut old = Catalog::new();
+    for (path, artist) in [("a/1.flac", "Ann"), ("b/2.flac", "Bob")] {
+        let e = at(
+            path,
+            FileKind::Track(TrackTags {
+                artist: Some(artist.into()),
+                title: Some("t".into()),
+                ..Default::default()
+            }),
+        );
+        old.insert(key(&e), e);
+    }
+    let list = at(
+        "l.m3u",
+        FileKind::Playlist(b"a/1.flac\nb/2.flac".to_vec().into()),
+    );
+    old.insert(key(&list), list);
+    let mut new = old.clone();
+    let retag = at(
+        "a/1.flac",
+        FileKind::Track(TrackTags {
+            artist: Some("Ann".into()),
+            title: Some("new".into()),
+            ..Default::default()
+        }),
+    );
+    new.insert(key(&retag), retag);
+    let (result, _) = update(&layout, &old, &new);
+    let updated = result.expect("patched");
+    let entries: Vec<CatalogEntry> = new.values().cloned().collect();
+    assert_eq!(updated.tree, VirtualTree::build(&layout, &entries).0);
+    assert!(updated.tops.contains("Playlists") && !updated.tops.contains("Bob"));
+    let ino = updated
+        .tree
+        .resolve("Playlists/l.m3u")
+        .expect("the playlist");
+    let text = String::from_utf8(
+        updated
+            .tree
+            .file(ino)
+            .and_then(|f| f.generated.clone())
+            .expect("bytes")
+            .to_vec(),
+    )
+    .expect("utf-8");
+    assert!(
+        text.contains("Ann/Unknown Album/00 - new.flac")
+            && text.contains("Bob/Unknown Album/00 - t.flac"),
+        "{text}"
+    );
 }

@@ -586,6 +586,11 @@ impl World {
                     .iter()
                     .filter_map(|k| now.get(k).map(|c| (*c).clone()))
                     .collect(),
+                Need::Playlists => now
+                    .values()
+                    .filter(|c| matches!(c.kind, FileKind::Playlist(_)))
+                    .map(|c| (*c).clone())
+                    .collect(),
                 Need::Folder {
                     origin,
                     folder,

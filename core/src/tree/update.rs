@@ -15,7 +15,10 @@
 //!   of its own origin folder, and an artist image also by the tracks one
 //!   folder down;
 //! - an inode is its path's hash, as long as no two paths of the tree hash
-//!   alike (then the build probes, and only a whole build knows).
+//!   alike (then the build probes, and only a whole build knows);
+//! - a playlist names tracks anywhere: the library's playlists are rebuilt
+//!   with the touched folders, and name the tracks outside them as the old
+//!   tree shows those (unchanged, as they are outside).
 //!
 //! [`TreeUpdate`] grows a working set from the changed entries until it is
 //! closed under those rules: every entry placed in a top folder it
@@ -23,11 +26,12 @@
 //! track decides. It asks the caller for those entries ([`Need`]; the core
 //! reads no database), builds the touched top folders from the working set
 //! alone, and splices them into a copy of the old tree. Whatever it cannot
-//! vouch for (playlists, which name tracks anywhere; files at the top; a
-//! probed inode; a working set past its limit; an old tree that is not what
-//! the old entries give) makes it decline, and the caller builds whole.
+//! vouch for (files at the top; a top folder called like the playlists'
+//! one; a probed inode; a working set past its limit; an old tree that is
+//! not what the old entries give) makes it decline, and the caller builds
+//! whole.
 
-use super::{Body, Builder, DirNode, Node, Table, VirtualTree};
+use super::{Body, Builder, DirNode, Node, Outside, Table, VirtualTree};
 use crate::catalog::{self, CatalogEntry, FileKind};
 use crate::ids::{Ino, OriginId, OriginPath};
 use crate::layout::{Layout, TrackView};
@@ -53,6 +57,9 @@ pub struct Change {
 pub enum Need {
     /// The entries of these files (every one of them is in the tree).
     Files(Vec<FileKey>),
+    /// Every entry named as a playlist (`.m3u`, `.m3u8`), of every origin:
+    /// a library's playlists are rebuilt together.
+    Playlists,
     /// Every entry directly in `folder` of `origin` (the origin's top when
     /// empty) and, with `children`, every entry one folder further down.
     Folder {
@@ -70,7 +77,7 @@ pub enum Need {
 pub enum Declined {
     /// The layout's top folder depends on more than a track's own tags.
     Layout,
-    /// The library has playlists (they name tracks anywhere in the tree).
+    /// A top folder is called like the playlists' folder.
     Playlists,
     /// A file sits at the top of the tree.
     FileAtTop,
@@ -87,7 +94,7 @@ impl std::fmt::Display for Declined {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             Declined::Layout => "the layout's top folder shows the track number",
-            Declined::Playlists => "the library has playlists",
+            Declined::Playlists => "a top folder is called like the playlists' folder",
             Declined::FileAtTop => "a file sits at the top of the tree",
             Declined::Probed => "two paths of the tree share an inode hash",
             Declined::TooLarge => "the change reaches too much of the library",
@@ -157,6 +164,13 @@ pub struct TreeUpdate<'t> {
     wanted: BTreeMap<FolderKey, bool>,
     /// What was asked last.
     asked: Option<Need>,
+    /// The library has playlists, before or after the change: all of them
+    /// are rebuilt (a playlist names tracks anywhere).
+    playlists: bool,
+    /// They were read.
+    playlists_read: bool,
+    /// The old tree's nodes in the touched top folders, once closed.
+    replaced: BTreeSet<Ino>,
     /// The working set's tree, once it is closed.
     built: Option<(VirtualTree, BuildReport)>,
     limit: usize,
@@ -183,6 +197,9 @@ impl<'t> TreeUpdate<'t> {
             folders: BTreeMap::new(),
             wanted: BTreeMap::new(),
             asked: None,
+            playlists: false,
+            playlists_read: false,
+            replaced: BTreeSet::new(),
             built: None,
             // A patch that needs an eighth of the library costs about what
             // a whole build does.
@@ -190,6 +207,10 @@ impl<'t> TreeUpdate<'t> {
             declined: None,
         };
         update.declined = update.check_old();
+        update.playlists = update
+            .old
+            .lookup(Ino::ROOT, PLAYLISTS_DIR.as_bytes())
+            .is_ok_and(|dir| update.has_playlists(dir));
         for change in changes {
             let Some(key) = change.new.as_ref().or(change.old.as_ref()).map(key_of) else {
                 continue;
@@ -212,9 +233,7 @@ impl<'t> TreeUpdate<'t> {
         };
         for (name, &ino) in root.children.iter() {
             match self.old.get(ino).map(|n| &n.body) {
-                Some(Body::Dir(_)) if name == PLAYLISTS_DIR && self.has_playlists(ino) => {
-                    return Some(Declined::Playlists);
-                }
+                _ if is_playlists_namesake(name) => return Some(Declined::Playlists),
                 Some(Body::Dir(_)) => {}
                 _ => return Some(Declined::FileAtTop),
             }
@@ -242,6 +261,11 @@ impl<'t> TreeUpdate<'t> {
             self.apply_rules();
             if self.declined.is_some() {
                 return None;
+            }
+            if self.playlists && !self.playlists_read {
+                self.tops.insert(PLAYLISTS_DIR.to_owned());
+                self.asked = Some(Need::Playlists);
+                return Some(Need::Playlists);
             }
             if let Some(need) = self.next_top() {
                 return Some(need);
@@ -310,6 +334,7 @@ impl<'t> TreeUpdate<'t> {
                     self.folder_read(sub, false);
                 }
             }
+            Some(Need::Playlists) => self.playlists_read = true,
             Some(Need::Files(_)) | None => {}
         }
     }
@@ -370,7 +395,7 @@ impl<'t> TreeUpdate<'t> {
         let (origin, path) = key;
         let folder = OriginPath::new(path.parent());
         match &entry.kind {
-            FileKind::Playlist(_) => self.declined = Some(Declined::Playlists),
+            FileKind::Playlist(_) => self.playlists = true,
             FileKind::Unreadable(_) => {}
             FileKind::Track(tags) => {
                 // Its folder's sidecars are placed by it; so are the
@@ -462,15 +487,44 @@ impl<'t> TreeUpdate<'t> {
     /// be touched already: a sidecar goes where the tracks of its folder
     /// go, and those tracks are in the set with their top folders.
     fn build_new(&mut self) {
-        let entries: Vec<&CatalogEntry> = self.work.values().filter_map(Versions::now).collect();
-        let (tree, report) = Builder::new(self.layout).build(&entries);
-        if let Some(Body::Dir(root)) = tree.get(Ino::ROOT).map(|n| &n.body)
-            && root.children.keys().any(|name| !self.tops.contains(name))
-        {
-            self.declined = Some(Declined::Inconsistent);
-            return;
+        self.replaced = self.replaced_nodes();
+        let (tree, report) = self.build(self.work.values().filter_map(Versions::now).collect());
+        if let Some(Body::Dir(root)) = tree.get(Ino::ROOT).map(|n| &n.body) {
+            if root.children.keys().any(|name| !self.tops.contains(name)) {
+                self.declined = Some(Declined::Inconsistent);
+                return;
+            }
+            if root.children.keys().any(|name| is_playlists_namesake(name)) {
+                self.declined = Some(Declined::Playlists);
+                return;
+            }
         }
         self.built = Some((tree, report));
+    }
+
+    /// Builds `entries` as the touched top folders of the tree, their
+    /// playlists naming tracks outside them as the old tree shows those.
+    fn build(&self, entries: Vec<&CatalogEntry>) -> (VirtualTree, BuildReport) {
+        let (old, replaced) = (self.old, &self.replaced);
+        let origins = old
+            .files()
+            .filter(|(ino, f)| f.role == FileRole::Track && !replaced.contains(ino))
+            .flat_map(|(_, f)| f.sources.iter().map(|s| s.origin))
+            .collect();
+        let outside = Outside {
+            track: Box::new(move |origin: OriginId, path: &[u8]| {
+                let (ino, _) = old.find_source(origin, &OriginPath::new(path))?;
+                let file = old.file(ino)?;
+                if file.role != FileRole::Track || replaced.contains(&ino) {
+                    return None;
+                }
+                Some((old.path_of(ino)?, old.get(ino)?.mtime_ns))
+            }),
+            origins,
+        };
+        let mut builder = Builder::new(self.layout);
+        builder.outside = Some(&outside);
+        builder.build(&entries)
     }
 
     /// The patched tree, or why the update declined.
@@ -483,11 +537,9 @@ impl<'t> TreeUpdate<'t> {
         };
         // The old entries must give exactly the old tree's top folders:
         // that is what says the change was reported whole.
-        let old_entries: Vec<&CatalogEntry> =
-            self.work.values().filter_map(Versions::before).collect();
-        let (before, before_report) = Builder::new(self.layout).build(&old_entries);
-        drop(old_entries);
-        let replaced = self.replaced_nodes();
+        let (before, before_report) =
+            self.build(self.work.values().filter_map(Versions::before).collect());
+        let replaced = std::mem::take(&mut self.replaced);
         if before.probed || new.probed {
             return Err(Declined::Probed);
         }
@@ -635,6 +687,14 @@ impl<'t> TreeUpdate<'t> {
             false,
         ))
     }
+}
+
+/// A top folder's name that a build gives an artist called like the
+/// playlists' folder ("Playlists (2)"): which name goes to whom depends on
+/// the whole library.
+fn is_playlists_namesake(name: &str) -> bool {
+    name.strip_prefix(PLAYLISTS_DIR)
+        .is_some_and(|rest| rest.starts_with(" ("))
 }
 
 /// A file placed by the tracks beside it.

@@ -582,6 +582,7 @@ impl Syncer {
         while let Some(need) = update.need() {
             let entries = match &need {
                 Need::Files(files) => self.db.catalog_files(files)?,
+                Need::Playlists => self.db.catalog_playlists()?,
                 Need::Folder {
                     origin,
                     folder,
@@ -596,6 +597,7 @@ impl Syncer {
                         "tree patch read"
                     )
                 }
+                Need::Playlists => tracing::trace!(playlists = entries.len(), "tree patch read"),
                 Need::Folder {
                     folder, children, ..
                 } => tracing::trace!(

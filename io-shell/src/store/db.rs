@@ -400,6 +400,21 @@ impl Db {
         Ok(out)
     }
 
+    /// Every catalog entry named as a playlist (`.m3u`, `.m3u8`), of every
+    /// origin. Only those records are decoded.
+    pub fn catalog_playlists(&self) -> Result<Vec<CatalogEntry>, StoreError> {
+        use musicfs_core::catalog::{NameClass, classify_name};
+        let mut out = Vec::new();
+        for item in self.catalog.iter() {
+            let (k, v) = item.map_err(|e| StoreError::db("read catalog", e))?;
+            let name = k.rsplit(|&b| b == b'/').next().unwrap_or(&k);
+            if classify_name(name) == Some(NameClass::Playlist) {
+                out.extend(decode_catalog_entry(&k, &v));
+            }
+        }
+        Ok(out)
+    }
+
     /// The catalog entries of `origin` directly in `folder` (the origin's
     /// top when empty) and, with `children`, those one folder further
     /// down; nothing deeper.
@@ -1001,6 +1016,22 @@ mod tests {
         assert_eq!(under(&["a", "a/b", "a/1.flac"]), under(&["a"]));
         assert_eq!(under(&["c.flac", "gone"]), vec![all[4].clone()]);
         assert_eq!(under(&[]), vec![]);
+    }
+
+    #[test]
+    fn the_playlists_are_the_entries_named_as_playlists_in_every_origin() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path()).unwrap().db;
+        let all = [
+            cover_at(0, "a/l.m3u"),
+            cover_at(0, "a/l.m3u.txt"),
+            cover_at(0, "b/c/M.M3U8"),
+            cover_at(0, "m3u/x.flac"),
+            cover_at(1, "top.m3u"),
+        ];
+        db.put_catalog(&all).unwrap();
+        let found: Vec<CatalogEntry> = db.catalog_playlists().unwrap();
+        assert_eq!(found, [all[0].clone(), all[2].clone(), all[4].clone()]);
     }
 
     #[test]
