@@ -506,11 +506,15 @@ impl<'t> TreeUpdate<'t> {
     /// playlists naming tracks outside them as the old tree shows those.
     fn build(&self, entries: Vec<&CatalogEntry>) -> (VirtualTree, BuildReport) {
         let (old, replaced) = (self.old, &self.replaced);
-        let origins = old
-            .files()
-            .filter(|(ino, f)| f.role == FileRole::Track && !replaced.contains(ino))
-            .flat_map(|(_, f)| f.sources.iter().map(|s| s.origin))
-            .collect();
+        // Only playlists ask (a walk of every file otherwise wasted).
+        let origins = if self.playlists {
+            old.files()
+                .filter(|(ino, f)| f.role == FileRole::Track && !replaced.contains(ino))
+                .flat_map(|(_, f)| f.sources.iter().map(|s| s.origin))
+                .collect()
+        } else {
+            BTreeSet::new()
+        };
         let outside = Outside {
             track: Box::new(move |origin: OriginId, path: &[u8]| {
                 let (ino, _) = old.find_source(origin, &OriginPath::new(path))?;
