@@ -180,36 +180,11 @@ fn changes(old: &Catalog, new: &Catalog) -> Vec<Change> {
 
 /// Answers what the update asks, as the io-shell does from its database.
 fn supply(catalog: &Catalog, need: &Need) -> Vec<CatalogEntry> {
-    match need {
-        Need::Files(keys) => keys
-            .iter()
-            .filter_map(|k| catalog.get(k))
-            .cloned()
-            .collect(),
-        Need::Playlists => catalog
-            .values()
-            .filter(|e| {
-                musicfs_core::catalog::classify_name(e.source.path.file_name())
-                    == Some(musicfs_core::catalog::NameClass::Playlist)
-            })
-            .cloned()
-            .collect(),
-        Need::Folder {
-            origin,
-            folder,
-            children,
-        } => catalog
-            .values()
-            .filter(|e| e.source.origin == *origin)
-            .filter(|e| {
-                let parent = e.source.path.parent();
-                let grand = OriginPath::new(parent).parent().to_vec();
-                parent == folder.as_bytes()
-                    || (*children && !parent.is_empty() && grand == folder.as_bytes())
-            })
-            .cloned()
-            .collect(),
-    }
+    catalog
+        .values()
+        .filter(|e| need.asks_for(e))
+        .cloned()
+        .collect()
 }
 
 /// The update of `old` to `new`, driven to its end, and how many

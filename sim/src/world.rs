@@ -560,7 +560,7 @@ impl World {
     /// from) to the catalog on disk, as a sync patches it, and how many
     /// entries changed; `None` when the patch declines.
     fn patched_tree(&self, old: &[CatalogEntry]) -> Option<(VirtualTree, usize)> {
-        use musicfs_core::tree::update::{Change, Need, TreeUpdate};
+        use musicfs_core::tree::update::{Change, TreeUpdate};
         let e = self.engine.as_ref()?;
         let key = |c: &CatalogEntry| (c.source.origin, c.source.path.clone());
         let before: BTreeMap<_, &CatalogEntry> = old.iter().map(|c| (key(c), c)).collect();
@@ -581,32 +581,11 @@ impl World {
         let (_, report) = VirtualTree::build(&self.layout, old);
         let mut update = TreeUpdate::new(e.tree(), &report, &self.layout, changes);
         while let Some(need) = update.need() {
-            let entries: Vec<CatalogEntry> = match need {
-                Need::Files(files) => files
-                    .iter()
-                    .filter_map(|k| now.get(k).map(|c| (*c).clone()))
-                    .collect(),
-                Need::Playlists => now
-                    .values()
-                    .filter(|c| matches!(c.kind, FileKind::Playlist(_)))
-                    .map(|c| (*c).clone())
-                    .collect(),
-                Need::Folder {
-                    origin,
-                    folder,
-                    children,
-                } => now
-                    .values()
-                    .filter(|c| c.source.origin == origin)
-                    .filter(|c| {
-                        let parent = c.source.path.parent();
-                        let up = musicfs_core::OriginPath::new(parent);
-                        parent == folder.as_bytes()
-                            || (children && !parent.is_empty() && up.parent() == folder.as_bytes())
-                    })
-                    .map(|c| (*c).clone())
-                    .collect(),
-            };
+            let entries: Vec<CatalogEntry> = now
+                .values()
+                .filter(|c| need.asks_for(c))
+                .map(|c| (*c).clone())
+                .collect();
             update.supply(entries);
         }
         update.finish().ok().map(|u| (u.tree, changed))

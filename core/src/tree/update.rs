@@ -72,6 +72,33 @@ pub enum Need {
     },
 }
 
+impl Need {
+    /// Whether `entry` is one of those asked for: how a caller that holds
+    /// the catalog in memory answers (the io-shell reads its database by
+    /// key ranges instead).
+    pub fn asks_for(&self, entry: &CatalogEntry) -> bool {
+        let (origin, path) = (entry.source.origin, &entry.source.path);
+        match self {
+            Need::Files(files) => files.iter().any(|(o, p)| *o == origin && p == path),
+            Need::Playlists => {
+                catalog::classify_name(path.file_name()) == Some(catalog::NameClass::Playlist)
+            }
+            Need::Folder {
+                origin: o,
+                folder,
+                children,
+            } => {
+                let parent = path.parent();
+                *o == origin
+                    && (parent == folder.as_bytes()
+                        || (*children
+                            && !parent.is_empty()
+                            && OriginPath::new(parent).parent() == folder.as_bytes()))
+            }
+        }
+    }
+}
+
 /// Why an update declined: the caller builds the tree whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Declined {
