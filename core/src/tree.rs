@@ -22,6 +22,7 @@ use crate::layout::{Layout, TrackView};
 use crate::naming;
 use crate::tags::TrackTags;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -337,6 +338,24 @@ impl VirtualTree {
         })
     }
 
+    /// Every origin file the tree shows, in (origin, path) order, with the
+    /// file it backs and that source as the tree knows it: what
+    /// [`VirtualTree::find_source`] answers for each, in one walk (a map
+    /// in the same order is checked against the tree without a search per
+    /// key).
+    pub fn sources(
+        &self,
+    ) -> impl Iterator<Item = (&(OriginId, OriginPath), Ino, &SourceFile)> + '_ {
+        self.by_source.iter().filter_map(|(key, &ino)| {
+            let src = self
+                .file(ino)?
+                .sources
+                .iter()
+                .find(|s| s.origin == key.0 && s.path == key.1)?;
+            Some((key, ino, src))
+        })
+    }
+
     /// The file an origin file backs, and that source as the tree knows it
     /// (its version is the one the tree shows).
     pub fn find_source(
@@ -637,7 +656,14 @@ struct Builder<'a> {
     /// For a patch ([`update`]), which builds only part of the tree: the
     /// tracks outside that part, as the tree being patched shows them.
     outside: Option<&'a Outside<'a>>,
+    /// The node of each catalog entry placed with its origin file (by its
+    /// place in (origin, path) order; [`NONE`] if not placed): the source
+    /// index, built in order.
+    node_of_rank: Vec<usize>,
 }
+
+/// No node: an entry not placed.
+const NONE: usize = usize::MAX;
 
 /// The tracks of a tree outside the part a patch rebuilds, for its
 /// playlists: an origin file's mount path and mtime, and every origin that
@@ -663,6 +689,8 @@ struct Placed<'a> {
     path: RenderedPath,
     ext: String,
     entry: &'a CatalogEntry,
+    /// The entry's place in (origin, path) order.
+    rank: usize,
 }
 
 /// A track's rendered path ([`Layout::render`]): its folders, then its file
@@ -765,10 +793,28 @@ impl<'a> Builder<'a> {
             report: BuildReport::default(),
             playlists_dir: None,
             outside: None,
+            node_of_rank: Vec::new(),
         }
     }
 
     fn build(mut self, catalog: &[&'a CatalogEntry]) -> (VirtualTree, BuildReport) {
+        // The entries in (origin, path) order, as the database gives them
+        // (then this is one pass): an entry's place in it (its rank) stands
+        // for its key, and the tables keyed by origin file below are built
+        // in that order instead of sorted.
+        let by_key = |a: &&CatalogEntry, b: &&CatalogEntry| {
+            (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path))
+        };
+        let sorted: Cow<'_, [&'a CatalogEntry]> =
+            if catalog.is_sorted_by(|a, b| by_key(a, b).is_le()) {
+                Cow::Borrowed(catalog)
+            } else {
+                let mut sorted = catalog.to_vec();
+                sorted.sort_by(by_key);
+                Cow::Owned(sorted)
+            };
+        let catalog = &sorted[..];
+        self.node_of_rank = vec![NONE; catalog.len()];
         // A node per file, and folders: an artist and an album take one
         // each for a few tracks. Sized once, the nodes are not copied
         // into a twice larger array at the end of a big build (on 200,000
@@ -788,44 +834,53 @@ impl<'a> Builder<'a> {
         }
         let mut tracks = self.render_tracks(catalog);
         // A fixed order makes collision suffixes, mirrors and inode probing
-        // the same on every mount, whatever order the scan finished in. The
-        // keys are unique (one entry per origin file), so an unstable sort
-        // gives that order too, in place (a stable one copies into a
-        // buffer: on 200,000 tracks, a tenth of a remount's build).
-        tracks.sort_unstable_by(|a, b| {
-            (&a.path, a.entry.source.origin, &a.entry.source.path).cmp(&(
-                &b.path,
-                b.entry.source.origin,
-                &b.entry.source.path,
-            ))
-        });
+        // the same on every mount, whatever order the scan finished in:
+        // by rendered path, then by origin file (its rank). The keys are
+        // unique, so an unstable sort gives that order too, in place (a
+        // stable one copies into a buffer: on 200,000 tracks, a tenth of a
+        // remount's build).
+        tracks.sort_unstable_by(|a, b| (&a.path, a.rank).cmp(&(&b.path, b.rank)));
         let artist_depth = self.layout.artist_depth();
         let mut places = TrackPlaces::default();
-        // Sorted tables, not maps filled one entry at a time: on 200,000
-        // tracks those were a good part of a build's peak.
-        let mut node_of = Vec::with_capacity(tracks.len());
-        let mut by_path: Vec<&CatalogEntry> = Vec::with_capacity(tracks.len());
+        // Each track's album and artist folder, by rank.
+        let mut folders_of_rank = vec![(NONE, NONE); catalog.len()];
         // Each rendering is let go once placed: the nodes' names take its
         // room as they are made (on 200,000 tracks the renderings were
         // ~45 MB, then held through the rest of the build).
         for track in tracks {
-            let (dir, node) = self.place_track(&track);
-            by_path.push(track.entry);
-            let src = &track.entry.source;
-            let folder = (src.origin, src.path.parent());
-            places
-                .album_of_folder
-                .entry(folder)
-                .or_default()
-                .insert(dir);
-            node_of.push(((src.origin, src.path.as_bytes()), node));
-            places.origins.insert(src.origin);
+            let dir = self.place_track(&track);
             let levels = track.path.levels();
+            let mut artist = NONE;
             if let Some(depth) = artist_depth.filter(|&d| d < levels) {
-                let mut artist = dir;
+                artist = dir;
                 for _ in 0..(levels - 1 - depth) {
                     artist = self.protos[artist].parent;
                 }
+            }
+            folders_of_rank[track.rank] = (dir, artist);
+        }
+        // Where each origin folder's tracks went, in (origin, path) order:
+        // the tracks of a folder come mostly one after another, and a map
+        // is asked once for each run of them rather than once a track.
+        let mut last_album = None;
+        let mut last_artist = None;
+        for (e, &(dir, artist)) in catalog.iter().zip(&folders_of_rank) {
+            if dir == NONE {
+                continue;
+            }
+            let src = &e.source;
+            let folder = (src.origin, src.path.parent());
+            if last_album != Some((folder, dir)) {
+                last_album = Some((folder, dir));
+                places.origins.insert(src.origin);
+                places
+                    .album_of_folder
+                    .entry(folder)
+                    .or_default()
+                    .insert(dir);
+            }
+            if artist != NONE && last_artist != Some((folder, artist)) {
+                last_artist = Some((folder, artist));
                 places
                     .artist_of_folder
                     .entry(folder)
@@ -839,55 +894,68 @@ impl<'a> Builder<'a> {
                     .insert(artist);
             }
         }
-        places.node_of = node_of.into_iter().collect();
-        // Lyrics go to the first track of their stem in path order. A table
-        // keeps the last of equal keys: the tracks go in backwards.
-        by_path.sort_unstable_by(|a, b| {
-            (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path))
-        });
-        places.by_stem = by_path
+        drop(folders_of_rank);
+        // Sorted tables, not maps filled one entry at a time: on 200,000
+        // tracks those were a good part of a build's peak. Only tracks are
+        // placed so far.
+        let placed = || {
+            catalog
+                .iter()
+                .zip(&self.node_of_rank)
+                .filter(|&(_, &node)| node != NONE)
+        };
+        places.node_of = Table::from_ordered(
+            placed().map(|(e, &node)| ((e.source.origin, e.source.path.as_bytes()), node)),
+        );
+        // Lyrics go to the first track of their stem in path order, in
+        // their folder: only the tracks of folders with lyrics are looked
+        // for (most libraries have none). A table keeps the last of equal
+        // keys: the tracks go in backwards.
+        let lyrics_folders: BTreeSet<Folder<'_>> = catalog
             .iter()
-            .rev()
-            .filter_map(|entry| {
-                let src = &entry.source;
-                let node = *places.node_of.get(&(src.origin, src.path.as_bytes()))?;
-                let key = (
-                    (src.origin, src.path.parent()),
-                    stem_bytes(src.path.file_name()),
-                );
-                Some((key, node))
-            })
+            .filter(|e| matches!(e.kind, FileKind::Lyrics))
+            .map(|e| (e.source.origin, e.source.path.parent()))
             .collect();
-        drop(by_path);
-        let mut sidecars: Vec<&CatalogEntry> = catalog
+        if !lyrics_folders.is_empty() {
+            places.by_stem = placed()
+                .rev()
+                .filter_map(|(e, &node)| {
+                    let src = &e.source;
+                    let folder = (src.origin, src.path.parent());
+                    lyrics_folders
+                        .contains(&folder)
+                        .then(|| ((folder, stem_bytes(src.path.file_name())), node))
+                })
+                .collect();
+        }
+        // In (origin, path) order, as `catalog` is.
+        let sidecars: Vec<(usize, &CatalogEntry)> = catalog
             .iter()
             .copied()
-            .filter(|e| !matches!(e.kind, FileKind::Track(_) | FileKind::Unreadable(_)))
+            .enumerate()
+            .filter(|(_, e)| !matches!(e.kind, FileKind::Track(_) | FileKind::Unreadable(_)))
             .collect();
-        sidecars.sort_unstable_by(|a, b| {
-            (a.source.origin, &a.source.path).cmp(&(b.source.origin, &b.source.path))
-        });
         // Album files first, as covers always were, so their names do not
         // move when lyrics or artist images are added.
-        for e in &sidecars {
+        for &(rank, e) in &sidecars {
             match e.kind {
-                FileKind::Cover | FileKind::Cue => self.place_album_file(e, &places),
+                FileKind::Cover | FileKind::Cue => self.place_album_file(rank, e, &places),
                 FileKind::Image if !catalog::is_artist_image_name(e.source.path.file_name()) => {
-                    self.place_album_file(e, &places)
+                    self.place_album_file(rank, e, &places)
                 }
                 _ => {}
             }
         }
-        for e in &sidecars {
+        for &(rank, e) in &sidecars {
             match &e.kind {
-                FileKind::Lyrics => self.place_lyrics(e, &places),
+                FileKind::Lyrics => self.place_lyrics(rank, e, &places),
                 FileKind::Image if catalog::is_artist_image_name(e.source.path.file_name()) => {
-                    self.place_artist_image(e, &places)
+                    self.place_artist_image(rank, e, &places)
                 }
                 _ => {}
             }
         }
-        for e in &sidecars {
+        for &(_, e) in &sidecars {
             if let FileKind::Playlist(bytes) = &e.kind {
                 self.place_playlist(e, bytes, &places);
             }
@@ -897,16 +965,18 @@ impl<'a> Builder<'a> {
             .filter(|e| matches!(e.kind, FileKind::Unreadable(_)))
             .count();
         let report = std::mem::take(&mut self.report);
-        (self.finish(), report)
+        (self.finish(catalog), report)
     }
 
     /// Renders every track, deciding per album whether it spans several discs.
     fn render_tracks(&self, catalog: &[&'a CatalogEntry]) -> Vec<Placed<'a>> {
-        let tracks: Vec<(&CatalogEntry, &TrackTags, String, String)> = catalog
+        let tracks: Vec<(usize, &CatalogEntry, &TrackTags, String, String)> = catalog
             .iter()
             .copied()
-            .filter_map(|e| match &e.kind {
+            .enumerate()
+            .filter_map(|(rank, e)| match &e.kind {
                 FileKind::Track(tags) => Some((
+                    rank,
                     e,
                     tags,
                     e.source.path.extension_lower(),
@@ -933,7 +1003,7 @@ impl<'a> Builder<'a> {
         // rendered again.
         let mut multi_disc_albums: BTreeSet<Box<str>> = BTreeSet::new();
         let mut single = Vec::with_capacity(tracks.len());
-        for (_, tags, ext, stem) in &tracks {
+        for (_, _, tags, ext, stem) in &tracks {
             let path = RenderedPath::new(&self.layout.render(&view(tags, ext, stem, false)));
             if tags.disc_total.is_some_and(|t| t > 1) || tags.disc.is_some_and(|d| d > 1) {
                 multi_disc_albums.insert(path.album_key().into());
@@ -943,20 +1013,25 @@ impl<'a> Builder<'a> {
         tracks
             .into_iter()
             .zip(single)
-            .map(|((entry, tags, ext, stem), path)| {
+            .map(|((rank, entry, tags, ext, stem), path)| {
                 let path = if multi_disc_albums.contains(path.album_key()) {
                     RenderedPath::new(&self.layout.render(&view(tags, &ext, &stem, true)))
                 } else {
                     path
                 };
-                Placed { path, ext, entry }
+                Placed {
+                    path,
+                    ext,
+                    entry,
+                    rank,
+                }
             })
             .collect()
     }
 
-    /// Places one track; returns the index of its directory and of its
-    /// node (its own, or the one it is a mirror of).
-    fn place_track(&mut self, track: &Placed<'_>) -> (usize, usize) {
+    /// Places one track (its node is its own, or the one it is a mirror
+    /// of: see `node_of_rank`); returns the index of its directory.
+    fn place_track(&mut self, track: &Placed<'_>) -> usize {
         let mut dir = ROOT;
         for name in track.path.folders() {
             dir = self.child_dir(dir, name);
@@ -974,8 +1049,8 @@ impl<'a> Builder<'a> {
         } else {
             ""
         };
-        let node = self.place_file(dir, file_name, ext, file, src.version.mtime_ns);
-        (dir, node)
+        self.place_file(track.rank, dir, file_name, ext, file, src.version.mtime_ns);
+        dir
     }
 
     /// The directory `name` in `parent`, created if needed. A file already
@@ -1013,6 +1088,7 @@ impl<'a> Builder<'a> {
     /// the node's index.
     fn place_file(
         &mut self,
+        rank: usize,
         parent: usize,
         name: &str,
         ext: &str,
@@ -1039,11 +1115,16 @@ impl<'a> Builder<'a> {
                     FileRole::Cue => self.report.cues += 1,
                     FileRole::Playlist => self.report.playlists += 1,
                 }
+                let sourced = !file.sources.is_empty();
                 let kind = ProtoKind::File {
                     wanted: (n > 1).then(|| name.to_owned()),
                     file,
                 };
-                return self.add(parent, candidate, mtime_ns, kind);
+                let idx = self.add(parent, candidate, mtime_ns, kind);
+                if sourced && let Some(node) = self.node_of_rank.get_mut(rank) {
+                    *node = idx;
+                }
+                return idx;
             };
             let proto = &mut self.protos[idx];
             if let ProtoKind::File {
@@ -1053,9 +1134,13 @@ impl<'a> Builder<'a> {
                 && wanted.as_deref().unwrap_or(&proto.name) == name
                 && is_mirror(existing, &file)
             {
+                let sourced = !file.sources.is_empty();
                 existing.sources.extend(file.sources);
                 proto.mtime_ns = proto.mtime_ns.max(mtime_ns);
                 self.report.mirrors += 1;
+                if sourced && let Some(node) = self.node_of_rank.get_mut(rank) {
+                    *node = idx;
+                }
                 return idx;
             }
         }
@@ -1066,7 +1151,7 @@ impl<'a> Builder<'a> {
     /// the tracks beside it, under its own name, if those tracks all went to
     /// one album. A messy "incoming" folder holding many albums would
     /// otherwise spread one cover over all of them.
-    fn place_album_file(&mut self, e: &CatalogEntry, places: &TrackPlaces<'_>) {
+    fn place_album_file(&mut self, rank: usize, e: &CatalogEntry, places: &TrackPlaces<'_>) {
         let src = &e.source;
         let albums = places.album_of_folder.get(&(src.origin, src.path.parent()));
         let Some(dir) = albums
@@ -1085,13 +1170,13 @@ impl<'a> Builder<'a> {
             FileKind::Cue => (FileRole::Cue, "album"),
             _ => (FileRole::Image, "image"),
         };
-        self.place_own_name(dir, src, role, fallback);
+        self.place_own_name(rank, dir, src, role, fallback);
     }
 
     /// Puts an artist image in the artist folder of the tracks beside it,
     /// or of the tracks one folder down (`Artist/artist.jpg` above
     /// `Artist/Album/`), if they all went to one artist.
-    fn place_artist_image(&mut self, e: &CatalogEntry, places: &TrackPlaces<'_>) {
+    fn place_artist_image(&mut self, rank: usize, e: &CatalogEntry, places: &TrackPlaces<'_>) {
         let src = &e.source;
         let folder = (src.origin, src.path.parent());
         let artists = places
@@ -1105,11 +1190,18 @@ impl<'a> Builder<'a> {
             self.report.sidecars_left_out += 1;
             return;
         };
-        self.place_own_name(dir, src, FileRole::ArtistImage, "artist");
+        self.place_own_name(rank, dir, src, FileRole::ArtistImage, "artist");
     }
 
     /// Places a file in `dir` under its own name, made valid.
-    fn place_own_name(&mut self, dir: usize, src: &SourceFile, role: FileRole, fallback: &str) {
+    fn place_own_name(
+        &mut self,
+        rank: usize,
+        dir: usize,
+        src: &SourceFile,
+        role: FileRole,
+        fallback: &str,
+    ) {
         let ext = src.path.extension_lower();
         let stem = naming::sanitize_component(&src.path.stem_lossy());
         let stem = if stem.is_empty() {
@@ -1124,12 +1216,12 @@ impl<'a> Builder<'a> {
             role,
             generated: None,
         };
-        self.place_file(dir, &name, &ext, file, src.version.mtime_ns);
+        self.place_file(rank, dir, &name, &ext, file, src.version.mtime_ns);
     }
 
     /// Puts lyrics beside the track of the same stem in the same origin
     /// folder, under the track's name with the lyrics' extension.
-    fn place_lyrics(&mut self, e: &CatalogEntry, places: &TrackPlaces<'_>) {
+    fn place_lyrics(&mut self, rank: usize, e: &CatalogEntry, places: &TrackPlaces<'_>) {
         let src = &e.source;
         let key = (
             (src.origin, src.path.parent()),
@@ -1162,7 +1254,7 @@ impl<'a> Builder<'a> {
             generated: None,
         };
         let dir = self.protos[track].parent;
-        self.place_file(dir, &name, &ext, file, src.version.mtime_ns);
+        self.place_file(rank, dir, &name, &ext, file, src.version.mtime_ns);
     }
 
     /// Puts a playlist in `Playlists/` with its entries rewritten to the
@@ -1218,7 +1310,8 @@ impl<'a> Builder<'a> {
             role: FileRole::Playlist,
             generated: Some(text),
         };
-        self.place_file(dir, &name, &ext, file, mtime_ns);
+        // Generated: no origin file backs it.
+        self.place_file(NONE, dir, &name, &ext, file, mtime_ns);
     }
 
     /// The path of a node from the root while building.
@@ -1262,7 +1355,8 @@ impl<'a> Builder<'a> {
     /// Gives every node its inode (a hash of its path, probed past any
     /// collision in path order) and every directory the mtime of its newest
     /// descendant.
-    fn finish(mut self) -> VirtualTree {
+    /// `catalog` is the build's, in (origin, path) order.
+    fn finish(mut self, catalog: &[&CatalogEntry]) -> VirtualTree {
         let mut order = Vec::with_capacity(self.protos.len());
         // Each node's path hash; paths themselves are kept for folders only
         // (their children's paths start with them).
@@ -1314,12 +1408,12 @@ impl<'a> Builder<'a> {
         let mut nodes = Vec::with_capacity(self.protos.len());
         let mut files = 0;
         let mut bytes = 0u64;
-        for (idx, proto) in self.protos.into_iter().enumerate() {
+        for proto in self.protos {
             let body = match proto.kind {
                 ProtoKind::Dir(children) => {
                     let subdirs = children.values().filter(|&&c| is_dir[c]).count() as u32;
                     let children: Table<String, Ino> =
-                        children.into_iter().map(|(n, c)| (n, inos[c])).collect();
+                        Table::from_ordered(children.into_iter().map(|(n, c)| (n, inos[c])));
                     Body::Dir(DirNode { subdirs, children })
                 }
                 ProtoKind::File { file, .. } => {
@@ -1328,16 +1422,43 @@ impl<'a> Builder<'a> {
                     Body::File(file)
                 }
             };
-            let node = Node {
+            nodes.push(Some(Node {
                 parent: inos[proto.parent],
                 name: proto.name,
                 mtime_ns: proto.mtime_ns,
                 body,
-            };
-            nodes.push((inos[idx], node));
+            }));
         }
-        let nodes: Table<Ino, Node> = nodes.into_iter().collect();
-        VirtualTree::from_nodes(nodes, files, bytes, probed)
+        // In inode order: the order sorted as numbers, then each node moved
+        // once (sorting the nodes themselves moved each some twenty times).
+        let mut by_ino: Vec<usize> = (0..nodes.len()).collect();
+        by_ino.sort_unstable_by_key(|&idx| inos[idx]);
+        let nodes: Table<Ino, Node> = Table::from_ordered(
+            by_ino
+                .into_iter()
+                .filter_map(|idx| Some((inos[idx], nodes[idx].take()?))),
+        );
+        // Which file each origin file backs, in (origin, path) order.
+        let by_source = Table::from_ordered(
+            catalog
+                .iter()
+                .zip(&self.node_of_rank)
+                .filter(|&(_, &idx)| idx != NONE)
+                .map(|(e, &idx)| ((e.source.origin, e.source.path.clone()), inos[idx])),
+        );
+        let tree = VirtualTree {
+            nodes,
+            files,
+            bytes,
+            by_source,
+            probed,
+        };
+        debug_assert!(
+            tree.by_source
+                == VirtualTree::from_nodes(tree.nodes.clone(), files, bytes, probed).by_source,
+            "the source index is the one the nodes give"
+        );
+        tree
     }
 }
 

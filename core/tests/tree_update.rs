@@ -225,6 +225,9 @@ proptest! {
         let (result, _) = update(&layout, &old, &new);
         let entries: Vec<CatalogEntry> = new.values().cloned().collect();
         let (whole, whole_report) = VirtualTree::build(&layout, &entries);
+        // A catalog in another order than the database's builds the same.
+        let backwards = VirtualTree::build_from(&layout, entries.iter().rev());
+        prop_assert_eq!(&backwards, &(whole.clone(), whole_report.clone()));
         match result {
             Ok(updated) => {
                 prop_assert_eq!(&updated.tree, &whole);

@@ -94,6 +94,41 @@ impl<K: Ord, V> Table<K, V> {
 
 /// Sorts the entries; of equal keys the last one stays (as when they are
 /// inserted one by one into a map).
+impl<K: Ord, V> Table<K, V> {
+    /// The table of `entries` given in key order (equal keys side by
+    /// side: the last of them stays), built as they come instead of
+    /// sorted: on 200,000 tracks, sorting tables whose entries were in
+    /// order already was a sixth of a tree's build. Entries out of order
+    /// after all are sorted, as [`FromIterator`] does.
+    pub(crate) fn from_ordered(entries: impl IntoIterator<Item = (K, V)>) -> Table<K, V> {
+        let mut entries = entries.into_iter();
+        let mut keys: Vec<K> = Vec::with_capacity(entries.size_hint().0);
+        let mut values: Vec<V> = Vec::with_capacity(keys.capacity());
+        while let Some((k, v)) = entries.next() {
+            match keys.last() {
+                Some(last) if *last == k => {
+                    if let Some(value) = values.last_mut() {
+                        *value = v;
+                    }
+                }
+                Some(last) if *last > k => {
+                    return keys
+                        .into_iter()
+                        .zip(values)
+                        .chain(std::iter::once((k, v)))
+                        .chain(entries)
+                        .collect();
+                }
+                _ => {
+                    keys.push(k);
+                    values.push(v);
+                }
+            }
+        }
+        Table::from_sorted(keys, values)
+    }
+}
+
 impl<K: Ord, V> FromIterator<(K, V)> for Table<K, V> {
     fn from_iter<I: IntoIterator<Item = (K, V)>>(entries: I) -> Self {
         let mut entries: Vec<(K, V)> = entries.into_iter().collect();
@@ -195,6 +230,51 @@ mod tests {
             assert_eq!(after, want, "after {k}");
         }
         assert!(Table::<u32, u32>::default().is_empty());
+    }
+
+    #[test]
+    fn a_table_of_ordered_entries_is_the_table_of_the_same_entries_sorted() {
+        let ordered = [
+            (1u32, "a"),
+            (1, "b"),
+            (3, "c"),
+            (4, "d"),
+            (4, "e"),
+            (9, "f"),
+        ];
+        // Out of order: first at the second entry, then late, then at the end.
+        let unordered = [
+            (3u32, "c"),
+            (1, "a"),
+            (4, "d"),
+            (1, "b"),
+            (9, "f"),
+            (4, "e"),
+        ];
+        let late = [
+            (1u32, "a"),
+            (3, "c"),
+            (4, "d"),
+            (9, "f"),
+            (1, "b"),
+            (4, "e"),
+        ];
+        for entries in [
+            &ordered[..],
+            &unordered[..],
+            &late[..],
+            &ordered[..1],
+            &[][..],
+        ] {
+            let want: Table<u32, &str> = entries.iter().copied().collect();
+            let got = Table::from_ordered(entries.iter().copied());
+            assert_eq!(got, want, "{entries:?}");
+        }
+        let kept = Table::from_ordered(ordered.iter().copied());
+        assert_eq!(
+            (kept.get(&1), kept.get(&4), kept.len()),
+            (Some(&"b"), Some(&"e"), 4)
+        );
     }
 
     #[test]
