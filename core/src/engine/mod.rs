@@ -1795,13 +1795,18 @@ impl Engine {
 
     /// Forgets chunk maps that no longer match their file's version.
     fn drop_stale_manifests(&mut self) {
+        // Both in (origin, path) order: one walk of the two, not a search
+        // of the tree per chunk map (on 200,000 tracks, 130 ms of every
+        // mount and every sync).
+        let mut sources = self.tree.sources().peekable();
         let stale: Vec<SourceKey> = self
             .manifests
             .iter()
-            .filter(|((origin, path), m)| {
-                self.tree
-                    .find_source(*origin, path)
-                    .is_none_or(|(_, s)| s.version != m.version)
+            .filter(|(key, m)| {
+                while sources.next_if(|(k, _, _)| k < key).is_some() {}
+                sources
+                    .next_if(|(k, _, _)| k == key)
+                    .is_none_or(|(_, _, s)| s.version != m.version)
             })
             .map(|(k, _)| k.clone())
             .collect();
