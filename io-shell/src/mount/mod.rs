@@ -457,13 +457,13 @@ fn load_library(
         cache.chunk_index = load_chunk_index(&db, cache.repaired.is_some(), &cache.store)
             .map_err(RunError::cache(&plan.cache_dir))?;
     }
-    let (store, repaired) = (Arc::clone(&cache.store), cache.repaired.is_some());
-    // Beside the catalog's load: the chunk index and the saved tree; the
-    // chunk maps are read beside the tree's build, which has a core to
-    // spare (on 200,000 tracks, reading all three beside the catalog and
-    // then building alone took 0.3 s more).
-    let (loaded_catalog, ahead_index, saved) = std::thread::scope(|s| {
-        let index = ahead.then(|| s.spawn(|| load_chunk_index(&db, repaired, &store)));
+    let repaired = cache.repaired.is_some();
+    // Beside the catalog's load: the saved tree. What the cache remembers
+    // (the chunk index, unless read before a scan, and the chunk maps) is
+    // read beside the tree's build, which leaves a core to spare: on
+    // 200,000 tracks, reading them beside the catalog and then building
+    // alone took 0.3 s more.
+    let (loaded_catalog, saved) = std::thread::scope(|s| {
         let saved = ahead.then(|| {
             s.spawn(|| {
                 timed("saved tree read", || {
@@ -474,7 +474,7 @@ fn load_library(
         let loaded = timed("catalog ready", || {
             first_scan::load_catalog(plan, &origins.sources, rt, cache, &status.scan)
         });
-        (loaded, index.map(join), saved.and_then(join))
+        (loaded, saved.and_then(join))
     });
     let first_scan::LoadedCatalog {
         entries: catalog,
@@ -482,35 +482,34 @@ fn load_library(
         digest,
     } = loaded_catalog?;
     let key = digest.and_then(|d| TreeKey::new(plan.layout.source(), d));
-    // What the cache remembers, if not read ahead (or read before a scan
-    // that added to it), is read while the tree loads or builds.
-    let read_ahead = ahead_index.filter(|_| digest.is_some());
+    let saved = match saved {
+        Some((saved_key, tree, report)) if Some(saved_key) == key => Some((tree, report)),
+        // Another catalog's (a sync whose tree was not saved): let go
+        // before the build, not held beside it.
+        Some(stale) => {
+            drop(stale);
+            None
+        }
+        None => None,
+    };
     let (index, manifests, (tree, report, loaded)) = std::thread::scope(|s| {
         let (db, store) = (&cache.db, &cache.store);
-        let remembered = s.spawn(move || match read_ahead {
-            Some(index) => (
-                Some(index),
-                timed("chunk maps loaded", || db.load_manifests()),
-            ),
-            // Read ahead, then a scan after all: read both again.
-            None if ahead => {
-                let (index, manifests) = load_remembered(db, false, store);
+        // With the tree in hand, nothing is built: both on a core each.
+        let side_by_side = saved.is_some();
+        let remembered = s.spawn(move || {
+            if ahead {
+                let (index, manifests) = load_remembered(db, repaired, store, side_by_side);
                 (Some(index), manifests)
+            } else {
+                // The index was read before the scan, which extended it.
+                (None, timed("chunk maps loaded", || db.load_manifests()))
             }
-            // The index was read before the scan, which extended it.
-            None => (None, timed("chunk maps loaded", || db.load_manifests())),
         });
-        let saved = match saved {
-            Some((saved_key, tree, report)) if Some(saved_key) == key => Some((tree, report)),
-            // Another catalog's (a sync whose tree was not saved): let go
-            // before the build, not held beside it.
-            Some(stale) => {
-                drop(stale);
-                None
-            }
-            // Not read ahead: read it now if it is this catalog's.
-            None => key.and_then(|key| tree_cache::load(&plan.cache_dir, key)),
-        };
+        // Not read ahead: read it now if it is this catalog's.
+        let saved = saved.or_else(|| {
+            key.filter(|_| !ahead)
+                .and_then(|key| tree_cache::load(&plan.cache_dir, key))
+        });
         let loaded = saved.is_some();
         let (tree, report) = saved
             .unwrap_or_else(|| timed("tree built", || VirtualTree::build(&plan.layout, &catalog)));
@@ -538,9 +537,19 @@ fn load_library(
         "tree ready"
     );
     // The tree is all a mount keeps of the catalog: syncs read it from the
-    // database.
-    drop(catalog);
-    crate::sys::memory::release_free_memory();
+    // database. Let go on a thread of its own, beside the mount's last
+    // steps (on 200,000 tracks, freeing it and returning the pages took
+    // some 60 ms before the mount).
+    let free = move || {
+        drop(catalog);
+        crate::sys::memory::release_free_memory();
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("catalog-free".into())
+        .spawn(free)
+    {
+        tracing::debug!(error = %e, "cannot free the catalog on a thread of its own");
+    }
     Ok(Library {
         tree,
         // A tree just built is saved for the next mount, under its key.
@@ -567,21 +576,30 @@ fn timed<R>(what: &'static str, job: impl FnOnce() -> R) -> R {
 }
 
 /// The chunk index and the chunk maps, read from the database (the index
-/// rebuilt from the chunk files if the database was damaged), on two
-/// threads.
+/// rebuilt from the chunk files if the database was damaged): on two
+/// threads `side_by_side`, else one after the other, on one core beside
+/// the tree's build on the other (on two threads, the three shared the
+/// two cores, and the build, the longest, took a third more).
 #[allow(clippy::type_complexity)]
 fn load_remembered(
     db: &Db,
     repaired: bool,
     store: &ChunkStore,
+    side_by_side: bool,
 ) -> (
     Result<Vec<(ChunkId, u32, u64)>, StoreError>,
     Result<Vec<(OriginId, OriginPath, Manifest)>, StoreError>,
 ) {
-    std::thread::scope(|s| {
-        let manifests = s.spawn(|| timed("chunk maps loaded", || db.load_manifests()));
-        (load_chunk_index(db, repaired, store), join(manifests))
-    })
+    let manifests = || timed("chunk maps loaded", || db.load_manifests());
+    if side_by_side {
+        std::thread::scope(|s| {
+            let manifests = s.spawn(manifests);
+            (load_chunk_index(db, repaired, store), join(manifests))
+        })
+    } else {
+        let index = load_chunk_index(db, repaired, store);
+        (index, manifests())
+    }
 }
 
 /// The chunk index from the database, or rebuilt from the chunk files if
