@@ -338,22 +338,11 @@ impl VirtualTree {
         })
     }
 
-    /// Every origin file the tree shows, in (origin, path) order, with the
-    /// file it backs and that source as the tree knows it: what
-    /// [`VirtualTree::find_source`] answers for each, in one walk (a map
-    /// in the same order is checked against the tree without a search per
-    /// key).
-    pub fn sources(
-        &self,
-    ) -> impl Iterator<Item = (&(OriginId, OriginPath), Ino, &SourceFile)> + '_ {
-        self.by_source.iter().filter_map(|(key, &ino)| {
-            let src = self
-                .file(ino)?
-                .sources
-                .iter()
-                .find(|s| s.origin == key.0 && s.path == key.1)?;
-            Some((key, ino, src))
-        })
+    /// Every origin file the tree shows, in (origin, path) order, and the
+    /// file it backs: a map in the same order is matched to the tree in
+    /// one walk of both, without a search per key.
+    pub fn source_index(&self) -> impl Iterator<Item = (&(OriginId, OriginPath), Ino)> + '_ {
+        self.by_source.iter().map(|(key, &ino)| (key, ino))
     }
 
     /// The file an origin file backs, and that source as the tree knows it
@@ -711,7 +700,11 @@ impl RenderedPath {
             }
             // The layout sanitizes names (a control character becomes a
             // space); kept here too, as the split relies on it.
-            joined.extend(component.chars().map(|c| if c == '\0' { ' ' } else { c }));
+            if component.contains('\0') {
+                joined.extend(component.chars().map(|c| if c == '\0' { ' ' } else { c }));
+            } else {
+                joined.push_str(component);
+            }
         }
         RenderedPath(joined.into_boxed_str())
     }

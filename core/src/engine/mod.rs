@@ -1795,21 +1795,37 @@ impl Engine {
 
     /// Forgets chunk maps that no longer match their file's version.
     fn drop_stale_manifests(&mut self) {
-        // Both in (origin, path) order: one walk of the two, not a search
-        // of the tree per chunk map (on 200,000 tracks, 130 ms of every
-        // mount and every sync).
-        let mut sources = self.tree.sources().peekable();
-        let stale: Vec<SourceKey> = self
-            .manifests
-            .iter()
-            .filter(|(key, m)| {
-                while sources.next_if(|(k, _, _)| k < key).is_some() {}
-                sources
-                    .next_if(|(k, _, _)| k == key)
-                    .is_none_or(|(_, _, s)| s.version != m.version)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
+        // Without a search of the tree per chunk map (on 200,000 tracks,
+        // 130 ms of every mount and every sync): the maps and the tree's
+        // source index are both in (origin, path) order, and are matched
+        // in one walk of the two; the files' versions are then read in
+        // inode order, the order the tree keeps its nodes in.
+        let mut index = self.tree.source_index().peekable();
+        let mut shown: Vec<(Ino, &SourceKey, &Manifest)> = Vec::new();
+        let mut stale: Vec<SourceKey> = Vec::new();
+        for (key, manifest) in &self.manifests {
+            while index.next_if(|(k, _)| *k < key).is_some() {}
+            match index.next_if(|(k, _)| *k == key) {
+                Some((_, ino)) => shown.push((ino, key, manifest)),
+                None => stale.push(key.clone()),
+            }
+        }
+        shown.sort_unstable_by_key(|&(ino, _, _)| ino);
+        let mut files = self.tree.files().peekable();
+        for (ino, key, manifest) in shown {
+            while files.next_if(|&(i, _)| i < ino).is_some() {}
+            let current = files
+                .peek()
+                .filter(|&&(i, _)| i == ino)
+                .is_some_and(|(_, f)| {
+                    f.sources.iter().any(|s| {
+                        s.origin == key.0 && s.path == key.1 && s.version == manifest.version
+                    })
+                });
+            if !current {
+                stale.push(key.clone());
+            }
+        }
         for key in stale {
             self.manifests.remove(&key);
             self.dirty_manifests.insert(key);
