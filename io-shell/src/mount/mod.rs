@@ -482,16 +482,10 @@ fn load_library(
         digest,
     } = loaded_catalog?;
     let key = digest.and_then(|d| TreeKey::new(plan.layout.source(), d));
-    let saved = match saved {
-        Some((saved_key, tree, report)) if Some(saved_key) == key => Some((tree, report)),
-        // Another catalog's (a sync whose tree was not saved): let go
-        // before the build, not held beside it.
-        Some(stale) => {
-            drop(stale);
-            None
-        }
-        None => None,
-    };
+    // A saved tree of another catalog (a sync whose tree was not saved) is
+    // let go here, before the build, not held beside it.
+    let saved = saved
+        .and_then(|(saved_key, tree, report)| (Some(saved_key) == key).then_some((tree, report)));
     let (index, manifests, (tree, report, loaded)) = std::thread::scope(|s| {
         let (db, store) = (&cache.db, &cache.store);
         // With the tree in hand, nothing is built: both on a core each.
