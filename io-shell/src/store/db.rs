@@ -79,6 +79,10 @@ pub struct Db {
     pins: sled::Tree,
     /// Whole-catalog loads so far (one per sync that changes the tree).
     catalog_loads: std::sync::atomic::AtomicU64,
+    /// Records written (inserted, replaced or removed) since the open: what
+    /// the next open would replay from sled's log (see
+    /// [`Db::close_compacted`]).
+    written: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for Db {
@@ -199,6 +203,7 @@ impl Db {
             meta: tree("meta")?,
             pins: tree("pins")?,
             catalog_loads: std::sync::atomic::AtomicU64::new(0),
+            written: std::sync::atomic::AtomicU64::new(0),
             db,
         };
         db.check_schema(existed)?;
@@ -506,6 +511,7 @@ impl Db {
 
     /// Stores catalog entries (inserting or replacing), all at once.
     pub fn put_catalog(&self, entries: &[CatalogEntry]) -> Result<(), StoreError> {
+        self.note_written(entries.len());
         let mut batch = sled::Batch::default();
         for entry in entries {
             batch.insert(
@@ -541,13 +547,16 @@ impl Db {
             .map(|e| entry_key(e.source.origin, &e.source.path))
             .collect();
         let mut gone = sled::Batch::default();
+        let mut removed = 0;
         for item in self.catalog.scan_prefix(origin.0.to_be_bytes()) {
             let (k, _) = item.map_err(|e| StoreError::db("read catalog", e))?;
             if !keep.contains(k.as_ref()) {
                 gone.remove(k);
+                removed += 1;
             }
         }
         drop(keep);
+        self.note_written(removed);
         self.catalog
             .apply_batch(gone)
             .map_err(|e| StoreError::db("write catalog", e))?;
@@ -560,6 +569,7 @@ impl Db {
     /// Forgets one catalog entry (the file is gone from its origin). Absent
     /// is fine.
     pub fn remove_catalog(&self, origin: OriginId, path: &OriginPath) -> Result<(), StoreError> {
+        self.note_written(1);
         self.catalog
             .remove(entry_key(origin, path))
             .map(drop)
@@ -595,6 +605,7 @@ impl Db {
         path: &OriginPath,
         m: &Manifest,
     ) -> Result<(), StoreError> {
+        self.note_written(1);
         self.manifests
             .insert(entry_key(origin, path), encode("manifest", m)?)
             .map(drop)
@@ -603,6 +614,7 @@ impl Db {
 
     /// Forgets one file's manifest. Absent is fine.
     pub fn remove_manifest(&self, origin: OriginId, path: &OriginPath) -> Result<(), StoreError> {
+        self.note_written(1);
         self.manifests
             .remove(entry_key(origin, path))
             .map(drop)
@@ -629,6 +641,7 @@ impl Db {
 
     /// Writes pin changes (`None`: released) as one batch.
     pub fn put_pins(&self, changes: &[(SourceKey, Option<Pin>)]) -> Result<(), StoreError> {
+        self.note_written(changes.len());
         let mut batch = sled::Batch::default();
         for ((origin, path), pin) in changes {
             let key = entry_key(*origin, path);
@@ -664,6 +677,7 @@ impl Db {
     /// Records chunks as present: `(id, length, last access)`, inserted or
     /// replaced, all at once.
     pub fn put_chunks(&self, chunks: &[(ChunkId, u32, u64)]) -> Result<(), StoreError> {
+        self.note_written(chunks.len());
         let mut batch = sled::Batch::default();
         for &(id, len, last) in chunks {
             batch.insert(&id.to_be_bytes(), &encode_chunk_value(len, last));
@@ -676,6 +690,7 @@ impl Db {
     /// Forgets chunks (evicted or found corrupt), all at once. Absent ids are
     /// fine.
     pub fn remove_chunks(&self, ids: &[ChunkId]) -> Result<(), StoreError> {
+        self.note_written(ids.len());
         let mut batch = sled::Batch::default();
         for id in ids {
             batch.remove(&id.to_be_bytes());
@@ -693,6 +708,7 @@ impl Db {
     /// Each id is updated atomically on its own (a compare-and-swap), so a
     /// concurrent [`Db::remove_chunks`] is never undone.
     pub fn touch_chunks(&self, touched: &[(ChunkId, u64)]) -> Result<(), StoreError> {
+        self.note_written(touched.len());
         for &(id, at) in touched {
             self.chunks
                 .fetch_and_update(id.to_be_bytes(), |old| {
@@ -717,6 +733,7 @@ impl Db {
 
     /// Writes a `meta` value. [`META_SCHEMA_VERSION`] is the store's own.
     pub fn set_meta(&self, key: &str, v: &[u8]) -> Result<(), StoreError> {
+        self.note_written(1);
         self.meta
             .insert(key, v)
             .map(drop)
@@ -746,6 +763,51 @@ impl Db {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(())
+    }
+
+    /// Records written (inserted, replaced or removed) since the open.
+    pub fn records_written(&self) -> u64 {
+        self.written.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_written(&self, records: usize) {
+        self.written
+            .fetch_add(records as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes the database ([`Db::close`]) and, if at least `min_records`
+    /// records were written since the open, opens and closes it once more.
+    /// Returns whether it did.
+    ///
+    /// Why: sled (0.34) writes the snapshot of its page table only when it
+    /// opens a database, and an open replays every log record written since
+    /// the last snapshot. After a first scan of 200,000 tracks that replay
+    /// made the next mount's open take 0.7-0.9 s instead of 0.2 s. Paid
+    /// here, at a clean stop, the next mount starts at once.
+    ///
+    /// Between the close and the reopen another process may take the
+    /// database: then nothing is done (the other process's own open writes
+    /// the snapshot). Call it last, when nothing else uses the cache.
+    pub fn close_compacted(self, min_records: u64) -> Result<bool, StoreError> {
+        let dir = self.dir.clone();
+        let written = self.records_written();
+        self.close()?;
+        if written < min_records {
+            return Ok(false);
+        }
+        match Db::open_and_check(&dir) {
+            Ok(db) => db.close().map(|()| true),
+            Err(OpenProblem::Fatal(e)) if e.is_locked() => {
+                tracing::debug!("the cache database was opened by another process meanwhile");
+                Ok(false)
+            }
+            Err(OpenProblem::Fatal(e)) => Err(e),
+            // The next mount's open finds the same and sets it aside.
+            Err(OpenProblem::Unusable(what)) => {
+                tracing::warn!(what = %what, "the cache database did not reopen at exit");
+                Ok(false)
+            }
+        }
     }
 }
 
@@ -937,6 +999,56 @@ mod tests {
         assert_eq!(db.load_chunk_index().unwrap(), vec![(a, 1, 20)]);
         db.touch_chunks(&[(a, 5)]).unwrap();
         assert_eq!(db.load_chunk_index().unwrap(), vec![(a, 1, 20)]);
+    }
+
+    /// The log position of sled's newest snapshot of the database in `dir`.
+    fn snapshot_lsn(dir: &Path) -> u64 {
+        fs::read_dir(dir.join("db"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_prefix("snap.")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_close_after_many_writes_leaves_a_snapshot_that_covers_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let chunks = |from: u64| -> Vec<(ChunkId, u32, u64)> {
+            (from..from + 5_000)
+                .map(|i| (ChunkId::of(&i.to_le_bytes()), 7, i))
+                .collect()
+        };
+
+        // Few writes: a plain close, the snapshot stays where the open put it.
+        let db = Db::open(dir.path()).unwrap().db;
+        let at_open = snapshot_lsn(dir.path());
+        db.put_chunks(&chunks(0)).unwrap();
+        db.touch_chunks(&[(ChunkId::of(&0u64.to_le_bytes()), 9)])
+            .unwrap();
+        assert_eq!(db.records_written(), 5_001);
+        assert!(!db.close_compacted(5_002).unwrap());
+        assert_eq!(snapshot_lsn(dir.path()), at_open);
+
+        // Enough writes: the snapshot moves past them before the call returns.
+        let db = Db::open(dir.path()).unwrap().db;
+        let reopened = snapshot_lsn(dir.path());
+        assert!(
+            reopened > at_open,
+            "the open replayed the log and wrote a snapshot"
+        );
+        db.put_chunks(&chunks(5_000)).unwrap();
+        assert!(db.close_compacted(5_000).unwrap());
+        assert!(snapshot_lsn(dir.path()) > reopened);
+
+        // Nothing lost, and the directory is free again.
+        let db = Db::open(dir.path()).unwrap().db;
+        let index = db.load_chunk_index().unwrap();
+        assert_eq!(index.len(), 10_000);
+        assert!(index.contains(&(ChunkId::of(&0u64.to_le_bytes()), 7, 9)));
+        assert!(index.contains(&(ChunkId::of(&9_999u64.to_le_bytes()), 7, 9_999)));
     }
 
     #[test]
