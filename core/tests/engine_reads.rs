@@ -763,6 +763,63 @@ fn a_streams_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_its_reade
     assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
 }
 
+/// The kernel lets go of a few pages of a cached file (memory pressure, a
+/// proactive reclaimer) and asks for them again: that lone read reads its
+/// own chunks from the cache disk and no more. Had it read ahead like a
+/// stream, every few lost pages would cost half a MiB of disk reads and
+/// hashing. A read that follows on from it is a stream, and is read ahead.
+#[test]
+fn a_lone_read_in_a_cached_file_is_not_read_ahead_of_until_a_stream_follows() {
+    const READ: u32 = 8 * 1024;
+    let mut h = Harness::new(&[("Song", 12 * MIB)], Config::default()).with_memory(16 << 20);
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(read_whole(&mut h, "Song"), want);
+    h.pump();
+    h.now += h.exec.config().memory_idle;
+    assert!(h.exec.release_idle_memory(h.now) > 0);
+    let fetched = h.world.fetched_bytes;
+    h.world.hold_chunk_reads = true;
+    let ino = h.ino("Song");
+    let at = 5 * MIB as u64 + 3000;
+    let lone = h.start_read(ino, at, READ);
+    h.pump();
+    let held: usize = h
+        .world
+        .held_chunk_reads
+        .iter()
+        .map(|(_, ids)| ids.len())
+        .sum();
+    assert!(
+        (1..=2).contains(&held),
+        "only the chunks under the read: {:?}",
+        h.world.held_chunk_reads
+    );
+    h.release_chunk_reads();
+    let at = at as usize;
+    assert_eq!(
+        h.run_until_replied(lone).unwrap(),
+        want[at..at + READ as usize]
+    );
+    // The next read goes on from there: now it is read ahead of.
+    h.world.hold_chunk_reads = true;
+    let next = h.start_read(ino, (at + READ as usize) as u64, READ);
+    h.pump();
+    let held: usize = h
+        .world
+        .held_chunk_reads
+        .iter()
+        .map(|(_, ids)| ids.len())
+        .sum();
+    assert!(held > 2, "read ahead: {:?}", h.world.held_chunk_reads);
+    h.release_chunk_reads();
+    let at = at + READ as usize;
+    assert_eq!(
+        h.run_until_replied(next).unwrap(),
+        want[at..at + READ as usize]
+    );
+    assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
+}
+
 #[test]
 fn eviction_keeps_the_cache_under_its_limit_and_reads_stay_correct() {
     let config = Config {
@@ -1146,18 +1203,21 @@ fn the_memory_cache_is_let_go_once_reads_go_idle_and_reads_go_on_from_disk() {
     assert_eq!(h.exec.release_idle_memory(h.now), 0);
     h.now += idle / 2;
     assert_eq!(h.exec.release_idle_memory(h.now), 0);
-    // A read under way keeps it too, even past the idle time.
+    // A read under way keeps it too, even past the idle time (the song's
+    // last page: the first read's fetch and read-ahead stopped short of it).
     let ino = h.ino("Song");
     h.world.hold_fetches = true;
-    let req = h.start_read(ino, 2 * MIB as u64, 4096);
+    let last = 3 * MIB - 4096;
+    let req = h.start_read(ino, last as u64, 4096);
     h.pump();
+    assert!(
+        !h.world.replies.contains_key(&req),
+        "it waits for the origin"
+    );
     h.now += idle * 2;
     assert_eq!(h.exec.release_idle_memory(h.now), 0, "a read is under way");
     h.release_held();
-    assert_eq!(
-        h.run_until_replied(req).unwrap(),
-        want[2 * MIB..2 * MIB + 4096]
-    );
+    assert_eq!(h.run_until_replied(req).unwrap(), want[last..]);
     h.pump();
     // Idle long enough: the bytes go, and the next read finds them on disk.
     h.now += idle;

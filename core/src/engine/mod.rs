@@ -190,6 +190,13 @@ struct Read {
     deadline: Time,
     /// Whether it has waited for an origin (for the hit ratio).
     waited: bool,
+    /// Whether it follows on from the file's last reads
+    /// ([`Engine::note_access_pattern`]): only such a read is read ahead
+    /// of. A lone read elsewhere (a tag reader at the end of a file, a
+    /// player's seek, or the kernel asking again for a few pages it let
+    /// go of) reads what it asks for; if a stream follows, its next read
+    /// starts the read-ahead.
+    streaming: bool,
 }
 
 /// A read handed to the io-shell to answer.
@@ -705,15 +712,16 @@ impl Engine {
             self.outputs.push_back(Output::Generated { req, data });
             return;
         }
-        let read = Read {
+        let mut read = Read {
             ino,
             offset: offset.min(end),
             end,
             deadline: now + self.config.read_timeout,
             waited: false,
+            streaming: false,
         };
         if read.offset < read.end {
-            self.note_access_pattern(ino, read.offset, read.end);
+            read.streaming = self.note_access_pattern(ino, read.offset, read.end);
         }
         self.pending.insert(req, read);
         self.plan_read(now, req);
@@ -829,7 +837,7 @@ impl Engine {
                         {
                             self.warm_ahead(read.ino);
                         }
-                    } else {
+                    } else if read.streaming {
                         self.prefetch(now, read.ino, read.end);
                     }
                 }
@@ -1392,8 +1400,10 @@ impl Engine {
         })
     }
 
-    /// Grows the read-ahead window of sequential readers, resets it on seeks.
-    fn note_access_pattern(&mut self, ino: Ino, offset: u64, end: u64) {
+    /// Grows the read-ahead window of sequential readers, resets it on
+    /// seeks. Returns whether this read follows on from the last ones, or
+    /// starts at the file's beginning (a track played, or played again).
+    fn note_access_pattern(&mut self, ino: Ino, offset: u64, end: u64) -> bool {
         if self.readahead.len() >= READAHEAD_ENTRIES_MAX && !self.readahead.contains_key(&ino) {
             self.readahead.clear();
         }
@@ -1416,6 +1426,7 @@ impl Engine {
         if !near {
             ra.warmed_to = 0;
         }
+        near || offset == 0
     }
 
     // ----- fetch results ---------------------------------------------------
