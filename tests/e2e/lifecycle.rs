@@ -582,7 +582,9 @@ fn assert_in_order(log: &str, steps: &[&str]) {
 }
 
 /// The shutdown steps, in the order the daemon takes them.
-const SHUTDOWN_STEPS: [&str; 8] = [
+/// "database closed" also says that nothing held the database any more
+/// when the daemon let go of it.
+const SHUTDOWN_STEPS: [&str; 9] = [
     "shutdown: new reads get EIO",
     "shutdown: syncs, the watcher and the search build stopped",
     "shutdown: reads drained",
@@ -590,6 +592,7 @@ const SHUTDOWN_STEPS: [&str; 8] = [
     "shutdown: cache state saved",
     "shutdown: search index committed",
     "shutdown: database flushed",
+    "shutdown: database closed",
     "unmounted; bye",
 ];
 
