@@ -763,6 +763,19 @@ fn a_streams_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_its_reade
     assert_eq!(h.world.fetched_bytes, fetched, "no origin fetch");
 }
 
+/// A harness with one 12 MiB song, read whole once: cached, its chunks on
+/// the cache disk only (the memory cache let go of them after idling), as
+/// for a track played again after a while. Returns it and the song's bytes.
+fn song_on_the_cache_disk_only() -> (Harness, Vec<u8>) {
+    let mut h = Harness::new(&[("Song", 12 * MIB)], Config::default()).with_memory(16 << 20);
+    let want = h.origin_bytes("Song").to_vec();
+    assert_eq!(read_whole(&mut h, "Song"), want);
+    h.pump();
+    h.now += h.exec.config().memory_idle;
+    assert!(h.exec.release_idle_memory(h.now) > 0);
+    (h, want)
+}
+
 /// The kernel lets go of a few pages of a cached file (memory pressure, a
 /// proactive reclaimer) and asks for them again: that lone read reads its
 /// own chunks from the cache disk and no more. Had it read ahead like a
@@ -771,12 +784,7 @@ fn a_streams_read_ahead_keeps_few_disk_reads_in_flight_and_never_makes_its_reade
 #[test]
 fn a_lone_read_in_a_cached_file_is_not_read_ahead_of_until_a_stream_follows() {
     const READ: u32 = 8 * 1024;
-    let mut h = Harness::new(&[("Song", 12 * MIB)], Config::default()).with_memory(16 << 20);
-    let want = h.origin_bytes("Song").to_vec();
-    assert_eq!(read_whole(&mut h, "Song"), want);
-    h.pump();
-    h.now += h.exec.config().memory_idle;
-    assert!(h.exec.release_idle_memory(h.now) > 0);
+    let (mut h, want) = song_on_the_cache_disk_only();
     let fetched = h.world.fetched_bytes;
     h.world.hold_chunk_reads = true;
     let ino = h.ino("Song");
@@ -1239,12 +1247,7 @@ fn the_memory_cache_is_let_go_once_reads_go_idle_and_reads_go_on_from_disk() {
 #[test]
 fn a_sequential_reader_of_a_cached_file_finds_its_chunks_read_ahead() {
     const READ: usize = 128 * 1024;
-    let mut h = Harness::new(&[("Song", 12 * MIB)], Config::default()).with_memory(16 << 20);
-    let want = h.origin_bytes("Song").to_vec();
-    assert_eq!(read_whole(&mut h, "Song"), want);
-    h.pump();
-    h.now += h.exec.config().memory_idle;
-    assert!(h.exec.release_idle_memory(h.now) > 0);
+    let (mut h, want) = song_on_the_cache_disk_only();
     let before = h.exec.stats().clone();
     let fetched = h.world.fetched_bytes;
     for at in (0..want.len()).step_by(READ) {
