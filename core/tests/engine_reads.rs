@@ -344,6 +344,15 @@ impl Harness {
 
     /// Lets the disk answer the chunk reads it held, and any asked for
     /// meanwhile.
+    /// Chunks in the disk reads held so far ([`World::hold_chunk_reads`]).
+    fn held_chunks(&self) -> usize {
+        self.world
+            .held_chunk_reads
+            .iter()
+            .map(|(_, ids)| ids.len())
+            .sum()
+    }
+
     fn release_chunk_reads(&mut self) {
         self.world.hold_chunk_reads = false;
         for (op, ids) in std::mem::take(&mut self.world.held_chunk_reads) {
@@ -791,12 +800,7 @@ fn a_lone_read_in_a_cached_file_is_not_read_ahead_of_until_a_stream_follows() {
     let at = 5 * MIB as u64 + 3000;
     let lone = h.start_read(ino, at, READ);
     h.pump();
-    let held: usize = h
-        .world
-        .held_chunk_reads
-        .iter()
-        .map(|(_, ids)| ids.len())
-        .sum();
+    let held = h.held_chunks();
     assert!(
         (1..=2).contains(&held),
         "only the chunks under the read: {:?}",
@@ -812,12 +816,7 @@ fn a_lone_read_in_a_cached_file_is_not_read_ahead_of_until_a_stream_follows() {
     h.world.hold_chunk_reads = true;
     let next = h.start_read(ino, (at + READ as usize) as u64, READ);
     h.pump();
-    let held: usize = h
-        .world
-        .held_chunk_reads
-        .iter()
-        .map(|(_, ids)| ids.len())
-        .sum();
+    let held = h.held_chunks();
     assert!(held > 2, "read ahead: {:?}", h.world.held_chunk_reads);
     h.release_chunk_reads();
     let at = at + READ as usize;
