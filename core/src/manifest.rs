@@ -91,7 +91,7 @@ impl Manifest {
         end <= self.kept.head || offset >= self.size().saturating_sub(self.kept.tail)
     }
 
-    /// The extents holding kept bytes (see [`Manifest::is_kept`]).
+    /// The extents holding kept bytes (see [`Manifest::kept`]).
     pub fn kept_extents(&self) -> impl Iterator<Item = (u64, Extent)> + '_ {
         let head = self.kept.head;
         let tail_start = self.size().saturating_sub(self.kept.tail);
