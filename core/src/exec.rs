@@ -19,6 +19,8 @@
 //! Every method takes the engine by `&mut` and drains the outputs it queued
 //! before returning; the shell then drains [`Exec::poll_io`].
 
+mod ahead;
+
 use crate::SourceFile;
 use crate::chunk::ChunkId;
 use crate::engine::{
@@ -77,6 +79,10 @@ pub struct ExecConfig {
     pub origin_request_timeout: Duration,
     /// A health check not answered by then fails.
     pub check_timeout: Duration,
+    /// Bytes of an origin read ahead of a streaming reader answered
+    /// straight from it (`ahead.rs`), in one origin read; up to twice this
+    /// is at hand or under way past the reader. 0: none.
+    pub passthrough_ahead_bytes: u32,
 }
 
 impl ExecConfig {
@@ -97,6 +103,9 @@ impl ExecConfig {
             write_queue_bytes: 8 << 20,
             origin_request_timeout: config.fetch_stall_timeout,
             check_timeout: config.health.check_timeout,
+            // Eight of the kernel's 128 KiB reads: the origin reads in
+            // large pieces while the reader takes the last one's bytes.
+            passthrough_ahead_bytes: 1 << 20,
         }
     }
 }
@@ -150,6 +159,8 @@ pub enum Purpose {
     Fetch(FetchId),
     /// To answer a read directly (cache failing, or a `cache=off` origin).
     Passthrough(ReqId),
+    /// To answer the next reads of a stream answered directly (`ahead.rs`).
+    ReadAhead,
 }
 
 /// One primitive I/O for the shell to carry out.
@@ -281,6 +292,8 @@ enum Op {
         req: ReqId,
         len: u32,
     },
+    /// Origin bytes read ahead of a stream answered directly.
+    Ahead,
     Read {
         req: ReqId,
     },
@@ -397,6 +410,9 @@ pub struct ExecStats {
     pub chunks_warmed: u64,
     /// Bytes of the memory cache let go after reads went idle.
     pub memory_released_bytes: u64,
+    /// Reads answered straight from an origin with bytes read ahead of them
+    /// (`ahead.rs`), without an origin read of their own.
+    pub served_read_ahead: u64,
 }
 
 /// The executor's state: everything a crash forgets.
@@ -435,6 +451,9 @@ pub struct Exec {
     warm_queue: VecDeque<OpId>,
     /// Streams' read-ahead reads under way.
     warms_started: usize,
+    /// Origin bytes read ahead of streams answered straight from their
+    /// origin.
+    ahead: ahead::Ahead,
     /// When the last read came in.
     last_read: Option<Time>,
     /// Completions seen (for the planted lost-completion bug).
@@ -469,6 +488,7 @@ impl Exec {
             warming: BTreeSet::new(),
             warm_queue: VecDeque::new(),
             warms_started: 0,
+            ahead: ahead::Ahead::default(),
             last_read: None,
             completions: 0,
             stats: ExecStats::default(),
@@ -505,6 +525,12 @@ impl Exec {
     /// Reads not answered yet.
     pub fn parked(&self) -> usize {
         self.parked.len()
+    }
+
+    /// Origin bytes at hand, read ahead of streams answered straight from
+    /// their origin.
+    pub fn read_ahead_bytes(&self) -> u64 {
+        self.ahead.bytes()
     }
 
     /// Whether chunks wait for the disk or are being written or indexed.
@@ -556,10 +582,11 @@ impl Exec {
         let idle = self
             .last_read
             .is_none_or(|at| now.saturating_since(at) >= self.config.memory_idle);
-        if !idle || !self.parked.is_empty() || !self.fetches.is_empty() || self.memory.bytes == 0 {
+        let held = self.memory.bytes + self.ahead.bytes();
+        if !idle || !self.parked.is_empty() || !self.fetches.is_empty() || held == 0 {
             return 0;
         }
-        let freed = self.memory.bytes;
+        let freed = self.memory.bytes + self.ahead.release();
         self.memory.clear();
         self.stats.memory_released_bytes += freed;
         freed
@@ -606,6 +633,12 @@ impl Exec {
                     Ok(_) => e.passthrough_failed(now, req, FetchError::Changed),
                     Err(err) => e.passthrough_failed(now, req, err),
                 }
+            }
+            Some(Op::Ahead) => {
+                // Not the engine's: a failure is left to the reads waiting,
+                // which go to the origin themselves and report their own.
+                let out = self.ahead.landed(op, result.ok().map(Arc::<[u8]>::from));
+                self.carry_out(e, now, out);
             }
             Some(other) => {
                 self.ops.insert(op, other); // not an origin read: ignore
@@ -787,16 +820,34 @@ impl Exec {
                 source,
                 offset,
                 len,
+                streaming,
             } => {
-                let op = self.op(Op::Passthrough { req, len });
-                self.io.push_back(Io::OriginRead {
-                    op,
-                    source,
-                    offset,
-                    len,
-                    timeout: self.config.origin_request_timeout,
-                    purpose: Purpose::Passthrough(req),
-                });
+                match self.ahead.take(req, &source, offset, len) {
+                    ahead::Take::Ready(slices) => {
+                        self.stats.served_read_ahead += 1;
+                        self.reply(req, Reply::Slices(slices));
+                        e.read_finished(now, req, &[]);
+                    }
+                    ahead::Take::Waiting => {}
+                    ahead::Take::Miss => self.passthrough(req, source.clone(), offset, len),
+                }
+                let window = self.config.passthrough_ahead_bytes;
+                if streaming
+                    && window > 0
+                    && let Some((at, n)) = self.ahead.next(&source, offset + u64::from(len), window)
+                {
+                    let op = self.op(Op::Ahead);
+                    let out = self.ahead.started(&source, op, at, n);
+                    self.io.push_back(Io::OriginRead {
+                        op,
+                        source,
+                        offset: at,
+                        len: n,
+                        timeout: self.config.origin_request_timeout,
+                        purpose: Purpose::ReadAhead,
+                    });
+                    self.carry_out(e, now, out);
+                }
             }
             Output::Fetch(fetch) => self.start_fetch(e, now, fetch),
             Output::CancelFetch(id) => {
@@ -822,6 +873,36 @@ impl Exec {
                 }
                 self.io.push_back(Io::Notice(n));
             }
+        }
+    }
+
+    /// Reads `offset..offset + len` of `source` for read `req`.
+    fn passthrough(&mut self, req: ReqId, source: SourceFile, offset: u64, len: u32) {
+        let op = self.op(Op::Passthrough { req, len });
+        self.io.push_back(Io::OriginRead {
+            op,
+            source,
+            offset,
+            len,
+            timeout: self.config.origin_request_timeout,
+            purpose: Purpose::Passthrough(req),
+        });
+    }
+
+    /// Answers, sends on and aborts what the read-ahead of streams left.
+    fn carry_out(&mut self, e: &mut Engine, now: Time, out: ahead::Outcome) {
+        for op in out.abort {
+            if self.ops.remove(&op).is_some() {
+                self.io.push_back(Io::AbortOriginRead(op));
+            }
+        }
+        for (req, slices) in out.ready {
+            self.stats.served_read_ahead += 1;
+            self.reply(req, Reply::Slices(slices));
+            e.read_finished(now, req, &[]);
+        }
+        for (req, source, offset, len) in out.direct {
+            self.passthrough(req, source, offset, len);
         }
     }
 

@@ -45,6 +45,11 @@ struct World {
     fetched_bytes: u64,
     fetches_by_origin: [u64; 4],
     passthroughs_by_origin: [u64; 4],
+    /// Origin reads ahead of streams answered straight from their origin.
+    read_aheads_by_origin: [u64; 4],
+    /// Reads ahead the origin answers later.
+    held_read_aheads: Vec<Io>,
+    hold_read_aheads: bool,
     /// Writes the disk finishes later (a slow disk).
     held_writes: Vec<Io>,
     hold_writes: bool,
@@ -248,6 +253,10 @@ impl Harness {
                 ..
             } if self.world.hold_fetches => self.world.held.push((op, io)),
             Io::OriginRead {
+                purpose: Purpose::ReadAhead,
+                ..
+            } if self.world.hold_read_aheads => self.world.held_read_aheads.push(io),
+            Io::OriginRead {
                 op,
                 source,
                 offset,
@@ -259,6 +268,7 @@ impl Harness {
                 match purpose {
                     Purpose::Fetch(_) => self.world.fetches_by_origin[origin] += 1,
                     Purpose::Passthrough(_) => self.world.passthroughs_by_origin[origin] += 1,
+                    Purpose::ReadAhead => self.world.read_aheads_by_origin[origin] += 1,
                 }
                 let key = (source.origin.0, source.path.as_bytes().to_vec());
                 let result = if self.world.down.contains(&source.origin.0) {
@@ -278,7 +288,12 @@ impl Harness {
                 }
                 self.exec.origin_read_done(e, now, op, result);
             }
-            Io::AbortOriginRead(op) => self.world.held.retain(|(o, _)| *o != op),
+            Io::AbortOriginRead(op) => {
+                self.world.held.retain(|(o, _)| *o != op);
+                self.world
+                    .held_read_aheads
+                    .retain(|io| !matches!(io, Io::OriginRead { op: o, .. } if *o == op));
+            }
             Io::CheckOrigin { origin, check, .. } => {
                 let result = if self.world.down.contains(&origin.0) {
                     Err("down".to_string())
@@ -357,6 +372,15 @@ impl Harness {
         self.world.hold_chunk_reads = false;
         for (op, ids) in std::mem::take(&mut self.world.held_chunk_reads) {
             self.execute(Io::ReadChunks { op, ids });
+        }
+        self.pump();
+    }
+
+    /// Lets the origin answer the reads ahead it held.
+    fn release_read_aheads(&mut self) {
+        self.world.hold_read_aheads = false;
+        for io in std::mem::take(&mut self.world.held_read_aheads) {
+            self.execute(io);
         }
         self.pump();
     }
@@ -1394,4 +1418,153 @@ fn a_fill_waits_for_the_reader_to_rest_and_a_pinned_file_fills_inline() {
     assert_eq!(h.read("P", 0, 65536).unwrap(), want);
     assert!(h.world.fetches_by_origin[0] > before);
     assert_eq!(h.engine.fills_waiting().0, 0);
+}
+
+/// Reads `len` bytes of `title` from `offset` on, 128 KiB at a time (the
+/// kernel's reads of a sequential reader).
+fn read_stream(h: &mut Harness, title: &str, offset: u64, len: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < len {
+        let size = (len - got.len()).min(128 * 1024) as u32;
+        got.extend(h.read(title, offset + got.len() as u64, size).unwrap());
+    }
+    got
+}
+
+#[test]
+fn a_stream_answered_from_its_origin_is_read_ahead_of_in_memory() {
+    let config = Config {
+        fill_behind_origins: [OriginId(0)].into_iter().collect(),
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 5 * MIB + 4321)], config);
+    let want = h.origin_bytes("A").to_vec();
+    assert_eq!(read_stream(&mut h, "A", 0, want.len()), want);
+    // 42 kernel reads: the first megabyte's 8 asked the origin themselves
+    // (a tag reader reads no further), the rest were answered from
+    // megabytes read ahead of them.
+    let reads = want.len().div_ceil(128 * 1024) as u64;
+    assert_eq!(h.world.passthroughs_by_origin[0], 8);
+    assert_eq!(h.exec.stats().served_read_ahead, reads - 8);
+    // From 1 MiB on, 1 MiB at a time, to the end.
+    let ahead = (want.len() - MIB).div_ceil(MIB) as u64;
+    assert_eq!(h.world.read_aheads_by_origin[0], ahead);
+    // What was read is still cached behind the reader, as before.
+    assert_eq!(h.engine.fills_waiting().0, 1);
+    until_filled(&mut h);
+    assert_eq!(h.engine.cached(h.ino("A")), Cached::Full);
+    // The bytes are let go with the rest once reads go idle.
+    h.now += Duration::from_secs(60);
+    h.exec.release_idle_memory(h.now);
+    assert_eq!(h.exec.read_ahead_bytes(), 0);
+}
+
+#[test]
+fn a_lone_read_from_an_origin_is_not_read_ahead_of() {
+    let config = Config {
+        uncached_origins: [OriginId(0)].into_iter().collect(),
+        ..Config::default()
+    };
+    let mut h = Harness::new(&[("A", 4 * MIB)], config);
+    let want = h.origin_bytes("A").to_vec();
+    // A tag reader at the end of the file, then a seek into the middle.
+    let tail = (4 * MIB - 4096) as u64;
+    assert_eq!(h.read("A", tail, 4096).unwrap(), want[tail as usize..]);
+    assert_eq!(
+        h.read("A", MIB as u64, 65536).unwrap(),
+        want[MIB..MIB + 65536]
+    );
+    assert_eq!(h.world.read_aheads_by_origin[0], 0);
+    // The reads after the seek follow on from it: once they ran a
+    // megabyte, the stream is read ahead of.
+    let mut next = MIB as u64 + 65536;
+    while next < 2 * MIB as u64 {
+        assert_eq!(h.world.read_aheads_by_origin[0], 0);
+        assert_eq!(
+            h.read("A", next, 65536).unwrap(),
+            want[next as usize..next as usize + 65536]
+        );
+        next += 65536;
+    }
+    assert_eq!(h.world.read_aheads_by_origin[0], 1);
+    assert!(h.exec.read_ahead_bytes() > 0);
+}
+
+#[test]
+fn reads_wait_for_the_bytes_read_ahead_and_fail_over_if_that_read_fails() {
+    let config = Config {
+        fill_behind_origins: [OriginId(0), OriginId(1)].into_iter().collect(),
+        ..Config::default()
+    };
+    let mut h = Harness::with_origins(&[("A", 4 * MIB)], 2, config);
+    let want = h.origin_bytes("A").to_vec();
+    let k128 = 128 * 1024;
+    h.world.hold_read_aheads = true;
+    assert_eq!(read_stream(&mut h, "A", 0, MIB), want[..MIB]);
+    assert_eq!(h.world.held_read_aheads.len(), 1, "1 MiB past the reader");
+    // The next read's bytes are being read: it waits for them, and asks
+    // the origin for nothing of its own.
+    let second = h.start_read(h.ino("A"), MIB as u64, k128);
+    h.pump();
+    assert!(!h.world.replies.contains_key(&second));
+    assert_eq!(h.world.passthroughs_by_origin, [8, 0, 0, 0]);
+    h.release_read_aheads();
+    assert_eq!(
+        h.run_until_replied(second).unwrap(),
+        want[MIB..MIB + k128 as usize]
+    );
+    assert_eq!(h.world.passthroughs_by_origin, [8, 0, 0, 0]);
+    // Read on to where the next read ahead is under way, and make it fail:
+    // the read waiting for it goes to the origin itself, whose failure
+    // sends it to the mirror, as any read straight from an origin.
+    h.world.hold_read_aheads = true;
+    let mut at = MIB as u64 + u64::from(k128);
+    while h.world.held_read_aheads.is_empty() {
+        assert_eq!(
+            h.read("A", at, k128).unwrap(),
+            want[at as usize..(at + u64::from(k128)) as usize]
+        );
+        at += u64::from(k128);
+    }
+    // It reads the third megabyte; the reader may skip ahead into it.
+    let Io::OriginRead { offset: from, .. } = h.world.held_read_aheads[0] else {
+        unreachable!("only origin reads are held");
+    };
+    assert_eq!(from, 2 * MIB as u64);
+    let waiting = h.start_read(h.ino("A"), from + u64::from(k128), k128);
+    h.pump();
+    assert!(!h.world.replies.contains_key(&waiting));
+    h.set_down(0, true);
+    h.release_read_aheads();
+    let from = (from + u64::from(k128)) as usize;
+    assert_eq!(
+        h.run_until_replied(waiting).unwrap(),
+        want[from..from + k128 as usize]
+    );
+    assert!(h.world.passthroughs_by_origin[1] > 0, "the mirror answered");
+}
+
+#[test]
+fn at_most_four_streams_are_read_ahead_of_at_once() {
+    let config = Config {
+        fill_behind_origins: [OriginId(0)].into_iter().collect(),
+        ..Config::default()
+    };
+    let names = ["A", "B", "C", "D", "E", "F"];
+    let files: Vec<(&str, usize)> = names.iter().map(|&n| (n, 3 * MIB)).collect();
+    let mut h = Harness::new(&files, config);
+    // Six readers side by side, each a little further on in turn.
+    for round in 0..12u64 {
+        for name in names {
+            let at = round * 128 * 1024;
+            let want = h.origin_bytes(name)[at as usize..at as usize + 128 * 1024].to_vec();
+            assert_eq!(h.read(name, at, 128 * 1024).unwrap(), want);
+        }
+    }
+    // Each holds at most 2 MiB ahead of its reader; four are held.
+    assert!(
+        h.exec.read_ahead_bytes() <= 4 * 2 * MIB as u64,
+        "{} bytes read ahead",
+        h.exec.read_ahead_bytes()
+    );
 }

@@ -150,6 +150,9 @@ impl World {
                 timeout,
                 purpose,
             } => {
+                if purpose == Purpose::ReadAhead {
+                    self.stats.origin_read_aheads += 1;
+                }
                 if let Purpose::Passthrough(req) = purpose {
                     self.push(Ev::Passthrough {
                         req: req.0,

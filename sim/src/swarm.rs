@@ -313,6 +313,7 @@ impl Swarm {
             writes_in_flight: self.writes_in_flight,
             warm_reads_in_flight: self.warm_reads_in_flight,
             write_queue_bytes: 2 << 20,
+            passthrough_ahead_bytes: 64 << 10,
             ..base
         }
     }
@@ -331,6 +332,9 @@ impl Swarm {
             evict_stop_pct: 80,
             readahead_min_bytes: 256 << 10,
             readahead_max_bytes: 1 << 20,
+            // Simulated tracks are a few hundred KiB: read them ahead of
+            // after a few reads, in small pieces.
+            passthrough_ahead_after: 64 << 10,
             seek_align_bytes: 512 << 10,
             verify_batch_bytes: 1 << 20,
             disk_probe_interval: Duration::from_secs(2),

@@ -180,6 +180,8 @@ pub struct RunStats {
     pub tree_patches: u64,
     /// Read-aheads of kept chunks into memory the engine asked for.
     pub warms: u64,
+    /// Origin reads ahead of streams answered straight from their origin.
+    pub origin_read_aheads: u64,
     /// Loop iterations.
     pub steps: u64,
     /// turmoil ticks.

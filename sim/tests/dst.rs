@@ -293,10 +293,11 @@ fn run_range(a: &Args) -> bool {
     let reads: u64 = outcomes.iter().map(|o| o.stats.reads).sum();
     let events: u64 = outcomes.iter().map(|o| o.events).sum();
     let warms: u64 = outcomes.iter().map(|o| o.stats.warms).sum();
+    let origin_aheads: u64 = outcomes.iter().map(|o| o.stats.origin_read_aheads).sum();
     let rescans: u64 = outcomes.iter().map(|o| o.stats.rescans).sum();
     let patches: u64 = outcomes.iter().map(|o| o.stats.tree_patches).sum();
     println!(
-        "{} seeds in {secs:.1}s: {:.1} seeds/s, {reads} FUSE reads, {warms} read-aheads into memory, {rescans} rescans ({patches} trees patched, each equal to the whole build), {events} events",
+        "{} seeds in {secs:.1}s: {:.1} seeds/s, {reads} FUSE reads, {warms} read-aheads into memory, {origin_aheads} origin reads ahead of streams, {rescans} rescans ({patches} trees patched, each equal to the whole build), {events} events",
         outcomes.len(),
         outcomes.len() as f64 / secs.max(1e-9)
     );

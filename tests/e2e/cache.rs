@@ -521,6 +521,15 @@ fn a_fill_behind_origin_caches_what_was_read_once_the_file_rests() {
         doc["cache"]["reads_passthrough"].as_u64().unwrap() > 0,
         "the reader was answered from the origin: {doc}"
     );
+    // Past its first megabyte, the 3 MiB file's reads were answered from
+    // origin bytes read ahead of them (the hashes above are right).
+    assert!(
+        doc["cache"]["reads_passthrough_read_ahead"]
+            .as_u64()
+            .unwrap()
+            > 0,
+        "{doc}"
+    );
     let cached = bytes_under(&s.path("cache/chunks"));
     let read_bytes: u64 = read
         .iter()

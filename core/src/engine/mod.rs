@@ -56,6 +56,12 @@ pub struct Config {
     pub readahead_min_bytes: u64,
     /// Read-ahead of a long sequential reader.
     pub readahead_max_bytes: u64,
+    /// A sequential reader answered straight from its origin is read
+    /// ahead of (`Output::Passthrough::streaming`) once it has read this
+    /// much back to back: further than a tag reader and the kernel's
+    /// read-ahead behind it go, so a media server's scan of files whose
+    /// heads are not kept does not make the origin read more of each.
+    pub passthrough_ahead_after: u64,
     /// A seek this close to the end of mapped bytes starts its fetch there,
     /// so chunk boundaries match those of a whole-file cut.
     pub seek_align_bytes: u64,
@@ -143,6 +149,7 @@ impl Default for Config {
             evict_stop_pct: 80,
             readahead_min_bytes: 1 << 20,
             readahead_max_bytes: 16 << 20,
+            passthrough_ahead_after: 1 << 20,
             seek_align_bytes: 2 << 20,
             verify_batch_bytes: 8 << 20,
             disk_probe_interval: Duration::from_secs(10),
@@ -197,6 +204,8 @@ struct Read {
     /// go of) reads what it asks for; if a stream follows, its next read
     /// starts the read-ahead.
     streaming: bool,
+    /// Bytes the file's reader read back to back up to this read's end.
+    run: u64,
 }
 
 /// A read handed to the io-shell to answer.
@@ -240,6 +249,8 @@ struct Backoff {
 #[derive(Clone, Copy, Debug)]
 struct Readahead {
     last_end: u64,
+    /// Where the reader's run of back-to-back reads started.
+    run_start: u64,
     window: u64,
     /// How far its cached chunks were read ahead into memory.
     warmed_to: u64,
@@ -719,9 +730,10 @@ impl Engine {
             deadline: now + self.config.read_timeout,
             waited: false,
             streaming: false,
+            run: 0,
         };
         if read.offset < read.end {
-            read.streaming = self.note_access_pattern(ino, read.offset, read.end);
+            (read.streaming, read.run) = self.note_access_pattern(ino, read.offset, read.end);
         }
         self.pending.insert(req, read);
         self.plan_read(now, req);
@@ -861,6 +873,7 @@ impl Engine {
                     source,
                     offset: read.offset,
                     len,
+                    streaming: read.streaming && read.run >= self.config.passthrough_ahead_after,
                 });
             }
             Plan::Wait => {
@@ -1402,8 +1415,9 @@ impl Engine {
 
     /// Grows the read-ahead window of sequential readers, resets it on
     /// seeks. Returns whether this read follows on from the last ones, or
-    /// starts at the file's beginning (a track played, or played again).
-    fn note_access_pattern(&mut self, ino: Ino, offset: u64, end: u64) -> bool {
+    /// starts at the file's beginning (a track played, or played again),
+    /// and how long the run of back-to-back reads it ends is.
+    fn note_access_pattern(&mut self, ino: Ino, offset: u64, end: u64) -> (bool, u64) {
         if self.readahead.len() >= READAHEAD_ENTRIES_MAX && !self.readahead.contains_key(&ino) {
             self.readahead.clear();
         }
@@ -1411,6 +1425,7 @@ impl Engine {
         let max = self.config.readahead_max_bytes;
         let ra = self.readahead.entry(ino).or_insert(Readahead {
             last_end: 0,
+            run_start: 0,
             window: min,
             warmed_to: 0,
         });
@@ -1425,8 +1440,12 @@ impl Engine {
         ra.last_end = if near { ra.last_end.max(end) } else { end };
         if !near {
             ra.warmed_to = 0;
+            ra.run_start = offset;
         }
-        near || offset == 0
+        (
+            near || offset == 0,
+            end.saturating_sub(ra.run_start.min(offset)),
+        )
     }
 
     // ----- fetch results ---------------------------------------------------

@@ -431,6 +431,12 @@ impl Daemon {
                         o.passthrough_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
+                // Read for a stream answered straight from the origin; a
+                // failure is the reads' to report (they ask again).
+                Purpose::ReadAhead => {
+                    o.passthrough_reads.fetch_add(1, Ordering::Relaxed);
+                    o.passthrough_bytes.fetch_add(bytes, Ordering::Relaxed);
+                }
             }
         }
         if let Err(e) = &result {

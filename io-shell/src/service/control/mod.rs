@@ -187,6 +187,8 @@ impl Control {
                 "file_flushes": self.daemon.io_stats.file_flushes.load(std::sync::atomic::Ordering::Relaxed),
                 "reads_failed": s.reads_failed,
                 "reads_passthrough": s.reads_passthrough,
+                // Of those: answered with origin bytes read ahead of them.
+                "reads_passthrough_read_ahead": x.served_read_ahead,
                 "fetched_bytes": s.fetched_bytes,
                 "chunks_dropped": s.chunks_dropped,
                 "chunks_evicted": s.chunks_evicted,
