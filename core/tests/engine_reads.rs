@@ -399,6 +399,22 @@ impl Harness {
 
 const MIB: usize = 1 << 20;
 
+/// A configuration whose `origins` fill behind their readers.
+fn fill_behind(origins: &[u16]) -> Config {
+    Config {
+        fill_behind_origins: origins.iter().copied().map(OriginId).collect(),
+        ..Config::default()
+    }
+}
+
+/// A configuration whose `origins` are `cache=off`.
+fn uncached(origins: &[u16]) -> Config {
+    Config {
+        uncached_origins: origins.iter().copied().map(OriginId).collect(),
+        ..Config::default()
+    }
+}
+
 #[test]
 fn reads_return_the_origin_bytes_everywhere() {
     let mut h = Harness::new(
@@ -1148,10 +1164,7 @@ fn pins_follow_moves_are_saved_and_shrink_to_fit_when_restored() {
 
 #[test]
 fn a_cache_off_origin_is_read_straight_through_and_fails_over_to_a_mirror() {
-    let config = Config {
-        uncached_origins: [OriginId(0)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = uncached(&[0]);
     let mut h = Harness::with_origins(&[("A", 3 * MIB)], 2, config);
     let want = h.origin_bytes("A").to_vec();
     assert_eq!(read_whole(&mut h, "A"), want);
@@ -1299,10 +1312,7 @@ fn until_filled(h: &mut Harness) {
 
 #[test]
 fn a_fill_behind_origin_answers_from_the_origin_then_caches_what_was_read() {
-    let config = Config {
-        fill_behind_origins: [OriginId(0)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = fill_behind(&[0]);
     let mut h = Harness::new(&[("A", 3 * MIB + 11), ("B", 4 * MIB)], config);
     let want_a = h.origin_bytes("A").to_vec();
     let want_b = h.origin_bytes("B").to_vec();
@@ -1353,10 +1363,7 @@ fn a_fill_behind_origin_answers_from_the_origin_then_caches_what_was_read() {
 
 #[test]
 fn a_fill_holds_at_most_the_write_queue_between_the_origin_and_the_disk() {
-    let config = Config {
-        fill_behind_origins: [OriginId(0)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = fill_behind(&[0]);
     let mut h = Harness::new(&[("A", 40 * MIB)], config);
     let want = h.origin_bytes("A").to_vec();
     assert_eq!(read_whole(&mut h, "A"), want);
@@ -1391,9 +1398,8 @@ fn a_fill_holds_at_most_the_write_queue_between_the_origin_and_the_disk() {
 #[test]
 fn a_fill_waits_for_the_reader_to_rest_and_a_pinned_file_fills_inline() {
     let config = Config {
-        fill_behind_origins: [OriginId(0)].into_iter().collect(),
         fill_behind_after: Duration::from_secs(2),
-        ..Config::default()
+        ..fill_behind(&[0])
     };
     let mut h = Harness::new(&[("A", 2 * MIB), ("P", 2 * MIB)], config);
     let ino = h.ino("A");
@@ -1433,10 +1439,7 @@ fn read_stream(h: &mut Harness, title: &str, offset: u64, len: usize) -> Vec<u8>
 
 #[test]
 fn a_stream_answered_from_its_origin_is_read_ahead_of_in_memory() {
-    let config = Config {
-        fill_behind_origins: [OriginId(0)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = fill_behind(&[0]);
     let mut h = Harness::new(&[("A", 5 * MIB + 4321)], config);
     let want = h.origin_bytes("A").to_vec();
     assert_eq!(read_stream(&mut h, "A", 0, want.len()), want);
@@ -1461,10 +1464,7 @@ fn a_stream_answered_from_its_origin_is_read_ahead_of_in_memory() {
 
 #[test]
 fn a_lone_read_from_an_origin_is_not_read_ahead_of() {
-    let config = Config {
-        uncached_origins: [OriginId(0)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = uncached(&[0]);
     let mut h = Harness::new(&[("A", 4 * MIB)], config);
     let want = h.origin_bytes("A").to_vec();
     // A tag reader at the end of the file, then a seek into the middle.
@@ -1492,10 +1492,7 @@ fn a_lone_read_from_an_origin_is_not_read_ahead_of() {
 
 #[test]
 fn reads_wait_for_the_bytes_read_ahead_and_fail_over_if_that_read_fails() {
-    let config = Config {
-        fill_behind_origins: [OriginId(0), OriginId(1)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = fill_behind(&[0, 1]);
     let mut h = Harness::with_origins(&[("A", 4 * MIB)], 2, config);
     let want = h.origin_bytes("A").to_vec();
     let k128 = 128 * 1024;
@@ -1546,10 +1543,7 @@ fn reads_wait_for_the_bytes_read_ahead_and_fail_over_if_that_read_fails() {
 
 #[test]
 fn at_most_four_streams_are_read_ahead_of_at_once() {
-    let config = Config {
-        fill_behind_origins: [OriginId(0)].into_iter().collect(),
-        ..Config::default()
-    };
+    let config = fill_behind(&[0]);
     let names = ["A", "B", "C", "D", "E", "F"];
     let files: Vec<(&str, usize)> = names.iter().map(|&n| (n, 3 * MIB)).collect();
     let mut h = Harness::new(&files, config);
