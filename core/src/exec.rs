@@ -637,7 +637,10 @@ impl Exec {
             Some(Op::Ahead) => {
                 // Not the engine's: a failure is left to the reads waiting,
                 // which go to the origin themselves and report their own.
-                let out = self.ahead.landed(op, result.ok().map(Arc::<[u8]>::from));
+                let misplace = e.config().bugs().misplace_read_ahead;
+                let out = self
+                    .ahead
+                    .landed(op, result.ok().map(Arc::<[u8]>::from), misplace);
                 self.carry_out(e, now, out);
             }
             Some(other) => {

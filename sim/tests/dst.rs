@@ -33,6 +33,8 @@ USAGE: cargo test -p sim -- [OPTIONS]
   --trace                with --seed: print every event as it happens
   --jobs J               worker threads (default: available cores; env SIM_JOBS)
   --plant KIND           plant a bug: skip-verify | leak-pin | stalled-healthy | evict-pinned
+                         | index-before-durable | lose-completion | store-during-evict
+                         | misplace-read-ahead
   --planted-check        only prove that each planted bug is found
   --no-planted           skip the planted-bug check after the seeds
   --check-determinism K  run the first K seeds twice and compare traces (default 3)
@@ -68,6 +70,7 @@ fn parse_plant(kind: &str) -> Result<PlantedBugs, String> {
         "index-before-durable" => p.index_before_durable = true,
         "lose-completion" => p.lose_completion = true,
         "store-during-evict" => p.store_during_evict = true,
+        "misplace-read-ahead" => p.misplace_read_ahead = true,
         other => return Err(format!("unknown planted bug {other:?}")),
     }
     Ok(p)
@@ -130,6 +133,8 @@ fn plant_name(p: &PlantedBugs) -> &'static str {
         "lose-completion"
     } else if p.store_during_evict {
         "store-during-evict"
+    } else if p.misplace_read_ahead {
+        "misplace-read-ahead"
     } else {
         "none"
     }
@@ -315,6 +320,7 @@ const PLANTED: &[(&str, &[&str])] = &[
     ("index-before-durable", &["index after durable"]),
     ("lose-completion", &["pins", "one reply", "liveness (EIO)"]),
     ("store-during-evict", &["cached but deleted"]),
+    ("misplace-read-ahead", &["safety"]),
 ];
 
 /// Seeds that once found a real bug, kept so it stays fixed: each must pass,

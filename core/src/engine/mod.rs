@@ -122,6 +122,9 @@ pub struct PlantedBugs {
     pub stalled_origin_is_healthy: bool,
     /// Let eviction take chunks of pinned files.
     pub evict_pinned: bool,
+    /// Executor: keep origin bytes read ahead of a stream one byte further
+    /// on than they were read.
+    pub misplace_read_ahead: bool,
 }
 
 impl Config {

@@ -246,8 +246,8 @@ impl Ahead {
 
     /// Op `op` ended: its bytes (`None` if it failed or came back short).
     /// The reads waiting for it are answered, or sent to the origin
-    /// themselves.
-    pub fn landed(&mut self, op: OpId, bytes: Option<Arc<[u8]>>) -> Outcome {
+    /// themselves. `misplace` is the planted bug of that name.
+    pub fn landed(&mut self, op: OpId, bytes: Option<Arc<[u8]>>, misplace: bool) -> Outcome {
         let mut out = Outcome::default();
         let Some(i) = self
             .streams
@@ -263,7 +263,7 @@ impl Ahead {
         match bytes.filter(|b| b.len() as u64 == end - offset) {
             Some(bytes) => {
                 self.bytes += bytes.len() as u64;
-                s.have.push_back((offset, bytes));
+                s.have.push_back((offset + u64::from(misplace), bytes));
                 for (req, at, len) in std::mem::take(&mut s.waiting) {
                     match s.slices(at, len) {
                         Some(slices) => out.ready.push((req, slices)),
