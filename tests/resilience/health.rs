@@ -493,6 +493,50 @@ fn truncated_origin_answers_are_never_served_in_passthrough() {
     assert_eq!(errors.len(), 8, "every 128 KiB read fails: {errors:?}");
 }
 
+/// A stream read straight from the origin (the cache disk is full) is read
+/// ahead of in memory. Once the origin cuts its answers short, what was read
+/// ahead before is still the origin's bytes; nothing cut short reaches a
+/// reader: a short read ahead is dropped, and the reads waiting for it ask
+/// the origin themselves and fail.
+#[test]
+fn truncated_answers_to_a_read_ahead_are_never_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let files = library(&dir.path().join("lib"), 2, 4 << 20);
+    let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&cache).unwrap()));
+    store.inject_enospc.store(true, Ordering::SeqCst);
+    let (d, origins) = faulty_daemon_on(
+        Arc::clone(&store) as Arc<dyn ChunkBackend>,
+        &cache,
+        &[&dir.path().join("lib")],
+        fast_faults(),
+    );
+    let (first, want_first) = &files[0];
+    assert!(read_file_checked(&d, first, want_first).is_empty());
+    assert!(
+        musicfs_tests::wait_for(Duration::from_secs(10), || d
+            .daemon
+            .inspect(|e| e.in_passthrough())),
+        "in passthrough"
+    );
+    let (cut, want_cut) = &files[1];
+    let before = d.daemon.exec_stats().served_read_ahead;
+    for offset in (0..2 << 20).step_by(128 * 1024) {
+        assert_eq!(read_checked(&d, cut, want_cut, offset, 128 * 1024), Ok(()));
+    }
+    assert!(
+        d.daemon.exec_stats().served_read_ahead > before,
+        "the second megabyte was answered from bytes read ahead"
+    );
+    origins[0].set_mode(FailMode::PartialRead { max_bytes: 1000 });
+    let errors: Vec<Errno> = (2 << 20..4 << 20)
+        .step_by(128 * 1024)
+        .filter_map(|offset| read_checked(&d, cut, want_cut, offset, 128 * 1024).err())
+        .collect();
+    assert!(!errors.is_empty(), "cut answers went unnoticed");
+    assert!(errors.iter().all(|&e| e == Errno::Io), "{errors:?}");
+}
+
 #[test]
 fn a_missing_file_fails_its_reads_but_not_its_origin() {
     let dir = tempfile::tempdir().unwrap();
