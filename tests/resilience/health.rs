@@ -234,9 +234,12 @@ fn fast_faults() -> Config {
     }
 }
 
+/// Tracks: each one's virtual path and bytes.
+type Tracks = Vec<(String, Vec<u8>)>;
+
 /// Writes `n` tracks of `bytes` bytes each under `root`; returns each one's
 /// virtual path and bytes.
-fn library(root: &Path, n: usize, bytes: usize) -> Vec<(String, Vec<u8>)> {
+fn library(root: &Path, n: usize, bytes: usize) -> Tracks {
     (0..n)
         .map(|i| {
             let file = root.join(format!("t{i}.wav"));
@@ -463,30 +466,38 @@ fn truncated_origin_answers_are_never_served() {
     assert!(read_file_checked(&d, whole, want_whole).is_empty());
 }
 
-/// With the cache disk full the daemon reads straight from the origin
-/// (passthrough): a truncated answer must not reach the reader there either.
-#[test]
-fn truncated_origin_answers_are_never_served_in_passthrough() {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let files = library(&dir.path().join("lib"), 2, 1 << 20);
+/// A daemon over two tracks of `bytes` bytes each whose cache disk is full:
+/// the first track is read (answered from memory; the failed write behind
+/// switches the daemon to passthrough), so the second is read straight from
+/// the origin.
+fn in_passthrough(dir: &Path, bytes: usize) -> (TestDaemon, Vec<Arc<FaultyOrigin>>, Tracks) {
+    let cache = dir.join("cache");
+    let files = library(&dir.join("lib"), 2, bytes);
     let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&cache).unwrap()));
     store.inject_enospc.store(true, Ordering::SeqCst);
     let (d, origins) = faulty_daemon_on(
         Arc::clone(&store) as Arc<dyn ChunkBackend>,
         &cache,
-        &[&dir.path().join("lib")],
+        &[&dir.join("lib")],
         fast_faults(),
     );
     let (first, want_first) = &files[0];
     assert!(read_file_checked(&d, first, want_first).is_empty());
-    // Answered from memory; the failed write behind switches to passthrough.
     assert!(
         musicfs_tests::wait_for(Duration::from_secs(10), || d
             .daemon
             .inspect(|e| e.in_passthrough())),
         "in passthrough"
     );
+    (d, origins, files)
+}
+
+/// With the cache disk full the daemon reads straight from the origin
+/// (passthrough): a truncated answer must not reach the reader there either.
+#[test]
+fn truncated_origin_answers_are_never_served_in_passthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d, origins, files) = in_passthrough(dir.path(), 1 << 20);
     origins[0].set_mode(FailMode::PartialRead { max_bytes: 1000 });
     let (cut, want_cut) = &files[1];
     let errors = read_file_checked(&d, cut, want_cut);
@@ -501,24 +512,7 @@ fn truncated_origin_answers_are_never_served_in_passthrough() {
 #[test]
 fn truncated_answers_to_a_read_ahead_are_never_served() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let files = library(&dir.path().join("lib"), 2, 4 << 20);
-    let store = Arc::new(FaultyCasStore::new(ChunkStore::open(&cache).unwrap()));
-    store.inject_enospc.store(true, Ordering::SeqCst);
-    let (d, origins) = faulty_daemon_on(
-        Arc::clone(&store) as Arc<dyn ChunkBackend>,
-        &cache,
-        &[&dir.path().join("lib")],
-        fast_faults(),
-    );
-    let (first, want_first) = &files[0];
-    assert!(read_file_checked(&d, first, want_first).is_empty());
-    assert!(
-        musicfs_tests::wait_for(Duration::from_secs(10), || d
-            .daemon
-            .inspect(|e| e.in_passthrough())),
-        "in passthrough"
-    );
+    let (d, origins, files) = in_passthrough(dir.path(), 4 << 20);
     let (cut, want_cut) = &files[1];
     let before = d.daemon.exec_stats().served_read_ahead;
     for offset in (0..2 << 20).step_by(128 * 1024) {
