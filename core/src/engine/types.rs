@@ -235,8 +235,9 @@ pub enum Output {
         offset: u64,
         /// Number of bytes.
         len: u32,
-        /// The read follows on from the file's last reads: the executor
-        /// reads the origin ahead of it into memory (a hint).
+        /// The read ends a run of back-to-back reads of at least
+        /// `Config::passthrough_ahead_after`: the executor reads the origin
+        /// ahead of it into memory (a hint).
         streaming: bool,
     },
     /// Start a fetch and report `fetch_progress` and `fetch_done`.
