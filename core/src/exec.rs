@@ -826,11 +826,7 @@ impl Exec {
                 streaming,
             } => {
                 match self.ahead.take(req, &source, offset, len) {
-                    ahead::Take::Ready(slices) => {
-                        self.stats.served_read_ahead += 1;
-                        self.reply(req, Reply::Slices(slices));
-                        e.read_finished(now, req, &[]);
-                    }
+                    ahead::Take::Ready(slices) => self.serve_read_ahead(e, now, req, slices),
                     ahead::Take::Waiting => {}
                     ahead::Take::Miss => self.passthrough(req, source.clone(), offset, len),
                 }
@@ -892,6 +888,13 @@ impl Exec {
         });
     }
 
+    /// Answers read `req` with origin bytes read ahead of it.
+    fn serve_read_ahead(&mut self, e: &mut Engine, now: Time, req: ReqId, slices: Vec<Slice>) {
+        self.stats.served_read_ahead += 1;
+        self.reply(req, Reply::Slices(slices));
+        e.read_finished(now, req, &[]);
+    }
+
     /// Answers, sends on and aborts what the read-ahead of streams left.
     fn carry_out(&mut self, e: &mut Engine, now: Time, out: ahead::Outcome) {
         for op in out.abort {
@@ -900,9 +903,7 @@ impl Exec {
             }
         }
         for (req, slices) in out.ready {
-            self.stats.served_read_ahead += 1;
-            self.reply(req, Reply::Slices(slices));
-            e.read_finished(now, req, &[]);
+            self.serve_read_ahead(e, now, req, slices);
         }
         for (req, source, offset, len) in out.direct {
             self.passthrough(req, source, offset, len);
