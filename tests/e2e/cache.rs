@@ -3,7 +3,7 @@
 
 use musicfs_tests::disk::Tmpfs;
 use musicfs_tests::fixtures::{WavTags, write_wav, write_wav_tagged};
-use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
+use musicfs_tests::mount::{MountCommand, Mounted, NOBODY, as_nobody, control_ok, is_mounted};
 use musicfs_tests::{files_under, sha256_bytes, sha256_file, wait_for};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -608,6 +608,80 @@ fn an_origin_with_cache_off_is_read_straight_through_and_never_cached() {
     for rel in s.want.keys() {
         let err = sha256_file(&m.mountpoint.join(rel)).expect_err("no origin, no bytes");
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{rel:?}: {err}");
+    }
+    assert!(m.stop().success());
+}
+
+#[test]
+fn cache_off_without_the_privilege_for_passthrough_is_read_by_the_daemon_and_opens_stop() {
+    // A daemon run by a normal user: the kernel agrees to FUSE passthrough
+    // but refuses it backing files (that needs CAP_SYS_ADMIN).
+    let s = Setup::new(4);
+    let wrapper = as_nobody(
+        Path::new(BIN),
+        s.dir.path(),
+        &[s.path("cache"), s.path("mnt")],
+    );
+    let origin = format!("{},cache=off", s.path("lib").display());
+    let m = MountCommand::new(
+        &wrapper,
+        &[Path::new(&origin)],
+        &s.path("cache"),
+        &s.path("mnt"),
+        &s.path("log"),
+    )
+    .env("XDG_RUNTIME_DIR", "")
+    .start(UP);
+    // Every file opened three times, each time read whole and exactly, by
+    // the mount's user (the mount is not --allow-other).
+    for _ in 0..3 {
+        let out = Command::new("setpriv")
+            .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}")])
+            .args(["--clear-groups", "--", "sha256sum", "--"])
+            .args(s.want.keys().map(|rel| m.mountpoint.join(rel)))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}\n{}", m.log_text());
+        let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().next().unwrap_or_default().to_owned())
+            .collect();
+        let want: Vec<&String> = s.want.values().collect();
+        assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    }
+    // Root finds the user's mount (its socket is under /tmp/musicfs-UID).
+    let out = Command::new(BIN)
+        .args(["status", "--json"])
+        .arg(&m.mountpoint)
+        .env("XDG_RUNTIME_DIR", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = m.log_text();
+    let cache = &status["cache"];
+    assert!(
+        cache["reads_passthrough"].as_u64().unwrap_or(0) > 0,
+        "the daemon read the origin files: {status:#}"
+    );
+    assert_eq!(cache["bytes"], 0, "nothing cached: {status:#}");
+    assert_eq!(bytes_under(&s.path("cache/chunks")), 0);
+    // With no passthrough to set up, an open needs no round trip: the
+    // OPEN after the refusal is answered ENOSYS, and the kernel sends
+    // no more (12 opens in all).
+    let opens = cache["file_opens"].as_u64();
+    if log.contains("kernel passthrough on") {
+        assert!(
+            log.contains("the kernel refused a backing file"),
+            "a normal user gets no backing file:\n{log}"
+        );
+        assert_eq!(
+            opens,
+            Some(2),
+            "the refused open and one ENOSYS: {status:#}"
+        );
+    } else {
+        assert_eq!(opens, Some(1), "one ENOSYS: {status:#}");
     }
     assert!(m.stop().success());
 }

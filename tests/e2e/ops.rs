@@ -3,7 +3,7 @@
 //! mount run by a normal user; `--log-file` and SIGHUP; Prometheus metrics.
 
 use musicfs_tests::fixtures::write_wav;
-use musicfs_tests::mount::{MountCommand, control_ok, is_mounted};
+use musicfs_tests::mount::{MountCommand, NOBODY, as_nobody, control_ok, is_mounted};
 use musicfs_tests::wait_for;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -14,7 +14,6 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_musicfs");
 const MOUNT_TIMEOUT: Duration = Duration::from_secs(60);
-const NOBODY: u32 = 65534;
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -489,25 +488,8 @@ fn status_of_a_mount_run_by_a_normal_user() {
     let fx = Fixture::new();
     // A copy of the binary the other users can run, and a wrapper that
     // runs it as nobody.
-    let bin_dir = fx.path("bin");
-    std::fs::create_dir(&bin_dir).expect("bin");
-    let bin = bin_dir.join("musicfs");
-    std::fs::copy(BIN, &bin).expect("copy");
-    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let wrapper = bin_dir.join("musicfs-as-nobody");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- {} \"$@\"\n",
-            bin.display()
-        ),
-    )
-    .expect("wrapper");
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    for dir in [fx.path("cache"), fx.mnt()] {
-        std::fs::create_dir(&dir).expect("dir");
-        std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
-    }
+    let wrapper = as_nobody(Path::new(BIN), fx.dir.path(), &[fx.path("cache"), fx.mnt()]);
+    let bin = fx.path("bin/musicfs");
     let m = MountCommand::in_dir(&wrapper, fx.dir.path())
         .env("XDG_RUNTIME_DIR", "")
         .start(MOUNT_TIMEOUT);

@@ -62,6 +62,40 @@ pub fn abort_fuse_connection(path: &Path) {
     }
 }
 
+/// The uid of `nobody`, a normal user with no privilege.
+pub const NOBODY: u32 = 65534;
+
+/// Sets up `dir` (a test's folder) for a daemon run as [`NOBODY`]: a copy
+/// of the binary `bin` that user can run (the build's is under root's
+/// home) and a wrapper script that runs it as that user through setpriv,
+/// as a normal user's login would. `dir` and the folders `owned` (created
+/// here, such as the cache and the mountpoint) become that user's to use.
+/// Returns the wrapper, to give [`MountCommand`] as the binary.
+pub fn as_nobody(bin: &Path, dir: &Path, owned: &[PathBuf]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod dir");
+    let bin_dir = dir.join("bin");
+    std::fs::create_dir(&bin_dir).expect("bin");
+    let copy = bin_dir.join("musicfs");
+    std::fs::copy(bin, &copy).expect("copy the binary");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let wrapper = bin_dir.join("musicfs-as-nobody");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- {} \"$@\"\n",
+            copy.display()
+        ),
+    )
+    .expect("wrapper");
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    for dir in owned {
+        std::fs::create_dir_all(dir).expect("dir");
+        std::os::unix::fs::chown(dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    }
+    wrapper
+}
+
 /// A running daemon and its mount; unmounted and reaped when dropped.
 pub struct Mounted {
     /// The daemon.

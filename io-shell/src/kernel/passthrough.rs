@@ -61,6 +61,12 @@ impl KernelPassthrough {
         !self.roots.is_empty()
     }
 
+    /// Whether opens are passed through: the kernel agreed, and has not
+    /// refused a backing file since.
+    pub fn on(&self) -> bool {
+        self.enabled.load(Ordering::SeqCst)
+    }
+
     /// The kernel agreed to FUSE_PASSTHROUGH.
     pub fn enable(&self) {
         self.enabled.store(true, Ordering::SeqCst);
@@ -69,11 +75,14 @@ impl KernelPassthrough {
     /// Answers an open of `ino` with a backing file if it can; gives the
     /// reply back otherwise.
     pub fn try_open(&self, daemon: &Daemon, ino: Ino, reply: ReplyOpen) -> Option<ReplyOpen> {
-        if !self.enabled.load(Ordering::SeqCst) {
+        if !self.on() {
             return Some(reply);
         }
-        let Some((root, rel, size, mtime_ns)) = daemon.inspect(|e| {
-            let file = e.tree().file(ino)?;
+        // The tree's snapshot, not the engine: an open of any other file
+        // must not wait for the engine's lock.
+        let tree = daemon.tree();
+        let Some((root, rel, size, mtime_ns)) = (|| {
+            let file = tree.file(ino)?;
             let all_off = file
                 .sources
                 .iter()
@@ -86,7 +95,7 @@ impl KernelPassthrough {
                 src.version.size,
                 src.version.mtime_ns,
             ))
-        }) else {
+        })() else {
             return Some(reply);
         };
         let mut backings = self.backings.lock();
