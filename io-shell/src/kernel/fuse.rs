@@ -338,10 +338,11 @@ impl Filesystem for MusicFs {
             .io_stats
             .file_opens
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match self.daemon.tree().open(tree, write) {
+        let snapshot = self.daemon.tree();
+        match snapshot.open(tree, write) {
             Ok(()) if self.no_open_support && !self.passthrough.on() => reply.error(Errno::ENOSYS),
             Ok(()) => {
-                let Some(reply) = self.passthrough.try_open(&self.daemon, tree, reply) else {
+                let Some(reply) = self.passthrough.try_open(&snapshot, tree, reply) else {
                     return; // the kernel reads the origin file itself
                 };
                 // The bytes of a version never change: keep the kernel's

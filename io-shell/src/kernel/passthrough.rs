@@ -14,10 +14,14 @@
 //!
 //! The kernel wants one backing id per inode for all its open handles: ids
 //! are shared by inode and dropped with the last handle (`release`).
+//!
+//! The backing file is given at open, so while passthrough is on every
+//! open of every file of the mount reaches the daemon; once it is off,
+//! opens need no daemon (see `MusicFs::open`).
 
-use crate::exec::daemon::Daemon;
 use crate::origin::beneath::{self, Purpose};
 use fuser::{BackingId, ReplyOpen};
+use musicfs_core::tree::VirtualTree;
 use musicfs_core::{Ino, OriginId};
 use parking_lot::Mutex;
 use std::collections::{BTreeMap, HashMap};
@@ -72,30 +76,13 @@ impl KernelPassthrough {
         self.enabled.store(true, Ordering::SeqCst);
     }
 
-    /// Answers an open of `ino` with a backing file if it can; gives the
-    /// reply back otherwise.
-    pub fn try_open(&self, daemon: &Daemon, ino: Ino, reply: ReplyOpen) -> Option<ReplyOpen> {
+    /// Answers an open of `ino` (a file of `tree`, the tree's snapshot) with
+    /// a backing file if it can; gives the reply back otherwise.
+    pub fn try_open(&self, tree: &VirtualTree, ino: Ino, reply: ReplyOpen) -> Option<ReplyOpen> {
         if !self.on() {
             return Some(reply);
         }
-        // The tree's snapshot, not the engine: an open of any other file
-        // must not wait for the engine's lock.
-        let tree = daemon.tree();
-        let Some((root, rel, size, mtime_ns)) = (|| {
-            let file = tree.file(ino)?;
-            let all_off = file
-                .sources
-                .iter()
-                .all(|s| self.roots.contains_key(&s.origin));
-            let src = file.sources.first().filter(|_| all_off)?;
-            let root = self.roots.get(&src.origin)?.clone();
-            Some((
-                root,
-                src.path.as_bytes().to_vec(),
-                src.version.size,
-                src.version.mtime_ns,
-            ))
-        })() else {
+        let Some((root, rel, size, mtime_ns)) = self.origin_file(tree, ino) else {
             return Some(reply);
         };
         let mut backings = self.backings.lock();
@@ -139,6 +126,25 @@ impl KernelPassthrough {
         drop(backings);
         reply.opened_passthrough(fuser::FileHandle(handle), fuser::FopenFlags::empty(), &id);
         None
+    }
+
+    /// Where the kernel may read file `ino` itself: every source of it is
+    /// in a `cache=off` origin. Its origin's root, its path beneath it, and
+    /// the size and mtime the tree shows of it.
+    fn origin_file(&self, tree: &VirtualTree, ino: Ino) -> Option<(PathBuf, Vec<u8>, u64, i64)> {
+        let file = tree.file(ino)?;
+        let all_off = file
+            .sources
+            .iter()
+            .all(|s| self.roots.contains_key(&s.origin));
+        let src = file.sources.first().filter(|_| all_off)?;
+        let root = self.roots.get(&src.origin)?.clone();
+        Some((
+            root,
+            src.path.as_bytes().to_vec(),
+            src.version.size,
+            src.version.mtime_ns,
+        ))
     }
 
     /// The open with this handle was closed.
