@@ -424,18 +424,14 @@ impl Daemon {
                         o.request_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Purpose::Passthrough(_) => {
+                Purpose::Passthrough(_) | Purpose::ReadAhead => {
                     o.passthrough_reads.fetch_add(1, Ordering::Relaxed);
                     o.passthrough_bytes.fetch_add(bytes, Ordering::Relaxed);
-                    if result.is_err() {
+                    // A failed read ahead of a stream is the reads' to
+                    // report: they ask the origin again themselves.
+                    if result.is_err() && purpose != Purpose::ReadAhead {
                         o.passthrough_errors.fetch_add(1, Ordering::Relaxed);
                     }
-                }
-                // Read for a stream answered straight from the origin; a
-                // failure is the reads' to report (they ask again).
-                Purpose::ReadAhead => {
-                    o.passthrough_reads.fetch_add(1, Ordering::Relaxed);
-                    o.passthrough_bytes.fetch_add(bytes, Ordering::Relaxed);
                 }
             }
         }
