@@ -402,8 +402,12 @@ impl Memory {
 /// What the executor did, for `musicfs status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecStats {
-    /// Reads whose chunks were all in memory (or being stored).
+    /// Reads whose chunks were all in memory (or being stored), or being
+    /// read ahead into it.
     pub served_from_memory: u64,
+    /// Of those, the reads that waited for a read-ahead still reading
+    /// their chunks: how far behind a scan its read-ahead runs.
+    pub waited_for_read_ahead: u64,
     /// Reads that had chunk files read from the cache disk.
     pub served_from_disk: u64,
     /// Chunks read ahead into memory (`Output::Warm`) and found sound.
@@ -948,6 +952,7 @@ impl Exec {
             // start it now if it is still waiting its turn.
             self.hurry_warms(&ids);
             self.stats.served_from_memory += 1;
+            self.stats.waited_for_read_ahead += 1;
             let serving = Serving {
                 pieces,
                 have,

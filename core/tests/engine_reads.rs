@@ -735,10 +735,25 @@ fn a_scans_read_ahead_goes_to_the_disk_at_once_whatever_the_streams_limit() {
         "{:?}",
         h.world.held_chunk_reads
     );
+    // The next file's read, while the read-ahead is still reading it,
+    // waits for it (and is counted as such) rather than read it again.
+    assert_eq!(h.exec.stats().waited_for_read_ahead, 0);
+    let second = h.start_read(h.ino("T01"), 0, READ);
+    h.pump();
+    assert_eq!(
+        h.world.held_chunk_reads.len(),
+        1 + 11 * 2,
+        "read nothing itself"
+    );
+    assert_eq!(h.exec.stats().waited_for_read_ahead, 1);
     h.release_chunk_reads();
     assert_eq!(
         h.run_until_replied(first).unwrap(),
         h.origin_bytes("T00")[..READ as usize]
+    );
+    assert_eq!(
+        h.run_until_replied(second).unwrap(),
+        h.origin_bytes("T01")[..READ as usize]
     );
     let reads = h.world.chunk_reads;
     for t in &titles[1..] {
@@ -746,6 +761,11 @@ fn a_scans_read_ahead_goes_to_the_disk_at_once_whatever_the_streams_limit() {
         assert_eq!(h.read(t, 0, READ).unwrap(), want, "{t}");
     }
     assert_eq!(h.world.chunk_reads, reads, "every file was read ahead once");
+    assert_eq!(
+        h.exec.stats().waited_for_read_ahead,
+        1,
+        "the read-ahead had read the others before their reads came"
+    );
     assert_eq!(h.world.fetches_by_origin[0], 0);
 }
 

@@ -180,6 +180,8 @@ impl Control {
                 // Of those: answered from memory (kept bytes read ahead of a
                 // scan, or just fetched), or with chunk files read.
                 "reads_from_memory": x.served_from_memory,
+                // Of those: waited for a read-ahead still under way.
+                "reads_waited_for_read_ahead": x.waited_for_read_ahead,
                 "reads_from_disk": x.served_from_disk,
                 "chunks_read_ahead": x.chunks_warmed,
                 "memory_released_bytes": x.memory_released_bytes,
