@@ -3,7 +3,9 @@
 
 use musicfs_tests::disk::Tmpfs;
 use musicfs_tests::fixtures::{WavTags, write_wav, write_wav_tagged};
-use musicfs_tests::mount::{MountCommand, Mounted, NOBODY, as_nobody, control_ok, is_mounted};
+use musicfs_tests::mount::{
+    MountCommand, Mounted, NOBODY, as_nobody, control_ok, is_mounted, run_as,
+};
 use musicfs_tests::{files_under, sha256_bytes, sha256_file, wait_for};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -635,12 +637,8 @@ fn cache_off_without_the_privilege_for_passthrough_is_read_by_the_daemon_and_ope
     // Every file opened three times, each time read whole and exactly, by
     // the mount's user (the mount is not --allow-other).
     for _ in 0..3 {
-        let out = Command::new("setpriv")
-            .args([format!("--reuid={NOBODY}"), format!("--regid={NOBODY}")])
-            .args(["--clear-groups", "--", "sha256sum", "--"])
-            .args(s.want.keys().map(|rel| m.mountpoint.join(rel)))
-            .output()
-            .unwrap();
+        let files = s.want.keys().map(|rel| m.mountpoint.join(rel));
+        let out = run_as(NOBODY, "sha256sum", ["--".into()].into_iter().chain(files));
         assert!(out.status.success(), "{out:?}\n{}", m.log_text());
         let got: Vec<String> = String::from_utf8_lossy(&out.stdout)
             .lines()

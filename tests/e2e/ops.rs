@@ -3,9 +3,10 @@
 //! mount run by a normal user; `--log-file` and SIGHUP; Prometheus metrics.
 
 use musicfs_tests::fixtures::write_wav;
-use musicfs_tests::mount::{MountCommand, NOBODY, as_nobody, control_ok, is_mounted};
+use musicfs_tests::mount::{MountCommand, NOBODY, as_nobody, control_ok, is_mounted, run_as};
 use musicfs_tests::wait_for;
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -468,21 +469,6 @@ fn scan_warnings_print_whole_lines_above_the_progress_bar() {
     assert!(first_bar < last_warning, "{raw:?}");
 }
 
-/// `musicfs ARGS` run as `uid` (through setpriv), with no runtime directory
-/// of its own.
-fn as_user(uid: u32, program: &Path, args: &[&std::ffi::OsStr]) -> Output {
-    Command::new("setpriv")
-        .arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={uid}"))
-        .arg("--clear-groups")
-        .arg("--")
-        .arg(program)
-        .args(args)
-        .env("XDG_RUNTIME_DIR", "")
-        .output()
-        .expect("setpriv runs")
-}
-
 #[test]
 fn status_of_a_mount_run_by_a_normal_user() {
     let fx = Fixture::new();
@@ -515,14 +501,14 @@ fn status_of_a_mount_run_by_a_normal_user() {
         "{stdout}"
     );
     // So does its own user.
-    let out = as_user(NOBODY, &bin, &["status".as_ref(), mnt]);
+    let out = run_as(NOBODY, &bin, [OsStr::new("status"), mnt]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Another user is told whose it is.
-    let out = as_user(4321, &bin, &["status".as_ref(), mnt]);
+    let out = run_as(4321, &bin, [OsStr::new("status"), mnt]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -96,6 +96,25 @@ pub fn as_nobody(bin: &Path, dir: &Path, owned: &[PathBuf]) -> PathBuf {
     wrapper
 }
 
+/// `program ARGS` run as `uid` through setpriv (no supplementary groups),
+/// with no runtime directory of its own; its output.
+pub fn run_as<I, A>(uid: u32, program: impl AsRef<std::ffi::OsStr>, args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    Command::new("setpriv")
+        .arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={uid}"))
+        .arg("--clear-groups")
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "")
+        .output()
+        .expect("setpriv runs")
+}
+
 /// A running daemon and its mount; unmounted and reaped when dropped.
 pub struct Mounted {
     /// The daemon.
