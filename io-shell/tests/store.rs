@@ -12,6 +12,7 @@ use musicfs::store::{
     ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, PackWriter, StoreError,
 };
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
+use musicfs_core::chunk::CHUNK_MAX_BYTES;
 use musicfs_core::engine::DiskFault;
 use musicfs_core::{ChunkId, Extent, FileVersion, Manifest, OriginId, OriginPath, TrackTags};
 use musicfs_tests::disk::{Tmpfs, noise};
@@ -495,6 +496,118 @@ fn a_damaged_pack_is_reported_never_served() {
     assert_eq!(store.get(chunks[1].0).unwrap(), chunks[1].1);
 }
 
+/// A batch of `n` chunks of `len` bytes, as a fetch stores them.
+fn batch_of(n: u64, len: usize, seed: u64) -> Vec<(ChunkId, Vec<u8>)> {
+    (0..n).map(|i| chunk(len, seed + i)).collect()
+}
+
+fn refs(chunks: &[(ChunkId, Vec<u8>)]) -> Vec<(ChunkId, &[u8])> {
+    chunks.iter().map(|(id, d)| (*id, &d[..])).collect()
+}
+
+#[test]
+fn a_large_batch_is_one_pack_in_order_read_back_after_a_restart() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    // 2.5 MiB: past the size from which a batch is packed.
+    let chunks = batch_of(40, 64 * 1024, 700);
+    let results = store.put_batch(&refs(&chunks));
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let packs = the_pack(dir.path());
+    assert_eq!(packs.len(), 1, "{packs:?}");
+    // End to end, in the order given, and no chunk file.
+    let mut next = 0;
+    for (id, data) in &chunks {
+        let (pack, offset, len) = store.packed_at(*id).expect("packed");
+        assert_eq!(
+            (pack, offset, len as usize),
+            (packs[0].clone(), next, data.len())
+        );
+        next += data.len() as u64;
+        assert!(!store.path_of(*id).exists());
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    // Marked as read in order (the kernel reads it ahead).
+    let bytes = fs::read(&packs[0]).unwrap();
+    assert_eq!(&bytes[bytes.len() - 8..], b"MFSPACKS");
+    assert!(tmp_entries(dir.path()).is_empty());
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let index: Vec<(ChunkId, u32, u64)> = chunks
+        .iter()
+        .map(|(id, d)| (*id, d.len() as u32, 0))
+        .collect();
+    assert_eq!(store.forget_unindexed(&index), 0);
+    for (id, data) in &chunks {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    // Evicted one by one, the pack goes with its last chunk.
+    for (id, _) in &chunks {
+        store.remove(*id).unwrap();
+    }
+    assert!(the_pack(dir.path()).is_empty());
+}
+
+#[test]
+fn a_packed_batch_stores_each_chunk_once_and_replaces_a_damaged_one() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let mut chunks = batch_of(30, 60_000, 800);
+    // One is stored already, one is damaged on disk, one is named twice
+    // and one is too long to be a chunk.
+    store.put(chunks[3].0, &chunks[3].1).unwrap();
+    fs::write(store.path_of(chunks[5].0), b"rotten").unwrap();
+    chunks[9] = chunks[8].clone();
+    let big = vec![7u8; CHUNK_MAX_BYTES + 1];
+    chunks[20] = (ChunkId::of(&big), big);
+    let results = store.put_batch(&refs(&chunks));
+    assert_eq!(results.len(), chunks.len());
+    for (i, r) in results.iter().enumerate() {
+        if i == 20 {
+            assert!(matches!(r, Err(StoreError::TooLarge { .. })), "{r:?}");
+            assert!(matches!(
+                store.get(chunks[20].0),
+                Err(ChunkReadError::Missing)
+            ));
+        } else {
+            assert!(r.is_ok(), "{i}: {r:?}");
+            assert_eq!(store.get(chunks[i].0).unwrap(), chunks[i].1, "{i}");
+        }
+    }
+    // The stored one stays its file; the damaged file is gone for the
+    // packed copy; the twice-named chunk is packed once.
+    assert!(store.path_of(chunks[3].0).exists());
+    assert!(store.packed_at(chunks[3].0).is_none());
+    assert!(!store.path_of(chunks[5].0).exists());
+    assert!(store.packed_at(chunks[5].0).is_some());
+    let pack = &the_pack(dir.path())[0];
+    let size = fs::metadata(pack).unwrap().len();
+    let packed_bytes = 27 * 60_000; // 30, less the stored, the twin and the refused
+    assert!(
+        size >= packed_bytes && size < packed_bytes + 60_000,
+        "{size} bytes of pack for {packed_bytes} of chunks"
+    );
+    // A second copy of the batch stores nothing new.
+    let results = store.put_batch(&refs(&chunks));
+    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 29);
+    assert_eq!(the_pack(dir.path()).len(), 1);
+}
+
+#[test]
+fn a_small_batch_stays_chunk_files() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let chunks = batch_of(4, 64 * 1024, 900);
+    assert!(store.put_batch(&refs(&chunks)).iter().all(Result::is_ok));
+    assert!(the_pack(dir.path()).is_empty());
+    for (id, data) in &chunks {
+        assert_eq!(&fs::read(store.path_of(*id)).unwrap(), data);
+    }
+}
+
 // ----------------------------------------------------------- fail points --
 
 #[cfg(feature = "failpoints")]
@@ -525,6 +638,60 @@ mod failpoints {
             (1..80).contains(&manifests),
             "{manifests} files kept: the batches before the failure, none after"
         );
+        scenario.teardown();
+    }
+
+    #[test]
+    fn a_packed_batch_that_fails_leaves_nothing_a_restart_keeps() {
+        let _g = serial();
+        let scenario = fail::FailScenario::setup();
+        let dir = tempfile::tempdir().unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        let chunks = batch_of(24, 64 * 1024, 1000);
+        let gone = |store: &ChunkStore| {
+            chunks
+                .iter()
+                .all(|(id, _)| matches!(store.get(*id), Err(ChunkReadError::Missing)))
+        };
+        // Refused before a byte is written, each chunk with the errno.
+        fail::cfg("cas-put-before-write", "return(ENOSPC)").unwrap();
+        let results = store.put_batch(&refs(&chunks));
+        fail::remove("cas-put-before-write");
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(e) if e.disk_fault() == Some(DiskFault::NoSpace))),
+            "{results:?}"
+        );
+        // The pack fails as it is put in place: every chunk fails with it.
+        fail::cfg("cas-pack-before-write", "return(ENOSPC)").unwrap();
+        let results = store.put_batch(&refs(&chunks));
+        fail::remove("cas-pack-before-write");
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(e) if e.disk_fault() == Some(DiskFault::NoSpace))),
+            "{results:?}"
+        );
+        assert!(the_pack(dir.path()).is_empty());
+        assert!(tmp_entries(dir.path()).is_empty());
+        assert!(gone(&store));
+        // In place, then "crashed" before the caller indexed it: the
+        // next open drops it.
+        fail::cfg("cas-put-after-write-before-index", "return").unwrap();
+        assert!(store.put_batch(&refs(&chunks)).iter().all(Result::is_err));
+        fail::remove("cas-put-after-write-before-index");
+        assert_eq!(the_pack(dir.path()).len(), 1);
+        drop(store);
+        let store = ChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.forget_unindexed(&[]), chunks.len());
+        assert!(the_pack(dir.path()).is_empty());
+        assert!(gone(&store));
+        // And a batch after the failures is stored whole.
+        assert!(store.put_batch(&refs(&chunks)).iter().all(Result::is_ok));
+        for (id, data) in &chunks {
+            assert_eq!(&store.get(*id).unwrap(), data);
+        }
         scenario.teardown();
     }
 

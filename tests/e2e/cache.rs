@@ -1,7 +1,7 @@
 //! End to end: the cache never serves a wrong byte and survives crashes,
 //! corruption and a failing disk, through real mounts of the real binary.
 
-use musicfs_tests::disk::Tmpfs;
+use musicfs_tests::disk::{Tmpfs, cached_bytes, damage_cached_chunks};
 use musicfs_tests::fixtures::{WavTags, write_wav, write_wav_tagged};
 use musicfs_tests::mount::{
     MountCommand, Mounted, NOBODY, as_nobody, control_ok, is_mounted, run_as,
@@ -83,15 +83,8 @@ impl Setup {
             assert_eq!(&got, hash, "{rel:?} differs from its origin");
         }
     }
-    fn chunk_files(&self) -> Vec<PathBuf> {
-        let root = self.path("cache/chunks");
-        files_under(&root)
-            .into_iter()
-            .filter(|p| !p.starts_with("tmp"))
-            .map(|p| root.join(p))
-            .collect()
-    }
-    /// The packs of tag bytes the first scan kept.
+    /// The packs: the tag bytes the first scan kept, fetches stored in
+    /// batches.
     fn pack_files(&self) -> Vec<PathBuf> {
         let root = self.path("cache/packs");
         files_under(&root)
@@ -102,24 +95,18 @@ impl Setup {
 }
 
 #[test]
-fn flipped_bytes_in_half_the_chunk_files_never_reach_a_reader() {
+fn flipped_bytes_in_half_the_cached_chunks_never_reach_a_reader() {
     let s = Setup::new(12);
     let m = s.mount();
     s.check_all(&m);
     m.wait_filled(Path::new(BIN));
     assert!(m.stop().success());
-    let files = s.chunk_files();
-    assert!(files.len() > 100, "{} chunk files", files.len());
-    let packs = s.pack_files();
-    assert!(!packs.is_empty(), "the first scan kept tag bytes in packs");
-    // Half the chunk files, and every pack (a third of the way in: in a
-    // chunk's bytes, before the table at its end).
-    for f in files.iter().step_by(2).chain(&packs) {
-        let mut b = std::fs::read(f).unwrap();
-        let at = b.len() / 3;
-        b[at] ^= 0x01;
-        std::fs::write(f, b).unwrap();
-    }
+    // The tag bytes the first scan kept, and the fetches stored behind
+    // their readers, are in packs; a small batch in chunk files.
+    assert!(!s.pack_files().is_empty(), "cached chunks are packed");
+    // Half the cached chunks, wherever they lie.
+    let damaged = damage_cached_chunks(&s.path("cache"), 2);
+    assert!(damaged > 100, "{damaged} chunks damaged");
     let m = s.mount();
     s.check_all(&m);
     let log = m.log_text();
@@ -385,31 +372,31 @@ fn eviction_keeps_a_64m_cache_within_its_limit_while_1g_is_read() {
     let m = MountCommand::in_dir(Path::new(BIN), dir.path())
         .args(["--cache-size", "64M"])
         .start(UP);
-    let chunks = dir.path().join("cache/chunks");
+    let cache = dir.path().join("cache");
     let mut most = 0;
     for (rel, hash) in &want {
         let got = sha256_file(&m.mountpoint.join(rel))
             .unwrap_or_else(|e| panic!("{rel:?}: {e}\n{}", m.log_text()));
         assert_eq!(&got, hash, "{rel:?} differs from its origin");
-        most = most.max(bytes_under(&chunks));
+        most = most.max(cached_bytes(&cache));
     }
-    // Eviction runs behind the stores: once reads stop, the chunk files
+    // Eviction runs behind the stores: once reads stop, the chunks
     // settle at or below the limit (LRU down to 80% of it past 90%).
     assert!(
-        wait_for(Duration::from_secs(20), || bytes_under(&chunks) <= LIMIT),
-        "chunk files {} bytes, limit {LIMIT}",
-        bytes_under(&chunks)
+        wait_for(Duration::from_secs(20), || cached_bytes(&cache) <= LIMIT),
+        "chunks {} bytes, limit {LIMIT}",
+        cached_bytes(&cache)
     );
     let db = bytes_under(&dir.path().join("cache/db"));
     let index = bytes_under(&dir.path().join("cache/search"));
     println!(
         "cache after 1 GiB read with --cache-size 64M: chunks {} MiB (at most {} MiB seen), database {} MiB, search index {} MiB",
-        bytes_under(&chunks) >> 20,
+        cached_bytes(&cache) >> 20,
         most >> 20,
         db >> 20,
         index >> 20
     );
-    assert!(most <= 2 * LIMIT, "chunk files grew to {most} bytes");
+    assert!(most <= 2 * LIMIT, "chunks grew to {most} bytes");
     assert!(m.stop().success());
 }
 
@@ -532,7 +519,7 @@ fn a_fill_behind_origin_caches_what_was_read_once_the_file_rests() {
             > 0,
         "{doc}"
     );
-    let cached = bytes_under(&s.path("cache/chunks"));
+    let cached = cached_bytes(&s.path("cache"));
     let read_bytes: u64 = read
         .iter()
         .map(|(_, (rel, _))| std::fs::metadata(m.mountpoint.join(rel)).unwrap().len())
@@ -583,7 +570,7 @@ fn an_origin_with_cache_off_is_read_straight_through_and_never_cached() {
     let cache = &status["cache"];
     assert_eq!(cache["bytes"], 0, "{status:#}");
     assert_eq!(cache["fetched_bytes"], 0, "{status:#}");
-    assert_eq!(bytes_under(&s.path("cache/chunks")), 0);
+    assert_eq!(cached_bytes(&s.path("cache")), 0);
     let log = m.log_text();
     if log.contains("kernel passthrough on") {
         // The kernel read the files: no read reached the daemon.
@@ -663,7 +650,7 @@ fn cache_off_without_the_privilege_for_passthrough_is_read_by_the_daemon_and_ope
         "the daemon read the origin files: {status:#}"
     );
     assert_eq!(cache["bytes"], 0, "nothing cached: {status:#}");
-    assert_eq!(bytes_under(&s.path("cache/chunks")), 0);
+    assert_eq!(cached_bytes(&s.path("cache")), 0);
     // With no passthrough to set up, an open needs no round trip: the
     // OPEN after the refusal is answered ENOSYS, and the kernel sends
     // no more (12 opens in all).
@@ -864,7 +851,7 @@ fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
     assert_eq!(std::fs::read(&covers[0]).unwrap(), cover);
     assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
     // Only heads and tails are kept, not whole files.
-    let cached = bytes_under(&dir.path().join("cache/chunks"));
+    let cached = cached_bytes(&dir.path().join("cache"));
     assert!(
         cached < library_bytes / 3,
         "{cached} bytes cached of a {library_bytes}-byte library"
@@ -891,7 +878,7 @@ fn tags_and_art_the_first_scan_read_are_served_with_the_origin_gone() {
 fn with_no_keep_tags_the_first_scan_caches_nothing() {
     let s = Setup::new(3);
     let m = s.command().args(["--no-keep-tags"]).start(UP);
-    assert!(s.chunk_files().is_empty(), "{:?}", s.chunk_files());
+    assert_eq!(cached_bytes(&s.path("cache")), 0);
     let (rel, hash) = s.want.iter().next().unwrap();
     assert_eq!(&sha256_file(&m.mountpoint.join(rel)).unwrap(), hash);
     assert!(origin_requests(&m) > 0, "the head came from the origin");

@@ -3,6 +3,7 @@
 
 use musicfs_core::naming::is_valid_name;
 use musicfs_tests::corpus::Library;
+use musicfs_tests::disk::cached_bytes;
 use musicfs_tests::mount::{MountCommand, Mounted, control_ok, is_mounted};
 use musicfs_tests::{files_under, sha256_file};
 use std::collections::{BTreeMap, HashMap};
@@ -288,7 +289,7 @@ fn a_seek_into_a_large_uncached_file_does_not_fetch_the_whole_file() {
     let offset = big.size * 2 / 3;
     // The first scan kept every track's head and tail: count what the
     // read adds.
-    let kept = bytes_under(&fx.path("cache/chunks"));
+    let kept = cached_bytes(&fx.path("cache"));
     assert!(big.size > 24 << 20, "the big file is {} bytes", big.size);
     let mut buf = vec![0u8; 65536];
     let f = std::fs::File::open(&mounted).unwrap();
@@ -297,19 +298,12 @@ fn a_seek_into_a_large_uncached_file_does_not_fetch_the_whole_file() {
     let mut want = vec![0u8; 65536];
     std::os::unix::fs::FileExt::read_exact_at(&origin, &mut want, offset).unwrap();
     assert_eq!(buf, want);
-    let cached = bytes_under(&fx.path("cache/chunks")) - kept;
+    let cached = cached_bytes(&fx.path("cache")) - kept;
     assert!(
         cached < 8 << 20,
         "a 64 KiB read at 2/3 of the file cached {cached} bytes of a {} byte file",
         big.size
     );
-}
-
-fn bytes_under(dir: &Path) -> u64 {
-    files_under(dir)
-        .iter()
-        .map(|p| std::fs::metadata(dir.join(p)).map_or(0, |m| m.len()))
-        .sum()
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use musicfs::store::{ChunkBackend, ChunkStore, Db};
 use musicfs_core::ChunkId;
 use musicfs_core::engine::Config;
-use musicfs_tests::disk::Tmpfs;
+use musicfs_tests::disk::{Tmpfs, cached_bytes, damage_cached_chunks, remove_cached_chunks};
 use musicfs_tests::faults::FaultyCasStore;
 use musicfs_tests::fixtures::{TestDaemon, local_origin, scan, write_wav};
 use musicfs_tests::{files_under, wait_for};
@@ -91,23 +91,17 @@ fn test_corrupt_chunk_auto_refetched() {
     let want = lib.bytes("song.wav");
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     d.persist();
-    let files = chunk_files(&lib.cache());
-    assert!(files.len() > 10, "the song is cut into chunks");
-    for f in &files {
-        let mut b = std::fs::read(f).unwrap();
-        let mid = b.len() / 2;
-        b[mid] ^= 0x20;
-        std::fs::write(f, b).unwrap();
-    }
-    // A new daemon: nothing in memory, every chunk comes off the disk.
     drop(d);
+    // Every cached chunk, in its file or its pack.
+    let damaged = damage_cached_chunks(&lib.cache(), 1);
+    assert!(damaged > 10, "the song is cut into chunks: {damaged}");
+    // A new daemon: nothing in memory, every chunk comes off the disk.
     let d = TestDaemon::local(&lib.root(), &lib.cache(), config());
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     let dropped = d.daemon.inspect(|e| e.stats().chunks_dropped);
     assert!(
-        dropped as usize >= files.len(),
-        "{dropped} chunks dropped, {} corrupted",
-        files.len()
+        dropped as usize >= damaged,
+        "{dropped} chunks dropped, {damaged} corrupted"
     );
     // The cache healed: every chunk file holds the bytes its name says.
     assert!(wait_for(T, || chunk_files(&lib.cache()).iter().all(|f| {
@@ -124,9 +118,8 @@ fn test_missing_chunk_triggers_origin_fetch() {
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     d.persist();
     drop(d);
-    for f in chunk_files(&lib.cache()).iter().step_by(2) {
-        std::fs::remove_file(f).unwrap();
-    }
+    // Every other cached chunk, from its file or its pack.
+    assert!(remove_cached_chunks(&lib.cache(), 2) > 5);
     let d = TestDaemon::local(&lib.root(), &lib.cache(), config());
     assert_eq!(d.read_all(SONG, T).unwrap(), want);
     assert!(d.daemon.inspect(|e| e.stats().chunks_dropped) > 0);
@@ -270,12 +263,7 @@ fn test_eviction_triggers_at_watermark() {
         );
     }
     // Eviction deletes the files in the background; the disk follows.
-    let on_disk = || {
-        chunk_files(&lib.cache())
-            .iter()
-            .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
-            .sum::<u64>()
-    };
+    let on_disk = || cached_bytes(&lib.cache());
     assert!(
         wait_for(T, || on_disk() <= capacity),
         "{} bytes on disk",

@@ -4,7 +4,7 @@
 use musicfs::library::sync::{SyncSource, Syncer};
 use musicfs_core::engine::Config;
 use musicfs_core::{Layout, OriginId};
-use musicfs_tests::files_under;
+use musicfs_tests::disk::cached_bytes;
 use musicfs_tests::fixtures::TestDaemon;
 use std::path::Path;
 use std::sync::Arc;
@@ -32,15 +32,6 @@ fn syncer_of(
         served,
         None,
     )
-}
-
-fn cached_bytes(cache: &Path) -> u64 {
-    let chunks = cache.join("chunks");
-    files_under(&chunks)
-        .iter()
-        .filter(|p| !p.starts_with("tmp"))
-        .map(|p| std::fs::metadata(chunks.join(p)).map_or(0, |m| m.len()))
-        .sum()
 }
 
 /// Writes new text tags and a new cover picture into a real audio file.

@@ -95,3 +95,78 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The bytes a cache directory (`--cache-dir`) holds in chunks: its chunk
+/// files' lengths and its packs' allocated blocks (an evicted packed
+/// chunk's bytes are a hole punched in its pack). Temp files are not
+/// counted.
+pub fn cached_bytes(cache: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let chunks = cache.join("chunks");
+    let files: u64 = crate::files_under(&chunks)
+        .iter()
+        .filter(|p| !p.starts_with("tmp"))
+        .filter_map(|p| std::fs::metadata(chunks.join(p)).ok())
+        .map(|m| m.len())
+        .sum();
+    let packs = cache.join("packs");
+    let packed: u64 = crate::files_under(&packs)
+        .iter()
+        .filter_map(|p| std::fs::metadata(packs.join(p)).ok())
+        .map(|m| m.len().min(m.blocks() * 512))
+        .sum();
+    files + packed
+}
+
+/// Flips one byte in every `every`-th chunk the index of the cache
+/// directory `cache` lists, wherever it lies (its chunk file, or its
+/// place in a pack), a third of the way into the chunk. The daemon must
+/// be stopped (its database is opened here). Returns how many chunks
+/// were damaged.
+pub fn damage_cached_chunks(cache: &Path, every: usize) -> usize {
+    let db = musicfs::store::Db::open(cache)
+        .expect("the cache's database opens")
+        .db;
+    let store = musicfs::store::ChunkStore::open(cache).expect("chunk store");
+    let index = db.load_chunk_index().expect("chunk index");
+    let mut damaged = 0;
+    for (id, len, _) in index.iter().step_by(every.max(1)) {
+        let (path, at) = match store.packed_at(*id) {
+            Some((pack, offset, _)) => (pack, offset + u64::from(*len) / 3),
+            None => (store.path_of(*id), u64::from(*len) / 3),
+        };
+        use std::os::unix::fs::FileExt;
+        let Ok(file) = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+        else {
+            continue;
+        };
+        let mut b = [0u8];
+        if file.read_exact_at(&mut b, at).is_ok() {
+            b[0] ^= 0x01;
+            file.write_all_at(&b, at)
+                .expect("write the damaged byte back");
+            damaged += 1;
+        }
+    }
+    damaged
+}
+
+/// Removes every `every`-th chunk the index of the cache directory
+/// `cache` lists from the disk (its chunk file, or its place in a pack),
+/// leaving the index as it is: the chunks a crash or an outside hand
+/// took. The daemon must be stopped. Returns how many were removed.
+pub fn remove_cached_chunks(cache: &Path, every: usize) -> usize {
+    let db = musicfs::store::Db::open(cache)
+        .expect("the cache's database opens")
+        .db;
+    let store = musicfs::store::ChunkStore::open(cache).expect("chunk store");
+    let index = db.load_chunk_index().expect("chunk index");
+    index
+        .iter()
+        .step_by(every.max(1))
+        .filter(|(id, _, _)| store.remove(*id).is_ok())
+        .count()
+}

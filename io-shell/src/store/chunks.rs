@@ -1,15 +1,17 @@
 //! Chunk files: one file per chunk, named by its content id; and packs of
-//! many chunks (`super::packs`) for the tag bytes a first scan keeps.
+//! many chunks (`super::packs`) for the tag bytes a first scan keeps and
+//! for the chunks a fetch stores in one batch.
 //!
 //! `<cache_dir>/chunks/<xx>/<32-hex-id>`, where `xx` is [`ChunkId::shard`]
 //! in two hex digits: 256 directories keep each one small (a multi-terabyte
 //! cache holds tens of millions of chunks). Writes go to `chunks/tmp/` first
 //! and are renamed into place, so a chunk file is either absent or complete.
 
-use super::packs::{PackWriter, Packs};
+use super::packs::{PackReads, PackWriter, Packs};
 use super::{ChunkReadError, StoreError};
 use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -17,6 +19,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Names temp files uniquely within this process (the pid covers others).
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A batch of at least this many bytes is stored as one pack rather than
+/// a file per chunk ([`ChunkStore::put_batch`]). Smaller batches (a slow
+/// origin's fetch, stored as it trickles in) stay chunk files: a pack
+/// each would make many small packs, which gain nothing on reading back
+/// and each cost the open mount a table read.
+pub const PACK_BATCH_MIN_BYTES: u64 = 1 << 20;
+
+/// What [`ChunkStore::check`] found of a chunk about to be stored.
+enum Check {
+    /// Exactly these bytes are in place already.
+    Stored,
+    /// To be written; `stale` is a damaged chunk file in its place.
+    New { stale: Option<PathBuf> },
+}
 
 /// The chunk-file half of the cache.
 ///
@@ -135,7 +152,7 @@ impl ChunkStore {
     /// reserve room in it and write their chunks side by side; then
     /// [`ChunkStore::put_pack`].
     pub fn start_pack(&self) -> Result<PackWriter, StoreError> {
-        self.packs.start()
+        self.packs.start(PackReads::Random)
     }
 
     /// Ends a pack once every reservation in it is written, in the order
@@ -192,17 +209,88 @@ impl ChunkStore {
 
     /// Stores several chunks as [`ChunkStore::put`] does, in the same order
     /// of steps (temp file, flush, rename, flush; the caller indexes after),
-    /// but with two flushes of the file system (`syncfs`) for the whole
-    /// batch instead of two `fsync`s per chunk: a 179 MB track is some 2,800
-    /// chunks. A crash at any point still leaves either no chunk file or a
-    /// complete one. The results are in the order of `chunks`.
+    /// but with two flushes for the whole batch instead of two `fsync`s per
+    /// chunk: a 179 MB track is some 2,800 chunks. The results are in the
+    /// order of `chunks`.
+    ///
+    /// A batch of at least [`PACK_BATCH_MIN_BYTES`] goes into one pack
+    /// (see `packs`), its chunks end to end in the order given, which is a
+    /// fetch's: read back later, they are read like the native file, not a
+    /// file per chunk. A crash at any point still leaves either no pack or
+    /// a complete one, and either no chunk file or a complete one.
     pub fn put_batch(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<(), StoreError>> {
+        let bytes: usize = chunks.iter().map(|(_, data)| data.len()).sum();
+        if chunks.len() > 1 && bytes as u64 >= PACK_BATCH_MIN_BYTES {
+            return self.put_packed(chunks);
+        }
         self.commit(
             chunks
                 .iter()
                 .map(|&(id, data)| self.stage(id, data))
                 .collect(),
         )
+    }
+
+    /// [`ChunkStore::put_batch`] into one pack: each chunk is checked as
+    /// [`ChunkStore::stage`] does; those not already stored are written
+    /// once each (a batch may name a chunk twice) to a sequential pack,
+    /// and share its outcome.
+    fn put_packed(&self, chunks: &[(ChunkId, &[u8])]) -> Vec<Result<(), StoreError>> {
+        let mut results: Vec<Option<Result<(), StoreError>>> = Vec::with_capacity(chunks.len());
+        let mut new: Vec<(ChunkId, &[u8])> = Vec::new();
+        let mut named = HashSet::new();
+        for &(id, data) in chunks {
+            results.push(match self.check(id, data) {
+                Err(e) => Some(Err(e)),
+                Ok(Check::Stored) => Some(Ok(())),
+                Ok(Check::New { stale }) => {
+                    if let Some(path) = stale
+                        && let Err(e) = fs::remove_file(&path)
+                        && e.kind() != io::ErrorKind::NotFound
+                    {
+                        Some(Err(StoreError::io("remove damaged chunk", &path, e)))
+                    } else {
+                        if named.insert(id) {
+                            new.push((id, data));
+                        }
+                        None
+                    }
+                }
+            });
+        }
+        let outcome = if new.is_empty() {
+            Ok(())
+        } else {
+            self.write_pack(&new)
+        };
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| match &outcome {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err(e.again()),
+                })
+            })
+            .collect()
+    }
+
+    /// Writes `chunks` (checked, none stored yet) as one sequential pack,
+    /// durable and in place when this returns `Ok`.
+    fn write_pack(&self, chunks: &[(ChunkId, &[u8])]) -> Result<(), StoreError> {
+        let pack = self.packs.start(PackReads::Sequential)?;
+        let lens: Vec<(ChunkId, u32)> = chunks
+            .iter()
+            .map(|&(id, data)| (id, data.len() as u32))
+            .collect();
+        let Some(slot) = pack.reserve(&lens) else {
+            return Err(StoreError::io(
+                "reserve room in pack",
+                &self.root,
+                io::Error::other("a batch past 4 GiB"),
+            ));
+        };
+        slot.write(chunks);
+        self.packs.put(&pack).map(|_| ())
     }
 
     /// The second half of [`ChunkStore::put_batch`]: makes the staged temp
@@ -262,43 +350,10 @@ impl ChunkStore {
     /// yet durable, not yet in place; [`ChunkStore::commit`] does that).
     /// `None` if a file with exactly these bytes is already in place.
     fn stage(&self, id: ChunkId, data: &[u8]) -> Result<Option<Staged>, StoreError> {
-        let actual = ChunkId::of(data);
-        debug_assert_eq!(actual, id, "ChunkStore::put: bytes do not match their id");
-        if actual != id {
-            return Err(StoreError::WrongId { id, actual });
-        }
-        if data.len() > CHUNK_MAX_BYTES {
-            return Err(StoreError::TooLarge {
-                id,
-                len: data.len(),
-            });
-        }
-        fail::fail_point!("cas-put-before-write", |arg| Err(StoreError::injected(
-            "cas-put-before-write",
-            arg
-        )));
-
-        // Already packed: kept if its bytes are sound, else dropped for
-        // the file written below.
-        match self.packs.read(id) {
-            Some(Ok(old)) if old == data => return Ok(None),
-            Some(_) => {
-                self.packs.remove(id)?;
-            }
-            None => {}
+        if let Check::Stored = self.check(id, data)? {
+            return Ok(None);
         }
         let path = self.path_of(id);
-        match fs::symlink_metadata(&path) {
-            Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => {
-                if fs::read(&path).is_ok_and(|old| old == data) {
-                    return Ok(None);
-                }
-            }
-            Ok(_) => {} // wrong length or not a file: replaced below
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StoreError::io("stat chunk", &path, e)),
-        }
-
         let tmp = self.tmp.join(format!(
             "{}.{}.{}",
             id.to_hex(),
@@ -320,6 +375,52 @@ impl ChunkStore {
         };
         // On an error, dropping `staged` removes what was written.
         written.map(|()| Some(staged))
+    }
+
+    /// Whether `data`, claimed to be chunk `id`, is to be stored: refused
+    /// if it does not hash to `id` or is too long; [`Check::Stored`] if
+    /// these exact bytes are already in a pack or a chunk file. A damaged
+    /// packed copy is dropped here; a damaged chunk file is named, for
+    /// the caller to replace.
+    fn check(&self, id: ChunkId, data: &[u8]) -> Result<Check, StoreError> {
+        let actual = ChunkId::of(data);
+        debug_assert_eq!(actual, id, "ChunkStore::put: bytes do not match their id");
+        if actual != id {
+            return Err(StoreError::WrongId { id, actual });
+        }
+        if data.len() > CHUNK_MAX_BYTES {
+            return Err(StoreError::TooLarge {
+                id,
+                len: data.len(),
+            });
+        }
+        fail::fail_point!("cas-put-before-write", |arg| Err(StoreError::injected(
+            "cas-put-before-write",
+            arg
+        )));
+
+        // Already packed: kept if its bytes are sound, else dropped for
+        // the copy the caller writes.
+        match self.packs.read(id) {
+            Some(Ok(old)) if old == data => return Ok(Check::Stored),
+            Some(_) => {
+                self.packs.remove(id)?;
+            }
+            None => {}
+        }
+        let path = self.path_of(id);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_file() && meta.len() == data.len() as u64 => {
+                if fs::read(&path).is_ok_and(|old| old == data) {
+                    return Ok(Check::Stored);
+                }
+                Ok(Check::New { stale: Some(path) })
+            }
+            // Wrong length or not a file: replaced.
+            Ok(_) => Ok(Check::New { stale: Some(path) }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Check::New { stale: None }),
+            Err(e) => Err(StoreError::io("stat chunk", &path, e)),
+        }
     }
 
     /// Reads the chunk `id` and verifies it against its id.

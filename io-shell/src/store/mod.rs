@@ -6,7 +6,8 @@
 //! <cache_dir>/
 //!   chunks/00 .. chunks/ff/<32-hex-id>   one file per chunk, named by ChunkId
 //!   chunks/tmp/                          in-progress writes (emptied at open)
-//!   packs/<8-hex number>.pack            many chunks each: the tag bytes a first scan keeps
+//!   packs/<8-hex number>.pack            many chunks each: the tag bytes a first scan keeps,
+//!                                        a fetch's chunks stored in one batch
 //!   db/                                  sled: catalog, manifests, chunk index, meta
 //!   db.corrupt-<unix-time>/              a database that failed to open, set aside
 //! ```
@@ -32,7 +33,7 @@ pub mod tree_cache;
 
 pub use chunks::ChunkStore;
 pub use owner::{CacheOwner, OWNER_FILE};
-pub use packs::{PackSlot, PackWriter};
+pub use packs::{PackReads, PackSlot, PackWriter};
 
 /// What the daemon needs of a chunk store. [`ChunkStore`] is the real one;
 /// tests wrap it to inject full disks, I/O errors and corruption.
@@ -154,6 +155,32 @@ impl StoreError {
 
     pub(crate) fn db(op: &'static str, source: sled::Error) -> StoreError {
         StoreError::Db { op, source }
+    }
+
+    /// The same error again, for each of several chunks one failed write
+    /// stood for: the step, the path and the errno (which callers
+    /// classify) are kept; a database or encoding error becomes an I/O
+    /// error of the step.
+    pub(crate) fn again(&self) -> StoreError {
+        let same = |e: &io::Error| match e.raw_os_error() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(e.kind(), e.to_string()),
+        };
+        match self {
+            StoreError::Io { op, path, source } => StoreError::io(op, path.clone(), same(source)),
+            StoreError::Injected { point, source } => StoreError::Injected {
+                point,
+                source: same(source),
+            },
+            StoreError::WrongId { id, actual } => StoreError::WrongId {
+                id: *id,
+                actual: *actual,
+            },
+            StoreError::TooLarge { id, len } => StoreError::TooLarge { id: *id, len: *len },
+            StoreError::Db { op, .. } | StoreError::Encode { what: op, .. } => {
+                StoreError::io(op, PathBuf::new(), io::Error::other(self.to_string()))
+            }
+        }
     }
 
     /// Builds the error a fail point returns. `arg` is the fail point's
