@@ -118,17 +118,29 @@ pub fn cached_bytes(cache: &Path) -> u64 {
     files + packed
 }
 
+/// The chunk store of a stopped daemon's cache directory and its
+/// index: each chunk's id, length and last access.
+fn stopped_cache(
+    cache: &Path,
+) -> (
+    musicfs::store::ChunkStore,
+    Vec<(musicfs_core::ChunkId, u32, u64)>,
+) {
+    let db = musicfs::store::Db::open(cache)
+        .expect("the cache's database opens")
+        .db;
+    let store = musicfs::store::ChunkStore::open(cache).expect("chunk store");
+    let index = db.load_chunk_index().expect("chunk index");
+    (store, index)
+}
+
 /// Flips one byte in every `every`-th chunk the index of the cache
 /// directory `cache` lists, wherever it lies (its chunk file, or its
 /// place in a pack), a third of the way into the chunk. The daemon must
 /// be stopped (its database is opened here). Returns how many chunks
 /// were damaged.
 pub fn damage_cached_chunks(cache: &Path, every: usize) -> usize {
-    let db = musicfs::store::Db::open(cache)
-        .expect("the cache's database opens")
-        .db;
-    let store = musicfs::store::ChunkStore::open(cache).expect("chunk store");
-    let index = db.load_chunk_index().expect("chunk index");
+    let (store, index) = stopped_cache(cache);
     let mut damaged = 0;
     for (id, len, _) in index.iter().step_by(every.max(1)) {
         let (path, at) = match store.packed_at(*id) {
@@ -159,11 +171,7 @@ pub fn damage_cached_chunks(cache: &Path, every: usize) -> usize {
 /// leaving the index as it is: the chunks a crash or an outside hand
 /// took. The daemon must be stopped. Returns how many were removed.
 pub fn remove_cached_chunks(cache: &Path, every: usize) -> usize {
-    let db = musicfs::store::Db::open(cache)
-        .expect("the cache's database opens")
-        .db;
-    let store = musicfs::store::ChunkStore::open(cache).expect("chunk store");
-    let index = db.load_chunk_index().expect("chunk index");
+    let (store, index) = stopped_cache(cache);
     index
         .iter()
         .step_by(every.max(1))
