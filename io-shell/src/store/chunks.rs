@@ -25,7 +25,7 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 /// origin's fetch, stored as it trickles in) stay chunk files: a pack
 /// each would make many small packs, which gain nothing on reading back
 /// and each cost the open mount a table read.
-pub const PACK_BATCH_MIN_BYTES: u64 = 1 << 20;
+const PACK_BATCH_MIN_BYTES: u64 = 1 << 20;
 
 /// What [`ChunkStore::check`] found of a chunk about to be stored.
 enum Check {
@@ -213,7 +213,7 @@ impl ChunkStore {
     /// chunk: a 179 MB track is some 2,800 chunks. The results are in the
     /// order of `chunks`.
     ///
-    /// A batch of at least [`PACK_BATCH_MIN_BYTES`] goes into one pack
+    /// A batch of at least `PACK_BATCH_MIN_BYTES` (1 MiB) goes into one pack
     /// (see `packs`), its chunks end to end in the order given, which is a
     /// fetch's: read back later, they are read like the native file, not a
     /// file per chunk. A crash at any point still leaves either no pack or
