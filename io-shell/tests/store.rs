@@ -9,7 +9,7 @@
 
 use musicfs::library::keep::{KeptBytes, TagKeeper};
 use musicfs::store::{
-    ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, PackWriter, StoreError,
+    ChunkReadError, ChunkStore, Db, META_LIBRARY_FINGERPRINT, PackWriter, PacksLoaded, StoreError,
 };
 use musicfs_core::catalog::{CatalogEntry, FileKind, SourceFile};
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
@@ -606,6 +606,134 @@ fn a_small_batch_stays_chunk_files() {
     for (id, data) in &chunks {
         assert_eq!(&fs::read(store.path_of(*id)).unwrap(), data);
     }
+}
+
+/// Stores `batches` batches of 1.25 MiB, one pack each; their chunks by pack.
+fn packed_batches(store: &ChunkStore, batches: u64, seed: u64) -> Vec<Vec<(ChunkId, Vec<u8>)>> {
+    (0..batches)
+        .map(|b| {
+            let chunks = batch_of(20, 64 * 1024, seed + 100 * b);
+            assert!(store.put_batch(&refs(&chunks)).iter().all(Result::is_ok));
+            chunks
+        })
+        .collect()
+}
+
+fn index_of<'a>(
+    chunks: impl IntoIterator<Item = &'a (ChunkId, Vec<u8>)>,
+) -> Vec<(ChunkId, u32, u64)> {
+    chunks
+        .into_iter()
+        .map(|(id, d)| (*id, d.len() as u32, 0))
+        .collect()
+}
+
+fn loaded(packs: usize, from_saved: usize, read: usize) -> PacksLoaded {
+    PacksLoaded {
+        packs,
+        from_saved,
+        read,
+    }
+}
+
+#[test]
+fn a_clean_exits_saved_tables_spare_the_next_open_reading_each_pack() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let mut packs = packed_batches(&store, 3, 1000);
+    assert_eq!(the_pack(dir.path()).len(), 3);
+    assert!(store.save_pack_tables().unwrap());
+    assert!(!store.save_pack_tables().unwrap(), "nothing changed");
+    // An eviction changes what is live.
+    let (evicted, _) = packs[0].remove(0);
+    store.remove(evicted).unwrap();
+    assert!(store.save_pack_tables().unwrap());
+    drop(store);
+
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(3, 3, 0));
+    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
+    for (id, data) in packs.iter().flatten() {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    assert!(matches!(store.get(evicted), Err(ChunkReadError::Missing)));
+    // A pack put in place after the save (this run then crashes: no save),
+    // and one whose last chunk goes.
+    packs.extend(packed_batches(&store, 1, 2000));
+    for (id, _) in packs.remove(1) {
+        store.remove(id).unwrap();
+    }
+    drop(store);
+
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(3, 2, 1));
+    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
+    for (id, data) in packs.iter().flatten() {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    assert!(store.save_pack_tables().unwrap());
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(3, 3, 0));
+}
+
+#[test]
+fn a_saved_table_holds_only_for_the_pack_it_was_saved_from() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let packs = packed_batches(&store, 2, 3000);
+    assert!(store.save_pack_tables().unwrap());
+    let (a, _, _) = store.packed_at(packs[0][0].0).unwrap();
+    let (b, _, _) = store.packed_at(packs[1][0].0).unwrap();
+    drop(store);
+    // Another file under pack a's name (as an older version that knows no
+    // saved tables might leave it): its own table is read.
+    let copy = dir.path().join("copy");
+    fs::copy(&b, &copy).unwrap();
+    fs::rename(&copy, &a).unwrap();
+
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(2, 1, 1));
+    for (id, data) in &packs[1] {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    for (id, _) in &packs[0] {
+        assert!(matches!(store.get(*id), Err(ChunkReadError::Missing)));
+    }
+}
+
+#[test]
+fn damaged_saved_tables_are_ignored_and_every_table_read() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let packs = packed_batches(&store, 2, 4000);
+    assert!(store.save_pack_tables().unwrap());
+    drop(store);
+    let saved = dir.path().join("packs.tables");
+    let good = fs::read(&saved).unwrap();
+    let mut flipped = good.clone();
+    flipped[30] ^= 0x40;
+    for damaged in [
+        flipped,
+        good[..good.len() - 9].to_vec(),
+        b"MFSPTAB1".to_vec(),
+    ] {
+        fs::write(&saved, &damaged).unwrap();
+        let store = ChunkStore::open(dir.path()).unwrap();
+        assert_eq!(store.packs_loaded(), loaded(2, 0, 2));
+        for (id, data) in packs.iter().flatten() {
+            assert_eq!(&store.get(*id).unwrap(), data);
+        }
+    }
+    // Saved again, they are used again.
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert!(store.save_pack_tables().unwrap());
+    drop(store);
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(2, 2, 0));
 }
 
 // ----------------------------------------------------------- fail points --

@@ -103,7 +103,10 @@ fn flipped_bytes_in_half_the_cached_chunks_never_reach_a_reader() {
     assert!(m.stop().success());
     // The tag bytes the first scan kept, and the fetches stored behind
     // their readers, are in packs; a small batch in chunk files.
-    assert!(!s.pack_files().is_empty(), "cached chunks are packed");
+    let packs = s.pack_files().len();
+    assert!(packs > 0, "cached chunks are packed");
+    // The clean exit saved the packs' tables for the next mount.
+    assert!(s.path("cache/packs.tables").is_file());
     // Half the cached chunks, wherever they lie.
     let damaged = damage_cached_chunks(&s.path("cache"), 2);
     assert!(damaged > 100, "{damaged} chunks damaged");
@@ -112,6 +115,12 @@ fn flipped_bytes_in_half_the_cached_chunks_never_reach_a_reader() {
     let log = m.log_text();
     assert!(
         log.contains("cached chunk was bad and was dropped"),
+        "{log}"
+    );
+    // The remount read no pack's table: the saved ones held, and did not
+    // keep a damaged chunk from being found.
+    assert!(
+        log.contains(&format!("packs={packs} from_saved={packs} read=0")),
         "{log}"
     );
 }

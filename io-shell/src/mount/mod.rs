@@ -188,6 +188,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
     status.set_phase("scanning");
     let library = load_library(&plan, &origins, runtime.handle(), &mut cache, &status)?;
     let db = Arc::clone(&cache.db);
+    let store = Arc::clone(&cache.store);
     let save_tree = library.save_tree;
     let daemon = start_daemon(
         &plan,
@@ -253,7 +254,7 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
             "shutting down (a second signal exits at once)"
         );
     }
-    let saved = shut_down(&runtime, &daemon, &db, &services, &plan.cache_dir);
+    let saved = shut_down(&runtime, &daemon, &db, &store, &services, &plan.cache_dir);
     unmount(
         &plan.mountpoint,
         kernel.mount,
@@ -932,6 +933,7 @@ fn shut_down(
     runtime: &tokio::runtime::Runtime,
     daemon: &Arc<Daemon>,
     db: &Db,
+    store: &ChunkStore,
     services: &Services,
     cache_dir: &Path,
 ) -> Result<(), RunError> {
@@ -962,6 +964,19 @@ fn shut_down(
         tracing::warn!(error = %e, "could not save the cache state at exit");
     }
     tracing::info!("shutdown: cache state saved");
+    // Nothing writes chunks any more: the next open need not read every
+    // pack's table.
+    let started = Instant::now();
+    match store.save_pack_tables() {
+        Ok(true) => tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "shutdown: pack tables saved for the next mount"
+        ),
+        Ok(false) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "could not save the pack tables; the next mount reads each pack's")
+        }
+    }
     // Only when no sync runs any more: the tree must be the catalog's.
     if quiet {
         let started = Instant::now();

@@ -7,7 +7,7 @@
 //! cache holds tens of millions of chunks). Writes go to `chunks/tmp/` first
 //! and are renamed into place, so a chunk file is either absent or complete.
 
-use super::packs::{PackReads, PackWriter, Packs};
+use super::packs::{PackReads, PackWriter, Packs, PacksLoaded};
 use super::{ChunkReadError, StoreError};
 use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
@@ -170,6 +170,20 @@ impl ChunkStore {
     /// them.
     pub fn forget_unindexed(&self, index: &[(ChunkId, u32, u64)]) -> usize {
         self.packs.retain_indexed(index)
+    }
+
+    /// How the open learnt the packs' tables: how many it took from the
+    /// file the last clean exit saved, how many it read from their packs.
+    pub fn packs_loaded(&self) -> PacksLoaded {
+        self.packs.loaded()
+    }
+
+    /// Saves the packs' tables for the next open, which then need not
+    /// read each pack (see `packs`): at a clean exit, once nothing writes
+    /// any more. Returns false when nothing changed since the open (or the
+    /// last save). A failure costs only the next open's time.
+    pub fn save_pack_tables(&self) -> Result<bool, StoreError> {
+        self.packs.save_tables()
     }
 
     fn shard_dir(&self, id: ChunkId) -> PathBuf {

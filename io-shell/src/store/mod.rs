@@ -33,7 +33,7 @@ pub mod tree_cache;
 
 pub use chunks::ChunkStore;
 pub use owner::{CacheOwner, OWNER_FILE};
-pub use packs::{PackSlot, PackWriter};
+pub use packs::{PackSlot, PackWriter, PacksLoaded};
 
 /// What the daemon needs of a chunk store. [`ChunkStore`] is the real one;
 /// tests wrap it to inject full disks, I/O errors and corruption.
