@@ -62,6 +62,8 @@
 //! file is ignored: every table is then read, as before. Whatever the
 //! tables say, every chunk read is verified against its id.
 
+mod saved;
+
 use super::{ChunkReadError, StoreError};
 use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
@@ -278,7 +280,7 @@ impl Drop for PackSlot<'_> {
 fn footer(table: &[(ChunkId, u32, u32)], reads: PackReads) -> Vec<u8> {
     let mut out = Vec::with_capacity(table.len() * ENTRY_BYTES + TRAILER_BYTES);
     for &(id, offset, len) in table {
-        put_entry(&mut out, id, offset, len);
+        out.extend_from_slice(&entry_bytes(id, offset, len));
     }
     let hash = xxhash_rust::xxh3::xxh3_64(&out);
     out.extend_from_slice(&(table.len() as u32).to_le_bytes());
@@ -286,11 +288,6 @@ fn footer(table: &[(ChunkId, u32, u32)], reads: PackReads) -> Vec<u8> {
     out.extend_from_slice(reads.magic());
     out
 }
-
-/// The tables saved at a clean exit, in the cache folder (see the module
-/// docs).
-const SAVED_TABLES: &str = "packs.tables";
-const SAVED_MAGIC: &[u8; 8] = b"MFSPTAB1";
 
 /// Where a packed chunk is.
 #[derive(Clone, Copy, Debug)]
@@ -341,68 +338,24 @@ impl State {
             }
         }
         if live > 0 {
-            self.live.insert(n, live);
+            // Added to: a table whose saved copy broke off half way is
+            // read from its pack after.
+            *self.live.entry(n).or_default() += live;
             if reads == PackReads::Sequential {
                 self.sequential.insert(n);
             }
         }
         live
     }
-
-    /// The saved-tables file (see the module docs) for what is live now.
-    fn encode_tables(&self) -> Vec<u8> {
-        let mut by_pack: HashMap<u32, Vec<(ChunkId, u32, u32)>> = HashMap::new();
-        for (&id, p) in &self.chunks {
-            by_pack
-                .entry(p.pack)
-                .or_default()
-                .push((id, p.offset, p.len));
-        }
-        let mut packs: Vec<_> = by_pack.into_iter().collect();
-        packs.sort_unstable_by_key(|&(n, _)| n);
-        let entries: usize = packs.iter().map(|(_, t)| t.len()).sum();
-        let mut out = Vec::with_capacity(16 + packs.len() * 17 + entries * ENTRY_BYTES);
-        out.extend_from_slice(SAVED_MAGIC);
-        for (n, mut table) in packs {
-            // A pack whose inode is not known is left out: its table is
-            // read at the next open.
-            let Some(&inode) = self.inodes.get(&n) else {
-                continue;
-            };
-            table.sort_unstable_by_key(|&(_, offset, _)| offset);
-            out.extend_from_slice(&n.to_le_bytes());
-            out.extend_from_slice(&inode.to_le_bytes());
-            out.push(u8::from(self.sequential.contains(&n)));
-            out.extend_from_slice(&(table.len() as u32).to_le_bytes());
-            for (id, offset, len) in table {
-                put_entry(&mut out, id, offset, len);
-            }
-        }
-        let hash = xxhash_rust::xxh3::xxh3_64(&out);
-        out.extend_from_slice(&hash.to_le_bytes());
-        out
-    }
 }
 
-/// A pack's saved table: its inode number, how it is read, its live
-/// chunks (the file's entries, checked).
-struct SavedTable<'a> {
-    inode: u64,
-    reads: PackReads,
-    entries: &'a [u8],
-}
-
-impl SavedTable<'_> {
-    fn entries(&self) -> impl Iterator<Item = (ChunkId, u32, u32)> + '_ {
-        self.entries.chunks_exact(ENTRY_BYTES).filter_map(entry)
-    }
-}
-
-/// Appends a table entry (see the module docs).
-fn put_entry(out: &mut Vec<u8>, id: ChunkId, offset: u32, len: u32) {
-    out.extend_from_slice(&id.to_be_bytes());
-    out.extend_from_slice(&offset.to_le_bytes());
-    out.extend_from_slice(&len.to_le_bytes());
+/// A table entry (see the module docs).
+fn entry_bytes(id: ChunkId, offset: u32, len: u32) -> [u8; ENTRY_BYTES] {
+    let mut out = [0u8; ENTRY_BYTES];
+    out[..16].copy_from_slice(&id.to_be_bytes());
+    out[16..20].copy_from_slice(&offset.to_le_bytes());
+    out[20..].copy_from_slice(&len.to_le_bytes());
+    out
 }
 
 /// A table entry: the chunk's id, offset and length.
@@ -415,59 +368,6 @@ fn entry(bytes: &[u8]) -> Option<(ChunkId, u32, u32)> {
         u32::from_le_bytes(*offset),
         u32::from_le_bytes(*len),
     ))
-}
-
-/// Checks a saved-tables file and finds each pack's table in it; `Err`
-/// says why it cannot be used. The tables stay in `bytes`: a large cache
-/// has millions of packed chunks, and the mount's peak is what counts.
-fn decode_tables(bytes: &[u8]) -> Result<HashMap<u32, SavedTable<'_>>, &'static str> {
-    let (body, hash) = bytes
-        .split_last_chunk::<8>()
-        .ok_or("shorter than its checksum")?;
-    if xxhash_rust::xxh3::xxh3_64(body) != u64::from_le_bytes(*hash) {
-        return Err("checksum mismatch");
-    }
-    let mut rest = body
-        .strip_prefix(SAVED_MAGIC)
-        .ok_or("not a saved-tables file")?;
-    let mut out = HashMap::new();
-    while let Some((head, tail)) = rest.split_first_chunk::<17>() {
-        let (n, head) = head.split_first_chunk::<4>().ok_or("cut short")?;
-        let (inode, head) = head.split_first_chunk::<8>().ok_or("cut short")?;
-        let (kind, count) = head.split_first().ok_or("cut short")?;
-        let reads = match kind {
-            0 => PackReads::Random,
-            1 => PackReads::Sequential,
-            _ => return Err("unknown pack kind"),
-        };
-        let count: &[u8; 4] = count.try_into().map_err(|_| "cut short")?;
-        let len = (u32::from_le_bytes(*count) as usize)
-            .checked_mul(ENTRY_BYTES)
-            .ok_or("cut short")?;
-        if tail.len() < len {
-            return Err("cut short");
-        }
-        let (entries, after) = tail.split_at(len);
-        for e in entries.chunks_exact(ENTRY_BYTES) {
-            let (_, offset, len) = entry(e).ok_or("bad id")?;
-            if len == 0 || len as usize > CHUNK_MAX_BYTES || offset.checked_add(len).is_none() {
-                return Err("chunk outside its pack");
-            }
-        }
-        let saved = SavedTable {
-            inode: u64::from_le_bytes(*inode),
-            reads,
-            entries,
-        };
-        if out.insert(u32::from_le_bytes(*n), saved).is_some() {
-            return Err("a pack named twice");
-        }
-        rest = after;
-    }
-    if !rest.is_empty() {
-        return Err("cut short");
-    }
-    Ok(out)
 }
 
 /// How [`Packs::open`] learnt the packs' tables.
@@ -503,37 +403,39 @@ impl Packs {
     pub(super) fn open(cache_dir: &Path, tmp: &Path) -> Result<Packs, StoreError> {
         let dir = cache_dir.join("packs");
         fs::create_dir_all(&dir).map_err(|e| StoreError::io("create directory", &dir, e))?;
-        let saved_path = cache_dir.join(SAVED_TABLES);
-        let saved_bytes = read_saved_tables(&saved_path);
-        let mut saved = decode_tables(&saved_bytes).unwrap_or_else(|why| {
-            if !saved_bytes.is_empty() {
-                tracing::warn!(path = %saved_path.display(), why, "ignoring damaged saved pack tables; reading each pack's");
-            }
-            HashMap::new()
-        });
-        let mut state = State::default();
         let mut loaded = PacksLoaded::default();
         let mut last = None::<u32>;
+        // Each pack in place, and its inode number.
+        let mut listed = HashMap::new();
         let entries = fs::read_dir(&dir).map_err(|e| StoreError::io("list directory", &dir, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| StoreError::io("list directory", &dir, e))?;
-            let path = entry.path();
             let Some(n) = pack_number(&entry.file_name()) else {
-                tracing::warn!(path = %path.display(), "skipped a file in the packs folder that is not a pack");
+                tracing::warn!(path = %entry.path().display(), "skipped a file in the packs folder that is not a pack");
                 continue;
             };
             last = last.max(Some(n));
-            loaded.packs += 1;
-            let inode = entry.ino();
-            if let Some(s) = saved.remove(&n)
-                && s.inode == inode
-            {
-                state.add(n, s.entries(), s.reads);
-                state.inodes.insert(n, inode);
-                loaded.from_saved += 1;
-                continue;
-            }
+            listed.insert(n, entry.ino());
+        }
+        loaded.packs = listed.len();
+        let mut state = State::default();
+        let saved_path = cache_dir.join(saved::FILE);
+        let from_saved = saved::load(&saved_path, &listed, &mut state);
+        if let Some(why) = &from_saved.unusable {
+            tracing::warn!(path = %saved_path.display(), why = %why, "cannot use the saved pack tables; reading each pack's");
+        }
+        loaded.from_saved = from_saved.added.len();
+        // The others' tables, in the order the packs were written (most
+        // likely their order on disk).
+        let mut unsaved: Vec<(u32, u64)> = listed
+            .iter()
+            .filter(|(n, _)| !from_saved.added.contains(n))
+            .map(|(&n, &inode)| (n, inode))
+            .collect();
+        unsaved.sort_unstable();
+        for (n, inode) in unsaved {
             loaded.read += 1;
+            let path = dir.join(pack_name(n));
             match read_table(&path) {
                 Ok((table, reads)) => {
                     state.add(n, table, reads);
@@ -548,9 +450,9 @@ impl Packs {
                 }
             }
         }
-        // Saved tables of packs gone since, or tables read: the file no
+        // Tables read, or saved ones of packs gone since: the file no
         // longer says what is in place.
-        state.changed = loaded.read > 0 || !saved.is_empty();
+        state.changed = loaded.read > 0 || from_saved.stale;
         tracing::debug!(
             packs = loaded.packs,
             from_saved = loaded.from_saved,
@@ -580,44 +482,38 @@ impl Packs {
     /// in its saved table, and the open's check against the index
     /// ([`Packs::retain_indexed`]) drops it.
     pub(super) fn save_tables(&self) -> Result<bool, StoreError> {
-        let bytes = {
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}", saved::FILE, std::process::id()));
+        let written = {
             let mut st = self.state.write();
             if !st.changed {
                 return Ok(false);
             }
+            // A change while the file is written marks it again.
             st.changed = false;
-            st.encode_tables()
-        };
-        let result = self.write_saved(&bytes);
-        if result.is_err() {
-            self.state.write().changed = true;
-        }
-        result.map(|()| true)
-    }
-
-    fn write_saved(&self, bytes: &[u8]) -> Result<(), StoreError> {
-        let tmp = self
-            .tmp
-            .join(format!("{SAVED_TABLES}.{}", std::process::id()));
-        let written = File::create(&tmp)
-            .and_then(|mut f| {
-                io::Write::write_all(&mut f, bytes)?;
-                f.sync_data()
+            let st = parking_lot::RwLockWriteGuard::downgrade(st);
+            File::create(&tmp).and_then(|file| {
+                saved::write(&st, &file)?;
+                file.sync_data()
             })
+        };
+        let result = written
             .map_err(|e| StoreError::io("write temp file", &tmp, e))
             .and_then(|()| {
                 fs::rename(&tmp, &self.saved).map_err(|e| {
                     StoreError::io("rename saved pack tables into place", &self.saved, e)
                 })
             });
-        if written.is_err() {
+        if result.is_err() {
             let _ = fs::remove_file(&tmp);
+            self.state.write().changed = true;
         }
-        written
+        result.map(|()| true)
     }
 
     fn path_of(&self, pack: u32) -> PathBuf {
-        self.dir.join(format!("{pack:08x}.pack"))
+        self.dir.join(pack_name(pack))
     }
 
     /// Starts a pack: its temp file, for [`PackWriter::reserve`].
@@ -884,15 +780,9 @@ fn forget(st: &mut State, n: u32) -> bool {
     emptied
 }
 
-/// The file of tables a clean exit saved; empty if there is none or it
-/// cannot be read (every table is then read from its pack).
-fn read_saved_tables(path: &Path) -> Vec<u8> {
-    fs::read(path).unwrap_or_else(|e| {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), error = %e, "cannot read the saved pack tables; reading each pack's");
-        }
-        Vec::new()
-    })
+/// Pack 42 is `0000002a.pack`.
+fn pack_name(n: u32) -> String {
+    format!("{n:08x}.pack")
 }
 
 /// `0000002a.pack` is pack 42.
