@@ -705,6 +705,37 @@ fn a_saved_table_holds_only_for_the_pack_it_was_saved_from() {
 }
 
 #[test]
+fn a_new_pack_never_takes_the_number_of_one_whose_table_was_saved() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let mut packs = packed_batches(&store, 3, 5000);
+    assert!(store.save_pack_tables().unwrap());
+    let last = store.packed_at(packs[2][0].0).unwrap().0;
+    // The last pack goes, and the run ends without a save (a crash).
+    for (id, _) in packs.remove(2) {
+        store.remove(id).unwrap();
+    }
+    assert!(!last.exists());
+    drop(store);
+
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(2, 2, 0));
+    packs.extend(packed_batches(&store, 1, 6000));
+    let new = store.packed_at(packs[2][0].0).unwrap().0;
+    assert_ne!(new, last, "a saved table names that pack");
+    drop(store);
+    // (Had it taken the number, and the file system the inode, the saved
+    // table would have been taken for the new pack's.)
+    let store = ChunkStore::open(dir.path()).unwrap();
+    assert_eq!(store.packs_loaded(), loaded(3, 2, 1));
+    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
+    for (id, data) in packs.iter().flatten() {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+}
+
+#[test]
 fn damaged_saved_tables_are_ignored_and_every_table_read() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();

@@ -463,7 +463,7 @@ impl Packs {
             dir,
             tmp: tmp.to_path_buf(),
             saved: saved_path,
-            next: AtomicU32::new(last.map_or(0, |n| n.saturating_add(1))),
+            next: AtomicU32::new(last.max(from_saved.last).map_or(0, |n| n.saturating_add(1))),
             state: RwLock::new(state),
             loaded,
         })

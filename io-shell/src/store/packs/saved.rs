@@ -99,6 +99,9 @@ pub(super) struct Loaded {
     pub added: HashSet<u32>,
     /// Whether the file named packs that are not in place (any more).
     pub stale: bool,
+    /// The highest pack number the file names: no new pack takes it, so
+    /// a saved table never describes a later pack of the same number.
+    pub last: Option<u32>,
     /// Why the file could not be used, or stopped being readable half way.
     pub unusable: Option<Unusable>,
 }
@@ -111,7 +114,7 @@ pub(super) struct Loaded {
 pub(super) fn load(path: &Path, listed: &HashMap<u32, u64>, st: &mut State) -> Loaded {
     let mut loaded = Loaded::default();
     let result = File::open(path).map_err(Unusable::from).and_then(|file| {
-        check(&file)?;
+        loaded.last = check(&file)?;
         add(&file, listed, st, &mut loaded)
     });
     match result {
@@ -221,14 +224,16 @@ impl<'a> Records<'a> {
 }
 
 /// Reads the whole file: every record decodes, no pack twice, and the
-/// checksum holds.
-fn check(file: &File) -> Result<(), Unusable> {
+/// checksum holds. Returns the highest pack number it names.
+fn check(file: &File) -> Result<Option<u32>, Unusable> {
     let mut r = Records::new(file, true)?;
     let mut seen = HashSet::new();
+    let mut last = None;
     while let Some(head) = r.head()? {
         if !seen.insert(head.n) {
             return Err(Unusable::Damaged("a pack named twice"));
         }
+        last = last.max(Some(head.n));
         for _ in 0..head.count {
             r.entry()?;
         }
@@ -239,7 +244,7 @@ fn check(file: &File) -> Result<(), Unusable> {
     if digest != Some(u64::from_le_bytes(checksum)) {
         return Err(Unusable::Damaged("checksum mismatch"));
     }
-    Ok(())
+    Ok(last)
 }
 
 fn add(
