@@ -8,6 +8,7 @@
 //!   chunks/tmp/                          in-progress writes (emptied at open)
 //!   packs/<8-hex number>.pack            many chunks each: the tag bytes a first scan keeps,
 //!                                        a fetch's chunks stored in one batch
+//!   packs.tables                         the packs' tables, saved at a clean exit
 //!   db/                                  sled: catalog, manifests, chunk index, meta
 //!   db.corrupt-<unix-time>/              a database that failed to open, set aside
 //! ```
