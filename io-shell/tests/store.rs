@@ -628,6 +628,18 @@ fn index_of<'a>(
         .collect()
 }
 
+/// The store of `cache` opened again: its packs' tables learnt as `how`
+/// says, every chunk of `packs` (the index) kept and read back whole.
+fn reopened(cache: &Path, how: PacksLoaded, packs: &[Vec<(ChunkId, Vec<u8>)>]) -> ChunkStore {
+    let store = ChunkStore::open(cache).unwrap();
+    assert_eq!(store.packs_loaded(), how);
+    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
+    for (id, data) in packs.iter().flatten() {
+        assert_eq!(&store.get(*id).unwrap(), data);
+    }
+    store
+}
+
 fn loaded(packs: usize, from_saved: usize, read: usize) -> PacksLoaded {
     PacksLoaded {
         packs,
@@ -651,12 +663,7 @@ fn a_clean_exits_saved_tables_spare_the_next_open_reading_each_pack() {
     assert!(store.save_pack_tables().unwrap());
     drop(store);
 
-    let store = ChunkStore::open(dir.path()).unwrap();
-    assert_eq!(store.packs_loaded(), loaded(3, 3, 0));
-    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
-    for (id, data) in packs.iter().flatten() {
-        assert_eq!(&store.get(*id).unwrap(), data);
-    }
+    let store = reopened(dir.path(), loaded(3, 3, 0), &packs);
     assert!(matches!(store.get(evicted), Err(ChunkReadError::Missing)));
     // A pack put in place after the save (this run then crashes: no save),
     // and one whose last chunk goes.
@@ -666,12 +673,7 @@ fn a_clean_exits_saved_tables_spare_the_next_open_reading_each_pack() {
     }
     drop(store);
 
-    let store = ChunkStore::open(dir.path()).unwrap();
-    assert_eq!(store.packs_loaded(), loaded(3, 2, 1));
-    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
-    for (id, data) in packs.iter().flatten() {
-        assert_eq!(&store.get(*id).unwrap(), data);
-    }
+    let store = reopened(dir.path(), loaded(3, 2, 1), &packs);
     assert!(store.save_pack_tables().unwrap());
     drop(store);
     let store = ChunkStore::open(dir.path()).unwrap();
@@ -727,12 +729,7 @@ fn a_new_pack_never_takes_the_number_of_one_whose_table_was_saved() {
     drop(store);
     // (Had it taken the number, and the file system the inode, the saved
     // table would have been taken for the new pack's.)
-    let store = ChunkStore::open(dir.path()).unwrap();
-    assert_eq!(store.packs_loaded(), loaded(3, 2, 1));
-    assert_eq!(store.forget_unindexed(&index_of(packs.iter().flatten())), 0);
-    for (id, data) in packs.iter().flatten() {
-        assert_eq!(&store.get(*id).unwrap(), data);
-    }
+    reopened(dir.path(), loaded(3, 2, 1), &packs);
 }
 
 #[test]
