@@ -39,9 +39,10 @@
 //! [`Packs::retain_indexed`] drops what the index does not name (chunks evicted
 //! in an earlier run, a pack a crash left unindexed).
 //!
-//! Reading every table at open costs a disk read per pack: 1.3-1.6 s for
+//! Reading every table at open costs a disk read per pack: 0.8-1.7 s for
 //! 20,000 packs with the page cache cold on this VM's disk (about what
-//! 40 GB of cached tracks make), minutes on a spinning one. So a clean
+//! 40 GB of cached tracks make), minutes on a spinning one; from the saved
+//! tables, 0.04-0.09 s (`bench/run`). So a clean
 //! exit saves the tables of the packs in place, what is still live of
 //! each, in one file ([`Packs::save_tables`]):
 //!
