@@ -733,6 +733,29 @@ fn a_new_pack_never_takes_the_number_of_one_whose_table_was_saved() {
 }
 
 #[test]
+fn a_long_run_saves_the_pack_tables_again_once_enough_packs_are_new() {
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let store = ChunkStore::open(dir.path()).unwrap();
+    let mut packs = packed_batches(&store, 3, 7000);
+    assert!(!store.save_pack_tables_after(4).unwrap());
+    packs.extend(packed_batches(&store, 1, 7300));
+    assert!(store.save_pack_tables_after(4).unwrap());
+    assert!(
+        !store.save_pack_tables_after(4).unwrap(),
+        "no pack new since"
+    );
+    packs.extend(packed_batches(&store, 1, 7400));
+    // A crash: the last pack's table was never saved.
+    drop(store);
+    let store = reopened(dir.path(), loaded(5, 4, 1), &packs);
+    // The table that open read counts as new.
+    assert!(store.save_pack_tables_after(1).unwrap());
+    drop(store);
+    reopened(dir.path(), loaded(5, 5, 0), &packs);
+}
+
+#[test]
 fn damaged_saved_tables_are_ignored_and_every_table_read() {
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();

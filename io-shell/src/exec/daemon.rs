@@ -505,6 +505,7 @@ impl Daemon {
             }
         }
         self.db.touch_chunks(&touched)?;
+        self.store.checkpoint();
         Ok(())
     }
 

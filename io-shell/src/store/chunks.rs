@@ -186,6 +186,14 @@ impl ChunkStore {
         self.packs.save_tables()
     }
 
+    /// Saves the packs' tables as [`ChunkStore::save_pack_tables`] does,
+    /// once `packs` packs have been put in place since the last save (or
+    /// the open): in a run of months, what a crash would have the next
+    /// open read is bounded.
+    pub fn save_pack_tables_after(&self, packs: usize) -> Result<bool, StoreError> {
+        self.packs.save_tables_after(packs)
+    }
+
     fn shard_dir(&self, id: ChunkId) -> PathBuf {
         self.root.join(format!("{:02x}", id.shard()))
     }

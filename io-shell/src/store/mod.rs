@@ -58,7 +58,19 @@ pub trait ChunkBackend: Send + Sync + 'static {
     }
     /// Deletes a chunk; a missing one is fine.
     fn remove(&self, id: ChunkId) -> Result<(), StoreError>;
+    /// Saves what lets the next open be quick, if enough changed since it
+    /// was last saved (see [`ChunkStore::save_pack_tables_after`]); the
+    /// daemon calls it as it saves the rest of its state. Failures are
+    /// logged: they cost only time.
+    fn checkpoint(&self) {}
 }
+
+/// Packs put in place between two saves of their tables while the daemon
+/// runs (some 2 GB of cached tracks): after a crash, the next open reads
+/// at most about as many tables (some 75 ms on this VM's disk with the
+/// page cache cold), and a save, which writes every packed chunk's place
+/// (24 bytes each), is made once per that much cached.
+pub const PACK_TABLES_SAVED_EVERY: usize = 1024;
 
 impl ChunkBackend for ChunkStore {
     fn put(&self, id: ChunkId, data: &[u8]) -> Result<(), StoreError> {
@@ -75,6 +87,15 @@ impl ChunkBackend for ChunkStore {
     }
     fn remove(&self, id: ChunkId) -> Result<(), StoreError> {
         ChunkStore::remove(self, id)
+    }
+    fn checkpoint(&self) {
+        match self.save_pack_tables_after(PACK_TABLES_SAVED_EVERY) {
+            Ok(true) => tracing::debug!("pack tables saved"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not save the pack tables; a crash now makes the next mount read each pack's")
+            }
+        }
     }
 }
 pub use db::{Db, META_LIBRARY_FINGERPRINT, META_SCHEMA_VERSION, OpenOutcome, SCHEMA_VERSION};

@@ -42,9 +42,11 @@
 //! Reading every table at open costs a disk read per pack: 0.8-1.7 s for
 //! 20,000 packs with the page cache cold on this VM's disk (about what
 //! 40 GB of cached tracks make), minutes on a spinning one; from the saved
-//! tables, 0.04-0.09 s (`bench/run`). So a clean
-//! exit saves the tables of the packs in place, what is still live of
-//! each, in one file ([`Packs::save_tables`]):
+//! tables, 0.04-0.09 s (`bench/run`). So a clean exit saves the tables of
+//! the packs in place, what is still live of each, in one file
+//! ([`Packs::save_tables`]), and so does a running daemon once 1,024 packs
+//! are new since the last save ([`Packs::save_tables_after`]), which
+//! bounds what a crash costs the next open:
 //!
 //! ```text
 //! <cache_dir>/packs.tables
@@ -315,6 +317,9 @@ struct State {
     inodes: HashMap<u32, u64>,
     /// Whether the packs changed since their tables were loaded or saved.
     changed: bool,
+    /// Packs put in place since the tables were loaded or saved: what a
+    /// crash would have the next open read.
+    unsaved: usize,
 }
 
 impl State {
@@ -371,7 +376,7 @@ fn entry(bytes: &[u8]) -> Option<(ChunkId, u32, u32)> {
     ))
 }
 
-/// How [`Packs::open`] learnt the packs' tables.
+/// How the chunk store's open learnt the packs' tables.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PacksLoaded {
     /// Packs in place.
@@ -454,6 +459,7 @@ impl Packs {
         // Tables read, or saved ones of packs gone since: the file no
         // longer says what is in place.
         state.changed = loaded.read > 0 || from_saved.stale;
+        state.unsaved = loaded.read;
         tracing::debug!(
             packs = loaded.packs,
             from_saved = loaded.from_saved,
@@ -483,23 +489,35 @@ impl Packs {
     /// in its saved table, and the open's check against the index
     /// ([`Packs::retain_indexed`]) drops it.
     pub(super) fn save_tables(&self) -> Result<bool, StoreError> {
+        self.save_tables_if(|_| true)
+    }
+
+    /// Saves the tables as [`Packs::save_tables`] does once `packs` have
+    /// been put in place since they were loaded or saved: a run of months
+    /// bounds what a crash would have the next open read.
+    pub(super) fn save_tables_after(&self, packs: usize) -> Result<bool, StoreError> {
+        self.save_tables_if(|st| st.unsaved >= packs)
+    }
+
+    fn save_tables_if(&self, due: impl Fn(&State) -> bool) -> Result<bool, StoreError> {
         let tmp = self
             .tmp
             .join(format!("{}.{}", saved::FILE, std::process::id()));
-        let written = {
-            let mut st = self.state.write();
-            if !st.changed {
-                return Ok(false);
-            }
-            // A change while the file is written marks it again.
-            st.changed = false;
-            let st = parking_lot::RwLockWriteGuard::downgrade(st);
-            File::create(&tmp).and_then(|file| {
+        let mut st = self.state.write();
+        if !st.changed || !due(&st) {
+            return Ok(false);
+        }
+        // A change while the file is written marks it again.
+        st.changed = false;
+        st.unsaved = 0;
+        // Packs are read meanwhile, and put in place once it is written.
+        let st = parking_lot::RwLockWriteGuard::downgrade(st);
+        let result = File::create(&tmp)
+            .and_then(|file| {
                 saved::write(&st, &file)?;
+                drop(st);
                 file.sync_data()
             })
-        };
-        let result = written
             .map_err(|e| StoreError::io("write temp file", &tmp, e))
             .and_then(|()| {
                 fs::rename(&tmp, &self.saved).map_err(|e| {
@@ -508,6 +526,8 @@ impl Packs {
             });
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
+            // Tried again at the exit, or once as many packs more are put
+            // in place (not at every call: the disk may be full).
             self.state.write().changed = true;
         }
         result.map(|()| true)
@@ -587,6 +607,7 @@ impl Packs {
             let _ = fs::remove_file(&path);
         } else {
             st.changed = true;
+            st.unsaved += 1;
             if let Ok(inode) = inode {
                 st.inodes.insert(n, inode);
             }
