@@ -173,7 +173,7 @@ impl ChunkStore {
     }
 
     /// How the open learnt the packs' tables: how many it took from the
-    /// file the last clean exit saved, how many it read from their packs.
+    /// file last saved, how many it read from their packs.
     pub fn packs_loaded(&self) -> PacksLoaded {
         self.packs.loaded()
     }

@@ -8,7 +8,8 @@
 //!   chunks/tmp/                          in-progress writes (emptied at open)
 //!   packs/<8-hex number>.pack            many chunks each: the tag bytes a first scan keeps,
 //!                                        a fetch's chunks stored in one batch
-//!   packs.tables                         the packs' tables, saved at a clean exit
+//!   packs.tables                         the packs' tables, saved at a clean exit (and on
+//!                                        the way, every 1,024 new packs)
 //!   db/                                  sled: catalog, manifests, chunk index, meta
 //!   db.corrupt-<unix-time>/              a database that failed to open, set aside
 //! ```
@@ -93,7 +94,7 @@ impl ChunkBackend for ChunkStore {
             Ok(true) => tracing::debug!("pack tables saved"),
             Ok(false) => {}
             Err(e) => {
-                tracing::warn!(error = %e, "could not save the pack tables; a crash now makes the next mount read each pack's")
+                tracing::warn!(error = %e, "could not save the pack tables; after a crash the next mount reads the tables of the packs written since the last save")
             }
         }
     }

@@ -381,7 +381,7 @@ fn entry(bytes: &[u8]) -> Option<(ChunkId, u32, u32)> {
 pub struct PacksLoaded {
     /// Packs in place.
     pub packs: usize,
-    /// Tables taken from the file a clean exit saved.
+    /// Tables taken from the file last saved.
     pub from_saved: usize,
     /// Tables read from their packs.
     pub read: usize,
@@ -392,7 +392,7 @@ pub struct PacksLoaded {
 pub(super) struct Packs {
     dir: PathBuf,
     tmp: PathBuf,
-    /// The tables a clean exit saves (see the module docs).
+    /// Where the tables are saved (see the module docs).
     saved: PathBuf,
     next: AtomicU32,
     state: RwLock<State>,
@@ -401,7 +401,7 @@ pub(super) struct Packs {
 
 impl Packs {
     /// Opens `<cache_dir>/packs` (creating it) and learns every pack's
-    /// table: from the tables a clean exit saved where they still hold,
+    /// table: from the tables last saved where they still hold,
     /// else from the pack. Temp files are in `tmp`, which the caller
     /// empties. A pack whose table is damaged is deleted (its chunks read
     /// as missing and are fetched again); one that cannot be read is
