@@ -439,6 +439,27 @@ impl std::error::Error for ChunkReadError {
 }
 
 /// sled reports a held lock as `ErrorKind::Other` with this message.
+/// Replaces `path` with what `write` writes: into `tmp` first, flushed,
+/// then renamed over it, so that `path` is always whole (the old or the
+/// new). A failure leaves no `tmp` behind: on a full disk, no half-written
+/// copy holds space.
+pub(crate) fn replace_file(
+    path: &std::path::Path,
+    tmp: &std::path::Path,
+    write: impl FnOnce(&mut std::fs::File) -> io::Result<()>,
+) -> io::Result<()> {
+    let written = std::fs::File::create(tmp)
+        .and_then(|mut file| {
+            write(&mut file)?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    written
+}
+
 pub(super) fn is_lock_error(e: &io::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }

@@ -397,6 +397,7 @@ pub(super) struct Packs {
     next: AtomicU32,
     state: RwLock<State>,
     loaded: PacksLoaded,
+    saving: parking_lot::Mutex<()>,
 }
 
 impl Packs {
@@ -473,6 +474,7 @@ impl Packs {
             next: AtomicU32::new(last.max(from_saved.last).map_or(0, |n| n.saturating_add(1))),
             state: RwLock::new(state),
             loaded,
+            saving: parking_lot::Mutex::new(()),
         })
     }
 
@@ -500,9 +502,9 @@ impl Packs {
     }
 
     fn save_tables_if(&self, due: impl Fn(&State) -> bool) -> Result<bool, StoreError> {
-        let tmp = self
-            .tmp
-            .join(format!("{}.{}", saved::FILE, std::process::id()));
+        // One save at a time (the daemon's checkpoint and the exit's share
+        // the temporary file).
+        let _one = self.saving.lock();
         let mut st = self.state.write();
         if !st.changed || !due(&st) {
             return Ok(false);
@@ -512,20 +514,16 @@ impl Packs {
         st.unsaved = 0;
         // Packs are read meanwhile, and put in place once it is written.
         let st = parking_lot::RwLockWriteGuard::downgrade(st);
-        let result = File::create(&tmp)
-            .and_then(|file| {
-                saved::write(&st, &file)?;
-                drop(st);
-                file.sync_data()
-            })
-            .map_err(|e| StoreError::io("write temp file", &tmp, e))
-            .and_then(|()| {
-                fs::rename(&tmp, &self.saved).map_err(|e| {
-                    StoreError::io("rename saved pack tables into place", &self.saved, e)
-                })
-            });
+        let tmp = self
+            .tmp
+            .join(format!("{}.{}", saved::FILE, std::process::id()));
+        let result = super::replace_file(&self.saved, &tmp, move |file| {
+            saved::write(&st, file)?;
+            drop(st);
+            Ok(())
+        })
+        .map_err(|e| StoreError::io("save pack tables", &self.saved, e));
         if result.is_err() {
-            let _ = fs::remove_file(&tmp);
             // Tried again at the exit, or once as many packs more are put
             // in place (not at every call: the disk may be full).
             self.state.write().changed = true;

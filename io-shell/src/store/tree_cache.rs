@@ -158,21 +158,13 @@ pub fn save(
     let _one = SAVING.lock();
     let body = rmp_serde::to_vec(&(report, tree)).map_err(io::Error::other)?;
     let tmp = cache_dir.join(format!("{TREE_FILE}.tmp"));
-    let written = (|| {
-        let mut f = fs::File::create(&tmp)?;
+    // A full disk keeps no half-written copy (tens of MB on a large
+    // library); the last saved tree, if any, is still whole.
+    super::replace_file(&cache_dir.join(TREE_FILE), &tmp, |f| {
         f.write_all(&key.header())?;
         f.write_all(&xxh3_128(&body).to_le_bytes())?;
-        f.write_all(&body)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, cache_dir.join(TREE_FILE))
-    })();
-    if written.is_err() {
-        // A full disk keeps no half-written copy (tens of MB on a large
-        // library); the last saved tree, if any, is still whole.
-        let _ = fs::remove_file(&tmp);
-    }
-    written
+        f.write_all(&body)
+    })
 }
 
 #[cfg(test)]
