@@ -25,10 +25,10 @@ use crate::SourceFile;
 use crate::chunk::ChunkId;
 use crate::engine::{
     CheckId, ChunkFault, CutChunk, Cutter, DiskFault, Engine, Fetch, FetchError, FetchId,
-    FetchedChunk, Notice, Output, Piece, ReqId, Stored, WarmFor,
+    FetchedChunk, Notice, Output, Piece, Prime, ReqId, Stored, WarmFor,
 };
 use crate::fs::Errno;
-use crate::ids::OriginId;
+use crate::ids::{Ino, OriginId};
 use crate::manifest::Extent;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -39,6 +39,10 @@ use std::time::Duration;
 /// executor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct OpId(pub u64);
+
+/// Pages waiting for a read-ahead to be handed to the kernel, at most (a
+/// hint: the oldest are dropped).
+const PRIMES_WAITING_MAX: usize = 1024;
 
 /// The executor's limits.
 #[derive(Clone, Debug)]
@@ -83,6 +87,10 @@ pub struct ExecConfig {
     /// straight from it (`ahead.rs`), in one origin read; up to twice this
     /// is at hand or under way past the reader. 0: none.
     pub passthrough_ahead_bytes: u32,
+    /// The kernel's page size: pages handed to it (`Io::Prime`) start
+    /// and end on its pages (or at the file's end), as it takes only
+    /// whole pages.
+    pub page_bytes: u64,
 }
 
 impl ExecConfig {
@@ -106,6 +114,7 @@ impl ExecConfig {
             // Eight of the kernel's 128 KiB reads: the origin reads in
             // large pieces while the reader takes the last one's bytes.
             passthrough_ahead_bytes: 1 << 20,
+            page_bytes: 4096,
         }
     }
 }
@@ -238,6 +247,21 @@ pub enum Io {
     },
     /// Try writing to the cache disk and report [`Exec::disk_probed`].
     ProbeDisk,
+    /// Hand these bytes of file `ino` to the kernel's page cache (nothing
+    /// to report). They are the file's bytes at `offset` in tree epoch
+    /// `epoch`: if the tree has changed since (a later epoch), drop the
+    /// file's pages again, as a sync may have told the kernel of the
+    /// change before they arrived.
+    Prime {
+        /// The file.
+        ino: Ino,
+        /// Where the bytes start (on a page).
+        offset: u64,
+        /// The bytes.
+        slices: Vec<Slice>,
+        /// The tree epoch they belong to.
+        epoch: u64,
+    },
     /// Worth a log line.
     Notice(Notice),
 }
@@ -417,6 +441,11 @@ pub struct ExecStats {
     /// Reads answered straight from an origin with bytes read ahead of them
     /// (`ahead.rs`), without an origin read of their own.
     pub served_read_ahead: u64,
+    /// Runs of kept bytes handed to the kernel's page cache
+    /// (`Output::Prime`).
+    pub primed_runs: u64,
+    /// Their bytes.
+    pub primed_bytes: u64,
 }
 
 /// The executor's state: everything a crash forgets.
@@ -455,6 +484,9 @@ pub struct Exec {
     warm_queue: VecDeque<OpId>,
     /// Streams' read-ahead reads under way.
     warms_started: usize,
+    /// Pages to hand the kernel once the read-ahead of their chunks ends
+    /// (oldest first, at most [`PRIMES_WAITING_MAX`]).
+    primes_waiting: VecDeque<Prime>,
     /// Origin bytes read ahead of streams answered straight from their
     /// origin.
     ahead: ahead::Ahead,
@@ -492,6 +524,7 @@ impl Exec {
             warming: BTreeSet::new(),
             warm_queue: VecDeque::new(),
             warms_started: 0,
+            primes_waiting: VecDeque::new(),
             ahead: ahead::Ahead::default(),
             last_read: None,
             completions: 0,
@@ -574,6 +607,13 @@ impl Exec {
     ) {
         self.parked.insert(req);
         self.last_read = Some(now);
+        // The kernel asks for these pages itself: handing them over too
+        // would only copy them again.
+        if !self.primes_waiting.is_empty() {
+            let end = off.saturating_add(u64::from(size));
+            self.primes_waiting
+                .retain(|p| p.ino != ino || p.offset < off || p.offset >= end);
+        }
         e.read(now, req, ino, off, size);
         self.drain(e, now);
     }
@@ -864,6 +904,11 @@ impl Exec {
                     self.warm(run, to);
                 }
             }
+            Output::Prime(primes) => {
+                for p in primes {
+                    self.prime(e, p);
+                }
+            }
             Output::ProbeDisk => self.io.push_back(Io::ProbeDisk),
             Output::CheckOrigin { origin, check } => self.io.push_back(Io::CheckOrigin {
                 origin,
@@ -929,11 +974,7 @@ impl Exec {
             if have.contains_key(&p.id) || ids.contains(&p.id) {
                 continue;
             }
-            let at_hand = self
-                .memory
-                .get(p.id)
-                .or_else(|| self.storing.get(&p.id).map(|(_, d)| Arc::clone(d)));
-            match at_hand {
+            match self.at_hand(p.id) {
                 Some(chunk) => {
                     have.insert(p.id, chunk);
                 }
@@ -1136,6 +1177,103 @@ impl Exec {
             }
         }
         self.serve_awaiting(e, now);
+        self.primes_ready(e);
+    }
+
+    /// Hands `p`'s pages to the kernel if its chunks are at hand, or once
+    /// the read-ahead reading them ends; otherwise (not in memory, or
+    /// being deleted, or the tree changed since it was planned) leaves it.
+    fn prime(&mut self, e: &Engine, p: Prime) {
+        let race = e.config().bugs().prime_any_epoch;
+        if p.epoch != e.tree_epoch() && !race {
+            return;
+        }
+        let mut waits = false;
+        for &(id, _) in &p.chunks {
+            if self.deleting.contains_key(&id) {
+                return;
+            }
+            if self.warming.contains(&id) {
+                waits = true;
+            } else if !self.memory.chunks.contains_key(&id) && !self.storing.contains_key(&id) {
+                return;
+            }
+        }
+        if waits {
+            if self.primes_waiting.len() >= PRIMES_WAITING_MAX {
+                self.primes_waiting.pop_front();
+            }
+            self.primes_waiting.push_back(p);
+            return;
+        }
+        let start = p.offset;
+        let end = start + p.chunks.iter().map(|&(_, len)| u64::from(len)).sum::<u64>();
+        // Whole pages only: the kernel leaves a page it got part of for a
+        // read to fill.
+        let page = self.config.page_bytes.max(1);
+        let from = start.next_multiple_of(page);
+        let to = if end >= p.size {
+            p.size
+        } else {
+            end - end % page
+        };
+        if from >= to {
+            return;
+        }
+        let mut slices = Vec::new();
+        let mut at = start;
+        for &(id, len) in &p.chunks {
+            let chunk_end = at + u64::from(len);
+            let (lo, hi) = (at.max(from), chunk_end.min(to));
+            if lo < hi {
+                let Some(chunk) = self.at_hand(id) else {
+                    return;
+                };
+                slices.push(Slice {
+                    chunk,
+                    from: (lo - at) as u32,
+                    len: (hi - lo) as u32,
+                });
+            }
+            at = chunk_end;
+        }
+        self.stats.primed_runs += 1;
+        self.stats.primed_bytes += to - from;
+        let epoch = if race { e.tree_epoch() } else { p.epoch };
+        self.io.push_back(Io::Prime {
+            ino: p.ino,
+            offset: from,
+            slices,
+            epoch,
+        });
+    }
+
+    /// A read-ahead ended: the pages waiting for it go to the kernel.
+    fn primes_ready(&mut self, e: &Engine) {
+        if self.primes_waiting.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.primes_waiting);
+        for p in waiting {
+            if p.chunks.iter().any(|(id, _)| self.warming.contains(id)) {
+                self.primes_waiting.push_back(p);
+            } else {
+                self.prime(e, p);
+            }
+        }
+    }
+
+    /// The files with pages waiting for a read-ahead to be handed to the
+    /// kernel (for the simulator, which changes them under the wait).
+    pub fn primes_waiting(&self) -> impl Iterator<Item = Ino> + '_ {
+        self.primes_waiting.iter().map(|p| p.ino)
+    }
+
+    /// A verified chunk's bytes, from memory or from the write queue.
+    fn at_hand(&mut self, id: ChunkId) -> Option<Arc<[u8]>> {
+        self.memory
+            .get(id)
+            .or_else(|| self.storing.get(&id).map(|(_, data)| Arc::clone(data)))
     }
 
     fn evict(&mut self, e: &Engine, ids: Vec<ChunkId>) {

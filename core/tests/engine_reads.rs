@@ -58,6 +58,8 @@ struct World {
     /// Chunk reads the disk answers later (a slow cache disk), by op.
     held_chunk_reads: Vec<(OpId, Vec<ChunkId>)>,
     hold_chunk_reads: bool,
+    /// Pages handed to the kernel: file, offset, bytes, tree epoch.
+    primes: Vec<(Ino, u64, Vec<u8>, u64)>,
 }
 
 struct Harness {
@@ -339,6 +341,15 @@ impl Harness {
             Io::ProbeDisk => {
                 let ok = !self.world.disk_full;
                 self.exec.disk_probed(e, now, ok);
+            }
+            Io::Prime {
+                ino,
+                offset,
+                slices,
+                epoch,
+            } => {
+                let bytes = Reply::Slices(slices).assemble();
+                self.world.primes.push((ino, offset, bytes, epoch));
             }
             Io::Notice(_) => {}
         }
@@ -708,6 +719,104 @@ fn a_scan_finds_the_kept_bytes_of_the_next_files_and_folders_in_memory() {
         scan(&mut h, title);
     }
     assert_eq!(h.world.chunk_reads, before);
+}
+
+/// Files of 1 MiB of which a first scan kept a head and a tail that end
+/// off the kernel's pages, all in one folder.
+fn scanned_folder() -> (Harness, Vec<&'static str>) {
+    let titles = vec!["A", "B", "C", "D", "E", "F"];
+    let files: Vec<(&str, usize)> = titles.iter().map(|&t| (t, MIB)).collect();
+    let h = Harness::with_kept(&files, 10_000, 6_000, Config::default()).with_memory(16 << 20);
+    (h, titles)
+}
+
+/// The files primed so far, by title, and every prime checked: whole
+/// pages of the origin's bytes (or up to the end of the file).
+fn primed(h: &Harness, titles: &[&str]) -> Vec<String> {
+    let mut out = Vec::new();
+    for (ino, offset, bytes, _) in &h.world.primes {
+        let title = titles
+            .iter()
+            .find(|t| h.ino(t) == *ino)
+            .expect("a primed file is a track");
+        let want = h.origin_bytes(title);
+        let end = offset + bytes.len() as u64;
+        assert!(offset.is_multiple_of(4096), "{title}: starts off a page");
+        assert!(
+            end.is_multiple_of(4096) || end == want.len() as u64,
+            "{title}: ends off a page"
+        );
+        assert!(
+            bytes[..] == want[*offset as usize..end as usize],
+            "{title} at {offset}"
+        );
+        out.push(format!("{title}@{offset}+{}", bytes.len()));
+    }
+    out
+}
+
+#[test]
+fn a_scans_read_ahead_hands_the_kernel_whole_pages_but_the_middle_files() {
+    let (mut h, titles) = scanned_folder();
+    // The kernel lists the folder: nothing was read ahead, nothing to hand.
+    let inos: Vec<Ino> = titles.iter().map(|t| h.ino(t)).collect();
+    h.engine.listed(&inos);
+    h.pump();
+    assert!(h.world.primes.is_empty());
+    // The scan reads A: B to F are read ahead, and their heads (10,000
+    // bytes: two whole pages) and tails (6,000 bytes to the end: from the
+    // next page on) go to the kernel, all but D's, the window's middle,
+    // whose read moves the window on.
+    h.read("A", 0, 4096).unwrap();
+    h.pump();
+    let tail = (MIB - 4096) as u64;
+    let want: Vec<String> = ["B", "C", "E", "F"]
+        .iter()
+        .flat_map(|t| [format!("{t}@0+8192"), format!("{t}@{tail}+4096")])
+        .collect();
+    assert_eq!(primed(&h, &titles), want);
+    // A later listing hands over again what is in memory (the kernel may
+    // have dropped it), still not the middle file's.
+    h.world.primes.clear();
+    h.engine.listed(&inos);
+    h.pump();
+    let again = primed(&h, &titles);
+    assert!(want.iter().all(|p| again.contains(p)), "{again:?}");
+    assert!(!again.iter().any(|p| p.starts_with("D@")), "{again:?}");
+}
+
+#[test]
+fn pages_waiting_for_the_read_ahead_are_dropped_by_a_read_of_them_or_a_tree_swap() {
+    let (mut h, titles) = scanned_folder();
+    h.world.hold_chunk_reads = true;
+    let a = h.ino("A");
+    let req = h.start_read(a, 0, 4096);
+    h.pump();
+    // A read of B's head while its pages wait: the kernel fills them
+    // itself; only B's tail is still handed over.
+    let b = h.ino("B");
+    let b_req = h.start_read(b, 0, 128 * 1024);
+    h.world.hold_chunk_reads = false;
+    h.release_chunk_reads();
+    h.run_until_replied(req).unwrap();
+    h.run_until_replied(b_req).unwrap();
+    let got = primed(&h, &titles);
+    assert!(!got.contains(&"B@0+8192".to_string()), "{got:?}");
+    assert!(got.contains(&format!("B@{}+4096", MIB - 4096)), "{got:?}");
+    assert!(got.contains(&"C@0+8192".to_string()), "{got:?}");
+
+    // A fresh window whose read-ahead ends after a tree swap: none of its
+    // pages go to the kernel (they may be of the old version).
+    let (mut h, _) = scanned_folder();
+    h.world.hold_chunk_reads = true;
+    let req = h.start_read(h.ino("A"), 0, 4096);
+    h.pump();
+    let tree = h.engine.tree().clone();
+    h.engine.replace_tree(h.now, tree);
+    h.world.hold_chunk_reads = false;
+    h.release_chunk_reads();
+    h.run_until_replied(req).unwrap();
+    assert!(h.world.primes.is_empty(), "{:?}", h.world.primes.len());
 }
 
 #[test]

@@ -193,6 +193,10 @@ impl World {
         if self.clients[i].outstanding > 0 {
             return;
         }
+        if self.rng_clients.random_bool(0.5) {
+            self.scan_folders(i);
+            return;
+        }
         for _ in 0..self.rng_clients.random_range(5..=30) {
             let Some((ino, size)) = self.open_random() else {
                 return;
@@ -202,6 +206,49 @@ impl World {
                 .rng_clients
                 .random_range(4u32 << 10..=KERNEL_READ_BYTES);
             self.issue_read(i, ino, off, len);
+        }
+    }
+
+    /// A media server's tag scan: lists a folder (the kernel then holds
+    /// its files' inodes: `Engine::listed`), reads the head of each of its
+    /// files at once, and goes on to the next folders of the walk.
+    fn scan_folders(&mut self, i: usize) {
+        let Some((start, _)) = self.open_random() else {
+            return;
+        };
+        let Some(tree) = self.engine.as_ref().map(|e| e.tree_snapshot()) else {
+            return;
+        };
+        let Some(mut folder) = tree.get(start).map(|n| n.parent) else {
+            return;
+        };
+        for _ in 0..self.rng_clients.random_range(1..=3) {
+            let files: Vec<Ino> = tree.files_in(folder).map(|(ino, _)| ino).take(30).collect();
+            self.with_exec(|x, e, now| {
+                e.listed(&files);
+                x.drain(e, now);
+            });
+            for &ino in &files {
+                self.issue_read(i, ino, 0, KERNEL_READ_BYTES);
+            }
+            match tree.next_folder(folder) {
+                Some(next) => folder = next,
+                None => break,
+            }
+        }
+        // Now and then a tagger rewrites a file the scan comes to next (one
+        // whose pages wait for the read-ahead) and a sync lands while that
+        // read-ahead is under way: pages taken before it must not reach
+        // the kernel as the new version's.
+        let ahead: Vec<Ino> = self.shell.exec.primes_waiting().collect();
+        if !ahead.is_empty() && self.rng_clients.random_bool(0.5) {
+            let ino = ahead[self.rng_clients.random_range(0..ahead.len())];
+            let source = tree.file(ino).and_then(|f| f.sources.first().cloned());
+            let max = self.swarm.disk_latency_max_us;
+            let t = Duration::from_micros(self.rng_clients.random_range(0..=max));
+            if let Some(src) = source {
+                self.schedule(t, Event::RetagAndSync(usize::from(src.origin.0), src.path));
+            }
         }
     }
 

@@ -14,7 +14,7 @@ use musicfs_core::engine::{SourceKey, key_of};
 use musicfs_core::fs::Errno;
 use musicfs_core::naming::is_valid_name;
 use musicfs_core::tree::VirtualTree;
-use musicfs_core::{SourceFile, Time};
+use musicfs_core::{Ino, SourceFile, Time};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -251,6 +251,46 @@ impl World {
                 data.len()
             ),
         ))
+    }
+
+    /// Pages handed to the kernel's page cache (`Io::Prime`) are read by
+    /// every later reader without the engine: while the tree is still the
+    /// one they were taken in, they must be exactly bytes of a version it
+    /// shows for the file. Pages of an older tree are dropped again (the
+    /// daemon tells the kernel), so they are not judged.
+    pub(crate) fn check_prime(&mut self, ino: Ino, offset: u64, data: &[u8], epoch: u64) {
+        let Some(e) = self.engine.as_ref() else {
+            return;
+        };
+        if epoch != e.tree_epoch() {
+            self.stats.primes_dropped += 1;
+            return;
+        }
+        self.stats.primes += 1;
+        let sources = e
+            .tree()
+            .file(ino)
+            .map(|f| f.sources.clone())
+            .unwrap_or_default();
+        let end = offset.saturating_add(data.len() as u64);
+        let matched = sources.iter().any(|v| {
+            self.lib.history.get(&version_key(v)).is_some_and(|b| {
+                usize::try_from(offset)
+                    .ok()
+                    .zip(usize::try_from(end).ok())
+                    .and_then(|(from, to)| b.get(from..to))
+                    == Some(data)
+            })
+        });
+        if !matched {
+            self.fail(Violation::new(
+                "safety (pages)",
+                format!(
+                    "{} bytes at {offset} handed to the kernel for {ino:?} match no version the tree shows",
+                    data.len()
+                ),
+            ));
+        }
     }
 
     /// An EIO is a bug when one source of the file stayed reachable and

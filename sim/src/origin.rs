@@ -448,31 +448,7 @@ impl Library {
         let path = paths[self.rng.random_range(0..paths.len())].clone();
         let old = self.origins[o].borrow().files.get(&path).cloned()?;
         match what {
-            0 => {
-                // A tag rewrite: the header changes size, the audio stays,
-                // so content-defined chunks after the header survive.
-                let cut = self.rng.random_range(0..=old.bytes.len().min(8192));
-                let mut head = self.rng.random_range(1..8192usize);
-                if head == cut {
-                    head += 1;
-                }
-                let mut bytes = self.noise(head).to_vec();
-                bytes.extend_from_slice(&old.bytes[cut..]);
-                let kind = match old.kind {
-                    FileKind::Track(mut tags) => {
-                        if self.rng.random_bool(0.5) {
-                            tags.year = tags.year.map(|y| y + 1);
-                        } else {
-                            tags.title = Some(format!("Retagged {}", self.next_title).into());
-                            self.next_title += 1;
-                        }
-                        FileKind::Track(tags)
-                    }
-                    k => k,
-                };
-                self.put(o, path.clone(), bytes.into(), kind);
-                Some(format!("origin{o}: retag {path}"))
-            }
+            0 => self.retag(o, &path),
             1 => {
                 self.origins[o].borrow_mut().files.remove(&path);
                 Some(format!("origin{o}: delete {path}"))
@@ -489,6 +465,34 @@ impl Library {
                 Some(format!("origin{o}: rename {path} -> {to}"))
             }
         }
+    }
+
+    /// Rewrites the tags of `path` on origin `o`: the header changes size,
+    /// the audio stays, so content-defined chunks after the header
+    /// survive.
+    pub fn retag(&mut self, o: usize, path: &OriginPath) -> Option<String> {
+        let old = self.origins.get(o)?.borrow().files.get(path).cloned()?;
+        let cut = self.rng.random_range(0..=old.bytes.len().min(8192));
+        let mut head = self.rng.random_range(1..8192usize);
+        if head == cut {
+            head += 1;
+        }
+        let mut bytes = self.noise(head).to_vec();
+        bytes.extend_from_slice(&old.bytes[cut..]);
+        let kind = match old.kind {
+            FileKind::Track(mut tags) => {
+                if self.rng.random_bool(0.5) {
+                    tags.year = tags.year.map(|y| y + 1);
+                } else {
+                    tags.title = Some(format!("Retagged {}", self.next_title).into());
+                    self.next_title += 1;
+                }
+                FileKind::Track(tags)
+            }
+            k => k,
+        };
+        self.put(o, path.clone(), bytes.into(), kind);
+        Some(format!("origin{o}: retag {path}"))
     }
 
     /// The bytes of a version, if it ever existed.

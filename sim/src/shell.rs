@@ -222,6 +222,20 @@ impl World {
                 let t = self.disk_latency();
                 self.schedule(t, Event::ProbeDone { life });
             }
+            Io::Prime {
+                ino,
+                offset,
+                slices,
+                epoch,
+            } => {
+                let data = Reply::Slices(slices).assemble();
+                self.push(Ev::Prime {
+                    ino: ino.0,
+                    offset,
+                    len: data.len(),
+                });
+                self.check_prime(ino, offset, &data, epoch);
+            }
             Io::Notice(n) => self.push(Ev::Notice(format!("{n:?}"))),
         }
     }

@@ -74,6 +74,8 @@ pub enum Ev {
     Evict { chunks: usize },
     /// The engine asked for runs of kept chunks to be read ahead.
     Warm { runs: usize },
+    /// The executor handed pages of a file to the kernel.
+    Prime { ino: u64, offset: u64, len: usize },
     /// The executor deletes chunk files (evicted ones, once no store of
     /// them is under way).
     Delete { chunks: usize },

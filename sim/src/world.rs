@@ -88,6 +88,9 @@ pub(crate) enum Event {
     /// A lying disk's write-back flush.
     DiskFlush,
     Rescan,
+    /// A tagger rewrites a file a scan is reading, and a sync follows at
+    /// once (origin index, path).
+    RetagAndSync(usize, musicfs_core::OriginPath),
     Fault(Fault),
     Restart,
     Heal,
@@ -182,6 +185,11 @@ pub struct RunStats {
     pub warms: u64,
     /// Origin reads ahead of streams answered straight from their origin.
     pub origin_read_aheads: u64,
+    /// Runs of pages handed to the kernel, checked.
+    pub primes: u64,
+    /// Runs of pages handed to the kernel after the tree changed (dropped
+    /// again).
+    pub primes_dropped: u64,
     /// Loop iterations.
     pub steps: u64,
     /// turmoil ticks.
@@ -389,6 +397,14 @@ impl World {
                 self.rescan();
                 let t = Duration::from_millis(self.swarm.rescan_ms);
                 self.schedule(t, Event::Rescan);
+            }
+            Event::RetagAndSync(o, path) => {
+                if self.phase == Phase::Chaos && self.engine.is_some() {
+                    if let Some(what) = self.lib.retag(o, &path) {
+                        self.push(Ev::Fault(what));
+                    }
+                    self.rescan();
+                }
             }
             Event::Fault(f) => self.fault(f),
             Event::Restart => self.restart(),

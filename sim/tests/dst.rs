@@ -71,6 +71,7 @@ fn parse_plant(kind: &str) -> Result<PlantedBugs, String> {
         "lose-completion" => p.lose_completion = true,
         "store-during-evict" => p.store_during_evict = true,
         "misplace-read-ahead" => p.misplace_read_ahead = true,
+        "prime-any-epoch" => p.prime_any_epoch = true,
         other => return Err(format!("unknown planted bug {other:?}")),
     }
     Ok(p)
@@ -135,6 +136,8 @@ fn plant_name(p: &PlantedBugs) -> &'static str {
         "store-during-evict"
     } else if p.misplace_read_ahead {
         "misplace-read-ahead"
+    } else if p.prime_any_epoch {
+        "prime-any-epoch"
     } else {
         "none"
     }
@@ -299,10 +302,11 @@ fn run_range(a: &Args) -> bool {
     let events: u64 = outcomes.iter().map(|o| o.events).sum();
     let warms: u64 = outcomes.iter().map(|o| o.stats.warms).sum();
     let origin_aheads: u64 = outcomes.iter().map(|o| o.stats.origin_read_aheads).sum();
+    let primes: u64 = outcomes.iter().map(|o| o.stats.primes).sum();
     let rescans: u64 = outcomes.iter().map(|o| o.stats.rescans).sum();
     let patches: u64 = outcomes.iter().map(|o| o.stats.tree_patches).sum();
     println!(
-        "{} seeds in {secs:.1}s: {:.1} seeds/s, {reads} FUSE reads, {warms} read-aheads into memory, {origin_aheads} origin reads ahead of streams, {rescans} rescans ({patches} trees patched, each equal to the whole build), {events} events",
+        "{} seeds in {secs:.1}s: {:.1} seeds/s, {reads} FUSE reads, {warms} read-aheads into memory, {primes} page runs handed to the kernel, {origin_aheads} origin reads ahead of streams, {rescans} rescans ({patches} trees patched, each equal to the whole build), {events} events",
         outcomes.len(),
         outcomes.len() as f64 / secs.max(1e-9)
     );
@@ -321,6 +325,7 @@ const PLANTED: &[(&str, &[&str])] = &[
     ("lose-completion", &["pins", "one reply", "liveness (EIO)"]),
     ("store-during-evict", &["cached but deleted"]),
     ("misplace-read-ahead", &["safety"]),
+    ("prime-any-epoch", &["safety (pages)"]),
 ];
 
 /// Seeds that once found a real bug, kept so it stays fixed: each must pass,

@@ -966,11 +966,93 @@ fn a_tag_scan_through_the_mount_finds_the_next_files_and_folders_read_ahead() {
         "{waited} of {memory} reads from memory waited"
     );
     // The first file's reads go to the disk (nothing was read ahead of
-    // them); every other file, in every folder, was read ahead.
-    assert!(served >= originals.len() as u64 * 2, "{served} reads");
+    // them); every other file, in every folder, was read ahead. (The
+    // kernel forgot the walk's inodes with the page cache, so pages handed
+    // to it ahead of the reads mostly find no inode: most reads, not all,
+    // reach the daemon. The next test has them all taken.)
+    assert!(served >= 2, "{served} reads");
     assert!(disk <= 4, "{disk} of {served} reads went to the cache disk");
     assert_eq!(memory + disk, served);
     assert!(ahead > 0);
     assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
+    assert!(m.stop().success());
+}
+
+#[test]
+fn a_tag_scan_reads_pages_handed_to_the_kernel_ahead_of_it_and_a_change_drops_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lib = dir.path().join("lib");
+    // 3 artists, 2 albums each, 4 tracks of 60 KB: each track is kept
+    // whole, and one read-ahead window holds them all.
+    let mut originals = BTreeMap::new();
+    for a in 1..=3 {
+        for b in 1..=2 {
+            for t in 1..=4 {
+                let path = lib.join(format!("a{a}/b{b}/t{t}.wav"));
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                let (artist, album) = (format!("Artist{a}"), format!("Album{b}"));
+                let title = format!("T{t}");
+                let seed = (a * 100 + b * 10 + t) as u64;
+                write_wav(&path, 60_000, seed, &title, &artist, &album);
+                originals.insert(format!("{artist}/{album}/00 - {title}.wav"), path);
+            }
+        }
+    }
+    let m = MountCommand::in_dir(Path::new(BIN), dir.path()).start(UP);
+    let stat = |key: &str| {
+        let out = control_ok(Path::new(BIN), &["status", "--json"], &m.mountpoint);
+        let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+        doc["cache"][key].as_u64().unwrap()
+    };
+    let read = |name: &str| std::fs::read(m.mountpoint.join(name)).unwrap();
+    // A media server's cold scan: the page cache dropped, then the walk
+    // (READDIRPLUS: the kernel holds every file's inode)...
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", b"3");
+    let names: Vec<String> = files_under(&m.mountpoint)
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, originals.keys().cloned().collect::<Vec<_>>());
+    // ...then the first file: its read reaches the daemon, which reads the
+    // other files' kept bytes ahead and hands them to the kernel, all but
+    // the window's middle file (the scan's read of it moves the window).
+    let size = std::fs::metadata(originals.values().next().unwrap())
+        .unwrap()
+        .len();
+    let (first, origin) = originals.iter().next().unwrap();
+    assert!(read(first) == std::fs::read(origin).unwrap(), "{first}");
+    let handed_over = (originals.len() as u64 - 2) * size;
+    assert!(
+        wait_for(Duration::from_secs(30), || stat("pages_primed_bytes")
+            >= handed_over),
+        "{} of {handed_over} bytes handed to the kernel\n{}",
+        stat("pages_primed_bytes"),
+        m.log_text()
+    );
+    // The scan goes on: every byte right, and only the middle file's read
+    // reaches the daemon.
+    let served = stat("reads_served");
+    for (name, origin) in originals.iter().skip(1) {
+        assert!(read(name) == std::fs::read(origin).unwrap(), "{name}");
+    }
+    let reached = stat("reads_served") - served;
+    assert!(
+        (1..=2).contains(&reached),
+        "{reached} reads reached the daemon"
+    );
+    assert_eq!(stat("pages_primed_dropped"), 0);
+    assert_eq!(origin_requests(&m), 0, "{}", m.log_text());
+
+    // A tagger rewrites one of those files (other audio, same size and
+    // tags): once synced, the mount shows the new bytes, not the pages
+    // handed over before.
+    let (name, origin) = originals.iter().nth(3).unwrap();
+    write_wav(origin, 60_000, 999, "T4", "Artist1", "Album1");
+    assert!(name.ends_with("Artist1/Album1/00 - T4.wav"), "{name}");
+    let now = std::fs::read(origin).unwrap();
+    assert_eq!(now.len() as u64, size);
+    let out = control_ok(Path::new(BIN), &["rescan"], &m.mountpoint);
+    assert!(out.contains("origin 0:"), "{out}");
+    assert!(read(name) == now, "{name}: old pages after the sync");
     assert!(m.stop().success());
 }

@@ -125,6 +125,10 @@ pub struct PlantedBugs {
     /// Executor: keep origin bytes read ahead of a stream one byte further
     /// on than they were read.
     pub misplace_read_ahead: bool,
+    /// Executor: hand the kernel pages planned in an older tree as if
+    /// they were the current tree's (and do not drop them when the tree
+    /// changed under them).
+    pub prime_any_epoch: bool,
 }
 
 impl Config {
@@ -326,6 +330,10 @@ const WARM_BYTES_MAX: u64 = 4 << 20;
 /// again at each of its reads. Bounded: a file warmed long ago (since
 /// evicted from memory) is warmed again by the next scan.
 const WARMED_FILES_MAX: usize = 2048;
+/// A run of back-to-back cached chunks of a file's kept bytes: where it
+/// starts in the file, and its chunks (id, length).
+type KeptRun = (u64, Vec<(ChunkId, u32)>);
+
 /// Folders past the current one a scan is read ahead into.
 const WARM_FOLDERS_AHEAD: usize = 8;
 /// Bytes of one run a sequential reader's cached chunks are read ahead in
@@ -1338,6 +1346,14 @@ impl Engine {
     /// folders on, at most [`WARM_BYTES_MAX`] bytes not warmed lately. A
     /// read of the file in its middle moves it on (`Warmed::marks`), so a
     /// scan's other reads cost the engine one set lookup each.
+    ///
+    /// The same bytes are handed to the kernel's page cache as they arrive
+    /// (`Output::Prime`): the scan then reads them with no round trip to
+    /// the daemon at all. The kernel takes pages only for inodes it holds
+    /// (a file of a folder it listed); a folder listed after its
+    /// read-ahead has its pages handed over then (`Engine::listed`). The
+    /// middle file's are not: the scan's read of it is how the window
+    /// moves on.
     fn warm_ahead(&mut self, ino: Ino) {
         if self.in_passthrough() || self.draining {
             return;
@@ -1353,6 +1369,7 @@ impl Engine {
             .take(WARM_FOLDERS_AHEAD)
             .flat_map(|f| tree.files_in(f));
         let mut runs = Vec::new();
+        let mut primes = Vec::new();
         let mut bytes = 0;
         let mut new_files = Vec::new();
         self.warmed.note(ino);
@@ -1368,35 +1385,96 @@ impl Engine {
             };
             self.warmed.note(file_ino);
             new_files.push(file_ino);
-            // Back-to-back cached chunks make one run (the head, the tail):
-            // the chunks and where they end.
-            let mut run: Option<(Vec<(ChunkId, u32)>, u64)> = None;
-            for (offset, extent) in manifest.kept_extents() {
-                let cached = self.cache.contains(extent.id);
-                let end = offset + u64::from(extent.len);
-                match &mut run {
-                    Some((chunks, at)) if cached && *at == offset => {
-                        chunks.push((extent.id, extent.len));
-                        *at = end;
-                    }
-                    _ => {
-                        runs.extend(run.take().map(|(chunks, _)| chunks));
-                        if cached {
-                            run = Some((vec![(extent.id, extent.len)], end));
-                        }
-                    }
-                }
-                if cached {
-                    bytes += u64::from(extent.len);
-                }
-            }
-            runs.extend(run.map(|(chunks, _)| chunks));
+            let file_runs = self.kept_runs(manifest);
+            bytes += file_runs
+                .iter()
+                .flat_map(|(_, run)| run)
+                .map(|&(_, len)| u64::from(len))
+                .sum::<u64>();
+            primes.extend(self.primes_of(file_ino, file.size, &file_runs));
+            runs.extend(file_runs.into_iter().map(|(_, run)| run));
         }
         if let Some(&mid) = new_files.get(new_files.len() / 2) {
             self.warmed.marks.insert(mid);
+            // The kernel reads the mark's pages from the daemon: that read
+            // is how the window moves on (a scan reading handed-over pages
+            // sends nothing).
+            primes.retain(|p| p.ino != mid);
         }
         if !runs.is_empty() {
             self.outputs.push_back(Output::Warm(runs, WarmFor::Scan));
+        }
+        // After the read-ahead they wait for.
+        if !primes.is_empty() {
+            self.outputs.push_back(Output::Prime(primes));
+        }
+    }
+
+    /// The runs of back-to-back cached chunks holding `manifest`'s kept
+    /// bytes (its head, its tail): where each starts, and its chunks.
+    fn kept_runs(&self, manifest: &Manifest) -> Vec<KeptRun> {
+        let mut runs: Vec<KeptRun> = Vec::new();
+        // Where the last run ends, while it can grow.
+        let mut open_to = None;
+        for (offset, extent) in manifest.kept_extents() {
+            if !self.cache.contains(extent.id) {
+                open_to = None;
+                continue;
+            }
+            let chunk = (extent.id, extent.len);
+            match runs.last_mut() {
+                Some((_, chunks)) if open_to == Some(offset) => chunks.push(chunk),
+                _ => runs.push((offset, vec![chunk])),
+            }
+            open_to = Some(offset + u64::from(extent.len));
+        }
+        runs
+    }
+
+    /// `runs` of file `ino` (of `size` bytes) as pages to hand the kernel.
+    fn primes_of<'r>(
+        &self,
+        ino: Ino,
+        size: u64,
+        runs: &'r [KeptRun],
+    ) -> impl Iterator<Item = Prime> + 'r {
+        let epoch = self.tree_epoch;
+        runs.iter().map(move |(offset, chunks)| Prime {
+            ino,
+            offset: *offset,
+            size,
+            chunks: chunks.clone(),
+            epoch,
+        })
+    }
+
+    /// The kernel listed these files (a READDIRPLUS): it now holds their
+    /// inodes, so it can take their pages before it asks for them. Those
+    /// a scan's read-ahead warmed (`warm_ahead`) before the listing get
+    /// their kept bytes handed over (`Output::Prime`). The executor hands
+    /// over only what is in memory: a listing alone reads nothing from the
+    /// disk.
+    pub fn listed(&mut self, files: &[Ino]) {
+        if self.in_passthrough() || self.draining {
+            return;
+        }
+        let tree = Arc::clone(&self.tree);
+        let mut primes = Vec::new();
+        for &ino in files {
+            let Some(file) = tree.file(ino) else {
+                continue;
+            };
+            if !self.warmed.files.contains(&ino) || self.warmed.marks.contains(&ino) {
+                continue;
+            }
+            let Some(manifest) = Self::current_manifest(&self.manifests, file) else {
+                continue;
+            };
+            let runs = self.kept_runs(manifest);
+            primes.extend(self.primes_of(ino, file.size, &runs));
+        }
+        if !primes.is_empty() {
+            self.outputs.push_back(Output::Prime(primes));
         }
     }
 

@@ -252,6 +252,11 @@ pub enum Output {
     /// that wants it.
     /// Each run is a file's back-to-back chunks (id, length), read as one.
     Warm(Vec<Vec<(ChunkId, u32)>>, WarmFor),
+    /// Hand these runs of kept bytes to the kernel's page cache, where
+    /// their chunks are in memory or being read ahead into it (a hint:
+    /// the others are left out, and the kernel takes pages only for the
+    /// inodes it holds), so a tag scan's reads of them need no round trip.
+    Prime(Vec<Prime>),
     /// Try writing to the cache disk and report `disk_probe`.
     ProbeDisk,
     /// Check that an origin answers (cheaply: stat its root, list one key)
@@ -265,6 +270,23 @@ pub enum Output {
     },
     /// Worth a log line.
     Notice(Notice),
+}
+
+/// A run of a file's cached kept bytes for the kernel's page cache
+/// (`Output::Prime`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prime {
+    /// The file.
+    pub ino: Ino,
+    /// Where the run starts in it.
+    pub offset: u64,
+    /// The file's size (a run that ends there may end in a part page).
+    pub size: u64,
+    /// The run's chunks, back to back: id and length.
+    pub chunks: Vec<(ChunkId, u32)>,
+    /// The tree epoch the run was planned in: handed over only while the
+    /// tree is still that one.
+    pub epoch: u64,
 }
 
 /// Whom a read-ahead of the cache disk (`Output::Warm`) is for, which sets

@@ -34,6 +34,27 @@ pub trait ReadReply: Send + 'static {
     fn error(self: Box<Self>, errno: musicfs_core::fs::Errno);
 }
 
+/// The kernel's page cache of the mount, for pages handed to it before a
+/// reader asks (`Io::Prime`). Implemented over FUSE notifications
+/// (`kernel/notify.rs`); a daemon without a mount has none.
+pub trait KernelPages: Send + Sync {
+    /// Puts `data` into the cached pages of `ino` at `offset`. An inode the
+    /// kernel no longer holds is no error: the pages are simply not kept.
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()>;
+    /// Drops every cached page of `ino`.
+    fn drop_pages(&self, ino: u64);
+}
+
+/// Pages for the kernel: the file, where they start, the bytes, and the
+/// tree epoch they belong to (`Io::Prime`).
+type Primed = (musicfs_core::Ino, u64, Vec<musicfs_core::exec::Slice>, u64);
+
+thread_local! {
+    /// Whether this thread is one of the blocking pool's, running the
+    /// daemon's disk work (see [`Daemon::prime`]).
+    static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Cache-disk and origin counters beyond the engine's (the metrics and
 /// `musicfs status` read them).
 #[derive(Debug, Default)]
@@ -48,6 +69,12 @@ pub struct IoStats {
     /// FUSE FLUSH requests (one at most: the first is answered ENOSYS and
     /// the kernel sends no more).
     pub file_flushes: AtomicU64,
+    /// Bytes handed to the kernel's page cache before a reader asked (an
+    /// inode the kernel had forgotten takes none, and is not told apart).
+    pub primed_bytes: AtomicU64,
+    /// Files whose pages were dropped again because the tree changed
+    /// while they were on their way.
+    pub primes_dropped: AtomicU64,
     /// Per origin, by [`musicfs_core::OriginId`].
     pub origins: Vec<OriginIo>,
 }
@@ -126,6 +153,8 @@ pub struct Daemon {
     /// Origin reads in flight, to abort.
     origin_reads: Mutex<HashMap<OpId, AbortHandle>>,
     timer: Notify,
+    /// Where pages handed to the kernel go (set once the mount is up).
+    kernel_pages: std::sync::OnceLock<Arc<dyn KernelPages>>,
     /// One [`Daemon::persist`] at a time: two could write what they took
     /// from the engine in the wrong order (an older chunk map, a released
     /// pin over its release).
@@ -144,7 +173,10 @@ impl Daemon {
         store: Arc<dyn ChunkBackend>,
         db: Arc<Db>,
     ) -> Arc<Daemon> {
-        let exec = Exec::new(ExecConfig::for_engine(engine.config()));
+        let exec = Exec::new(ExecConfig {
+            page_bytes: crate::sys::page_size(),
+            ..ExecConfig::for_engine(engine.config())
+        });
         let origins_len = origins.len();
         let tree = RwLock::new(engine.tree_snapshot());
         let tree_epoch = AtomicU64::new(engine.tree_epoch());
@@ -160,6 +192,7 @@ impl Daemon {
             db,
             origin_reads: Mutex::new(HashMap::new()),
             timer: Notify::new(),
+            kernel_pages: std::sync::OnceLock::new(),
             persisting: Mutex::new(()),
             epoch: Instant::now(),
             io_stats: IoStats::new(origins_len),
@@ -212,14 +245,29 @@ impl Daemon {
             // under the engine's lock, so snapshots never go back in time).
             let epoch = engine.tree_epoch();
             if self.tree_epoch.load(Ordering::Relaxed) != epoch {
-                *self.tree.write() = engine.tree_snapshot();
+                // The epoch changes under the snapshot's lock: whoever
+                // takes that lock after this sees both (`prime`).
+                let mut tree = self.tree.write();
+                *tree = engine.tree_snapshot();
                 self.tree_epoch.store(epoch, Ordering::Relaxed);
             }
             (result, ios, sooner)
         };
+        // Pages for the kernel go last: a reply in this batch may be what
+        // frees a page they wait for.
+        let mut primes = Vec::new();
         for io in ios {
-            self.start(io);
+            match io {
+                Io::Prime {
+                    ino,
+                    offset,
+                    slices,
+                    epoch,
+                } => primes.push((ino, offset, slices, epoch)),
+                io => self.start(io),
+            }
         }
+        self.prime(primes);
         if sooner {
             self.timer.notify_one();
         }
@@ -245,6 +293,88 @@ impl Daemon {
     /// Reads the engine without changing it.
     pub fn inspect<R>(&self, f: impl FnOnce(&Engine) -> R) -> R {
         f(&self.state.lock().engine)
+    }
+
+    /// Where pages handed to the kernel go: the mount's page cache. Set
+    /// once, when the mount is up; before that, none are handed over.
+    pub fn set_kernel_pages(&self, pages: Arc<dyn KernelPages>) {
+        let _ = self.kernel_pages.set(pages);
+    }
+
+    /// The kernel listed these files of a folder (READDIRPLUS): it holds
+    /// their inodes now, and can take their pages before it asks.
+    pub fn listed(self: &Arc<Self>, files: &[musicfs_core::Ino]) {
+        if files.is_empty() || self.kernel_pages.get().is_none() {
+            return;
+        }
+        self.with_engine(|e, _| e.listed(files));
+    }
+
+    /// Hands files' pages to the kernel: on this thread if it is one of
+    /// the blocking pool's (a read-ahead just ended here), else on the
+    /// pool, never on a FUSE thread: the kernel locks each page to fill
+    /// it, and a page a read is filling stays locked until that read's
+    /// reply, which must never wait behind this.
+    fn prime(self: &Arc<Self>, primes: Vec<Primed>) {
+        if primes.is_empty() {
+            return;
+        }
+        let Some(pages) = self.kernel_pages.get().cloned() else {
+            return;
+        };
+        if ON_BLOCKING_POOL.get() {
+            self.hand_over(pages.as_ref(), primes);
+        } else {
+            let d = Arc::clone(self);
+            self.blocking(move || d.hand_over(pages.as_ref(), primes));
+        }
+    }
+
+    /// Each file's bytes are its bytes as of tree `epoch`. A sync that
+    /// swapped the tree tells the kernel of what changed after the swap;
+    /// if that swap came before these pages arrived (the epoch moved on),
+    /// they may be of an old version, and are dropped again here.
+    fn hand_over(&self, pages: &dyn KernelPages, primes: Vec<Primed>) {
+        for (ino, offset, slices, epoch) in primes {
+            let len: u64 = slices.iter().map(|s| u64::from(s.len)).sum();
+            let stored = match slices.as_slice() {
+                // One chunk: no copy.
+                [s] => pages.store(
+                    ino.0,
+                    offset,
+                    &s.chunk[s.from as usize..(s.from + s.len) as usize],
+                ),
+                _ => pages.store(ino.0, offset, &Reply::Slices(slices).assemble()),
+            };
+            match stored {
+                Ok(()) => {
+                    self.io_stats.primed_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::debug!(ino = ino.0, offset, error = %e, "the kernel did not take pages");
+                    continue;
+                }
+            }
+            // Under the snapshot's lock, as the swap stores the epoch: a
+            // swap not seen here comes after, and so does its notice.
+            let moved = {
+                let _tree = self.tree.read();
+                self.tree_epoch.load(Ordering::Relaxed) != epoch
+            };
+            if moved {
+                pages.drop_pages(ino.0);
+                self.io_stats.primes_dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs `job` on the blocking pool, marked as such (see
+    /// [`Daemon::prime`]).
+    fn blocking(&self, job: impl FnOnce() + Send + 'static) {
+        self.rt.spawn_blocking(move || {
+            ON_BLOCKING_POOL.set(true);
+            job();
+        });
     }
 
     /// Starts a FUSE read: parks the reply and lets the engine plan it.
@@ -299,7 +429,7 @@ impl Daemon {
             }
             Io::ReadChunks { op, ids } => {
                 let d = Arc::clone(self);
-                self.rt.spawn_blocking(move || {
+                self.blocking(move || {
                     let results: Vec<Result<Vec<u8>, ChunkFault>> = ids
                         .iter()
                         .map(|&id| d.store.read(id).map_err(|e| chunk_fault(&e)))
@@ -309,7 +439,7 @@ impl Daemon {
             }
             Io::WriteChunks { op, chunks } => {
                 let d = Arc::clone(self);
-                self.rt.spawn_blocking(move || {
+                self.blocking(move || {
                     let batch: Vec<(ChunkId, &[u8])> =
                         chunks.iter().map(|(id, data)| (*id, &data[..])).collect();
                     let results: Vec<Result<(), DiskFault>> = d
@@ -331,7 +461,7 @@ impl Daemon {
             }
             Io::IndexChunks { op, chunks } => {
                 let d = Arc::clone(self);
-                self.rt.spawn_blocking(move || {
+                self.blocking(move || {
                     let rows: Vec<(ChunkId, u32, u64)> =
                         chunks.iter().map(|&(id, len)| (id, len, 0)).collect();
                     let result = d.db.put_chunks(&rows).map_err(|e| {
@@ -343,18 +473,24 @@ impl Daemon {
             }
             Io::DeleteChunks { op, ids } => {
                 let d = Arc::clone(self);
-                self.rt.spawn_blocking(move || {
+                self.blocking(move || {
                     evict(d.store.as_ref(), &d.db, &ids);
                     d.with_exec(|x, e, now| x.chunks_deleted(e, now, op));
                 });
             }
             Io::ProbeDisk => {
                 let d = Arc::clone(self);
-                self.rt.spawn_blocking(move || {
+                self.blocking(move || {
                     let ok = probe_disk(d.store.as_ref());
                     d.with_exec(|x, e, now| x.disk_probed(e, now, ok));
                 });
             }
+            Io::Prime {
+                ino,
+                offset,
+                slices,
+                epoch,
+            } => self.prime(vec![(ino, offset, slices, epoch)]),
             Io::Notice(notice) => log_notice(&notice),
         }
     }

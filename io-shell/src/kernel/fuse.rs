@@ -481,9 +481,14 @@ impl Filesystem for MusicFs {
                     .collect::<Vec<_>>()
             })
         };
+        // The tree's files the kernel now holds: their pages can go to it
+        // before it asks (`Daemon::listed`).
+        let in_tree = !folder::owns(ino.0) && !offline::owns(ino.0);
+        let mut files = Vec::new();
         match entries {
             Ok(entries) => {
                 for (ent, attr, ttl) in entries {
+                    let kind = attr.kind;
                     let attr = self.file_attr(&attr);
                     let full = reply.add(
                         INodeNo(ent.ino.0),
@@ -496,11 +501,15 @@ impl Filesystem for MusicFs {
                     if full {
                         break;
                     }
+                    if in_tree && kind == NodeKind::File {
+                        files.push(ent.ino);
+                    }
                 }
                 reply.ok();
             }
             Err(e) => reply.error(errno(e)),
         }
+        self.daemon.listed(&files);
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {

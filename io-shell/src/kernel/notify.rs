@@ -24,6 +24,30 @@ impl Invalidator {
     }
 }
 
+/// The mount's page cache, filled ahead of readers (FUSE_NOTIFY_STORE,
+/// Linux 2.6.36+): the kept bytes a media server's tag scan reads next go
+/// there before it asks, so its reads need no round trip to the daemon.
+pub struct PageStore {
+    notifier: fuser::Notifier,
+}
+
+impl PageStore {
+    /// Pages for the session `notifier` belongs to.
+    pub fn new(notifier: fuser::Notifier) -> PageStore {
+        PageStore { notifier }
+    }
+}
+
+impl crate::exec::daemon::KernelPages for PageStore {
+    fn store(&self, ino: u64, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.notifier.store(fuser::INodeNo(ino), offset, data)
+    }
+
+    fn drop_pages(&self, ino: u64) {
+        let _ = self.notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+    }
+}
+
 /// Tells the kernel exactly which entries and inodes changed. An entry
 /// whose node is gone gets a delete notice (FUSE_NOTIFY_DELETE, Linux
 /// 3.3+): the kernel drops it as if it had been unlinked, which inotify

@@ -18,7 +18,7 @@ pub use signals::EXIT_FORCED;
 use crate::errors::{error_chain, io_reason};
 use crate::exec::daemon::Daemon;
 use crate::kernel::fuse::MusicFs;
-use crate::kernel::notify::Invalidator;
+use crate::kernel::notify::{Invalidator, PageStore};
 use crate::kernel::session::{
     self, FUSE_DEVICE, FuseDeviceError, KernelMount, MountOptions, SessionError,
 };
@@ -859,6 +859,8 @@ fn mount_kernel(
     if let Some(s) = signals {
         s.mounted();
     }
+    // Kept bytes a tag scan reads next go to the kernel's page cache.
+    daemon.set_kernel_pages(Arc::new(PageStore::new(session.notifier())));
     // The kernel hears of a tree change before anyone else.
     let invalidator = Invalidator::new(session.notifier());
     services

@@ -195,6 +195,13 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The kernel's page size in bytes (4096 where it cannot be asked).
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
 /// syncfs(2): flushes the whole file system that holds `file`.
 pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;

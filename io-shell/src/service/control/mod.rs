@@ -184,6 +184,12 @@ impl Control {
                 "reads_waited_for_read_ahead": x.waited_for_read_ahead,
                 "reads_from_disk": x.served_from_disk,
                 "chunks_read_ahead": x.chunks_warmed,
+                // Kept bytes handed to the kernel's page cache before a
+                // scan asked: runs handed over, bytes it took, and files
+                // whose pages were dropped again (the tree changed).
+                "pages_primed_runs": x.primed_runs,
+                "pages_primed_bytes": self.daemon.io_stats.primed_bytes.load(std::sync::atomic::Ordering::Relaxed),
+                "pages_primed_dropped": self.daemon.io_stats.primes_dropped.load(std::sync::atomic::Ordering::Relaxed),
                 "memory_released_bytes": x.memory_released_bytes,
                 "file_opens": self.daemon.io_stats.file_opens.load(std::sync::atomic::Ordering::Relaxed),
                 "file_flushes": self.daemon.io_stats.file_flushes.load(std::sync::atomic::Ordering::Relaxed),
