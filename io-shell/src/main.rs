@@ -25,6 +25,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         };
     }
+    // A mount's connection guard (see kernel::guard).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(4).collect();
+    if args.len() == 4 && args[1] == musicfs::kernel::guard::GUARD_ARG {
+        let text = |a: &std::ffi::OsString| a.to_string_lossy().into_owned();
+        return musicfs::kernel::guard::run(&text(&args[2]), &text(&args[3]));
+    }
     let cli = match musicfs::cli::config::parse_command_line() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {

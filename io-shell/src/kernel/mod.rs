@@ -1,9 +1,11 @@
 //! The kernel side: everything that speaks FUSE. The mount and its session
 //! ([`session`]), the fuser shim ([`fuse`]), kernel passthrough at open ([`passthrough`]), the hidden
 //! `.offline` view ([`offline`]), what the kernel is told after a sync
-//! ([`notify`]) and `musicfs unmount` ([`unmount`]).
+//! ([`notify`]), the guard that aborts the connection if the daemon dies
+//! ([`guard`]) and `musicfs unmount` ([`unmount`]).
 
 pub mod fuse;
+pub mod guard;
 pub mod notify;
 pub mod offline;
 pub mod passthrough;

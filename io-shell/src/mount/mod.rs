@@ -18,6 +18,7 @@ pub use signals::EXIT_FORCED;
 use crate::errors::{error_chain, io_reason};
 use crate::exec::daemon::Daemon;
 use crate::kernel::fuse::MusicFs;
+use crate::kernel::guard::Guard;
 use crate::kernel::notify::{Invalidator, PageStore};
 use crate::kernel::session::{
     self, FUSE_DEVICE, FuseDeviceError, KernelMount, MountOptions, SessionError,
@@ -261,6 +262,9 @@ pub fn run(plan: MountPlan) -> Result<(), RunError> {
         kernel.thread,
         signal.is_some(),
     );
+    if let Some(guard) = kernel.guard {
+        guard.stand_down();
+    }
     if let Some(stop) = watchdog {
         stop.store(true, Ordering::Relaxed);
     }
@@ -819,6 +823,9 @@ struct Kernel {
     thread: std::thread::JoinHandle<io::Result<()>>,
     /// Hears when the session ended (someone unmounted).
     ended: tokio::sync::oneshot::Receiver<()>,
+    /// Aborts the connection if this process dies mounted; stood down at
+    /// a clean exit.
+    guard: Option<Guard>,
 }
 
 /// Mounts, tells the kernel of every tree change from now on, and serves
@@ -859,8 +866,19 @@ fn mount_kernel(
     if let Some(s) = signals {
         s.mounted();
     }
-    // Kept bytes a tag scan reads next go to the kernel's page cache.
-    daemon.set_kernel_pages(Arc::new(PageStore::new(session.notifier())));
+    // Kept bytes a tag scan reads next go to the kernel's page cache, if
+    // a guard can abort the connection should the daemon die while it
+    // hands pages over (see kernel::guard).
+    let guard = match Guard::arm(&plan.mountpoint) {
+        Ok(guard) => {
+            daemon.set_kernel_pages(Arc::new(PageStore::new(session.notifier())));
+            Some(guard)
+        }
+        Err(reason) => {
+            tracing::info!(%reason, "no connection guard: a tag scan's read-ahead is not handed to the kernel's page cache");
+            None
+        }
+    };
     // The kernel hears of a tree change before anyone else.
     let invalidator = Invalidator::new(session.notifier());
     services
@@ -873,6 +891,7 @@ fn mount_kernel(
         mount,
         thread: serving.thread,
         ended: serving.ended,
+        guard,
     })
 }
 

@@ -202,6 +202,70 @@ pub fn page_size() -> u64 {
     u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
 }
 
+/// Spawns `cmd` so that it gets SIGTERM when the calling thread ends
+/// (PR_SET_PDEATHSIG: the parent, for this, is the thread), however it
+/// ends: SIGKILL of the whole process too. The child starts with SIGTERM
+/// blocked, to wait for it with [`wait_for_parent_death`].
+pub fn spawn_tied_to_this_thread(
+    cmd: &mut std::process::Command,
+) -> io::Result<std::process::Child> {
+    let signal = libc::SIGTERM;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the child between fork and exec and only
+    // calls prctl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Blocked first (the mask outlives exec): the child waits for
+            // the signal (`wait_for_signal`) rather than die of it.
+            let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), signal);
+            let rc = libc::sigprocmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let sig = libc::c_ulong::try_from(signal).unwrap_or(0);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+    cmd.spawn()
+}
+
+/// The parent process's id (1, or a subreaper's, once it is gone).
+pub fn getppid() -> u32 {
+    // SAFETY: getppid has no preconditions and cannot fail.
+    let pid = unsafe { libc::getppid() };
+    u32::try_from(pid).unwrap_or(0)
+}
+
+/// In a child of [`spawn_tied_to_this_thread`]: waits for the SIGTERM that
+/// tells of its parent thread's end.
+pub fn wait_for_parent_death() -> io::Result<()> {
+    let signal = libc::SIGTERM;
+    // SAFETY: `set` is initialized by sigemptyset before use; the calls
+    // have no other preconditions.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), signal);
+        let set = set.assume_init();
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        let mut got = 0;
+        let rc = libc::sigwait(&set, &mut got);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+    }
+    Ok(())
+}
+
 /// syncfs(2): flushes the whole file system that holds `file`.
 pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
     use std::os::fd::AsRawFd;
