@@ -191,6 +191,12 @@ impl Collector for Metrics {
         )?;
         one(
             &mut enc,
+            "musicfs_pages_primed_bytes",
+            "Cached bytes handed to the kernel's page cache ahead of a tag scan's reads",
+            &counter(load(&io.primed_bytes)),
+        )?;
+        one(
+            &mut enc,
             "musicfs_reads_in_flight",
             "Reads waiting for an answer",
             &gauge(s.reads_in_flight),
