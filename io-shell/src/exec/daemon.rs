@@ -55,6 +55,15 @@ thread_local! {
     static ON_BLOCKING_POOL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Runs `f` on the bytes of `slices`, back to back: one chunk's slice
+/// needs no copy, several are assembled.
+fn with_bytes<R>(slices: Vec<musicfs_core::exec::Slice>, f: impl FnOnce(&[u8]) -> R) -> R {
+    match slices.as_slice() {
+        [s] => f(&s.chunk[s.from as usize..(s.from + s.len) as usize]),
+        _ => f(&Reply::Slices(slices).assemble()),
+    }
+}
+
 /// Cache-disk and origin counters beyond the engine's (the metrics and
 /// `musicfs status` read them).
 #[derive(Debug, Default)]
@@ -337,15 +346,7 @@ impl Daemon {
     fn hand_over(&self, pages: &dyn KernelPages, primes: Vec<Primed>) {
         for (ino, offset, slices, epoch) in primes {
             let len: u64 = slices.iter().map(|s| u64::from(s.len)).sum();
-            let stored = match slices.as_slice() {
-                // One chunk: no copy.
-                [s] => pages.store(
-                    ino.0,
-                    offset,
-                    &s.chunk[s.from as usize..(s.from + s.len) as usize],
-                ),
-                _ => pages.store(ino.0, offset, &Reply::Slices(slices).assemble()),
-            };
+            let stored = with_bytes(slices, |data| pages.store(ino.0, offset, data));
             match stored {
                 Ok(()) => {
                     self.io_stats.primed_bytes.fetch_add(len, Ordering::Relaxed);
@@ -508,11 +509,7 @@ impl Daemon {
                 self.io_stats
                     .served_bytes
                     .fetch_add(len as u64, Ordering::Relaxed);
-                match slices.as_slice() {
-                    // One chunk: no copy.
-                    [s] => r.data(&s.chunk[s.from as usize..(s.from + s.len) as usize]),
-                    _ => r.data(&Reply::Slices(slices).assemble()),
-                }
+                with_bytes(slices, |data| r.data(data));
             }
         }
     }
