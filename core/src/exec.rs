@@ -714,7 +714,7 @@ impl Exec {
         e: &mut Engine,
         now: Time,
         op: OpId,
-        results: Vec<Result<Vec<u8>, ChunkFault>>,
+        results: Vec<Result<Arc<[u8]>, ChunkFault>>,
     ) {
         if let Some(Op::Warm { .. }) = self.ops.get(&op)
             && let Some(Op::Warm { chunks, paced }) = self.ops.remove(&op)
@@ -744,7 +744,6 @@ impl Exec {
             let want = lens.get(&id).copied().unwrap_or(0) as usize;
             match results.next().unwrap_or(Err(ChunkFault::Missing)) {
                 Ok(bytes) if bytes.len() == want && (!verify || id.matches(&bytes)) => {
-                    let bytes: Arc<[u8]> = bytes.into();
                     self.memory.insert(id, Arc::clone(&bytes));
                     serving.have.insert(id, bytes);
                 }
@@ -1161,7 +1160,7 @@ impl Exec {
         e: &mut Engine,
         now: Time,
         chunks: Vec<(ChunkId, u32)>,
-        results: Vec<Result<Vec<u8>, ChunkFault>>,
+        results: Vec<Result<Arc<[u8]>, ChunkFault>>,
     ) {
         let verify = !e.config().bugs().skip_verify;
         let mut results = results.into_iter();
@@ -1173,7 +1172,7 @@ impl Exec {
                 && !self.deleting.contains_key(&id)
             {
                 self.stats.chunks_warmed += 1;
-                self.memory.insert(id, bytes.into());
+                self.memory.insert(id, bytes);
             }
         }
         self.serve_awaiting(e, now);

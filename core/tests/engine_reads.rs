@@ -14,6 +14,7 @@ use musicfs_core::{
     ChunkId, FileVersion, Ino, Kept, Layout, Manifest, OriginId, OriginPath, Time, TrackTags,
 };
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 fn noise(len: usize, seed: u64) -> Vec<u8> {
@@ -311,7 +312,10 @@ impl Harness {
                 self.world.chunk_reads += ids.len() as u64;
                 let results = ids
                     .iter()
-                    .map(|id| self.world.disk.get(id).cloned().ok_or(ChunkFault::Missing))
+                    .map(|id| {
+                        let bytes = self.world.disk.get(id).ok_or(ChunkFault::Missing)?;
+                        Ok(Arc::from(&bytes[..]))
+                    })
                     .collect();
                 self.exec.chunks_read(e, now, op, results);
             }

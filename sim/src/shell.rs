@@ -476,7 +476,7 @@ impl World {
             } else {
                 self.disk
                     .read(id)
-                    .map(<[u8]>::to_vec)
+                    .map(Arc::from)
                     .map_err(|_| ChunkFault::Missing)
             };
             faults += usize::from(r.is_err());

@@ -431,7 +431,7 @@ impl Daemon {
             Io::ReadChunks { op, ids } => {
                 let d = Arc::clone(self);
                 self.blocking(move || {
-                    let results: Vec<Result<Vec<u8>, ChunkFault>> = ids
+                    let results: Vec<Result<Arc<[u8]>, ChunkFault>> = ids
                         .iter()
                         .map(|&id| d.store.read(id).map_err(|e| chunk_fault(&e)))
                         .collect();

@@ -13,8 +13,10 @@ use musicfs_core::ChunkId;
 use musicfs_core::chunk::CHUNK_MAX_BYTES;
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Names temp files uniquely within this process (the pid covers others).
@@ -424,7 +426,7 @@ impl ChunkStore {
         // Already packed: kept if its bytes are sound, else dropped for
         // the copy the caller writes.
         match self.packs.read(id) {
-            Some(Ok(old)) if old == data => return Ok(Check::Stored),
+            Some(Ok(old)) if *old == *data => return Ok(Check::Stored),
             Some(_) => {
                 self.packs.remove(id)?;
             }
@@ -461,18 +463,18 @@ impl ChunkStore {
                 reason: "hash mismatch",
             });
         }
-        Ok(data)
+        Ok(data.to_vec())
     }
 
     /// Reads the chunk `id` as [`ChunkStore::get`] does, with every check
     /// but the hash: for a caller that hashes it anyway (the executor
     /// verifies every chunk it serves).
-    pub fn read_unverified(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
+    pub fn read_unverified(&self, id: ChunkId) -> Result<Arc<[u8]>, ChunkReadError> {
         if let Some(packed) = self.packs.read(id) {
             return packed;
         }
         let path = self.path_of(id);
-        let mut file = match File::open(&path) {
+        let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ChunkReadError::Missing),
             Err(e) => return Err(ChunkReadError::Io(StoreError::io("open chunk", &path, e))),
@@ -493,19 +495,21 @@ impl ChunkStore {
                 reason: "longer than any chunk",
             });
         }
-        // One byte of slack so a file that grew after the stat is noticed.
-        let mut data = Vec::with_capacity(len as usize + 1);
-        (&mut file)
-            .take(CHUNK_MAX_BYTES as u64 + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| ChunkReadError::Io(StoreError::io("read chunk", &path, e)))?;
-        if data.len() as u64 != len {
-            return Err(ChunkReadError::Corrupt {
-                len: data.len() as u64,
-                reason: "length changed while reading",
-            });
+        let changed = |len| ChunkReadError::Corrupt {
+            len,
+            reason: "length changed while reading",
+        };
+        let data = match crate::sys::read_shared_at(&file, 0, len as usize) {
+            Ok(data) => data,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(changed(len)),
+            Err(e) => return Err(ChunkReadError::Io(StoreError::io("read chunk", &path, e))),
+        };
+        // A file that grew after the stat is noticed too.
+        match file.read_at(&mut [0u8], len) {
+            Ok(0) => Ok(data),
+            Ok(_) => Err(changed(len + 1)),
+            Err(e) => Err(ChunkReadError::Io(StoreError::io("read chunk", &path, e))),
         }
-        Ok(data)
     }
 
     /// Deletes the chunk `id`. A chunk that is already gone is fine: eviction

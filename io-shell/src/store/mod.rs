@@ -54,8 +54,8 @@ pub trait ChunkBackend: Send + Sync + 'static {
     fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError>;
     /// Reads a chunk for a caller that verifies it (the executor): the
     /// same checks as [`ChunkBackend::get`] but the hash.
-    fn read(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
-        self.get(id)
+    fn read(&self, id: ChunkId) -> Result<Arc<[u8]>, ChunkReadError> {
+        self.get(id).map(Arc::from)
     }
     /// Deletes a chunk; a missing one is fine.
     fn remove(&self, id: ChunkId) -> Result<(), StoreError>;
@@ -83,7 +83,7 @@ impl ChunkBackend for ChunkStore {
     fn get(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
         ChunkStore::get(self, id)
     }
-    fn read(&self, id: ChunkId) -> Result<Vec<u8>, ChunkReadError> {
+    fn read(&self, id: ChunkId) -> Result<Arc<[u8]>, ChunkReadError> {
         ChunkStore::read_unverified(self, id)
     }
     fn remove(&self, id: ChunkId) -> Result<(), StoreError> {
@@ -106,6 +106,7 @@ use musicfs_core::engine::DiskFault;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// A failure of the cache store.
 ///

@@ -620,7 +620,7 @@ impl Packs {
     }
 
     /// Reads `id`'s bytes, unverified; `None` if it is not packed.
-    pub(super) fn read(&self, id: ChunkId) -> Option<Result<Vec<u8>, ChunkReadError>> {
+    pub(super) fn read(&self, id: ChunkId) -> Option<Result<Arc<[u8]>, ChunkReadError>> {
         let (p, file) = {
             let st = self.state.read();
             let p = *st.chunks.get(&id)?;
@@ -644,19 +644,22 @@ impl Packs {
                 }
             },
         };
-        let mut data = vec![0u8; p.len as usize];
-        Some(match file.read_exact_at(&mut data, u64::from(p.offset)) {
-            Ok(()) => Ok(data),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(ChunkReadError::Corrupt {
-                len: u64::from(p.len),
-                reason: "pack shorter than its table",
-            }),
-            Err(e) => Err(ChunkReadError::Io(StoreError::io(
-                "read pack",
-                self.path_of(p.pack),
-                e,
-            ))),
-        })
+        Some(
+            match crate::sys::read_shared_at(&file, u64::from(p.offset), p.len as usize) {
+                Ok(data) => Ok(data),
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                    Err(ChunkReadError::Corrupt {
+                        len: u64::from(p.len),
+                        reason: "pack shorter than its table",
+                    })
+                }
+                Err(e) => Err(ChunkReadError::Io(StoreError::io(
+                    "read pack",
+                    self.path_of(p.pack),
+                    e,
+                ))),
+            },
+        )
     }
 
     fn open_pack(&self, pack: u32) -> io::Result<Arc<File>> {

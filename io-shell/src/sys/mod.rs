@@ -1,6 +1,6 @@
 //! The system: every libc call of the io-shell has one safe wrapper here,
 //! returning `io::Result` where the call can fail (mount(2), umount2(2),
-//! statfs(2), statvfs(2), syncfs(2), fallocate(2), posix_fadvise(2), setrlimit(2), the process's ids, a client's Ctrl-C
+//! statfs(2), statvfs(2), syncfs(2), pread(2), fallocate(2), posix_fadvise(2), setrlimit(2), the process's ids, a client's Ctrl-C
 //! handler; the allocator in [`memory`]); and what is mounted where
 //! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
 //! functions (it uses libc's constants and types).
@@ -277,6 +277,50 @@ pub fn syncfs(file: &std::fs::File) -> io::Result<()> {
     }
 }
 
+/// Reads exactly `len` bytes of `file` at `offset` (pread(2)) straight into
+/// a shared buffer: no zeroing first and no copy after, for the cache's
+/// chunk reads, whose bytes go on to memory and to readers as they are.
+/// `UnexpectedEof` if the file ends first.
+pub fn read_shared_at(
+    file: &std::fs::File,
+    offset: u64,
+    len: usize,
+) -> io::Result<std::sync::Arc<[u8]>> {
+    use std::os::fd::AsRawFd;
+    let mut buf = std::sync::Arc::<[u8]>::new_uninit_slice(len);
+    let Some(dst) = std::sync::Arc::get_mut(&mut buf) else {
+        unreachable!("a buffer just made has no other owner");
+    };
+    let mut done = 0;
+    while done < len {
+        let Ok(at) = libc::off_t::try_from(offset + done as u64) else {
+            return Err(io::ErrorKind::InvalidInput.into());
+        };
+        // SAFETY: the descriptor is owned by `file`, open for the call, and
+        // pread writes at most `len - done` bytes from `done`, inside `dst`.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                dst[done..].as_mut_ptr().cast(),
+                len - done,
+                at,
+            )
+        };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n > 0 => done += n as usize,
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    // SAFETY: the loop above wrote every one of the `len` bytes.
+    Ok(unsafe { buf.assume_init() })
+}
+
 /// Frees the blocks of `len` bytes at `offset` in `file` without changing
 /// its length (`fallocate` with `FALLOC_FL_PUNCH_HOLE`): the range then
 /// reads as zeros. `EOPNOTSUPP` where the file system cannot.
@@ -544,6 +588,28 @@ mod tests {
         assert!(back[..256 << 10].iter().all(|&b| b == 7));
         assert!(back[256 << 10..768 << 10].iter().all(|&b| b == 0));
         assert!(back[768 << 10..].iter().all(|&b| b == 7));
+    }
+
+    #[test]
+    fn shared_reads_get_exactly_the_bytes_asked_for_or_say_the_file_ended() {
+        use std::io::Write;
+        let mut f = tempfile::tempfile().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        f.write_all(&data).unwrap();
+        for (at, len) in [
+            (0, 300_000),
+            (1, 4095),
+            (123_457, 65_536),
+            (299_999, 1),
+            (5, 0),
+        ] {
+            let got = read_shared_at(&f, at as u64, len).unwrap();
+            assert_eq!(&got[..], &data[at..at + len], "{at} {len}");
+        }
+        let short = read_shared_at(&f, 299_000, 1001).unwrap_err();
+        assert_eq!(short.kind(), std::io::ErrorKind::UnexpectedEof);
+        let past = read_shared_at(&f, 400_000, 1).unwrap_err();
+        assert_eq!(past.kind(), std::io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
