@@ -1,6 +1,6 @@
 //! The system: every libc call of the io-shell has one safe wrapper here,
 //! returning `io::Result` where the call can fail (mount(2), umount2(2),
-//! statfs(2), statvfs(2), syncfs(2), pread(2), fallocate(2), posix_fadvise(2), setrlimit(2), the process's ids, a client's Ctrl-C
+//! statfs(2), statvfs(2), syncfs(2), pread(2), fallocate(2), setrlimit(2), the process's ids, a client's Ctrl-C
 //! handler; the allocator in [`memory`]); and what is mounted where
 //! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
 //! functions (it uses libc's constants and types).
@@ -370,18 +370,6 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
         lim.rlim_cur = lim.rlim_max;
     }
     Ok(lim.rlim_cur)
-}
-
-/// Tells the kernel that `file` is read at random places
-/// (`posix_fadvise` with `POSIX_FADV_RANDOM`): no read-ahead, each read
-/// brings in only the pages it asks for.
-pub fn advise_random(file: &std::fs::File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: the descriptor is owned by `file`, open for the call.
-    match unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) } {
-        0 => Ok(()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
 }
 
 /// The nice value of background work: it runs when serving leaves the
