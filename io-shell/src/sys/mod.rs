@@ -1,7 +1,7 @@
 //! The system: every libc call of the io-shell has one safe wrapper here,
 //! returning `io::Result` where the call can fail (mount(2), umount2(2),
-//! statfs(2), statvfs(2), syncfs(2), pread(2), fallocate(2), setrlimit(2), the process's ids, a client's Ctrl-C
-//! handler; the allocator in [`memory`]); and what is mounted where
+//! statfs(2), statvfs(2), syncfs(2), pread(2), fallocate(2), setrlimit(2), the process's ids, a child
+//! tied to its parent thread (prctl(2), sigwait(3)), a client's Ctrl-C handler; the allocator in [`memory`]); and what is mounted where
 //! (`/proc/self/mountinfo`). Nothing else in the crate calls libc
 //! functions (it uses libc's constants and types).
 
@@ -216,7 +216,7 @@ pub fn spawn_tied_to_this_thread(
     unsafe {
         cmd.pre_exec(move || {
             // Blocked first (the mask outlives exec): the child waits for
-            // the signal (`wait_for_signal`) rather than die of it.
+            // the signal (`wait_for_parent_death`) rather than die of it.
             let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
             libc::sigemptyset(set.as_mut_ptr());
             libc::sigaddset(set.as_mut_ptr(), signal);
