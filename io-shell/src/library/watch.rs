@@ -75,7 +75,7 @@ pub async fn watch_origin(
     let mut events = inotify
         .into_event_stream(vec![0u8; EVENT_BUFFER])
         .map_err(failed)?;
-    tracing::info!(%origin, root = %root.display(), folders = folders.len(), "watching for changes");
+    let watched = folders.len();
 
     let (tx, mut rx) = mpsc::unbounded_channel();
     let _reader = AbortOnDrop(tokio::spawn(async move {
@@ -113,13 +113,17 @@ pub async fn watch_origin(
             }
         }
     }));
-    // Catch up with what changed before the watch existed.
+    // Catch up with what changed before the watch existed. Only then is the
+    // origin said to be watched: from here on, every change is synced by a
+    // burst below and by nothing else.
     sync_blocking(&syncer, origin, None).await;
+    tracing::info!(%origin, root = %root.display(), folders = watched, "watching for changes");
     while let Some(first) = rx.recv().await {
         let mut paths = BTreeSet::new();
         let mut rescan = None;
         absorb(first, &root, &mut paths, &mut rescan);
-        let burst_end = tokio::time::Instant::now() + BURST_MAX;
+        let burst_start = tokio::time::Instant::now();
+        let burst_end = burst_start + BURST_MAX;
         loop {
             let quiet = tokio::time::sleep(DEBOUNCE);
             tokio::select! {
@@ -133,6 +137,12 @@ pub async fn watch_origin(
                 break;
             }
         }
+        tracing::debug!(
+            %origin,
+            paths = paths.len(),
+            gathered_ms = burst_start.elapsed().as_millis() as u64,
+            "changes gathered"
+        );
         match rescan {
             Some(why) => {
                 tracing::warn!(%origin, %why, "syncing the whole origin");
